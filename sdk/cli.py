@@ -1,0 +1,290 @@
+"""The ``sdk`` command. Listing commands stay light: torch and transformers are imported only
+inside the commands that train or generate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from sdk import __version__
+from sdk.config import InferArguments, SftArguments, base_type, build_arguments, field_types
+from sdk.errors import SdkError
+from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
+from sdk.registry import Registry
+
+
+class Flag(click.Option):
+    """An option spelled ``--flag-name`` and ``--flag_name``; help shows the first."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        spellings = self.opts
+        self.opts = spellings[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = spellings
+
+
+def spellings(name: str) -> list[str]:
+    dashed = "--" + name.replace("_", "-")
+    underscored = "--" + name
+    return [dashed] if dashed == underscored else [dashed, underscored]
+
+
+class SdkCommand(click.Command):
+    """Lets a list flag take several values: ``--dataset a b`` = ``--dataset a --dataset b``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
+        expanded, current, has_value = [], None, False
+        for token in args:
+            if token in multi:
+                current, has_value = token, False
+            elif current and not token.startswith("-"):
+                if has_value:
+                    expanded.append(current)
+                has_value = True
+            else:
+                current = None
+            expanded.append(token)
+        return super().parse_args(ctx, expanded)
+
+
+def options_from(cls: type) -> Callable[[Callable], Callable]:
+    """Click options for every field of an arguments dataclass; all default to None so the
+    command can tell which flags were given."""
+    types = field_types(cls)
+
+    def decorate(func: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            kind = base_type(types[f.name])
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            help_text = f.metadata["help"]
+            if default not in (None, [], ""):
+                help_text += f"  [default: {default}]"
+            extra: dict[str, Any] = {}
+            if kind is list:
+                extra = {"multiple": True}
+            elif kind is bool:
+                extra = {"type": click.BOOL, "is_flag": False, "flag_value": "true"}
+            elif f.metadata.get("choices"):
+                extra = {"type": click.Choice(f.metadata["choices"])}
+            elif kind in (int, float):
+                extra = {"type": kind}
+            func = click.option(*spellings(f.name), f.name, cls=Flag, default=None,
+                                help=help_text, **extra)(func)
+        return click.option("--config", "config_file", cls=Flag, default=None,
+                            type=click.Path(dir_okay=False),
+                            help="YAML or JSON file of options; flags override it.")(func)
+
+    return decorate
+
+
+def given(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in params.items() if v is not None and v != ()}
+
+
+class SdkGroup(click.Group):
+    """Adds plugin commands, and turns SdkError into a clean message and exit status 1."""
+
+    def _with_plugin_commands(self, ctx: click.Context) -> None:
+        plugins = plugin_set(ctx)
+        if not getattr(plugins, "commands_added", False):
+            plugins.commands_added = True
+            plugins.add_commands(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._with_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._with_plugin_commands(ctx)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SdkError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def plugin_set(ctx: click.Context) -> PluginSet:
+    root = ctx.find_root()
+    if "plugins" not in root.meta:
+        try:
+            root.meta["plugins"] = load_plugins(root.params.get("plugin") or ())
+        except SdkError as error:
+            raise click.ClickException(str(error)) from None
+    return root.meta["plugins"]
+
+
+def registry(ctx: click.Context, warn: bool = True) -> Registry:
+    plugins = plugin_set(ctx)
+    result = plugins.registry
+    if warn and not ctx.find_root().meta.get("warned"):
+        ctx.find_root().meta["warned"] = True
+        for info in plugins.failures():
+            click.echo(f"warning: plugin {info.name}: {'; '.join(info.errors)} "
+                       "(`sdk plugins` lists all plugins)", err=True)
+    return result
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[str(row.get(c, "") or "") for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    for line in [list(columns), *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+
+
+def emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        print_table(rows, columns)
+
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group(cls=SdkGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sft-sdk")
+@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False),
+              help=f"Load a plugin from a .py file (also: {PLUGINS_ENV_VAR}).")
+def cli(plugin: tuple[str, ...]) -> None:
+    """Supervised fine-tuning of chat LLMs, built from plugins."""
+
+
+@cli.command()
+@json_flag
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """Every plugin: where it came from, its version, what it registered, its error."""
+    plugin_info = plugin_set(ctx)
+    registry(ctx, warn=False)
+    rows = [info.as_dict() for info in plugin_info.info.values()]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for row in rows:
+        registered = "; ".join(f"{kind}: {', '.join(names)}"
+                               for kind, names in row["registered"].items()) or "nothing"
+        version = f" {row['version']}" if row["version"] else ""
+        click.echo(f"{row['name']}{version} ({row['source']})")
+        click.echo(f"    registers {registered}")
+        if row["error"]:
+            click.echo(f"    ERROR: {row['error']}")
+
+
+def listing(kind: str, columns: Sequence[str], describe: Callable[[Any], dict[str, Any]],
+            doc: str) -> None:
+    @json_flag
+    @click.pass_context
+    def command(ctx: click.Context, as_json: bool) -> None:
+        known = registry(ctx)
+        rows = [{**describe(known.entries[kind][name].spec),
+                 "plugin": known.entries[kind][name].plugin} for name in known.names(kind)]
+        emit(rows, columns, as_json)
+
+    command.__doc__ = doc
+    cli.command(name=kind)(command)
+
+
+listing("models", ("model_type", "family", "template", "hub_ids", "plugin"),
+        lambda s: {"model_type": s.model_type, "family": s.family, "template": s.template,
+                   "hub_ids": dict(s.hub_ids), "description": s.description},
+        "Model types (--model-type).")
+listing("templates", ("name", "description", "plugin"),
+        lambda s: {"name": s.name, "description": s.description,
+                   "default_system": s.default_system},
+        "Chat templates (--template).")
+listing("datasets", ("name", "description", "license", "plugin"),
+        lambda s: {"name": s.name, "description": s.description, "license": s.license,
+                   "format": s.format, "files": list(s.files)},
+        "Datasets (--dataset).")
+listing("tuners", ("name", "description", "plugin"),
+        lambda s: {"name": s.name, "description": s.description},
+        "Tuners (--sft-type).")
+listing("hubs", ("name", "description", "plugin"),
+        lambda s: {"name": s.name, "description": s.description},
+        "Hubs to download from and push to (--hub).")
+listing("formats", ("name", "description", "plugin"),
+        lambda s: {"name": s.name, "description": s.description},
+        "Dataset record formats (--dataset-format).")
+
+
+@cli.group()
+def template() -> None:
+    """Work with chat templates."""
+
+
+@template.command("render")
+@click.argument("name", required=False)
+@click.option("--model-type", "--model_type", "model_type", cls=Flag,
+              help="Use this model type's template.")
+@click.option("--messages", required=True, type=click.Path(dir_okay=False),
+              help="JSON file: a list of {role, content} messages.")
+@click.option("--add-generation-prompt", "--add_generation_prompt", "add_generation_prompt",
+              cls=Flag, is_flag=True, help="End with the opening of an assistant turn.")
+@click.pass_context
+def template_render(ctx: click.Context, name: str | None, model_type: str | None,
+                    messages: str, add_generation_prompt: bool) -> None:
+    """Print exactly the text a template makes of the messages in a file."""
+    from sdk.templates.engine import Template
+
+    if bool(name) == bool(model_type):
+        raise SdkError("Give a template NAME or --model-type, one of the two.")
+    known = registry(ctx)
+    if model_type:
+        name = known.get("models", model_type).template
+    spec = known.get("templates", name)
+    try:
+        with open(messages, encoding="utf-8") as handle:
+            conversation = json.load(handle)
+    except FileNotFoundError:
+        raise SdkError(f"Messages file '{messages}' (--messages) does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SdkError(f"Messages file '{messages}' is not valid JSON: {error}") from None
+    try:
+        text = Template(spec).render(conversation, add_generation_prompt)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise SdkError(f"Messages file '{messages}': {error}. Expected a JSON list of "
+                       '{"role": ..., "content": ...} objects.') from None
+    click.echo(text, nl=False)
+
+
+@cli.command(cls=SdkCommand)
+@options_from(SftArguments)
+@click.pass_context
+def sft(ctx: click.Context, config_file: str | None, **params: Any) -> None:
+    """Fine-tune a model: sdk sft --model-type T --dataset D [--sft-type lora|full]."""
+    arguments = build_arguments(SftArguments, given(params), config_file)
+    from sdk.train.sft import run_sft
+
+    run_sft(arguments, registry(ctx))
+
+
+@cli.command(cls=SdkCommand)
+@options_from(InferArguments)
+@click.pass_context
+def infer(ctx: click.Context, config_file: str | None, **params: Any) -> None:
+    """Chat with a fine-tuned checkpoint (--ckpt-dir) or a model type (--model-type)."""
+    arguments = build_arguments(InferArguments, given(params), config_file)
+    from sdk.infer.chat import run_infer
+
+    run_infer(arguments, registry(ctx))
+
+
+def main() -> None:
+    # Fail fast with a clean message on a closed stdout (`sdk models | head`).
+    try:
+        cli(prog_name="sdk")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

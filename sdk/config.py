@@ -1,0 +1,173 @@
+"""One typed config per command: dataclass fields become CLI flags, config-file keys and the
+arguments saved with every run.
+
+Every flag is accepted as ``--flag-name`` and ``--flag_name``. A list flag takes several
+values (``--dataset a b``, ``--dataset a,b`` or the flag repeated). A boolean flag works
+alone (``--push-to-hub``) or with a value (``--push_to_hub true``). Values come from, in
+rising priority: the defaults here, ``--config FILE`` (YAML or JSON), the command line.
+"""
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import SdkError
+
+
+def arg(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelArguments:
+    model_type: str | None = arg(None, "Model type to load (see `sdk models`).")
+    model_id_or_path: str | None = arg(
+        None, "Local model folder to use instead of the model type's hub copy.")
+    template: str | None = arg(None, "Chat template (default: the model type's).")
+    system: str | None = arg(None, "System prompt (default: the template's).")
+    dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
+                     ("auto", "bf16", "fp16", "fp32"))
+    trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.")
+    hub: str = arg("local", "Hub to download models from (see `sdk hubs`).")
+
+
+@dataclass
+class SftArguments(ModelArguments):
+    sft_type: str = arg("lora", "Tuner (see `sdk tuners`).")
+    dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files.")
+    dataset_format: str | None = arg(None, "Record format; detected when left out.")
+    model_name: list[str] = arg(
+        [], "Name for self-cognition data: one name, or a Chinese and an English one.")
+    model_author: list[str] = arg(
+        [], "Author for self-cognition data: one, or a Chinese and an English one.")
+    output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.")
+    max_length: int = arg(2048, "Longest training sequence in tokens; longer ones are cut.")
+    loss_scope: str = arg("all", "Which assistant turns carry loss.", ("all", "last"))
+    num_train_epochs: float = arg(1.0, "Passes over the training data.")
+    max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = arg(1, "Sequences per device per step.")
+    gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.")
+    learning_rate: float | None = arg(None, "Peak learning rate (lora 1e-4, full 2e-5).")
+    weight_decay: float = arg(0.01, "AdamW weight decay.")
+    lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.")
+    warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.")
+    max_grad_norm: float = arg(1.0, "Gradient clipping norm.")
+    gradient_checkpointing: bool = arg(False, "Recompute activations to save memory.")
+    lora_rank: int = arg(8, "LoRA rank.")
+    lora_alpha: int = arg(32, "LoRA alpha.")
+    lora_dropout: float = arg(0.05, "LoRA dropout.")
+    lora_target_modules: list[str] = arg(
+        [], "Modules that get LoRA: names, or ALL for every linear layer.")
+    logging_steps: int = arg(5, "Log every N steps.")
+    save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).")
+    save_total_limit: int | None = arg(2, "Keep at most N checkpoints.")
+    seed: int = arg(42, "Random seed.")
+    dataloader_num_workers: int = arg(0, "Data loader worker processes.")
+
+
+@dataclass
+class InferArguments(ModelArguments):
+    ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`.")
+    query: str | None = arg(None, "Ask one question and exit; without it, chat.")
+    max_new_tokens: int = arg(512, "Longest reply in tokens.")
+    do_sample: bool = arg(False, "Sample instead of greedy decoding.")
+    temperature: float = arg(0.7, "Sampling temperature (with --do-sample).")
+    top_k: int = arg(20, "Sample among the K likeliest tokens.")
+    top_p: float = arg(0.9, "Sample within this probability mass.")
+    repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.")
+    stream: bool = arg(True, "Print the reply while it is generated.")
+    seed: int = arg(42, "Random seed.")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def base_type(annotation: Any) -> Any:
+    """``int | None`` -> int, ``list[str]`` -> list."""
+    if typing.get_origin(annotation) is list:
+        return list
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def split_list(values: Any) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+
+
+def read_config_file(path: str, cls: type) -> dict[str, Any]:
+    """Keys of a YAML/JSON config file, normalised to field names; unknown keys are errors."""
+    file = Path(path)
+    if not file.is_file():
+        raise SdkError(f"Config file '{path}' (--config) does not exist.")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except (json.JSONDecodeError, ValueError) as error:
+        raise SdkError(f"Config file '{path}' is not valid {file.suffix[1:].upper()}: "
+                       f"{error}") from None
+    if not isinstance(data, dict):
+        raise SdkError(f"Config file '{path}' should hold a mapping of option: value.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    types = field_types(cls)
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise SdkError(f"Config file '{path}': unknown option '{key}'.{hint}")
+        values[name] = coerce(value, types[name], f"Config file '{path}', option '{key}'")
+    return values
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """YAML reads ``1e-4`` as text; convert scalars to the field's type."""
+    kind = base_type(annotation)
+    if value is None or kind is list or kind is str or isinstance(value, kind):
+        return value
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return text in ("true", "1", "yes")
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SdkError(f"{where}: expected {kind.__name__}, got {value!r}.") from None
+
+
+def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | None = None):
+    """Defaults < config file < command line. ``cli_values`` holds only flags that were given."""
+    values = read_config_file(config_file, cls) if config_file else {}
+    values.update(cli_values)
+    types = field_types(cls)
+    for name, value in values.items():
+        if base_type(types[name]) is list:
+            values[name] = split_list(value)
+    arguments = cls(**values)
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        value = getattr(arguments, f.name)
+        if choices and value not in choices:
+            flag = "--" + f.name.replace("_", "-")
+            raise SdkError(f"{flag} must be one of {', '.join(choices)}; got '{value}'.")
+    return arguments
+
+
+def saved_arguments(arguments: Any) -> dict[str, Any]:
+    return dataclasses.asdict(arguments)

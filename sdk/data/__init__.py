@@ -1,0 +1,1 @@
+"""Datasets: readers for files, record formats, and conversion into chat messages."""

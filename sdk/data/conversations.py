@@ -1,0 +1,66 @@
+"""Turn ``--dataset`` names and files into validated chat conversations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sdk.data.readers import READERS, read_records
+from sdk.errors import SdkError
+from sdk.registry import Registry
+from sdk.specs import DataFormat, DatasetSpec, resolve_callable
+from sdk.templates.engine import check_messages
+
+Conversation = list[dict[str, str]]
+
+
+def dataset_source(name: str, registry: Registry) -> DatasetSpec:
+    """The registered dataset ``name``, or an ad-hoc one for a local data file."""
+    if name in registry.entries["datasets"] or name in registry.conflicts["datasets"]:
+        return registry.get("datasets", name)
+    path = Path(name)
+    if path.exists() or path.suffix.lower() in READERS or "/" in name:
+        return DatasetSpec(name=name, files=(name,))
+    return registry.get("datasets", name)  # raises: unknown name, with suggestions
+
+
+def detect_format(where: str, record: dict, registry: Registry) -> DataFormat:
+    for name in registry.names("formats"):
+        data_format = registry.get("formats", name)
+        if resolve_callable(data_format.detect)(record):
+            return data_format
+    formats = ", ".join(registry.names("formats"))
+    raise SdkError(f"{where}: cannot tell the format of this record (its fields: "
+                   f"{', '.join(map(str, record)) or 'none'}). Known formats: {formats}. "
+                   "Rename the fields, or pick one with --dataset-format.")
+
+
+def load_conversations(names: Sequence[str], registry: Registry, args: Any,
+                       format_name: str | None = None) -> list[Conversation]:
+    """Read every dataset, preprocess, convert to messages; errors name the file and line."""
+    conversations: list[Conversation] = []
+    for name in names:
+        source = dataset_source(name, registry)
+        preprocess = resolve_callable(source.preprocess) if source.preprocess else None
+        forced = format_name or source.format
+        data_format = registry.get("formats", forced) if forced else None
+        for file in source.files:
+            for where, record in read_records(Path(file)):
+                if not isinstance(record, dict):
+                    raise SdkError(f"{where}: expected a JSON object, got "
+                                   f"{type(record).__name__}.")
+                if preprocess is not None:
+                    record = preprocess(record, args)
+                if data_format is None:
+                    data_format = detect_format(where, record, registry)
+                try:
+                    messages = resolve_callable(data_format.to_messages)(record)
+                    check_messages(messages)
+                except ValueError as error:
+                    raise SdkError(f"{where}: {error} (read as {data_format.name} format). "
+                                   "Fix the record or remove it.") from None
+                conversations.append(messages)
+    if not conversations:
+        raise SdkError(f"No training records found in {', '.join(names)}.")
+    return conversations

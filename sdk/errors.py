@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a clean message instead of a traceback."""
+
+
+class SdkError(Exception):
+    """A problem the user can fix: the message says what is wrong and what to do."""

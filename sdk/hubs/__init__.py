@@ -1,0 +1,1 @@
+"""Hubs: where models are downloaded from and pushed to."""

@@ -1,0 +1,36 @@
+"""A hub that is a folder on this machine: repo ids are paths."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdk.errors import SdkError
+from sdk.hookspecs import hookimpl
+from sdk.specs import Hub
+
+
+def download(repo_id: str, revision: str = "main",
+             ignore_patterns: Sequence[str] = ()) -> Path:
+    path = Path(repo_id).expanduser()
+    if not path.is_dir():
+        raise SdkError(f"Local hub: '{repo_id}' is not a folder.")
+    return path
+
+
+def push(folder: str | Path, repo_id: str, private: bool = True,
+         token: str | None = None) -> str:
+    target = Path(repo_id).expanduser()
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(folder, partial)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)  # readers never see a half-copied folder
+    return str(target)
+
+
+@hookimpl
+def register_hubs(register):
+    register(Hub("local", download, push, "A folder on this machine; repo ids are paths"))

@@ -1,0 +1,154 @@
+"""Inference: load a checkpoint (or a model type) and answer one query or chat."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from threading import Thread
+from typing import Any, TextIO
+
+import click
+
+from sdk.config import InferArguments
+from sdk.errors import SdkError
+from sdk.models.loader import load_model, torch_dtype
+from sdk.registry import Registry
+from sdk.specs import resolve_callable
+from sdk.templates.engine import Template
+from sdk.train.run_dir import ARGS_FILE, checkpoints
+
+Messages = list[dict[str, str]]
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint folder as given, or the newest checkpoint of a run folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SdkError(f"--ckpt-dir '{path}' is not a folder.")
+    if (folder / ARGS_FILE).is_file() and folder.name.startswith("checkpoint-"):
+        return folder
+    found = checkpoints(folder)
+    if found:
+        return found[-1]
+    raise SdkError(f"--ckpt-dir '{path}' holds no checkpoint written by `sdk sft` "
+                   f"(no {ARGS_FILE} and no checkpoint-N folder).")
+
+
+def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
+    if args.ckpt_dir:
+        checkpoint = resolve_checkpoint(args.ckpt_dir)
+        saved = json.loads((checkpoint / ARGS_FILE).read_text(encoding="utf-8"))
+        spec = registry.get("models", saved["model_type"])
+        tuner = registry.get("tuners", saved["sft_type"])
+        template_spec = registry.get("templates", args.template or saved["template"])
+        system = args.system if args.system is not None else saved.get("system")
+        base_args = dataclasses.replace(
+            args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
+            trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),
+            hub=saved.get("hub", args.hub))
+        click.echo(f"[sdk] loading {checkpoint}", err=True)
+        model = resolve_callable(tuner.load)(
+            checkpoint, lambda: load_model(spec, base_args, registry)[0],
+            torch_dtype(args.dtype))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    elif args.model_type:
+        spec = registry.get("models", args.model_type)
+        template_spec = registry.get("templates", args.template or spec.template)
+        system = args.system
+        model, tokenizer = load_model(spec, args, registry)
+    else:
+        raise SdkError("Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type.")
+    if system is not None:
+        template_spec = dataclasses.replace(template_spec, default_system=system)
+    import torch
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model, tokenizer, Template.for_tokenizer(template_spec, tokenizer)
+
+
+def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
+             args: InferArguments, out: TextIO | None = None) -> str:
+    """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
+    from transformers import TextIteratorStreamer
+
+    text = template.render(messages, add_generation_prompt=True)
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
+    stop_ids, stop_strings = [], []
+    for word in template.stop_words():
+        ids = tokenizer.convert_tokens_to_ids([word]) if word in tokenizer.get_vocab() else []
+        (stop_ids.extend(ids) if ids else stop_strings.append(word))
+    if tokenizer.eos_token_id is not None:
+        stop_ids.append(tokenizer.eos_token_id)
+    options: dict[str, Any] = dict(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+        repetition_penalty=args.repetition_penalty, eos_token_id=sorted(set(stop_ids)),
+        pad_token_id=tokenizer.pad_token_id)
+    if args.do_sample:
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if stop_strings:
+        options.update(stop_strings=stop_strings, tokenizer=tokenizer)
+    if out is None:
+        output = model.generate(**inputs, **options)
+        reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
+                                 skip_special_tokens=True)
+    else:
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        worker = Thread(target=model.generate, kwargs={**inputs, **options, "streamer": streamer})
+        worker.start()
+        pieces = []
+        for piece in streamer:
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+        worker.join()
+        out.write("\n")
+        reply = "".join(pieces)
+    for word in stop_strings:
+        reply = reply.split(word)[0]
+    return reply.strip()
+
+
+def run_infer(args: InferArguments, registry: Registry) -> None:
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    model, tokenizer, template = load_for_inference(args, registry)
+    if args.query is not None:
+        reply = generate(model, tokenizer, template, [{"role": "user", "content": args.query}],
+                         args, sys.stdout if args.stream else None)
+        if not args.stream:
+            click.echo(reply)
+        return
+    chat(model, tokenizer, template, args)
+
+
+def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -> None:
+    click.echo("Chat: type a message. 'clear' forgets the history, 'exit' quits.", err=True)
+    history: Messages = []
+    while True:
+        try:
+            query = input("<<< ")
+        except EOFError:
+            break
+        command = query.strip().lower()
+        if command in ("exit", "quit"):
+            break
+        if command == "clear":
+            history = []
+            click.echo("(history cleared)", err=True)
+            continue
+        if not command:
+            continue
+        messages = history + [{"role": "user", "content": query}]
+        sys.stdout.write(">>> ")
+        reply = generate(model, tokenizer, template, messages, args,
+                         sys.stdout if args.stream else None)
+        if not args.stream:
+            click.echo(reply)
+        history = messages + [{"role": "assistant", "content": reply}]

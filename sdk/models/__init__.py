@@ -1,0 +1,1 @@
+"""Model loading: dtype, remote-code gate, required packages."""

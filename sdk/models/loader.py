@@ -1,0 +1,103 @@
+"""The generic loader: a local folder or a hub download, loaded with transformers."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import SdkError
+from sdk.specs import ModelSpec
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class LoadOptions:
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    model_dir: str | None = None  # a local folder that replaces the hub download
+    download: Callable[[ModelSpec], Path] | None = None
+
+
+def torch_dtype(name: str) -> Any:
+    """``auto`` is bf16 on a GPU that supports it, else fp16 on a GPU, else fp32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def check_requirements(spec: ModelSpec, options: LoadOptions) -> None:
+    missing = [p for p in spec.requires if importlib.util.find_spec(p) is None]
+    if missing:
+        raise SdkError(f"Model type '{spec.model_type}' needs the package(s) "
+                       f"{', '.join(missing)}: pip install {' '.join(missing)}")
+    if spec.requires_remote_code and not options.trust_remote_code:
+        raise SdkError(f"Model type '{spec.model_type}' runs code from its model repository. "
+                       "Pass --trust-remote-code if you trust that code.")
+
+
+def load_pretrained(path: str | Path, options: LoadOptions,
+                    gguf_file: str | None = None) -> tuple[Any, Any]:
+    """Model and tokenizer from a folder in the transformers layout (or a GGUF file in it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), trust_remote_code=options.trust_remote_code, **extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch_dtype(options.dtype),
+        trust_remote_code=options.trust_remote_code, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_from_hub(spec: ModelSpec, options: LoadOptions) -> tuple[Any, Any]:
+    """The loader of model specs that name none: ``--model-id-or-path`` or the hub copy."""
+    check_requirements(spec, options)
+    if options.model_dir:
+        path = Path(options.model_dir)
+        if not (path / "config.json").is_file():
+            raise SdkError(f"--model-id-or-path '{path}' is not a model folder "
+                           "(no config.json in it).")
+    elif options.download is not None:
+        path = options.download(spec)
+    else:
+        raise SdkError(f"Model type '{spec.model_type}' has no local copy: pass "
+                       "--model-id-or-path DIR.")
+    return load_pretrained(path, options)
+
+
+def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
+    """Load a model type with the flags in ``args`` (dtype, --model-id-or-path, --hub ...)."""
+    from sdk.specs import resolve_callable
+
+    hub = registry.get("hubs", args.hub)
+
+    def download(model_spec: ModelSpec) -> Path:
+        repo_id = model_spec.hub_ids.get(hub.name)
+        if not repo_id:
+            raise SdkError(f"Model type '{model_spec.model_type}' has no id on hub "
+                           f"'{hub.name}' (it has: {', '.join(model_spec.hub_ids) or 'none'}). "
+                           "Pick another --hub or pass --model-id-or-path DIR.")
+        return Path(resolve_callable(hub.download)(
+            repo_id, model_spec.revision, model_spec.ignore_patterns))
+
+    options = LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                          model_dir=args.model_id_or_path, download=download)
+    loader = resolve_callable(spec.loader or load_from_hub)
+    return loader(spec, options)
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$SFT_SDK_CACHE`` or ``~/.cache/sft-sdk``."""
+    import os
+
+    return Path(os.environ.get("SFT_SDK_CACHE") or Path.home() / ".cache" / "sft-sdk")

@@ -1,0 +1,170 @@
+"""The plugin manager: built-ins, installed entry points, plugin files, and what each registered.
+
+Sources, in load order: the built-in modules below, every installed distribution with an
+entry point in the ``sft_sdk`` group, the files named by ``SFT_SDK_PLUGINS`` (separated by
+the OS path separator) and the files given with ``--plugin``. A plugin that fails to import,
+or whose hook raises, is recorded with its error; the others keep working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from sdk import hookspecs
+from sdk.errors import SdkError
+from sdk.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "sft_sdk"
+PLUGINS_ENV_VAR = "SFT_SDK_PLUGINS"
+BUILTIN_MODULES = (
+    "sdk.templates.builtin",
+    "sdk.data.formats",
+    "sdk.tuners.builtin",
+    "sdk.hubs.local",
+)
+REGISTRATION_HOOKS = {f"register_{kind}": kind for kind in KINDS}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str  # "builtin", "entry point", "file" or "test"
+    version: str = ""
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "version": self.version,
+            "registered": self.registered,
+            "error": "; ".join(self.errors) or None,
+        }
+
+
+class PluginSet:
+    """A pluggy manager plus a record of every plugin's origin, registrations and errors."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager("sft_sdk")
+        self.manager.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self._registry: Registry | None = None
+
+    def register(self, plugin: object, name: str, source: str, version: str = "") -> None:
+        self.manager.register(plugin, name=name)
+        self.info[name] = PluginInfo(name=name, source=source, version=version)
+        self._registry = None
+
+    def record_failure(self, name: str, source: str, error: BaseException) -> None:
+        self.info[name] = PluginInfo(name=name, source=source, errors=[describe(error)])
+
+    def load_builtins(self) -> None:
+        from sdk import __version__
+
+        for module_name in BUILTIN_MODULES:
+            self.register(importlib.import_module(module_name), module_name, "builtin",
+                          __version__)
+
+    def load_entry_points(self) -> None:
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = entry_point.dist
+            name = dist.name if dist is not None else entry_point.name
+            if name in self.info:
+                name = f"{name}:{entry_point.name}"
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # a broken plugin must not take the others down
+                self.record_failure(name, "entry point", error)
+                continue
+            self.register(plugin, name, "entry point", dist.version if dist else "")
+
+    def load_files(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            file = Path(path)
+            if not file.is_file():
+                raise SdkError(f"Plugin file '{path}' does not exist (--plugin or "
+                               f"{PLUGINS_ENV_VAR}). Give the path of a .py file.")
+            name = str(file)
+            try:
+                module_spec = importlib.util.spec_from_file_location(
+                    f"sft_sdk_file_plugin_{file.stem}", file)
+                module = importlib.util.module_from_spec(module_spec)
+                module_spec.loader.exec_module(module)
+            except Exception as error:
+                self.record_failure(name, "file", error)
+                continue
+            self.register(module, name, "file")
+
+    @property
+    def registry(self) -> Registry:
+        """Everything registered, built on first use by calling each plugin's hooks in turn."""
+        if self._registry is None:
+            self._registry = self._collect()
+        return self._registry
+
+    def _collect(self) -> Registry:
+        registry = Registry()
+        for info in self.info.values():
+            info.registered = {}
+            info.errors = [e for e in info.errors if not e.startswith("register_")]
+        for hook_name, kind in REGISTRATION_HOOKS.items():
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                plugin_name = self.manager.get_name(impl.plugin)
+                info = self.info[plugin_name]
+                register = _registrar(registry, kind, plugin_name, info)
+                try:
+                    impl.function(*[register for _ in impl.argnames])
+                except Exception as error:
+                    info.errors.append(f"{hook_name} raised {describe(error)}")
+        for kind, names in registry.conflicts.items():
+            for name, owners in names.items():
+                for owner in owners:
+                    others = " and ".join(o for o in owners if o != owner)
+                    self.info[owner].errors.append(
+                        f"{KINDS[kind][0]} '{name}' is also registered by {others}")
+        return registry
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.manager.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(*[cli for _ in impl.argnames])
+            except Exception as error:
+                self.info[self.manager.get_name(impl.plugin)].errors.append(
+                    f"register_commands raised {describe(error)}")
+
+    def failures(self) -> list[PluginInfo]:
+        return [info for info in self.info.values() if info.errors]
+
+
+def _registrar(registry: Registry, kind: str, plugin_name: str,
+               info: PluginInfo) -> Callable[..., None]:
+    def register(spec: Any, override: bool = False) -> None:
+        registry.add(kind, spec, plugin_name, override)
+        info.registered.setdefault(kind, []).append(spec.name)
+
+    return register
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def load_plugins(plugin_files: Iterable[str] = ()) -> PluginSet:
+    """The plugin set a command runs with: built-ins, entry points, env var files, ``files``."""
+    plugins = PluginSet()
+    plugins.load_builtins()
+    plugins.load_entry_points()
+    env_files = [p for p in os.environ.get(PLUGINS_ENV_VAR, "").split(os.pathsep) if p]
+    plugins.load_files([*env_files, *plugin_files])
+    return plugins

@@ -1,0 +1,75 @@
+"""Typed lookup over what the plugins registered, with duplicate detection and suggestions."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk.errors import SdkError
+
+# kind -> (what one item is called in messages, the flag that names it)
+KINDS: dict[str, tuple[str, str]] = {
+    "models": ("model type", "--model-type"),
+    "datasets": ("dataset", "--dataset"),
+    "templates": ("template", "--template"),
+    "tuners": ("tuner", "--sft-type"),
+    "hubs": ("hub", "--hub"),
+    "formats": ("data format", "--dataset-format"),
+}
+
+
+@dataclass
+class Entry:
+    spec: Any
+    plugin: str
+    override: bool = False
+
+
+@dataclass
+class Registry:
+    entries: dict[str, dict[str, Entry]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+    # kind -> name -> every plugin that registered the name without override
+    conflicts: dict[str, dict[str, list[str]]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+
+    def add(self, kind: str, spec: Any, plugin: str, override: bool = False) -> None:
+        name = spec.name
+        known = self.entries[kind]
+        existing = known.get(name)
+        if existing is None or (override and not existing.override):
+            known[name] = Entry(spec, plugin, override)
+            self.conflicts[kind].pop(name, None)
+        elif not override and not existing.override:
+            plugins = self.conflicts[kind].setdefault(name, [existing.plugin])
+            plugins.append(plugin)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def entry(self, kind: str, name: str) -> Entry:
+        noun, flag = KINDS[kind]
+        if name in self.conflicts[kind]:
+            owners = " and ".join(self.conflicts[kind][name])
+            raise SdkError(
+                f"{noun} '{name}' is registered by both {owners}. Uninstall one of them, "
+                "or have the one that should win register it with override=True."
+            )
+        if name not in self.entries[kind]:
+            raise SdkError(unknown_name_message(kind, name, self.names(kind)))
+        return self.entries[kind][name]
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.entry(kind, name).spec
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    noun, flag = KINDS[kind]
+    message = f"Unknown {noun} '{name}' ({flag})."
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        message += " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    return message + f" `sdk {kind}` lists the installed ones."

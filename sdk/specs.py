@@ -1,0 +1,130 @@
+"""Plain data that plugins register. Nothing here imports torch or transformers.
+
+A callable field accepts either the callable itself or a ``"module:function"`` string, so
+that a plugin can point at code that imports heavy libraries without importing it early.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CallableRef = Callable[..., Any] | str
+
+
+def resolve_callable(ref: CallableRef) -> Callable[..., Any]:
+    """Return the callable behind ``ref``, importing ``"module:function"`` on first use."""
+    if callable(ref):
+        return ref
+    module_name, _, attribute = ref.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``--model-type``: where the weights live and how to load and train them.
+
+    ``loader(spec, options) -> (model, tokenizer)``; left out, the generic loader
+    (``sdk.models.loader:load_from_hub``) fetches ``hub_ids`` through a registered hub.
+    """
+
+    model_type: str
+    family: str
+    template: str
+    hub_ids: Mapping[str, str] = field(default_factory=dict)
+    revision: str = "main"
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
+    loader: CallableRef | None = None
+    requires: tuple[str, ...] = ()
+    requires_remote_code: bool = False
+    ignore_patterns: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.model_type
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """A chat format, built from parts (the ms-swift style).
+
+    Every part is literal text in which ``{content}`` stands for the message text and
+    ``{bos_token}`` / ``{eos_token}`` for the tokenizer's special tokens. An assistant turn
+    renders as ``assistant_prefix + content + assistant_suffix + turn_separator``; the
+    content and ``assistant_suffix`` (the end-of-turn marker) carry the loss.
+    """
+
+    name: str
+    system_format: str = "{content}"
+    user_format: str = "{content}"
+    assistant_prefix: str = ""
+    assistant_suffix: str = ""
+    turn_separator: str = ""
+    prefix: str = ""
+    default_system: str | None = None
+    stop_words: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """A record shape: ``detect(record) -> bool`` and ``to_messages(record) -> messages``.
+
+    ``to_messages`` raises ``ValueError`` with a short reason for a record it cannot use;
+    the caller adds the file and line.
+    """
+
+    name: str
+    detect: CallableRef
+    to_messages: CallableRef
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One ``--dataset`` name: bundled files, their format, an optional per-record preprocess.
+
+    ``preprocess(record, args) -> record`` runs before format conversion, e.g. to fill
+    placeholders from command-line flags.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    format: str | None = None
+    preprocess: CallableRef | None = None
+    license: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Tuner:
+    """One ``--sft-type``.
+
+    ``prepare(model, args, model_spec) -> model`` makes the model trainable;
+    ``load(checkpoint_dir, load_base_model, dtype) -> model`` rebuilds it from a checkpoint,
+    calling ``load_base_model()`` only if the checkpoint does not hold the whole model.
+    """
+
+    name: str
+    prepare: CallableRef
+    load: CallableRef
+    description: str = ""
+    default_learning_rate: float = 1e-4
+    needs_quantized_base: bool = False
+
+
+@dataclass(frozen=True)
+class Hub:
+    """Where models live: ``download(repo_id, revision, ignore_patterns) -> local path`` and
+    ``push(folder, repo_id, private, token) -> URL or path``."""
+
+    name: str
+    download: CallableRef
+    push: CallableRef
+    description: str = ""

@@ -1,0 +1,1 @@
+"""Chat templates: the rendering engine and the generic built-in formats."""

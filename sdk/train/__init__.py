@@ -1,0 +1,1 @@
+"""Training: the SFT recipe on top of the transformers Trainer."""

@@ -1,0 +1,102 @@
+"""The SFT recipe: model type -> data -> tuner -> transformers Trainer -> checkpoints.
+
+Everything that can be wrong with the input (names, files, records) is checked before the
+model is loaded, so a typo costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from sdk import __version__
+from sdk.config import SftArguments, saved_arguments
+from sdk.data.conversations import load_conversations
+from sdk.data.encode import encode_conversations
+from sdk.errors import SdkError
+from sdk.models.loader import load_model, torch_dtype
+from sdk.registry import Registry
+from sdk.specs import resolve_callable
+from sdk.templates.engine import Template
+from sdk.train.run_dir import checkpoints, new_run_dir, write_args
+
+
+def run_sft(args: SftArguments, registry: Registry) -> Path:
+    """Train and return the last checkpoint folder."""
+    if not args.model_type:
+        raise SdkError("--model-type is required (`sdk models` lists them).")
+    if not args.dataset:
+        raise SdkError("--dataset is required: a name from `sdk datasets` or a .json/.jsonl "
+                       "file.")
+    spec = registry.get("models", args.model_type)
+    template_spec = registry.get("templates", args.template or spec.template)
+    if args.system is not None:
+        template_spec = dataclasses.replace(template_spec, default_system=args.system)
+    tuner = registry.get("tuners", args.sft_type)
+    registry.get("hubs", args.hub)
+    conversations = load_conversations(args.dataset, registry, args, args.dataset_format)
+    args = dataclasses.replace(args, template=template_spec.name)
+
+    model, tokenizer = load_model(spec, args, registry)
+    template = Template.for_tokenizer(template_spec, tokenizer)
+    examples, stats = encode_conversations(template, tokenizer, conversations,
+                                           args.max_length, args.loss_scope)
+    click.echo(f"[sdk] data: {stats.summary()}", err=True)
+    if not examples:
+        raise SdkError("No training row has a trained token left; raise --max-length.")
+    model = resolve_callable(tuner.prepare)(model, args, spec)
+
+    run_dir = new_run_dir(args.output_dir, args.model_type)
+    saved = {**saved_arguments(args), "sdk_version": __version__}
+    write_args(run_dir, saved)
+    click.echo(f"[sdk] run folder: {run_dir}", err=True)
+    trainer = build_trainer(model, tokenizer, examples, args, tuner.default_learning_rate,
+                            run_dir, saved)
+    trainer.train()
+    last = checkpoints(run_dir)[-1]
+    click.echo(f"[sdk] last checkpoint: {last}", err=True)
+    return last
+
+
+def build_trainer(model, tokenizer, examples, args: SftArguments, default_learning_rate: float,
+                  run_dir: Path, saved: dict):
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from sdk.train.callbacks import JsonlLogger, SaveArguments
+
+    dtype = torch_dtype(args.dtype)
+    on_gpu = torch.cuda.is_available()
+    training_args = TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate or default_learning_rate,
+        weight_decay=args.weight_decay,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_ratio,  # a float below 1 is a ratio of all steps
+        max_grad_norm=args.max_grad_norm,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+        dataloader_num_workers=args.dataloader_num_workers,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        report_to="none",
+    )
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=examples,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        processing_class=tokenizer,
+        callbacks=[JsonlLogger(run_dir), SaveArguments(saved)],
+    )

@@ -1,0 +1,1 @@
+"""Tuners: how a model is made trainable and rebuilt from a checkpoint."""
