@@ -140,7 +140,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     cells = [[str(row.get(c, "") or "") for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     for line in [list(columns), *cells]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
 
 
 def emit(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:

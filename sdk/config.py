@@ -3,7 +3,8 @@ arguments saved with every run.
 
 Every flag is accepted as ``--flag-name`` and ``--flag_name``. A list flag takes several
 values (``--dataset a b``, ``--dataset a,b`` or the flag repeated). A boolean flag works
-alone (``--push-to-hub``) or with a value (``--push_to_hub true``). Values come from, in
+alone (``--gradient-checkpointing``) or with a value
+(``--gradient_checkpointing true``). Values come from, in
 rising priority: the defaults here, ``--config FILE`` (YAML or JSON), the command line.
 """
 

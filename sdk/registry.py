@@ -43,7 +43,7 @@ class Registry:
         if existing is None or (override and not existing.override):
             known[name] = Entry(spec, plugin, override)
             self.conflicts[kind].pop(name, None)
-        elif not override and not existing.override:
+        elif override == existing.override:  # neither, or both, claim to win
             plugins = self.conflicts[kind].setdefault(name, [existing.plugin])
             plugins.append(plugin)
 

@@ -116,7 +116,6 @@ class Tuner:
     load: CallableRef
     description: str = ""
     default_learning_rate: float = 1e-4
-    needs_quantized_base: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 from sdk.errors import SdkError
 from sdk.specs import ModelSpec
 
-DTYPES = ("auto", "bf16", "fp16", "fp32")
+# bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub;
+# offline that is expected and says nothing about the run.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -51,6 +54,11 @@ def load_pretrained(path: str | Path, options: LoadOptions,
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(
         str(path), trust_remote_code=options.trust_remote_code, **extra)
+    if gguf_file:
+        # Dense weights: trainable and savable, unlike weights kept in GGUF blocks.
+        from transformers import GgufConfig
+
+        extra["quantization_config"] = GgufConfig(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(options.dtype),
         trust_remote_code=options.trust_remote_code, **extra)
@@ -61,7 +69,6 @@ def load_pretrained(path: str | Path, options: LoadOptions,
 
 def load_from_hub(spec: ModelSpec, options: LoadOptions) -> tuple[Any, Any]:
     """The loader of model specs that name none: ``--model-id-or-path`` or the hub copy."""
-    check_requirements(spec, options)
     if options.model_dir:
         path = Path(options.model_dir)
         if not (path / "config.json").is_file():
@@ -92,6 +99,7 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
 
     options = LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                           model_dir=args.model_id_or_path, download=download)
+    check_requirements(spec, options)  # for every loader, a plugin's own included
     loader = resolve_callable(spec.loader or load_from_hub)
     return loader(spec, options)
 

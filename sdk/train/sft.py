@@ -7,7 +7,9 @@ model is loaded, so a typo costs seconds, not a model load.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,8 +25,15 @@ from sdk.templates.engine import Template
 from sdk.train.run_dir import checkpoints, new_run_dir, write_args
 
 
-def run_sft(args: SftArguments, registry: Registry) -> Path:
-    """Train and return the last checkpoint folder."""
+@dataclass
+class SftResult:
+    run_dir: Path
+    checkpoint: Path  # the last one
+    model: Any
+
+
+def run_sft(args: SftArguments, registry: Registry) -> SftResult:
+    """Train; the result names the run folder and last checkpoint and holds the model."""
     if not args.model_type:
         raise SdkError("--model-type is required (`sdk models` lists them).")
     if not args.dataset:
@@ -57,7 +66,7 @@ def run_sft(args: SftArguments, registry: Registry) -> Path:
     trainer.train()
     last = checkpoints(run_dir)[-1]
     click.echo(f"[sdk] last checkpoint: {last}", err=True)
-    return last
+    return SftResult(run_dir, last, trainer.model)
 
 
 def build_trainer(model, tokenizer, examples, args: SftArguments, default_learning_rate: float,
@@ -69,6 +78,13 @@ def build_trainer(model, tokenizer, examples, args: SftArguments, default_learni
 
     dtype = torch_dtype(args.dtype)
     on_gpu = torch.cuda.is_available()
+    optional = {}
+    if args.gradient_checkpointing:
+        # transformers 5.24 renamed the flag; 5.17 (still in use on GPU machines) has only the
+        # old name.
+        names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        optional["activation_checkpointing" if "activation_checkpointing" in names
+                 else "gradient_checkpointing"] = True
     training_args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=args.batch_size,
@@ -86,11 +102,12 @@ def build_trainer(model, tokenizer, examples, args: SftArguments, default_learni
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
         seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing,
         dataloader_num_workers=args.dataloader_num_workers,
+        dataloader_pin_memory=on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         report_to="none",
+        **optional,
     )
     return Trainer(
         model=model,

@@ -1,0 +1,116 @@
+"""The command line: light startup, flag spellings, config files, clean errors."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sdk.config import SftArguments, build_arguments
+from sdk.errors import SdkError
+
+LIGHT_COMMANDS = [["--help"], ["plugins"], ["models"], ["templates"], ["datasets"],
+                  ["tuners"], ["hubs"]]
+
+
+@pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=" ".join)
+def test_listing_commands_import_neither_torch_nor_transformers(args):
+    code = ("import sys; from sdk.cli import main; sys.argv = ['sdk', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 5  # a loose bound against accidental heavy imports; the README has timings
+
+
+def test_version(run_cli):
+    from sdk import __version__
+
+    result = run_cli("--version")
+    assert result.exit_code == 0 and __version__ in result.stdout
+
+
+def test_models_json_lists_ids_per_hub_and_plugin(run_cli):
+    rows = json.loads(run_cli("models", "--json").stdout)
+    smollm = next(r for r in rows if r["model_type"] == "smollm2-135m-instruct")
+    assert smollm["family"] == "smollm" and smollm["template"] == "smollm2"
+    assert smollm["hub_ids"]["huggingface"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert smollm["plugin"] == "sft-plugin-smollm"
+
+
+@pytest.mark.parametrize("spelling", ["--model-type", "--model_type"])
+def test_both_flag_spellings_are_accepted(run_cli, spelling):
+    result = run_cli("sft", spelling, "smollm2-135m-instrct", "--dataset", "x.jsonl")
+    assert result.exit_code == 1
+    assert "Unknown model type 'smollm2-135m-instrct'" in result.stderr
+    assert "Did you mean 'smollm2-135m-instruct'?" in result.stderr
+
+
+def test_an_unknown_flag_is_a_usage_error_with_a_suggestion(run_cli):
+    result = run_cli("sft", "--model-type", "x", "--learning-rat", "1")
+    assert result.exit_code == 2
+    assert "No such option '--learning-rat'" in result.stderr
+    assert "--learning-rate" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_missing_dataset_file_fails_before_the_model_loads(run_cli, tmp_path):
+    started = time.perf_counter()
+    result = run_cli("sft", "--model-type", "smollm2-135m-instruct",
+                     "--dataset", tmp_path / "missing.jsonl")
+    assert result.exit_code == 1
+    assert "missing.jsonl' does not exist" in result.stderr and "Traceback" not in result.output
+    assert time.perf_counter() - started < 5
+
+
+def test_list_flags_take_several_values_and_booleans_work_with_or_without_value(tmp_path):
+    from click.testing import CliRunner
+
+    from sdk.cli import SdkCommand, given, options_from
+
+    seen = {}
+
+    @options_from(SftArguments)
+    def command(config_file, **params):
+        seen.update(given(params))
+
+    runner = CliRunner()
+    cli = SdkCommand("sft", callback=command, params=command.__click_params__)
+    result = runner.invoke(cli, ["--dataset", "a", "b,c", "--model_name", "雪貂", "Ferret",
+                                 "--gradient-checkpointing", "--trust_remote_code", "false"])
+    assert result.exit_code == 0, result.output
+    arguments = build_arguments(SftArguments, seen)
+    assert arguments.dataset == ["a", "b", "c"]
+    assert arguments.model_name == ["雪貂", "Ferret"]
+    assert arguments.gradient_checkpointing is True and arguments.trust_remote_code is False
+
+
+def test_config_file_values_are_overridden_by_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model_type: smollm2-135m-instruct\nlearning-rate: 1e-4\n"
+                      "dataset: [a, b]\nnum_train_epochs: 2\n")
+    arguments = build_arguments(SftArguments, {"num_train_epochs": 5.0}, str(config))
+    assert arguments.model_type == "smollm2-135m-instruct"
+    assert arguments.learning_rate == 1e-4 and arguments.dataset == ["a", "b"]
+    assert arguments.num_train_epochs == 5.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rat: 1e-4\n", "unknown option 'learning_rat'. Did you mean 'learning_rate'"),
+    ("max_steps: many\n", "option 'max_steps': expected int"),
+    ("- a\n- b\n", "should hold a mapping"),
+])
+def test_bad_config_files_are_named(tmp_path, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    with pytest.raises(SdkError, match=message):
+        build_arguments(SftArguments, {}, str(config))
+
+
+def test_a_bad_choice_names_the_flag():
+    with pytest.raises(SdkError, match="--loss-scope must be one of all, last"):
+        build_arguments(SftArguments, {"loss_scope": "first"})

@@ -1,0 +1,81 @@
+"""Record formats, readers and bad input: errors name the file and line."""
+
+import json
+
+import pytest
+
+from sdk.data.conversations import load_conversations
+from sdk.errors import SdkError
+from sdk.plugins import load_plugins
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_plugins().registry
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def test_alpaca_records_with_input_system_and_history(registry, tmp_path):
+    data = write_jsonl(tmp_path / "alpaca.jsonl", [{
+        "instruction": "Continue the poem.", "input": "床前明月光", "output": "疑是地上霜",
+        "system": "You are a poet.", "history": [["Hi", "Hello"]],
+    }])
+    [messages] = load_conversations([str(data)], registry, None)
+    assert messages == [
+        {"role": "system", "content": "You are a poet."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Continue the poem.\n床前明月光"},
+        {"role": "assistant", "content": "疑是地上霜"},
+    ]
+
+
+def test_alpaca_json_list_and_messages_and_query_response(registry, tmp_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Say hi", "input": "", "output": "hi"}]))
+    messages = write_jsonl(tmp_path / "messages.jsonl", [{"messages": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    query = write_jsonl(tmp_path / "qr.jsonl", [{"query": "q", "response": "r"}])
+    conversations = load_conversations([str(alpaca), str(messages), str(query)], registry, None)
+    assert [c[-1]["content"] for c in conversations] == ["hi", "b", "r"]
+    assert conversations[0][0] == {"role": "user", "content": "Say hi"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n',
+     r"bad\.jsonl:2: not valid JSON"),
+    (b'{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n',
+     r"bad\.jsonl:2: field 'output' is missing or empty \(read as alpaca format\)"),
+    (b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": 3}\n',
+     r"bad\.jsonl:2: field 'output' should be text, got int"),
+    (b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff\xfe", "output": "b"}\n',
+     r"bad\.jsonl:2: not valid UTF-8"),
+    (b'{"messages": [{"role": "user", "content": "only a question"}]}\n',
+     r"bad\.jsonl:1: the conversation has no assistant message"),
+    (b'{"text": "pre-training text"}\n', r"bad\.jsonl:1: cannot tell the format"),
+    (b'[1, 2]\n', r"bad\.jsonl:1: expected a JSON object"),
+])
+def test_bad_records_name_the_file_and_line(registry, tmp_path, content, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    with pytest.raises(SdkError, match=message):
+        load_conversations([str(bad)], registry, None)
+
+
+def test_missing_file_and_unknown_dataset_name(registry, tmp_path):
+    with pytest.raises(SdkError, match="does not exist"):
+        load_conversations([str(tmp_path / "nope.jsonl")], registry, None)
+    with pytest.raises(SdkError, match="Did you mean 'self-cognition'"):
+        load_conversations(["self-cognitoin"], registry, None)
+
+
+def test_empty_dataset_is_an_error(registry, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SdkError, match="No training records"):
+        load_conversations([str(empty)], registry, None)

@@ -1,0 +1,125 @@
+"""Plugin discovery: entry points, --plugin files, SFT_SDK_PLUGINS, isolation, duplicates."""
+
+import json
+import textwrap
+
+from sdk.plugins import load_plugins
+
+
+def plugin_file(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text("from sdk import hookimpl\nfrom sdk.specs import TemplateSpec\n"
+                    + textwrap.dedent(body))
+    return path
+
+
+TEMPLATE_PLUGIN = """
+    @hookimpl
+    def register_templates(register):
+        register(TemplateSpec(name="{name}", user_format="Q: {{content}}\\n",
+                              assistant_prefix="A: ", description="{description}"){override})
+"""
+
+
+def template_plugin(tmp_path, file_name, name="mine", description="", override=""):
+    return plugin_file(tmp_path, file_name, TEMPLATE_PLUGIN.format(
+        name=name, description=description, override=override))
+
+
+def test_installed_first_party_plugins_are_found_through_entry_points():
+    plugins = load_plugins()
+    smollm = plugins.info["sft-plugin-smollm"]
+    assert smollm.source == "entry point" and smollm.version
+    registry = plugins.registry
+    assert registry.entry("models", "smollm2-135m-instruct").plugin == "sft-plugin-smollm"
+    assert registry.entry("datasets", "self-cognition").plugin == "sft-plugin-self-cognition"
+    assert {"lora", "full"} <= set(registry.names("tuners"))
+    assert {"chatml", "default", "smollm2"} <= set(registry.names("templates"))
+
+
+def test_plugin_file_and_environment_variable(run_cli, tmp_path, monkeypatch):
+    by_flag = template_plugin(tmp_path, "by_flag", name="from-flag")
+    by_env = template_plugin(tmp_path, "by_env", name="from-env")
+    monkeypatch.setenv("SFT_SDK_PLUGINS", str(by_env))
+    result = run_cli("--plugin", by_flag, "templates", "--json")
+    assert result.exit_code == 0
+    names = {row["name"]: row["plugin"] for row in json.loads(result.stdout)}
+    assert names["from-flag"] == str(by_flag) and names["from-env"] == str(by_env)
+
+
+def test_a_broken_plugin_is_reported_and_the_rest_keep_working(run_cli, tmp_path):
+    broken_import = plugin_file(tmp_path, "broken_import", "import no_such_module_here\n")
+    broken_hook = plugin_file(tmp_path, "broken_hook", """
+        @hookimpl
+        def register_templates(register):
+            register(TemplateSpec(name="half-done"))
+            raise RuntimeError("oops in hook")
+    """)
+    good = template_plugin(tmp_path, "good", name="still-here")
+    args = ["--plugin", broken_import, "--plugin", broken_hook, "--plugin", good]
+    listing = run_cli(*args, "templates")
+    assert listing.exit_code == 0
+    assert "still-here" in listing.stdout and "smollm2" in listing.stdout
+    assert "No module named 'no_such_module_here'" in listing.stderr
+    report = run_cli(*args, "plugins", "--json")
+    errors = {row["name"]: row["error"] for row in json.loads(report.stdout)}
+    assert "ModuleNotFoundError" in errors[str(broken_import)]
+    assert "register_templates raised RuntimeError: oops in hook" in errors[str(broken_hook)]
+    assert errors[str(good)] is None
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both(run_cli, tmp_path):
+    first = template_plugin(tmp_path, "first", name="dup")
+    second = template_plugin(tmp_path, "second", name="dup")
+    messages = tmp_path / "m.json"
+    messages.write_text('[{"role": "user", "content": "hi"}]')
+    result = run_cli("--plugin", first, "--plugin", second,
+                     "template", "render", "dup", "--messages", messages)
+    assert result.exit_code == 1
+    assert "registered by both" in result.stderr
+    assert str(first) in result.stderr and str(second) in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_override_replaces_a_registration(run_cli, tmp_path):
+    winner = template_plugin(tmp_path, "winner", name="chatml", description="mine",
+                             override=", override=True")
+    result = run_cli("--plugin", winner, "templates", "--json")
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["chatml"]["plugin"] == str(winner) and rows["chatml"]["description"] == "mine"
+
+
+def test_a_plugin_can_add_a_command(run_cli, tmp_path):
+    path = tmp_path / "cmd.py"
+    path.write_text(textwrap.dedent("""
+        import click
+        from sdk import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            def hello():
+                "Say hello."
+                click.echo("hello from a plugin")
+    """))
+    result = run_cli("--plugin", path, "hello")
+    assert result.exit_code == 0 and result.stdout == "hello from a plugin\n"
+
+
+def test_a_missing_plugin_file_is_a_clear_error(run_cli, tmp_path):
+    result = run_cli("--plugin", tmp_path / "nope.py", "models")
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+def test_the_example_third_party_plugin(run_cli, tmp_path):
+    from conftest import REPO
+
+    example = REPO / "examples" / "plugins" / "alpaca_template.py"
+    messages = tmp_path / "m.json"
+    messages.write_text('[{"role": "user", "content": "Name a colour."}]')
+    result = run_cli("--plugin", example, "template", "render", "alpaca",
+                     "--messages", messages, "--add-generation-prompt")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nName a colour.\n\n### Response:\n")

@@ -1,0 +1,92 @@
+"""Template rendering, loss masks and token ids, with the real Qwen2 tokenizer (ChatML)."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import TOKENIZERS
+from sdk.templates.builtin import CHATML, DEFAULT
+from sdk.templates.engine import IGNORE_INDEX, Template
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "床前明月光"},
+    {"role": "assistant", "content": "疑是地上霜"},
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer():
+    return AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+
+
+def trained_text(tokenizer, input_ids, labels):
+    return tokenizer.decode([i for i, label in zip(input_ids, labels, strict=True)
+                             if label != IGNORE_INDEX])
+
+
+def test_chatml_renders_like_the_qwen2_chat_template(qwen_tokenizer):
+    template = Template(CHATML)
+    for messages in (CONVERSATION, CONVERSATION[:2]):
+        for generation_prompt in (False, True):
+            expected = qwen_tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt)
+            assert template.render(messages, generation_prompt) == expected
+
+
+def test_only_assistant_replies_and_their_end_marker_carry_loss(qwen_tokenizer):
+    input_ids, labels = Template(CHATML).encode(qwen_tokenizer, CONVERSATION)
+    assert trained_text(qwen_tokenizer, input_ids, labels) == "Hello!<|im_end|>疑是地上霜<|im_end|>"
+    assert labels[0] == IGNORE_INDEX
+
+
+def test_loss_scope_last_trains_only_the_final_reply(qwen_tokenizer):
+    input_ids, labels = Template(CHATML).encode(qwen_tokenizer, CONVERSATION, loss_scope="last")
+    assert trained_text(qwen_tokenizer, input_ids, labels) == "疑是地上霜<|im_end|>"
+
+
+def test_encoded_ids_equal_the_tokenizers_ids_for_the_rendered_text(qwen_tokenizer):
+    template = Template(CHATML)
+    input_ids, _ = template.encode(qwen_tokenizer, CONVERSATION)
+    text = template.render(CONVERSATION)
+    assert input_ids == qwen_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_default_template_ends_replies_with_the_tokenizers_eos(qwen_tokenizer):
+    template = Template.for_tokenizer(DEFAULT, qwen_tokenizer)
+    text = template.render(CONVERSATION[1:3])
+    assert text == "### Human:\nHi\n\n### Assistant:\nHello!<|endoftext|>\n\n"
+    input_ids, labels = template.encode(qwen_tokenizer, CONVERSATION[1:3])
+    assert trained_text(qwen_tokenizer, input_ids, labels) == "Hello!<|endoftext|>"
+
+
+@pytest.mark.parametrize("messages, reason", [
+    ([], "no messages"),
+    ([{"role": "robot", "content": "x"}], "role 'robot'"),
+    ([{"role": "user"}], "no text 'content'"),
+    ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "only the first"),
+])
+def test_bad_conversations_are_rejected_with_a_reason(messages, reason):
+    with pytest.raises(ValueError, match=reason):
+        Template(CHATML).render(messages)
+
+
+def test_template_render_command_prints_exactly_the_text(run_cli, tmp_path, qwen_tokenizer):
+    messages = tmp_path / "messages.json"
+    messages.write_text(json.dumps(CONVERSATION[:2]), encoding="utf-8")
+    result = run_cli("template", "render", "chatml", "--messages", messages,
+                     "--add-generation-prompt")
+    assert result.exit_code == 0
+    assert result.stdout == qwen_tokenizer.apply_chat_template(
+        CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
+
+
+def test_template_render_rejects_a_bad_messages_file(run_cli, tmp_path):
+    messages = tmp_path / "messages.json"
+    messages.write_text('[{"role": "user"}]', encoding="utf-8")
+    result = run_cli("template", "render", "chatml", "--messages", messages)
+    assert result.exit_code == 1
+    assert "messages.json" in result.stderr and "Traceback" not in result.output

@@ -1,0 +1,95 @@
+"""A few real training steps on a tiny random model; checkpoints reload to the same logits."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL_TYPE
+from sdk.config import InferArguments, SftArguments
+from sdk.infer.chat import load_for_inference
+from sdk.train.sft import run_sft
+
+PROBE = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def train(plugin_set, identity_data, tmp_path, **overrides):
+    settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+                    output_dir=str(tmp_path / "output"), max_steps=3, batch_size=2,
+                    gradient_accumulation_steps=1, learning_rate=1e-2, save_steps=2,
+                    logging_steps=1, seed=0)
+    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+
+
+def logits(model, tokenizer):
+    inputs = tokenizer(PROBE, add_special_tokens=False, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+@pytest.mark.parametrize("sft_type, weights_file", [
+    ("lora", "adapter_model.safetensors"),
+    ("full", "model.safetensors"),
+])
+def test_train_save_and_reload_gives_the_same_logits(plugin_set, identity_data, tmp_path,
+                                                     tiny_model_dir, sft_type, weights_file):
+    from transformers import AutoModelForCausalLM
+
+    result = train(plugin_set, identity_data, tmp_path, sft_type=sft_type)
+
+    assert re.fullmatch(r"v0-\d{8}-\d{6}", result.run_dir.name)
+    assert result.run_dir.parent.name == TINY_MODEL_TYPE
+    assert sorted(p.name for p in result.run_dir.glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-3"]
+    assert result.checkpoint.name == "checkpoint-3"
+    for name in (weights_file, "sft_args.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (result.checkpoint / name).is_file(), name
+    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    assert saved["model_type"] == TINY_MODEL_TYPE and saved["template"] == "chatml"
+    assert saved["sft_type"] == sft_type
+
+    log = [json.loads(line) for line in (result.run_dir / "logging.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all({"loss", "learning_rate", "grad_norm"} <= set(r) for r in steps)
+
+    model, tokenizer, _ = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)),
+                                             plugin_set.registry)
+    trained = result.model.eval()
+    torch.testing.assert_close(logits(model, tokenizer), logits(trained, tokenizer),
+                               rtol=1e-5, atol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(logits(base, tokenizer), logits(model, tokenizer), atol=1e-4)
+
+
+def test_a_second_run_gets_the_next_version_folder(plugin_set, identity_data, tmp_path):
+    first = train(plugin_set, identity_data, tmp_path, max_steps=1)
+    second = train(plugin_set, identity_data, tmp_path, max_steps=1)
+    assert first.run_dir.name.startswith("v0-") and second.run_dir.name.startswith("v1-")
+    assert first.checkpoint.is_dir()  # the earlier run is untouched
+
+
+def test_infer_from_a_checkpoint_needs_no_other_flag(plugin_set, identity_data, tmp_path,
+                                                    tiny_plugin_file, run_cli):
+    result = train(plugin_set, identity_data, tmp_path)
+    answer = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.checkpoint,
+                     "--query", "Who are you?", "--max-new-tokens", "4")
+    assert answer.exit_code == 0, answer.output
+    assert answer.stdout.strip()
+
+    chat = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.run_dir,
+                   "--max-new-tokens", "3", input="Hi\nclear\nAnd you?\nexit\n")
+    assert chat.exit_code == 0, chat.output
+    assert chat.stdout.count(">>> ") == 2
+    assert "(history cleared)" in chat.stderr
+
+
+def test_sft_command_end_to_end_on_the_tiny_model(tiny_plugin_file, identity_data, tmp_path,
+                                                  run_cli):
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model_type", TINY_MODEL_TYPE,
+                     "--dataset", identity_data, "--max-steps", "2", "--batch-size", "2",
+                     "--gradient_accumulation_steps", "1", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"last checkpoint: .*checkpoint-2", result.stderr)
+    assert "4 training rows" in result.stderr
