@@ -67,6 +67,15 @@ def test_a_missing_dataset_file_fails_before_the_model_loads(run_cli, tmp_path):
     assert time.perf_counter() - started < 5
 
 
+def test_a_record_without_the_fields_its_format_needs_names_file_and_line(run_cli, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    result = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--dataset", data)
+    assert result.exit_code == 1
+    assert f"{data}:2: field 'output' is missing or empty" in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_list_flags_take_several_values_and_booleans_work_with_or_without_value(tmp_path):
     from click.testing import CliRunner
 

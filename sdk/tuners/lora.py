@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 from sdk.specs import ModelSpec
 
 ALL_LINEAR = {"all", "all-linear", "all_linear"}
+
+# peft 0.21 reads an attribute that transformers 5.24 renamed; the warning is about the two
+# libraries, not about anything a user can change.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                        category=FutureWarning)
 
 
 def target_modules(requested: list[str] | None, spec: ModelSpec) -> str | list[str]:
