@@ -37,10 +37,17 @@ REGISTRATION_HOOKS = {f"register_{kind}": kind for kind in KINDS}
 @dataclass
 class PluginInfo:
     name: str
-    source: str  # "builtin", "entry point", "file" or "test"
+    source: str  # "builtin", "entry point" or "file"
     version: str = ""
     registered: dict[str, list[str]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
+    load_error: str | None = None
+    command_error: str | None = None
+    # set anew each time the registry is collected: hook exceptions and name conflicts
+    registration_errors: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for e in (self.load_error, self.command_error) if e] + self.registration_errors
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +74,7 @@ class PluginSet:
         self._registry = None
 
     def record_failure(self, name: str, source: str, error: BaseException) -> None:
-        self.info[name] = PluginInfo(name=name, source=source, errors=[describe(error)])
+        self.info[name] = PluginInfo(name=name, source=source, load_error=describe(error))
 
     def load_builtins(self) -> None:
         from sdk import __version__
@@ -116,8 +123,7 @@ class PluginSet:
     def _collect(self) -> Registry:
         registry = Registry()
         for info in self.info.values():
-            info.registered = {}
-            info.errors = [e for e in info.errors if not e.startswith("register_")]
+            info.registered, info.registration_errors = {}, []
         for hook_name, kind in REGISTRATION_HOOKS.items():
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 plugin_name = self.manager.get_name(impl.plugin)
@@ -126,12 +132,12 @@ class PluginSet:
                 try:
                     impl.function(*[register for _ in impl.argnames])
                 except Exception as error:
-                    info.errors.append(f"{hook_name} raised {describe(error)}")
+                    info.registration_errors.append(f"{hook_name} raised {describe(error)}")
         for kind, names in registry.conflicts.items():
             for name, owners in names.items():
                 for owner in owners:
                     others = " and ".join(o for o in owners if o != owner)
-                    self.info[owner].errors.append(
+                    self.info[owner].registration_errors.append(
                         f"{KINDS[kind][0]} '{name}' is also registered by {others}")
         return registry
 
@@ -140,7 +146,7 @@ class PluginSet:
             try:
                 impl.function(*[cli for _ in impl.argnames])
             except Exception as error:
-                self.info[self.manager.get_name(impl.plugin)].errors.append(
+                self.info[self.manager.get_name(impl.plugin)].command_error = (
                     f"register_commands raised {describe(error)}")
 
     def failures(self) -> list[PluginInfo]:

@@ -123,3 +123,17 @@ def test_the_example_third_party_plugin(run_cli, tmp_path):
     assert result.stdout == (
         "Below is an instruction that describes a task. Write a response that appropriately "
         "completes the request.\n\n### Instruction:\nName a colour.\n\n### Response:\n")
+
+
+def test_errors_of_command_hooks_survive_collecting_the_registry(run_cli, tmp_path):
+    path = tmp_path / "bad_cmd.py"
+    path.write_text(textwrap.dedent("""
+        from sdk import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            raise RuntimeError("no commands today")
+    """))
+    report = run_cli("--plugin", path, "plugins", "--json")
+    errors = {row["name"]: row["error"] for row in json.loads(report.stdout)}
+    assert "register_commands raised RuntimeError: no commands today" in errors[str(path)]

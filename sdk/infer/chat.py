@@ -29,7 +29,8 @@ def resolve_checkpoint(path: str) -> Path:
         raise SdkError(f"--ckpt-dir '{path}' is not a folder.")
     if (folder / ARGS_FILE).is_file() and folder.name.startswith("checkpoint-"):
         return folder
-    found = checkpoints(folder)
+    # A checkpoint whose save was cut short has no arguments file; skip it.
+    found = [c for c in checkpoints(folder) if (c / ARGS_FILE).is_file()]
     if found:
         return found[-1]
     raise SdkError(f"--ckpt-dir '{path}' holds no checkpoint written by `sdk sft` "
@@ -46,8 +47,7 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
         system = args.system if args.system is not None else saved.get("system")
         base_args = dataclasses.replace(
             args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
-            trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),
-            hub=saved.get("hub", args.hub))
+            trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False))
         click.echo(f"[sdk] loading {checkpoint}", err=True)
         model = resolve_callable(tuner.load)(
             checkpoint, lambda: load_model(spec, base_args, registry)[0],

