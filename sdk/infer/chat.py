@@ -37,17 +37,30 @@ def resolve_checkpoint(path: str) -> Path:
                    f"(no {ARGS_FILE} and no checkpoint-N folder).")
 
 
+def read_saved_arguments(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SdkError(f"{path} cannot be read ({error}); the checkpoint is damaged.") from None
+    missing = [key for key in ("model_type", "sft_type", "template")
+               if not isinstance(saved, dict) or not isinstance(saved.get(key), str)]
+    if missing:
+        raise SdkError(f"{path} lacks {', '.join(missing)}; it was not written by `sdk sft`.")
+    return saved
+
+
 def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
     if args.ckpt_dir:
         checkpoint = resolve_checkpoint(args.ckpt_dir)
-        saved = json.loads((checkpoint / ARGS_FILE).read_text(encoding="utf-8"))
+        saved = read_saved_arguments(checkpoint / ARGS_FILE)
         spec = registry.get("models", saved["model_type"])
         tuner = registry.get("tuners", saved["sft_type"])
         template_spec = registry.get("templates", args.template or saved["template"])
         system = args.system if args.system is not None else saved.get("system")
         base_args = dataclasses.replace(
             args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
-            trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False))
+            trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),
+            hub=args.hub or saved.get("hub"))
         click.echo(f"[sdk] loading {checkpoint}", err=True)
         model = resolve_callable(tuner.load)(
             checkpoint, lambda: load_model(spec, base_args, registry)[0],
@@ -99,7 +112,16 @@ def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
                                  skip_special_tokens=True)
     else:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=model.generate, kwargs={**inputs, **options, "streamer": streamer})
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                model.generate(**inputs, **options, streamer=streamer)
+            except BaseException as error:  # handed to the reading thread below
+                failure.append(error)
+                streamer.end()  # without this the reader waits forever
+
+        worker = Thread(target=produce)
         worker.start()
         pieces = []
         for piece in streamer:
@@ -107,6 +129,8 @@ def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
             out.write(piece)
             out.flush()
         worker.join()
+        if failure:
+            raise failure[0]
         out.write("\n")
         reply = "".join(pieces)
     for word in stop_strings:

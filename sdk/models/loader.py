@@ -16,6 +16,8 @@ from sdk.specs import ModelSpec
 # offline that is expected and says nothing about the run.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
+DEFAULT_HUB = "local"
+
 
 @dataclass
 class LoadOptions:
@@ -71,9 +73,6 @@ def load_from_hub(spec: ModelSpec, options: LoadOptions) -> tuple[Any, Any]:
     """The loader of model specs that name none: ``--model-id-or-path`` or the hub copy."""
     if options.model_dir:
         path = Path(options.model_dir)
-        if not (path / "config.json").is_file():
-            raise SdkError(f"--model-id-or-path '{path}' is not a model folder "
-                           "(no config.json in it).")
     elif options.download is not None:
         path = options.download(spec)
     else:
@@ -86,7 +85,7 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
     """Load a model type with the flags in ``args`` (dtype, --model-id-or-path, --hub ...)."""
     from sdk.specs import resolve_callable
 
-    hub = registry.get("hubs", args.hub)
+    hub = registry.get("hubs", args.hub or DEFAULT_HUB)
 
     def download(model_spec: ModelSpec) -> Path:
         repo_id = model_spec.hub_ids.get(hub.name)
@@ -100,6 +99,9 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
     options = LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                           model_dir=args.model_id_or_path, download=download)
     check_requirements(spec, options)  # for every loader, a plugin's own included
+    if options.model_dir and not (Path(options.model_dir) / "config.json").is_file():
+        raise SdkError(f"--model-id-or-path '{options.model_dir}' is not a model folder "
+                       "(no config.json in it).")
     loader = resolve_callable(spec.loader or load_from_hub)
     return loader(spec, options)
 

@@ -81,7 +81,8 @@ class Template:
     def encode(self, tokenizer: Any, messages: Sequence[Message],
                loss_scope: str = "all") -> tuple[list[int], list[int]]:
         """Token ids of the rendered text (exactly as the tokenizer splits the whole text) and
-        labels that keep only the tokens starting inside trained pieces."""
+        labels that keep every token overlapping a trained piece: a BPE token may merge the
+        space that ends a prompt part with the first word of the reply."""
         boundaries, trained, text = [], [], ""
         for piece, is_trained in self.pieces(messages, loss_scope=loss_scope):
             if piece:
@@ -91,9 +92,11 @@ class Template:
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids = list(encoding["input_ids"])
         labels = []
-        for token_id, (start, _end) in zip(input_ids, encoding["offset_mapping"], strict=True):
-            piece_index = bisect.bisect_right(boundaries, start) - 1
-            labels.append(token_id if trained[piece_index] else IGNORE_INDEX)
+        for token_id, (start, end) in zip(input_ids, encoding["offset_mapping"], strict=True):
+            first = bisect.bisect_right(boundaries, start) - 1
+            last = bisect.bisect_right(boundaries, max(start, end - 1)) - 1
+            covered = trained[first:last + 1]
+            labels.append(token_id if any(covered) else IGNORE_INDEX)
         return input_ids, labels
 
     def stop_words(self) -> list[str]:

@@ -3,11 +3,14 @@ checkpoint self-describing."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import time
 from pathlib import Path
 from typing import Any
+
+from sdk.errors import SdkError
 
 ARGS_FILE = "sft_args.json"
 _VERSION = re.compile(r"^v(\d+)-")
@@ -15,17 +18,19 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def new_run_dir(output_dir: str | Path, model_type: str) -> Path:
+    """A new, empty run folder whose version is one above every run already there."""
     parent = Path(output_dir) / model_type
-    parent.mkdir(parents=True, exist_ok=True)
-    while True:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SdkError(f"--output-dir '{output_dir}' is a file; give a folder.") from None
+    # The lock makes "find the highest version, create the next" one step across processes.
+    with (parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         used = [int(m.group(1)) for p in parent.iterdir() if (m := _VERSION.match(p.name))]
-        version = max(used, default=-1) + 1
-        run_dir = parent / f"v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
-        try:
-            run_dir.mkdir()  # never reuse a folder another run already wrote to
-            return run_dir
-        except FileExistsError:
-            time.sleep(1)
+        run_dir = parent / f"v{max(used, default=-1) + 1}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir.mkdir()
+    return run_dir
 
 
 def write_args(folder: Path, arguments: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ model is loaded, so a typo costs seconds, not a model load.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sdk.config import SftArguments, saved_arguments
 from sdk.data.conversations import load_conversations
 from sdk.data.encode import encode_conversations
 from sdk.errors import SdkError
-from sdk.models.loader import load_model, torch_dtype
+from sdk.models.loader import DEFAULT_HUB, load_model, torch_dtype
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
@@ -44,9 +45,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
     tuner = registry.get("tuners", args.sft_type)
+    args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or DEFAULT_HUB)
     registry.get("hubs", args.hub)
     conversations = load_conversations(args.dataset, registry, args, args.dataset_format)
-    args = dataclasses.replace(args, template=template_spec.name)
 
     model, tokenizer = load_model(spec, args, registry)
     template = Template.for_tokenizer(template_spec, tokenizer)
@@ -59,10 +60,14 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
 
     run_dir = new_run_dir(args.output_dir, args.model_type)
     saved = {**saved_arguments(args), "sdk_version": __version__}
+    try:
+        trainer = build_trainer(model, tokenizer, examples, args, tuner.default_learning_rate,
+                                run_dir, saved)
+    except BaseException:
+        shutil.rmtree(run_dir)  # nothing was written yet; do not leave a run with no model
+        raise
     write_args(run_dir, saved)
     click.echo(f"[sdk] run folder: {run_dir}", err=True)
-    trainer = build_trainer(model, tokenizer, examples, args, tuner.default_learning_rate,
-                            run_dir, saved)
     trainer.train()
     last = checkpoints(run_dir)[-1]
     click.echo(f"[sdk] last checkpoint: {last}", err=True)
@@ -100,7 +105,7 @@ def build_trainer(model, tokenizer, examples, args: SftArguments, default_learni
         logging_first_step=True,
         save_strategy="steps",
         save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
+        save_total_limit=args.save_total_limit if args.save_total_limit > 0 else None,
         seed=args.seed,
         dataloader_num_workers=args.dataloader_num_workers,
         dataloader_pin_memory=on_gpu,

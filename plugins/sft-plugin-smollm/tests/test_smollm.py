@@ -78,7 +78,7 @@ def test_fine_tune_and_chat_with_the_real_model(tmp_path):
          "--batch-size", "2", "--gradient-accumulation-steps", "1", "--output-dir",
          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
-    [run_dir] = (tmp_path / MODEL_TYPE).iterdir()
+    [run_dir] = (tmp_path / MODEL_TYPE).glob("v*")
     assert (run_dir / "checkpoint-2" / "adapter_model.safetensors").is_file()
     chat = subprocess.run([SDK, "infer", "--ckpt-dir", str(run_dir), "--query", "Who are you?",
                            "--max-new-tokens", "16"], capture_output=True, text=True, env=env,
