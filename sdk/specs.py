@@ -52,15 +52,22 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TemplateSpec:
-    """A chat format, built from parts (the ms-swift style).
+    """A chat format, built from parts (the ms-swift style) or given as a jinja template.
 
-    Every part is literal text in which ``{content}`` stands for the message text and
+    Parts: literal text in which ``{content}`` stands for the message text and
     ``{bos_token}`` / ``{eos_token}`` for the tokenizer's special tokens. An assistant turn
     renders as ``assistant_prefix + content + assistant_suffix + turn_separator``; the
     content and ``assistant_suffix`` (the end-of-turn marker) carry the loss.
+
+    ``jinja``: a chat template in the Hugging Face format (the model's official one, so that
+    rendering equals ``tokenizer.apply_chat_template``). The parts are then unused, except
+    ``assistant_suffix``: the end-of-turn marker that follows each reply, trained with it.
+    ``special_tokens`` fills ``bos_token`` / ``eos_token`` when no tokenizer is at hand.
     """
 
     name: str
+    jinja: str | None = None
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
     system_format: str = "{content}"
     user_format: str = "{content}"
     assistant_prefix: str = ""

@@ -102,3 +102,26 @@ def test_a_reply_word_merged_with_the_prompts_trailing_space_still_carries_loss(
     input_ids, labels = Template(spaced).encode(qwen_tokenizer, messages)
     assert "ĠHello" in qwen_tokenizer.convert_ids_to_tokens(input_ids)  # space + word
     assert trained_text(qwen_tokenizer, input_ids, labels) == " Hello there<|im_end|>"
+
+
+@pytest.mark.parametrize("family, suffix", [("llama2", "</s>"), ("mistral-v0.1", "</s>"),
+                                            ("llama3", "<|eot_id|>"), ("qwen2", "<|im_end|>")])
+def test_jinja_templates_render_like_the_tokenizer_and_train_only_replies(family, suffix):
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / family)
+    spec = TemplateSpec(name=family, jinja=tokenizer.chat_template, assistant_suffix=suffix)
+    conversation = [m for m in CONVERSATION if family != "mistral-v0.1" or m["role"] != "system"]
+    template = Template.for_tokenizer(spec, tokenizer)
+    expected = tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert template.render(conversation) == expected
+    input_ids, labels = template.encode(tokenizer, conversation)
+    assert input_ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
+    trained = trained_text(tokenizer, input_ids, labels)
+    assert trained.replace(" ", "") == f"Hello!{suffix}疑是地上霜{suffix}"
+    _, last_only = template.encode(tokenizer, conversation, loss_scope="last")
+    assert trained_text(tokenizer, input_ids, last_only).replace(" ", "") == f"疑是地上霜{suffix}"
+
+
+def test_a_jinja_template_that_raises_gives_its_message():
+    spec = TemplateSpec(name="strict", jinja="{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(ValueError, match="roles must alternate"):
+        Template(spec).render([{"role": "user", "content": "hi"}])

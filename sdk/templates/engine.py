@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import functools
+import json
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sdk.specs import TemplateSpec
@@ -30,20 +33,46 @@ def check_messages(messages: Sequence[Message]) -> None:
             raise ValueError(f"message {index} is a system message; only the first may be")
 
 
-class Template:
-    """A TemplateSpec bound to a tokenizer's special tokens (``{bos_token}``, ``{eos_token}``).
+def _raise_exception(message: str) -> None:
+    raise ValueError(message)
 
-    Without special tokens the placeholders are rendered as they are written.
-    """
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: Any = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=64)
+def compile_jinja(source: str) -> Any:
+    """The template compiled as transformers compiles chat templates (same environment
+    options and helpers), so that both render the same text."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[jinja2.ext.loopcontrols])
+    environment.filters["tojson"] = _tojson
+    environment.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+    return environment.from_string(source)
+
+
+class Template:
+    """A TemplateSpec bound to special tokens (``{bos_token}``, ``{eos_token}``): a
+    tokenizer's, else the spec's own; missing ones render as they are written."""
 
     def __init__(self, spec: TemplateSpec, special_tokens: Mapping[str, str] | None = None):
         self.spec = spec
-        self.special_tokens = dict(special_tokens or {})
+        self.special_tokens = {**spec.special_tokens, **(special_tokens or {})}
 
     @classmethod
     def for_tokenizer(cls, spec: TemplateSpec, tokenizer: Any) -> Template:
-        tokens = {name: getattr(tokenizer, name, None) or "" for name in ("bos_token", "eos_token")}
-        return cls(spec, tokens)
+        tokens = {name: getattr(tokenizer, name, None) for name in ("bos_token", "eos_token")}
+        return cls(spec, {name: value for name, value in tokens.items() if value})
 
     def _fill(self, part: str, content: str = "") -> str:
         for name, value in self.special_tokens.items():
@@ -54,26 +83,61 @@ class Template:
                loss_scope: str = "all") -> Iterator[tuple[str, bool]]:
         """Yield (text, trained) pieces whose concatenation is the rendered conversation."""
         check_messages(messages)
+        if self.spec.default_system is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.spec.default_system}, *messages]
+        replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        trained = set(replies if loss_scope == "all" else replies[-1:])
+        if self.spec.jinja is not None:
+            yield from self._jinja_pieces(messages, add_generation_prompt, trained)
+        else:
+            yield from self._part_pieces(messages, add_generation_prompt, trained)
+
+    def _part_pieces(self, messages: Sequence[Message], add_generation_prompt: bool,
+                     trained: set[int]) -> Iterator[tuple[str, bool]]:
         spec = self.spec
-        system = spec.default_system
-        if messages[0]["role"] == "system":
-            system, messages = messages[0]["content"], messages[1:]
-        last_reply = max((i for i, m in enumerate(messages) if m["role"] == "assistant"),
-                         default=-1)
         yield self._fill(spec.prefix), False
-        if system is not None:
-            yield self._fill(spec.system_format, system), False
         for index, message in enumerate(messages):
-            if message["role"] == "user":
+            if message["role"] == "system":
+                yield self._fill(spec.system_format, message["content"]), False
+            elif message["role"] == "user":
                 yield self._fill(spec.user_format, message["content"]), False
-                continue
-            trained = loss_scope == "all" or index == last_reply
-            yield self._fill(spec.assistant_prefix), False
-            yield message["content"], trained
-            yield self._fill(spec.assistant_suffix), trained
-            yield self._fill(spec.turn_separator), False
+            else:
+                yield self._fill(spec.assistant_prefix), False
+                yield message["content"], index in trained
+                yield self._fill(spec.assistant_suffix), index in trained
+                yield self._fill(spec.turn_separator), False
         if add_generation_prompt:
             yield self._fill(spec.assistant_prefix), False
+
+    def _jinja_pieces(self, messages: Sequence[Message], add_generation_prompt: bool,
+                      trained: set[int]) -> Iterator[tuple[str, bool]]:
+        """Render with the jinja template, then find each message's text in the result, in
+        order, to place the trained spans: a reply and the end-of-turn marker after it."""
+        text = compile_jinja(self.spec.jinja).render(
+            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+            **self.special_tokens)
+        suffix = self._fill(self.spec.assistant_suffix)
+        cursor, spans = 0, []
+        for index, message in enumerate(messages):
+            content = message["content"].strip()  # official templates often strip or trim
+            if message["role"] == "system" or not content:
+                continue  # a system prompt may be moved, e.g. into the last user turn
+            start = text.find(content, cursor)
+            if start < 0:
+                raise ValueError(f"template '{self.spec.name}' does not show message {index} "
+                                 "as written, so its loss cannot be placed")
+            cursor = start + len(content)
+            if index in trained:
+                marker = text.find(suffix, cursor) if suffix else -1
+                if marker >= 0 and not text[cursor:marker].strip():
+                    cursor = marker + len(suffix)
+                spans.append((start, cursor))
+        position = 0
+        for start, end in spans:
+            yield text[position:start], False
+            yield text[start:end], True
+            position = end
+        yield text[position:], False
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
         return "".join(text for text, _ in self.pieces(messages, add_generation_prompt))
