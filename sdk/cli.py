@@ -77,10 +77,10 @@ def options_from(cls: type) -> Callable[[Callable], Callable]:
                 extra = {"multiple": True}
             elif kind is bool:
                 extra = {"type": click.BOOL, "is_flag": False, "flag_value": "true"}
+            elif kind in (int, float):
+                extra = {"type": kind}  # choices among numbers are checked by build_arguments
             elif f.metadata.get("choices"):
                 extra = {"type": click.Choice(f.metadata["choices"])}
-            elif kind in (int, float):
-                extra = {"type": kind}
             func = click.option(*spellings(f.name), f.name, cls=Flag, default=None,
                                 help=help_text, **extra)(func)
         return click.option("--config", "config_file", cls=Flag, default=None,
@@ -206,10 +206,32 @@ def listing(kind: str, columns: Sequence[str], describe: Callable[[Any], dict[st
     cli.command(name=kind)(command)
 
 
-listing("models", ("model_type", "family", "template", "hub_ids", "plugin"),
-        lambda s: {"model_type": s.model_type, "family": s.family, "template": s.template,
-                   "hub_ids": dict(s.hub_ids), "description": s.description},
-        "Model types (--model-type).")
+@cli.command()
+@json_flag
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list the model types of first-party plugins that are not installed.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool, show_all: bool) -> None:
+    """Model types (--model-type)."""
+    from sdk.catalogue import first_party_plugins
+
+    known = registry(ctx)
+    rows = [{"model_type": s.model_type, "family": s.family, "template": s.template,
+             "hub_ids": dict(s.hub_ids), "description": s.description,
+             "plugin": known.entries["models"][name].plugin, "installed": True}
+            for name in known.names("models") for s in [known.get("models", name)]]
+    columns = ["model_type", "family", "template", "hub_ids", "plugin"]
+    if show_all:
+        rows += [{"model_type": name, "plugin": plugin["name"], "installed": False,
+                  "install": f"pip install {plugin['name']}"}
+                 for plugin in first_party_plugins() for name in plugin.get("models", ())
+                 if name not in known.entries["models"]]
+        columns = ["model_type", "family", "template", "plugin", "installed"]
+    if not as_json:
+        for row in rows:
+            row["installed"] = "yes" if row["installed"] else "no: " + row["install"]
+    emit(rows, columns, as_json)
+
 listing("templates", ("name", "description", "plugin"),
         lambda s: {"name": s.name, "description": s.description,
                    "default_system": s.default_system},

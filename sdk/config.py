@@ -45,6 +45,13 @@ class ModelArguments:
     dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
                      ("auto", "bf16", "fp16", "fp32"))
     trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.")
+    quantization_bit: int | None = arg(
+        None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA; needs a CUDA GPU); "
+        "0: not quantized.", (0, 4, 8))
+    bnb_4bit_comp_dtype: str = arg("auto", "Compute dtype of 4-bit layers (auto: --dtype).",
+                                   ("auto", "bf16", "fp16", "fp32"))
+    bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"))
+    bnb_4bit_use_double_quant: bool = arg(True, "Quantize the 4-bit scales too.")
     hub: str | None = arg(None, "Hub to download models from (see `sdk hubs`; default: "
                           "local, or the hub a checkpoint was trained with).")
 
@@ -195,7 +202,8 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     flag = "--" + f.name.replace("_", "-")
     meta = f.metadata
     if meta["choices"] and value not in meta["choices"]:
-        raise SdkError(f"{flag} must be one of {', '.join(meta['choices'])}; got '{value}'.")
+        allowed = ", ".join(map(str, meta["choices"]))
+        raise SdkError(f"{flag} must be one of {allowed}; got '{value}'.")
     if meta["at_least"] is not None and value < meta["at_least"]:
         raise SdkError(f"{flag} must be at least {meta['at_least']}; got {value}.")
     if meta["above"] is not None and value <= meta["above"]:

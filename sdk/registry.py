@@ -67,7 +67,12 @@ class Registry:
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    from sdk.catalogue import provider
+
     noun, flag = KINDS[kind]
+    plugin = provider(kind, name)
+    if plugin is not None:
+        return f"{name} is provided by {plugin}: pip install {plugin}"
     message = f"Unknown {noun} '{name}' ({flag})."
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     if close:

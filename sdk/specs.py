@@ -123,6 +123,7 @@ class Tuner:
     load: CallableRef
     description: str = ""
     default_learning_rate: float = 1e-4
+    trains_quantized_base: bool = False  # can it train on a 4/8-bit base (--quantization-bit)?
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
         base_args = dataclasses.replace(
             args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
             trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),
-            hub=args.hub or saved.get("hub"))
+            hub=args.hub or saved.get("hub"),
+            quantization_bit=(args.quantization_bit if args.quantization_bit is not None
+                              else saved.get("quantization_bit")))
         click.echo(f"[sdk] loading {checkpoint}", err=True)
         model = resolve_callable(tuner.load)(
             checkpoint, lambda: load_model(spec, base_args, registry)[0],

@@ -25,6 +25,38 @@ class LoadOptions:
     trust_remote_code: bool = False
     model_dir: str | None = None  # a local folder that replaces the hub download
     download: Callable[[ModelSpec], Path] | None = None
+    quantization_bit: int = 0  # 4 or 8: bitsandbytes
+    bnb_4bit_comp_dtype: str = "auto"
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+
+
+def quantization_config(options: LoadOptions) -> Any:
+    """The bitsandbytes config of the QLoRA recipe for ``--quantization-bit 4|8``."""
+    from transformers import BitsAndBytesConfig
+
+    if options.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = options.bnb_4bit_comp_dtype
+    if compute == "auto":
+        compute = options.dtype
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=options.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=options.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(compute))
+
+
+def check_quantization(options: LoadOptions) -> None:
+    if not options.quantization_bit:
+        return
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise SdkError("--quantization-bit needs bitsandbytes: pip install bitsandbytes")
+    if not torch.cuda.is_available():
+        raise SdkError(f"--quantization-bit {options.quantization_bit} needs a CUDA GPU "
+                       "(bitsandbytes' quantized training); none is visible. Drop the flag to "
+                       "train in full precision.")
 
 
 def torch_dtype(name: str) -> Any:
@@ -61,6 +93,9 @@ def load_pretrained(path: str | Path, options: LoadOptions,
         from transformers import GgufConfig
 
         extra["quantization_config"] = GgufConfig(dequantize=True)
+    elif options.quantization_bit:
+        extra["quantization_config"] = quantization_config(options)
+        extra["device_map"] = {"": 0}  # bitsandbytes places the weights on the GPU
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(options.dtype),
         trust_remote_code=options.trust_remote_code, **extra)
@@ -96,9 +131,14 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
         return Path(resolve_callable(hub.download)(
             repo_id, model_spec.revision, model_spec.ignore_patterns))
 
-    options = LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                          model_dir=args.model_id_or_path, download=download)
+    options = LoadOptions(
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        model_dir=args.model_id_or_path, download=download,
+        quantization_bit=args.quantization_bit or 0, bnb_4bit_comp_dtype=args.bnb_4bit_comp_dtype,
+        bnb_4bit_quant_type=args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant)
     check_requirements(spec, options)  # for every loader, a plugin's own included
+    check_quantization(options)
     if options.model_dir and not (Path(options.model_dir) / "config.json").is_file():
         raise SdkError(f"--model-id-or-path '{options.model_dir}' is not a model folder "
                        "(no config.json in it).")

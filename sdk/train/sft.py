@@ -45,6 +45,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
     tuner = registry.get("tuners", args.sft_type)
+    if args.quantization_bit and not tuner.trains_quantized_base:
+        raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
+                       "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
     args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or DEFAULT_HUB)
     registry.get("hubs", args.hub)
     conversations = load_conversations(args.dataset, registry, args, args.dataset_format)

@@ -11,7 +11,8 @@ def register_tuners(register):
         prepare="sdk.tuners.lora:prepare",
         load="sdk.tuners.lora:load",
         description="LoRA adapters (peft): --lora-rank, --lora-alpha, --lora-dropout, "
-                    "--lora-target-modules",
+                    "--lora-target-modules; QLoRA with --quantization-bit 4|8",
+        trains_quantized_base=True,
     ))
     register(Tuner(
         name="full",

@@ -25,9 +25,13 @@ def target_modules(requested: list[str] | None, spec: ModelSpec) -> str | list[s
 
 
 def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if args.gradient_checkpointing:
+    if getattr(model, "hf_quantizer", None) is not None:  # bitsandbytes or GPTQ weights
+        # fp32 norms and an input that carries gradients, as the QLoRA recipe does
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=args.gradient_checkpointing)
+    elif args.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     config = LoraConfig(
         task_type="CAUSAL_LM",
