@@ -74,7 +74,10 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     if plugin is not None:
         return f"{name} is provided by {plugin}: pip install {plugin}"
     message = f"Unknown {noun} '{name}' ({flag})."
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    scored = sorted(((difflib.SequenceMatcher(None, name, k).ratio(), k) for k in known),
+                    reverse=True)
+    # only names about as close as the closest: one typo should not list a whole family
+    close = [k for score, k in scored[:3] if score >= max(0.6, scored[0][0] - 0.05)]
     if close:
         message += " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
     return message + f" `sdk {kind}` lists the installed ones."

@@ -69,7 +69,8 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
             torch_dtype(args.dtype))
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(checkpoint), trust_remote_code=base_args.trust_remote_code)
     elif args.model_type:
         spec = registry.get("models", args.model_type)
         template_spec = registry.get("templates", args.template or spec.template)

@@ -1,0 +1,173 @@
+"""ChatGLM2, ChatGLM3 and GLM-4 (Zhipu AI / THUDM) chat models and their chat formats.
+
+Registering is cheap: nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from sdk import hookimpl
+from sdk.specs import ModelSpec, TemplateSpec
+
+# ---------------------------------------------------------------------------------------------
+# Templates. No tokenizer files of this family are available offline (they need remote code),
+# so each template reproduces the official prompt text, cited below, and the tests compare it
+# with literal strings in that format.
+# ---------------------------------------------------------------------------------------------
+
+# ChatGLM2-6B: THUDM/chatglm2-6b tokenization_chatglm.py
+#   get_prefix_tokens()  -> [gMASK] sop   (added in front by build_inputs_with_special_tokens)
+#   build_prompt(query, history):
+#       "[Round {i+1}]\n\n问：{old_query}\n\n答：{response}\n\n" for each past round, then
+#       "[Round {n+1}]\n\n问：{query}\n\n答："             (rounds numbered from 1)
+# The reply is followed by the tokenizer's eos "</s>": the official fine-tuning
+# (ChatGLM2-6B ptuning/main.py) trains labels = reply ids + [eos_token_id]; past replies in the
+# prompt end with "\n\n" and no eos (ms-swift's chatglm2 template: chat_sep "\n\n", suffix eos).
+# ChatGLM2 has no system role; like ms-swift (prefix ['{{SYSTEM}}']) a system text, if given,
+# goes in front of the first round.
+CHATGLM2_JINJA = (
+    "[gMASK]sop{% set ns = namespace(round=0) %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{% set ns.round = ns.round + 1 %}"
+    "{{ '[Round ' ~ ns.round ~ ']\n\n问：' ~ message['content'] ~ '\n\n' }}"
+    "{% else %}{{ '答：' ~ message['content'] }}"
+    "{% if loop.last %}{{ eos_token }}{% else %}{{ '\n\n' }}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '答：' }}{% endif %}"
+)
+
+# The end-of-turn marker of ChatGLM3 and GLM-4: a reply ends where the next role token comes;
+# generation stops on "<|user|>" or "<|observation|>" (their generation_config eos_token_id
+# lists those ids with the eos). The official chat templates write nothing after the last
+# reply, so the templates below add "<|user|>" after a conversation's final reply, as ms-swift
+# trains it (swift/template/templates/glm.py, ChatGLM4TemplateMeta: suffix ['<|user|>'],
+# stop_words ['<|endoftext|>', '<|user|>', '<|observation|>']; ms-swift uses that template for
+# chatglm3 and glm-4-9b-chat). Every reply, the last included, is then trained with the
+# "<|user|>" that ends it. Prompts (add_generation_prompt) are exactly the official text.
+END_OF_TURN = "<|user|>"
+
+# ChatGLM3-6B: the chat_template of THUDM/chatglm3-6b tokenizer_config.json (revision
+# 103caa40027ebfd8450289ca2f278eac4ff26405), which mirrors tokenization_chatglm.py
+# build_chat_input / build_single_message: [gMASK] sop, then per message
+# <|role|> + "\n" + the message (the " " stands for SentencePiece's word-start mark that
+# encoding the message on its own adds), then <|assistant|> to prompt a reply.
+# Added here: the end-of-turn marker after a final reply (see END_OF_TURN).
+CHATGLM3_JINJA = (
+    "{% for message in messages %}{% if loop.first %}[gMASK]sop<|{{ message['role'] }}|>\n"
+    " {{ message['content'] }}{% else %}<|{{ message['role'] }}|>\n"
+    " {{ message['content'] }}{% endif %}{% endfor %}"
+    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+# GLM-4-9B-Chat: the chat_template of THUDM/glm-4-9b-chat tokenizer_config.json
+#   [gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}...tool prompt...
+#   {% endif %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n
+#   {{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>
+#   {% endif %}
+# without its tools branch (sdk messages carry no 'tools', so that branch never renders), plus
+# the end-of-turn marker after a final reply (see END_OF_TURN). A message with empty content
+# is left out, as in the official template.
+GLM4_JINJA = (
+    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}"
+    "<|{{ item['role'] }}|>{{ item['metadata'] }}\n{{ item['content'] }}"
+    "{% endif %}{% endfor %}"
+    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+TEMPLATES = (
+    TemplateSpec(
+        name="chatglm2",
+        jinja=CHATGLM2_JINJA,
+        special_tokens={"eos_token": "</s>"},
+        assistant_suffix="{eos_token}",
+        description="ChatGLM2: [gMASK]sop, then [Round N]\\n\\n问：...\\n\\n答：... rounds",
+    ),
+    TemplateSpec(
+        name="chatglm3",
+        jinja=CHATGLM3_JINJA,
+        special_tokens={"eos_token": "</s>"},
+        assistant_suffix=END_OF_TURN,
+        stop_words=("<|observation|>", "</s>"),
+        description="ChatGLM3: [gMASK]sop<|system|>/<|user|>/<|assistant|> role tokens",
+    ),
+    TemplateSpec(
+        name="glm4",
+        jinja=GLM4_JINJA,
+        special_tokens={"eos_token": "<|endoftext|>"},
+        assistant_suffix=END_OF_TURN,
+        stop_words=("<|observation|>", "<|endoftext|>"),
+        description="GLM-4: [gMASK]<sop><|system|>/<|user|>/<|assistant|> role tokens",
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------
+# Model types. Hub ids: ms-swift swift/model/models/glm.py, Model('<ModelScope id>', '<HF id>')
+# (the Hugging Face org THUDM is now zai-org; the old ids redirect). glm-4-9b-chat-hf is not in
+# ms-swift: its ids are the ones Zhipu publishes (huggingface.co/zai-org/glm-4-9b-chat-hf,
+# modelscope.cn/models/ZhipuAI/glm-4-9b-chat-hf).
+# ---------------------------------------------------------------------------------------------
+
+# model_type: (ModelScope id, Hugging Face id, template, description)
+REMOTE_CODE_MODELS = {
+    "chatglm2-6b": ("ZhipuAI/chatglm2-6b", "zai-org/chatglm2-6b", "chatglm2",
+                    "ChatGLM2-6B chat (remote code)"),
+    "chatglm2-6b-32k": ("ZhipuAI/chatglm2-6b-32k", "zai-org/chatglm2-6b-32k", "chatglm2",
+                        "ChatGLM2-6B-32K long-context chat (remote code)"),
+    "chatglm3-6b": ("ZhipuAI/chatglm3-6b", "zai-org/chatglm3-6b", "chatglm3",
+                    "ChatGLM3-6B chat (remote code)"),
+    "chatglm3-6b-32k": ("ZhipuAI/chatglm3-6b-32k", "zai-org/chatglm3-6b-32k", "chatglm3",
+                        "ChatGLM3-6B-32K long-context chat (remote code)"),
+    "glm4-9b-chat": ("ZhipuAI/glm-4-9b-chat", "zai-org/glm-4-9b-chat", "glm4",
+                     "GLM-4-9B-Chat (remote code, ChatGLMForConditionalGeneration)"),
+}
+NATIVE_MODELS = {
+    "glm4-9b-chat-hf": ("ZhipuAI/glm-4-9b-chat-hf", "zai-org/glm-4-9b-chat-hf", "glm4",
+                        "GLM-4-9B-Chat in the transformers-native GlmForCausalLM layout"),
+}
+
+# What the remote code imports beyond transformers/torch: ChatGLM2/3 tokenizers are
+# SentencePiece models; the GLM-4 remote tokenizer is tiktoken-based.
+REMOTE_REQUIRES = {"chatglm2": ("sentencepiece",), "chatglm3": ("sentencepiece",),
+                   "glm4": ("tiktoken",)}
+
+
+def model_specs() -> list[ModelSpec]:
+    specs = []
+    for model_type, (modelscope, huggingface, template, description) in REMOTE_CODE_MODELS.items():
+        specs.append(ModelSpec(
+            model_type=model_type,
+            family="chatglm",
+            template=template,
+            hub_ids={"huggingface": huggingface, "modelscope": modelscope},
+            # The fused attention projection of the ChatGLM architecture (modeling_chatglm.py).
+            lora_target_modules=("query_key_value",),
+            loader="sft_plugin_chatglm.loading:load",
+            requires=REMOTE_REQUIRES[template],
+            requires_remote_code=True,
+            description=description,
+        ))
+    for model_type, (modelscope, huggingface, template, description) in NATIVE_MODELS.items():
+        specs.append(ModelSpec(
+            model_type=model_type,
+            family="chatglm",
+            template=template,
+            hub_ids={"huggingface": huggingface, "modelscope": modelscope},
+            lora_target_modules=("q_proj", "k_proj", "v_proj"),  # transformers GlmAttention
+            description=description,
+        ))
+    return specs
+
+
+@hookimpl
+def register_models(register):
+    for spec in model_specs():
+        register(spec)
+
+
+@hookimpl
+def register_templates(register):
+    for template in TEMPLATES:
+        register(template)

@@ -1,0 +1,297 @@
+"""ChatGLM plugin: official prompt formats, trained spans, registrations, the remote-code gate
+and a tiny transformers-native GLM (GlmForCausalLM) trained, saved and reloaded.
+
+No ChatGLM/GLM-4 tokenizer files exist offline (their tokenizers need remote code), so the
+renderings are compared with literal strings of the official formats (sources cited at each),
+and the trained spans are checked with stand-in tokenizers from shared/data/tokenizers, given
+the GLM special tokens (which spans are trained depends on the text, not on the vocabulary).
+"""
+
+import json
+import re
+
+import pytest
+import torch
+from sft_plugin_chatglm import (
+    CHATGLM3_JINJA,
+    GLM4_JINJA,
+    NATIVE_MODELS,
+    REMOTE_CODE_MODELS,
+    TEMPLATES,
+)
+from sft_plugin_chatglm.loading import prepare_tokenizer
+
+from conftest import TOKENIZERS
+from sdk.plugins import load_plugins
+from sdk.templates.engine import Template, compile_jinja
+
+SPECS = {spec.name: spec for spec in TEMPLATES}
+ALL_MODELS = {**REMOTE_CODE_MODELS, **NATIVE_MODELS}
+
+# The conversation of llama.cpp's tests/test-chat-template.cpp, whose expected outputs for the
+# official ChatGLM3 and GLM-4 templates are quoted below (with add_generation_prompt).
+LLAMA_CPP = [
+    {"role": "system", "content": "You are a helpful assistant"},
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi there"},
+    {"role": "user", "content": "Who are you"},
+    {"role": "assistant", "content": "   I am an assistant   "},
+    {"role": "user", "content": "Another question"},
+]
+SINGLE = [{"role": "user", "content": "Who are you?"}]
+CHINESE = [{"role": "system", "content": "你是一个诗人。"},
+           {"role": "user", "content": "床前明月光"},
+           {"role": "assistant", "content": "疑是地上霜。"}]
+MULTI = [{"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"},
+         {"role": "user", "content": "床前明月光"},
+         {"role": "assistant", "content": "疑是地上霜。"}]
+
+# Official templates, verbatim, to show that ours render the same text.
+# ChatGLM3: THUDM/chatglm3-6b tokenizer_config.json chat_template (rev 103caa4).
+OFFICIAL_CHATGLM3 = (
+    "{% for message in messages %}{% if loop.first %}[gMASK]sop<|{{ message['role'] }}|>\n"
+    " {{ message['content'] }}{% else %}<|{{ message['role'] }}|>\n {{ message['content'] }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+# GLM-4: THUDM/glm-4-9b-chat tokenizer_config.json chat_template, as llama.cpp's
+# tests/test-chat-template.cpp quotes it (its tool prompt text shortened to "......").
+OFFICIAL_GLM4 = (
+    "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n"
+    "你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具"
+    "{% set tools = item['tools'] %}{% for tool in tools %}{% if tool['type'] == 'function' %}"
+    "\n\n## {{ tool['function']['name'] }}\n\n{{ tool['function'] | tojson(indent=4) }}\n......"
+    "{% endif %}{% endfor %}{% endif %}{% if item['content'] %}<|{{ item['role'] }}|>"
+    "{{ item['metadata'] }}\n{{ item['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+# (model type, messages, add_generation_prompt) -> the exact text of the official format.
+EXPECTED = {
+    # ChatGLM2: tokenization_chatglm.py of THUDM/chatglm2-6b, get_prefix_tokens ([gMASK] sop)
+    # + build_prompt ("[Round {i}]\n\n问：{q}\n\n答：{r}\n\n", rounds from 1); the eos "</s>"
+    # after the final reply is what ChatGLM2's ptuning/main.py trains (labels + [eos]).
+    ("chatglm2-6b", "single", True): "[gMASK]sop[Round 1]\n\n问：Who are you?\n\n答：",
+    ("chatglm2-6b", "single", False): "[gMASK]sop[Round 1]\n\n问：Who are you?\n\n",
+    ("chatglm2-6b", "llama.cpp", True): (
+        "[gMASK]sopYou are a helpful assistant[Round 1]\n\n问：Hello\n\n答：Hi there\n\n"
+        "[Round 2]\n\n问：Who are you\n\n答：   I am an assistant   \n\n"
+        "[Round 3]\n\n问：Another question\n\n答："),
+    ("chatglm2-6b", "multi", False): (
+        "[gMASK]sop[Round 1]\n\n问：Hi\n\n答：Hello!\n\n"
+        "[Round 2]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
+    ("chatglm2-6b-32k", "chinese", False): (
+        "[gMASK]sop你是一个诗人。[Round 1]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
+    # ChatGLM3: llama.cpp tests/test-chat-template.cpp, expected output of the official
+    # THUDM/chatglm3-6b template; complete conversations end with the end-of-turn "<|user|>".
+    ("chatglm3-6b", "llama.cpp", True): (
+        "[gMASK]sop<|system|>\n You are a helpful assistant<|user|>\n Hello<|assistant|>\n"
+        " Hi there<|user|>\n Who are you<|assistant|>\n    I am an assistant   <|user|>\n"
+        " Another question<|assistant|>"),
+    ("chatglm3-6b", "single", True): "[gMASK]sop<|user|>\n Who are you?<|assistant|>",
+    ("chatglm3-6b", "single", False): "[gMASK]sop<|user|>\n Who are you?",
+    ("chatglm3-6b", "multi", False): (
+        "[gMASK]sop<|user|>\n Hi<|assistant|>\n Hello!<|user|>\n 床前明月光<|assistant|>\n"
+        " 疑是地上霜。<|user|>"),
+    ("chatglm3-6b-32k", "chinese", False): (
+        "[gMASK]sop<|system|>\n 你是一个诗人。<|user|>\n 床前明月光<|assistant|>\n"
+        " 疑是地上霜。<|user|>"),
+    # GLM-4: llama.cpp tests/test-chat-template.cpp, expected output of the official
+    # THUDM/glm-4-9b-chat template; complete conversations end with the end-of-turn "<|user|>".
+    ("glm4-9b-chat", "llama.cpp", True): (
+        "[gMASK]<sop><|system|>\nYou are a helpful assistant<|user|>\nHello<|assistant|>\n"
+        "Hi there<|user|>\nWho are you<|assistant|>\n   I am an assistant   <|user|>\n"
+        "Another question<|assistant|>"),
+    ("glm4-9b-chat", "single", True): "[gMASK]<sop><|user|>\nWho are you?<|assistant|>",
+    ("glm4-9b-chat", "single", False): "[gMASK]<sop><|user|>\nWho are you?",
+    ("glm4-9b-chat", "multi", False): (
+        "[gMASK]<sop><|user|>\nHi<|assistant|>\nHello!<|user|>\n床前明月光<|assistant|>\n"
+        "疑是地上霜。<|user|>"),
+    ("glm4-9b-chat-hf", "chinese", False): (
+        "[gMASK]<sop><|system|>\n你是一个诗人。<|user|>\n床前明月光<|assistant|>\n疑是地上霜。<|user|>"),
+    ("glm4-9b-chat-hf", "chinese", True): (
+        "[gMASK]<sop><|system|>\n你是一个诗人。<|user|>\n床前明月光<|assistant|>\n疑是地上霜。<|user|>"
+        "<|assistant|>"),
+}
+CONVERSATIONS = {"single": SINGLE, "llama.cpp": LLAMA_CPP, "multi": MULTI, "chinese": CHINESE}
+
+# The special tokens each format writes in its text, given to the stand-in tokenizer.
+SPECIAL = {
+    "chatglm2": ["[gMASK]", "sop", "</s>"],
+    "chatglm3": ["[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "</s>"],
+    "glm4": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"],
+}
+END = {"chatglm2": "</s>", "chatglm3": "<|user|>", "glm4": "<|user|>"}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_plugins().registry
+
+
+def stand_in_tokenizer(template_name):
+    from transformers import AutoTokenizer
+
+    # SentencePiece (Llama-2) for ChatGLM2/3, whose tokenizers are SentencePiece models; BPE
+    # (Qwen2) for GLM-4, whose tokenizer is a tiktoken BPE.
+    folder = "qwen2" if template_name == "glm4" else "llama2"
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[template_name]})
+    return tokenizer
+
+
+@pytest.mark.parametrize("model_type", sorted(ALL_MODELS))
+def test_every_model_type_is_registered_with_its_template_and_hub_ids(registry, model_type):
+    spec = registry.get("models", model_type)
+    assert re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", model_type)
+    assert registry.get("templates", spec.template).name == spec.template
+    assert set(spec.hub_ids) == {"huggingface", "modelscope"}
+    assert spec.hub_ids["modelscope"].startswith("ZhipuAI/")
+    assert spec.hub_ids["huggingface"].startswith("zai-org/")
+    assert spec.family == "chatglm"
+    remote = model_type in REMOTE_CODE_MODELS
+    assert spec.requires_remote_code is remote
+    assert spec.lora_target_modules == (
+        ("query_key_value",) if remote else ("q_proj", "k_proj", "v_proj"))
+
+
+@pytest.mark.parametrize("model_type, name, generation_prompt", sorted(EXPECTED))
+def test_render_gives_the_official_text(run_cli, tmp_path, model_type, name, generation_prompt):
+    messages = tmp_path / "messages.json"
+    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
+    args = ["template", "render", "--model-type", model_type, "--messages", messages]
+    result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == EXPECTED[model_type, name, generation_prompt]
+
+
+@pytest.mark.parametrize("ours, official", [(CHATGLM3_JINJA, OFFICIAL_CHATGLM3),
+                                            (GLM4_JINJA, OFFICIAL_GLM4)])
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_the_official_template_renders_the_same_text_but_the_final_end_of_turn(
+        ours, official, name):
+    messages = CONVERSATIONS[name]
+    for generation_prompt in (False, True):
+        expected = compile_jinja(official).render(messages=messages,
+                                                  add_generation_prompt=generation_prompt)
+        if messages[-1]["role"] == "assistant":
+            expected = expected.removesuffix("<|assistant|>") + "<|user|>" + (
+                "<|assistant|>" if generation_prompt else "")
+        assert compile_jinja(ours).render(
+            messages=messages, add_generation_prompt=generation_prompt) == expected
+
+
+def test_an_empty_system_prompt_is_left_out_by_glm4_as_officially():
+    messages = [{"role": "system", "content": ""}, *SINGLE]
+    assert Template(SPECS["glm4"]).render(messages, add_generation_prompt=True) == (
+        "[gMASK]<sop><|user|>\nWho are you?<|assistant|>")
+
+
+@pytest.mark.parametrize("template_name", sorted(SPECS))
+def test_ids_are_the_tokenizers_and_only_replies_with_their_end_are_trained(template_name):
+    tokenizer = stand_in_tokenizer(template_name)
+    template = Template(SPECS[template_name])  # the spec's own eos, not Qwen2's
+    messages = [{"role": "system", "content": "你是一个诗人。"}, *MULTI]
+    text = template.render(messages)
+    input_ids, labels = template.encode(tokenizer, messages)
+    assert input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def trained(labels):
+        ids = [i for i, label in zip(input_ids, labels, strict=True) if label != -100]
+        return tokenizer.decode(ids).replace(" ", "")  # SentencePiece adds word-start spaces
+
+    end = END[template_name]
+    # ChatGLM2's past replies are followed by "\n\n[Round N]": only the final one has an eos.
+    first = "Hello!" if template_name == "chatglm2" else "Hello!" + end
+    assert trained(labels) == first + "疑是地上霜。" + end
+    _, last_only = template.encode(tokenizer, messages, loss_scope="last")
+    assert trained(last_only) == "疑是地上霜。" + end
+
+
+def test_generation_stops_on_the_next_role_token_and_the_eos():
+    assert Template(SPECS["glm4"]).stop_words() == ["<|user|>", "<|observation|>",
+                                                    "<|endoftext|>"]
+    assert Template(SPECS["chatglm3"]).stop_words() == ["<|user|>", "<|observation|>", "</s>"]
+    assert Template(SPECS["chatglm2"]).stop_words() == ["</s>"]
+
+
+@pytest.mark.parametrize("model_type", sorted(REMOTE_CODE_MODELS))
+def test_remote_code_models_need_trust_remote_code(run_cli, tmp_path, identity_data,
+                                                  model_type, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # `requires` (sentencepiece/tiktoken) is checked first; pretend they are installed.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        object() if name in ("sentencepiece", "tiktoken") else real_find_spec(name, *a)))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "chatglm"}))
+    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
+                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "--trust-remote-code" in result.stderr
+
+
+class FakeChatGLM3Tokenizer:
+    def __init__(self):
+        self.encode_special_tokens = False
+        self.init_kwargs = {}
+
+
+class FakeGLM4Tokenizer:
+    special_tokens = {"[gMASK]": 151331, "<sop>": 151333, "<|user|>": 151336}
+
+    def __init__(self, user_pieces):
+        self.user_pieces, self.added = user_pieces, []
+
+    def encode(self, text, add_special_tokens=True):
+        return [0] * self.user_pieces
+
+    def add_tokens(self, tokens):
+        self.added.extend(tokens)
+
+
+def test_the_loader_makes_remote_tokenizers_read_special_tokens_in_text():
+    chatglm3 = prepare_tokenizer(FakeChatGLM3Tokenizer())
+    assert chatglm3.encode_special_tokens and chatglm3.init_kwargs["encode_special_tokens"]
+    assert prepare_tokenizer(FakeGLM4Tokenizer(3)).added == ["[gMASK]", "<sop>", "<|user|>"]
+    assert prepare_tokenizer(FakeGLM4Tokenizer(1)).added == []
+
+
+def test_a_tiny_native_glm_trains_saves_and_reloads(tmp_path, identity_data, registry):
+    from transformers import GlmConfig, GlmForCausalLM
+
+    from sdk.config import InferArguments, SftArguments
+    from sdk.infer.chat import load_for_inference
+    from sdk.train.sft import run_sft
+
+    tokenizer = stand_in_tokenizer("glm4")
+    torch.manual_seed(0)
+    config = GlmConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=8, max_position_embeddings=512,
+                       eos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
+                       pad_token_id=tokenizer.pad_token_id)
+    model_dir = tmp_path / "tiny-glm"
+    GlmForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    result = run_sft(SftArguments(
+        model_type="glm4-9b-chat-hf", model_id_or_path=str(model_dir),
+        dataset=[str(identity_data)], max_steps=2, batch_size=2, gradient_accumulation_steps=1,
+        save_steps=2, output_dir=str(tmp_path / "out"), learning_rate=1e-2, seed=0), registry)
+    assert (result.checkpoint / "adapter_model.safetensors").is_file()
+    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    assert saved["template"] == "glm4"
+
+    model, reloaded_tokenizer, _ = load_for_inference(
+        InferArguments(ckpt_dir=str(result.run_dir)), registry)
+    probe = Template(SPECS["glm4"]).render(SINGLE, add_generation_prompt=True)
+    inputs = reloaded_tokenizer(probe, add_special_tokens=False, return_tensors="pt")
+    assert inputs["input_ids"][0, 0] == reloaded_tokenizer.convert_tokens_to_ids("[gMASK]")
+    with torch.no_grad():
+        reloaded = model(**inputs).logits.float()
+        trained = result.model.eval()(**inputs.to(result.model.device)).logits.float()
+        base = GlmForCausalLM.from_pretrained(model_dir)(**inputs).logits.float()
+    torch.testing.assert_close(reloaded, trained, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(base, reloaded, atol=1e-4)

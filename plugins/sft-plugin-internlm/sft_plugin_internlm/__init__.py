@@ -1,0 +1,121 @@
+"""InternLM (v1), InternLM2 and InternLM2.5 chat models. Every one runs the code of its model
+repository (``--trust-remote-code``); nothing here imports torch or transformers."""
+
+from __future__ import annotations
+
+from sdk import hookimpl
+from sdk.specs import ModelSpec, TemplateSpec
+
+FAMILY = "internlm"
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
+
+# The default `meta_instruction` of `chat()` in modeling_internlm.py / modeling_internlm2.py
+# (also ms-swift's INTERNLM_SYSTEM in swift/llm/template/template/internlm.py).
+INTERNLM_SYSTEM = (
+    "You are an AI assistant whose name is InternLM (书生·浦语).\n"
+    "- InternLM (书生·浦语) is a conversational language model that is developed by Shanghai AI "
+    "Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
+    "- InternLM (书生·浦语) can understand and communicate fluently in the language chosen by "
+    "the user such as English and 中文."
+)
+
+# InternLM v1, modeling_internlm.py `build_inputs` of internlm/internlm-chat-7b (revision
+# 739d3699446ad35bff7123c47e1e54bc9acdf79c, line 859):
+#   prompt = "<s><|System|>:{meta_instruction}\n" if meta_instruction else "<s>"
+#   for each past turn: "<|User|>:{query}\n<|Bot|>:{reply}<eoa>\n"
+#   then "<|User|>:{query}\n<|Bot|>:"
+# (the same roles as InternLM's lagent INTERNLM_META). <eoa> (id 103028) ends a reply.
+INTERNLM_JINJA = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% if message['content'] %}{{ '<|System|>:' + message['content'] + '\\n' }}{% endif %}"
+    "{% elif message['role'] == 'user' %}{{ '<|User|>:' + message['content'] + '\\n' }}"
+    "{% else %}{{ '<|Bot|>:' + message['content'] + '<eoa>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|Bot|>:' }}{% endif %}"
+)
+INTERNLM_TEMPLATE = TemplateSpec(
+    name="internlm",
+    jinja=INTERNLM_JINJA,
+    special_tokens=SPECIAL_TOKENS,
+    assistant_suffix="<eoa>",
+    default_system=INTERNLM_SYSTEM,
+    stop_words=("{eos_token}",),
+    description="InternLM v1: <s><|System|>:...\\n<|User|>:...\\n<|Bot|>:...<eoa>\\n",
+)
+
+# InternLM2 / InternLM2.5: the chat_template of internlm/internlm2-chat-7b tokenizer_config.json
+# (ChatML after the bos token); `build_inputs` in modeling_internlm2.py builds the same text and
+# `chat()` adds INTERNLM_SYSTEM as the system turn when none is given.
+INTERNLM2_JINJA = (
+    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+INTERNLM2_TEMPLATE = TemplateSpec(
+    name="internlm2",
+    jinja=INTERNLM2_JINJA,
+    special_tokens=SPECIAL_TOKENS,
+    assistant_suffix="<|im_end|>",
+    default_system=INTERNLM_SYSTEM,
+    stop_words=("{eos_token}",),
+    description="InternLM2: ChatML after <s>, with InternLM's default system prompt",
+)
+
+TEMPLATES = (INTERNLM_TEMPLATE, INTERNLM2_TEMPLATE)
+
+# model_type: (template, ModelScope id, Hugging Face id, description)
+# Ids from ms-swift swift/llm/model/model/internlm.py (ModelScope first, Hugging Face second).
+MODELS = {
+    "internlm-chat-7b": (
+        "internlm", "Shanghai_AI_Laboratory/internlm-chat-7b", "internlm/internlm-chat-7b",
+        "InternLM-Chat-7B (v1)"),
+    "internlm2-chat-7b": (
+        "internlm2", "Shanghai_AI_Laboratory/internlm2-chat-7b", "internlm/internlm2-chat-7b",
+        "InternLM2-Chat-7B"),
+    "internlm2-chat-20b": (
+        "internlm2", "Shanghai_AI_Laboratory/internlm2-chat-20b", "internlm/internlm2-chat-20b",
+        "InternLM2-Chat-20B"),
+    "internlm2.5-7b-chat": (
+        "internlm2", "Shanghai_AI_Laboratory/internlm2_5-7b-chat", "internlm/internlm2_5-7b-chat",
+        "InternLM2.5-7B-Chat"),
+}
+
+# InternLMForCausalLM (v1) is Llama-shaped: separate q/k/v projections. InternLM2ForCausalLM
+# fuses them into `wqkv`. Both tokenizers are sentencepiece models; modeling_internlm2.py
+# imports einops at the top.
+ARCHITECTURES = {
+    "internlm": (("q_proj", "k_proj", "v_proj"), ("sentencepiece",)),
+    "internlm2": (("wqkv",), ("sentencepiece", "einops")),
+}
+
+
+def model_specs() -> list[ModelSpec]:
+    specs = []
+    for model_type, (template, modelscope_id, huggingface_id, description) in MODELS.items():
+        lora_targets, requires = ARCHITECTURES[template]
+        specs.append(ModelSpec(
+            model_type=model_type,
+            family=FAMILY,
+            template=template,
+            hub_ids={"modelscope": modelscope_id, "huggingface": huggingface_id},
+            lora_target_modules=lora_targets,
+            requires=requires,
+            requires_remote_code=True,
+            description=description,
+        ))
+    return specs
+
+
+@hookimpl
+def register_models(register):
+    for spec in model_specs():
+        register(spec)
+
+
+@hookimpl
+def register_templates(register):
+    for template in TEMPLATES:
+        register(template)

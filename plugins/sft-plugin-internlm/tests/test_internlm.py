@@ -1,0 +1,226 @@
+"""InternLM plugin: the templates write the official prompt formats; only replies are trained;
+every model type is registered and behind the remote-code gate; a Llama-shaped tiny model (the
+shape of InternLM v1) trains with the internlm template and reloads to the same logits.
+
+No InternLM tokenizer can be loaded here (it needs the model repository's code), so the
+rendering is checked against literal strings of the official formats and the masks with the
+Qwen2 tokenizer (which has <|im_start|>/<|im_end|>), given InternLM's <s>, </s> and <eoa> as
+added special tokens: masks depend on the text, not on the vocabulary.
+"""
+
+import importlib.util
+import json
+import re
+
+import pytest
+from sft_plugin_internlm import (
+    INTERNLM2_JINJA,
+    INTERNLM2_TEMPLATE,
+    INTERNLM_SYSTEM,
+    INTERNLM_TEMPLATE,
+    MODELS,
+)
+
+from conftest import TOKENIZERS
+from sdk.plugins import load_plugins
+from sdk.templates.engine import IGNORE_INDEX, Template
+
+CONVERSATIONS = {
+    "single turn": [{"role": "user", "content": "Who are you?"}],
+    "with system": [{"role": "system", "content": "You are Ferret."},
+                    {"role": "user", "content": "Who are you?"}],
+    "multi turn": [{"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": "Hello! How can I help?"},
+                   {"role": "user", "content": "Tell me a joke."},
+                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
+    "chinese": [{"role": "system", "content": "你是一个诗人。"},
+                {"role": "user", "content": "床前明月光"},
+                {"role": "assistant", "content": "疑是地上霜。"}],
+    "empty system": [{"role": "system", "content": ""}, {"role": "user", "content": "x"}],
+}
+
+# InternLM v1: modeling_internlm.py `build_inputs` of internlm/internlm-chat-7b (revision
+# 739d3699446ad35bff7123c47e1e54bc9acdf79c): "<s><|System|>:{meta_instruction}\n" (only "<s>"
+# when it is empty), "<|User|>:{query}\n<|Bot|>:{reply}<eoa>\n" per turn, "<|User|>:{query}\n"
+# + "<|Bot|>:" to prompt; `chat()` passes INTERNLM_SYSTEM as the meta instruction by default.
+INTERNLM_EXPECTED = {
+    "single turn": f"<s><|System|>:{INTERNLM_SYSTEM}\n<|User|>:Who are you?\n",
+    "with system": "<s><|System|>:You are Ferret.\n<|User|>:Who are you?\n",
+    "multi turn": f"<s><|System|>:{INTERNLM_SYSTEM}\n<|User|>:Hi\n"
+                  "<|Bot|>:Hello! How can I help?<eoa>\n<|User|>:Tell me a joke.\n"
+                  "<|Bot|>:Why did the LLM cross the road?<eoa>\n",
+    "chinese": "<s><|System|>:你是一个诗人。\n<|User|>:床前明月光\n<|Bot|>:疑是地上霜。<eoa>\n",
+    "empty system": "<s><|User|>:x\n",
+}
+# InternLM2: the chat_template of internlm/internlm2-chat-7b tokenizer_config.json, with the
+# default meta instruction of modeling_internlm2.py `chat()` as the system turn when none is
+# given. (An empty system turn is kept, as the tokenizer's chat_template keeps it.)
+INTERNLM2_EXPECTED = {
+    "single turn": f"<s><|im_start|>system\n{INTERNLM_SYSTEM}<|im_end|>\n"
+                   "<|im_start|>user\nWho are you?<|im_end|>\n",
+    "with system": "<s><|im_start|>system\nYou are Ferret.<|im_end|>\n"
+                   "<|im_start|>user\nWho are you?<|im_end|>\n",
+    "multi turn": f"<s><|im_start|>system\n{INTERNLM_SYSTEM}<|im_end|>\n"
+                  "<|im_start|>user\nHi<|im_end|>\n"
+                  "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
+                  "<|im_start|>user\nTell me a joke.<|im_end|>\n"
+                  "<|im_start|>assistant\nWhy did the LLM cross the road?<|im_end|>\n",
+    "chinese": "<s><|im_start|>system\n你是一个诗人。<|im_end|>\n"
+               "<|im_start|>user\n床前明月光<|im_end|>\n"
+               "<|im_start|>assistant\n疑是地上霜。<|im_end|>\n",
+    "empty system": "<s><|im_start|>system\n<|im_end|>\n<|im_start|>user\nx<|im_end|>\n",
+}
+EXPECTED = {"internlm": (INTERNLM_EXPECTED, "<|Bot|>:"),
+            "internlm2": (INTERNLM2_EXPECTED, "<|im_start|>assistant\n")}
+MODEL_TYPES_OF = {"internlm": ["internlm-chat-7b"],
+                  "internlm2": ["internlm2-chat-7b", "internlm2-chat-20b", "internlm2.5-7b-chat"]}
+# "chat_template" as written (JSON-escaped) in internlm/internlm2-chat-7b tokenizer_config.json
+OFFICIAL_INTERNLM2_CHAT_TEMPLATE = json.loads(
+    r'''"{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"''')  # noqa: E501
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """Qwen2's tokenizer with InternLM's <s>, </s> and <eoa> as single special tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+    tok.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>",
+                            "additional_special_tokens": ["<eoa>"]})
+    return tok
+
+
+def trained_spans(tok, input_ids, labels):
+    """The decoded runs of consecutive trained tokens."""
+    spans, run = [], []
+    for token_id, label in zip(input_ids, labels, strict=True):
+        if label != IGNORE_INDEX:
+            run.append(token_id)
+        elif run:
+            spans.append(tok.decode(run))
+            run = []
+    return spans + ([tok.decode(run)] if run else [])
+
+
+def test_every_model_type_is_registered_with_its_template_and_hub_ids():
+    registry = load_plugins().registry
+    assert sorted(MODELS) == sorted(sum(MODEL_TYPES_OF.values(), []))
+    for template, model_types in MODEL_TYPES_OF.items():
+        for model_type in model_types:
+            spec = registry.get("models", model_type)
+            assert re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", model_type)
+            assert spec.template == template
+            assert registry.get("templates", template).name == template
+            assert spec.hub_ids["modelscope"].startswith("Shanghai_AI_Laboratory/")
+            assert spec.hub_ids["huggingface"].startswith("internlm/")
+            assert spec.requires_remote_code
+            assert spec.lora_target_modules == (
+                ("wqkv",) if template == "internlm2" else ("q_proj", "k_proj", "v_proj"))
+    assert registry.get("templates", "internlm") == INTERNLM_TEMPLATE
+    assert registry.get("templates", "internlm2") == INTERNLM2_TEMPLATE
+
+
+def test_the_internlm2_template_is_the_tokenizers_chat_template():
+    assert INTERNLM2_JINJA == OFFICIAL_INTERNLM2_CHAT_TEMPLATE
+
+
+@pytest.mark.parametrize("template", EXPECTED)
+@pytest.mark.parametrize("name", CONVERSATIONS)
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_render_equals_the_official_format(run_cli, tmp_path, template, name,
+                                           generation_prompt):
+    expected, assistant_prefix = EXPECTED[template]
+    messages = tmp_path / "messages.json"
+    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
+    for model_type in MODEL_TYPES_OF[template]:
+        args = ["template", "render", "--model-type", model_type, "--messages", messages]
+        result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
+        assert result.exit_code == 0, result.output
+        assert result.stdout == expected[name] + (assistant_prefix if generation_prompt else "")
+
+
+@pytest.mark.parametrize("spec, marker", [(INTERNLM_TEMPLATE, "<eoa>"),
+                                          (INTERNLM2_TEMPLATE, "<|im_end|>")])
+@pytest.mark.parametrize("name", ["multi turn", "chinese"])
+def test_only_the_replies_and_their_end_marker_are_trained(tokenizer, spec, marker, name):
+    template = Template.for_tokenizer(spec, tokenizer)
+    messages = CONVERSATIONS[name]
+    rendered = template.render(messages)
+    assert rendered == EXPECTED[spec.name][0][name]
+    input_ids, labels = template.encode(tokenizer, messages)
+    assert input_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    replies = [m["content"] + marker for m in messages if m["role"] == "assistant"]
+    assert trained_spans(tokenizer, input_ids, labels) == replies
+    _, last = template.encode(tokenizer, messages, loss_scope="last")
+    assert trained_spans(tokenizer, input_ids, last) == replies[-1:]
+
+
+def test_stop_words_end_a_reply():
+    assert Template(INTERNLM_TEMPLATE).stop_words() == ["<eoa>", "</s>"]
+    assert Template(INTERNLM2_TEMPLATE).stop_words() == ["<|im_end|>", "</s>"]
+
+
+@pytest.mark.parametrize("model_type", MODELS)
+def test_training_needs_trust_remote_code(run_cli, tmp_path, identity_data, model_type):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "internlm2"}))
+    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
+                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    spec = load_plugins().registry.get("models", model_type)
+    missing = [p for p in spec.requires if importlib.util.find_spec(p) is None]
+    if missing:  # the package check comes first (einops is not installed everywhere)
+        assert f"needs the package(s) {', '.join(missing)}" in result.stderr
+    else:
+        assert "--trust-remote-code" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_internlm_v1_dir(tmp_path_factory, tokenizer):
+    """InternLM v1 is Llama-shaped (q_proj/k_proj/v_proj/o_proj): a tiny random Llama with the
+    tokenizer above stands in for it, so no remote code is needed to train one here."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-internlm")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<eoa>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_train_lora_on_q_k_v_and_reload_gives_the_same_logits(tiny_internlm_v1_dir, tmp_path,
+                                                              identity_data):
+    import torch
+
+    from sdk.config import InferArguments, SftArguments
+    from sdk.infer.chat import load_for_inference
+    from sdk.train.sft import run_sft
+
+    registry = load_plugins().registry
+    result = run_sft(SftArguments(
+        model_type="internlm-chat-7b", model_id_or_path=str(tiny_internlm_v1_dir),
+        trust_remote_code=True, dataset=[str(identity_data)], max_steps=2, batch_size=2,
+        gradient_accumulation_steps=1, save_steps=2, output_dir=str(tmp_path),
+        learning_rate=1e-2), registry)
+    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    assert saved["template"] == "internlm"
+    adapter = json.loads((result.checkpoint / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["k_proj", "q_proj", "v_proj"]
+
+    model, tok, _ = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)), registry)
+    probe = Template.for_tokenizer(INTERNLM_TEMPLATE, tok).render(
+        [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True)
+    inputs = tok(probe, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        reloaded = model(**inputs.to(model.device)).logits.float()
+        trained = result.model.eval()(**inputs.to(result.model.device)).logits.float()
+    torch.testing.assert_close(reloaded, trained, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,178 @@
+"""Qwen chat models: Qwen (v1, remote code), Qwen1.5, Qwen2 and Qwen2.5 (native Qwen2ForCausalLM).
+
+Hub ids come from ms-swift (swift/llm/model/model/qwen.py: ``Model('<modelscope id>',
+'<hugging face id>')``); none of these models has a revision other than ``main`` there.
+Registering is cheap: nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from sdk import hookimpl
+from sdk.specs import ModelSpec, TemplateSpec
+
+# --- Templates ----------------------------------------------------------------------------------
+
+# Official chat_template of Qwen2-Instruct (tokenizer_config.json of Qwen/Qwen2-7B-Instruct and
+# Qwen/Qwen2-72B-Instruct): ChatML, default system "You are a helpful assistant." (with a period).
+# The same text is what Qwen1.5-Chat ships at revision main, and it is also exactly Qwen v1's
+# format: qwen_generation_utils.make_context in Qwen/Qwen-7B-Chat builds
+#   "<|im_start|>system\n{system}<|im_end|>" + "\n<|im_start|>user\n{q}<|im_end|>"
+#   + "\n<|im_start|>assistant\n{r}<|im_end|>" ... + "\n<|im_start|>assistant\n"
+# with system="You are a helpful assistant." (modeling_qwen.QWenLMHeadModel.chat), and Qwen's
+# finetune.py ends every turn with "<|im_end|>\n".
+QWEN_JINJA = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Official chat_template of Qwen2.5-Instruct (tokenizer_config.json of Qwen/Qwen2.5-7B-Instruct,
+# the same for all sizes), verbatim: tool-call blocks and the default system prompt
+# "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.".
+QWEN2_5_JINJA = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""  # noqa: E501  (official text, kept verbatim)
+
+# Qwen has no BOS; the chat models end a turn with <|im_end|> and a document with <|endoftext|>.
+SPECIAL_TOKENS = {"eos_token": "<|im_end|>"}
+STOP_WORDS = ("<|endoftext|>", "<|im_start|>")
+
+QWEN_TEMPLATE = TemplateSpec(
+    name="qwen",
+    jinja=QWEN_JINJA,
+    assistant_suffix="<|im_end|>",
+    special_tokens=SPECIAL_TOKENS,
+    stop_words=STOP_WORDS,
+    description="ChatML, default system 'You are a helpful assistant.' (Qwen, Qwen1.5, Qwen2)",
+)
+QWEN2_5_TEMPLATE = TemplateSpec(
+    name="qwen2.5",
+    jinja=QWEN2_5_JINJA,
+    assistant_suffix="<|im_end|>",
+    special_tokens=SPECIAL_TOKENS,
+    stop_words=STOP_WORDS,
+    description="Qwen2.5-Instruct ChatML with tool calls, default system 'You are Qwen, ...'",
+)
+TEMPLATES = (QWEN_TEMPLATE, QWEN2_5_TEMPLATE)
+
+# --- Models -------------------------------------------------------------------------------------
+
+GPTQ = ("optimum", "gptqmodel")
+# Qwen v1 remote code: tokenization_qwen.py imports tiktoken; modeling_qwen.py imports
+# transformers_stream_generator (inside chat_stream, but transformers' check_imports scans every
+# import that is not in a try block, so loading fails without it). einops is imported in a try
+# block (optional, flash-attention path only).
+QWEN_V1_REQUIRES = ("tiktoken", "transformers_stream_generator")
+ATTENTION = ("q_proj", "k_proj", "v_proj")
+
+# model_type -> repo id (the same on Hugging Face and ModelScope, per ms-swift's qwen.py).
+QWEN_V1 = {
+    "qwen-7b-chat": "Qwen/Qwen-7B-Chat",
+    "qwen-7b-chat-int4": "Qwen/Qwen-7B-Chat-Int4",
+    "qwen-7b-chat-int8": "Qwen/Qwen-7B-Chat-Int8",
+    "qwen-14b-chat": "Qwen/Qwen-14B-Chat",
+    "qwen-14b-chat-int4": "Qwen/Qwen-14B-Chat-Int4",
+    "qwen-14b-chat-int8": "Qwen/Qwen-14B-Chat-Int8",
+    "qwen-72b-chat": "Qwen/Qwen-72B-Chat",
+    "qwen-72b-chat-int4": "Qwen/Qwen-72B-Chat-Int4",
+    "qwen-72b-chat-int8": "Qwen/Qwen-72B-Chat-Int8",
+}
+QWEN1_5 = {f"qwen1.5-{size.lower()}-chat": f"Qwen/Qwen1.5-{size}-Chat"
+           for size in ("0.5B", "1.8B", "4B", "7B", "14B", "32B", "72B", "110B")}
+QWEN2 = {f"qwen2-{size.lower()}-instruct": f"Qwen/Qwen2-{size}-Instruct"
+         for size in ("0.5B", "1.5B", "7B", "72B")}
+QWEN2_5 = {f"qwen2.5-{size.lower()}-instruct": f"Qwen/Qwen2.5-{size}-Instruct"
+           for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")}
+
+# (models, template, lora targets, remote code, description of the generation)
+FAMILIES = (
+    (QWEN_V1, "qwen", ("c_attn",), True, "Qwen (v1) chat, QWenLMHeadModel (remote code)"),
+    (QWEN1_5, "qwen", ATTENTION, False, "Qwen1.5 chat, Qwen2ForCausalLM"),
+    (QWEN2, "qwen", ATTENTION, False, "Qwen2 instruct, Qwen2ForCausalLM"),
+    (QWEN2_5, "qwen2.5", ATTENTION, False, "Qwen2.5 instruct, Qwen2ForCausalLM"),
+)
+
+
+def model_specs() -> list[ModelSpec]:
+    specs = []
+    for models, template, targets, remote_code, description in FAMILIES:
+        for model_type, repo_id in models.items():
+            quantized = model_type.endswith(("-int4", "-int8"))
+            requires = (QWEN_V1_REQUIRES if remote_code else ()) + (GPTQ if quantized else ())
+            suffix = f", GPTQ {model_type[-4:]}" if quantized else ""
+            specs.append(ModelSpec(
+                model_type=model_type,
+                family="qwen",
+                template=template,
+                hub_ids={"huggingface": repo_id, "modelscope": repo_id},
+                lora_target_modules=targets,
+                requires=requires,
+                requires_remote_code=remote_code,
+                description=f"{repo_id.split('/')[1]}: {description}{suffix}",
+            ))
+    return specs
+
+
+@hookimpl
+def register_models(register):
+    for spec in model_specs():
+        register(spec)
+
+
+@hookimpl
+def register_templates(register):
+    for template in TEMPLATES:
+        register(template)
