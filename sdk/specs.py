@@ -63,11 +63,14 @@ class TemplateSpec:
     rendering equals ``tokenizer.apply_chat_template``). The parts are then unused, except
     ``assistant_suffix``: the end-of-turn marker that follows each reply, trained with it.
     ``special_tokens`` fills ``bos_token`` / ``eos_token`` when no tokenizer is at hand.
+    ``add_special_tokens``: encode with the tokenizer's own special tokens, for formats whose
+    prefix is ids the tokenizer adds rather than text (ChatGLM2's ``[gMASK]`` ``sop``).
     """
 
     name: str
     jinja: str | None = None
     special_tokens: Mapping[str, str] = field(default_factory=dict)
+    add_special_tokens: bool = False
     system_format: str = "{content}"
     user_format: str = "{content}"
     assistant_prefix: str = ""

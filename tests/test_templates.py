@@ -125,3 +125,17 @@ def test_a_jinja_template_that_raises_gives_its_message():
     spec = TemplateSpec(name="strict", jinja="{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ValueError, match="roles must alternate"):
         Template(spec).render([{"role": "user", "content": "hi"}])
+
+
+def test_tokenizer_added_special_tokens_are_kept_and_never_trained():
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "llama2")  # adds <s> itself
+    spec = TemplateSpec(name="round", user_format="问：{content}\n\n", assistant_prefix="答：",
+                        assistant_suffix="</s>", add_special_tokens=True)
+    template = Template(spec)
+    messages = CONVERSATION[1:3]
+    input_ids, labels = template.encode(tokenizer, messages)
+    assert input_ids == tokenizer(template.render(messages))["input_ids"]
+    assert input_ids[0] == tokenizer.bos_token_id and labels[0] == IGNORE_INDEX
+    assert trained_text(tokenizer, input_ids, labels) == "Hello!</s>"
+    prompt = template.tokenize_prompt(tokenizer, messages[:1])
+    assert prompt["input_ids"][0, 0].item() == tokenizer.bos_token_id

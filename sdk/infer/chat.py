@@ -93,8 +93,7 @@ def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
     """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
     from transformers import TextIteratorStreamer
 
-    text = template.render(messages, add_generation_prompt=True)
-    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
+    inputs = template.tokenize_prompt(tokenizer, messages).to(model.device)
     stop_ids, stop_strings = [], []
     for word in template.stop_words():
         ids = tokenizer.convert_tokens_to_ids([word]) if word in tokenizer.get_vocab() else []

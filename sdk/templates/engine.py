@@ -139,6 +139,12 @@ class Template:
             position = end
         yield text[position:], False
 
+    def tokenize_prompt(self, tokenizer: Any, messages: Sequence[Message]) -> Any:
+        """The generation prompt for ``messages`` as model inputs (PyTorch tensors)."""
+        text = self.render(messages, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=self.spec.add_special_tokens,
+                         return_tensors="pt")
+
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
         return "".join(text for text, _ in self.pieces(messages, add_generation_prompt))
 
@@ -153,7 +159,8 @@ class Template:
                 boundaries.append(len(text))
                 trained.append(is_trained)
                 text += piece
-        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoding = tokenizer(text, add_special_tokens=self.spec.add_special_tokens,
+                             return_offsets_mapping=True)
         input_ids = list(encoding["input_ids"])
         labels = []
         for token_id, (start, end) in zip(input_ids, encoding["offset_mapping"], strict=True):
