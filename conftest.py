@@ -1,40 +1,130 @@
-"""Shared test fixtures (for tests/ and plugins/*/tests): a tiny random model with a real
-tokenizer, and mock plugins that register it."""
+"""Shared test fixtures and helpers (for tests/ and plugins/*/tests): a tiny random model with a
+real tokenizer, mock plugins that register it, the standard conversations, rendering through
+`sdk template render`, the trained tokens of an encoding, and train-then-reload on a tiny model."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from click.testing import CliRunner
 
 from sdk.cli import cli
+from sdk.templates.engine import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parent
 SHARED = REPO.parent / "shared"
 TOKENIZERS = SHARED / "data" / "tokenizers"
 TINY_MODEL_TYPE = "tiny-qwen2-chat"
 
+# The standard conversations that the plugin suites render and encode; a suite keeps its own
+# extra cases and picks the ones its format supports.
+CONVERSATIONS = {
+    "single turn": [{"role": "user", "content": "Who are you?"}],
+    "with system": [{"role": "system", "content": "You are Ferret."},
+                    {"role": "user", "content": "Who are you?"}],
+    "multi turn": [{"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": "Hello! How can I help?"},
+                   {"role": "user", "content": "Tell me a joke."},
+                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
+    "multi turn with system": [{"role": "system", "content": "You are Ferret."},
+                               {"role": "user", "content": "Hi"},
+                               {"role": "assistant", "content": "Hello!"},
+                               {"role": "user", "content": "Who are you?"}],
+    "chinese": [{"role": "system", "content": "你是一个诗人。"},
+                {"role": "user", "content": "床前明月光"},
+                {"role": "assistant", "content": "疑是地上霜。"}],
+}
+# A second Chinese turn, for suites that train two replies of the "chinese" conversation.
+CHINESE_SECOND_TURN = [{"role": "user", "content": "举头望明月"},
+                       {"role": "assistant", "content": "低头思故乡。"}]
+# The size of the tiny random models that the training tests build (a config's keyword arguments).
+TINY_SIZE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512)
+
+
+def save_tiny_model(model_class, config_class, tokenizer, folder: Path, **settings) -> Path:
+    """Save a tiny random model (seed 0, TINY_SIZE unless overridden) and `tokenizer`."""
+    import torch
+
+    torch.manual_seed(0)
+    config = config_class(**{"vocab_size": len(tokenizer), **TINY_SIZE, **settings})
+    model_class(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
+def trained_text(tokenizer, input_ids, labels) -> str:
+    """The tokens that carry loss (label != -100), decoded together."""
+    return tokenizer.decode([i for i, label in zip(input_ids, labels, strict=True)
+                             if label != IGNORE_INDEX])
+
+
+def trained_spans(tokenizer, input_ids, labels) -> list[str]:
+    """The runs of consecutive tokens that carry loss (label != -100), each decoded alone."""
+    spans, run = [], []
+    for token_id, label in zip(input_ids, labels, strict=True):
+        if label != IGNORE_INDEX:
+            run.append(token_id)
+        elif run:
+            spans.append(tokenizer.decode(run))
+            run = []
+    return spans + ([tokenizer.decode(run)] if run else [])
+
+
+class Reloaded(NamedTuple):
+    """What train_and_reload gives back to a test's own assertions."""
+
+    result: Any  # run_sft's result: run_dir, checkpoint, the trained model
+    saved: dict  # the checkpoint's sft_args.json
+    model: Any  # the model reloaded with load_for_inference
+    tokenizer: Any
+    template: Any
+    inputs: Any  # the encoded probe: a single-turn generation prompt
+
+
+def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, output_dir: Path,
+                     **overrides) -> Reloaded:
+    """Train a tiny model 2 steps, reload its run; assert same logits as trained, not as base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sdk.config import InferArguments, SftArguments
+    from sdk.infer.chat import load_for_inference
+    from sdk.train.sft import run_sft
+
+    settings = dict(model_type=model_type, model_id_or_path=str(model_dir), dataset=[str(dataset)],
+                    max_steps=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2,
+                    output_dir=str(output_dir), learning_rate=1e-2)
+    result = run_sft(SftArguments(**{**settings, **overrides}), registry)
+    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)),
+                                                    registry)
+    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
+
+    def logits(network):
+        with torch.no_grad():
+            return network(**inputs.to(network.device)).logits.float()
+
+    torch.testing.assert_close(logits(model), logits(result.model.eval()), rtol=1e-5, atol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert not torch.allclose(logits(base), logits(model), atol=1e-4)
+    return Reloaded(result, saved, model, tokenizer, template, inputs)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama with random weights and the real Qwen2 tokenizer (ChatML tokens)."""
-    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
+                           tmp_path_factory.mktemp("tiny-model"), tie_word_embeddings=True,
+                           eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                           pad_token_id=tokenizer.pad_token_id)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +165,20 @@ def run_cli():
                              catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def render_cli(run_cli, tmp_path):
+    """Render messages with `sdk template render --model-type`; asserts success, gives stdout."""
+    def render(model_type: str, messages, generation_prompt: bool = False) -> str:
+        path = tmp_path / "messages.json"
+        path.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
+        args = ["template", "render", "--model-type", model_type, "--messages", path]
+        result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    return render
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import TOKENIZERS
+from conftest import TOKENIZERS, trained_text
 from sdk.specs import TemplateSpec
 from sdk.templates.builtin import CHATML, DEFAULT
 from sdk.templates.engine import IGNORE_INDEX, Template
@@ -22,11 +22,6 @@ CONVERSATION = [
 @pytest.fixture(scope="module")
 def qwen_tokenizer():
     return AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
-
-
-def trained_text(tokenizer, input_ids, labels):
-    return tokenizer.decode([i for i, label in zip(input_ids, labels, strict=True)
-                             if label != IGNORE_INDEX])
 
 
 def test_chatml_renders_like_the_qwen2_chat_template(qwen_tokenizer):

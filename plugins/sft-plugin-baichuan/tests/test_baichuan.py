@@ -14,22 +14,13 @@ import re
 import pytest
 from sft_plugin_baichuan import BAICHUAN2_TEMPLATE, BAICHUAN_TEMPLATE, MODELS
 
-from conftest import TOKENIZERS
+from conftest import CONVERSATIONS as STANDARD
+from conftest import TOKENIZERS, trained_spans
 from sdk.plugins import load_plugins
-from sdk.templates.engine import IGNORE_INDEX, Template
+from sdk.templates.engine import Template
 
-SYSTEM = {"role": "system", "content": "You are Ferret."}
-CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "Who are you?"}],
-    "with system": [SYSTEM, {"role": "user", "content": "Who are you?"}],
-    "multi turn": [{"role": "user", "content": "Hi"},
-                   {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "Tell me a joke."},
-                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
-    "chinese": [{"role": "system", "content": "你是一个诗人。"},
-                {"role": "user", "content": "床前明月光"},
-                {"role": "assistant", "content": "疑是地上霜。"}],
-}
+CONVERSATIONS = {name: STANDARD[name]
+                 for name in ("single turn", "with system", "multi turn", "chinese")}
 
 # Baichuan-13B-Chat, modeling_baichuan.py `_build_chat_input`: [195] query [196] reply [eos]
 # per turn, [196] to prompt a reply; <reserved_102>/<reserved_103> are ids 195/196 in its
@@ -68,18 +59,6 @@ def tokenizer():
     return tok
 
 
-def trained_spans(tok, input_ids, labels):
-    """The decoded runs of consecutive trained tokens."""
-    spans, run = [], []
-    for token_id, label in zip(input_ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            run.append(token_id)
-        elif run:
-            spans.append(tok.decode(run))
-            run = []
-    return spans + ([tok.decode(run)] if run else [])
-
-
 def test_every_model_type_is_registered_with_its_template_and_hub_ids():
     registry = load_plugins().registry
     assert len(MODELS) == 5
@@ -99,15 +78,10 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids():
 @pytest.mark.parametrize("template", EXPECTED)
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_format(run_cli, tmp_path, template, name,
-                                           generation_prompt):
+def test_render_equals_the_official_format(render_cli, template, name, generation_prompt):
     expected, assistant_token = EXPECTED[template]
-    messages = tmp_path / "messages.json"
-    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
-    args = ["template", "render", "--model-type", MODEL_TYPE_OF[template], "--messages", messages]
-    result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-    assert result.exit_code == 0, result.output
-    assert result.stdout == expected[name] + (assistant_token if generation_prompt else "")
+    text = render_cli(MODEL_TYPE_OF[template], CONVERSATIONS[name], generation_prompt)
+    assert text == expected[name] + (assistant_token if generation_prompt else "")
 
 
 @pytest.mark.parametrize("spec, replies, last_only", [

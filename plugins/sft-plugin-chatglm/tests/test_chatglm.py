@@ -11,7 +11,6 @@ import json
 import re
 
 import pytest
-import torch
 from sft_plugin_chatglm import (
     CHATGLM3_JINJA,
     GLM4_JINJA,
@@ -21,7 +20,8 @@ from sft_plugin_chatglm import (
 )
 from sft_plugin_chatglm.loading import prepare_tokenizer
 
-from conftest import TOKENIZERS
+from conftest import CONVERSATIONS as STANDARD
+from conftest import TOKENIZERS, save_tiny_model, train_and_reload, trained_text
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, compile_jinja
 
@@ -38,10 +38,8 @@ LLAMA_CPP = [
     {"role": "assistant", "content": "   I am an assistant   "},
     {"role": "user", "content": "Another question"},
 ]
-SINGLE = [{"role": "user", "content": "Who are you?"}]
-CHINESE = [{"role": "system", "content": "你是一个诗人。"},
-           {"role": "user", "content": "床前明月光"},
-           {"role": "assistant", "content": "疑是地上霜。"}]
+SINGLE = STANDARD["single turn"]
+CHINESE = STANDARD["chinese"]
 MULTI = [{"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Hello!"},
          {"role": "user", "content": "床前明月光"},
@@ -155,13 +153,9 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids(registry, 
 
 
 @pytest.mark.parametrize("model_type, name, generation_prompt", sorted(EXPECTED))
-def test_render_gives_the_official_text(run_cli, tmp_path, model_type, name, generation_prompt):
-    messages = tmp_path / "messages.json"
-    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
-    args = ["template", "render", "--model-type", model_type, "--messages", messages]
-    result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-    assert result.exit_code == 0, result.output
-    assert result.stdout == EXPECTED[model_type, name, generation_prompt]
+def test_render_gives_the_official_text(render_cli, model_type, name, generation_prompt):
+    text = render_cli(model_type, CONVERSATIONS[name], generation_prompt)
+    assert text == EXPECTED[model_type, name, generation_prompt]
 
 
 @pytest.mark.parametrize("ours, official", [(CHATGLM3_JINJA, OFFICIAL_CHATGLM3),
@@ -196,8 +190,8 @@ def test_ids_are_the_tokenizers_and_only_replies_with_their_end_are_trained(temp
     assert input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def trained(labels):
-        ids = [i for i, label in zip(input_ids, labels, strict=True) if label != -100]
-        return tokenizer.decode(ids).replace(" ", "")  # SentencePiece adds word-start spaces
+        # SentencePiece adds word-start spaces
+        return trained_text(tokenizer, input_ids, labels).replace(" ", "")
 
     end = END[template_name]
     # ChatGLM2's past replies are followed by "\n\n[Round N]": only the final one has an eos.
@@ -261,37 +255,17 @@ def test_the_loader_makes_remote_tokenizers_read_special_tokens_in_text():
 def test_a_tiny_native_glm_trains_saves_and_reloads(tmp_path, identity_data, registry):
     from transformers import GlmConfig, GlmForCausalLM
 
-    from sdk.config import InferArguments, SftArguments
-    from sdk.infer.chat import load_for_inference
-    from sdk.train.sft import run_sft
-
     tokenizer = stand_in_tokenizer("glm4")
-    torch.manual_seed(0)
-    config = GlmConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       head_dim=8, max_position_embeddings=512,
-                       eos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
-                       pad_token_id=tokenizer.pad_token_id)
-    model_dir = tmp_path / "tiny-glm"
-    GlmForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_model(GlmForCausalLM, GlmConfig, tokenizer, tmp_path / "tiny-glm",
+                                head_dim=8,
+                                eos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
+                                pad_token_id=tokenizer.pad_token_id)
 
-    result = run_sft(SftArguments(
-        model_type="glm4-9b-chat-hf", model_id_or_path=str(model_dir),
-        dataset=[str(identity_data)], max_steps=2, batch_size=2, gradient_accumulation_steps=1,
-        save_steps=2, output_dir=str(tmp_path / "out"), learning_rate=1e-2, seed=0), registry)
-    assert (result.checkpoint / "adapter_model.safetensors").is_file()
-    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
-    assert saved["template"] == "glm4"
-
-    model, reloaded_tokenizer, _ = load_for_inference(
-        InferArguments(ckpt_dir=str(result.run_dir)), registry)
-    probe = Template(SPECS["glm4"]).render(SINGLE, add_generation_prompt=True)
-    inputs = reloaded_tokenizer(probe, add_special_tokens=False, return_tensors="pt")
-    assert inputs["input_ids"][0, 0] == reloaded_tokenizer.convert_tokens_to_ids("[gMASK]")
-    with torch.no_grad():
-        reloaded = model(**inputs).logits.float()
-        trained = result.model.eval()(**inputs.to(result.model.device)).logits.float()
-        base = GlmForCausalLM.from_pretrained(model_dir)(**inputs).logits.float()
-    torch.testing.assert_close(reloaded, trained, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(base, reloaded, atol=1e-4)
+    trained = train_and_reload(registry, "glm4-9b-chat-hf", model_dir, identity_data,
+                               tmp_path / "out", seed=0)
+    assert (trained.result.checkpoint / "adapter_model.safetensors").is_file()
+    assert trained.saved["template"] == "glm4"
+    assert trained.template.spec is SPECS["glm4"]
+    assert trained.template.render(SINGLE, add_generation_prompt=True) == (
+        Template(SPECS["glm4"]).render(SINGLE, add_generation_prompt=True))
+    assert trained.inputs["input_ids"][0, 0] == trained.tokenizer.convert_tokens_to_ids("[gMASK]")

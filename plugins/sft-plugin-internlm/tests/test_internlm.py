@@ -21,21 +21,13 @@ from sft_plugin_internlm import (
     MODELS,
 )
 
-from conftest import TOKENIZERS
+from conftest import CONVERSATIONS as STANDARD
+from conftest import TOKENIZERS, save_tiny_model, train_and_reload, trained_spans
 from sdk.plugins import load_plugins
-from sdk.templates.engine import IGNORE_INDEX, Template
+from sdk.templates.engine import Template
 
 CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "Who are you?"}],
-    "with system": [{"role": "system", "content": "You are Ferret."},
-                    {"role": "user", "content": "Who are you?"}],
-    "multi turn": [{"role": "user", "content": "Hi"},
-                   {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "Tell me a joke."},
-                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
-    "chinese": [{"role": "system", "content": "你是一个诗人。"},
-                {"role": "user", "content": "床前明月光"},
-                {"role": "assistant", "content": "疑是地上霜。"}],
+    **{name: STANDARD[name] for name in ("single turn", "with system", "multi turn", "chinese")},
     "empty system": [{"role": "system", "content": ""}, {"role": "user", "content": "x"}],
 }
 
@@ -90,18 +82,6 @@ def tokenizer():
     return tok
 
 
-def trained_spans(tok, input_ids, labels):
-    """The decoded runs of consecutive trained tokens."""
-    spans, run = [], []
-    for token_id, label in zip(input_ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            run.append(token_id)
-        elif run:
-            spans.append(tok.decode(run))
-            run = []
-    return spans + ([tok.decode(run)] if run else [])
-
-
 def test_every_model_type_is_registered_with_its_template_and_hub_ids():
     registry = load_plugins().registry
     assert sorted(MODELS) == sorted(sum(MODEL_TYPES_OF.values(), []))
@@ -127,16 +107,11 @@ def test_the_internlm2_template_is_the_tokenizers_chat_template():
 @pytest.mark.parametrize("template", EXPECTED)
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_format(run_cli, tmp_path, template, name,
-                                           generation_prompt):
+def test_render_equals_the_official_format(render_cli, template, name, generation_prompt):
     expected, assistant_prefix = EXPECTED[template]
-    messages = tmp_path / "messages.json"
-    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
     for model_type in MODEL_TYPES_OF[template]:
-        args = ["template", "render", "--model-type", model_type, "--messages", messages]
-        result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-        assert result.exit_code == 0, result.output
-        assert result.stdout == expected[name] + (assistant_prefix if generation_prompt else "")
+        assert render_cli(model_type, CONVERSATIONS[name], generation_prompt) == (
+            expected[name] + (assistant_prefix if generation_prompt else ""))
 
 
 @pytest.mark.parametrize("spec, marker", [(INTERNLM_TEMPLATE, "<eoa>"),
@@ -181,46 +156,20 @@ def test_training_needs_trust_remote_code(run_cli, tmp_path, identity_data, mode
 def tiny_internlm_v1_dir(tmp_path_factory, tokenizer):
     """InternLM v1 is Llama-shaped (q_proj/k_proj/v_proj/o_proj): a tiny random Llama with the
     tokenizer above stands in for it, so no remote code is needed to train one here."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-internlm")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<eoa>"),
-                         pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
+                           tmp_path_factory.mktemp("tiny-internlm"), num_key_value_heads=4,
+                           tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.convert_tokens_to_ids("<eoa>"),
+                           pad_token_id=tokenizer.pad_token_id)
 
 
 def test_train_lora_on_q_k_v_and_reload_gives_the_same_logits(tiny_internlm_v1_dir, tmp_path,
                                                               identity_data):
-    import torch
-
-    from sdk.config import InferArguments, SftArguments
-    from sdk.infer.chat import load_for_inference
-    from sdk.train.sft import run_sft
-
-    registry = load_plugins().registry
-    result = run_sft(SftArguments(
-        model_type="internlm-chat-7b", model_id_or_path=str(tiny_internlm_v1_dir),
-        trust_remote_code=True, dataset=[str(identity_data)], max_steps=2, batch_size=2,
-        gradient_accumulation_steps=1, save_steps=2, output_dir=str(tmp_path),
-        learning_rate=1e-2), registry)
-    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
-    assert saved["template"] == "internlm"
-    adapter = json.loads((result.checkpoint / "adapter_config.json").read_text())
+    trained = train_and_reload(load_plugins().registry, "internlm-chat-7b", tiny_internlm_v1_dir,
+                               identity_data, tmp_path, trust_remote_code=True)
+    assert trained.saved["template"] == "internlm"
+    assert trained.template.spec is INTERNLM_TEMPLATE
+    adapter = json.loads((trained.result.checkpoint / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["k_proj", "q_proj", "v_proj"]
-
-    model, tok, _ = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)), registry)
-    probe = Template.for_tokenizer(INTERNLM_TEMPLATE, tok).render(
-        [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True)
-    inputs = tok(probe, add_special_tokens=False, return_tensors="pt")
-    with torch.no_grad():
-        reloaded = model(**inputs.to(model.device)).logits.float()
-        trained = result.model.eval()(**inputs.to(result.model.device)).logits.float()
-    torch.testing.assert_close(reloaded, trained, rtol=1e-5, atol=1e-5)

@@ -9,31 +9,21 @@ from datetime import datetime
 import pytest
 from sft_plugin_llama import CHINESE_ALPACA_2_SYSTEM, MODELS, TEMPLATES
 
-from conftest import TOKENIZERS
+from conftest import (
+    CONVERSATIONS,
+    TOKENIZERS,
+    save_tiny_model,
+    train_and_reload,
+    trained_spans,
+)
 from sdk.plugins import load_plugins
-from sdk.templates.engine import IGNORE_INDEX, Template
+from sdk.templates.engine import Template
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
 # template name -> (tokenizer folder, text between a reply and its end-of-turn marker)
 TOKENIZER_OF = {"llama2": ("llama2", " "), "llama3": ("llama3", ""),
                 "llama3.1": ("llama3", ""), "llama3.2": ("llama3", ""),
                 "chinese-alpaca-2": ("llama2", "")}
-CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "Who are you?"}],
-    "with system": [{"role": "system", "content": "You are Ferret."},
-                    {"role": "user", "content": "Who are you?"}],
-    "multi turn": [{"role": "user", "content": "Hi"},
-                   {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "Tell me a joke."},
-                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
-    "multi turn with system": [{"role": "system", "content": "You are Ferret."},
-                               {"role": "user", "content": "Hi"},
-                               {"role": "assistant", "content": "Hello!"},
-                               {"role": "user", "content": "Who are you?"}],
-    "chinese": [{"role": "system", "content": "你是一个诗人。"},
-                {"role": "user", "content": "床前明月光"},
-                {"role": "assistant", "content": "疑是地上霜。"}],
-}
 TRAINED = ["multi turn", "chinese"]
 
 
@@ -42,15 +32,6 @@ def tokenizers():
     from transformers import AutoTokenizer
 
     return {name: AutoTokenizer.from_pretrained(TOKENIZERS / name) for name in ("llama2", "llama3")}
-
-
-def render(run_cli, tmp_path, model_type, messages, generation_prompt):
-    path = tmp_path / "messages.json"
-    path.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
-    args = ["template", "render", "--model-type", model_type, "--messages", path]
-    result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def test_every_model_type_is_registered_with_hub_ids_and_its_template():
@@ -78,24 +59,24 @@ def test_the_packaged_llama2_and_llama3_templates_are_the_tokenizers_own(tokeniz
                                         "llama3.1-8b-instruct", "llama3.2-1b-instruct"])
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_chat_template(run_cli, tmp_path, tokenizers, model_type,
-                                                  name, generation_prompt):
+def test_render_equals_the_official_chat_template(render_cli, tokenizers, model_type, name,
+                                                  generation_prompt):
     template = MODELS[model_type][0]
     tokenizer = tokenizers[TOKENIZER_OF[template][0]]
     messages = CONVERSATIONS[name]
     expected = tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=generation_prompt,
                                              chat_template=SPECS[template].jinja)
-    assert render(run_cli, tmp_path, model_type, messages, generation_prompt) == expected
+    assert render_cli(model_type, messages, generation_prompt) == expected
 
 
-def test_llama3_1_and_3_2_add_the_dated_system_block(run_cli, tmp_path):
+def test_llama3_1_and_3_2_add_the_dated_system_block(render_cli):
     """The format of meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-1B-Instruct's
     tokenizer_config.json: 3.1 dates every prompt 26 Jul 2024, 3.2 dates it today."""
     messages = [{"role": "user", "content": "Hi"}]
     for model_type, date in [("llama3.1-70b-instruct", "26 Jul 2024"),
                              ("llama3.2-3b-instruct", datetime.now().strftime("%d %b %Y"))]:
-        assert render(run_cli, tmp_path, model_type, messages, True) == (
+        assert render_cli(model_type, messages, True) == (
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
             f"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n<|eot_id|>"
             "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
@@ -121,23 +102,17 @@ CHINESE_ALPACA_2_EXPECTED = {
 @pytest.mark.parametrize("model_type", ["chinese-alpaca-2-7b", "chinese-llama-2-13b"])
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_chinese_alpaca_2_renders_its_projects_prompt(run_cli, tmp_path, model_type, name,
+def test_chinese_alpaca_2_renders_its_projects_prompt(render_cli, model_type, name,
                                                       generation_prompt):
     assert SPECS["chinese-alpaca-2"].default_system == CHINESE_ALPACA_2_SYSTEM
-    text = render(run_cli, tmp_path, model_type, CONVERSATIONS[name], generation_prompt)
+    text = render_cli(model_type, CONVERSATIONS[name], generation_prompt)
     assert text == CHINESE_ALPACA_2_EXPECTED[name]
 
 
 def trained_text(tokenizer, input_ids, labels):
     """The trained tokens, each run of them decoded alone (a sentencepiece word-start token
     decodes with a space only after other text)."""
-    runs, run = [], []
-    for token_id, label in zip(input_ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            run.append(token_id)
-        elif run:
-            runs, run = [*runs, run], []
-    return "".join(tokenizer.decode(ids) for ids in [*runs, run] if ids)
+    return "".join(trained_spans(tokenizer, input_ids, labels))
 
 
 @pytest.mark.parametrize("template", list(TOKENIZER_OF))
@@ -157,47 +132,20 @@ def test_training_ids_equal_the_tokenizers_and_only_replies_train(tokenizers, te
 
 
 def test_a_tiny_llama_trains_and_reloads_to_the_same_logits(tmp_path, tokenizers):
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sdk.config import InferArguments, SftArguments
-    from sdk.infer.chat import load_for_inference
-    from sdk.train.sft import run_sft
-
     tokenizer = tokenizers["llama3"]
-    model_dir = tmp_path / "tiny-llama3"
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer, tmp_path / "tiny-llama3",
+                                tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"messages": conversation}, ensure_ascii=False) + "\n"
                             for conversation in (CONVERSATIONS["multi turn"],
                                                  CONVERSATIONS["chinese"]) * 2), encoding="utf-8")
 
-    registry = load_plugins().registry
-    result = run_sft(SftArguments(
-        model_type="llama3.1-8b-instruct", model_id_or_path=str(model_dir), dataset=[str(data)],
-        max_steps=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2,
-        output_dir=str(tmp_path / "output"), learning_rate=1e-2), registry)
-    assert result.checkpoint.name == "checkpoint-2"
-    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    trained = train_and_reload(load_plugins().registry, "llama3.1-8b-instruct", model_dir, data,
+                               tmp_path / "output")
+    assert trained.result.checkpoint.name == "checkpoint-2"
+    saved = trained.saved
     assert saved["model_type"] == "llama3.1-8b-instruct" and saved["template"] == "llama3.1"
-
-    model, reloaded_tokenizer, template = load_for_inference(
-        InferArguments(ckpt_dir=str(result.run_dir)), registry)
-    assert template.spec.name == "llama3.1"
-    probe = Template.for_tokenizer(SPECS["llama3.1"], reloaded_tokenizer).render(
-        CONVERSATIONS["single turn"], add_generation_prompt=True)
-    inputs = reloaded_tokenizer(probe, add_special_tokens=False, return_tensors="pt")
-
-    def logits(network):
-        with torch.no_grad():
-            return network(**inputs.to(network.device)).logits.float()
-
-    torch.testing.assert_close(logits(model), logits(result.model.eval()), rtol=1e-5, atol=1e-5)
-    base = LlamaForCausalLM.from_pretrained(model_dir)
-    assert not torch.allclose(logits(base), logits(model), atol=1e-4)
+    assert trained.template.spec.name == "llama3.1"

@@ -13,7 +13,14 @@ from sft_plugin_mistral import (
     TEMPLATES,
 )
 
-from conftest import TOKENIZERS
+from conftest import (
+    CHINESE_SECOND_TURN,
+    TOKENIZERS,
+    save_tiny_model,
+    train_and_reload,
+    trained_text,
+)
+from conftest import CONVERSATIONS as STANDARD
 from sdk.plugins import load_plugins
 from sdk.templates.engine import IGNORE_INDEX, Template
 
@@ -32,22 +39,12 @@ TOKENIZER_OF = {
 NO_SYSTEM = {"mistral-7b-instruct-v0.1"}  # the v0.1 template has no system role
 
 CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "Who are you?"}],
-    "with system": [{"role": "system", "content": "You are Ferret."},
-                    {"role": "user", "content": "Who are you?"}],
-    "multi turn": [{"role": "user", "content": "Hi"},
-                   {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "Tell me a joke."},
-                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
+    **STANDARD,
     "multi turn with system": [{"role": "system", "content": "Be brief."},
                                {"role": "user", "content": "Hi"},
                                {"role": "assistant", "content": "Hello!"},
                                {"role": "user", "content": "And now?"}],
-    "chinese": [{"role": "system", "content": "你是一个诗人。"},
-                {"role": "user", "content": "床前明月光"},
-                {"role": "assistant", "content": "疑是地上霜。"},
-                {"role": "user", "content": "举头望明月"},
-                {"role": "assistant", "content": "低头思故乡。"}],
+    "chinese": [*STANDARD["chinese"], *CHINESE_SECOND_TURN],
 }
 
 
@@ -75,11 +72,6 @@ def tokenizers():
         return loaded[model_type]
 
     return get
-
-
-def trained_text(tokenizer, input_ids, labels):
-    return tokenizer.decode([i for i, label in zip(input_ids, labels, strict=True)
-                             if label != IGNORE_INDEX])
 
 
 # --- registrations ---------------------------------------------------------------------------
@@ -141,17 +133,12 @@ def test_official_templates_render_as_llama_cpp_records_them(name, expected):
 
 @pytest.mark.parametrize("model_type, name", cases())
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_template_render_equals_the_tokenizers_chat_template(run_cli, tmp_path, tokenizers,
-                                                             model_type, name,
-                                                             generation_prompt):
+def test_template_render_equals_the_tokenizers_chat_template(render_cli, tokenizers, model_type,
+                                                             name, generation_prompt):
     messages = CONVERSATIONS[name]
-    path = tmp_path / "messages.json"
-    path.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
-    args = ["template", "render", "--model-type", model_type, "--messages", path]
-    result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-    assert result.exit_code == 0, result.output
-    assert result.stdout == tokenizers(model_type).apply_chat_template(
+    expected = tokenizers(model_type).apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt)
+    assert render_cli(model_type, messages, generation_prompt) == expected
 
 
 def test_the_v01_template_refuses_a_system_prompt(run_cli, tmp_path):
@@ -205,19 +192,15 @@ def test_ids_equal_the_tokenizers_and_only_replies_carry_loss(tokenizers, model_
 
 # --- a few training steps on tiny random models of both architectures ------------------------
 
-def tiny_config(architecture, tokenizer):
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
+def tiny_classes(architecture):
+    """The model and config classes of a tiny model of the architecture, and its extra settings."""
     if architecture == "mixtral":
         from transformers import MixtralConfig, MixtralForCausalLM
 
-        return MixtralForCausalLM, MixtralConfig(num_local_experts=2, num_experts_per_tok=1,
-                                                 **common)
+        return MixtralForCausalLM, MixtralConfig, dict(num_local_experts=2, num_experts_per_tok=1)
     from transformers import MistralConfig, MistralForCausalLM
 
-    return MistralForCausalLM, MistralConfig(**common)
+    return MistralForCausalLM, MistralConfig, {}
 
 
 @pytest.mark.parametrize("model_type, architecture", [
@@ -226,40 +209,17 @@ def tiny_config(architecture, tokenizer):
 ])
 def test_train_a_tiny_model_then_reload_the_checkpoint_to_the_same_logits(
         tmp_path, tokenizers, identity_data, model_type, architecture):
-    import torch
-
-    from sdk.config import InferArguments, SftArguments
-    from sdk.infer.chat import load_for_inference
-    from sdk.train.sft import run_sft
-
     tokenizer = tokenizers(model_type)
-    model_class, config = tiny_config(architecture, tokenizer)
-    torch.manual_seed(0)
-    tiny = tmp_path / "tiny"
-    model_class(config).save_pretrained(tiny)
-    tokenizer.save_pretrained(tiny)
+    model_class, config_class, extra = tiny_classes(architecture)
+    tiny = save_tiny_model(model_class, config_class, tokenizer, tmp_path / "tiny",
+                           bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, **extra)
 
     registry = load_plugins().registry
-    result = run_sft(SftArguments(
-        model_type=model_type, model_id_or_path=str(tiny), dataset=[str(identity_data)],
-        max_steps=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2,
-        output_dir=str(tmp_path / "output"), learning_rate=1e-2, logging_steps=1), registry)
-    assert result.checkpoint.name == "checkpoint-2"
-    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    trained = train_and_reload(registry, model_type, tiny, identity_data, tmp_path / "output",
+                               logging_steps=1)
+    assert trained.result.checkpoint.name == "checkpoint-2"
+    saved = trained.saved
     assert saved["model_type"] == model_type
     assert saved["template"] == registry.get("models", model_type).template
-
-    model, reloaded_tokenizer, _ = load_for_inference(
-        InferArguments(ckpt_dir=str(result.run_dir)), registry)
-    probe = Template.for_tokenizer(TEMPLATE_SPECS[saved["template"]], reloaded_tokenizer).render(
-        [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True)
-    inputs = reloaded_tokenizer(probe, add_special_tokens=False, return_tensors="pt")
-
-    def logits(m):
-        with torch.no_grad():
-            return m(**inputs.to(m.device)).logits.float()
-
-    torch.testing.assert_close(logits(model), logits(result.model.eval()), rtol=1e-5,
-                               atol=1e-5)
-    base = model_class.from_pretrained(tiny)
-    assert not torch.allclose(logits(base), logits(model), atol=1e-4)
+    assert trained.template.spec is TEMPLATE_SPECS[saved["template"]]

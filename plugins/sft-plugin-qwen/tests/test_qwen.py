@@ -17,9 +17,16 @@ from sft_plugin_qwen import (
     QWEN_V1,
 )
 
-from conftest import TOKENIZERS
+from conftest import (
+    CHINESE_SECOND_TURN,
+    TOKENIZERS,
+    save_tiny_model,
+    train_and_reload,
+    trained_text,
+)
+from conftest import CONVERSATIONS as STANDARD
 from sdk.plugins import load_plugins
-from sdk.templates.engine import IGNORE_INDEX, Template
+from sdk.templates.engine import Template
 
 QWEN2_TOKENIZER = TOKENIZERS / "qwen2"
 TEMPLATES = {"qwen": QWEN_TEMPLATE, "qwen2.5": QWEN2_5_TEMPLATE}
@@ -28,19 +35,10 @@ MODEL_TYPE_PER_TEMPLATE = {
     "qwen2.5": ["qwen2.5-7b-instruct"],
 }
 CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "Who are you?"}],
-    "with system": [{"role": "system", "content": "You are Ferret."},
-                    {"role": "user", "content": "Who are you?"},
-                    {"role": "assistant", "content": "I am Ferret."}],
-    "multi turn": [{"role": "user", "content": "Hi"},
-                   {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "Tell me a joke."},
-                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
-    "chinese": [{"role": "system", "content": "你是一个诗人。"},
-                {"role": "user", "content": "床前明月光"},
-                {"role": "assistant", "content": "疑是地上霜。"},
-                {"role": "user", "content": "举头望明月"},
-                {"role": "assistant", "content": "低头思故乡。"}],
+    "single turn": STANDARD["single turn"],
+    "with system": [*STANDARD["with system"], {"role": "assistant", "content": "I am Ferret."}],
+    "multi turn": STANDARD["multi turn"],
+    "chinese": [*STANDARD["chinese"], *CHINESE_SECOND_TURN],
     "chinese without system": [{"role": "user", "content": "你好"},
                                {"role": "assistant", "content": "你好！有什么可以帮你？"}],
 }
@@ -67,11 +65,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def registry():
     return load_plugins().registry
-
-
-def trained_text(tokenizer, input_ids, labels):
-    return tokenizer.decode([i for i, label in zip(input_ids, labels, strict=True)
-                             if label != IGNORE_INDEX])
 
 
 # --- registrations ------------------------------------------------------------------------------
@@ -185,11 +178,9 @@ def test_qwen_v1_prompt_equals_make_context():
 @pytest.mark.parametrize("generation_prompt", [False, True])
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_template_render_equals_apply_chat_template(run_cli, tmp_path, tokenizer, template, name,
+def test_template_render_equals_apply_chat_template(render_cli, tokenizer, template, name,
                                                     generation_prompt):
     messages = CONVERSATIONS[name]
-    path = tmp_path / "messages.json"
-    path.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
     expected = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt,
         chat_template=TEMPLATES[template].jinja)
@@ -198,10 +189,7 @@ def test_template_render_equals_apply_chat_template(run_cli, tmp_path, tokenizer
         assert expected == tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt)
     for model_type in MODEL_TYPE_PER_TEMPLATE[template]:
-        args = ["template", "render", "--model-type", model_type, "--messages", path]
-        result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-        assert result.exit_code == 0, result.output
-        assert result.stdout == expected
+        assert render_cli(model_type, messages, generation_prompt) == expected
 
 
 # --- ids and loss masks -------------------------------------------------------------------------
@@ -271,48 +259,23 @@ def test_qwen_v1_names_the_packages_its_remote_code_needs(run_cli, tmp_path, ide
 
 @pytest.fixture(scope="module")
 def tiny_qwen2_dir(tmp_path_factory, tokenizer):
-    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-qwen2")
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(Qwen2ForCausalLM, Qwen2Config, tokenizer,
+                           tmp_path_factory.mktemp("tiny-qwen2"), tie_word_embeddings=True,
+                           eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                           pad_token_id=tokenizer.pad_token_id)
 
 
 def test_tiny_qwen2_trains_saves_and_reloads_to_the_same_logits(tiny_qwen2_dir, identity_data,
                                                                 tmp_path, registry):
-    import torch
-
-    from sdk.config import InferArguments, SftArguments
-    from sdk.infer.chat import load_for_inference
-    from sdk.train.sft import run_sft
-
     model_type = "qwen2.5-0.5b-instruct"
-    result = run_sft(SftArguments(
-        model_type=model_type, model_id_or_path=str(tiny_qwen2_dir),
-        dataset=[str(identity_data)], max_steps=2, batch_size=2, gradient_accumulation_steps=1,
-        save_steps=2, output_dir=str(tmp_path / "out"), learning_rate=1e-2, seed=0), registry)
+    trained = train_and_reload(registry, model_type, tiny_qwen2_dir, identity_data,
+                               tmp_path / "out", seed=0)
+    result, saved = trained.result, trained.saved
     assert result.checkpoint.name == "checkpoint-2"
     assert (result.checkpoint / "adapter_model.safetensors").is_file()
-    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
     assert saved["model_type"] == model_type and saved["template"] == "qwen2.5"
     adapter = json.loads((result.checkpoint / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-
-    model, tokenizer, _ = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)),
-                                             registry)
-    probe = Template(QWEN2_5_TEMPLATE).render([{"role": "user", "content": "Who are you?"}], True)
-
-    def logits(of):
-        inputs = tokenizer(probe, add_special_tokens=False, return_tensors="pt").to(of.device)
-        with torch.no_grad():
-            return of(**inputs).logits.float()
-
-    torch.testing.assert_close(logits(model), logits(result.model.eval()), rtol=1e-5, atol=1e-5)
+    assert trained.template.spec == QWEN2_5_TEMPLATE

@@ -1,6 +1,5 @@
 """SmolLM2 plugin: the template equals the GGUF's own chat template; a real fine-tune runs."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,21 +8,14 @@ from pathlib import Path
 import pytest
 from sft_plugin_smollm import MODEL_TYPE, SMOLLM2_TEMPLATE, gguf_path
 
+from conftest import CONVERSATIONS as STANDARD
+from conftest import trained_text
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
 
 SDK = str(Path(sys.executable).with_name("sdk"))
 CONVERSATIONS = {
-    "single turn": [{"role": "user", "content": "Who are you?"}],
-    "with system": [{"role": "system", "content": "You are Ferret."},
-                    {"role": "user", "content": "Who are you?"}],
-    "multi turn": [{"role": "user", "content": "Hi"},
-                   {"role": "assistant", "content": "Hello! How can I help?"},
-                   {"role": "user", "content": "Tell me a joke."},
-                   {"role": "assistant", "content": "Why did the LLM cross the road?"}],
-    "chinese": [{"role": "system", "content": "你是一个诗人。"},
-                {"role": "user", "content": "床前明月光"},
-                {"role": "assistant", "content": "疑是地上霜。"}],
+    **{name: STANDARD[name] for name in ("single turn", "with system", "multi turn", "chinese")},
     "empty system": [{"role": "system", "content": ""},
                      {"role": "user", "content": "x"}],
 }
@@ -45,15 +37,11 @@ def test_the_model_type_is_registered_with_its_template():
 
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_template_render_equals_the_gguf_chat_template(run_cli, tmp_path, gguf_tokenizer,
-                                                       name, generation_prompt):
-    messages = tmp_path / "messages.json"
-    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
-    args = ["template", "render", "--model-type", MODEL_TYPE, "--messages", messages]
-    result = run_cli(*args, *(["--add-generation-prompt"] if generation_prompt else []))
-    assert result.exit_code == 0, result.output
-    assert result.stdout == gguf_tokenizer.apply_chat_template(
+def test_template_render_equals_the_gguf_chat_template(render_cli, gguf_tokenizer, name,
+                                                       generation_prompt):
+    expected = gguf_tokenizer.apply_chat_template(
         CONVERSATIONS[name], tokenize=False, add_generation_prompt=generation_prompt)
+    assert render_cli(MODEL_TYPE, CONVERSATIONS[name], generation_prompt) == expected
 
 
 @pytest.mark.parametrize("name", ["multi turn", "chinese"])
@@ -62,8 +50,7 @@ def test_training_ids_equal_the_tokenizers_ids(gguf_tokenizer, name):
     input_ids, labels = Template(SMOLLM2_TEMPLATE).encode(gguf_tokenizer, messages)
     expected = gguf_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
     assert input_ids == list(expected["input_ids"])
-    trained = gguf_tokenizer.decode([i for i, label in zip(input_ids, labels, strict=True)
-                                     if label != -100])
+    trained = trained_text(gguf_tokenizer, input_ids, labels)
     replies = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
     assert trained == "".join(replies)
 
