@@ -23,9 +23,11 @@ from sdk.specs import ModelSpec, TemplateSpec
 # (ChatGLM2-6B ptuning/main.py) trains labels = reply ids + [eos_token_id]; past replies in the
 # prompt end with "\n\n" and no eos (ms-swift's chatglm2 template: chat_sep "\n\n", suffix eos).
 # ChatGLM2 has no system role; like ms-swift (prefix ['{{SYSTEM}}']) a system text, if given,
-# goes in front of the first round.
+# goes in front of the first round. The [gMASK] sop prefix is ids, not text: the tokenizer adds
+# them when asked for its special tokens (add_special_tokens=True below), as in ChatGLM2's own
+# tokenizer(prompt) call; the text "[gMASK]sop" would not encode to those ids.
 CHATGLM2_JINJA = (
-    "[gMASK]sop{% set ns = namespace(round=0) %}"
+    "{% set ns = namespace(round=0) %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
     "{% elif message['role'] == 'user' %}{% set ns.round = ns.round + 1 %}"
@@ -83,7 +85,9 @@ TEMPLATES = (
         jinja=CHATGLM2_JINJA,
         special_tokens={"eos_token": "</s>"},
         assistant_suffix="{eos_token}",
-        description="ChatGLM2: [gMASK]sop, then [Round N]\\n\\n问：...\\n\\n答：... rounds",
+        add_special_tokens=True,
+        description="ChatGLM2: [Round N]\\n\\n问：...\\n\\n答：... rounds after the "
+                    "tokenizer's [gMASK] sop ids",
     ),
     TemplateSpec(
         name="chatglm3",

@@ -65,20 +65,21 @@ OFFICIAL_GLM4 = (
 
 # (model type, messages, add_generation_prompt) -> the exact text of the official format.
 EXPECTED = {
-    # ChatGLM2: tokenization_chatglm.py of THUDM/chatglm2-6b, get_prefix_tokens ([gMASK] sop)
-    # + build_prompt ("[Round {i}]\n\n问：{q}\n\n答：{r}\n\n", rounds from 1); the eos "</s>"
-    # after the final reply is what ChatGLM2's ptuning/main.py trains (labels + [eos]).
-    ("chatglm2-6b", "single", True): "[gMASK]sop[Round 1]\n\n问：Who are you?\n\n答：",
-    ("chatglm2-6b", "single", False): "[gMASK]sop[Round 1]\n\n问：Who are you?\n\n",
+    # ChatGLM2: tokenization_chatglm.py of THUDM/chatglm2-6b, build_prompt
+    # ("[Round {i}]\n\n问：{q}\n\n答：{r}\n\n", rounds from 1); the eos "</s>" after the
+    # final reply is what ChatGLM2's ptuning/main.py trains (labels + [eos]). The [gMASK] sop
+    # prefix is ids the tokenizer adds (get_prefix_tokens), not text.
+    ("chatglm2-6b", "single", True): "[Round 1]\n\n问：Who are you?\n\n答：",
+    ("chatglm2-6b", "single", False): "[Round 1]\n\n问：Who are you?\n\n",
     ("chatglm2-6b", "llama.cpp", True): (
-        "[gMASK]sopYou are a helpful assistant[Round 1]\n\n问：Hello\n\n答：Hi there\n\n"
+        "You are a helpful assistant[Round 1]\n\n问：Hello\n\n答：Hi there\n\n"
         "[Round 2]\n\n问：Who are you\n\n答：   I am an assistant   \n\n"
         "[Round 3]\n\n问：Another question\n\n答："),
     ("chatglm2-6b", "multi", False): (
-        "[gMASK]sop[Round 1]\n\n问：Hi\n\n答：Hello!\n\n"
+        "[Round 1]\n\n问：Hi\n\n答：Hello!\n\n"
         "[Round 2]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
     ("chatglm2-6b-32k", "chinese", False): (
-        "[gMASK]sop你是一个诗人。[Round 1]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
+        "你是一个诗人。[Round 1]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
     # ChatGLM3: llama.cpp tests/test-chat-template.cpp, expected output of the official
     # THUDM/chatglm3-6b template; complete conversations end with the end-of-turn "<|user|>".
     ("chatglm3-6b", "llama.cpp", True): (
@@ -114,7 +115,7 @@ CONVERSATIONS = {"single": SINGLE, "llama.cpp": LLAMA_CPP, "multi": MULTI, "chin
 
 # The special tokens each format writes in its text, given to the stand-in tokenizer.
 SPECIAL = {
-    "chatglm2": ["[gMASK]", "sop", "</s>"],
+    "chatglm2": ["</s>"],
     "chatglm3": ["[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "</s>"],
     "glm4": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"],
 }
@@ -187,7 +188,10 @@ def test_ids_are_the_tokenizers_and_only_replies_with_their_end_are_trained(temp
     messages = [{"role": "system", "content": "你是一个诗人。"}, *MULTI]
     text = template.render(messages)
     input_ids, labels = template.encode(tokenizer, messages)
-    assert input_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    # ChatGLM2 lets the tokenizer add its prefix ids (the Llama-2 stand-in adds its <s>)
+    with_special = SPECS[template_name].add_special_tokens
+    assert with_special == (template_name == "chatglm2")
+    assert input_ids == tokenizer(text, add_special_tokens=with_special)["input_ids"]
 
     def trained(labels):
         # SentencePiece adds word-start spaces
