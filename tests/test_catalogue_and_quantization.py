@@ -1,10 +1,11 @@
-"""registry.toml install hints, `sdk models --all`, and quantization flags on a CPU machine."""
+"""registry.toml install hints, `sdk models --all`, and QLoRA (4/8-bit bitsandbytes bases)."""
 
 import json
 
 import pytest
+import torch
 
-from conftest import TINY_MODEL_TYPE
+from conftest import TINY_MODEL_TYPE, TOKENIZERS, save_tiny_model, train_and_reload
 from sdk.catalogue import first_party_plugins
 from sdk.errors import SdkError
 from sdk.plugins import PluginSet
@@ -30,17 +31,27 @@ def test_models_all_lists_every_first_party_model_type(run_cli):
                                             "installed"]
 
 
-def test_quantized_training_needs_a_gpu_and_says_so(run_cli, tiny_plugin_file, identity_data,
-                                                   tmp_path):
-    import torch
+@pytest.fixture(scope="module")
+def tiny_model_64(tmp_path_factory):
+    """Like tiny_model_dir, 64 wide: 4-bit quantization works in blocks of 64 weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the quantized path runs instead of the error")
-    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
-                     "--dataset", identity_data, "--quantization-bit", "4",
-                     "--output-dir", tmp_path)
-    assert result.exit_code == 1
-    assert "--quantization-bit 4 needs a CUDA GPU" in result.stderr
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+    return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
+                           tmp_path_factory.mktemp("tiny-64"), hidden_size=64,
+                           intermediate_size=128, tie_word_embeddings=True,
+                           pad_token_id=tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_qlora_trains_and_reloads_onto_a_quantized_base(plugin_set, tiny_model_64, identity_data,
+                                                       tmp_path, bits, layer):
+    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_64,
+                                identity_data, tmp_path, quantization_bit=bits)
+    assert reloaded.saved["quantization_bit"] == bits
+    attention = reloaded.model.base_model.model.model.layers[0].self_attn
+    assert type(attention.q_proj.base_layer).__name__ == layer  # the base stayed quantized
+    assert attention.q_proj.lora_A["default"].weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize("flags, message", [

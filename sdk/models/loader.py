@@ -47,16 +47,8 @@ def quantization_config(options: LoadOptions) -> Any:
 
 
 def check_quantization(options: LoadOptions) -> None:
-    if not options.quantization_bit:
-        return
-    import torch
-
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if options.quantization_bit and importlib.util.find_spec("bitsandbytes") is None:
         raise SdkError("--quantization-bit needs bitsandbytes: pip install bitsandbytes")
-    if not torch.cuda.is_available():
-        raise SdkError(f"--quantization-bit {options.quantization_bit} needs a CUDA GPU "
-                       "(bitsandbytes' quantized training); none is visible. Drop the flag to "
-                       "train in full precision.")
 
 
 def torch_dtype(name: str) -> Any:
@@ -94,8 +86,12 @@ def load_pretrained(path: str | Path, options: LoadOptions,
 
         extra["quantization_config"] = GgufConfig(dequantize=True)
     elif options.quantization_bit:
+        import torch
+
         extra["quantization_config"] = quantization_config(options)
-        extra["device_map"] = {"": 0}  # bitsandbytes places the weights on the GPU
+        # bitsandbytes quantizes while placing the weights: on the GPU, else on the CPU (its
+        # CPU backend)
+        extra["device_map"] = {"": 0 if torch.cuda.is_available() else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype(options.dtype),
         trust_remote_code=options.trust_remote_code, **extra)
