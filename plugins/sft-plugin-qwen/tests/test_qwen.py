@@ -216,19 +216,7 @@ def test_stop_words_end_on_im_end_and_endoftext(tokenizer):
 
 # --- remote code --------------------------------------------------------------------------------
 
-def test_qwen_v1_needs_trust_remote_code(run_cli, tmp_path, identity_data, monkeypatch):
-    import importlib.util
-
-    from sft_plugin_qwen import QWEN_V1_REQUIRES
-
-    import sdk.train.sft  # noqa: F401  (imports transformers before the stand-ins exist)
-
-    stubs = tmp_path / "stubs"  # stand-ins for the packages the remote code imports
-    for package in QWEN_V1_REQUIRES:
-        if importlib.util.find_spec(package) is None:
-            (stubs / package).mkdir(parents=True)
-            (stubs / package / "__init__.py").write_text("")
-    monkeypatch.syspath_prepend(str(stubs))
+def test_qwen_v1_needs_trust_remote_code(run_cli, tmp_path, identity_data):
     model_dir = tmp_path / "qwen-7b-chat"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(
@@ -241,18 +229,19 @@ def test_qwen_v1_needs_trust_remote_code(run_cli, tmp_path, identity_data, monke
     assert not (tmp_path / "out").exists()
 
 
-def test_qwen_v1_names_the_packages_its_remote_code_needs(run_cli, tmp_path, identity_data):
+def test_qwen_v1_names_the_packages_its_remote_code_needs(run_cli, tmp_path, identity_data,
+                                                          monkeypatch):
     import importlib.util
 
     from sft_plugin_qwen import QWEN_V1_REQUIRES
 
-    missing = [p for p in QWEN_V1_REQUIRES if importlib.util.find_spec(p) is None]
-    if not missing:
-        pytest.skip("the packages Qwen v1 needs are installed here")
+    found = importlib.util.find_spec  # the plugin installs them: hide them, as if removed
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in QWEN_V1_REQUIRES else found(name, *a))
     result = run_cli("sft", "--model-type", "qwen-7b-chat", "--dataset", identity_data,
                      "--model-id-or-path", tmp_path, "--trust-remote-code")
     assert result.exit_code == 1
-    assert f"pip install {' '.join(missing)}" in result.stderr
+    assert f"pip install {' '.join(QWEN_V1_REQUIRES)}" in result.stderr
 
 
 # --- a tiny Qwen2 model: train, save, reload ----------------------------------------------------
