@@ -79,3 +79,43 @@ def test_empty_dataset_is_an_error(registry, tmp_path):
     empty.write_text("\n")
     with pytest.raises(SdkError, match="No training records"):
         load_conversations([str(empty)], registry, None)
+
+
+def test_sharegpt_records_with_system_and_role_tags(registry, tmp_path):
+    data = write_jsonl(tmp_path / "sharegpt.jsonl", [
+        {"system": "Be brief.", "conversations": [
+            {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+            {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]},
+        {"conversations": [{"role": "user", "content": "a"},
+                           {"role": "assistant", "content": "b"}]},
+    ])
+    first, second = load_conversations([str(data)], registry, None)
+    assert first == [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                     {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+    assert second[-1] == {"role": "assistant", "content": "b"}
+
+
+def test_chatglm_prompt_query_response_history_schema(registry, tmp_path):
+    data = write_jsonl(tmp_path / "chatglm.jsonl", [
+        {"prompt": "Translate to English.", "query": "你好", "response": "Hello",
+         "history": [["Hi", "Hi there"]]},
+        {"prompt": "Say hi.", "response": "hi"},
+    ])
+    first, second = load_conversations([str(data)], registry, None)
+    assert first[-2:] == [{"role": "user", "content": "Translate to English.\n你好"},
+                          {"role": "assistant", "content": "Hello"}]
+    assert first[0] == {"role": "user", "content": "Hi"}
+    assert second[0] == {"role": "user", "content": "Say hi."}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"conversations": [{"from": "robot", "value": "x"}]}, "role tag 'robot'"),
+    ({"conversations": [{"from": "human", "value": "only a question"}]},
+     "no assistant message"),
+    ({"prompt": "", "query": "", "response": "r"}, "'query' \\(or 'prompt'\\) is missing"),
+])
+def test_bad_sharegpt_and_chatglm_records(registry, tmp_path, record, message):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [record])
+    with pytest.raises(SdkError, match=r"bad\.jsonl:1: .*" + message):
+        load_conversations([str(bad)], registry, None)

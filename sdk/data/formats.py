@@ -1,4 +1,5 @@
-"""Built-in record formats: alpaca, OpenAI messages, and query/response/history."""
+"""Built-in record formats: alpaca, OpenAI messages, query/response/history (also the older
+ChatGLM prompt/query/response schema) and ShareGPT."""
 
 from __future__ import annotations
 
@@ -52,10 +53,44 @@ def alpaca_to_messages(record: Mapping[str, Any]) -> Messages:
 
 
 def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
+    """query/response, and the older ChatGLM fine-tuning schema whose ``prompt`` is the
+    instruction and ``query`` its input (joined like alpaca's instruction and input)."""
+    parts = [_text(record, key, required=False) for key in ("prompt", "query")]
+    query = "\n".join(part for part in parts if part)
+    if not query:
+        raise ValueError("field 'query' (or 'prompt') is missing or empty")
     return _with_system(record, _history(record) + [
-        {"role": "user", "content": _text(record, "query")},
+        {"role": "user", "content": query},
         {"role": "assistant", "content": _text(record, "response")},
     ])
+
+
+# ShareGPT role tags as the common exports write them
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
+                  "system": "system"}
+
+
+def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
+    """ShareGPT: {conversations: [{from: human|gpt|system, value}, ...], system?}; turns may
+    also be written {role, content}."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("field 'conversations' should be a non-empty list")
+    messages = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            raise ValueError(f"conversations[{index}] should be an object with from and value")
+        tag = turn.get("from", turn.get("role"))
+        role = SHAREGPT_ROLES.get(str(tag).lower()) if tag is not None else None
+        if role is None:
+            raise ValueError(f"conversations[{index}] has role tag {tag!r}; expected one of "
+                             f"{', '.join(SHAREGPT_ROLES)}")
+        value = turn.get("value", turn.get("content"))
+        if not isinstance(value, str):
+            raise ValueError(f"conversations[{index}] ({tag}) has no text 'value'")
+        messages.append({"role": role, "content": value})
+    return messages_to_messages({"messages": _with_system(record, messages)})
 
 
 def messages_to_messages(record: Mapping[str, Any]) -> Messages:
@@ -85,12 +120,18 @@ def has_keys(*keys: str):
     return detect
 
 
+def has_response_and_query(record: Mapping[str, Any]) -> bool:
+    return "response" in record and ("query" in record or "prompt" in record)
+
+
 @hookimpl
 def register_formats(register):
     register(DataFormat("messages", has_keys("messages"), messages_to_messages,
                         "OpenAI style: {messages: [{role, content}, ...]}"))
     register(DataFormat("alpaca", has_keys("instruction", "output"), alpaca_to_messages,
                         "instruction / input / output, optional system and history"))
-    register(DataFormat("query-response", has_keys("query", "response"),
-                        query_response_to_messages,
-                        "query / response, optional system and history"))
+    register(DataFormat("query-response", has_response_and_query, query_response_to_messages,
+                        "query / response, or prompt / query / response (ChatGLM fine-tuning "
+                        "schema); optional system and history"))
+    register(DataFormat("sharegpt", has_keys("conversations"), sharegpt_to_messages,
+                        "ShareGPT: {conversations: [{from: human|gpt|system, value}]}"))
