@@ -59,7 +59,8 @@ class ModelArguments:
 @dataclass
 class SftArguments(ModelArguments):
     sft_type: str = arg("lora", "Tuner (see `sdk tuners`).")
-    dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files.")
+    dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files; "
+                             "NAME#N samples N rows (deterministic under --seed).")
     dataset_format: str | None = arg(None, "Record format; detected when left out.")
     model_name: list[str] = arg(
         [], "Name for self-cognition data: one name, or a Chinese and an English one.")

@@ -119,3 +119,21 @@ def test_bad_sharegpt_and_chatglm_records(registry, tmp_path, record, message):
     bad = write_jsonl(tmp_path / "bad.jsonl", [record])
     with pytest.raises(SdkError, match=r"bad\.jsonl:1: .*" + message):
         load_conversations([str(bad)], registry, None)
+
+
+def test_name_hash_n_samples_rows_deterministically(registry, tmp_path):
+    from sdk.config import SftArguments
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": f"q{i}", "response": f"r{i}"}
+                                              for i in range(10)])
+    replies = lambda rows: [c[-1]["content"] for c in rows]  # noqa: E731
+    three = load_conversations([f"{data}#3"], registry, SftArguments(seed=1))
+    assert len(three) == 3 and len(set(replies(three))) == 3  # no repeats below the size
+    assert replies(three) == replies(load_conversations([f"{data}#3"], registry,
+                                                         SftArguments(seed=1)))
+    assert replies(three) != replies(load_conversations([f"{data}#3"], registry,
+                                                         SftArguments(seed=2)))
+    many = load_conversations([f"{data}#25"], registry, SftArguments(seed=1))
+    assert len(many) == 25 and set(replies(many)) == {f"r{i}" for i in range(10)}
+    with pytest.raises(SdkError, match="after '#' give how many rows"):
+        load_conversations([f"{data}#lots"], registry, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,31 +37,62 @@ def detect_format(where: str, record: dict, registry: Registry) -> DataFormat:
                    "Rename the fields, or pick one with --dataset-format.")
 
 
+def split_sample_size(name: str) -> tuple[str, int | None]:
+    """``alpaca-zh#500`` -> ("alpaca-zh", 500); a name without ``#N`` -> (name, None)."""
+    base, hash_sign, count = name.rpartition("#")
+    if not hash_sign:
+        return name, None
+    if not count.isdigit() or int(count) == 0:
+        raise SdkError(f"--dataset '{name}': after '#' give how many rows to sample, e.g. "
+                       f"{base or name}#500.")
+    return base, int(count)
+
+
+def sample(rows: list[Conversation], count: int, seed: int) -> list[Conversation]:
+    """``count`` rows, the same for the same seed: drawn without replacement up to the
+    dataset's size; past it every row is kept and the rest is drawn with replacement."""
+    generator = random.Random(seed)
+    if count <= len(rows):
+        return generator.sample(rows, count)
+    return rows + generator.choices(rows, k=count - len(rows))
+
+
 def load_conversations(names: Sequence[str], registry: Registry, args: Any,
                        format_name: str | None = None) -> list[Conversation]:
     """Read every dataset, preprocess, convert to messages; errors name the file and line."""
     conversations: list[Conversation] = []
-    for name in names:
-        source = dataset_source(name, registry)
-        preprocess = resolve_callable(source.preprocess) if source.preprocess else None
-        forced = format_name or source.format
-        data_format = registry.get("formats", forced) if forced else None
-        for file in source.files:
-            for where, record in read_records(Path(file)):
-                if not isinstance(record, dict):
-                    raise SdkError(f"{where}: expected a JSON object, got "
-                                   f"{type(record).__name__}.")
-                if preprocess is not None:
-                    record = preprocess(record, args)
-                if data_format is None:
-                    data_format = detect_format(where, record, registry)
-                try:
-                    messages = resolve_callable(data_format.to_messages)(record)
-                    check_messages(messages)
-                except ValueError as error:
-                    raise SdkError(f"{where}: {error} (read as {data_format.name} format). "
-                                   "Fix the record or remove it.") from None
-                conversations.append(messages)
+    seed = getattr(args, "seed", 42)
+    for name_and_count in names:
+        name, count = split_sample_size(name_and_count)
+        rows = _read_dataset(name, registry, args, format_name)
+        conversations += rows if count is None else sample(rows, count, seed)
     if not conversations:
         raise SdkError(f"No training records found in {', '.join(names)}.")
+    return conversations
+
+
+def _read_dataset(name: str, registry: Registry, args: Any,
+                  format_name: str | None) -> list[Conversation]:
+    """One dataset's conversations, in file order."""
+    conversations: list[Conversation] = []
+    source = dataset_source(name, registry)
+    preprocess = resolve_callable(source.preprocess) if source.preprocess else None
+    forced = format_name or source.format
+    data_format = registry.get("formats", forced) if forced else None
+    for file in source.files:
+        for where, record in read_records(Path(file)):
+            if not isinstance(record, dict):
+                raise SdkError(f"{where}: expected a JSON object, got "
+                               f"{type(record).__name__}.")
+            if preprocess is not None:
+                record = preprocess(record, args)
+            if data_format is None:
+                data_format = detect_format(where, record, registry)
+            try:
+                messages = resolve_callable(data_format.to_messages)(record)
+                check_messages(messages)
+            except ValueError as error:
+                raise SdkError(f"{where}: {error} (read as {data_format.name} format). "
+                               "Fix the record or remove it.") from None
+            conversations.append(messages)
     return conversations
