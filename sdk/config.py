@@ -62,6 +62,12 @@ class SftArguments(ModelArguments):
     dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files; "
                              "NAME#N samples N rows (deterministic under --seed).")
     dataset_format: str | None = arg(None, "Record format; detected when left out.")
+    val_dataset: list[str] = arg([], "Held-out datasets to compute eval loss on (like "
+                                 "--dataset).")
+    split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "
+                                     "the training rows for eval loss.", at_least=0, below=1)
+    eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
+                                 "(default: --save-steps).", at_least=1)
     model_name: list[str] = arg(
         [], "Name for self-cognition data: one name, or a Chinese and an English one.")
     model_author: list[str] = arg(

@@ -130,3 +130,23 @@ def test_a_model_folder_without_config_is_rejected_for_any_loader(run_cli, tmp_p
     result = run_cli("infer", "--model-type", "smollm2-135m-instruct", "--model-id-or-path",
                      tmp_path, "--query", "hi")
     assert result.exit_code == 1 and "is not a model folder" in result.stderr
+
+
+@pytest.mark.parametrize("held_out", ["split", "val-dataset"])
+def test_held_out_data_gets_an_eval_loss_in_the_log(plugin_set, identity_data, tmp_path,
+                                                   held_out):
+    extra = ({"split_dataset_ratio": 0.25} if held_out == "split"
+             else {"val_dataset": [str(identity_data)]})
+    result = train(plugin_set, identity_data, tmp_path, eval_steps=1, **extra)
+    log = [json.loads(line) for line in (result.run_dir / "logging.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [1, 2, 3]
+    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
+    assert saved["eval_steps"] == 1
+
+
+def test_a_split_that_leaves_no_training_rows_is_an_error(plugin_set, identity_data, tmp_path):
+    from sdk.errors import SdkError
+
+    with pytest.raises(SdkError, match="leaves no training rows"):
+        train(plugin_set, identity_data, tmp_path, split_dataset_ratio=0.9)

@@ -57,6 +57,19 @@ def sample(rows: list[Conversation], count: int, seed: int) -> list[Conversation
     return rows + generator.choices(rows, k=count - len(rows))
 
 
+def split_off(rows: list[Conversation], ratio: float,
+              seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """(train, held out): a seeded shuffle, then ``ratio`` of the rows (at least one) apart."""
+    if ratio <= 0:
+        return rows, []
+    held_out = max(1, round(len(rows) * ratio))
+    if held_out >= len(rows):
+        raise SdkError(f"--split-dataset-ratio {ratio} leaves no training rows out of "
+                       f"{len(rows)}; lower it or pass --val-dataset.")
+    shuffled = random.Random(seed).sample(rows, len(rows))
+    return shuffled[held_out:], shuffled[:held_out]
+
+
 def load_conversations(names: Sequence[str], registry: Registry, args: Any,
                        format_name: str | None = None) -> list[Conversation]:
     """Read every dataset, preprocess, convert to messages; errors name the file and line."""

@@ -16,7 +16,7 @@ import click
 
 from sdk import __version__
 from sdk.config import SftArguments, saved_arguments
-from sdk.data.conversations import load_conversations
+from sdk.data.conversations import load_conversations, split_off
 from sdk.data.encode import encode_conversations
 from sdk.errors import SdkError
 from sdk.models.loader import DEFAULT_HUB, load_model, torch_dtype
@@ -51,6 +51,10 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or DEFAULT_HUB)
     registry.get("hubs", args.hub)
     conversations = load_conversations(args.dataset, registry, args, args.dataset_format)
+    if args.val_dataset:
+        held_out = load_conversations(args.val_dataset, registry, args, args.dataset_format)
+    else:
+        conversations, held_out = split_off(conversations, args.split_dataset_ratio, args.seed)
 
     model, tokenizer = load_model(spec, args, registry)
     template = Template.for_tokenizer(template_spec, tokenizer)
@@ -59,13 +63,17 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     click.echo(f"[sdk] data: {stats.summary()}", err=True)
     if not examples:
         raise SdkError("No training row has a trained token left; raise --max-length.")
+    eval_examples, eval_stats = encode_conversations(template, tokenizer, held_out,
+                                                     args.max_length, args.loss_scope)
+    if held_out:
+        click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
     model = resolve_callable(tuner.prepare)(model, args, spec)
 
     run_dir = new_run_dir(args.output_dir, args.model_type)
     saved = {**saved_arguments(args), "sdk_version": __version__}
     try:
-        trainer = build_trainer(model, tokenizer, examples, args, tuner.default_learning_rate,
-                                run_dir, saved)
+        trainer = build_trainer(model, tokenizer, examples, eval_examples, args,
+                                tuner.default_learning_rate, run_dir, saved)
     except BaseException:
         shutil.rmtree(run_dir)  # nothing was written yet; do not leave a run with no model
         raise
@@ -77,8 +85,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     return SftResult(run_dir, last, trainer.model)
 
 
-def build_trainer(model, tokenizer, examples, args: SftArguments, default_learning_rate: float,
-                  run_dir: Path, saved: dict):
+def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
+                  default_learning_rate: float, run_dir: Path, saved: dict):
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -93,6 +101,9 @@ def build_trainer(model, tokenizer, examples, args: SftArguments, default_learni
         names = {f.name for f in dataclasses.fields(TrainingArguments)}
         optional["activation_checkpointing" if "activation_checkpointing" in names
                  else "gradient_checkpointing"] = True
+    if eval_examples:
+        optional.update(eval_strategy="steps", eval_steps=args.eval_steps or args.save_steps,
+                        per_device_eval_batch_size=args.batch_size)
     training_args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=args.batch_size,
@@ -121,6 +132,7 @@ def build_trainer(model, tokenizer, examples, args: SftArguments, default_learni
         model=model,
         args=training_args,
         train_dataset=examples,
+        eval_dataset=eval_examples or None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
         processing_class=tokenizer,
         callbacks=[JsonlLogger(run_dir), SaveArguments(saved)],
