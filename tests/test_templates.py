@@ -134,3 +134,37 @@ def test_tokenizer_added_special_tokens_are_kept_and_never_trained():
     assert trained_text(tokenizer, input_ids, labels) == "Hello!</s>"
     prompt = template.tokenize_prompt(tokenizer, messages[:1])
     assert prompt["input_ids"][0, 0].item() == tokenizer.bos_token_id
+
+
+def trained_spans_of(template, messages):
+    """The runs of trained text, each run joined from consecutive trained pieces."""
+    spans, current = [], ""
+    for text, trained in template.pieces(messages):
+        if trained:
+            current += text
+        elif text and current:
+            spans.append(current)
+            current = ""
+    return spans + ([current] if current else [])
+
+
+def installed_templates():
+    from sdk.plugins import load_plugins
+
+    registry = load_plugins().registry
+    return [registry.get("templates", name) for name in registry.names("templates")]
+
+
+@pytest.mark.parametrize("reply", ["1", "0", "B", "I", "答", "assistant", "user", "end", "a",
+                                   "INST", "system", "中文"])
+@pytest.mark.parametrize("spec", installed_templates(), ids=lambda spec: spec.name)
+def test_replies_that_also_appear_in_the_template_text_are_the_ones_trained(spec, reply):
+    template = Template(spec)
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": reply},
+                {"role": "user", "content": "Q2"}, {"role": "assistant", "content": reply}]
+    suffix = template._fill(spec.assistant_suffix)
+    spans = trained_spans_of(template, messages)
+    assert len(spans) == 2
+    for span in spans:
+        assert span.strip() in (reply, reply + suffix, f"{reply} {suffix}".strip()), span
+    assert spans[-1].strip().endswith(suffix)  # the final reply always learns to stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,10 @@ from sdk.specs import TemplateSpec
 
 Message = Mapping[str, str]
 IGNORE_INDEX = -100
+# Stands in for reply number N when locating replies in a rendered jinja template: text from
+# Unicode's private use area, which no template writes and strip() leaves alone.
+SENTINEL = "\ue000sdk-reply-{}\ue001"
+SENTINEL_PATTERN = re.compile("\ue000sdk-reply-(\\d+)\ue001")
 ROLES = ("system", "user", "assistant")
 LOSS_SCOPES = ("all", "last")
 
@@ -109,17 +114,64 @@ class Template:
         if add_generation_prompt:
             yield self._fill(spec.assistant_prefix), False
 
-    def _jinja_pieces(self, messages: Sequence[Message], add_generation_prompt: bool,
-                      trained: set[int]) -> Iterator[tuple[str, bool]]:
-        """Render with the jinja template, then find each message's text in the result, in
-        order, to place the trained spans: a reply and the end-of-turn marker after it."""
-        text = compile_jinja(self.spec.jinja).render(
+    def _render_jinja(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        return compile_jinja(self.spec.jinja).render(
             messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
             **self.special_tokens)
+
+    def _jinja_pieces(self, messages: Sequence[Message], add_generation_prompt: bool,
+                      trained: set[int]) -> Iterator[tuple[str, bool]]:
+        """Render with the jinja template and place each trained reply, with the end-of-turn
+        marker right after it, in the rendered text."""
+        text = self._render_jinja(messages, add_generation_prompt)
+        replies = (self._replies_by_sentinel(messages, add_generation_prompt, text)
+                   or self._replies_by_search(messages, text))
         suffix = self._fill(self.spec.assistant_suffix)
-        cursor, spans = 0, []
+        spans = []
+        for index, start, end in replies:
+            if index not in trained:
+                continue
+            marker = text.find(suffix, end) if suffix else -1
+            if marker >= 0 and not text[end:marker].strip():
+                end = marker + len(suffix)
+            spans.append((start, end))
+        position = 0
+        for start, end in spans:
+            yield text[position:start], False
+            yield text[start:end], True
+            position = end
+        yield text[position:], False
+
+    def _replies_by_sentinel(self, messages: Sequence[Message], add_generation_prompt: bool,
+                             text: str) -> list[tuple[int, int, int]] | None:
+        """(message index, start, end) of every reply, found exactly: render again with each
+        reply replaced by a unique marker, then put the replies back and check that this gives
+        the real text. None when it does not (a template that changes the text of replies
+        beyond stripping it)."""
+        marked = [dict(m, content=SENTINEL.format(i)) if m["role"] == "assistant" else dict(m)
+                  for i, m in enumerate(messages)]
+        marked_text = self._render_jinja(marked, add_generation_prompt)
+        for strip in (False, True):
+            rebuilt, replies, position = "", [], 0
+            for match in SENTINEL_PATTERN.finditer(marked_text):
+                index = int(match.group(1))
+                content = messages[index]["content"]
+                rebuilt += marked_text[position:match.start()]
+                replies.append((index, len(rebuilt),
+                                len(rebuilt) + len(content.strip() if strip else content)))
+                rebuilt += content.strip() if strip else content
+                position = match.end()
+            rebuilt += marked_text[position:]
+            if rebuilt == text and len({i for i, _, _ in replies}) == len(replies):
+                return replies
+        return None
+
+    def _replies_by_search(self, messages: Sequence[Message],
+                           text: str) -> list[tuple[int, int, int]]:
+        """Fallback: find each message's (stripped) text after the previous one's."""
+        cursor, replies = 0, []
         for index, message in enumerate(messages):
-            content = message["content"].strip()  # official templates often strip or trim
+            content = message["content"].strip()
             if message["role"] == "system" or not content:
                 continue  # a system prompt may be moved, e.g. into the last user turn
             start = text.find(content, cursor)
@@ -127,17 +179,9 @@ class Template:
                 raise ValueError(f"template '{self.spec.name}' does not show message {index} "
                                  "as written, so its loss cannot be placed")
             cursor = start + len(content)
-            if index in trained:
-                marker = text.find(suffix, cursor) if suffix else -1
-                if marker >= 0 and not text[cursor:marker].strip():
-                    cursor = marker + len(suffix)
-                spans.append((start, cursor))
-        position = 0
-        for start, end in spans:
-            yield text[position:start], False
-            yield text[start:end], True
-            position = end
-        yield text[position:], False
+            if message["role"] == "assistant":
+                replies.append((index, start, cursor))
+        return replies
 
     def tokenize_prompt(self, tokenizer: Any, messages: Sequence[Message]) -> Any:
         """The generation prompt for ``messages`` as model inputs (PyTorch tensors)."""
