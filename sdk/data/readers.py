@@ -1,7 +1,12 @@
-"""Read records from local files, each paired with where it came from (file and line)."""
+"""Read records from local files, each paired with where it came from (file and line).
+
+Supported: ``.jsonl``, ``.json``, ``.csv``, ``.parquet`` and folders written by
+``datasets.Dataset.save_to_disk``. pyarrow and datasets are imported only when needed.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,18 +52,128 @@ def read_json(path: Path) -> Iterator[Located]:
         yield f"{path} (record {number})", record
 
 
+JSON_COLUMNS = ("history", "messages", "conversations")  # csv cells parsed as JSON text
+
+
+def _first_bad_utf8_line(path: Path) -> tuple[int, UnicodeDecodeError]:
+    """The (line, error) of the first line that is not valid UTF-8."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return number, error
+    raise AssertionError("unreachable: the file decoded as a whole")  # pragma: no cover
+
+
+def _csv_cell(where: str, column: str, cell: str | None) -> Any:
+    if cell is None:
+        return ""
+    if column in JSON_COLUMNS and cell.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError as error:
+            raise SdkError(f"{where}: column '{column}' is not valid JSON ({error.msg}, "
+                           f"column {error.colno}).") from None
+    return cell
+
+
+def read_csv(path: Path) -> Iterator[Located]:
+    """Rows as dicts keyed by the header (as csv.DictReader does); ``where`` is the line
+    the row starts on (the header is line 1). A UTF-8 byte-order mark is skipped."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header: list[str] | None = None
+            while True:
+                start = reader.line_num + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as error:
+                    raise SdkError(f"{path}:{start}: not valid CSV ({error}).") from None
+                if not row:  # a blank line, skipped like csv.DictReader does
+                    continue
+                if header is None:
+                    header = row
+                    continue
+                where = f"{path}:{start}"
+                if len(row) > len(header):
+                    raise SdkError(f"{where}: {len(row)} cells but the header has "
+                                   f"{len(header)} columns.")
+                yield where, {column: _csv_cell(where, column, row[index] if index < len(row)
+                                                else None)
+                              for index, column in enumerate(header)}
+    except UnicodeDecodeError:
+        number, error = _first_bad_utf8_line(path)
+        raise SdkError(f"{path}:{number}: not valid UTF-8 ({error.reason} at byte "
+                       f"{error.start}). Save the file as UTF-8.") from None
+
+
+def read_parquet(path: Path) -> Iterator[Located]:
+    """Rows read in record batches, so a large file is never loaded whole."""
+    import pyarrow
+    import pyarrow.parquet
+
+    number = 0
+    try:
+        for batch in pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                number += 1
+                yield f"{path} (row {number})", record
+    except (pyarrow.ArrowException, OSError) as error:
+        raise SdkError(f"{path}: cannot read it as a Parquet file ({error}).") from None
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``datasets.Dataset(Dict).save_to_disk``."""
+    return path.is_dir() and ((path / "dataset_info.json").is_file()
+                              and (path / "state.json").is_file()
+                              or (path / "dataset_dict.json").is_file())
+
+
+def read_saved_dataset(path: Path) -> Iterator[Located]:
+    """Rows of a save_to_disk folder; of a DatasetDict, its "train" split."""
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as error:  # noqa: BLE001 - datasets raises many kinds
+        raise SdkError(f"{path}: cannot load this saved dataset ({error}).") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise SdkError(f"{path}: this saved DatasetDict has no 'train' split (its splits: "
+                           f"{', '.join(dataset) or 'none'}). Save the split to train on "
+                           "as 'train'.")
+        dataset = dataset["train"]
+    for number, record in enumerate(dataset, start=1):
+        yield f"{path} (row {number})", record
+
+
 READERS: dict[str, Callable[[Path], Iterator[Located]]] = {
     ".jsonl": read_jsonl,
     ".json": read_json,
+    ".csv": read_csv,
+    ".parquet": read_parquet,
 }
+SUPPORTED = (f"{', '.join(sorted(READERS))} files, or a folder written by "
+             "datasets' save_to_disk")
 
 
 def read_records(path: Path) -> Iterator[Located]:
+    if path.is_dir():
+        if not is_saved_dataset(path):
+            raise SdkError(f"Dataset folder '{path}' was not written by datasets' "
+                           "save_to_disk (it has no dataset_info.json and state.json, nor "
+                           f"dataset_dict.json). Give --dataset one of: {SUPPORTED}.")
+        return read_saved_dataset(path)
     if not path.is_file():
         raise SdkError(f"Dataset file '{path}' does not exist. Check the path given to "
-                       "--dataset (a registered name, see `sdk datasets`, or a data file).")
+                       "--dataset (a registered name, see `sdk datasets`, a data file or "
+                       "a save_to_disk folder).")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise SdkError(f"Dataset file '{path}' has an unsupported extension; use one of "
-                       f"{', '.join(sorted(READERS))}.")
+                       f"{SUPPORTED}.")
     return reader(path)
