@@ -14,8 +14,8 @@ from sdk.specs import ModelSpec, TemplateSpec
 
 # Official chat_template of Qwen2-Instruct (tokenizer_config.json of Qwen/Qwen2-7B-Instruct and
 # Qwen/Qwen2-72B-Instruct): ChatML, default system "You are a helpful assistant." (with a period).
-# The same text is what Qwen1.5-Chat ships at revision main, and it is also exactly Qwen v1's
-# format: qwen_generation_utils.make_context in Qwen/Qwen-7B-Chat builds
+# It is also exactly Qwen v1's format: qwen_generation_utils.make_context in Qwen/Qwen-7B-Chat
+# builds
 #   "<|im_start|>system\n{system}<|im_end|>" + "\n<|im_start|>user\n{q}<|im_end|>"
 #   + "\n<|im_start|>assistant\n{r}<|im_end|>" ... + "\n<|im_start|>assistant\n"
 # with system="You are a helpful assistant." (modeling_qwen.QWenLMHeadModel.chat), and Qwen's
@@ -26,6 +26,11 @@ QWEN_JINJA = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Official chat_template of Qwen1.5-Chat (tokenizer_config.json of Qwen/Qwen1.5-0.5B-Chat at
+# commit f82bd369): the same ChatML, but the default system has no final period; the qwen2
+# tokenizer files in shared/data carry exactly this template.
+QWEN1_5_JINJA = QWEN_JINJA.replace("You are a helpful assistant.<", "You are a helpful assistant<")
 
 # Official chat_template of Qwen2.5-Instruct (tokenizer_config.json of Qwen/Qwen2.5-7B-Instruct,
 # the same for all sizes), verbatim: tool-call blocks and the default system prompt
@@ -96,7 +101,15 @@ QWEN_TEMPLATE = TemplateSpec(
     assistant_suffix="<|im_end|>",
     special_tokens=SPECIAL_TOKENS,
     stop_words=STOP_WORDS,
-    description="ChatML, default system 'You are a helpful assistant.' (Qwen, Qwen1.5, Qwen2)",
+    description="ChatML, default system 'You are a helpful assistant.' (Qwen, Qwen2)",
+)
+QWEN1_5_TEMPLATE = TemplateSpec(
+    name="qwen1.5",
+    jinja=QWEN1_5_JINJA,
+    assistant_suffix="<|im_end|>",
+    special_tokens=SPECIAL_TOKENS,
+    stop_words=STOP_WORDS,
+    description="ChatML, default system 'You are a helpful assistant' (Qwen1.5)",
 )
 QWEN2_5_TEMPLATE = TemplateSpec(
     name="qwen2.5",
@@ -106,7 +119,7 @@ QWEN2_5_TEMPLATE = TemplateSpec(
     stop_words=STOP_WORDS,
     description="Qwen2.5-Instruct ChatML with tool calls, default system 'You are Qwen, ...'",
 )
-TEMPLATES = (QWEN_TEMPLATE, QWEN2_5_TEMPLATE)
+TEMPLATES = (QWEN_TEMPLATE, QWEN1_5_TEMPLATE, QWEN2_5_TEMPLATE)
 
 # --- Models -------------------------------------------------------------------------------------
 
@@ -140,7 +153,7 @@ QWEN2_5 = {f"qwen2.5-{size.lower()}-instruct": f"Qwen/Qwen2.5-{size}-Instruct"
 # (models, template, lora targets, remote code, description of the generation)
 FAMILIES = (
     (QWEN_V1, "qwen", ("c_attn",), True, "Qwen (v1) chat, QWenLMHeadModel (remote code)"),
-    (QWEN1_5, "qwen", ATTENTION, False, "Qwen1.5 chat, Qwen2ForCausalLM"),
+    (QWEN1_5, "qwen1.5", ATTENTION, False, "Qwen1.5 chat, Qwen2ForCausalLM"),
     (QWEN2, "qwen", ATTENTION, False, "Qwen2 instruct, Qwen2ForCausalLM"),
     (QWEN2_5, "qwen2.5", ATTENTION, False, "Qwen2.5 instruct, Qwen2ForCausalLM"),
 )

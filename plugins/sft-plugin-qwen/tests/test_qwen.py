@@ -8,6 +8,7 @@ import re
 import pytest
 from sft_plugin_qwen import (
     QWEN1_5,
+    QWEN1_5_TEMPLATE,
     QWEN2,
     QWEN2_5,
     QWEN2_5_JINJA,
@@ -29,9 +30,10 @@ from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
 
 QWEN2_TOKENIZER = TOKENIZERS / "qwen2"
-TEMPLATES = {"qwen": QWEN_TEMPLATE, "qwen2.5": QWEN2_5_TEMPLATE}
+TEMPLATES = {"qwen": QWEN_TEMPLATE, "qwen1.5": QWEN1_5_TEMPLATE, "qwen2.5": QWEN2_5_TEMPLATE}
 MODEL_TYPE_PER_TEMPLATE = {
-    "qwen": ["qwen-7b-chat", "qwen1.5-7b-chat", "qwen2-7b-instruct"],
+    "qwen": ["qwen-7b-chat", "qwen2-7b-instruct"],
+    "qwen1.5": ["qwen1.5-7b-chat"],
     "qwen2.5": ["qwen2.5-7b-instruct"],
 }
 CONVERSATIONS = {
@@ -85,7 +87,7 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids(registry):
 @pytest.mark.parametrize("model_type, hub_id, template", [
     ("qwen-7b-chat", "Qwen/Qwen-7B-Chat", "qwen"),
     ("qwen-14b-chat-int4", "Qwen/Qwen-14B-Chat-Int4", "qwen"),
-    ("qwen1.5-0.5b-chat", "Qwen/Qwen1.5-0.5B-Chat", "qwen"),
+    ("qwen1.5-0.5b-chat", "Qwen/Qwen1.5-0.5B-Chat", "qwen1.5"),
     ("qwen2-1.5b-instruct", "Qwen/Qwen2-1.5B-Instruct", "qwen"),
     ("qwen2.5-3b-instruct", "Qwen/Qwen2.5-3B-Instruct", "qwen2.5"),
 ])
@@ -118,9 +120,13 @@ def test_qwen2_architecture_is_native_to_transformers():
 
 def test_qwen_template_is_the_official_qwen2_instruct_text(tokenizer):
     assert QWEN_JINJA == json.loads(OFFICIAL_QWEN2_INSTRUCT_JSON)
-    # The tokenizer here carries the GGUF's copy, whose default system lacks the final period.
+    # The tokenizer here carries Qwen1.5's template, whose default system lacks the period.
     assert tokenizer.chat_template.replace(
         "You are a helpful assistant<", "You are a helpful assistant.<") == QWEN_JINJA
+
+
+def test_qwen1_5_template_is_the_tokenizers_own(tokenizer):
+    assert QWEN1_5_TEMPLATE.jinja == tokenizer.chat_template
 
 
 def test_qwen2_5_template_has_its_default_system_and_tool_calls(tokenizer):
@@ -138,6 +144,8 @@ def test_qwen2_5_template_has_its_default_system_and_tool_calls(tokenizer):
 @pytest.mark.parametrize("template, expected", [
     ("qwen", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
              "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+    ("qwen1.5", "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n"
+                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
     ("qwen2.5", "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
                 "assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
 ])
@@ -184,7 +192,7 @@ def test_template_render_equals_apply_chat_template(render_cli, tokenizer, templ
     expected = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt,
         chat_template=TEMPLATES[template].jinja)
-    if template == "qwen" and messages[0]["role"] == "system":
+    if template == "qwen1.5" or (template == "qwen" and messages[0]["role"] == "system"):
         # Only the default system differs from the tokenizer's own template.
         assert expected == tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt)
