@@ -168,3 +168,28 @@ def test_replies_that_also_appear_in_the_template_text_are_the_ones_trained(spec
     for span in spans:
         assert span.strip() in (reply, reply + suffix, f"{reply} {suffix}".strip()), span
     assert spans[-1].strip().endswith(suffix)  # the final reply always learns to stop
+
+
+def test_a_template_that_drops_the_system_prompt_in_training_is_reported():
+    from sdk.data.encode import EncodeStats, drops_system_prompt
+
+    keeps = Template(CHATML)
+    drops = Template(TemplateSpec(name="no-system", jinja=(
+        "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}"
+        "{% endif %}{% endfor %}")))
+    assert drops_system_prompt(drops, [CONVERSATION]) is True
+    assert drops_system_prompt(keeps, [CONVERSATION]) is False
+    assert drops_system_prompt(drops, [CONVERSATION[1:]]) is False  # nothing to drop
+    assert "leaves the system prompt out" in EncodeStats(system_dropped=True).summary()
+
+
+def test_a_row_the_template_cannot_render_is_named(qwen_tokenizer):
+    from sdk.data.encode import encode_conversations
+    from sdk.errors import SdkError
+
+    strict = Template(TemplateSpec(name="no-system", jinja=(
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")))
+    with pytest.raises(SdkError, match="Training row 2 .* template 'no-system': Only user"):
+        encode_conversations(strict, qwen_tokenizer, [CONVERSATION[1:3], CONVERSATION], 100)

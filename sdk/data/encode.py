@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sdk.errors import SdkError
 from sdk.templates.engine import IGNORE_INDEX, Template
 
 
@@ -17,12 +18,31 @@ class EncodeStats:
     tokens: int = 0
     trained_tokens: int = 0
     longest: int = 0
+    system_dropped: bool = False  # the template renders samples without their system prompt
 
     def summary(self) -> str:
         kept = self.rows - self.dropped
-        return (f"{kept} training rows, {self.tokens} tokens ({self.trained_tokens} trained), "
+        text = (f"{kept} training rows, {self.tokens} tokens ({self.trained_tokens} trained), "
                 f"longest {self.longest}; {self.truncated} cut to --max-length, "
                 f"{self.dropped} dropped with no trained token left")
+        if self.system_dropped:
+            text += ("; WARNING: this template leaves the system prompt out of samples that "
+                     "end with a reply (its official format), so training never sees it")
+        return text
+
+
+def drops_system_prompt(template: Template,
+                        conversations: Sequence[Sequence[dict[str, str]]]) -> bool:
+    """Whether the template renders a conversation without its system prompt (checked on the
+    first one that has a non-empty system prompt; it is a property of the format)."""
+    for messages in conversations:
+        system = messages[0]["content"].strip() if messages[0]["role"] == "system" else ""
+        if system:
+            try:
+                return system not in template.render(messages)
+            except ValueError:
+                return False  # encoding reports the row the template cannot render
+    return False
 
 
 def encode_conversations(template: Template, tokenizer: Any,
@@ -30,9 +50,15 @@ def encode_conversations(template: Template, tokenizer: Any,
                          loss_scope: str = "all") -> tuple[list[dict[str, list[int]]],
                                                             EncodeStats]:
     examples, stats = [], EncodeStats()
-    for messages in conversations:
+    stats.system_dropped = drops_system_prompt(template, conversations)
+    for row, messages in enumerate(conversations, start=1):
         stats.rows += 1
-        input_ids, labels = template.encode(tokenizer, messages, loss_scope)
+        try:
+            input_ids, labels = template.encode(tokenizer, messages, loss_scope)
+        except ValueError as error:
+            raise SdkError(f"Training row {row} (counting through --dataset in order) cannot be "
+                           f"rendered with template '{template.spec.name}': {error}. Pick "
+                           "another --template or fix the data.") from None
         if max_length > 0 and len(input_ids) > max_length:
             stats.truncated += 1
             input_ids, labels = input_ids[:max_length], labels[:max_length]
