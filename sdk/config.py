@@ -73,8 +73,13 @@ class SftArguments(ModelArguments):
     model_author: list[str] = arg(
         [], "Author for self-cognition data: one, or a Chinese and an English one.")
     output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.")
-    max_length: int = arg(2048, "Longest training sequence in tokens; longer ones are cut "
-                          "(0 or -1: no limit).")
+    skip_bad_records: bool = arg(False, "Leave out records that cannot be read or converted "
+                                 "(counted, with their first locations) instead of stopping.")
+    max_length: int = arg(2048, "Longest training sequence in tokens (0 or -1: no limit).")
+    truncation_strategy: str = arg(
+        "truncation_right", "Rows longer than --max-length: delete them, or cut the start "
+        "(truncation_left) or the end (truncation_right).",
+        ("delete", "truncation_left", "truncation_right"))
     loss_scope: str = arg("all", "Which assistant turns carry loss.", ("all", "last"))
     num_train_epochs: float = arg(1.0, "Passes over the training data.", above=0)
     max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides epochs when "

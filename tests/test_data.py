@@ -137,3 +137,54 @@ def test_name_hash_n_samples_rows_deterministically(registry, tmp_path):
     assert len(many) == 25 and set(replies(many)) == {f"r{i}" for i in range(10)}
     with pytest.raises(SdkError, match="after '#' give how many rows"):
         load_conversations([f"{data}#lots"], registry, None)
+
+
+def test_skip_bad_records_counts_and_locates_them(registry, tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    data.write_bytes(b'{"query": "q1", "response": "r1"}\n'
+                     b'{"query": "q2", "response": \n'
+                     b'{"query": "\xff", "response": "r3"}\n'
+                     b'{"query": "q4"}\n'
+                     b'[1]\n'
+                     b'{"query": "q6", "response": "r6"}\n')
+    skipped: list[str] = []
+    rows = load_conversations([str(data)], registry, None, skipped=skipped)
+    assert [r[-1]["content"] for r in rows] == ["r1", "r6"]
+    assert skipped == [f"{data}:{n}" for n in (2, 3, 4, 5)]
+    with pytest.raises(SdkError, match=r"mixed\.jsonl:2: .*pass --skip-bad-records"):
+        load_conversations([str(data)], registry, None)
+
+
+def test_skipping_every_record_is_an_error_before_training(registry, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"x": 1}\n{"x": 2}\n')
+    with pytest.raises(SdkError, match="cannot tell the format"):
+        load_conversations([str(data)], registry, None, skipped=[])
+    data.write_text('{"query": "a", "response": ""}\n')  # read as query-response, but empty
+    with pytest.raises(SdkError, match="No training records"):
+        load_conversations([str(data)], registry, None, skipped=[])
+
+
+@pytest.mark.parametrize("strategy, kept", [
+    ("truncation_right", "start"), ("truncation_left", "end"), ("delete", None)])
+def test_truncation_strategies(strategy, kept):
+    from transformers import AutoTokenizer
+
+    from conftest import TOKENIZERS
+    from sdk.data.encode import encode_conversations
+    from sdk.templates.builtin import CHATML
+    from sdk.templates.engine import Template
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+    long = [{"role": "user", "content": "start " + "word " * 10},
+            {"role": "assistant", "content": "reply " * 50 + "end"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    full, _ = Template(CHATML).encode(tokenizer, long)
+    examples, stats = encode_conversations(Template(CHATML), tokenizer, [long, short], 40,
+                                           truncation_strategy=strategy)
+    if kept is None:
+        assert len(examples) == 1 and stats.deleted == 1 and stats.truncated == 0
+        return
+    assert len(examples) == 2 and stats.truncated == 1 and len(examples[0]["input_ids"]) == 40
+    expected = full[:40] if kept == "start" else full[-40:]
+    assert examples[0]["input_ids"] == expected

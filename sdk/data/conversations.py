@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sdk.data.readers import READERS, read_records
+from sdk.data.readers import READERS, BadRecord, read_records
 from sdk.errors import SdkError
 from sdk.registry import Registry
 from sdk.specs import DataFormat, DatasetSpec, resolve_callable
@@ -71,32 +71,45 @@ def split_off(rows: list[Conversation], ratio: float,
 
 
 def load_conversations(names: Sequence[str], registry: Registry, args: Any,
-                       format_name: str | None = None) -> list[Conversation]:
-    """Read every dataset, preprocess, convert to messages; errors name the file and line."""
+                       format_name: str | None = None,
+                       skipped: list[str] | None = None) -> list[Conversation]:
+    """Read every dataset, preprocess, convert to messages. A bad record stops the load with
+    an error naming its file and line, or, when ``skipped`` is a list, is left out and its
+    location appended there."""
     conversations: list[Conversation] = []
     seed = getattr(args, "seed", 42)
     for name_and_count in names:
         name, count = split_sample_size(name_and_count)
-        rows = _read_dataset(name, registry, args, format_name)
+        rows = _read_dataset(name, registry, args, format_name, skipped)
         conversations += rows if count is None else sample(rows, count, seed)
     if not conversations:
         raise SdkError(f"No training records found in {', '.join(names)}.")
     return conversations
 
 
-def _read_dataset(name: str, registry: Registry, args: Any,
-                  format_name: str | None) -> list[Conversation]:
+def _read_dataset(name: str, registry: Registry, args: Any, format_name: str | None,
+                  skipped: list[str] | None) -> list[Conversation]:
     """One dataset's conversations, in file order."""
     conversations: list[Conversation] = []
+
+    def reject(where: str, reason: str) -> None:
+        if skipped is None:
+            raise SdkError(f"{where}: {reason}. Fix the record or remove it, or pass "
+                           "--skip-bad-records to leave such records out.")
+        skipped.append(where)
+
     source = dataset_source(name, registry)
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
     forced = format_name or source.format
     data_format = registry.get("formats", forced) if forced else None
     for file in source.files:
         for where, record in read_records(Path(file)):
+            if isinstance(record, BadRecord):
+                reject(where, record.reason)
+                continue
             if not isinstance(record, dict):
-                raise SdkError(f"{where}: expected a JSON object, got "
-                               f"{type(record).__name__}.")
+                reject(where, f"expected a JSON object, got {type(record).__name__}")
+                continue
             if preprocess is not None:
                 record = preprocess(record, args)
             if data_format is None:
@@ -105,7 +118,7 @@ def _read_dataset(name: str, registry: Registry, args: Any,
                 messages = resolve_callable(data_format.to_messages)(record)
                 check_messages(messages)
             except ValueError as error:
-                raise SdkError(f"{where}: {error} (read as {data_format.name} format). "
-                               "Fix the record or remove it.") from None
+                reject(where, f"{error} (read as {data_format.name} format)")
+                continue
             conversations.append(messages)
     return conversations

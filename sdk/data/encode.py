@@ -13,7 +13,8 @@ from sdk.templates.engine import IGNORE_INDEX, Template
 @dataclass
 class EncodeStats:
     rows: int = 0
-    truncated: int = 0
+    truncated: int = 0  # cut to max_length
+    deleted: int = 0  # longer than max_length, left out (truncation strategy "delete")
     dropped: int = 0  # no trained token left after truncation
     tokens: int = 0
     trained_tokens: int = 0
@@ -21,9 +22,10 @@ class EncodeStats:
     system_dropped: bool = False  # the template renders samples without their system prompt
 
     def summary(self) -> str:
-        kept = self.rows - self.dropped
+        kept = self.rows - self.deleted - self.dropped
         text = (f"{kept} training rows, {self.tokens} tokens ({self.trained_tokens} trained), "
                 f"longest {self.longest}; {self.truncated} cut to --max-length, "
+                f"{self.deleted} longer ones deleted, "
                 f"{self.dropped} dropped with no trained token left")
         if self.system_dropped:
             text += ("; WARNING: this template leaves the system prompt out of samples that "
@@ -47,8 +49,8 @@ def drops_system_prompt(template: Template,
 
 def encode_conversations(template: Template, tokenizer: Any,
                          conversations: Sequence[Sequence[dict[str, str]]], max_length: int,
-                         loss_scope: str = "all") -> tuple[list[dict[str, list[int]]],
-                                                            EncodeStats]:
+                         loss_scope: str = "all", truncation_strategy: str = "truncation_right",
+                         ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
     examples, stats = [], EncodeStats()
     stats.system_dropped = drops_system_prompt(template, conversations)
     for row, messages in enumerate(conversations, start=1):
@@ -60,8 +62,13 @@ def encode_conversations(template: Template, tokenizer: Any,
                            f"rendered with template '{template.spec.name}': {error}. Pick "
                            "another --template or fix the data.") from None
         if max_length > 0 and len(input_ids) > max_length:
+            if truncation_strategy == "delete":
+                stats.deleted += 1
+                continue
             stats.truncated += 1
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            kept = slice(-max_length, None) if truncation_strategy == "truncation_left" else (
+                slice(max_length))
+            input_ids, labels = input_ids[kept], labels[kept]
         trained = sum(label != IGNORE_INDEX for label in labels)
         if trained == 0:
             stats.dropped += 1

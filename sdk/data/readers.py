@@ -9,12 +9,21 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
 
 Located = tuple[str, Any]  # ("file.jsonl:12", record)
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """Yielded in place of a record that cannot be read (the rest of the file can): the loader
+    stops on it, or counts and skips it with --skip-bad-records."""
+
+    reason: str
 
 
 def read_jsonl(path: Path) -> Iterator[Located]:
@@ -24,15 +33,17 @@ def read_jsonl(path: Path) -> Iterator[Located]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise SdkError(f"{where}: not valid UTF-8 ({error.reason} at byte "
-                               f"{error.start}). Save the file as UTF-8.") from None
+                yield where, BadRecord(f"not valid UTF-8 ({error.reason} at byte "
+                                       f"{error.start}); save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
-                yield where, json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise SdkError(f"{where}: not valid JSON ({error.msg}, column {error.colno})."
-                               " Each line of a .jsonl file must be one JSON object.") from None
+                record = BadRecord(f"not valid JSON ({error.msg}, column {error.colno}); each "
+                                   "line of a .jsonl file must be one JSON object")
+            yield where, record
 
 
 def read_json(path: Path) -> Iterator[Located]:
@@ -66,15 +77,15 @@ def _first_bad_utf8_line(path: Path) -> tuple[int, UnicodeDecodeError]:
     raise AssertionError("unreachable: the file decoded as a whole")  # pragma: no cover
 
 
-def _csv_cell(where: str, column: str, cell: str | None) -> Any:
+def _csv_cell(column: str, cell: str | None) -> Any:
     if cell is None:
         return ""
     if column in JSON_COLUMNS and cell.lstrip()[:1] in ("[", "{"):
         try:
             return json.loads(cell)
         except json.JSONDecodeError as error:
-            raise SdkError(f"{where}: column '{column}' is not valid JSON ({error.msg}, "
-                           f"column {error.colno}).") from None
+            return BadRecord(f"column '{column}' is not valid JSON ({error.msg}, "
+                             f"column {error.colno})")
     return cell
 
 
@@ -100,11 +111,13 @@ def read_csv(path: Path) -> Iterator[Located]:
                     continue
                 where = f"{path}:{start}"
                 if len(row) > len(header):
-                    raise SdkError(f"{where}: {len(row)} cells but the header has "
-                                   f"{len(header)} columns.")
-                yield where, {column: _csv_cell(where, column, row[index] if index < len(row)
-                                                else None)
-                              for index, column in enumerate(header)}
+                    yield where, BadRecord(f"{len(row)} cells but the header has "
+                                           f"{len(header)} columns")
+                    continue
+                record = {column: _csv_cell(column, row[index] if index < len(row) else None)
+                          for index, column in enumerate(header)}
+                bad = [value for value in record.values() if isinstance(value, BadRecord)]
+                yield where, bad[0] if bad else record
     except UnicodeDecodeError:
         number, error = _first_bad_utf8_line(path)
         raise SdkError(f"{path}:{number}: not valid UTF-8 ({error.reason} at byte "

@@ -50,21 +50,29 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
     args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or DEFAULT_HUB)
     registry.get("hubs", args.hub)
-    conversations = load_conversations(args.dataset, registry, args, args.dataset_format)
+    skipped: list[str] | None = [] if args.skip_bad_records else None
+    conversations = load_conversations(args.dataset, registry, args, args.dataset_format,
+                                       skipped)
     if args.val_dataset:
-        held_out = load_conversations(args.val_dataset, registry, args, args.dataset_format)
+        held_out = load_conversations(args.val_dataset, registry, args, args.dataset_format,
+                                      skipped)
     else:
         conversations, held_out = split_off(conversations, args.split_dataset_ratio, args.seed)
 
+    if skipped:
+        click.echo(f"[sdk] skipped {len(skipped)} bad records (--skip-bad-records), first at: "
+                   f"{'; '.join(skipped[:5])}", err=True)
     model, tokenizer = load_model(spec, args, registry)
     template = Template.for_tokenizer(template_spec, tokenizer)
-    examples, stats = encode_conversations(template, tokenizer, conversations,
-                                           args.max_length, args.loss_scope)
+    examples, stats = encode_conversations(template, tokenizer, conversations, args.max_length,
+                                           args.loss_scope, args.truncation_strategy)
     click.echo(f"[sdk] data: {stats.summary()}", err=True)
     if not examples:
-        raise SdkError("No training row has a trained token left; raise --max-length.")
+        raise SdkError("No training row is left after --max-length and "
+                       "--truncation-strategy; raise --max-length.")
     eval_examples, eval_stats = encode_conversations(template, tokenizer, held_out,
-                                                     args.max_length, args.loss_scope)
+                                                     args.max_length, args.loss_scope,
+                                                     args.truncation_strategy)
     if held_out:
         click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
     model = resolve_callable(tuner.prepare)(model, args, spec)
