@@ -236,10 +236,37 @@ listing("templates", ("name", "description", "plugin"),
         lambda s: {"name": s.name, "description": s.description,
                    "default_system": s.default_system},
         "Chat templates (--template).")
-listing("datasets", ("name", "description", "license", "plugin"),
-        lambda s: {"name": s.name, "description": s.description, "license": s.license,
-                   "format": s.format, "files": list(s.files)},
-        "Datasets (--dataset).")
+@cli.group(invoke_without_command=True)
+@json_flag
+@click.pass_context
+def datasets(ctx: click.Context, as_json: bool) -> None:
+    """Datasets (--dataset); `sdk datasets preview NAME` shows samples as trained."""
+    if ctx.invoked_subcommand is not None:
+        return
+    known = registry(ctx)
+    rows = [{"name": s.name, "description": s.description, "license": s.license,
+             "format": s.format, "files": list(s.files),
+             "plugin": known.entries["datasets"][name].plugin}
+            for name in known.names("datasets") for s in [known.get("datasets", name)]]
+    emit(rows, ("name", "description", "license", "plugin"), as_json)
+
+
+@datasets.command("preview", cls=SdkCommand)
+@click.argument("names", nargs=-1)
+@click.option("-n", "--num", "count", type=int, default=3, show_default=True,
+              help="How many rows to show.")
+@options_from(SftArguments)
+@click.pass_context
+def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
+                     config_file: str | None, **params: Any) -> None:
+    """Rows of a dataset rendered with a template, trained spans marked, and their lengths:
+    sdk datasets preview NAME [--model-type T | --template T] [-n 3]."""
+    values = given(params)
+    values["dataset"] = [*names, *values.get("dataset", [])]
+    arguments = build_arguments(SftArguments, values, config_file)
+    from sdk.data.preview import run_preview
+
+    run_preview(arguments, registry(ctx), count)
 listing("tuners", ("name", "description", "plugin"),
         lambda s: {"name": s.name, "description": s.description},
         "Tuners (--sft-type).")

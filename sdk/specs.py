@@ -31,6 +31,8 @@ class ModelSpec:
 
     ``loader(spec, options) -> (model, tokenizer)``; left out, the generic loader
     (``sdk.models.loader:load_from_hub``) fetches ``hub_ids`` through a registered hub.
+    ``tokenizer_loader(spec, options) -> tokenizer`` loads the tokenizer alone (for data
+    previews); left out, it is read from the same folder the generic loader uses.
     """
 
     model_type: str
@@ -40,6 +42,7 @@ class ModelSpec:
     revision: str = "main"
     lora_target_modules: tuple[str, ...] = ("all-linear",)
     loader: CallableRef | None = None
+    tokenizer_loader: CallableRef | None = None
     requires: tuple[str, ...] = ()
     requires_remote_code: bool = False
     ignore_patterns: tuple[str, ...] = ()

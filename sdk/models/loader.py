@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.specs import ModelSpec
+from sdk.specs import ModelSpec, resolve_callable
 
 # bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub;
 # offline that is expected and says nothing about the run.
@@ -100,22 +100,44 @@ def load_pretrained(path: str | Path, options: LoadOptions,
     return model, tokenizer
 
 
+def model_folder(spec: ModelSpec, options: LoadOptions) -> Path:
+    """``--model-id-or-path``, else the hub copy."""
+    if options.model_dir:
+        return Path(options.model_dir)
+    if options.download is not None:
+        return options.download(spec)
+    raise SdkError(f"Model type '{spec.model_type}' has no local copy: pass "
+                   "--model-id-or-path DIR.")
+
+
 def load_from_hub(spec: ModelSpec, options: LoadOptions) -> tuple[Any, Any]:
     """The loader of model specs that name none: ``--model-id-or-path`` or the hub copy."""
-    if options.model_dir:
-        path = Path(options.model_dir)
-    elif options.download is not None:
-        path = options.download(spec)
-    else:
-        raise SdkError(f"Model type '{spec.model_type}' has no local copy: pass "
-                       "--model-id-or-path DIR.")
-    return load_pretrained(path, options)
+    return load_pretrained(model_folder(spec, options), options)
+
+
+def tokenizer_from_folder(spec: ModelSpec, options: LoadOptions) -> Any:
+    """The tokenizer loader of model specs that name none."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_folder(spec, options)),
+                                         trust_remote_code=options.trust_remote_code)
 
 
 def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
     """Load a model type with the flags in ``args`` (dtype, --model-id-or-path, --hub ...)."""
-    from sdk.specs import resolve_callable
+    options = load_options(spec, args, registry)
+    check_quantization(options)
+    return resolve_callable(spec.loader or load_from_hub)(spec, options)
 
+
+def load_tokenizer(spec: ModelSpec, args: Any, registry: Any) -> Any:
+    """The model type's tokenizer alone, without the weights."""
+    options = load_options(spec, args, registry)
+    return resolve_callable(spec.tokenizer_loader or tokenizer_from_folder)(spec, options)
+
+
+def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
+    """The load options for ``args``, after the checks every loader needs."""
     hub = registry.get("hubs", args.hub or DEFAULT_HUB)
 
     def download(model_spec: ModelSpec) -> Path:
@@ -134,12 +156,10 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
         bnb_4bit_quant_type=args.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant)
     check_requirements(spec, options)  # for every loader, a plugin's own included
-    check_quantization(options)
     if options.model_dir and not (Path(options.model_dir) / "config.json").is_file():
         raise SdkError(f"--model-id-or-path '{options.model_dir}' is not a model folder "
                        "(no config.json in it).")
-    loader = resolve_callable(spec.loader or load_from_hub)
-    return loader(spec, options)
+    return options
 
 
 def cache_dir() -> Path:

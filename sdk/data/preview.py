@@ -1,0 +1,77 @@
+"""`sdk datasets preview`: samples as the model sees them, with the trained spans marked, and
+the distribution of their lengths."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from sdk.config import SftArguments
+from sdk.data.conversations import load_conversations
+from sdk.errors import SdkError
+from sdk.registry import Registry
+from sdk.templates.engine import Template
+
+TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+MEASURED_ROWS = 10_000  # enough for the shape of the distribution, fast on any dataset
+
+
+def marked(template: Template, messages: Sequence[dict[str, str]], loss_scope: str) -> str:
+    """The rendered conversation with each trained span between [[ and ]]."""
+    text, in_span = "", False
+    for piece, trained in template.pieces(messages, loss_scope=loss_scope):
+        if piece and trained != in_span:
+            text += TRAINED_OPEN if trained else TRAINED_CLOSE
+            in_span = trained
+        text += piece
+    return text + (TRAINED_CLOSE if in_span else "")
+
+
+def length_summary(lengths: Sequence[int], unit: str, max_length: int) -> str:
+    ordered = sorted(lengths)
+
+    def at(fraction: float) -> int:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    summary = (f"{len(ordered)} rows, {unit}: min {ordered[0]}, median "
+               f"{int(statistics.median(ordered))}, p90 {at(0.9)}, p99 {at(0.99)}, "
+               f"max {ordered[-1]}")
+    if unit == "tokens" and max_length > 0:
+        summary += f"; {sum(n > max_length for n in ordered)} longer than --max-length"
+    return summary
+
+
+def run_preview(args: SftArguments, registry: Registry, count: int) -> None:
+    from sdk.models.loader import load_tokenizer
+
+    if not args.dataset:
+        raise SdkError("Name a dataset to preview: sdk datasets preview NAME.")
+    if not (args.model_type or args.template):
+        raise SdkError("Give --model-type (token lengths, the model's template) or --template.")
+    spec = registry.get("models", args.model_type) if args.model_type else None
+    template_spec = registry.get("templates", args.template or spec.template)
+    skipped: list[str] | None = [] if args.skip_bad_records else None
+    conversations = load_conversations(args.dataset, registry, args, args.dataset_format,
+                                       skipped)
+    tokenizer: Any = load_tokenizer(spec, args, registry) if spec else None
+    template = (Template.for_tokenizer(template_spec, tokenizer) if tokenizer
+                else Template(template_spec))
+    click.echo(f"{len(conversations)} rows from {', '.join(args.dataset)}; template "
+               f"'{template_spec.name}'; trained text is shown between {TRAINED_OPEN} and "
+               f"{TRAINED_CLOSE}.")
+    if skipped:
+        click.echo(f"{len(skipped)} bad records skipped, first at: {'; '.join(skipped[:5])}")
+    for number, messages in enumerate(conversations[:count], start=1):
+        click.echo(f"\n--- row {number} ---\n{marked(template, messages, args.loss_scope)}")
+    measured = conversations[:MEASURED_ROWS]
+    if tokenizer is not None:
+        lengths = [len(template.encode(tokenizer, m)[0]) for m in measured]
+        unit = "tokens"
+    else:
+        lengths = [len(template.render(m)) for m in measured]
+        unit = "characters (give --model-type for tokens)"
+    scope = "" if len(measured) == len(conversations) else f" (the first {len(measured)})"
+    click.echo(f"\nLengths{scope}: {length_summary(lengths, unit, args.max_length)}")
