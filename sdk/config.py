@@ -62,6 +62,9 @@ class SftArguments(ModelArguments):
     dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files; "
                              "NAME#N samples N rows (deterministic under --seed).")
     dataset_format: str | None = arg(None, "Record format; detected when left out.")
+    dataset_info: str | None = arg(None, "A dataset_info.json (LLaMA-Factory / "
+                                   "ChatGLM-Efficient-Tuning) that defines the --dataset "
+                                   "names.")
     val_dataset: list[str] = arg([], "Held-out datasets to compute eval loss on (like "
                                  "--dataset).")
     split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, read_dataset_info
 from sdk.data.readers import READERS, BadRecord, read_records
 from sdk.errors import SdkError
 from sdk.registry import Registry
@@ -16,14 +17,27 @@ from sdk.templates.engine import check_messages
 Conversation = list[dict[str, str]]
 
 
-def dataset_source(name: str, registry: Registry) -> DatasetSpec:
-    """The registered dataset ``name``, or an ad-hoc one for a local data file."""
+def dataset_source(name: str, registry: Registry,
+                   dataset_info: str | None = None) -> DatasetSpec:
+    """The dataset ``name`` defined in ``dataset_info`` (a dataset_info.json, which wins over
+    the registry), the registered one, or an ad-hoc one for a local data file."""
+    info_names: dict = {}
+    if dataset_info:
+        info_names = read_dataset_info(dataset_info)
+        if name in info_names:
+            return dataset_from_info(name, dataset_info)
     if name in registry.entries["datasets"] or name in registry.conflicts["datasets"]:
         return registry.get("datasets", name)
     path = Path(name)
     if path.exists() or path.suffix.lower() in READERS or "/" in name:
         return DatasetSpec(name=name, files=(name,))
-    return registry.get("datasets", name)  # raises: unknown name, with suggestions
+    try:
+        return registry.get("datasets", name)  # raises: unknown name, with suggestions
+    except SdkError as error:
+        if not dataset_info:
+            raise
+        raise SdkError(f"{error} Nor is it defined in --dataset-info "
+                       f"{info_file(dataset_info)}.{did_you_mean(name, info_names)}") from None
 
 
 def detect_format(where: str, record: dict, registry: Registry) -> DataFormat:
@@ -98,7 +112,7 @@ def _read_dataset(name: str, registry: Registry, args: Any, format_name: str | N
                            "--skip-bad-records to leave such records out.")
         skipped.append(where)
 
-    source = dataset_source(name, registry)
+    source = dataset_source(name, registry, getattr(args, "dataset_info", None))
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
     forced = format_name or source.format
     data_format = registry.get("formats", forced) if forced else None
