@@ -76,6 +76,8 @@ class SftArguments(ModelArguments):
     model_author: list[str] = arg(
         [], "Author for self-cognition data: one, or a Chinese and an English one.")
     output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.")
+    dataset_num_proc: int = arg(1, "Processes that tokenize the data (datasets' map).",
+                                at_least=1)
     skip_bad_records: bool = arg(False, "Leave out records that cannot be read or converted "
                                  "(counted, with their first locations) instead of stopping.")
     max_length: int = arg(2048, "Longest training sequence in tokens (0 or -1: no limit).")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,26 +62,32 @@ def split_sample_size(name: str) -> tuple[str, int | None]:
     return base, int(count)
 
 
-def sample(rows: list[Conversation], count: int, seed: int) -> list[Conversation]:
-    """``count`` rows, the same for the same seed: drawn without replacement up to the
+def sample_indices(size: int, count: int, seed: int) -> list[int]:
+    """``count`` row indices, the same for the same seed: drawn without replacement up to the
     dataset's size; past it every row is kept and the rest is drawn with replacement."""
     generator = random.Random(seed)
-    if count <= len(rows):
-        return generator.sample(rows, count)
-    return rows + generator.choices(rows, k=count - len(rows))
+    if count <= size:
+        return generator.sample(range(size), count)
+    return list(range(size)) + generator.choices(range(size), k=count - size)
+
+
+def split_indices(size: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held out) row indices: a seeded shuffle, then ``ratio`` of the rows (at least
+    one) apart."""
+    if ratio <= 0:
+        return list(range(size)), []
+    held_out = max(1, round(size * ratio))
+    if held_out >= size:
+        raise SdkError(f"--split-dataset-ratio {ratio} leaves no training rows out of "
+                       f"{size}; lower it or pass --val-dataset.")
+    shuffled = random.Random(seed).sample(range(size), size)
+    return shuffled[held_out:], shuffled[:held_out]
 
 
 def split_off(rows: list[Conversation], ratio: float,
               seed: int) -> tuple[list[Conversation], list[Conversation]]:
-    """(train, held out): a seeded shuffle, then ``ratio`` of the rows (at least one) apart."""
-    if ratio <= 0:
-        return rows, []
-    held_out = max(1, round(len(rows) * ratio))
-    if held_out >= len(rows):
-        raise SdkError(f"--split-dataset-ratio {ratio} leaves no training rows out of "
-                       f"{len(rows)}; lower it or pass --val-dataset.")
-    shuffled = random.Random(seed).sample(rows, len(rows))
-    return shuffled[held_out:], shuffled[:held_out]
+    train, held_out = split_indices(len(rows), ratio, seed)
+    return [rows[i] for i in train], [rows[i] for i in held_out]
 
 
 def load_conversations(names: Sequence[str], registry: Registry, args: Any,
@@ -94,17 +100,18 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
     seed = getattr(args, "seed", 42)
     for name_and_count in names:
         name, count = split_sample_size(name_and_count)
-        rows = _read_dataset(name, registry, args, format_name, skipped)
-        conversations += rows if count is None else sample(rows, count, seed)
+        rows = list(iter_dataset(name, registry, args, format_name, skipped))
+        if count is not None:
+            rows = [rows[i] for i in sample_indices(len(rows), count, seed)]
+        conversations += rows
     if not conversations:
         raise SdkError(f"No training records found in {', '.join(names)}.")
     return conversations
 
 
-def _read_dataset(name: str, registry: Registry, args: Any, format_name: str | None,
-                  skipped: list[str] | None) -> list[Conversation]:
-    """One dataset's conversations, in file order."""
-    conversations: list[Conversation] = []
+def iter_dataset(name: str, registry: Registry, args: Any, format_name: str | None,
+                 skipped: list[str] | None) -> Iterator[Conversation]:
+    """One dataset's conversations, in file order, read as they are needed."""
 
     def reject(where: str, reason: str) -> None:
         if skipped is None:
@@ -134,5 +141,4 @@ def _read_dataset(name: str, registry: Registry, args: Any, format_name: str | N
             except ValueError as error:
                 reject(where, f"{error} (read as {data_format.name} format)")
                 continue
-            conversations.append(messages)
-    return conversations
+            yield messages

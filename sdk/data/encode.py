@@ -47,35 +47,72 @@ def drops_system_prompt(template: Template,
     return False
 
 
+# What happened to a row when it was encoded.
+KEPT, TRUNCATED, DELETED, DROPPED = "kept", "truncated", "deleted", "dropped"
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    template: Template
+    tokenizer: Any
+    max_length: int
+    loss_scope: str = "all"
+    truncation_strategy: str = "truncation_right"
+
+
+def encode_row(settings: EncodeSettings, messages: Sequence[dict[str, str]],
+               row: int) -> tuple[str, list[int], list[int]]:
+    """(status, input_ids, labels) of one conversation; ``row`` counts from 1 for errors."""
+    try:
+        input_ids, labels = settings.template.encode(settings.tokenizer, messages,
+                                                     settings.loss_scope)
+    except ValueError as error:
+        raise SdkError(f"Training row {row} (counting through --dataset in order) cannot be "
+                       f"rendered with template '{settings.template.spec.name}': {error}. Pick "
+                       "another --template or fix the data.") from None
+    status = KEPT
+    max_length = settings.max_length
+    if max_length > 0 and len(input_ids) > max_length:
+        if settings.truncation_strategy == "delete":
+            return DELETED, [], []
+        status = TRUNCATED
+        kept = (slice(-max_length, None) if settings.truncation_strategy == "truncation_left"
+                else slice(max_length))
+        input_ids, labels = input_ids[kept], labels[kept]
+    if all(label == IGNORE_INDEX for label in labels):
+        return DROPPED, [], []
+    return status, input_ids, labels
+
+
+def example(input_ids: list[int], labels: list[int]) -> dict[str, list[int]]:
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
+def stats_of(statuses: Sequence[str], lengths: Sequence[int],
+             trained: Sequence[int]) -> EncodeStats:
+    """Statistics from each row's status, length and trained-token count."""
+    kept = [i for i, status in enumerate(statuses) if status in (KEPT, TRUNCATED)]
+    return EncodeStats(rows=len(statuses), truncated=statuses.count(TRUNCATED),
+                       deleted=statuses.count(DELETED), dropped=statuses.count(DROPPED),
+                       tokens=sum(lengths[i] for i in kept),
+                       trained_tokens=sum(trained[i] for i in kept),
+                       longest=max((lengths[i] for i in kept), default=0))
+
+
 def encode_conversations(template: Template, tokenizer: Any,
                          conversations: Sequence[Sequence[dict[str, str]]], max_length: int,
                          loss_scope: str = "all", truncation_strategy: str = "truncation_right",
                          ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
-    examples, stats = [], EncodeStats()
-    stats.system_dropped = drops_system_prompt(template, conversations)
+    """Examples for the rows that are kept, and what happened to all of them."""
+    settings = EncodeSettings(template, tokenizer, max_length, loss_scope, truncation_strategy)
+    examples, statuses, lengths, trained = [], [], [], []
     for row, messages in enumerate(conversations, start=1):
-        stats.rows += 1
-        try:
-            input_ids, labels = template.encode(tokenizer, messages, loss_scope)
-        except ValueError as error:
-            raise SdkError(f"Training row {row} (counting through --dataset in order) cannot be "
-                           f"rendered with template '{template.spec.name}': {error}. Pick "
-                           "another --template or fix the data.") from None
-        if max_length > 0 and len(input_ids) > max_length:
-            if truncation_strategy == "delete":
-                stats.deleted += 1
-                continue
-            stats.truncated += 1
-            kept = slice(-max_length, None) if truncation_strategy == "truncation_left" else (
-                slice(max_length))
-            input_ids, labels = input_ids[kept], labels[kept]
-        trained = sum(label != IGNORE_INDEX for label in labels)
-        if trained == 0:
-            stats.dropped += 1
-            continue
-        stats.tokens += len(input_ids)
-        stats.trained_tokens += trained
-        stats.longest = max(stats.longest, len(input_ids))
-        examples.append({"input_ids": input_ids, "labels": labels,
-                         "attention_mask": [1] * len(input_ids)})
+        status, input_ids, labels = encode_row(settings, messages, row)
+        statuses.append(status)
+        lengths.append(len(input_ids))
+        trained.append(sum(label != IGNORE_INDEX for label in labels))
+        if input_ids:
+            examples.append(example(input_ids, labels))
+    stats = stats_of(statuses, lengths, trained)
+    stats.system_dropped = drops_system_prompt(template, conversations)
     return examples, stats

@@ -16,8 +16,9 @@ import click
 
 from sdk import __version__
 from sdk.config import SftArguments, saved_arguments
-from sdk.data.conversations import load_conversations, split_off
-from sdk.data.encode import encode_conversations
+from sdk.data.arrow import conversations_dataset, tokenized_dataset
+from sdk.data.conversations import split_indices
+from sdk.data.encode import EncodeSettings
 from sdk.errors import SdkError
 from sdk.models.loader import DEFAULT_HUB, load_model, torch_dtype
 from sdk.registry import Registry
@@ -51,30 +52,32 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or DEFAULT_HUB)
     registry.get("hubs", args.hub)
     skipped: list[str] | None = [] if args.skip_bad_records else None
-    conversations = load_conversations(args.dataset, registry, args, args.dataset_format,
-                                       skipped)
+    conversations = conversations_dataset(args.dataset, registry, args, skipped)
     if args.val_dataset:
-        held_out = load_conversations(args.val_dataset, registry, args, args.dataset_format,
-                                      skipped)
+        held_out = conversations_dataset(args.val_dataset, registry, args, skipped)
     else:
-        conversations, held_out = split_off(conversations, args.split_dataset_ratio, args.seed)
-
+        train_rows, held_rows = split_indices(len(conversations), args.split_dataset_ratio,
+                                              args.seed)
+        held_out = conversations.select(held_rows) if held_rows else None
+        if held_rows:
+            conversations = conversations.select(train_rows)
     if skipped:
         click.echo(f"[sdk] skipped {len(skipped)} bad records (--skip-bad-records), first at: "
                    f"{'; '.join(skipped[:5])}", err=True)
+
     model, tokenizer = load_model(spec, args, registry)
-    template = Template.for_tokenizer(template_spec, tokenizer)
-    examples, stats = encode_conversations(template, tokenizer, conversations, args.max_length,
-                                           args.loss_scope, args.truncation_strategy)
+    settings = EncodeSettings(Template.for_tokenizer(template_spec, tokenizer), tokenizer,
+                              args.max_length, args.loss_scope, args.truncation_strategy)
+    examples, stats = tokenized_dataset(conversations, settings, args.dataset_num_proc)
     click.echo(f"[sdk] data: {stats.summary()}", err=True)
-    if not examples:
+    if not len(examples):
         raise SdkError("No training row is left after --max-length and "
                        "--truncation-strategy; raise --max-length.")
-    eval_examples, eval_stats = encode_conversations(template, tokenizer, held_out,
-                                                     args.max_length, args.loss_scope,
-                                                     args.truncation_strategy)
-    if held_out:
+    eval_examples = None
+    if held_out is not None:
+        eval_examples, eval_stats = tokenized_dataset(held_out, settings, args.dataset_num_proc)
         click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
+        eval_examples = eval_examples if len(eval_examples) else None
     model = resolve_callable(tuner.prepare)(model, args, spec)
 
     run_dir = new_run_dir(args.output_dir, args.model_type)
@@ -109,7 +112,7 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         names = {f.name for f in dataclasses.fields(TrainingArguments)}
         optional["activation_checkpointing" if "activation_checkpointing" in names
                  else "gradient_checkpointing"] = True
-    if eval_examples:
+    if eval_examples is not None:
         optional.update(eval_strategy="steps", eval_steps=args.eval_steps or args.save_steps,
                         per_device_eval_batch_size=args.batch_size)
     training_args = TrainingArguments(
@@ -140,7 +143,7 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         model=model,
         args=training_args,
         train_dataset=examples,
-        eval_dataset=eval_examples or None,
+        eval_dataset=eval_examples,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
         processing_class=tokenizer,
         callbacks=[JsonlLogger(run_dir), SaveArguments(saved)],

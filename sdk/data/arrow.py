@@ -1,0 +1,130 @@
+"""Training data as Arrow datasets: records are read and converted as a stream into the datasets
+cache and tokenized with ``datasets.map`` (cached, ``--dataset-num-proc`` processes), so a large
+file is never held in memory whole."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sdk import __version__
+from sdk.data.conversations import (
+    dataset_source,
+    iter_dataset,
+    sample_indices,
+    split_sample_size,
+)
+from sdk.data.encode import (
+    DELETED,
+    DROPPED,
+    EncodeSettings,
+    EncodeStats,
+    drops_system_prompt,
+    encode_row,
+    stats_of,
+)
+from sdk.errors import SdkError
+from sdk.models.loader import cache_dir
+from sdk.registry import Registry
+from sdk.templates.engine import IGNORE_INDEX
+
+SYSTEM_CHECK_ROWS = 100  # enough to meet a system prompt if the data has them
+
+
+def _messages_features() -> Any:
+    from datasets import Features, List, Value
+
+    return Features({"messages": List({"role": Value("string"), "content": Value("string")})})
+
+
+def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | None) -> str:
+    """Changes when the files, the arguments a preprocess may read, or this SDK change."""
+    stats = []
+    for file in files:
+        for path in sorted(Path(file).rglob("*")) if Path(file).is_dir() else [Path(file)]:
+            if path.is_file():
+                info = path.stat()
+                stats.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
+    settings = {key: value for key, value in vars(args).items() if key not in ("output_dir",)}
+    text = json.dumps([__version__, name, format_name, stats, settings], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _generate(name: str, registry: Registry, args: Any, format_name: str | None,
+              skip_bad: bool, skipped_file: str):
+    skipped: list[str] | None = [] if skip_bad else None
+    for messages in iter_dataset(name, registry, args, format_name, skipped):
+        yield {"messages": messages}
+    Path(skipped_file).write_text(json.dumps(skipped or []), encoding="utf-8")
+
+
+def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
+                          skipped: list[str] | None) -> Any:
+    """The ``--dataset`` entries (``NAME#N`` sampled) as one Arrow dataset of messages."""
+    from datasets import Dataset, concatenate_datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    folder = cache_dir() / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for name_and_count in names:
+        name, count = split_sample_size(name_and_count)
+        source = dataset_source(name, registry, getattr(args, "dataset_info", None))
+        fingerprint = _fingerprint(name, source.files, args, args.dataset_format)
+        skipped_file = folder / f"{fingerprint}.skipped.json"
+        try:
+            part = Dataset.from_generator(
+                _generate, features=_messages_features(), cache_dir=str(folder),
+                fingerprint=fingerprint,
+                gen_kwargs={"name": name, "registry": registry, "args": args,
+                            "format_name": args.dataset_format, "skip_bad": skipped is not None,
+                            "skipped_file": str(skipped_file)})
+        except DatasetGenerationError as error:
+            cause = error.__cause__ or error.__context__
+            if isinstance(cause, SdkError):  # a bad record: say which, not where datasets was
+                raise cause from None
+            raise
+        if skipped is not None and skipped_file.is_file():  # written when the rows were read
+            skipped += json.loads(skipped_file.read_text(encoding="utf-8"))
+        if count is not None:
+            part = part.select(sample_indices(len(part), count, args.seed))
+        parts.append(part)
+    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if len(dataset) == 0:
+        raise SdkError(f"No training records found in {', '.join(names)}.")
+    return dataset
+
+
+def _encode_batch(batch: dict[str, list], indices: list[int],
+                  settings: EncodeSettings) -> dict[str, list]:
+    columns: dict[str, list] = {"input_ids": [], "labels": [], "attention_mask": [],
+                                "status": [], "length": [], "trained": []}
+    for messages, index in zip(batch["messages"], indices, strict=True):
+        status, input_ids, labels = encode_row(settings, messages, index + 1)
+        columns["input_ids"].append(input_ids)
+        columns["labels"].append(labels)
+        columns["attention_mask"].append([1] * len(input_ids))
+        columns["status"].append(status)
+        columns["length"].append(len(input_ids))
+        columns["trained"].append(sum(label != IGNORE_INDEX for label in labels))
+    return columns
+
+
+def tokenized_dataset(conversations: Any, settings: EncodeSettings,
+                      num_proc: int) -> tuple[Any, EncodeStats]:
+    """Examples for the rows that are kept (a cached ``map``), and what happened to all."""
+    encoded = conversations.map(
+        _encode_batch, batched=True, with_indices=True, fn_kwargs={"settings": settings},
+        remove_columns=["messages"], num_proc=num_proc if num_proc > 1 else None,
+        desc="Tokenizing")
+    stats = stats_of(encoded["status"], encoded["length"], encoded["trained"])
+    first = conversations.select(range(min(SYSTEM_CHECK_ROWS, len(conversations))))
+    stats.system_dropped = drops_system_prompt(settings.template, first["messages"])
+    if stats.deleted or stats.dropped:
+        encoded = encoded.filter(lambda status: status not in (DELETED, DROPPED),
+                                 input_columns="status")
+    return encoded.remove_columns(["status", "length", "trained"]), stats
