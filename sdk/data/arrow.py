@@ -114,14 +114,30 @@ def _encode_batch(batch: dict[str, list], indices: list[int],
     return columns
 
 
+def _encoding_fingerprint(conversations: Any, settings: EncodeSettings) -> str:
+    """What the tokenized rows depend on. datasets cannot hash a fast tokenizer that has been
+    used the same way twice, so without this its map cache would never be hit."""
+    tokenizer = settings.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else repr(sorted(
+        tokenizer.get_vocab().items()))
+    text = json.dumps([__version__, conversations._fingerprint, repr(settings.template.spec),
+                       settings.template.special_tokens, settings.max_length,
+                       settings.loss_scope, settings.truncation_strategy,
+                       hashlib.sha256(vocabulary.encode()).hexdigest()], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def tokenized_dataset(conversations: Any, settings: EncodeSettings,
                       num_proc: int) -> tuple[Any, EncodeStats]:
     """Examples for the rows that are kept (a cached ``map``), and what happened to all."""
     encoded = conversations.map(
         _encode_batch, batched=True, with_indices=True, fn_kwargs={"settings": settings},
         remove_columns=["messages"], num_proc=num_proc if num_proc > 1 else None,
-        desc="Tokenizing")
-    stats = stats_of(encoded["status"], encoded["length"], encoded["trained"])
+        new_fingerprint=_encoding_fingerprint(conversations, settings), desc="Tokenizing")
+    # plain lists through Arrow: element access on datasets' lazy columns is slow
+    column = encoded.data.column
+    stats = stats_of(*(column(name).to_pylist() for name in ("status", "length", "trained")))
     first = conversations.select(range(min(SYSTEM_CHECK_ROWS, len(conversations))))
     stats.system_dropped = drops_system_prompt(settings.template, first["messages"])
     if stats.deleted or stats.dropped:
