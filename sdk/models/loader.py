@@ -63,13 +63,15 @@ def torch_dtype(name: str) -> Any:
 
 
 def check_requirements(spec: ModelSpec, options: LoadOptions) -> None:
+    """The user's consent to remote code first (nothing to install without it), then the
+    packages the model needs."""
+    if spec.requires_remote_code and not options.trust_remote_code:
+        raise SdkError(f"Model type '{spec.model_type}' runs code from its model repository. "
+                       "Pass --trust-remote-code if you trust that code.")
     missing = [p for p in spec.requires if importlib.util.find_spec(p) is None]
     if missing:
         raise SdkError(f"Model type '{spec.model_type}' needs the package(s) "
                        f"{', '.join(missing)}: pip install {' '.join(missing)}")
-    if spec.requires_remote_code and not options.trust_remote_code:
-        raise SdkError(f"Model type '{spec.model_type}' runs code from its model repository. "
-                       "Pass --trust-remote-code if you trust that code.")
 
 
 def load_pretrained(path: str | Path, options: LoadOptions,

@@ -7,7 +7,6 @@ Qwen2 tokenizer, given the reserved tokens as added special tokens as Baichuan's
 them (ids 195/196 there): masks depend on the text, not on the vocabulary.
 """
 
-import json
 import re
 
 import pytest
@@ -113,15 +112,3 @@ def test_chinese_reply_and_system_prompt_are_placed(tokenizer):
 def test_stop_words_end_a_reply():
     assert Template(BAICHUAN_TEMPLATE).stop_words() == ["</s>", "<reserved_102>"]
     assert Template(BAICHUAN2_TEMPLATE).stop_words() == ["</s>", "<reserved_106>"]
-
-
-@pytest.mark.parametrize("model_type", MODELS)
-def test_training_needs_trust_remote_code(run_cli, tmp_path, identity_data, model_type):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "baichuan"}))
-    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
-                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
-    assert result.exit_code == 1
-    assert "--trust-remote-code" in result.stderr  # its packages come with the plugin
-    assert not (tmp_path / "out").exists()

@@ -7,7 +7,6 @@ and the trained spans are checked with stand-in tokenizers from shared/data/toke
 the GLM special tokens (which spans are trained depends on the text, not on the vocabulary).
 """
 
-import json
 import re
 
 import pytest
@@ -210,18 +209,6 @@ def test_generation_stops_on_the_next_role_token_and_the_eos():
                                                     "<|endoftext|>"]
     assert Template(SPECS["chatglm3"]).stop_words() == ["<|user|>", "<|observation|>", "</s>"]
     assert Template(SPECS["chatglm2"]).stop_words() == ["</s>"]
-
-
-@pytest.mark.parametrize("model_type", sorted(REMOTE_CODE_MODELS))
-def test_remote_code_models_need_trust_remote_code(run_cli, tmp_path, identity_data,
-                                                  model_type):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "chatglm"}))
-    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
-                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
-    assert result.exit_code == 1
-    assert "--trust-remote-code" in result.stderr
 
 
 class FakeChatGLM3Tokenizer:

@@ -134,18 +134,6 @@ def test_stop_words_end_a_reply():
     assert Template(INTERNLM2_TEMPLATE).stop_words() == ["<|im_end|>", "</s>"]
 
 
-@pytest.mark.parametrize("model_type", MODELS)
-def test_training_needs_trust_remote_code(run_cli, tmp_path, identity_data, model_type):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "internlm2"}))
-    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
-                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
-    assert result.exit_code == 1
-    assert "--trust-remote-code" in result.stderr  # its packages come with the plugin
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.fixture(scope="module")
 def tiny_internlm_v1_dir(tmp_path_factory, tokenizer):
     """InternLM v1 is Llama-shaped (q_proj/k_proj/v_proj/o_proj): a tiny random Llama with the

@@ -95,30 +95,21 @@ QWEN2_5_JINJA = r"""{%- if tools %}
 SPECIAL_TOKENS = {"eos_token": "<|im_end|>"}
 STOP_WORDS = ("<|endoftext|>", "<|im_start|>")
 
-QWEN_TEMPLATE = TemplateSpec(
-    name="qwen",
-    jinja=QWEN_JINJA,
-    assistant_suffix="<|im_end|>",
-    special_tokens=SPECIAL_TOKENS,
-    stop_words=STOP_WORDS,
-    description="ChatML, default system 'You are a helpful assistant.' (Qwen, Qwen2)",
-)
-QWEN1_5_TEMPLATE = TemplateSpec(
-    name="qwen1.5",
-    jinja=QWEN1_5_JINJA,
-    assistant_suffix="<|im_end|>",
-    special_tokens=SPECIAL_TOKENS,
-    stop_words=STOP_WORDS,
-    description="ChatML, default system 'You are a helpful assistant' (Qwen1.5)",
-)
-QWEN2_5_TEMPLATE = TemplateSpec(
-    name="qwen2.5",
-    jinja=QWEN2_5_JINJA,
-    assistant_suffix="<|im_end|>",
-    special_tokens=SPECIAL_TOKENS,
-    stop_words=STOP_WORDS,
-    description="Qwen2.5-Instruct ChatML with tool calls, default system 'You are Qwen, ...'",
-)
+
+def qwen_template(name: str, jinja: str, description: str) -> TemplateSpec:
+    """Qwen's ChatML templates differ only in their text (default system prompt, tools)."""
+    return TemplateSpec(name=name, jinja=jinja, assistant_suffix="<|im_end|>",
+                        special_tokens=SPECIAL_TOKENS, stop_words=STOP_WORDS,
+                        description=description)
+
+
+QWEN_TEMPLATE = qwen_template(
+    "qwen", QWEN_JINJA, "ChatML, default system 'You are a helpful assistant.' (Qwen, Qwen2)")
+QWEN1_5_TEMPLATE = qwen_template(
+    "qwen1.5", QWEN1_5_JINJA, "ChatML, default system 'You are a helpful assistant' (Qwen1.5)")
+QWEN2_5_TEMPLATE = qwen_template(
+    "qwen2.5", QWEN2_5_JINJA,
+    "Qwen2.5-Instruct ChatML with tool calls, default system 'You are Qwen, ...'")
 TEMPLATES = (QWEN_TEMPLATE, QWEN1_5_TEMPLATE, QWEN2_5_TEMPLATE)
 
 # --- Models -------------------------------------------------------------------------------------

@@ -224,19 +224,6 @@ def test_stop_words_end_on_im_end_and_endoftext(tokenizer):
 
 # --- remote code --------------------------------------------------------------------------------
 
-def test_qwen_v1_needs_trust_remote_code(run_cli, tmp_path, identity_data):
-    model_dir = tmp_path / "qwen-7b-chat"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps(
-        {"architectures": ["QWenLMHeadModel"], "model_type": "qwen",
-         "auto_map": {"AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}}))
-    result = run_cli("sft", "--model-type", "qwen-7b-chat", "--dataset", identity_data,
-                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
-    assert result.exit_code == 1
-    assert "--trust-remote-code" in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_qwen_v1_names_the_packages_its_remote_code_needs(run_cli, tmp_path, identity_data,
                                                           monkeypatch):
     import importlib.util

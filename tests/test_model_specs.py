@@ -1,0 +1,37 @@
+"""Rules every installed model type follows, whichever plugin registers it."""
+
+import re
+
+import pytest
+
+from sdk.plugins import load_plugins
+
+REGISTRY = load_plugins().registry
+MODEL_TYPES = REGISTRY.names("models")
+REMOTE_CODE = [name for name in MODEL_TYPES if REGISTRY.get("models", name).requires_remote_code]
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_a_model_type_is_lower_case_dashed_and_names_a_registered_template(model_type):
+    assert re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", model_type)
+    spec = REGISTRY.get("models", model_type)
+    assert REGISTRY.get("templates", spec.template).name == spec.template
+
+
+@pytest.mark.parametrize("model_type", REMOTE_CODE)
+def test_remote_code_needs_trust_remote_code_before_anything_is_loaded(
+        run_cli, tmp_path, identity_data, model_type):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
+                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert f"Model type '{model_type}' runs code from its model repository. Pass " \
+           "--trust-remote-code" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_families_with_remote_code_are_gated():
+    assert {"qwen-7b-chat", "baichuan2-7b-chat", "chatglm3-6b", "internlm2-chat-7b"} <= set(
+        REMOTE_CODE)
