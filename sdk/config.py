@@ -103,6 +103,10 @@ class SftArguments(ModelArguments):
     lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer.")
+    freeze_trainable_layers: int = arg(2, "--sft-type freeze: how many last layers train.",
+                                       at_least=0)
+    freeze_trainable_modules: list[str] = arg(
+        [], "--sft-type freeze: modules that train too, by name (e.g. lm_head embed_tokens).")
     logging_steps: int = arg(5, "Log every N steps.", at_least=1)
     save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1)
     save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")

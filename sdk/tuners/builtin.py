@@ -15,6 +15,35 @@ def register_tuners(register):
         trains_quantized_base=True,
     ))
     register(Tuner(
+        name="dora",
+        prepare="sdk.tuners.lora:prepare_dora",
+        load="sdk.tuners.lora:load",
+        description="DoRA: LoRA with a learned magnitude per output (--lora-* flags)",
+        trains_quantized_base=True,
+    ))
+    register(Tuner(
+        name="rslora",
+        prepare="sdk.tuners.lora:prepare_rslora",
+        load="sdk.tuners.lora:load",
+        description="Rank-stabilised LoRA: scaled by alpha/sqrt(rank) (--lora-* flags)",
+        trains_quantized_base=True,
+    ))
+    register(Tuner(
+        name="ia3",
+        prepare="sdk.tuners.ia3:prepare",
+        load="sdk.tuners.lora:load",
+        description="IA³: learned scaling vectors on attention keys/values and feed-forward",
+        default_learning_rate=3e-3,
+    ))
+    register(Tuner(
+        name="freeze",
+        prepare="sdk.tuners.freeze:prepare",
+        load="sdk.tuners.full:load",
+        description="Train only the last --freeze-trainable-layers layers (and "
+                    "--freeze-trainable-modules); saves the whole model",
+        default_learning_rate=2e-5,
+    ))
+    register(Tuner(
         name="full",
         prepare="sdk.tuners.full:prepare",
         load="sdk.tuners.full:load",

@@ -1,4 +1,5 @@
-"""LoRA through peft."""
+"""LoRA and its variants (DoRA, rank-stabilised LoRA) through peft; adapters of any peft
+tuner reload with ``load``."""
 
 from __future__ import annotations
 
@@ -24,23 +25,43 @@ def target_modules(requested: list[str] | None, spec: ModelSpec) -> str | list[s
     return names
 
 
-def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def ready_for_adapters(model: Any, args: Any) -> Any:
+    """A frozen base that adapters can train on: quantized or gradient-checkpointed."""
+    from peft import prepare_model_for_kbit_training
 
     if getattr(model, "hf_quantizer", None) is not None:  # bitsandbytes or GPTQ weights
         # fp32 norms and an input that carries gradients, as the QLoRA recipe does
-        model = prepare_model_for_kbit_training(
+        return prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=args.gradient_checkpointing)
-    elif args.gradient_checkpointing:
+    if args.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+    return model
+
+
+def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=args.lora_rank,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=target_modules(args.lora_target_modules, spec),
+        **variant,
     )
-    return get_peft_model(model, config)
+    return get_peft_model(ready_for_adapters(model, args), config)
+
+
+def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
+    return with_lora(model, args, spec)
+
+
+def prepare_dora(model: Any, args: Any, spec: ModelSpec) -> Any:
+    return with_lora(model, args, spec, use_dora=True)
+
+
+def prepare_rslora(model: Any, args: Any, spec: ModelSpec) -> Any:
+    return with_lora(model, args, spec, use_rslora=True)
 
 
 def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -> Any:
