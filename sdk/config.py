@@ -103,6 +103,9 @@ class SftArguments(ModelArguments):
     lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer.")
+    adapter: str | None = arg(
+        None, "Continue training this peft adapter (a folder with adapter_config.json and "
+        "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).")
     freeze_trainable_layers: int = arg(2, "--sft-type freeze: how many last layers train.",
                                        at_least=0)
     freeze_trainable_modules: list[str] = arg(

@@ -130,6 +130,7 @@ class Tuner:
     description: str = ""
     default_learning_rate: float = 1e-4
     trains_quantized_base: bool = False  # can it train on a 4/8-bit base (--quantization-bit)?
+    trains_adapters: bool = False  # peft adapters: --adapter continues one
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
     tuner = registry.get("tuners", args.sft_type)
+    if args.adapter and not tuner.trains_adapters:
+        raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
+                       "train one. Use --sft-type lora (or the adapter's own kind).")
     if args.quantization_bit and not tuner.trains_quantized_base:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")

@@ -10,6 +10,7 @@ def register_tuners(register):
         name="lora",
         prepare="sdk.tuners.lora:prepare",
         load="sdk.tuners.lora:load",
+        trains_adapters=True,
         description="LoRA adapters (peft): --lora-rank, --lora-alpha, --lora-dropout, "
                     "--lora-target-modules; QLoRA with --quantization-bit 4|8",
         trains_quantized_base=True,
@@ -18,6 +19,7 @@ def register_tuners(register):
         name="dora",
         prepare="sdk.tuners.lora:prepare_dora",
         load="sdk.tuners.lora:load",
+        trains_adapters=True,
         description="DoRA: LoRA with a learned magnitude per output (--lora-* flags)",
         trains_quantized_base=True,
     ))
@@ -25,6 +27,7 @@ def register_tuners(register):
         name="rslora",
         prepare="sdk.tuners.lora:prepare_rslora",
         load="sdk.tuners.lora:load",
+        trains_adapters=True,
         description="Rank-stabilised LoRA: scaled by alpha/sqrt(rank) (--lora-* flags)",
         trains_quantized_base=True,
     ))
@@ -32,6 +35,7 @@ def register_tuners(register):
         name="ia3",
         prepare="sdk.tuners.ia3:prepare",
         load="sdk.tuners.lora:load",
+        trains_adapters=True,
         description="IA³: learned scaling vectors on attention keys/values and feed-forward",
         default_learning_rate=3e-3,
     ))

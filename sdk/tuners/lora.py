@@ -3,11 +3,14 @@ tuner reload with ``load``."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sdk.errors import SdkError
 from sdk.specs import ModelSpec
 
 ALL_LINEAR = {"all", "all-linear", "all_linear"}
@@ -38,9 +41,42 @@ def ready_for_adapters(model: Any, args: Any) -> Any:
     return model
 
 
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+OLDER_WEIGHT_FILE = "pytorch_model.bin"  # what Chinese-Vicuna / alpaca-lora checkpoints hold
+
+
+def continue_adapter(model: Any, adapter: str) -> Any:
+    """The base model with a saved peft adapter on it, its weights trainable again."""
+    from peft import PeftModel
+
+    folder, staged = Path(adapter), None
+    if not (folder / "adapter_config.json").is_file():
+        raise SdkError(f"--adapter '{adapter}' has no adapter_config.json; give the folder a "
+                       "peft adapter was saved to.")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        if not (folder / OLDER_WEIGHT_FILE).is_file():
+            raise SdkError(f"--adapter '{adapter}' holds no adapter weights ("
+                           f"{', '.join(WEIGHT_FILES)} or {OLDER_WEIGHT_FILE}).")
+        # peft reads adapter_model.bin; older tools saved the same state dict under this name
+        staged = Path(tempfile.mkdtemp(prefix="sdk-adapter-"))
+        shutil.copy(folder / "adapter_config.json", staged)
+        (staged / "adapter_model.bin").symlink_to((folder / OLDER_WEIGHT_FILE).resolve())
+        folder = staged
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise SdkError(f"--adapter '{adapter}' does not fit this base model ({error}). Use "
+                       "the model type the adapter was trained on.") from None
+    finally:
+        if staged is not None:  # the weights are loaded by now
+            shutil.rmtree(staged, ignore_errors=True)
+
+
 def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    if args.adapter:  # its own config (rank, targets, DoRA...) decides
+        return continue_adapter(ready_for_adapters(model, args), args.adapter)
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=args.lora_rank,
