@@ -113,6 +113,8 @@ class SftArguments(ModelArguments):
     logging_steps: int = arg(5, "Log every N steps.", at_least=1)
     save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1)
     save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")
+    only_save_model: bool = arg(False, "Checkpoints hold the model or adapter only, without "
+                                "optimizer state: smaller, but training cannot resume from them.")
     seed: int = arg(42, "Random seed.")
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
 

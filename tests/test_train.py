@@ -150,3 +150,17 @@ def test_a_split_that_leaves_no_training_rows_is_an_error(plugin_set, identity_d
 
     with pytest.raises(SdkError, match="leaves no training rows"):
         train(plugin_set, identity_data, tmp_path, split_dataset_ratio=0.9)
+
+
+def test_only_save_model_leaves_the_optimizer_state_out(plugin_set, identity_data, tmp_path):
+    full = train(plugin_set, identity_data, tmp_path / "full", max_steps=1)
+    lean = train(plugin_set, identity_data, tmp_path / "lean", max_steps=1, only_save_model=True)
+    assert (full.checkpoint / "optimizer.pt").is_file()
+    assert not (lean.checkpoint / "optimizer.pt").exists()
+    for name in ("adapter_model.safetensors", "sft_args.json", "tokenizer.json"):
+        assert (lean.checkpoint / name).is_file()
+    from sdk.infer.chat import load_for_inference
+
+    model, _, _ = load_for_inference(InferArguments(ckpt_dir=str(lean.run_dir)),
+                                     plugin_set.registry)
+    assert model is not None
