@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sdk.data.readers import READERS, is_saved_dataset
+from sdk.data.readers import READERS, is_saved_dataset, load_json_file
 from sdk.errors import SdkError
 from sdk.specs import DatasetSpec
 
@@ -42,14 +42,7 @@ def read_dataset_info(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SdkError(f"--dataset-info: '{path}' does not exist. Give the path of a "
                        "dataset_info.json (LLaMA-Factory / ChatGLM-Efficient-Tuning).")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise SdkError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start}). "
-                       "Save the file as UTF-8.") from None
-    except json.JSONDecodeError as error:
-        raise SdkError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column "
-                       f"{error.colno}).") from None
+    data = load_json_file(path)
     if not isinstance(data, dict):
         raise SdkError(f"{path}: expected a JSON object of dataset name -> entry, got "
                        f"{type(data).__name__}.")

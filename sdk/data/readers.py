@@ -46,15 +46,20 @@ def read_jsonl(path: Path) -> Iterator[Located]:
             yield where, record
 
 
-def read_json(path: Path) -> Iterator[Located]:
+def load_json_file(path: Path) -> Any:
+    """A whole JSON file; bad UTF-8 or JSON is an error naming the file (and line)."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as error:
         raise SdkError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start}). "
                        "Save the file as UTF-8.") from None
     except json.JSONDecodeError as error:
         raise SdkError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column "
                        f"{error.colno}).") from None
+
+
+def read_json(path: Path) -> Iterator[Located]:
+    data = load_json_file(path)
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
