@@ -39,6 +39,17 @@ CONVERSATIONS = {
                 {"role": "assistant", "content": "疑是地上霜。"}],
 }
 # A second Chinese turn, for suites that train two replies of the "chinese" conversation.
+# The conversation of llama.cpp's tests/test-chat-template.cpp, whose expected outputs for many
+# official templates the family tests quote.
+LLAMA_CPP_CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant"},
+    {"role": "user", "content": "Hello"},
+    {"role": "assistant", "content": "Hi there"},
+    {"role": "user", "content": "Who are you"},
+    {"role": "assistant", "content": "   I am an assistant   "},
+    {"role": "user", "content": "Another question"},
+]
+
 CHINESE_SECOND_TURN = [{"role": "user", "content": "举头望明月"},
                        {"role": "assistant", "content": "低头思故乡。"}]
 # The size of the tiny random models that the training tests build (a config's keyword arguments).

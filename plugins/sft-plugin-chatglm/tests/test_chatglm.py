@@ -20,23 +20,22 @@ from sft_plugin_chatglm import (
 from sft_plugin_chatglm.loading import prepare_tokenizer
 
 from conftest import CONVERSATIONS as STANDARD
-from conftest import TOKENIZERS, save_tiny_model, train_and_reload, trained_text
+from conftest import (
+    LLAMA_CPP_CONVERSATION,
+    TOKENIZERS,
+    save_tiny_model,
+    train_and_reload,
+    trained_text,
+)
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, compile_jinja
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
 ALL_MODELS = {**REMOTE_CODE_MODELS, **NATIVE_MODELS}
 
-# The conversation of llama.cpp's tests/test-chat-template.cpp, whose expected outputs for the
-# official ChatGLM3 and GLM-4 templates are quoted below (with add_generation_prompt).
-LLAMA_CPP = [
-    {"role": "system", "content": "You are a helpful assistant"},
-    {"role": "user", "content": "Hello"},
-    {"role": "assistant", "content": "Hi there"},
-    {"role": "user", "content": "Who are you"},
-    {"role": "assistant", "content": "   I am an assistant   "},
-    {"role": "user", "content": "Another question"},
-]
+# llama.cpp's expected outputs for the official ChatGLM3 and GLM-4 templates are quoted below
+# (with add_generation_prompt).
+LLAMA_CPP = LLAMA_CPP_CONVERSATION
 SINGLE = STANDARD["single turn"]
 CHINESE = STANDARD["chinese"]
 MULTI = [{"role": "user", "content": "Hi"},

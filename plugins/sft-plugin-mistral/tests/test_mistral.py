@@ -15,6 +15,7 @@ from sft_plugin_mistral import (
 
 from conftest import (
     CHINESE_SECOND_TURN,
+    LLAMA_CPP_CONVERSATION,
     TOKENIZERS,
     save_tiny_model,
     train_and_reload,
@@ -107,16 +108,6 @@ def test_the_v01_template_is_the_one_shipped_with_the_v01_tokenizer():
 # The expected strings of llama.cpp tests/test-chat-template.cpp for these two official
 # templates (bos_token "" and eos_token "</s>"; the reply "   I am an assistant   " keeps its
 # spaces in v0.2 and is trimmed in v0.3; v0.3 moves the system prompt into the last user turn).
-LLAMA_CPP_CONVERSATION = [
-    {"role": "system", "content": "You are a helpful assistant"},
-    {"role": "user", "content": "Hello"},
-    {"role": "assistant", "content": "Hi there"},
-    {"role": "user", "content": "Who are you"},
-    {"role": "assistant", "content": "   I am an assistant   "},
-    {"role": "user", "content": "Another question"},
-]
-
-
 @pytest.mark.parametrize("name, expected", [
     ("mistral-v0.2", " [INST] You are a helpful assistant\n\nHello [/INST] Hi there</s> [INST] "
                      "Who are you [/INST]    I am an assistant   </s> [INST] Another question "
