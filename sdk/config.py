@@ -26,10 +26,11 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
         at_least: float | None = None, above: float | None = None,
-        below: float | None = None) -> Any:
-    """A field with its help text and the values it accepts (checked by build_arguments)."""
+        below: float | None = None, secret: bool = False) -> Any:
+    """A field with its help text and the values it accepts (checked by build_arguments).
+    A ``secret`` value (a token) is never saved with a run."""
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above,
-                "below": below}
+                "below": below, "secret": secret}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -115,6 +116,23 @@ class SftArguments(ModelArguments):
     save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")
     only_save_model: bool = arg(False, "Checkpoints hold the model or adapter only, without "
                                 "optimizer state: smaller, but training cannot resume from them.")
+    resume_from_checkpoint: str | None = arg(
+        None, "Resume an interrupted run: a checkpoint folder, or auto for the newest complete "
+        "checkpoint of the newest run of this model type under --output-dir.")
+    neftune_noise_alpha: float | None = arg(
+        None, "NEFTune: add uniform noise of this scale to the input embeddings while "
+        "training (5 is usual).", above=0)
+    push_to_hub: bool = arg(False, "Upload the trained model to --hub (see "
+                            "--push-hub-strategy).")
+    hub_model_id: str | None = arg(None, "Repository to push to, e.g. user/my-model.")
+    hub_private_repo: bool = arg(True, "Create the repository as private.")
+    hub_token: str | None = arg(None, "Token for --hub (default: the hub's usual token "
+                                "environment variable or login).", secret=True)
+    push_hub_strategy: str = arg(
+        "end", "What to push and when: end (the final model), push_best and push_last (the "
+        "best / last checkpoint at the end), checkpoint (each checkpoint, replacing the "
+        "last), all_checkpoints (each checkpoint in its own folder).",
+        ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"))
     seed: int = arg(42, "Random seed.")
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
 
@@ -239,4 +257,6 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
 
 
 def saved_arguments(arguments: Any) -> dict[str, Any]:
-    return dataclasses.asdict(arguments)
+    """The arguments as saved with a run: every field but the secrets."""
+    return {f.name: getattr(arguments, f.name) for f in dataclasses.fields(arguments)
+            if not f.metadata["secret"]}

@@ -135,10 +135,24 @@ class Tuner:
 
 @dataclass(frozen=True)
 class Hub:
-    """Where models live: ``download(repo_id, revision, ignore_patterns) -> local path`` and
-    ``push(folder, repo_id, private, token) -> URL or path``."""
+    """Where models and datasets live.
+
+    ``download(repo_id, revision="main", ignore_patterns=(), *, repo_type="model",
+    token=None, endpoint=None) -> Path``: a local folder holding the repository's files.
+
+    ``push(folder, repo_id, *, private=True, token=None, ignore_patterns=(),
+    commit_message="", endpoint=None) -> str``: creates the repository if needed (private
+    unless ``private=False``), uploads the folder's files and returns the repository's URL.
+
+    Both raise :class:`sdk.errors.HubUnavailable` for failures worth retrying (server errors,
+    timeouts) and :class:`sdk.errors.SdkError` for the others; a token never appears in
+    their messages. ``endpoint`` None means the hub's usual address (or its library's
+    environment variable). ``token_env`` names the environment variable the hub's library
+    reads a token from.
+    """
 
     name: str
     download: CallableRef
     push: CallableRef
     description: str = ""
+    token_env: str = ""

@@ -11,20 +11,22 @@ from sdk.hookspecs import hookimpl
 from sdk.specs import Hub
 
 
-def download(repo_id: str, revision: str = "main",
-             ignore_patterns: Sequence[str] = ()) -> Path:
+def download(repo_id: str, revision: str = "main", ignore_patterns: Sequence[str] = (), *,
+             repo_type: str = "model", token: str | None = None,
+             endpoint: str | None = None) -> Path:
     path = Path(repo_id).expanduser()
     if not path.is_dir():
         raise SdkError(f"Local hub: '{repo_id}' is not a folder.")
     return path
 
 
-def push(folder: str | Path, repo_id: str, private: bool = True,
-         token: str | None = None) -> str:
+def push(folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None,
+         ignore_patterns: Sequence[str] = (), commit_message: str = "",
+         endpoint: str | None = None) -> str:
     target = Path(repo_id).expanduser()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(folder, partial)
+    shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(*ignore_patterns))
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)  # readers never see a half-copied folder
