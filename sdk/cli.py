@@ -245,7 +245,7 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
         return
     known = registry(ctx)
     rows = [{"name": s.name, "description": s.description, "license": s.license,
-             "format": s.format, "files": list(s.files),
+             "format": s.format, "files": list(s.files), "hub_ids": dict(s.hub_ids),
              "plugin": known.entries["datasets"][name].plugin}
             for name in known.names("datasets") for s in [known.get("datasets", name)]]
     emit(rows, ("name", "description", "license", "plugin"), as_json)

@@ -66,6 +66,12 @@ class SftArguments(ModelArguments):
     dataset_info: str | None = arg(None, "A dataset_info.json (LLaMA-Factory / "
                                    "ChatGLM-Efficient-Tuning) that defines the --dataset "
                                    "names.")
+    dataset_path: list[str] = arg(
+        [], "NAME=PATH: read the registered dataset NAME from a local file or folder instead "
+        "of its hub repository (e.g. alpaca-zh=/data/alpaca_gpt4_data_zh.json).")
+    columns: list[str] = arg(
+        [], "FIELD=OURS: rename record fields before the format is detected, e.g. "
+        "question=instruction answer=output.")
     val_dataset: list[str] = arg([], "Held-out datasets to compute eval loss on (like "
                                  "--dataset).")
     split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "

@@ -101,16 +101,25 @@ class DataFormat:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One ``--dataset`` name: bundled files, their format, an optional per-record preprocess.
+    """One ``--dataset`` name: its files or hub ids, format, an optional per-record preprocess.
 
+    ``files``: local data files (or folders of them) bundled with the plugin. Without files,
+    ``hub_ids`` (hub name -> dataset repository id) say where to download it: the ``--hub``
+    copy, else the first hub listed; ``split`` picks the repository's files of that split
+    (``train`` matches ``train.json``, ``data/train-0000.parquet``...) and ``subset`` a
+    folder in it. ``--dataset-path NAME=PATH`` replaces both with a local copy.
     ``preprocess(record, args) -> record`` runs before format conversion, e.g. to fill
     placeholders from command-line flags.
     """
 
     name: str
-    files: tuple[str, ...]
+    files: tuple[str, ...] = ()
     format: str | None = None
     preprocess: CallableRef | None = None
+    hub_ids: Mapping[str, str] = field(default_factory=dict)
+    revision: str = "main"
+    split: str = "train"
+    subset: str | None = None
     license: str = ""
     description: str = ""
 

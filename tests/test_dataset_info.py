@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import TINY_MODEL_TYPE
-from sdk.data.conversations import dataset_source, load_conversations
+from sdk.data.conversations import load_conversations
 from sdk.data.dataset_info import dataset_from_info, read_dataset_info
+from sdk.data.sources import dataset_source
 from sdk.errors import SdkError
 from sdk.plugins import load_plugins
 
@@ -95,10 +96,31 @@ def test_a_sharegpt_entry_with_default_tags_and_an_unknown_role(registry, tmp_pa
     write_json(tmp_path / "chat.json", [
         {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]},
         {"conversations": [{"from": "human", "value": "Hi"},
-                           {"from": "observation", "value": "{}"}]}])
+                           {"from": "narrator", "value": "{}"}]}])
     info = write_info(tmp_path, {"chat": {"file_name": "chat.json", "formatting": "sharegpt"}})
-    with pytest.raises(SdkError, match=r"chat\.json \(record 2\): .*role tag 'observation'"):
+    with pytest.raises(SdkError, match=r"chat\.json \(record 2\): .*role tag 'narrator'"):
         load(["chat"], registry, info)
+
+
+def test_sharegpt_tool_calls_are_assistant_turns_and_observations_user_turns(registry,
+                                                                              tmp_path):
+    call = '{"name": "weather", "arguments": {"city": "Paris"}}'
+    write_json(tmp_path / "agent.json", [{"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "tool_call", "content": call},
+        {"role": "tool_result", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "21 °C."}]}])
+    info = write_info(tmp_path, {"agent": {
+        "file_name": "agent.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant", "function_tag": "tool_call",
+                 "observation_tag": "tool_result"}}})
+    assert load(["agent"], registry, info) == [[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": call},
+        {"role": "user", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "21 °C."}]]
 
 
 def test_a_folder_file_name_reads_its_data_files_in_order(registry, tmp_path):
@@ -117,9 +139,10 @@ def test_a_folder_file_name_reads_its_data_files_in_order(registry, tmp_path):
 def test_an_entry_in_the_file_wins_over_a_registered_name(registry, tmp_path):
     write_json(tmp_path / "mine.json", [{"instruction": "mine", "output": "yes"}])
     info = write_info(tmp_path, {"self-cognition": {"file_name": "mine.json"}})
-    assert dataset_source("self-cognition", registry, str(info)).files == (
+    args = SimpleNamespace(dataset_info=str(info))
+    assert dataset_source("self-cognition", registry, args).files == (
         str(tmp_path / "mine.json"),)
-    assert dataset_source("tang-poems", registry, str(info)).name == "tang-poems"
+    assert dataset_source("tang-poems", registry, args).name == "tang-poems"
     assert dataset_source("self-cognition", registry).files != (str(tmp_path / "mine.json"),)
 
 
@@ -131,12 +154,9 @@ def test_an_entry_in_the_file_wins_over_a_registered_name(registry, tmp_path):
      r"Dataset 'it' in .*dataset_info\.json is pre-training text .*prompt column 'text'"),
     ({"file_name": "c4.json", "formatting": "alpaca", "columns": {"prompt": "content"}},
      r"is pre-training text"),
-    ({"hf_hub_url": "tatsu-lab/alpaca"},
-     r"Dataset 'it' in .*dataset_info\.json has no file_name, only hf_hub_url "
-     r"'tatsu-lab/alpaca'.*hub plugins"),
-    ({"ms_hub_url": "AI-ModelScope/alpaca-gpt4-data-zh"},
-     r"ms_hub_url 'AI-ModelScope/alpaca-gpt4-data-zh' \(ModelScope\).*hub plugins"),
-    ({"script_url": "belle_multiturn"}, r"script_url 'belle_multiturn'"),
+    ({"script_url": "belle_multiturn"},
+     r"is loaded by a script \('belle_multiturn'\), which this SDK does not run"),
+    ({"columns": {"prompt": "q", "response": "a"}}, r"has no file_name \(nor hf_hub_url"),
     ({"file_name": "missing.json"}, r"file_name '.*missing\.json' does not exist"),
     ({"file_name": "x.json", "formatting": "openai"}, r"formatting 'openai'"),
 ])

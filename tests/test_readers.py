@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from sdk.data.conversations import dataset_source, load_conversations
+from sdk.data.conversations import load_conversations
 from sdk.data.readers import read_records
+from sdk.data.sources import dataset_source
 from sdk.errors import SdkError
 from sdk.plugins import load_plugins
 
@@ -140,7 +141,8 @@ def test_dataset_dict_folder_uses_train_or_names_the_splits(registry, tmp_path):
 
 
 def test_plain_folder_and_unknown_extension(registry, tmp_path):
-    with pytest.raises(SdkError, match="not written by datasets' save_to_disk"):
+    with pytest.raises(SdkError, match="holds no data files; give a .* or a folder written by "
+                                       "datasets' save_to_disk"):
         load_conversations([str(tmp_path)], registry, None)
     other = tmp_path / "data.txt"
     other.write_text("x")

@@ -11,12 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk import __version__
-from sdk.data.conversations import (
-    dataset_source,
-    iter_dataset,
-    sample_indices,
-    split_sample_size,
-)
+from sdk.data.conversations import iter_dataset, sample_indices, split_sample_size
 from sdk.data.encode import (
     DELETED,
     DROPPED,
@@ -26,9 +21,11 @@ from sdk.data.encode import (
     encode_row,
     stats_of,
 )
+from sdk.data.sources import dataset_source
 from sdk.errors import SdkError
 from sdk.models.loader import cache_dir
 from sdk.registry import Registry
+from sdk.specs import DatasetSpec
 from sdk.templates.engine import IGNORE_INDEX
 
 SYSTEM_CHECK_ROWS = 100  # enough to meet a system prompt if the data has them
@@ -54,10 +51,10 @@ def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | 
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _generate(name: str, registry: Registry, args: Any, format_name: str | None,
+def _generate(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
               skip_bad: bool, skipped_file: str):
     skipped: list[str] | None = [] if skip_bad else None
-    for messages in iter_dataset(name, registry, args, format_name, skipped):
+    for messages in iter_dataset(source, registry, args, format_name, skipped):
         yield {"messages": messages}
     Path(skipped_file).write_text(json.dumps(skipped or []), encoding="utf-8")
 
@@ -73,14 +70,14 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
     parts = []
     for name_and_count in names:
         name, count = split_sample_size(name_and_count)
-        source = dataset_source(name, registry, getattr(args, "dataset_info", None))
+        source = dataset_source(name, registry, args)
         fingerprint = _fingerprint(name, source.files, args, args.dataset_format)
         skipped_file = folder / f"{fingerprint}.skipped.json"
         try:
             part = Dataset.from_generator(
                 _generate, features=_messages_features(), cache_dir=str(folder),
                 fingerprint=fingerprint,
-                gen_kwargs={"name": name, "registry": registry, "args": args,
+                gen_kwargs={"source": source, "registry": registry, "args": args,
                             "format_name": args.dataset_format, "skip_bad": skipped is not None,
                             "skipped_file": str(skipped_file)})
         except DatasetGenerationError as error:

@@ -7,37 +7,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, read_dataset_info
-from sdk.data.readers import READERS, BadRecord, read_records
+from sdk.data.readers import BadRecord, read_records
+from sdk.data.sources import dataset_source
 from sdk.errors import SdkError
 from sdk.registry import Registry
 from sdk.specs import DataFormat, DatasetSpec, resolve_callable
 from sdk.templates.engine import check_messages
 
 Conversation = list[dict[str, str]]
-
-
-def dataset_source(name: str, registry: Registry,
-                   dataset_info: str | None = None) -> DatasetSpec:
-    """The dataset ``name`` defined in ``dataset_info`` (a dataset_info.json, which wins over
-    the registry), the registered one, or an ad-hoc one for a local data file."""
-    info_names: dict = {}
-    if dataset_info:
-        info_names = read_dataset_info(dataset_info)
-        if name in info_names:
-            return dataset_from_info(name, dataset_info)
-    if name in registry.entries["datasets"] or name in registry.conflicts["datasets"]:
-        return registry.get("datasets", name)
-    path = Path(name)
-    if path.exists() or path.suffix.lower() in READERS or "/" in name:
-        return DatasetSpec(name=name, files=(name,))
-    try:
-        return registry.get("datasets", name)  # raises: unknown name, with suggestions
-    except SdkError as error:
-        if not dataset_info:
-            raise
-        raise SdkError(f"{error} Nor is it defined in --dataset-info "
-                       f"{info_file(dataset_info)}.{did_you_mean(name, info_names)}") from None
 
 
 def detect_format(where: str, record: dict, registry: Registry) -> DataFormat:
@@ -100,7 +77,8 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
     seed = getattr(args, "seed", 42)
     for name_and_count in names:
         name, count = split_sample_size(name_and_count)
-        rows = list(iter_dataset(name, registry, args, format_name, skipped))
+        source = dataset_source(name, registry, args)
+        rows = list(iter_dataset(source, registry, args, format_name, skipped))
         if count is not None:
             rows = [rows[i] for i in sample_indices(len(rows), count, seed)]
         conversations += rows
@@ -109,9 +87,22 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
     return conversations
 
 
-def iter_dataset(name: str, registry: Registry, args: Any, format_name: str | None,
+def column_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``--columns FIELD=OURS`` pairs as a dict."""
+    renames = {}
+    for pair in pairs:
+        field, equals, ours = pair.partition("=")
+        if not equals or not field or not ours:
+            raise SdkError(f"--columns '{pair}': give FIELD=OURS, e.g. question=instruction "
+                           "(the record's field, then the name a format reads).")
+        renames[field] = ours
+    return renames
+
+
+def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
                  skipped: list[str] | None) -> Iterator[Conversation]:
-    """One dataset's conversations, in file order, read as they are needed."""
+    """One dataset's conversations, in file order, read as they are needed; ``source`` from
+    :func:`sdk.data.sources.dataset_source`."""
 
     def reject(where: str, reason: str) -> None:
         if skipped is None:
@@ -119,7 +110,7 @@ def iter_dataset(name: str, registry: Registry, args: Any, format_name: str | No
                            "--skip-bad-records to leave such records out.")
         skipped.append(where)
 
-    source = dataset_source(name, registry, getattr(args, "dataset_info", None))
+    renames = column_map(getattr(args, "columns", None) or [])
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
     forced = format_name or source.format
     data_format = registry.get("formats", forced) if forced else None
@@ -131,6 +122,8 @@ def iter_dataset(name: str, registry: Registry, args: Any, format_name: str | No
             if not isinstance(record, dict):
                 reject(where, f"expected a JSON object, got {type(record).__name__}")
                 continue
+            if renames:
+                record = {renames.get(key, key): value for key, value in record.items()}
             if preprocess is not None:
                 record = preprocess(record, args)
             if data_format is None:

@@ -28,9 +28,9 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
                  "assistant_tag": "gpt", "observation_tag": "observation",
                  "function_tag": "function_call", "system_tag": "system"}
 # an entry's role tag -> the role name the built-in sharegpt format reads (SHAREGPT_ROLES)
-OUR_ROLE = {"user_tag": "human", "assistant_tag": "gpt", "system_tag": "system"}
-HUB_KEYS = {"hf_hub_url": "Hugging Face Hub", "ms_hub_url": "ModelScope",
-            "script_url": "a loading script"}
+OUR_ROLE = {"user_tag": "human", "assistant_tag": "gpt", "system_tag": "system",
+            "observation_tag": "observation", "function_tag": "function_call"}
+HUB_KEYS = {"hf_hub_url": "huggingface", "ms_hub_url": "modelscope"}
 MEDIA_COLUMNS = ("images", "videos", "audios")
 
 
@@ -78,14 +78,13 @@ def dataset_from_info(name: str, info_path: str | Path) -> DatasetSpec:
                        "answers); supervised fine-tuning cannot train on it. Use a DPO/RM "
                        "tool, or pick an SFT dataset.")
     file_name = entry.get("file_name")
-    if not file_name:
-        hub = [(key, entry[key]) for key in HUB_KEYS if entry.get(key)]
-        if hub:
-            key, repo = hub[0]
-            raise SdkError(f"{where} has no file_name, only {key} '{repo}' ({HUB_KEYS[key]}). "
-                           "Hub datasets come with the hub plugins (see `sdk datasets`); or "
-                           f"download '{repo}' and point file_name at the local copy.")
-        raise SdkError(f"{where} has no file_name.")
+    hub_ids = {hub: entry[key] for key, hub in HUB_KEYS.items() if entry.get(key)}
+    if not file_name and not hub_ids:
+        if entry.get("script_url"):
+            raise SdkError(f"{where} is loaded by a script ('{entry['script_url']}'), which "
+                           "this SDK does not run. Convert the data to json/jsonl/csv/parquet "
+                           "and point file_name at it.")
+        raise SdkError(f"{where} has no file_name (nor hf_hub_url / ms_hub_url).")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise SdkError(f"{where} has formatting '{formatting}'; supported: alpaca, sharegpt.")
@@ -111,7 +110,13 @@ def dataset_from_info(name: str, info_path: str | Path) -> DatasetSpec:
         preprocess = _sharegpt(_merged(SHAREGPT_COLUMNS, columns),
                                _merged(SHAREGPT_TAGS, tags))
         data_format = "sharegpt"
-    return DatasetSpec(name=name, files=_files(path.parent / file_name, where),
+    # A hub entry's "folder" (or "subset", when the hub lays its configs out as folders)
+    # narrows the repository's files; "split" picks among them.
+    return DatasetSpec(name=name,
+                       files=_files(path.parent / file_name, where) if file_name else (),
+                       hub_ids=hub_ids, revision=entry.get("revision") or "main",
+                       split=entry.get("split") or "train",
+                       subset=entry.get("folder") or entry.get("subset"),
                        format=data_format, preprocess=preprocess,
                        description=f"{formatting} entry of {path}")
 

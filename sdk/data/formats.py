@@ -65,10 +65,13 @@ def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
     ])
 
 
-# ShareGPT role tags as the common exports write them
+# ShareGPT role tags as the common exports write them. A tool call is the assistant's turn
+# (its text is trained) and the tool's answer comes back on the user's side, as the
+# LLaMA-Factory / ms-swift agent data alternate them.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
-                  "system": "system"}
+                  "system": "system", "function_call": "assistant", "observation": "user",
+                  "tool": "user"}
 
 
 def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
@@ -134,4 +137,5 @@ def register_formats(register):
                         "query / response, or prompt / query / response (ChatGLM fine-tuning "
                         "schema); optional system and history"))
     register(DataFormat("sharegpt", has_keys("conversations"), sharegpt_to_messages,
-                        "ShareGPT: {conversations: [{from: human|gpt|system, value}]}"))
+                        "ShareGPT: {conversations: [{from: human|gpt|system|function_call|"
+                        "observation, value}]}"))

@@ -1,0 +1,124 @@
+"""Where a ``--dataset`` comes from: a dataset_info.json entry, a registered dataset (bundled
+files or a hub repository), a local file or folder, or a hub dataset id — resolved to local
+data files, downloading them if needed."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, read_dataset_info
+from sdk.data.readers import READERS, is_saved_dataset
+from sdk.errors import SdkError
+from sdk.hubs import default_hub
+from sdk.registry import Registry
+from sdk.specs import DatasetSpec, resolve_callable
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+SPLITS = {"train", "test", "validation", "valid", "dev", "eval"}
+
+
+def dataset_source(name: str, registry: Registry, args: Any = None) -> DatasetSpec:
+    """The dataset ``name`` with its files on this machine.
+
+    Looked up in order: ``--dataset-info`` (its entries win over the registry), the
+    registry, a local path, a hub dataset id (``owner/name`` on ``--hub``).
+    ``--dataset-path NAME=PATH`` points a named dataset at a local copy.
+    """
+    dataset_info = getattr(args, "dataset_info", None)
+    info_names: dict = {}
+    if dataset_info:
+        info_names = read_dataset_info(dataset_info)
+    local_copies = local_paths(getattr(args, "dataset_path", None) or [])
+    if name in info_names:
+        spec = dataset_from_info(name, dataset_info)
+    elif name in registry.entries["datasets"] or name in registry.conflicts["datasets"]:
+        spec = registry.get("datasets", name)
+    elif Path(name).exists() or Path(name).suffix.lower() in READERS:
+        return DatasetSpec(name=name, files=local_files(Path(name), "train", None, name))
+    elif HUB_ID.match(name):
+        spec = DatasetSpec(name=name, hub_ids={hub_name(args): name})
+    else:
+        try:
+            registry.get("datasets", name)  # raises: unknown name, with suggestions
+        except SdkError as error:
+            if not dataset_info:
+                raise
+            raise SdkError(f"{error} Nor is it defined in --dataset-info "
+                           f"{info_file(dataset_info)}.{did_you_mean(name, info_names)}"
+                           ) from None
+    if name in local_copies:
+        files = local_files(local_copies[name], spec.split, spec.subset,
+                            f"--dataset-path {name}={local_copies[name]}")
+    elif spec.files or not spec.hub_ids:
+        return spec
+    else:
+        files = download(spec, registry, args)
+    return dataclasses.replace(spec, files=files, hub_ids={})
+
+
+def hub_name(args: Any) -> str:
+    return getattr(args, "hub", None) or default_hub()
+
+
+def local_paths(pairs: list[str]) -> dict[str, Path]:
+    """``--dataset-path NAME=PATH`` pairs, checked."""
+    paths = {}
+    for pair in pairs:
+        name, equals, path = pair.partition("=")
+        if not equals or not name or not path:
+            raise SdkError(f"--dataset-path '{pair}': give NAME=PATH, e.g. "
+                           "alpaca-zh=/data/alpaca_gpt4_data_zh.json.")
+        if not Path(path).exists():
+            raise SdkError(f"--dataset-path {pair}: '{path}' does not exist.")
+        paths[name] = Path(path)
+    return paths
+
+
+def download(spec: DatasetSpec, registry: Registry, args: Any) -> tuple[str, ...]:
+    """The data files of the dataset's repository on ``--hub`` (else the first hub it has)."""
+    preferred = hub_name(args)
+    chosen = preferred if preferred in spec.hub_ids else next(iter(spec.hub_ids))
+    hub = registry.get("hubs", chosen)
+    repo_id = spec.hub_ids[chosen]
+    where = f"Dataset '{spec.name}' ({chosen} dataset {repo_id})"
+    try:
+        folder = resolve_callable(hub.download)(
+            repo_id, spec.revision, repo_type="dataset",
+            token=getattr(args, "hub_token", None))
+    except SdkError as error:
+        hint = ("" if spec.name != repo_id else
+                f" '{spec.name}' is not a local file or folder either.")
+        raise SdkError(f"{where} could not be downloaded: {error}{hint} To use a local "
+                       f"copy, pass --dataset-path {spec.name}=PATH.") from None
+    return local_files(Path(folder), spec.split, spec.subset, where)
+
+
+def _split_tokens(path: Path) -> set[str]:
+    return set(re.split(r"[/_.\-]", str(path).lower())) & SPLITS
+
+
+def local_files(path: Path, split: str, subset: str | None, where: str) -> tuple[str, ...]:
+    """A data file as it is; of a folder, the data files of ``split`` (files named after no
+    split count as every split's) under the ``subset`` folder, hidden folders left out."""
+    if path.is_file() or is_saved_dataset(path) or not path.is_dir():
+        return (str(path),)  # a missing file is reported when it is read, with its name
+    found = sorted(p for p in path.rglob("*")
+                   if p.is_file() and p.suffix.lower() in READERS
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if subset:
+        found = [p for p in found if subset in p.relative_to(path).parts[:-1]]
+    if not found:
+        raise SdkError(f"{where}: folder '{path}' holds no data files; give a "
+                       f"{'/'.join(sorted(READERS))} file, a folder of them, or a folder "
+                       "written by datasets' save_to_disk.")
+    of_split = [p for p in found if split in _split_tokens(p.relative_to(path))]
+    chosen = of_split or [p for p in found if not _split_tokens(p.relative_to(path))]
+    if not chosen:
+        listed = ", ".join(str(p.relative_to(path)) for p in found[:10])
+        raise SdkError(f"{where}: no {'/'.join(sorted(READERS))} files of split '{split}'"
+                       f"{f' in subset {subset}' if subset else ''} in {path} (data files "
+                       f"there: {listed}).")
+    return tuple(str(p) for p in chosen)
