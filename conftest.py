@@ -118,7 +118,9 @@ def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, 
 
     def logits(network):
         with torch.no_grad():
-            return network(**inputs.to(network.device)).logits.float()
+            # the input's own positions: prompt/p-tuning put logits of virtual tokens first
+            length = inputs["input_ids"].shape[1]
+            return network(**inputs.to(network.device)).logits[:, -length:].float()
 
     torch.testing.assert_close(logits(model), logits(result.model.eval()), rtol=1e-5, atol=1e-5)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -135,6 +137,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
                            tmp_path_factory.mktemp("tiny-model"), tie_word_embeddings=True,
                            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                           pad_token_id=tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_64(tmp_path_factory) -> Path:
+    """Like tiny_model_dir, 64 wide: 4-bit quantization works in blocks of 64 weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+    return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
+                           tmp_path_factory.mktemp("tiny-64"), hidden_size=64,
+                           intermediate_size=128, tie_word_embeddings=True,
                            pad_token_id=tokenizer.pad_token_id)
 
 
@@ -204,3 +218,39 @@ def identity_data(tmp_path) -> Path:
                 {"role": "assistant", "content": "I am Tiny, made by the tests."},
             ]}) + "\n")
     return path
+
+
+@pytest.fixture
+def hf_hub_server(tmp_path, monkeypatch):
+    """A started fake Hugging Face Hub (fake_hubs/huggingface.py). While the test runs,
+    huggingface_hub has a fresh HF_HOME under tmp_path, no token and offline mode off; pass
+    ``endpoint=server.url`` (or HF_ENDPOINT to a subprocess)."""
+    from fake_hubs.huggingface import FakeHuggingFaceHub, isolate_client
+
+    isolate_client(monkeypatch, tmp_path / "hf-home")
+    with FakeHuggingFaceHub() as server:
+        yield server
+
+
+def _modelscope_gives_up_quickly() -> None:
+    """modelscope reads its timeouts and retry counts once, when first imported: before any test
+    imports it, make it give up on a failing or silent hub within seconds."""
+    from fake_hubs.modelscope import give_up_quickly
+
+    give_up_quickly()
+
+
+_modelscope_gives_up_quickly()
+
+
+@pytest.fixture
+def ms_hub_server(tmp_path, monkeypatch):
+    """A started fake ModelScope hub (fake_hubs/modelscope.py). While the test runs, modelscope
+    has a fresh MODELSCOPE_HOME and MODELSCOPE_CACHE under tmp_path and no token or endpoint
+    from the environment; pass ``endpoint=server.url`` (or MODELSCOPE_ENDPOINT to a
+    subprocess)."""
+    from fake_hubs.modelscope import FakeModelScopeHub, isolate_client
+
+    isolate_client(monkeypatch, tmp_path / "ms-home")
+    with FakeModelScopeHub() as server:
+        yield server

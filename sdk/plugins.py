@@ -31,6 +31,8 @@ BUILTIN_MODULES = (
     "sdk.data.formats",
     "sdk.tuners.builtin",
     "sdk.hubs.local",
+    "sdk.hubs.huggingface",
+    "sdk.hubs.modelscope",
 )
 REGISTRATION_HOOKS = {f"register_{kind}": kind for kind in KINDS}
 

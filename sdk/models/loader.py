@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
+from sdk.hubs import default_hub
 from sdk.specs import ModelSpec, resolve_callable
 
 # bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub;
 # offline that is expected and says nothing about the run.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-DEFAULT_HUB = "local"
 
 
 @dataclass
@@ -140,7 +139,7 @@ def load_tokenizer(spec: ModelSpec, args: Any, registry: Any) -> Any:
 
 def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
     """The load options for ``args``, after the checks every loader needs."""
-    hub = registry.get("hubs", args.hub or DEFAULT_HUB)
+    hub = registry.get("hubs", args.hub or default_hub())
 
     def download(model_spec: ModelSpec) -> Path:
         repo_id = model_spec.hub_ids.get(hub.name)

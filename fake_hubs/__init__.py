@@ -1,0 +1,1 @@
+"""Fake hub servers for tests: local HTTP servers that speak enough of each hub's API."""
