@@ -1,5 +1,5 @@
-"""Run folders (``<output>/<model-type>/v<N>-<YYYYMMDD-HHMMSS>/``) and the files that make a
-checkpoint self-describing."""
+"""Run folders (``<output>/<model-type>/v<N>-<YYYYMMDD-HHMMSS>/``), the files that make a
+checkpoint self-describing, and the one definition of a complete checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from typing import Any
 from sdk.errors import SdkError
 
 ARGS_FILE = "sft_args.json"
+LOG_FILE = "logging.jsonl"
+# Checkpoints are written here and renamed into the run folder once complete
+# (sdk/train/trainer.py); whatever is left here was cut short.
+PARTIAL_DIR = ".partial"
 _VERSION = re.compile(r"^v(\d+)-")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -27,10 +31,22 @@ def new_run_dir(output_dir: str | Path, model_type: str) -> Path:
     # The lock makes "find the highest version, create the next" one step across processes.
     with (parent / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        used = [int(m.group(1)) for p in parent.iterdir() if (m := _VERSION.match(p.name))]
-        run_dir = parent / f"v{max(used, default=-1) + 1}-{time.strftime('%Y%m%d-%H%M%S')}"
+        version = max(_versions(parent), default=-1) + 1
+        run_dir = parent / f"v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir()
     return run_dir
+
+
+def newest_run(output_dir: str | Path, model_type: str) -> Path | None:
+    """The run folder of ``model_type`` with the highest version, if there is one."""
+    parent = Path(output_dir) / model_type
+    runs = _versions(parent) if parent.is_dir() else {}
+    return runs[max(runs)] if runs else None
+
+
+def _versions(parent: Path) -> dict[int, Path]:
+    return {int(m.group(1)): p for p in parent.iterdir()
+            if p.is_dir() and (m := _VERSION.match(p.name))}
 
 
 def write_args(folder: Path, arguments: dict[str, Any]) -> None:
@@ -38,7 +54,63 @@ def write_args(folder: Path, arguments: dict[str, Any]) -> None:
                                     encoding="utf-8")
 
 
+def read_saved_arguments(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``sft_args.json``; an error naming the file if it is damaged or foreign."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SdkError(f"{path} cannot be read ({error}); the checkpoint is damaged.") from None
+    missing = [key for key in ("model_type", "sft_type", "template")
+               if not isinstance(saved, dict) or not isinstance(saved.get(key), str)]
+    if missing:
+        raise SdkError(f"{path} lacks {', '.join(missing)}; it was not written by `sdk sft`.")
+    return saved
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """A ``checkpoint-N`` folder in a run folder, holding ``sft_args.json``.
+
+    `sdk sft` writes a checkpoint under ``.partial/`` and renames it into the run folder only
+    when every file, ``sft_args.json`` included, is written; checkpoints from before that
+    scheme got ``sft_args.json`` last. Either way a save cut short fails this test."""
+    return (folder.is_dir() and _CHECKPOINT.match(folder.name) is not None
+            and folder.parent.name != PARTIAL_DIR and (folder / ARGS_FILE).is_file())
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    match = _CHECKPOINT.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"{checkpoint} is not named checkpoint-N")
+    return int(match.group(1))
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
-             if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-    return [p for _, p in sorted(found)]
+    """The complete checkpoints of a run folder, oldest step first."""
+    return sorted((p for p in run_dir.iterdir() if is_complete_checkpoint(p)),
+                  key=checkpoint_step)
+
+
+def find_checkpoint(path: str | Path, flag: str) -> Path:
+    """A complete checkpoint folder as given, or the newest complete checkpoint of a run
+    folder; ``flag`` names the option in the errors."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SdkError(f"{flag} '{path}' is not a folder.")
+    if _CHECKPOINT.match(folder.name) is None:  # a run folder
+        found = checkpoints(folder)
+        if found:
+            return found[-1]
+        if (folder / ARGS_FILE).is_file() and any(
+                (folder / name).is_file() for name in ("config.json", "adapter_config.json")):
+            return folder  # a checkpoint pushed to a hub (`sdk push`) and downloaded
+        if (folder / ARGS_FILE).is_file():
+            raise SdkError(f"{flag} '{path}' is a run of `sdk sft` with no complete checkpoint "
+                           "yet (a save cut short does not count).")
+        raise SdkError(f"{flag} '{path}' holds no checkpoint written by `sdk sft` (no "
+                       f"checkpoint-N folder with {ARGS_FILE}).")
+    if is_complete_checkpoint(folder):
+        return folder
+    if folder.parent.name == PARTIAL_DIR or (folder.parent / ARGS_FILE).is_file():
+        raise SdkError(f"{flag} '{path}' is an incomplete checkpoint (its save was cut short); "
+                       "give its run folder to use the newest complete one.")
+    raise SdkError(f"{flag} '{path}' was not written by `sdk sft` (it has no {ARGS_FILE}).")

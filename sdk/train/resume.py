@@ -1,0 +1,79 @@
+"""``--resume-from-checkpoint``: find the checkpoint, check that it fits this run, and make its
+run folder read as one uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sdk.config import SftArguments
+from sdk.errors import SdkError
+from sdk.train.run_dir import (
+    ARGS_FILE,
+    LOG_FILE,
+    checkpoint_step,
+    checkpoints,
+    find_checkpoint,
+    newest_run,
+    read_saved_arguments,
+)
+
+FLAG = "--resume-from-checkpoint"
+
+
+def resume_checkpoint(args: SftArguments) -> Path | None:
+    """The complete checkpoint that ``--resume-from-checkpoint`` names (a checkpoint or run
+    folder, or ``auto``: the newest run of ``--model-type`` under ``--output-dir``), checked
+    against this run's arguments; None without the flag. Reads no model."""
+    given = args.resume_from_checkpoint
+    if not given:
+        return None
+    if given == "auto":
+        run = newest_run(args.output_dir, args.model_type)
+        if run is None:
+            raise SdkError(f"{FLAG} auto: there is no run of {args.model_type} under "
+                           f"--output-dir '{args.output_dir}'. Give the --output-dir of the run "
+                           "to resume, or its checkpoint folder.")
+        checkpoint = find_checkpoint(run, f"{FLAG} auto: the newest run")
+    else:
+        checkpoint = find_checkpoint(given, FLAG)
+    saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    for name in ("model_type", "sft_type"):
+        if saved[name] != getattr(args, name):
+            flag = "--" + name.replace("_", "-")
+            raise SdkError(f"{FLAG}: {checkpoint} was trained with {flag} {saved[name]}, this "
+                           f"run has {flag} {getattr(args, name)}. Give {flag} {saved[name]} "
+                           f"to resume it, or leave out {FLAG} for a fresh run.")
+    if saved.get("only_save_model"):
+        raise SdkError(f"{FLAG}: {checkpoint} was saved with --only-save-model, without the "
+                       "optimizer state that resuming needs. Start a fresh run from its "
+                       f"weights instead (--adapter {checkpoint} for an adapter tuner).")
+    later = [c.name for c in checkpoints(checkpoint.parent)
+             if checkpoint_step(c) > checkpoint_step(checkpoint)]
+    if later:
+        raise SdkError(f"{FLAG}: {checkpoint.parent} already has checkpoints after "
+                       f"{checkpoint.name} ({', '.join(later)}), which the resumed run would "
+                       "replace. Resume from the run folder (its newest checkpoint), or move "
+                       "the later ones out of it.")
+    return checkpoint
+
+
+def keep_log_until(run_dir: Path, step: int) -> None:
+    """Drop the log records after ``step`` (and a last line cut short by a crash), so a run
+    resumed from checkpoint-``step`` logs as one uninterrupted run."""
+    path = run_dir / LOG_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    # Written aside and renamed over the log: a crash here keeps the whole old log.
+    rewritten = path.with_name(LOG_FILE + ".partial")
+    rewritten.write_text("".join(kept), encoding="utf-8")
+    os.replace(rewritten, path)
