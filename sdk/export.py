@@ -1,0 +1,227 @@
+"""`sdk export`: a checkpoint as a standalone model folder, which transformers loads alone and
+`sdk infer --ckpt-dir` reloads as a full model.
+
+An adapter checkpoint needs ``--merge-lora``: the adapter is merged into its base model. A
+base trained in 4/8 bits (QLoRA) is loaded unquantized in the compute dtype for this, as is
+usual: adding the adapter to quantized weights would need a second rounding, and the merged
+model is meant to run without bitsandbytes. A full or freeze checkpoint is saved again
+without its optimizer state.
+
+The folder holds the weights (safetensors), config.json, generation_config.json whose
+eos ids end a reply where the template does, the tokenizer with a chat template that renders
+exactly what the sdk template renders (``sdk.templates.to_jinja``; in tokenizer_config.json,
+where older tools look too) and sft_args.json (sft_type full, the model type and template
+kept, ``exported_from`` saying how it was made). It is written into a hidden folder beside
+the target and renamed into place when complete, so a failure leaves no half export.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sdk import __version__
+from sdk.config import ExportArguments, InferArguments
+from sdk.errors import SdkError
+from sdk.infer.chat import (
+    EXPORTED,
+    checkpoint_or_export,
+    is_export,
+    load_for_inference,
+    stop_tokens,
+)
+from sdk.models.loader import torch_dtype
+from sdk.registry import Registry
+from sdk.templates.engine import Template
+from sdk.templates.to_jinja import to_jinja
+from sdk.train.run_dir import ARGS_FILE, read_saved_arguments, write_args
+
+DTYPES = ("bf16", "fp16", "fp32")
+ADAPTER_CONFIG = "adapter_config.json"  # what peft saves with every adapter
+# Conversations the exported chat template is checked on: without and with a system prompt,
+# one turn and several.
+PROBES = (
+    [{"role": "user", "content": "Who are you?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Who are you?"}],
+)
+
+
+def run_export(args: ExportArguments, registry: Registry) -> Path:
+    if not args.ckpt_dir:
+        raise SdkError("Give --ckpt-dir: a checkpoint (or run) folder written by `sdk sft`.")
+    checkpoint = checkpoint_or_export(args.ckpt_dir)
+    saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    check_merge(args.merge_lora, saved["sft_type"], checkpoint)
+    output = Path(args.output_dir) if args.output_dir else checkpoint.with_name(
+        checkpoint.name + ("-merged" if args.merge_lora else "-export"))
+    check_output(output, checkpoint, args.overwrite)
+    dtype = export_dtype(args.dtype, saved)
+    bits = saved.get("quantization_bit") or 0
+    if bits:
+        click.echo(f"[sdk] the adapter was trained on a {bits}-bit base: merging it into the "
+                   f"base loaded unquantized in {dtype_name(torch_dtype(dtype))} (outputs "
+                   f"differ slightly from the {bits}-bit model's, whose base weights were "
+                   "rounded)", err=True)
+    with staged(output, checkpoint, args.overwrite) as folder:
+        model, tokenizer, template = load_model(checkpoint, args, dtype, registry)
+        save_model(folder, model, tokenizer, template)
+        write_args(folder, {**saved, "sft_type": "full", "quantization_bit": 0,
+                            "dtype": dtype_name(model.dtype),
+                            EXPORTED: {"checkpoint": str(checkpoint.resolve()),
+                                       "sft_type": saved["sft_type"],
+                                       "merged": args.merge_lora,
+                                       "sdk_version": __version__}})
+    click.echo(f"[sdk] exported {'merged ' if args.merge_lora else ''}model: {output}",
+               err=True)
+    click.echo(str(output))
+    return output
+
+
+def check_merge(merge: bool, sft_type: str, checkpoint: Path) -> None:
+    """--merge-lora for a peft adapter whose weights merge, and only then. What the
+    checkpoint holds decides, not the tuner's flags: virtual-token tuners save peft adapters
+    too, and those cannot merge."""
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
+        if merge:
+            raise SdkError(f"--merge-lora: {checkpoint} holds a whole model (--sft-type "
+                           f"{sft_type}), not an adapter. Export it without --merge-lora.")
+        return
+    from peft import PeftConfig
+
+    if PeftConfig.from_pretrained(str(checkpoint)).is_prompt_learning:
+        raise SdkError(f"{checkpoint} holds the virtual tokens of the {sft_type} tuner, which "
+                       "cannot be merged into the model's weights, so it has no standalone "
+                       f"export. Use the checkpoint itself: sdk infer --ckpt-dir {checkpoint}")
+    if not merge:
+        raise SdkError(f"{checkpoint} holds a {sft_type} adapter, not a whole model: pass "
+                       "--merge-lora to merge it into its base model.")
+
+
+def check_output(output: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Refuse a target that is or holds the checkpoint, a file, or a non-empty folder other
+    than an earlier export (and that one without --overwrite)."""
+    target, source = output.resolve(), checkpoint.resolve()
+    if target == source or target in source.parents:
+        raise SdkError(f"--output-dir '{output}' is the checkpoint or a folder holding it; "
+                       "give a folder of its own.")
+    if output.exists() and not output.is_dir():
+        raise SdkError(f"--output-dir '{output}' is a file; give a folder.")
+    if output.is_dir() and any(output.iterdir()):
+        if not is_export(output):
+            raise SdkError(f"--output-dir '{output}' is not empty and holds no earlier export "
+                           "(--overwrite replaces only those); give another folder.")
+        if not overwrite:
+            raise SdkError(f"--output-dir '{output}' holds an earlier export; pass --overwrite "
+                           "to replace it, or give another folder.")
+
+
+def export_dtype(requested: str, saved: dict[str, Any]) -> str:
+    """``--dtype``, else the compute dtype of a 4-bit base, else the dtype trained in."""
+    if requested != "auto":
+        return requested
+    compute = saved.get("bnb_4bit_comp_dtype")
+    if saved.get("quantization_bit") == 4 and compute in DTYPES:
+        return compute
+    return saved["dtype"] if saved.get("dtype") in DTYPES else "auto"
+
+
+def dtype_name(dtype: Any) -> str:
+    return next((name for name in DTYPES if torch_dtype(name) == dtype), str(dtype))
+
+
+@contextmanager
+def staged(output: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder beside ``output`` to write into, renamed to ``output`` when the block
+    succeeds and removed when it fails."""
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)  # not mkdtemp: the export gets the umask's permissions
+    except OSError as error:
+        raise SdkError(f"--output-dir '{output}' cannot be written: {error}") from None
+    try:
+        yield staging
+        check_output(output, checkpoint, overwrite)  # again: the load took a while
+        put_in_place(staging, output)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SdkError(f"Writing the export to '{output}' failed: {error}. Nothing was left "
+                       "there.") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def put_in_place(staging: Path, output: Path) -> None:
+    """Rename ``staging`` to ``output``; an empty folder or an earlier export there is moved
+    aside first and deleted only once the new one is in place."""
+    if not output.exists():
+        staging.rename(output)
+        return
+    aside = output.parent / f".{output.name}.replaced-{uuid.uuid4().hex[:8]}"
+    output.rename(aside)
+    try:
+        staging.rename(output)
+    except OSError:
+        aside.rename(output)
+        raise
+    shutil.rmtree(aside)
+
+
+def load_model(checkpoint: Path, args: ExportArguments, dtype: str,
+               registry: Registry) -> tuple[Any, Any, Template]:
+    """The checkpoint's model (its adapter merged with --merge-lora, on an unquantized base),
+    tokenizer and template, as `sdk infer` rebuilds them."""
+    model, tokenizer, template = load_for_inference(InferArguments(
+        ckpt_dir=str(checkpoint), dtype=dtype, quantization_bit=0,
+        model_id_or_path=args.model_id_or_path), registry)
+    if args.merge_lora:
+        model = model.merge_and_unload()
+    return model, tokenizer, template
+
+
+def save_model(folder: Path, model: Any, tokenizer: Any, template: Template) -> None:
+    # The model's own eos ids and the template's (stop strings need a tokenizer: left out).
+    config = model.generation_config
+    known = config.eos_token_id if isinstance(config.eos_token_id, list) else [
+        config.eos_token_id]
+    stop_ids = sorted({*stop_tokens(template, tokenizer)[0], *known} - {None})
+    if stop_ids:
+        config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.chat_template = to_jinja(template)
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
+    difference = template_difference(template, tokenizer)
+    if difference:
+        click.echo(f"warning: {difference}; tools other than `sdk infer` may prompt the "
+                   "exported model differently.", err=True)
+
+
+def template_difference(template: Template, tokenizer: Any) -> str | None:
+    """How transformers' rendering with the exported chat template differs from the
+    template's own, on the probe conversations; None when it does not."""
+    from jinja2.exceptions import TemplateError
+
+    for messages in PROBES:
+        for prompt in (False, True):
+            try:
+                expected = template.render(messages, prompt)
+            except ValueError:  # a conversation this template does not take
+                continue
+            try:
+                actual = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                       add_generation_prompt=prompt)
+            except TemplateError as error:
+                actual = f"an error ({error})"
+            if actual != expected:
+                return (f"the exported chat template renders {actual!r} where template "
+                        f"'{template.spec.name}' renders {expected!r}")
+    return None
