@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, TOKENIZERS, save_tiny_model, train_and_reload
+from conftest import TINY_MODEL_TYPE, train_and_reload
 from sdk.catalogue import first_party_plugins
 from sdk.errors import SdkError
 from sdk.plugins import PluginSet
@@ -29,18 +29,6 @@ def test_models_all_lists_every_first_party_model_type(run_cli):
     table = run_cli("models", "--all").stdout
     assert table.splitlines()[0].split() == ["model_type", "family", "template", "plugin",
                                             "installed"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_64(tmp_path_factory):
-    """Like tiny_model_dir, 64 wide: 4-bit quantization works in blocks of 64 weights."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
-    return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
-                           tmp_path_factory.mktemp("tiny-64"), hidden_size=64,
-                           intermediate_size=128, tie_word_embeddings=True,
-                           pad_token_id=tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])

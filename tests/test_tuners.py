@@ -50,7 +50,8 @@ def test_freeze_with_nothing_to_train_is_an_error(plugin_set, tiny_model_dir, id
 
 def test_tuners_are_listed_with_a_description(run_cli):
     rows = {row["name"]: row for row in json.loads(run_cli("tuners", "--json").stdout)}
-    assert {"lora", "dora", "rslora", "ia3", "freeze", "full"} <= set(rows)
+    assert {"lora", "qlora", "dora", "rslora", "adalora", "ia3", "prefix", "ptuning", "prompt",
+            "freeze", "full"} <= set(rows)
     assert all(row["description"] for row in rows.values())
 
 
@@ -108,3 +109,79 @@ def test_an_adapter_for_another_model_or_tuner_is_refused(plugin_set, tiny_model
         sft(adapter=str(alien))
     with pytest.raises(SdkError, match="--sft-type full does not train one"):
         sft(adapter=str(alien), sft_type="full")
+
+
+def test_adalora_prunes_ranks_to_the_target_budget_and_reloads(plugin_set, tiny_model_dir,
+                                                              identity_data, tmp_path):
+    from safetensors.torch import load_file
+
+    # 4 rows, 2 a step, 3 epochs: the schedule comes from the Trainer's 6 steps
+    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir,
+                                identity_data, tmp_path, sft_type="adalora", max_steps=-1,
+                                num_train_epochs=3, save_steps=6, adalora_init_rank=4,
+                                adalora_target_rank=2)
+    config = json.loads((reloaded.result.checkpoint / "adapter_config.json").read_text())
+    assert (config["total_step"], config["tinit"], config["tfinal"]) == (6, 0, 1)
+    kept = {name: sum(mask) for name, mask in config["rank_pattern"].items()}
+    assert len(kept) == 14  # q k v o gate up down in 2 layers
+    assert sum(kept.values()) == 2 * len(kept)  # the target budget: an average rank of 2
+    assert len(set(kept.values())) > 1  # allocated unevenly, where the scores put it
+    weights = load_file(reloaded.result.checkpoint / "adapter_model.safetensors")
+    saved_ranks = {name: tensor.shape[0] for name, tensor in weights.items()
+                   if name.endswith("lora_E")}
+    assert sorted(saved_ranks.values()) == sorted(kept.values())  # pruned ranks are not saved
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(adalora_target_rank=16), "--adalora-target-rank 16 is above --adalora-init-rank 12"),
+    (dict(adalora_tinit=1, adalora_tfinal=1), "leave none of the 2 training steps"),
+])
+def test_adalora_settings_are_checked(plugin_set, tiny_model_dir, identity_data, tmp_path,
+                                      flags, message):
+    with pytest.raises(SdkError, match=message):
+        train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir, identity_data,
+                         tmp_path, sft_type="adalora", **flags)
+
+
+@pytest.mark.parametrize("flags, bits, layer", [
+    ({}, 4, "Linear4bit"), ({"quantization_bit": 8}, 8, "Linear8bitLt")])
+def test_qlora_quantizes_the_base_by_default(plugin_set, tiny_model_64, identity_data, tmp_path,
+                                             flags, bits, layer):
+    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_64,
+                                identity_data, tmp_path, sft_type="qlora", **flags)
+    assert reloaded.saved["quantization_bit"] == bits  # so `sdk infer` quantizes it again
+    attention = reloaded.model.base_model.model.model.layers[0].self_attn
+    assert type(attention.q_proj.base_layer).__name__ == layer
+
+
+def test_a_tuner_missing_a_package_says_what_to_install(run_cli, tiny_plugin_file, identity_data,
+                                                        monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "bitsandbytes"
+                        else find_spec(name, *rest))
+    # a model folder that does not exist: the package is checked before any model loads
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--model-id-or-path", "/nonexistent", "--dataset", identity_data,
+                     "--sft-type", "qlora")
+    assert result.exit_code == 1
+    assert "--sft-type qlora needs bitsandbytes: pip install bitsandbytes" in result.stderr
+
+
+def test_lora_modules_to_save_train_in_full_and_stay_tied(plugin_set, tiny_model_dir,
+                                                          identity_data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir,
+                                identity_data, tmp_path,
+                                lora_modules_to_save=["embed_tokens", "lm_head"])
+    weights = load_file(reloaded.result.checkpoint / "adapter_model.safetensors")
+    assert any("embed_tokens" in name for name in weights)
+    embeddings, head = reloaded.model.get_input_embeddings(), reloaded.model.get_output_embeddings()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings()
+    assert not torch.equal(embeddings.weight, base.weight)  # trained in full
+    # the tiny model ties lm_head to the embeddings: both use the one trained copy
+    assert torch.equal(head.weight, embeddings.weight)

@@ -15,7 +15,7 @@ def register_tuners(register):
     register(adapter_tuner(
         "lora", "sdk.tuners.lora:prepare",
         "LoRA adapters (peft): --lora-rank, --lora-alpha, --lora-dropout, "
-        "--lora-target-modules; QLoRA with --quantization-bit 4|8",
+        "--lora-target-modules, --lora-modules-to-save; QLoRA with --quantization-bit 4|8",
         trains_quantized_base=True))
     register(adapter_tuner(
         "dora", "sdk.tuners.lora:prepare_dora",
@@ -25,6 +25,29 @@ def register_tuners(register):
         "rslora", "sdk.tuners.lora:prepare_rslora",
         "Rank-stabilised LoRA: scaled by alpha/sqrt(rank) (--lora-* flags)",
         trains_quantized_base=True))
+    register(adapter_tuner(
+        "qlora", "sdk.tuners.lora:prepare",
+        "LoRA on a 4-bit base (nf4, double quantization; --quantization-bit 8 for 8-bit); "
+        "needs bitsandbytes",
+        trains_quantized_base=True, default_quantization_bit=4, requires=("bitsandbytes",)))
+    register(adapter_tuner(
+        "adalora", "sdk.tuners.adalora:prepare",
+        "AdaLoRA: LoRA ranks pruned while training from --adalora-init-rank to an average of "
+        "--adalora-target-rank",
+        trains_quantized_base=True, callbacks="sdk.tuners.adalora:callbacks"))
+    # peft cannot train saved virtual tokens further: --adapter refuses their checkpoints
+    register(adapter_tuner(
+        "prefix", "sdk.tuners.prompt:prepare_prefix",
+        "Prefix tuning / P-tuning v2: --num-virtual-tokens learned keys and values in every "
+        "layer", default_learning_rate=1e-2))
+    register(adapter_tuner(
+        "ptuning", "sdk.tuners.prompt:prepare_ptuning",
+        "P-tuning: --num-virtual-tokens input embeddings made by an MLP "
+        "(--prompt-encoder-hidden-size)", default_learning_rate=1e-2))
+    register(adapter_tuner(
+        "prompt", "sdk.tuners.prompt:prepare_prompt",
+        "Prompt tuning: --num-virtual-tokens input embeddings learned directly",
+        default_learning_rate=1e-2))
     register(adapter_tuner(
         "ia3", "sdk.tuners.ia3:prepare",
         "IA³: learned scaling vectors on attention keys/values and feed-forward",

@@ -12,6 +12,7 @@ from typing import Any
 
 from sdk.errors import SdkError
 from sdk.specs import ModelSpec
+from sdk.tuners.generation import generates_with_virtual_tokens
 
 ALL_LINEAR = {"all", "all-linear", "all_linear"}
 
@@ -47,12 +48,21 @@ OLDER_WEIGHT_FILE = "pytorch_model.bin"  # what Chinese-Vicuna / alpaca-lora che
 
 def continue_adapter(model: Any, adapter: str) -> Any:
     """The base model with a saved peft adapter on it, its weights trainable again."""
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
     folder, staged = Path(adapter), None
     if not (folder / "adapter_config.json").is_file():
         raise SdkError(f"--adapter '{adapter}' has no adapter_config.json; give the folder a "
                        "peft adapter was saved to.")
+    try:
+        config = PeftConfig.from_pretrained(str(folder))
+    except (KeyError, TypeError, ValueError) as error:
+        raise SdkError(f"--adapter '{adapter}': its adapter_config.json is not a peft adapter "
+                       f"config ({error}).") from None
+    if config.is_prompt_learning:
+        raise SdkError(f"--adapter '{adapter}' holds a {config.peft_type.value} adapter; peft "
+                       "cannot train saved virtual tokens further (prefix, ptuning, prompt). "
+                       "Start a new run.")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         if not (folder / OLDER_WEIGHT_FILE).is_file():
             raise SdkError(f"--adapter '{adapter}' holds no adapter weights ("
@@ -72,6 +82,15 @@ def continue_adapter(model: Any, adapter: str) -> Any:
             shutil.rmtree(staged, ignore_errors=True)
 
 
+def modules_to_save(model: Any, args: Any) -> dict[str, Any]:
+    """--lora-modules-to-save as LoraConfig settings; a tied output layer shares the trained
+    copy of the embeddings, as it shared the weights."""
+    if not args.lora_modules_to_save:
+        return {}
+    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+    return {"modules_to_save": list(args.lora_modules_to_save), "ensure_weight_tying": tied}
+
+
 def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -83,6 +102,7 @@ def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=target_modules(args.lora_target_modules, spec),
+        **modules_to_save(model, args),
         **variant,
     )
     return get_peft_model(ready_for_adapters(model, args), config)
@@ -103,4 +123,5 @@ def prepare_rslora(model: Any, args: Any, spec: ModelSpec) -> Any:
 def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -> Any:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_base_model(), str(checkpoint_dir))
+    return generates_with_virtual_tokens(
+        PeftModel.from_pretrained(load_base_model(), str(checkpoint_dir)))

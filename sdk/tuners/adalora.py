@@ -1,0 +1,76 @@
+"""AdaLoRA through peft: LoRA adapters that start at --adalora-init-rank and are pruned during
+training to an average of --adalora-target-rank, keeping rank where it matters most.
+
+peft needs the number of training steps up front and a call to ``update_and_allocate`` after
+each optimizer step; the Trainer knows the first only when training starts, so the callback
+below sets the schedule then and makes the calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdk.errors import SdkError
+from sdk.specs import ModelSpec
+from sdk.tuners.lora import continue_adapter, modules_to_save, ready_for_adapters, target_modules
+
+
+def schedule(total_steps: int, args: Any) -> dict[str, int]:
+    """AdaLoRA's phases: ranks fixed for ``tinit`` steps, pruned, then fixed for ``tfinal``."""
+    tinit = total_steps // 10 if args.adalora_tinit is None else args.adalora_tinit
+    tfinal = total_steps // 5 if args.adalora_tfinal is None else args.adalora_tfinal
+    if tinit >= total_steps - tfinal:
+        raise SdkError(f"--adalora-tinit {tinit} and --adalora-tfinal {tfinal} leave none of "
+                       f"the {total_steps} training steps to prune ranks in; lower them or "
+                       "train longer.")
+    return {"total_step": total_steps, "tinit": tinit, "tfinal": tfinal}
+
+
+def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
+    from peft import AdaLoraConfig, get_peft_model
+
+    model = ready_for_adapters(model, args)
+    if args.adapter:  # trains on at the ranks it was saved with
+        return continue_adapter(model, args.adapter)
+    if args.adalora_target_rank > args.adalora_init_rank:
+        raise SdkError(f"--adalora-target-rank {args.adalora_target_rank} is above "
+                       f"--adalora-init-rank {args.adalora_init_rank}: pruning only lowers ranks.")
+    if args.max_steps > 0:
+        steps = schedule(args.max_steps, args)
+    else:  # passes peft's check; AllocateRanks sets the real schedule when training starts
+        tinit, tfinal = args.adalora_tinit or 0, args.adalora_tfinal or 0
+        steps = {"total_step": tinit + tfinal + 1, "tinit": tinit, "tfinal": tfinal}
+    config = AdaLoraConfig(
+        task_type="CAUSAL_LM",
+        init_r=args.adalora_init_rank,
+        target_r=args.adalora_target_rank,
+        deltaT=args.adalora_delta_t,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=target_modules(args.lora_target_modules, spec),
+        **modules_to_save(model, args),
+        **steps,
+    )
+    return get_peft_model(model, config)
+
+
+def callbacks(model: Any, args: Any) -> list[Any]:
+    if args.adapter:  # a continued adapter keeps its ranks
+        return []
+    from transformers import TrainerCallback
+
+    class AllocateRanks(TrainerCallback):
+        """Sets AdaLoRA's schedule from the Trainer's step count, then after each optimizer
+        step (before the gradients are zeroed: peft scores ranks by weight x gradient)
+        updates the scores and prunes ranks to the step's budget."""
+
+        def on_train_begin(self, training_args, state, control, **kwargs):
+            config = model.peft_config[model.active_adapter]
+            for name, value in schedule(state.max_steps, args).items():
+                setattr(config, name, value)
+
+        def on_optimizer_step(self, training_args, state, control, **kwargs):
+            # global_step counts the steps finished before this one; peft counts from 1
+            model.base_model.update_and_allocate(state.global_step + 1)
+
+    return [AllocateRanks()]
