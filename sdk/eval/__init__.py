@@ -1,0 +1,1 @@
+"""Scoring generated replies against references: ROUGE and BLEU, and predictions files."""

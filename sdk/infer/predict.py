@@ -1,0 +1,279 @@
+"""Batch prediction: a reply for every row of a dataset, or for the rows a run held out, into a
+predictions file, and ROUGE/BLEU against the rows' own replies next to it.
+
+A predictions file has one JSON object a line: ``system`` and ``history`` (the messages before
+the query) when the row has them, ``query`` (the last user message), ``response`` (generated)
+and ``label`` (the row's reply; null when it has none). Lines are written whole, a batch at a
+time, and flushed, so a run that stops leaves complete rows and at most one cut line; run again
+with the same file, the cut line is dropped and only the missing rows are generated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sdk.config import InferArguments, SftArguments
+from sdk.errors import SdkError
+from sdk.eval.predictions import evaluate_file, write_metrics
+from sdk.registry import Registry
+from sdk.templates.engine import Template
+
+Messages = list[dict[str, str]]
+Loaded = tuple[Any, Any, Template]  # model, tokenizer, template
+PREDICTIONS_DIR = "predictions"
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """What the model is asked (system, history, query) and the reply the data gives."""
+
+    prompt: Messages
+    label: str | None
+
+    def fields(self) -> dict[str, Any]:
+        """The row as written to a predictions file, without the response."""
+        row: dict[str, Any] = {}
+        turns = self.prompt
+        if turns[0]["role"] == "system":
+            row["system"] = turns[0]["content"]
+            turns = turns[1:]
+        if len(turns) > 1:
+            row["history"] = turns[:-1]
+        return {**row, "query": turns[-1]["content"], "label": self.label}
+
+    def written(self, response: str) -> dict[str, Any]:
+        fields = self.fields()
+        label = fields.pop("label")
+        return {**fields, "response": response, "label": label}
+
+
+def prompt_rows(conversations: Sequence[Sequence[dict[str, str]]]) -> list[PromptRow]:
+    """Each conversation as a prompt (everything before its last reply) and that reply."""
+    rows = []
+    for number, conversation in enumerate(conversations, start=1):
+        messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
+        label = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
+        if not messages or messages[-1]["role"] != "user":
+            raise SdkError(f"Row {number} of the data does not end with a user message (then, "
+                           "optionally, the reply to compare with): there is nothing to answer.")
+        rows.append(PromptRow(messages, label))
+    return rows
+
+
+def completed_rows(path: Path, rows: Sequence[PromptRow]) -> int:
+    """How many of ``rows`` the predictions file already holds, in order. A last line cut
+    short by a stop is removed; a line that belongs to other data is an error."""
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    count = 0
+
+    def check(number: int, row: Any) -> None:
+        nonlocal count
+        ours = (count < len(rows) and isinstance(row, dict) and isinstance(row.get("response"), str)
+                and {k: v for k, v in row.items() if k != "response"} == rows[count].fields())
+        if not ours:
+            raise SdkError(f"{path}:{number} is not the prediction of row {count + 1} of this "
+                           f"data: '{path}' holds other predictions. Give another "
+                           "--predictions-file, or delete this one to start over.")
+        count += 1
+
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            check(number, parse(line))
+    if tail.strip():
+        row = parse(tail)
+        if row is None:  # a JSON object cut anywhere is not valid JSON
+            with path.open("r+b") as handle:
+                handle.truncate(len(data) - len(tail))
+            click.echo(f"[sdk] {path}:{len(lines) + 1}: dropped a line cut short "
+                       f"({len(tail)} bytes).", err=True)
+        else:  # whole but for its newline
+            check(len(lines) + 1, row)
+            with path.open("ab") as handle:
+                handle.write(b"\n")
+    return count
+
+
+def parse(line: bytes) -> Any:
+    """A JSON line's value; None if it is not JSON."""
+    try:
+        return json.loads(line)
+    except ValueError:  # bad UTF-8 too
+        return None
+
+
+@contextmanager
+def padded_on_left(tokenizer: Any) -> Iterator[None]:
+    """Generation continues each row from its last token, so padding goes before the prompt.
+    A tokenizer without a pad token pads with its eos token."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = pad
+
+
+def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages]) -> Any:
+    """Each prompt encoded as for one reply, then padded on the left together (call inside
+    :func:`padded_on_left`)."""
+    encoded = [{key: value[0].tolist() for key, value in
+                template.tokenize_prompt(tokenizer, prompt).items()} for prompt in prompts]
+    return tokenizer.pad(encoded, return_tensors="pt")
+
+
+def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Messages],
+                   args: InferArguments) -> list[str]:
+    """The reply to each prompt, generated together."""
+    from sdk.infer.chat import finish_reply, generation_options
+
+    with padded_on_left(tokenizer):
+        inputs = batch_inputs(tokenizer, template, prompts).to(model.device)
+        options, stop_strings = generation_options(template, tokenizer, args)
+        output = model.generate(**inputs, **options)
+    replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
+                                     skip_special_tokens=True)
+    return [finish_reply(reply, stop_strings) for reply in replies]
+
+
+def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArguments,
+                       path: Path, first: int = 0) -> None:
+    """Generate ``rows[first:]`` ``args.batch_size`` at a time, each batch appended whole."""
+    model, tokenizer, template = loaded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with path.open("a", encoding="utf-8") as out:
+        for start in range(first, len(rows), args.batch_size):
+            batch = rows[start:start + args.batch_size]
+            replies = generate_batch(model, tokenizer, template, [r.prompt for r in batch], args)
+            out.write("".join(json.dumps(row.written(reply), ensure_ascii=False) + "\n"
+                              for row, reply in zip(batch, replies, strict=True)))
+            out.flush()
+            done = start + len(batch)
+            rate = (done - first) / max(time.monotonic() - started, 1e-9)
+            click.echo(f"[sdk] predicted {done}/{len(rows)} rows ({rate:.2f} rows/s)", err=True)
+
+
+def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
+            args: InferArguments) -> dict[str, float] | None:
+    """Predict the rows ``path`` does not hold yet (``load`` is called only if there are
+    any), then score the file when every row has a reply to compare with; the scores are
+    written to ``OUT.metrics.json`` and returned."""
+    from transformers import set_seed
+
+    done = completed_rows(path, rows)
+    if done == len(rows):
+        click.echo(f"[sdk] {path} holds all {done} rows already.", err=True)
+    elif done:
+        click.echo(f"[sdk] {path} holds {done} of {len(rows)} rows; predicting the rest.",
+                   err=True)
+    if done < len(rows):
+        loaded = load()
+        set_seed(args.seed)
+        append_predictions(loaded, rows, args, path, done)
+    click.echo(f"[sdk] predictions: {path}", err=True)
+    unlabelled = sum(row.label is None for row in rows)
+    if unlabelled:
+        click.echo(f"[sdk] no metrics: {unlabelled} rows have no reply to compare with.",
+                   err=True)
+        return None
+    scores = evaluate_file(path, "--predictions-file")
+    target = write_metrics(path, scores)
+    shown = ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
+    click.echo(f"[sdk] metrics: {shown} ({target})", err=True)
+    return scores
+
+
+def default_predictions_file(checkpoint: Path, data_name: str) -> Path:
+    """``<run>/predictions/<checkpoint>-<data>.jsonl``: next to the checkpoint, not in it (a
+    checkpoint may be rotated away), and one per checkpoint, so resuming never mixes two."""
+    return checkpoint.parent / PREDICTIONS_DIR / f"{checkpoint.name}-{data_name}.jsonl"
+
+
+def data_name(names: Sequence[str]) -> str:
+    """A file-name part for ``--dataset`` entries: names, or the stems of files."""
+    return "+".join(re.sub(r"[^\w#.-]+", "_", Path(name).stem) for name in names)
+
+
+def run_arguments(checkpoint: Path) -> SftArguments:
+    """The SftArguments a checkpoint was trained with."""
+    from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
+
+    saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    known = {f.name for f in dataclasses.fields(SftArguments)}
+    return SftArguments(**{key: value for key, value in saved.items() if key in known})
+
+
+def held_out_of_run(checkpoint: Path, registry: Registry) -> list[Messages]:
+    """The rows the checkpoint's run held out, chosen by the code that chose them then."""
+    from sdk.data.arrow import training_and_held_out
+
+    args = run_arguments(checkpoint)
+    if not args.val_dataset and not args.split_dataset_ratio:
+        raise SdkError(f"The run of {checkpoint} held out no rows (it had no --val-dataset or "
+                       "--split-dataset-ratio); predict with --dataset instead.")
+    _, held_out = training_and_held_out(args, registry, [] if args.skip_bad_records else None)
+    return held_out["messages"]
+
+
+def data_arguments(args: InferArguments) -> SftArguments:
+    """``args`` as the dataset readers and preprocessors expect them (SftArguments)."""
+    shared = {f.name for f in dataclasses.fields(SftArguments)}
+    return SftArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+                           if f.name in shared})
+
+
+def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | None:
+    """``sdk infer --dataset D`` / ``--val-dataset-from-run``."""
+    from sdk.data.conversations import load_conversations
+    from sdk.infer.chat import checkpoint_or_export, load_for_inference
+
+    if args.query is not None:
+        raise SdkError("--query asks one question; --dataset and --val-dataset-from-run "
+                       "predict many. Give one of them.")
+    if args.dataset and args.val_dataset_from_run:
+        raise SdkError("Give --dataset or --val-dataset-from-run, not both.")
+    checkpoint = checkpoint_or_export(args.ckpt_dir) if args.ckpt_dir else None
+    if args.val_dataset_from_run:
+        if checkpoint is None:
+            raise SdkError("--val-dataset-from-run predicts the rows a run held out; give the "
+                           "run's checkpoint with --ckpt-dir.")
+        rows, name = prompt_rows(held_out_of_run(checkpoint, registry)), "val"
+    else:
+        rows = prompt_rows(load_conversations(args.dataset, registry, data_arguments(args)))
+        name = data_name(args.dataset)
+    if args.predictions_file:
+        path = Path(args.predictions_file)
+    elif checkpoint is not None:
+        path = default_predictions_file(checkpoint, name)
+    else:
+        raise SdkError("Give --predictions-file: without --ckpt-dir there is no run folder to "
+                       "write predictions to.")
+    return predict(rows, path, lambda: load_for_inference(args, registry), args)
+
+
+def predict_held_out(model: Any, tokenizer: Any, template: Template, held_out: Any,
+                     checkpoint: Path, args: SftArguments) -> dict[str, float] | None:
+    """``sdk sft --predict-with-generate``: greedy replies for the held-out rows, into the
+    file ``sdk infer --ckpt-dir CHECKPOINT --val-dataset-from-run`` uses."""
+    model.eval()
+    settings = InferArguments(batch_size=args.batch_size, seed=args.seed,
+                              max_new_tokens=args.max_new_tokens)
+    return predict(prompt_rows(held_out["messages"]), default_predictions_file(checkpoint, "val"),
+                   lambda: (model, tokenizer, template), settings)

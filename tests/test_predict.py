@@ -1,0 +1,228 @@
+"""Batch prediction on the tiny model: equal to one-at-a-time, left-padded, resumable,
+the held-out rows of a run, and `sdk infer --dataset` / `sdk sft --predict-with-generate`."""
+
+import json
+
+import pytest
+
+from conftest import TINY_MODEL_TYPE
+from sdk.config import InferArguments, SftArguments
+from sdk.data.conversations import split_indices
+from sdk.errors import SdkError
+from sdk.eval.predictions import metrics_file
+from sdk.infer.chat import generate, load_for_inference
+from sdk.infer.predict import (
+    batch_inputs,
+    generate_batch,
+    padded_on_left,
+    predict,
+    prompt_rows,
+    run_predict,
+)
+from sdk.train.sft import run_sft
+
+QUESTIONS = ["Hi", "Who are you and what do you do all day?", "床前明月光",
+             "Tell me a joke about cats, please.", "x"]
+# A random model repeats one token; the penalty makes its replies differ token by token.
+DECODING = dict(max_new_tokens=6, repetition_penalty=2.0)
+
+
+@pytest.fixture
+def loaded(plugin_set, tiny_model_dir):
+    args = InferArguments(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir))
+    return load_for_inference(args, plugin_set.registry)
+
+
+def conversations(count: int = 5):
+    return [[{"role": "user", "content": question},
+             {"role": "assistant", "content": f"answer {number}"}]
+            for number, question in enumerate(QUESTIONS[:count])]
+
+
+def counting_generate(model):
+    """Record the batch size of every generate call on the model."""
+    calls, original = [], model.generate
+
+    def generate_and_count(**inputs):
+        calls.append(inputs["input_ids"].shape[0])
+        return original(**inputs)
+
+    model.generate = generate_and_count
+    return calls
+
+
+def test_batches_are_padded_on_the_left(loaded):
+    _, tokenizer, template = loaded
+    prompts = [[{"role": "user", "content": q}] for q in ("Hi", "Tell me a joke, please.")]
+    with padded_on_left(tokenizer):
+        batch = batch_inputs(tokenizer, template, prompts)
+    short = template.tokenize_prompt(tokenizer, prompts[0])["input_ids"][0].tolist()
+    padding = batch["input_ids"].shape[1] - len(short)
+    assert padding > 0
+    assert batch["input_ids"][0].tolist() == [tokenizer.pad_token_id] * padding + short
+    assert batch["attention_mask"][0].tolist() == [0] * padding + [1] * len(short)
+    assert batch["attention_mask"][1].tolist() == [1] * batch["input_ids"].shape[1]
+    assert tokenizer.padding_side == "right"  # given back as it was
+
+
+def test_batched_replies_equal_one_at_a_time(loaded):
+    model, tokenizer, template = loaded
+    args = InferArguments(**DECODING)
+    prompts = [[{"role": "user", "content": question}] for question in QUESTIONS]
+    one_at_a_time = [generate(model, tokenizer, template, prompt, args) for prompt in prompts]
+    assert generate_batch(model, tokenizer, template, prompts, args) == one_at_a_time
+    assert len(set(one_at_a_time)) >= 3  # the prompts steer the replies
+
+
+def test_rows_keep_system_history_query_and_label():
+    rows = prompt_rows([[{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello"},
+                         {"role": "user", "content": "Who are you?"},
+                         {"role": "assistant", "content": "Tiny."}],
+                        [{"role": "user", "content": "Unanswered"}]])
+    assert rows[0].written("reply") == {
+        "system": "Be brief.",
+        "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+        "query": "Who are you?", "response": "reply", "label": "Tiny."}
+    assert rows[1].written("reply") == {"query": "Unanswered", "response": "reply",
+                                        "label": None}
+    with pytest.raises(SdkError, match="Row 1 of the data does not end with a user message"):
+        prompt_rows([[{"role": "assistant", "content": "Hello"}]])
+
+
+def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path):
+    model = loaded[0]
+    calls = counting_generate(model)
+    rows = prompt_rows(conversations())
+    path = tmp_path / "out" / "predictions.jsonl"
+    args = InferArguments(batch_size=2, **DECODING)
+
+    scores = predict(rows, path, lambda: loaded, args)
+    assert calls == [2, 2, 1]
+    complete = path.read_bytes()
+    lines = complete.decode().splitlines()
+    assert [json.loads(line)["query"] for line in lines] == QUESTIONS
+    assert json.loads(metrics_file(path).read_text()) == scores
+    assert set(scores) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+
+    # stopped while writing row 4: three whole lines and part of the fourth
+    cut = len("\n".join(lines[:3])) + 1 + len(lines[3]) // 2
+    path.write_bytes(complete[:len(complete.decode()[:cut].encode())])
+    calls.clear()
+    predict(rows, path, lambda: loaded, args)
+    assert calls == [2]  # rows 4 and 5 only
+    assert path.read_bytes() == complete  # greedy: the same rows again, rows 1-3 untouched
+
+    def must_not_load():
+        raise AssertionError("a finished file needs no model")
+
+    assert predict(rows, path, must_not_load, args) == scores
+
+
+def test_a_last_row_missing_only_its_newline_is_kept(loaded, tmp_path):
+    rows = prompt_rows(conversations(2))
+    path = tmp_path / "predictions.jsonl"
+    args = InferArguments(batch_size=2, **DECODING)
+    predict(rows, path, lambda: loaded, args)
+    complete = path.read_bytes()
+    path.write_bytes(complete[:-1])
+    predict(rows, path, lambda: pytest.fail("nothing to generate"), args)
+    assert path.read_bytes() == complete
+
+
+def test_a_file_of_other_predictions_is_not_resumed(loaded, tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    args = InferArguments(**DECODING)
+    predict(prompt_rows(conversations(2)), path, lambda: loaded, args)
+    before = path.read_bytes()
+    other = prompt_rows([[{"role": "user", "content": "Something else"}]])
+    with pytest.raises(SdkError, match=r"predictions.jsonl:1 is not the prediction of row 1"):
+        predict(other, path, lambda: loaded, args)
+    assert path.read_bytes() == before
+
+
+def test_infer_dataset_writes_predictions_and_metrics(run_cli, tiny_plugin_file, tiny_model_dir,
+                                                      identity_data, tmp_path):
+    out = tmp_path / "predictions.jsonl"
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
+                     "--model-id-or-path", tiny_model_dir, "--dataset", identity_data,
+                     "--predictions-file", out, "--batch-size", "3", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [row["query"] for row in rows] == ["Who are you?", "What is your name?",
+                                              "Introduce yourself.", "Your name?"]
+    assert all(row["label"] == "I am Tiny, made by the tests." for row in rows)
+    assert all(isinstance(row["response"], str) for row in rows)
+    evaluated = run_cli("eval", "--predictions", out, "--json")
+    assert json.loads(evaluated.stdout) == json.loads(metrics_file(out).read_text())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "x.jsonl", "--val-dataset-from-run"], "not both"),
+    (["--val-dataset-from-run"], "give the run's checkpoint with --ckpt-dir"),
+    (["--dataset", "{data}", "--model-type", TINY_MODEL_TYPE], "Give --predictions-file"),
+    (["--dataset", "{data}", "--query", "Hi"], "--query asks one question"),
+])
+def test_infer_dataset_flag_errors(run_cli, tiny_plugin_file, identity_data, flags, message):
+    flags = [flag.replace("{data}", str(identity_data)) for flag in flags]
+    result = run_cli("--plugin", tiny_plugin_file, "infer", *flags)
+    assert result.exit_code == 1 and message in result.stderr, result.output
+
+
+def train(plugin_set, data, tmp_path, **overrides):
+    settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(data)], max_steps=1, batch_size=2,
+                    gradient_accumulation_steps=1, save_steps=1, seed=0,
+                    output_dir=str(tmp_path / "output"))
+    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+
+
+@pytest.mark.slow
+def test_sft_predicts_the_held_out_rows_and_infer_finds_them(plugin_set, tmp_path):
+    data = tmp_path / "questions.jsonl"
+    questions = [f"Question number {n}?" for n in range(8)]
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "I am Tiny."}]}) + "\n" for question in questions))
+    result = train(plugin_set, data, tmp_path, split_dataset_ratio=0.25,
+                   predict_with_generate=True, max_new_tokens=8)
+
+    path = result.run_dir / "predictions" / f"{result.checkpoint.name}-val.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    _, held_out = split_indices(len(questions), 0.25, seed=0)
+    assert [row["query"] for row in rows] == [questions[i] for i in held_out]
+    assert json.loads(metrics_file(path).read_text())["rouge-1"] >= 0
+    before = path.read_bytes()
+
+    # the same rows, found again from the checkpoint's sft_args.json: nothing to generate
+    args = InferArguments(ckpt_dir=str(result.run_dir), val_dataset_from_run=True,
+                          max_new_tokens=8)
+    registry = plugin_set.registry
+    assert run_predict(args, registry) == json.loads(metrics_file(path).read_text())
+    assert path.read_bytes() == before
+    # and they are generated the same way from scratch
+    path.unlink()
+    run_predict(InferArguments(**{**vars(args), "batch_size": 1}), registry)
+    assert path.read_bytes() == before
+
+
+def test_predict_with_generate_needs_held_out_rows(plugin_set, identity_data, tmp_path):
+    with pytest.raises(SdkError, match="--predict-with-generate predicts the held-out rows"):
+        train(plugin_set, identity_data, tmp_path, predict_with_generate=True)
+    assert not (tmp_path / "output").exists()  # refused before anything was loaded or written
+
+
+def test_val_dataset_from_run_needs_a_run_that_held_rows_out(plugin_set, identity_data,
+                                                            tmp_path):
+    result = train(plugin_set, identity_data, tmp_path)
+    args = InferArguments(ckpt_dir=str(result.run_dir), val_dataset_from_run=True)
+    with pytest.raises(SdkError, match="held out no rows"):
+        run_predict(args, plugin_set.registry)
+
+
+def test_rows_without_a_reply_are_predicted_but_not_scored(loaded, tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    rows = prompt_rows([[{"role": "user", "content": "Who are you?"}]])
+    assert predict(rows, path, lambda: loaded, InferArguments(**DECODING)) is None
+    assert json.loads(path.read_text())["label"] is None
+    assert not metrics_file(path).exists()
