@@ -26,7 +26,10 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, token: str |
     target = Path(repo_id).expanduser()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(*ignore_patterns))
+    if target.exists():  # as on the other hubs, files not pushed again stay in the repository
+        shutil.copytree(target, partial)
+    shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(*ignore_patterns),
+                    dirs_exist_ok=True)
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)  # readers never see a half-copied folder
