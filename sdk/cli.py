@@ -13,7 +13,14 @@ from typing import Any
 import click
 
 from sdk import __version__
-from sdk.config import InferArguments, SftArguments, base_type, build_arguments, field_types
+from sdk.config import (
+    ExportArguments,
+    InferArguments,
+    SftArguments,
+    base_type,
+    build_arguments,
+    field_types,
+)
 from sdk.errors import SdkError
 from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
 from sdk.registry import Registry
@@ -333,11 +340,81 @@ def sft(ctx: click.Context, config_file: str | None, **params: Any) -> None:
 @options_from(InferArguments)
 @click.pass_context
 def infer(ctx: click.Context, config_file: str | None, **params: Any) -> None:
-    """Chat with a fine-tuned checkpoint (--ckpt-dir) or a model type (--model-type)."""
+    """Chat with a fine-tuned checkpoint (--ckpt-dir) or a model type (--model-type); with
+    --dataset or --val-dataset-from-run, predict every row into a file and score it."""
     arguments = build_arguments(InferArguments, given(params), config_file)
+    if arguments.dataset or arguments.val_dataset_from_run:
+        from sdk.infer.predict import run_predict
+
+        run_predict(arguments, registry(ctx))
+        return
     from sdk.infer.chat import run_infer
 
     run_infer(arguments, registry(ctx))
+
+
+@cli.command("eval")
+@click.option("--predictions", required=True, type=click.Path(dir_okay=False),
+              help="A predictions file (jsonl with response and label) from `sdk infer "
+              "--dataset`.")
+@json_flag
+def eval_predictions(predictions: str, as_json: bool) -> None:
+    """ROUGE-1/2/L and BLEU-4 (percent) of predictions against their labels, computed as the
+    ChatGLM fine-tuning eval does."""
+    from pathlib import Path
+
+    from sdk.eval.predictions import evaluate_file
+
+    scores = evaluate_file(Path(predictions))
+    if as_json:
+        click.echo(json.dumps(scores))
+    else:
+        print_table([{"metric": name, "score": f"{value:.4f}"} for name, value in scores.items()],
+                    ("metric", "score"))
+
+
+@cli.command(cls=SdkCommand)
+@options_from(ExportArguments)
+@click.pass_context
+def export(ctx: click.Context, config_file: str | None, **params: Any) -> None:
+    """Write a checkpoint as a standalone model folder (weights, tokenizer, chat template):
+    sdk export --ckpt-dir DIR [--merge-lora] [--output-dir OUT]."""
+    arguments = build_arguments(ExportArguments, given(params), config_file)
+    from sdk.export import run_export
+
+    run_export(arguments, registry(ctx))
+
+
+@cli.command()
+@click.option("--ckpt-dir", "--ckpt_dir", "ckpt_dir", cls=Flag, required=True,
+              help="A checkpoint of `sdk sft`, or its run folder (the newest complete one).")
+@click.option("--hub", help="Hub to push to (see `sdk hubs`; default: $SFT_SDK_HUB, else "
+              "huggingface).")
+@click.option("--repo-id", "--repo_id", "repo_id", cls=Flag, required=True,
+              help="Repository to push to, e.g. your-name/my-model (created if needed).")
+@click.option("--private/--public", default=True,
+              help="Visibility of a repository created now.  [default: private]")
+@click.option("--token", "--hub-token", "--hub_token", "token", cls=Flag,
+              help="Token for the hub (default: its usual environment variable or "
+              "login; prefer those, a flag ends up in the shell history).")
+@click.option("--push-training-state", "--push_training_state", "training_state", cls=Flag,
+              is_flag=True, help="Also push the optimizer, scheduler, RNG and trainer state.")
+@click.option("--path-in-repo", "--path_in_repo", "path_in_repo", cls=Flag, default="",
+              help="Folder of the repository to put the checkpoint's files in (default: its "
+              "root).")
+@click.pass_context
+def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, private: bool,
+         token: str | None, training_state: bool, path_in_repo: str) -> None:
+    """Upload a checkpoint with a model card; run it again to complete a push that failed."""
+    from sdk.hubs import default_hub
+    from sdk.hubs.push import Destination, push_checkpoint
+    from sdk.train.run_dir import find_checkpoint
+
+    known = registry(ctx)
+    destination = Destination(known.get("hubs", hub or default_hub()), repo_id, private, token,
+                              training_state)
+    checkpoint = find_checkpoint(ckpt_dir, "--ckpt-dir")
+    click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 
 
 def main() -> None:

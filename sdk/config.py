@@ -53,8 +53,9 @@ class ModelArguments:
                                    ("auto", "bf16", "fp16", "fp32"))
     bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"))
     bnb_4bit_use_double_quant: bool = arg(True, "Quantize the 4-bit scales too.")
-    hub: str | None = arg(None, "Hub to download models from (see `sdk hubs`; default: "
-                          "local, or the hub a checkpoint was trained with).")
+    hub: str | None = arg(None, "Hub to download models and datasets from and push to (see "
+                          "`sdk hubs`; default: $SFT_SDK_HUB, else huggingface; a checkpoint "
+                          "reloads from the hub it was trained with).")
 
 
 @dataclass
@@ -110,6 +111,23 @@ class SftArguments(ModelArguments):
     lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer.")
+    lora_modules_to_save: list[str] = arg(
+        [], "LoRA family: modules trained in full and saved with the adapter (e.g. "
+        "embed_tokens lm_head); tied embeddings stay tied.")
+    adalora_target_rank: int = arg(8, "--sft-type adalora: average rank left after pruning.",
+                                   at_least=1)
+    adalora_init_rank: int = arg(12, "--sft-type adalora: rank of each adapter before pruning.",
+                                 at_least=1)
+    adalora_tinit: int | None = arg(None, "--sft-type adalora: steps before pruning starts "
+                                    "(default: a tenth of the steps).", at_least=0)
+    adalora_tfinal: int | None = arg(None, "--sft-type adalora: last steps, trained with the "
+                                     "final ranks (default: a fifth of the steps).", at_least=0)
+    adalora_delta_t: int = arg(1, "--sft-type adalora: steps between two rank allocations.",
+                               at_least=1)
+    num_virtual_tokens: int = arg(20, "--sft-type prefix, ptuning, prompt: how many virtual "
+                                  "tokens are learned.", at_least=1)
+    prompt_encoder_hidden_size: int = arg(128, "--sft-type ptuning: hidden size of the MLP that "
+                                          "encodes the virtual tokens.", at_least=1)
     adapter: str | None = arg(
         None, "Continue training this peft adapter (a folder with adapter_config.json and "
         "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).")
@@ -139,13 +157,22 @@ class SftArguments(ModelArguments):
         "best / last checkpoint at the end), checkpoint (each checkpoint, replacing the "
         "last), all_checkpoints (each checkpoint in its own folder).",
         ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"))
+    push_training_state: bool = arg(
+        False, "Also push the optimizer, scheduler, RNG and trainer state (needed only to "
+        "resume training elsewhere).")
     seed: int = arg(42, "Random seed.")
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
+    predict_with_generate: bool = arg(
+        False, "After training, generate replies for the held-out rows into "
+        "<run>/predictions/ and score them (ROUGE, BLEU).")
+    max_new_tokens: int = arg(512, "With --predict-with-generate: longest reply in tokens.",
+                              at_least=1)
 
 
 @dataclass
 class InferArguments(ModelArguments):
-    ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`.")
+    ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`, or a "
+                               "model folder written by `sdk export`.")
     query: str | None = arg(None, "Ask one question and exit; without it, chat.")
     max_new_tokens: int = arg(512, "Longest reply in tokens.", at_least=1)
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
@@ -155,6 +182,33 @@ class InferArguments(ModelArguments):
     repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.", above=0)
     stream: bool = arg(True, "Print the reply while it is generated.")
     seed: int = arg(42, "Random seed.")
+    dataset: list[str] = arg(
+        [], "Predict a reply for every row of these datasets (like `sdk sft --dataset`) into "
+        "--predictions-file, scored against the rows' own replies (ROUGE, BLEU).")
+    val_dataset_from_run: bool = arg(
+        False, "Predict the rows the --ckpt-dir run held out (its --val-dataset or "
+        "--split-dataset-ratio split).")
+    predictions_file: str | None = arg(
+        None, "Where predictions go, one JSON line a row; rerun to resume. Default: "
+        "<run>/predictions/<checkpoint>-<dataset>.jsonl.")
+    batch_size: int = arg(8, "Rows generated together with --dataset.", at_least=1)
+
+
+@dataclass
+class ExportArguments:
+    ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`.")
+    merge_lora: bool = arg(False, "Merge the checkpoint's adapter into its base model (a base "
+                           "trained in 4/8 bits is loaded unquantized for this).")
+    output_dir: str | None = arg(None, "Folder to write the model to (default: next to the "
+                                 "checkpoint, <checkpoint>-merged or <checkpoint>-export).")
+    dtype: str = arg("auto", "Weights dtype; auto = the one the checkpoint was trained in (a "
+                     "4/8-bit base: its compute dtype), else bf16/fp16 on GPU, fp32 on CPU.",
+                     ("auto", "bf16", "fp16", "fp32"))
+    model_id_or_path: str | None = arg(
+        None, "With --merge-lora: the base model folder, if no longer where the checkpoint "
+        "was trained from.")
+    overwrite: bool = arg(False, "Replace an earlier export in --output-dir (never other "
+                          "files).")
 
 
 def field_types(cls: type) -> dict[str, Any]:

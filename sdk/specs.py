@@ -131,6 +131,11 @@ class Tuner:
     ``prepare(model, args, model_spec) -> model`` makes the model trainable;
     ``load(checkpoint_dir, load_base_model, dtype) -> model`` rebuilds it from a checkpoint,
     calling ``load_base_model()`` only if the checkpoint does not hold the whole model.
+    ``callbacks(model, args) -> list[TrainerCallback]``: called with the prepared model, for
+    tuners that act during training (AdaLoRA reallocates ranks after each optimizer step).
+    ``default_quantization_bit``: the ``--quantization-bit`` used when the flag is not given
+    (qlora: 4). ``requires``: import names (also their pip names) checked before any model
+    loads.
     """
 
     name: str
@@ -140,6 +145,9 @@ class Tuner:
     default_learning_rate: float = 1e-4
     trains_quantized_base: bool = False  # can it train on a 4/8-bit base (--quantization-bit)?
     trains_adapters: bool = False  # peft adapters: --adapter continues one
+    callbacks: CallableRef | None = None
+    default_quantization_bit: int = 0
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,8 @@ class Hub:
 
     ``push(folder, repo_id, *, private=True, token=None, ignore_patterns=(),
     commit_message="", endpoint=None) -> str``: creates the repository if needed (private
-    unless ``private=False``), uploads the folder's files and returns the repository's URL.
+    unless ``private=False``), uploads the folder's files (replacing same-named ones; other
+    files in the repository stay) and returns the repository's URL.
 
     Both raise :class:`sdk.errors.HubUnavailable` for failures worth retrying (server errors,
     timeouts) and :class:`sdk.errors.SdkError` for the others; a token never appears in

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk import __version__
-from sdk.data.conversations import iter_dataset, sample_indices, split_sample_size
+from sdk.data.conversations import iter_dataset, sample_indices, split_indices, split_sample_size
 from sdk.data.encode import (
     DELETED,
     DROPPED,
@@ -94,6 +94,20 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
     if len(dataset) == 0:
         raise SdkError(f"No training records found in {', '.join(names)}.")
     return dataset
+
+
+def training_and_held_out(args: Any, registry: Registry,
+                          skipped: list[str] | None) -> tuple[Any, Any | None]:
+    """A run's training rows and its held-out rows (None when it holds none out): the
+    ``--val-dataset`` entries, else a seeded ``--split-dataset-ratio`` of ``--dataset``."""
+    conversations = conversations_dataset(args.dataset, registry, args, skipped)
+    if args.val_dataset:
+        return conversations, conversations_dataset(args.val_dataset, registry, args, skipped)
+    train_rows, held_rows = split_indices(len(conversations), args.split_dataset_ratio,
+                                          args.seed)
+    if not held_rows:
+        return conversations, None
+    return conversations.select(train_rows), conversations.select(held_rows)
 
 
 def _encode_batch(batch: dict[str, list], indices: list[int],

@@ -17,44 +17,36 @@ from sdk.models.loader import load_model, torch_dtype
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
-from sdk.train.run_dir import ARGS_FILE, checkpoints
+from sdk.train.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
+from sdk.tuners import check_requires
 
 Messages = list[dict[str, str]]
+# In the sft_args.json of a folder written by `sdk export`: where it came from, and how.
+EXPORTED = "exported_from"
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint folder as given, or the newest checkpoint of a run folder."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise SdkError(f"--ckpt-dir '{path}' is not a folder.")
-    if (folder / ARGS_FILE).is_file() and folder.name.startswith("checkpoint-"):
-        return folder
-    # A checkpoint whose save was cut short has no arguments file; skip it.
-    found = [c for c in checkpoints(folder) if (c / ARGS_FILE).is_file()]
-    if found:
-        return found[-1]
-    raise SdkError(f"--ckpt-dir '{path}' holds no checkpoint written by `sdk sft` "
-                   f"(no {ARGS_FILE} and no checkpoint-N folder).")
-
-
-def read_saved_arguments(path: Path) -> dict[str, Any]:
+def is_export(folder: Path) -> bool:
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SdkError(f"{path} cannot be read ({error}); the checkpoint is damaged.") from None
-    missing = [key for key in ("model_type", "sft_type", "template")
-               if not isinstance(saved, dict) or not isinstance(saved.get(key), str)]
-    if missing:
-        raise SdkError(f"{path} lacks {', '.join(missing)}; it was not written by `sdk sft`.")
-    return saved
+        return EXPORTED in json.loads((folder / ARGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def checkpoint_or_export(path: str) -> Path:
+    """What --ckpt-dir names: a folder written by `sdk export` (any name), else a complete
+    checkpoint, or the newest complete one of a run folder."""
+    if is_export(Path(path)):
+        return Path(path)
+    return find_checkpoint(path, "--ckpt-dir")
 
 
 def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
     if args.ckpt_dir:
-        checkpoint = resolve_checkpoint(args.ckpt_dir)
+        checkpoint = checkpoint_or_export(args.ckpt_dir)
         saved = read_saved_arguments(checkpoint / ARGS_FILE)
         spec = registry.get("models", saved["model_type"])
         tuner = registry.get("tuners", saved["sft_type"])
+        check_requires(tuner)
         template_spec = registry.get("templates", args.template or saved["template"])
         system = args.system if args.system is not None else saved.get("system")
         base_args = dataclasses.replace(
@@ -88,26 +80,47 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
     return model, tokenizer, Template.for_tokenizer(template_spec, tokenizer)
 
 
-def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
-             args: InferArguments, out: TextIO | None = None) -> str:
-    """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
-    from transformers import TextIteratorStreamer
-
-    inputs = template.tokenize_prompt(tokenizer, messages).to(model.device)
+def stop_tokens(template: Template, tokenizer: Any) -> tuple[list[int], list[str]]:
+    """Where a reply ends: the ids of the stop words that are single tokens and the eos id,
+    and the stop words that are not single tokens."""
     stop_ids, stop_strings = [], []
     for word in template.stop_words():
         ids = tokenizer.convert_tokens_to_ids([word]) if word in tokenizer.get_vocab() else []
         (stop_ids.extend(ids) if ids else stop_strings.append(word))
     if tokenizer.eos_token_id is not None:
         stop_ids.append(tokenizer.eos_token_id)
+    return sorted(set(stop_ids)), stop_strings
+
+
+def generation_options(template: Template, tokenizer: Any,
+                       args: InferArguments) -> tuple[dict[str, Any], list[str]]:
+    """``model.generate``'s options from the decoding flags, and the stop words that
+    :func:`finish_reply` cuts the reply at."""
+    stop_ids, stop_strings = stop_tokens(template, tokenizer)
     options: dict[str, Any] = dict(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-        repetition_penalty=args.repetition_penalty, eos_token_id=sorted(set(stop_ids)),
+        repetition_penalty=args.repetition_penalty, eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id)
     if args.do_sample:
         options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if stop_strings:
         options.update(stop_strings=stop_strings, tokenizer=tokenizer)
+    return options, stop_strings
+
+
+def finish_reply(reply: str, stop_strings: list[str]) -> str:
+    for word in stop_strings:
+        reply = reply.split(word)[0]
+    return reply.strip()
+
+
+def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
+             args: InferArguments, out: TextIO | None = None) -> str:
+    """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
+    from transformers import TextIteratorStreamer
+
+    inputs = template.tokenize_prompt(tokenizer, messages).to(model.device)
+    options, stop_strings = generation_options(template, tokenizer, args)
     if out is None:
         output = model.generate(**inputs, **options)
         reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
@@ -135,9 +148,7 @@ def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
             raise failure[0]
         out.write("\n")
         reply = "".join(pieces)
-    for word in stop_strings:
-        reply = reply.split(word)[0]
-    return reply.strip()
+    return finish_reply(reply, stop_strings)
 
 
 def run_infer(args: InferArguments, registry: Registry) -> None:

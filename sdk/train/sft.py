@@ -16,15 +16,18 @@ import click
 
 from sdk import __version__
 from sdk.config import SftArguments, saved_arguments
-from sdk.data.arrow import conversations_dataset, tokenized_dataset
-from sdk.data.conversations import split_indices
+from sdk.data.arrow import tokenized_dataset, training_and_held_out
 from sdk.data.encode import EncodeSettings
 from sdk.errors import SdkError
-from sdk.models.loader import DEFAULT_HUB, load_model, torch_dtype
+from sdk.hubs import default_hub
+from sdk.hubs.push import push_destination
+from sdk.models.loader import load_model, torch_dtype
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
-from sdk.train.run_dir import checkpoints, new_run_dir, write_args
+from sdk.train.resume import keep_log_until, resume_checkpoint
+from sdk.train.run_dir import checkpoint_step, checkpoints, new_run_dir, write_args
+from sdk.tuners import check_requires
 
 
 @dataclass
@@ -46,24 +49,26 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
     tuner = registry.get("tuners", args.sft_type)
+    check_requires(tuner)
+    if args.quantization_bit is None and tuner.default_quantization_bit:  # qlora: 4
+        args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
     if args.adapter and not tuner.trains_adapters:
         raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
                        "train one. Use --sft-type lora (or the adapter's own kind).")
     if args.quantization_bit and not tuner.trains_quantized_base:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
-    args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or DEFAULT_HUB)
+    resumed = resume_checkpoint(args)
+    if resumed:  # the run's saved arguments name the checkpoint, not "auto"
+        args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
+    args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or default_hub())
     registry.get("hubs", args.hub)
+    destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     skipped: list[str] | None = [] if args.skip_bad_records else None
-    conversations = conversations_dataset(args.dataset, registry, args, skipped)
-    if args.val_dataset:
-        held_out = conversations_dataset(args.val_dataset, registry, args, skipped)
-    else:
-        train_rows, held_rows = split_indices(len(conversations), args.split_dataset_ratio,
-                                              args.seed)
-        held_out = conversations.select(held_rows) if held_rows else None
-        if held_rows:
-            conversations = conversations.select(train_rows)
+    conversations, held_out = training_and_held_out(args, registry, skipped)
+    if args.predict_with_generate and held_out is None:
+        raise SdkError("--predict-with-generate predicts the held-out rows; give "
+                       "--val-dataset or --split-dataset-ratio.")
     if skipped:
         click.echo(f"[sdk] skipped {len(skipped)} bad records (--skip-bad-records), first at: "
                    f"{'; '.join(skipped[:5])}", err=True)
@@ -81,30 +86,51 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         eval_examples, eval_stats = tokenized_dataset(held_out, settings, args.dataset_num_proc)
         click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
         eval_examples = eval_examples if len(eval_examples) else None
-    model = resolve_callable(tuner.prepare)(model, args, spec)
+    from transformers import set_seed
 
-    run_dir = new_run_dir(args.output_dir, args.model_type)
+    set_seed(args.seed)  # the tuner's random init (lora_A) is part of what --seed repeats
+    model = resolve_callable(tuner.prepare)(model, args, spec)
+    tuner_callbacks = resolve_callable(tuner.callbacks)(model, args) if tuner.callbacks else []
+
+    # A resumed run continues in its own folder: later checkpoints and log lines go there.
+    run_dir = resumed.parent if resumed else new_run_dir(args.output_dir, args.model_type)
     saved = {**saved_arguments(args), "sdk_version": __version__}
     try:
         trainer = build_trainer(model, tokenizer, examples, eval_examples, args,
                                 tuner.default_learning_rate, run_dir, saved)
+        for callback in tuner_callbacks:
+            trainer.add_callback(callback)
     except BaseException:
-        shutil.rmtree(run_dir)  # nothing was written yet; do not leave a run with no model
+        if not resumed:
+            shutil.rmtree(run_dir)  # nothing was written yet; do not leave a run with no model
         raise
-    write_args(run_dir, saved)
-    click.echo(f"[sdk] run folder: {run_dir}", err=True)
-    trainer.train()
+    if resumed:
+        keep_log_until(run_dir, checkpoint_step(resumed))
+        click.echo(f"[sdk] resuming {run_dir} from {resumed.name}", err=True)
+    else:
+        write_args(run_dir, saved)
+        click.echo(f"[sdk] run folder: {run_dir}", err=True)
+    if destination is not None:  # after the Trainer's own callbacks: sees finished checkpoints
+        from sdk.hubs.push_callback import PushToHub
+
+        trainer.add_callback(PushToHub(destination, args.push_hub_strategy, registry))
+    trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
     last = checkpoints(run_dir)[-1]
     click.echo(f"[sdk] last checkpoint: {last}", err=True)
+    if args.predict_with_generate:
+        from sdk.infer.predict import predict_held_out
+
+        predict_held_out(trainer.model, tokenizer, settings.template, held_out, last, args)
     return SftResult(run_dir, last, trainer.model)
 
 
 def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
                   default_learning_rate: float, run_dir: Path, saved: dict):
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
-    from sdk.train.callbacks import JsonlLogger, SaveArguments
+    from sdk.train.callbacks import JsonlLogger
+    from sdk.train.trainer import SftTrainer
 
     dtype = torch_dtype(args.dtype)
     on_gpu = torch.cuda.is_available()
@@ -144,12 +170,13 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         report_to="none",
         **optional,
     )
-    return Trainer(
+    return SftTrainer(
         model=model,
         args=training_args,
         train_dataset=examples,
         eval_dataset=eval_examples,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
         processing_class=tokenizer,
-        callbacks=[JsonlLogger(run_dir), SaveArguments(saved)],
+        callbacks=[JsonlLogger(run_dir)],
+        run_arguments=saved,
     )
