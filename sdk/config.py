@@ -223,6 +223,18 @@ def base_type(annotation: Any) -> Any:
     return args[0] if args else annotation
 
 
+def key_value_pairs(flag: str, values: list[str], example: str) -> dict[str, str]:
+    """``KEY=VALUE`` items of a list flag as a dict; a malformed item names the flag and
+    shows ``example``."""
+    pairs = {}
+    for item in values:
+        key, equals, value = item.partition("=")
+        if not equals or not key or not value:
+            raise SdkError(f"{flag} '{item}': give {example}.")
+        pairs[key] = value
+    return pairs
+
+
 def split_list(values: Any) -> list[str]:
     if isinstance(values, str):
         values = [values]

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdk.config import key_value_pairs
 from sdk.data.readers import BadRecord, read_records
 from sdk.data.sources import dataset_source
 from sdk.errors import SdkError
@@ -87,18 +88,6 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
     return conversations
 
 
-def column_map(pairs: Sequence[str]) -> dict[str, str]:
-    """``--columns FIELD=OURS`` pairs as a dict."""
-    renames = {}
-    for pair in pairs:
-        field, equals, ours = pair.partition("=")
-        if not equals or not field or not ours:
-            raise SdkError(f"--columns '{pair}': give FIELD=OURS, e.g. question=instruction "
-                           "(the record's field, then the name a format reads).")
-        renames[field] = ours
-    return renames
-
-
 def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
                  skipped: list[str] | None) -> Iterator[Conversation]:
     """One dataset's conversations, in file order, read as they are needed; ``source`` from
@@ -110,7 +99,9 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
                            "--skip-bad-records to leave such records out.")
         skipped.append(where)
 
-    renames = column_map(getattr(args, "columns", None) or [])
+    renames = key_value_pairs("--columns", getattr(args, "columns", None) or [],
+                              "FIELD=OURS, e.g. question=instruction (the record's field, then "
+                              "the name a format reads)")
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
     forced = format_name or source.format
     data_format = registry.get("formats", forced) if forced else None

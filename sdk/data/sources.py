@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sdk.config import key_value_pairs
 from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, read_dataset_info
 from sdk.data.readers import READERS, is_saved_dataset
 from sdk.errors import SdkError
@@ -65,16 +66,12 @@ def hub_name(args: Any) -> str:
 
 def local_paths(pairs: list[str]) -> dict[str, Path]:
     """``--dataset-path NAME=PATH`` pairs, checked."""
-    paths = {}
-    for pair in pairs:
-        name, equals, path = pair.partition("=")
-        if not equals or not name or not path:
-            raise SdkError(f"--dataset-path '{pair}': give NAME=PATH, e.g. "
-                           "alpaca-zh=/data/alpaca_gpt4_data_zh.json.")
+    paths = key_value_pairs("--dataset-path", pairs,
+                            "NAME=PATH, e.g. alpaca-zh=/data/alpaca_gpt4_data_zh.json")
+    for name, path in paths.items():
         if not Path(path).exists():
-            raise SdkError(f"--dataset-path {pair}: '{path}' does not exist.")
-        paths[name] = Path(path)
-    return paths
+            raise SdkError(f"--dataset-path {name}={path}: '{path}' does not exist.")
+    return {name: Path(path) for name, path in paths.items()}
 
 
 def download(spec: DatasetSpec, registry: Registry, args: Any) -> tuple[str, ...]:
