@@ -2,7 +2,11 @@
 registered hub), --dataset-path local copies and --columns renames."""
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -159,3 +163,40 @@ def test_columns_rename_fields_before_the_format_is_detected(hub_registry, tmp_p
         load_conversations([str(data)], hub_registry, args(columns=["question"]))
     with pytest.raises(SdkError, match=r"qa\.csv.*cannot tell the format.*question, answer"):
         load_conversations([str(data)], hub_registry, args())
+
+
+def preview(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """`sdk datasets preview` in its own process (the hub clients read endpoints from the
+    environment there)."""
+    sdk = Path(sys.executable).with_name("sdk")
+    return subprocess.run([str(sdk), "datasets", "preview", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_id_downloads_from_the_hugging_face_hub(hf_hub_server):
+    rows = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
+    hf_hub_server.add_repo("someone/greetings", {"data/train-00000-of-00001.jsonl": rows,
+                                                 "data/test-00000-of-00001.jsonl": b"{}\n",
+                                                 "README.md": b"# card"},
+                           repo_type="dataset")
+    result = preview("someone/greetings", "--template", "chatml", "--hub", "huggingface",
+                     env={"HF_ENDPOINT": hf_hub_server.url})
+    assert result.returncode == 0, result.stderr
+    assert "2 rows from someone/greetings" in result.stdout
+    assert "[[bye<|im_end|>]]" in result.stdout
+    assert any("/datasets/someone/greetings" in path for _, path in hf_hub_server.requests)
+
+
+@pytest.mark.slow
+def test_alpaca_zh_downloads_from_modelscope(ms_hub_server):
+    csv = ("instruction,input,output\n将以下句子翻译成英文。,输入：今天天气很好。,"
+           "The weather is nice today.\n").encode()
+    ms_hub_server.add_repo("AI-ModelScope/alpaca-gpt4-data-zh", {"train.csv": csv},
+                           repo_type="dataset")
+    result = preview("alpaca-zh", "--template", "chatml", "--hub", "modelscope",
+                     env={"MODELSCOPE_ENDPOINT": ms_hub_server.url})
+    assert result.returncode == 0, result.stderr
+    assert "1 rows from alpaca-zh" in result.stdout
+    assert "将以下句子翻译成英文。\n今天天气很好。" in result.stdout  # the marker is dropped

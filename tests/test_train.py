@@ -164,3 +164,16 @@ def test_only_save_model_leaves_the_optimizer_state_out(plugin_set, identity_dat
     model, _, _ = load_for_inference(InferArguments(ckpt_dir=str(lean.run_dir)),
                                      plugin_set.registry)
     assert model is not None
+
+
+def test_neftune_adds_noise_to_the_embeddings_while_training(plugin_set, identity_data,
+                                                             tmp_path):
+    def first_loss(name: str, **overrides) -> float:
+        result = train(plugin_set, identity_data, tmp_path / name, max_steps=1,
+                       logging_steps=1, **overrides)
+        log = (result.run_dir / "logging.jsonl").read_text().splitlines()
+        return json.loads(log[0])["loss"]
+
+    plain = first_loss("plain")
+    assert first_loss("plain-again") == plain  # a seeded run repeats itself exactly
+    assert abs(first_loss("neftune", neftune_noise_alpha=50.0) - plain) > 1e-4
