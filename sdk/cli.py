@@ -373,6 +373,21 @@ def eval_predictions(predictions: str, as_json: bool) -> None:
                     ("metric", "score"))
 
 
+@cli.command()
+@click.argument("run_dir")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Image to write; its extension picks the format (.png, .svg, .pdf).  "
+              "[default: RUN_DIR/loss.png]")
+def plot(run_dir: str, output: str | None) -> None:
+    """Plot a run's training (and eval) loss against the step from its logging.jsonl; works
+    on a run still training: sdk plot RUN_DIR [--output FILE]."""
+    from pathlib import Path
+
+    from sdk.train.plot import plot_run
+
+    click.echo(str(plot_run(Path(run_dir), Path(output) if output else None)))
+
+
 @cli.command(cls=SdkCommand)
 @options_from(ExportArguments)
 @click.pass_context

@@ -98,6 +98,14 @@ class SftArguments(ModelArguments):
     max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides epochs when "
                          "above 0).")
     batch_size: int = arg(1, "Sequences per device per step.", at_least=1)
+    packing: bool = arg(True, "Padding-free batches: a batch's samples joined into one row, "
+                        "each attending only to itself (false: pad to the longest sample). "
+                        "Models and tuners that cannot pad instead, with a notice.")
+    max_tokens_per_batch: int | None = arg(
+        None, "Batches of as many samples as fit in N tokens (padding counted without "
+        "--packing) instead of --batch-size; a longer sample gets a batch of its own.",
+        at_least=1)
+    group_by_length: bool = arg(False, "Batch samples of similar length together.")
     gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.", at_least=1)
     learning_rate: float | None = arg(None, "Peak learning rate (lora 1e-4, full 2e-5).",
                                       above=0)
@@ -106,6 +114,14 @@ class SftArguments(ModelArguments):
     warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1)
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: no clipping).", at_least=0)
     gradient_checkpointing: bool = arg(False, "Recompute activations to save memory.")
+    offload_activations: bool = arg(
+        False, "Keep the activations saved for the backward in CPU memory (implies "
+        "--gradient-checkpointing): for contexts too long for GPU memory; slower.")
+    loss_impl: str = arg(
+        "auto", "How the loss is computed: chunked (the output layer and cross-entropy only on "
+        "trained tokens, in chunks: no full logits in memory), standard (the model's own, from "
+        "full fp32 logits), auto (liger-kernel's fused kernel on CUDA when installed, else "
+        "chunked; standard where the model needs it).", ("auto", "chunked", "standard"))
     lora_rank: int = arg(8, "LoRA rank.", at_least=1)
     lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
     lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
@@ -180,7 +196,13 @@ class InferArguments(ModelArguments):
     top_k: int = arg(20, "Sample among the K likeliest tokens (0: all).", at_least=0)
     top_p: float = arg(0.9, "Sample within this probability mass.", above=0)
     repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.", above=0)
+    num_beams: int = arg(1, "Beam search with this many beams (above 1: no streaming).",
+                         at_least=1)
+    no_repeat_ngram_size: int = arg(0, "Never repeat an n-gram of this many tokens (0: off).",
+                                    at_least=0)
     stream: bool = arg(True, "Print the reply while it is generated.")
+    merge_lora: bool = arg(False, "Merge the --ckpt-dir adapter into its base model in memory "
+                           "before generating (faster; a 4/8-bit base is loaded unquantized).")
     seed: int = arg(42, "Random seed.")
     dataset: list[str] = arg(
         [], "Predict a reply for every row of these datasets (like `sdk sft --dataset`) into "

@@ -17,6 +17,7 @@ the target and renamed into place when complete, so a failure leaves no half exp
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -62,15 +63,10 @@ def run_export(args: ExportArguments, registry: Registry) -> Path:
     output = Path(args.output_dir) if args.output_dir else checkpoint.with_name(
         checkpoint.name + ("-merged" if args.merge_lora else "-export"))
     check_output(output, checkpoint, args.overwrite)
-    dtype = export_dtype(args.dtype, saved)
-    bits = saved.get("quantization_bit") or 0
-    if bits:
-        click.echo(f"[sdk] the adapter was trained on a {bits}-bit base: merging it into the "
-                   f"base loaded unquantized in {dtype_name(torch_dtype(dtype))} (outputs "
-                   f"differ slightly from the {bits}-bit model's, whose base weights were "
-                   "rounded)", err=True)
     with staged(output, checkpoint, args.overwrite) as folder:
-        model, tokenizer, template = load_model(checkpoint, args, dtype, registry)
+        model, tokenizer, template = load_for_inference(InferArguments(
+            ckpt_dir=str(checkpoint), dtype=export_dtype(args.dtype, saved), quantization_bit=0,
+            model_id_or_path=args.model_id_or_path, merge_lora=args.merge_lora), registry)
         save_model(folder, model, tokenizer, template)
         write_args(folder, {**saved, "sft_type": "full", "quantization_bit": 0,
                             "dtype": dtype_name(model.dtype),
@@ -91,7 +87,7 @@ def check_merge(merge: bool, sft_type: str, checkpoint: Path) -> None:
     if not (checkpoint / ADAPTER_CONFIG).is_file():
         if merge:
             raise SdkError(f"--merge-lora: {checkpoint} holds a whole model (--sft-type "
-                           f"{sft_type}), not an adapter. Export it without --merge-lora.")
+                           f"{sft_type}), not an adapter; leave out --merge-lora.")
         return
     from peft import PeftConfig
 
@@ -174,16 +170,27 @@ def put_in_place(staging: Path, output: Path) -> None:
     shutil.rmtree(aside)
 
 
-def load_model(checkpoint: Path, args: ExportArguments, dtype: str,
-               registry: Registry) -> tuple[Any, Any, Template]:
-    """The checkpoint's model (its adapter merged with --merge-lora, on an unquantized base),
-    tokenizer and template, as `sdk infer` rebuilds them."""
-    model, tokenizer, template = load_for_inference(InferArguments(
-        ckpt_dir=str(checkpoint), dtype=dtype, quantization_bit=0,
-        model_id_or_path=args.model_id_or_path), registry)
-    if args.merge_lora:
-        model = model.merge_and_unload()
-    return model, tokenizer, template
+def load_merged(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
+    """The --ckpt-dir checkpoint with its adapter merged into the base model (peft's
+    ``merge_and_unload``), its tokenizer and template: what `sdk export --merge-lora` saves and
+    `sdk infer --merge-lora` generates with. The base is loaded unquantized, in the dtype
+    :func:`export_dtype` picks when --dtype is auto."""
+    if not args.ckpt_dir:
+        raise SdkError("--merge-lora merges the adapter of a checkpoint: give --ckpt-dir.")
+    checkpoint = checkpoint_or_export(args.ckpt_dir)
+    saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    check_merge(True, saved["sft_type"], checkpoint)
+    dtype = export_dtype(args.dtype, saved)
+    bits = saved.get("quantization_bit") or 0
+    if bits:
+        click.echo(f"[sdk] the adapter was trained on a {bits}-bit base: merging it into the "
+                   f"base loaded unquantized in {dtype_name(torch_dtype(dtype))} (outputs "
+                   f"differ slightly from the {bits}-bit model's, whose base weights were "
+                   "rounded)", err=True)
+    model, tokenizer, template = load_for_inference(dataclasses.replace(
+        args, ckpt_dir=str(checkpoint), dtype=dtype, quantization_bit=0, merge_lora=False),
+        registry)
+    return model.merge_and_unload(), tokenizer, template
 
 
 def save_model(folder: Path, model: Any, tokenizer: Any, template: Template) -> None:

@@ -100,7 +100,7 @@ def test_the_default_folder_is_beside_the_checkpoint_and_is_never_overwritten_si
             run_cli(*export, "--merge-lora", "--overwrite", "--dtype", "fp16")
     assert (out / "model.safetensors").read_bytes() == weights
     assert sorted(p.name for p in out.parent.iterdir()) == [
-        "checkpoint-1", "checkpoint-1-merged", "logging.jsonl", "sft_args.json"]
+        "checkpoint-1", "checkpoint-1-merged", "logging.jsonl", "loss.png", "sft_args.json"]
 
     again = run_cli(*export, "--merge-lora")
     assert again.exit_code == 1

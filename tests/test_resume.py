@@ -228,7 +228,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_in_use(
     assert resume_checkpoint(args) == run / "checkpoint-4"
     finish(start_sft(output, "--save-total-limit", "1", "--resume-from-checkpoint", "auto"))
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint-8", "logging.jsonl", "sft_args.json"]  # staging and rotation cleaned up
+        "checkpoint-8", "logging.jsonl", "loss.png", "sft_args.json"]  # staging, rotation cleaned
     assert_same_training(run, reference.run)
 
 

@@ -4,10 +4,11 @@ Apart from `sdk/hubs/push.py` because it imports transformers, which `sdk push` 
 
 Strategies (``--push-hub-strategy``): ``end`` and ``push_last`` push the last checkpoint when
 training ends (the Trainer always saves one at the end, so the two are the same here);
-``push_best`` the checkpoint with the lowest eval loss (the last one without held-out data);
+``push_best`` the best checkpoint (`sdk/train/best.py`: lowest eval loss, kept through
+rotation; the last one without held-out data);
 ``checkpoint`` each checkpoint to the repository's root, each replacing the one before;
 ``all_checkpoints`` each checkpoint into its own ``checkpoint-N`` folder of the repository.
-A checkpoint is staged (hard links) as soon as it is saved, so rotation by
+A checkpoint is staged (hard links) as soon as it is pushed, so rotation by
 ``--save-total-limit`` cannot take its files away, and uploaded by one background thread:
 training waits only when a new checkpoint comes while the previous upload still runs, and its
 end waits for every upload. A failed push does not stop training; it is reported at the end.
@@ -25,6 +26,7 @@ from transformers import TrainerCallback
 from sdk.errors import SdkError
 from sdk.hubs.push import Destination, stage, upload
 from sdk.registry import Registry
+from sdk.train.best import read_best
 from sdk.train.run_dir import find_checkpoint
 
 
@@ -36,7 +38,6 @@ class PushToHub(TrainerCallback):
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdk-push")
         self.running: Future | None = None
         self.failures: dict[str, str] = {}  # repository folder -> why its last push failed
-        self.best: tuple[float, Path, Path] | None = None  # eval loss, checkpoint, staged
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -46,15 +47,13 @@ class PushToHub(TrainerCallback):
             self.submit(checkpoint, "")
         elif self.strategy == "all_checkpoints":
             self.submit(checkpoint, checkpoint.name)
-        elif self.strategy == "push_best":
-            self.keep_if_best(checkpoint, state)
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        if self.strategy == "push_best" and self.best is not None:
-            _, checkpoint, staged = self.best
-            self.start(checkpoint, staged, "")
+        best = read_best(Path(args.output_dir)) if self.strategy == "push_best" else None
+        if best is not None:
+            self.submit(best.checkpoint, "")
         elif self.strategy in ("end", "push_last", "push_best"):
             self.submit(find_checkpoint(args.output_dir, "the run folder"), "")
         if self.running is not None:
@@ -62,19 +61,6 @@ class PushToHub(TrainerCallback):
         self.worker.shutdown()
         if self.failures:
             raise SdkError("\n".join(self.failures.values()))
-
-    def keep_if_best(self, checkpoint: Path, state) -> None:
-        """Stage ``checkpoint`` if its eval loss is the lowest yet: the staged copy outlives
-        its rotation."""
-        losses = [r["eval_loss"] for r in state.log_history
-                  if "eval_loss" in r and r.get("step") == state.global_step]
-        if not losses or (self.best is not None and losses[-1] >= self.best[0]):
-            return
-        staged = self.staged(checkpoint, "")
-        if staged is not None:
-            if self.best is not None:
-                shutil.rmtree(self.best[2], ignore_errors=True)
-            self.best = (losses[-1], checkpoint, staged)
 
     def submit(self, checkpoint: Path, files_folder: str) -> None:
         """Stage now, upload in the background after the upload still running, if any."""

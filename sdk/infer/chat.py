@@ -41,6 +41,12 @@ def checkpoint_or_export(path: str) -> Path:
 
 
 def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
+    """The model (on the GPU if there is one, in eval mode), tokenizer and template that
+    --ckpt-dir or --model-type name; with --merge-lora the adapter merged into the base."""
+    if args.merge_lora:
+        from sdk.export import load_merged  # sdk.export imports this module
+
+        return load_merged(args, registry)
     if args.ckpt_dir:
         checkpoint = checkpoint_or_export(args.ckpt_dir)
         saved = read_saved_arguments(checkpoint / ARGS_FILE)
@@ -70,14 +76,19 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
         model, tokenizer = load_model(spec, args, registry)
     else:
         raise SdkError("Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type.")
-    if system is not None:
-        template_spec = dataclasses.replace(template_spec, default_system=system)
     import torch
 
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
-    return model, tokenizer, Template.for_tokenizer(template_spec, tokenizer)
+    template = Template.for_tokenizer(template_spec, tokenizer)
+    return model, tokenizer, template if system is None else with_system(template, system)
+
+
+def with_system(template: Template, system: str) -> Template:
+    """``template`` with ``system`` as its default system prompt."""
+    return Template(dataclasses.replace(template.spec, default_system=system),
+                    template.special_tokens)
 
 
 def stop_tokens(template: Template, tokenizer: Any) -> tuple[list[int], list[str]]:
@@ -98,7 +109,8 @@ def generation_options(template: Template, tokenizer: Any,
     :func:`finish_reply` cuts the reply at."""
     stop_ids, stop_strings = stop_tokens(template, tokenizer)
     options: dict[str, Any] = dict(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         repetition_penalty=args.repetition_penalty, eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id)
     if args.do_sample:
@@ -154,6 +166,10 @@ def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
 def run_infer(args: InferArguments, registry: Registry) -> None:
     from transformers import set_seed
 
+    if args.num_beams > 1 and args.stream:
+        click.echo(f"[sdk] --num-beams {args.num_beams}: replies are printed when complete "
+                   "(beam search picks the reply at the end, so it cannot stream).", err=True)
+        args = dataclasses.replace(args, stream=False)
     set_seed(args.seed)
     model, tokenizer, template = load_for_inference(args, registry)
     if args.query is not None:
@@ -165,27 +181,51 @@ def run_infer(args: InferArguments, registry: Registry) -> None:
     chat(model, tokenizer, template, args)
 
 
+CHAT_HELP = """\
+Commands (anything else is a message to the model):
+  clear         forget the conversation so far
+  system TEXT   use TEXT as the system prompt, and start a new conversation
+  system        show the system prompt
+  help          show this list
+  exit, quit    leave (Ctrl-D too)"""
+
+
 def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -> None:
-    click.echo("Chat: type a message. 'clear' forgets the history, 'exit' quits.", err=True)
+    """A multi-turn conversation on stdin/stdout; the commands of CHAT_HELP between turns."""
+    click.echo("Chat: type a message; 'help' lists the commands, 'exit' quits.", err=True)
     history: Messages = []
     while True:
         try:
-            query = input("<<< ")
-        except EOFError:
+            line = input("<<< ")
+        except (EOFError, KeyboardInterrupt):
             break
-        command = query.strip().lower()
-        if command in ("exit", "quit"):
+        word, _, rest = line.strip().partition(" ")
+        command, rest = word.lower(), rest.strip()
+        if command in ("exit", "quit") and not rest:
             break
-        if command == "clear":
+        if command == "help" and not rest:
+            click.echo(CHAT_HELP, err=True)
+        elif command == "clear" and not rest:
             history = []
             click.echo("(history cleared)", err=True)
-            continue
-        if not command:
-            continue
-        messages = history + [{"role": "user", "content": query}]
-        sys.stdout.write(">>> ")
-        reply = generate(model, tokenizer, template, messages, args,
-                         sys.stdout if args.stream else None)
-        if not args.stream:
-            click.echo(reply)
-        history = messages + [{"role": "assistant", "content": reply}]
+        elif command == "system" and not rest:
+            shown = template.spec.default_system
+            click.echo("(no system prompt)" if shown is None else f"system: {shown}", err=True)
+        elif command == "system":
+            changed = with_system(template, rest)
+            try:
+                changed.render([{"role": "user", "content": "Hi"}], True)
+            except ValueError as error:
+                click.echo(f"(template '{template.spec.name}' does not take this system "
+                           f"prompt: {error})", err=True)
+                continue
+            template, history = changed, []
+            click.echo("(system prompt set, history cleared)", err=True)
+        elif line.strip():
+            messages = history + [{"role": "user", "content": line}]
+            sys.stdout.write(">>> ")
+            reply = generate(model, tokenizer, template, messages, args,
+                             sys.stdout if args.stream else None)
+            if not args.stream:
+                click.echo(reply)
+            history = messages + [{"role": "assistant", "content": reply}]

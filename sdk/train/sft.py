@@ -25,6 +25,8 @@ from sdk.models.loader import load_model, torch_dtype
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
+from sdk.train.best import best_checkpoint
+from sdk.train.plot import plot_after_training
 from sdk.train.resume import keep_log_until, resume_checkpoint
 from sdk.train.run_dir import checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.tuners import check_requires
@@ -52,6 +54,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     check_requires(tuner)
     if args.quantization_bit is None and tuner.default_quantization_bit:  # qlora: 4
         args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
+    if args.offload_activations:  # what is offloaded is what checkpointing keeps
+        args = dataclasses.replace(args, gradient_checkpointing=True)
     if args.adapter and not tuner.trains_adapters:
         raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
                        "train one. Use --sft-type lora (or the adapter's own kind).")
@@ -117,6 +121,12 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
     last = checkpoints(run_dir)[-1]
     click.echo(f"[sdk] last checkpoint: {last}", err=True)
+    best = best_checkpoint(run_dir, trainer.state.log_history)
+    if best is not None:
+        click.echo(f"[sdk] best checkpoint: {best.checkpoint} (eval loss {best.eval_loss:.4f} "
+                   f"at step {best.step})", err=True)
+    if trainer.is_world_process_zero():
+        plot_after_training(run_dir)
     if args.predict_with_generate:
         from sdk.infer.predict import predict_held_out
 
@@ -127,9 +137,12 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
 def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
                   default_learning_rate: float, run_dir: Path, saved: dict):
     import torch
-    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+    from transformers import TrainingArguments
 
+    from sdk.train.accuracy import token_accuracy_arguments
+    from sdk.train.batching import Batching, row_lengths
     from sdk.train.callbacks import JsonlLogger
+    from sdk.train.packing import batch_collator
     from sdk.train.trainer import SftTrainer
 
     dtype = torch_dtype(args.dtype)
@@ -144,6 +157,22 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
     if eval_examples is not None:
         optional.update(eval_strategy="steps", eval_steps=args.eval_steps or args.save_steps,
                         per_device_eval_batch_size=args.batch_size)
+    if args.group_by_length and not args.max_tokens_per_batch:  # else TokenBudgetBatches groups
+        # transformers 5.24 made group_by_length one of its train_sampling_strategy values
+        names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        optional.update({"train_sampling_strategy": "group_by_length"}
+                        if "train_sampling_strategy" in names else {"group_by_length": True})
+    collator, not_packed = batch_collator(model, tokenizer, args)
+    if not_packed:
+        click.echo(f"[sdk] packing off, batches are padded: {not_packed}.", err=True)
+    batching = Batching(packed=args.packing and not_packed is None,
+                        max_tokens=args.max_tokens_per_batch,
+                        group_by_length=args.group_by_length)
+    if batching.max_tokens:
+        longer = sum(length > batching.max_tokens for length in row_lengths(examples))
+        if longer:
+            click.echo(f"[sdk] {longer} rows are longer than --max-tokens-per-batch "
+                       f"{batching.max_tokens}; each gets a batch of its own.", err=True)
     training_args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=args.batch_size,
@@ -168,6 +197,9 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         report_to="none",
+        # Eval logits only for the token accuracy, counted a batch at a time (accuracy.py).
+        prediction_loss_only=eval_examples is None,
+        batch_eval_metrics=eval_examples is not None,
         **optional,
     )
     return SftTrainer(
@@ -175,8 +207,12 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         args=training_args,
         train_dataset=examples,
         eval_dataset=eval_examples,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+        data_collator=collator,
+        batching=batching,
         processing_class=tokenizer,
         callbacks=[JsonlLogger(run_dir)],
         run_arguments=saved,
+        loss_impl=args.loss_impl,
+        offload_activations=args.offload_activations,
+        **(token_accuracy_arguments() if eval_examples is not None else {}),
     )

@@ -16,19 +16,87 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import click
+import torch
 from transformers import Trainer
 
+from sdk.train.batching import Batching, TokenBudgetBatches, row_lengths
+from sdk.train.best import record_best, rotated
+from sdk.train.loss import choose_loss, chunk_tokens_for, logits_from_output_layer, token_loss
 from sdk.train.run_dir import PARTIAL_DIR, checkpoints, write_args
 
 
 class SftTrainer(Trainer):
-    def __init__(self, *args: Any, run_arguments: dict[str, Any], **kwargs: Any):
+    def __init__(self, *args: Any, run_arguments: dict[str, Any], loss_impl: str = "auto",
+                 offload_activations: bool = False, batching: Batching | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.run_arguments = run_arguments  # written into each checkpoint as sft_args.json
+        self.batching = batching  # its token budget replaces the Trainer's batches of batch_size
         self._saving_into: str | None = None
+        self.loss_impl = loss_impl  # --loss-impl
+        self.chosen_loss: str | None = None  # liger, chunked or standard: set by the first batch
+        self.offload_activations = offload_activations
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        # The activations the backward needs wait in (pinned) CPU memory: with gradient
+        # checkpointing, each layer's input, and the hidden states of the loss.
+        offloaded = (torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+                     if self.offload_activations else nullcontext())
+        with offloaded:
+            # Eval without prediction_loss_only wants the logits themselves.
+            if ("labels" not in inputs or (return_outputs and not self.args.prediction_loss_only)
+                    or self._loss_for(inputs) == "standard"):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with self.accelerator.autocast():
+                loss, outputs = token_loss(model, self.model.get_output_embeddings(), inputs,
+                                           num_items_in_batch, self.chosen_loss,
+                                           chunk_tokens_for(self.model))
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as the Trainer scales its own: num_items_in_batch counts every process's tokens
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_for(self, inputs: dict[str, Any]) -> str:
+        if self.chosen_loss is None:
+            sharded = self.args.n_gpu > 1 or self.is_fsdp_enabled or self.is_deepspeed_enabled
+            impl, why = choose_loss(self.loss_impl, self.model, self.args.device.type == "cuda",
+                                    sharded)
+            with self.accelerator.autocast():
+                if impl != "standard" and not logits_from_output_layer(self.model,
+                                                                       inputs["input_ids"]):
+                    impl, why = "standard", ("its logits are more than its output layer's "
+                                             "(soft-capped or scaled)")
+            click.echo(f"[sdk] loss: {impl} ({why})", err=True)
+            self.chosen_loss = impl
+        return self.chosen_loss
+
+    def _get_dataloader(self, dataset: Any, description: str, batch_size: int,
+                        sampler_fn: Any = None, is_training: bool = False,
+                        dataloader_key: str | None = None) -> Any:
+        if self.batching is None or self.batching.max_tokens is None:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn,
+                                           is_training, dataloader_key)
+        # The Trainer's own loader with a batch sampler in place of batch_size and sampler.
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        dataset = self._remove_unused_columns(dataset, description=description)
+        batches = TokenBudgetBatches(row_lengths(dataset), self.batching.max_tokens,
+                                     self.batching.packed, self.args.seed, shuffle=is_training,
+                                     group_by_length=self.batching.group_by_length)
+        workers = self.args.dataloader_num_workers
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator,
+                            num_workers=workers, pin_memory=self.args.dataloader_pin_memory,
+                            worker_init_fn=partial(seed_worker, num_workers=workers,
+                                                   rank=self.args.process_index))
+        return self.accelerator.prepare(loader)
 
     def _get_output_dir(self, trial: Any) -> str:
         # The Trainer writes checkpoint-N under this folder and rotates there: while it saves,
@@ -50,9 +118,10 @@ class SftTrainer(Trainer):
         if self.args.should_save:
             name = f"checkpoint-{self.state.global_step}"
             publish(staging / name, run_dir / name, self.run_arguments)
+            best = record_best(run_dir, self.state.log_history)  # sdk/train/best.py
             limit = self.args.save_total_limit or 0
             if limit > 0:
-                for old in checkpoints(run_dir)[:-limit]:
+                for old in rotated(checkpoints(run_dir), limit, best):
                     discard(old)
             shutil.rmtree(staging)
 

@@ -1,0 +1,277 @@
+"""Training throughput and peak memory of `sdk sft` against the seed recipe.
+
+    python benchmarks/train_throughput.py --arch tiny                          # CPU
+    python benchmarks/train_throughput.py --arch qwen2.5-7b --mode lora        # GPU
+    python benchmarks/train_throughput.py --arch qwen2.5-7b --mode qlora       # GPU, bitsandbytes
+    python benchmarks/train_throughput.py --arch qwen2.5-7b --longest          # QLoRA, one row
+
+The baseline is ../shared/bench/hf_baseline.py (transformers Trainer + peft, dynamic padding),
+run as it is. Ours is `sdk sft`'s training setup with its default settings (the tuner's
+`prepare`, `build_trainer`: packing, `--loss-impl auto`, checkpoints), given the batch size,
+steps and gradient checkpointing of the baseline. Both train the architecture the baseline defines,
+randomly initialised (speed does not depend on the weights), on the rows of its synthetic data
+generator with its seed, each in a fresh process. Real tokens are the tokens of the rows trained
+on (padding not counted), per second between the end of the warm-up steps and the last step.
+Peak memory is the process's peak resident memory on CPU, torch.cuda.max_memory_allocated on
+GPU. `--longest` doubles one row's length (QLoRA, gradient checkpointing, batch 1) until a
+side runs out of memory, and reports each side at its longest. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO.parent / "shared" / "bench" / "hf_baseline.py"
+TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "qwen2"
+LONGEST_LADDER = [4096 * 2**i for i in range(6)]  # 4k ... 128k tokens
+GIB = 2**30
+# Runs a script with its clock reading the process's CPU time (--cpu-time); both sides time
+# their steps with time.perf_counter.
+ON_CPU_CLOCK = ("import runpy, sys, time; time.perf_counter = time.process_time; "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def baseline_module() -> Any:
+    """hf_baseline.py as a module: its architectures and its data generator."""
+    sys.path.insert(0, str(BASELINE.parent))
+    import hf_baseline
+
+    return hf_baseline
+
+
+def random_model_folder(arch: str) -> Path:
+    """The architecture with random weights (seed 0) and a tokenizer whose padding id is 0, as
+    the baseline pads, saved once where `sdk sft`'s loader reads a model folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(tempfile.gettempdir()) / f"sdk-bench-{arch}"
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(baseline_module().make_config(arch), dtype=dtype)
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+    tokenizer.save_pretrained(partial)
+    partial.rename(folder)
+    return folder
+
+
+class CountingCollator:
+    """The trainer's collator, counting the rows' tokens (real) and the batch's (padded)."""
+
+    def __init__(self, collate: Any):
+        self.collate, self.real, self.padded = collate, 0, 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        batch = self.collate(features)
+        self.real += sum(len(feature["input_ids"]) for feature in features)
+        self.padded += batch["input_ids"].numel()
+        return batch
+
+
+def train_ours(options: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback, set_seed
+
+    from sdk.config import SftArguments
+    from sdk.data.encode import example
+    from sdk.models.loader import LoadOptions, load_pretrained
+    from sdk.plugins import load_plugins
+    from sdk.specs import ModelSpec, resolve_callable
+    from sdk.train.sft import build_trainer
+
+    cuda = torch.cuda.is_available()
+    hf = baseline_module()
+    tuner = load_plugins().registry.get("tuners", options.mode)
+    run_dir = Path(tempfile.mkdtemp(prefix="sdk-bench-run-"))
+    args = SftArguments(
+        model_type=f"bench-{options.arch}", sft_type=options.mode, dataset=["synthetic"],
+        batch_size=options.batch, gradient_accumulation_steps=1, max_steps=options.steps,
+        save_steps=options.steps, max_length=options.fixed_len or options.max_len,
+        gradient_checkpointing=options.gc or options.offload,
+        offload_activations=options.offload, packing=not options.no_packing,
+        quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
+    model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
+        dtype=args.dtype, quantization_bit=args.quantization_bit or 0))
+    set_seed(args.seed)
+    spec = ModelSpec(model_type=args.model_type, family="bench", template="chatml")
+    model = resolve_callable(tuner.prepare)(model, args, spec)
+    rows = hf.Synthetic(options.samples, model.config.vocab_size, options.max_len,
+                        fixed=options.fixed_len).items
+    examples = Dataset.from_list([example(row["input_ids"], row["labels"]) for row in rows])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer = build_trainer(model, tokenizer, examples, None, args,
+                            tuner.default_learning_rate, run_dir, {})
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    marks = {}
+
+    class Timer(TrainerCallback):
+        # at the same steps as the baseline; the collator runs a batch ahead at both marks
+        def on_step_end(self, arguments, state, control, **kwargs):
+            if state.global_step in (options.warmup, options.steps):
+                if cuda:
+                    torch.cuda.synchronize()
+                marks[state.global_step] = (time.perf_counter(), counter.real, counter.padded)
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    (start, real0, padded0), (end, real1, padded1) = marks[options.warmup], marks[options.steps]
+    seconds = end - start
+    return {"real_tok_s": round((real1 - real0) / seconds),
+            "padded_tok_s": round((padded1 - padded0) / seconds),
+            "pad_frac": round(1 - (real1 - real0) / (padded1 - padded0), 3),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
+            "loss": trainer.chosen_loss}
+
+
+def run_side(command: list[str]) -> dict[str, Any] | None:
+    """Run one side in its own process: its JSON line, with its peak memory as ``peak_gib``
+    (the process's peak resident memory where it measured none); None if it failed."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        lines = out.read().decode().splitlines()
+        if process.returncode != 0 or not lines:
+            tail = err.read().decode().splitlines()[-3:]
+            print(f"  failed ({process.returncode}): {' | '.join(tail)}", file=sys.stderr)
+            return None
+    result = json.loads(lines[-1])
+    if result.get("peak_gib") is None:
+        result["peak_gib"] = round(usage.ru_maxrss * 1024 / GIB, 2)  # Linux: KiB
+    return result
+
+
+def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]]:
+    shared = ["--arch", options.arch, "--mode", options.mode, "--batch", str(options.batch),
+              "--steps", str(options.steps), "--warmup", str(options.warmup),
+              "--samples", str(options.samples), "--fixed_len", str(fixed_len)]
+    baseline = [sys.executable, str(BASELINE), *shared, "--max_len", str(options.max_len)]
+    ours = [sys.executable, __file__, "--side", "ours", *shared, "--max-len",
+            str(options.max_len), *(["--offload"] if options.offload else []),
+            *(["--no-packing"] if options.no_packing else [])]
+    if options.gc:
+        baseline.append("--gc")
+        ours.append("--gc")
+    if options.cpu_time:
+        baseline[1:1] = ours[1:1] = ["-c", ON_CPU_CLOCK]
+    return {"ours": ours, "baseline": baseline}
+
+
+def compare(options: argparse.Namespace) -> dict[str, Any]:
+    """Each side's fastest of ``--repeats`` runs, the sides taking turns (on a shared machine
+    the load changes between runs), with the highest peak memory of its runs."""
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
+    for _ in range(options.repeats):
+        for side, command in commands(options, options.fixed_len).items():
+            print(f"{side}: {' '.join(command[command.index('--arch') - 1:])}",
+                  file=sys.stderr)
+            result = run_side(command)
+            print(f"  {json.dumps(result)}", file=sys.stderr)
+            if result is not None:
+                runs[side].append(result)
+    return {side: {**max(results, key=lambda result: result["real_tok_s"]),
+                   "peak_gib": max(result["peak_gib"] for result in results)}
+            for side, results in runs.items() if results}
+
+
+def longest(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
+    """Each side at the longest length of the ladder it trains (it stops at the first that
+    fails)."""
+    results, lengths = {}, {}
+    for side in ("ours", "baseline"):
+        for length in LONGEST_LADDER:
+            command = commands(options, length)[side]
+            print(f"{side}: one row of {length} tokens", file=sys.stderr)
+            result = run_side(command)
+            if result is None:
+                break
+            print(f"  {json.dumps(result)}", file=sys.stderr)
+            results[side], lengths[side] = result, length
+    return results, lengths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="tiny", help="an architecture of hf_baseline.py")
+    parser.add_argument("--mode", default="lora", choices=["lora", "qlora"])
+    parser.add_argument("--batch", type=int, help="rows a step (default: 4 on GPU, 8 on CPU)")
+    parser.add_argument("--steps", type=int, help="steps (default: 30 on GPU, 12 on CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed first steps (default 5 / 3)")
+    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, taking "
+                        "turns; each side's fastest counts")
+    parser.add_argument("--gc", action="store_true", help="gradient checkpointing on both "
+                        "sides (default: on for qlora, as the QLoRA recipe)")
+    parser.add_argument("--offload", action="store_true",
+                        help="ours with --offload-activations")
+    parser.add_argument("--cpu-time", action="store_true", help="tokens per second of "
+                        "process CPU time instead of wall-clock time: steadier on a CPU that "
+                        "other work shares")
+    parser.add_argument("--no-packing", action="store_true",
+                        help="ours with --packing false (batches padded, as the baseline's)")
+    parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
+                        "that each side trains")
+    parser.add_argument("--fixed_len", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)  # a child process
+    options = parser.parse_args()
+    if options.side == "ours":
+        print(json.dumps(train_ours(options)), flush=True)
+        return
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if options.longest:
+        options.mode, options.batch, options.gc = "qlora", 1, True
+        options.steps, options.warmup = options.steps or 4, options.warmup or 1
+        options.samples = options.steps + 2
+    options.gc = options.gc or options.mode == "qlora"
+    options.batch = options.batch or (4 if cuda else 8)
+    options.steps = options.steps or (30 if cuda else 12)
+    options.warmup = options.warmup or (5 if cuda else 3)
+    if options.longest:
+        results, lengths = longest(options)
+    else:
+        results, lengths = compare(options), {}
+    ours, baseline = results.get("ours"), results.get("baseline")
+    summary = {
+        "arch": options.arch, "mode": options.mode, "device": "cuda" if cuda else "cpu",
+        "batch": options.batch, "gc": options.gc, "offload": options.offload,
+        "packing": not options.no_packing, "clock": "cpu" if options.cpu_time else "wall",
+        "ours_tok_s": ours and ours["real_tok_s"],
+        "baseline_tok_s": baseline and baseline["real_tok_s"],
+        "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)
+        if ours and baseline else None,
+        "ours_peak_gib": ours and ours["peak_gib"],
+        "baseline_peak_gib": baseline and baseline["peak_gib"],
+        "ours_pad_frac": ours and ours["pad_frac"],
+        "baseline_pad_frac": baseline and baseline["pad_frac"],
+        "ours_loss": ours and ours["loss"],
+    }
+    if options.longest:
+        summary.update(ours_longest=lengths.get("ours"), baseline_longest=lengths.get("baseline"))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
