@@ -119,6 +119,25 @@ def test_the_output_layer_sees_only_trained_positions_a_chunk_at_a_time(tiny_mod
     assert rows_seen == forward_rows  # the backward computes no chunk again
 
 
+def test_offloading_hooks_never_see_the_logits(tiny_model_dir):
+    """--offload-activations packs what the backward keeps; a chunk's logits are not kept."""
+    model = tiny_model(tiny_model_dir, "lora on lm_head")
+    weights = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    packed_shapes = []
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:  # an activation
+            packed_shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, _ = token_loss(model, model.get_output_embeddings(),
+                             packed_batch(model.config.vocab_size), None, "chunked", CHUNK)
+    loss.backward()
+    assert packed_shapes  # the model's own activations
+    assert not [shape for shape in packed_shapes if shape[-1] == model.config.vocab_size]
+
+
 def test_a_batch_without_trained_tokens_gives_transformers_value(tiny_model_dir):
     model = tiny_model(tiny_model_dir, "full")
     batch = padded_batch(model.config.vocab_size, model.config.pad_token_id)
@@ -131,6 +150,7 @@ def test_a_batch_without_trained_tokens_gives_transformers_value(tiny_model_dir)
 
 def test_the_loss_implementation_is_chosen_by_device_model_and_liger(tiny_model_dir):
     from peft import PromptTuningConfig, get_peft_model
+    from transformers import LlamaForCausalLM
 
     plain, lora_head = tiny_model(tiny_model_dir, "full"), tiny_model(tiny_model_dir,
                                                                        "lora on lm_head")
@@ -152,6 +172,12 @@ def test_the_loss_implementation_is_chosen_by_device_model_and_liger(tiny_model_
                             PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     impl, why = choose("chunked", prompt, on_cuda=False, sharded=False)
     assert impl == "standard" and "virtual tokens" in why
+
+    class OwnCode(LlamaForCausalLM):  # as a model repository's code would define it
+        pass
+
+    impl, why = choose("auto", OwnCode(plain.config), on_cuda=False, sharded=False)
+    assert impl == "standard" and "remote code" in why
 
 
 def test_logits_changed_after_the_output_layer_are_detected(tiny_model_dir):

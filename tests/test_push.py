@@ -387,7 +387,8 @@ def test_a_push_that_fails_during_training_is_reported_at_the_end(registry, hub,
         in message
     run_dir = next((tmp_path / "out" / MODEL_TYPE).glob("v0-*"))
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint-2", "checkpoint-4", "logging.jsonl", "sft_args.json"]
+        "best_checkpoint.json", "checkpoint-2", "checkpoint-4", "logging.jsonl",
+        "sft_args.json"]
     for path in [*run_dir.rglob("*"), *(tmp_path / "flaky-hub").rglob("*")]:
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path

@@ -5,8 +5,8 @@ one 32k-token row of a 152k-word vocabulary that is 20 GB before the backward ev
 the model's own forward runs as usual (peft, NEFTune, autocast, DDP hooks all included), but a
 pre-hook on its output layer keeps the final hidden states and hands the layer an empty slice.
 The output layer and the cross-entropy then run only at positions whose next token is trained
-(the prompt never reaches them), a chunk of tokens at a time, each chunk recomputed in the
-backward (`torch.utils.checkpoint`), so at most one chunk of logits exists. On CUDA,
+(the prompt never reaches them), a chunk of tokens at a time, each chunk's gradients computed in
+the same pass, so at most one chunk of logits exists and none is computed twice. On CUDA,
 liger-kernel's fused linear cross-entropy does the same in Triton when it is installed.
 
 The value is transformers' `ForCausalLMLoss`: labels shifted by one (or a collator's
@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional
 
 from sdk.templates.engine import IGNORE_INDEX
+from sdk.train.probe import probing
 
 CHUNK_LOGITS = 2**26  # logits per chunk: 256 MiB in fp32, whatever the vocabulary
 PROBE_TOKENS = 16
@@ -60,6 +61,10 @@ def hidden_states_of(head: torch.nn.Module, starve: bool) -> Iterator[list[torch
         handle.remove()
 
 
+def _as_is(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of ``head(hidden)`` against ``targets``, ``chunk_tokens`` rows at a
     time. Each chunk's gradients (for ``hidden`` and the trainable ``params`` of ``head``) are
@@ -75,7 +80,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, len(hidden), chunk_tokens):
             rows = hidden[start:start + chunk_tokens].detach().requires_grad_()
-            with torch.enable_grad():
+            # the chunk's graph lives only until its gradients: kept where it is, also under
+            # --offload-activations (save_on_cpu would copy its logits out and back)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is):
                 loss = functional.cross_entropy(head(rows).float(),
                                                 targets[start:start + chunk_tokens],
                                                 reduction="sum")
@@ -194,14 +201,9 @@ def logits_from_output_layer(model: Any, input_ids: torch.Tensor) -> bool:
     called with, and nothing more (no soft-capping or scaling after it): checked on the first
     tokens of ``input_ids``, in eval mode so that dropout is the same in both."""
     head = model.get_output_embeddings()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), hidden_states_of(head, starve=False) as captured:
-            logits = model(input_ids=input_ids[:1, :PROBE_TOKENS]).logits
-            if len(captured) != 1:
-                return False
-            expected = head(captured[0])
-    finally:
-        model.train(was_training)
+    with probing(model), hidden_states_of(head, starve=False) as captured:
+        logits = model(input_ids=input_ids[:1, :PROBE_TOKENS]).logits
+        if len(captured) != 1:
+            return False
+        expected = head(captured[0])
     return torch.allclose(logits.float(), expected.float(), rtol=1e-3, atol=1e-4)

@@ -58,6 +58,8 @@ def why_not_packed(model: Any, args: Any) -> str | None:
 def _leaks_between_samples(model: Any) -> str | None:
     import torch
 
+    from sdk.train.probe import probing
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
     # a long first sample: a second sample that sees it is far from its logits alone
@@ -71,16 +73,12 @@ def _leaks_between_samples(model: Any) -> str | None:
                  for key, value in batch.items()}
         return model(**batch, use_cache=False).logits[0].float()
 
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with probing(model):
             packed = logits(samples)
             alone = torch.cat([logits([sample]) for sample in samples])
     except Exception as error:  # e.g. a remote-code forward that takes no position_ids
         return f"{name} cannot run a packed row ({type(error).__name__}: {error})"
-    finally:
-        model.train(was_training)
     if packed.shape != alone.shape:
         return f"{name} does not give one logit row per token of a packed row"
     if not (packed - alone).abs().max() <= PROBE_TOLERANCE * alone.abs().max():  # or NaN
