@@ -34,10 +34,6 @@ BASELINE = REPO.parent / "shared" / "bench" / "hf_baseline.py"
 TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "qwen2"
 LONGEST_LADDER = [4096 * 2**i for i in range(6)]  # 4k ... 128k tokens
 GIB = 2**30
-# Runs a script with its clock reading the process's CPU time (--cpu-time); both sides time
-# their steps with time.perf_counter.
-ON_CPU_CLOCK = ("import runpy, sys, time; time.perf_counter = time.process_time; "
-                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def baseline_module() -> Any:
@@ -171,8 +167,6 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
-    if options.cpu_time:
-        baseline[1:1] = ours[1:1] = ["-c", ON_CPU_CLOCK]
     return {"ours": ours, "baseline": baseline}
 
 
@@ -182,8 +176,7 @@ def compare(options: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
     for _ in range(options.repeats):
         for side, command in commands(options, options.fixed_len).items():
-            print(f"{side}: {' '.join(command[command.index('--arch') - 1:])}",
-                  file=sys.stderr)
+            print(f"{side}: {' '.join(command[1:])}", file=sys.stderr)
             result = run_side(command)
             print(f"  {json.dumps(result)}", file=sys.stderr)
             if result is not None:
@@ -224,9 +217,6 @@ def main() -> None:
                         "sides (default: on for qlora, as the QLoRA recipe)")
     parser.add_argument("--offload", action="store_true",
                         help="ours with --offload-activations")
-    parser.add_argument("--cpu-time", action="store_true", help="tokens per second of "
-                        "process CPU time instead of wall-clock time: steadier on a CPU that "
-                        "other work shares")
     parser.add_argument("--no-packing", action="store_true",
                         help="ours with --packing false (batches padded, as the baseline's)")
     parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
@@ -257,7 +247,7 @@ def main() -> None:
     summary = {
         "arch": options.arch, "mode": options.mode, "device": "cuda" if cuda else "cpu",
         "batch": options.batch, "gc": options.gc, "offload": options.offload,
-        "packing": not options.no_packing, "clock": "cpu" if options.cpu_time else "wall",
+        "packing": not options.no_packing,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)
