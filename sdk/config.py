@@ -22,6 +22,8 @@ from sdk.errors import SdkError
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                  "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
                  "cosine_with_min_lr", "warmup_stable_decay")
+ATTENTION_KERNELS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                     "flex_attention")
 
 
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
@@ -46,6 +48,10 @@ class ModelArguments:
     dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
                      ("auto", "bf16", "fp16", "fp32"))
     trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.")
+    attn_impl: str = arg(
+        "auto", "Attention kernel. auto: flash_attention_2 on a CUDA GPU in bf16/fp16 when "
+        "flash-attn is installed, else what transformers picks (sdpa where the model has it, "
+        "else eager).", ATTENTION_KERNELS)
     quantization_bit: int | None = arg(
         None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA; needs a CUDA GPU); "
         "0: not quantized.", (0, 4, 8))

@@ -22,6 +22,7 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 class LoadOptions:
     dtype: str = "auto"
     trust_remote_code: bool = False
+    attn_impl: str = "auto"  # --attn-impl
     model_dir: str | None = None  # a local folder that replaces the hub download
     download: Callable[[ModelSpec], Path] | None = None
     quantization_bit: int = 0  # 4 or 8: bitsandbytes
@@ -93,12 +94,49 @@ def load_pretrained(path: str | Path, options: LoadOptions,
         # bitsandbytes quantizes while placing the weights: on the GPU, else on the CPU (its
         # CPU backend)
         extra["device_map"] = {"": 0 if torch.cuda.is_available() else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype(options.dtype),
-        trust_remote_code=options.trust_remote_code, **extra)
+    dtype = torch_dtype(options.dtype)
+    kernel = attention_implementation(options.attn_impl, dtype)
+    if kernel:
+        extra["attn_implementation"] = kernel
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, trust_remote_code=options.trust_remote_code, **extra)
+    except (ValueError, ImportError) as error:
+        if not kernel or kernel not in str(error):
+            raise
+        raise SdkError(f"--attn-impl {kernel} does not work with the model in {path}: "
+                       f"{error} Pick another --attn-impl (sdpa or eager).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# what each kernel needs besides the GPU, as a package to import and one to pip install
+FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn"),
+                  "flash_attention_3": ("flash_attn_interface", "flash-attn-3")}
+
+
+def attention_implementation(requested: str, dtype: Any) -> str | None:
+    """The ``attn_implementation`` to load with for ``--attn-impl`` (None: transformers'
+    choice); a flash kernel that cannot run here is an error before anything loads."""
+    import torch
+
+    half = dtype in (torch.bfloat16, torch.float16)
+    if requested == "auto":
+        if (torch.cuda.is_available() and half
+                and importlib.util.find_spec(FLASH_PACKAGES["flash_attention_2"][0])):
+            return "flash_attention_2"
+        return None
+    if requested in FLASH_PACKAGES:
+        module, package = FLASH_PACKAGES[requested]
+        if not torch.cuda.is_available():
+            raise SdkError(f"--attn-impl {requested} needs a CUDA GPU; use sdpa or eager here.")
+        if importlib.util.find_spec(module) is None:
+            raise SdkError(f"--attn-impl {requested} needs the {package} package: pip install "
+                           f"{package} (or use --attn-impl sdpa).")
+        if not half:
+            raise SdkError(f"--attn-impl {requested} runs in bf16 or fp16 only: add --dtype bf16.")
+    return requested
 
 
 def model_folder(spec: ModelSpec, options: LoadOptions) -> Path:
@@ -151,7 +189,7 @@ def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
             repo_id, model_spec.revision, model_spec.ignore_patterns))
 
     options = LoadOptions(
-        dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, attn_impl=args.attn_impl,
         model_dir=args.model_id_or_path, download=download,
         quantization_bit=args.quantization_bit or 0, bnb_4bit_comp_dtype=args.bnb_4bit_comp_dtype,
         bnb_4bit_quant_type=args.bnb_4bit_quant_type,
