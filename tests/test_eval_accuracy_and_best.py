@@ -57,18 +57,20 @@ def test_a_model_that_predicts_every_next_token_scores_one_also_in_a_packed_row(
     assert accuracy(Prediction(batches[0]), compute_result=True) == {"token_accuracy": 1.0}
 
 
-@pytest.mark.parametrize("packing", ["true", "false"])
+@pytest.mark.parametrize("packing, loss_impl", [("true", "chunked"), ("false", "chunked"),
+                                               ("true", "standard")])
 def test_the_logged_accuracy_is_the_share_of_trained_tokens_predicted_right(
-        run_cli, tiny_plugin_file, plugin_set, identity_data, tmp_path, packing):
+        run_cli, tiny_plugin_file, plugin_set, identity_data, tmp_path, packing, loss_impl):
     result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
                      "--sft-type", "full", "--dataset", identity_data, "--val-dataset",
                      identity_data, "--max-steps", "2", "--batch-size", "4",
                      "--gradient-accumulation-steps", "1", "--learning-rate", "5e-2",
                      "--warmup-ratio", "0", "--save-steps", "1", "--eval-steps", "1",
-                     "--save-total-limit", "0", "--packing", packing, "--output-dir",
-                     tmp_path / "out")
+                     "--save-total-limit", "0", "--packing", packing, "--loss-impl",
+                     loss_impl, "--output-dir", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "packing off" not in result.stderr  # packed eval batches are scored too
+    assert f"[sdk] loss: {loss_impl}" in result.stderr
     run_dir = newest_run(tmp_path / "out", TINY_MODEL_TYPE)
     log = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
     logged = {r["step"]: r["eval_token_accuracy"] for r in log if "eval_loss" in r}

@@ -9,7 +9,8 @@ import torch
 from conftest import TINY_MODEL_TYPE
 from sdk.config import SftArguments
 from sdk.templates.engine import IGNORE_INDEX
-from sdk.train.loss import choose_loss, logits_from_output_layer, token_loss
+from sdk.train.accuracy import count_correct
+from sdk.train.loss import choose_loss, eval_loss_and_counts, logits_from_output_layer, token_loss
 from sdk.train.sft import run_sft
 
 CHUNK = 3  # tokens a chunk: small, so that every batch here takes several chunks
@@ -117,6 +118,32 @@ def test_the_output_layer_sees_only_trained_positions_a_chunk_at_a_time(tiny_mod
     assert forward_rows[0] == 0  # the model's own call: no position
     assert sum(forward_rows) == trained and max(forward_rows) <= CHUNK
     assert rows_seen == forward_rows  # the backward computes no chunk again
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_chunked_eval_gives_the_models_loss_and_the_counts_of_its_logits(tiny_model_dir, layout):
+    model = tiny_model(tiny_model_dir, "lora").eval()
+    vocab_size = model.config.vocab_size
+    batch = (padded_batch(vocab_size, model.config.pad_token_id) if layout == "padded"
+             else packed_batch(vocab_size))
+    with torch.no_grad():
+        predicted = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)
+    # every other trained token made the one the model predicts: some right, some wrong
+    labels = batch["labels"]
+    agree = (labels[:, 1:] != IGNORE_INDEX) & (torch.arange(labels.shape[1] - 1) % 2 == 0)
+    labels[:, 1:][agree] = predicted[:, :-1][agree]
+    head = model.get_output_embeddings()
+    logits_rows = []
+    handle = head.register_forward_hook(
+        lambda module, args, output: logits_rows.append(output.shape[-2]))
+    with torch.no_grad():
+        loss, counts = eval_loss_and_counts(model, head, batch, CHUNK)
+        handle.remove()
+        expected = model(**batch)
+    torch.testing.assert_close(loss, expected.loss, rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == count_correct(expected.logits, batch["labels"]).tolist()
+    assert counts[:, 1].sum() > counts[:, 0].sum() > 0  # some right, some wrong
+    assert max(logits_rows) <= CHUNK  # never the logits of the whole batch
 
 
 def test_offloading_hooks_never_see_the_logits(tiny_model_dir):

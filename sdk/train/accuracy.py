@@ -1,9 +1,10 @@
 """Token accuracy of the held-out data, logged as ``eval_token_accuracy`` next to
 ``eval_loss``: the share of trained tokens (label not -100) that the model's argmax predicts.
 
-Nothing the size of the logits outlives a batch: ``count_correct`` (the Trainer's
-``preprocess_logits_for_metrics``) turns each batch's logits into two counts per row, and
-``TokenAccuracy`` (its ``compute_metrics``, with ``batch_eval_metrics``) adds them up.
+Nothing the size of the logits outlives a batch: ``SftTrainer.prediction_step`` turns each
+eval batch into two counts per row (``count_correct`` from the logits when the model computes
+its own loss, else ``loss.eval_loss_and_counts`` a chunk of logits at a time), and
+``TokenAccuracy`` (the Trainer's ``compute_metrics``, with ``batch_eval_metrics``) adds them up.
 Position t predicts the label at t + 1, as in the loss. A packed row (several samples
 flattened into one, as transformers' ``DataCollatorWithFlattening`` makes them) has label -100
 on each sample's first token, so the shift never scores a prediction across two samples.
@@ -46,9 +47,3 @@ class TokenAccuracy:
         accuracy = self.right / self.trained if self.trained else 0.0
         self.right = self.trained = 0
         return {"token_accuracy": accuracy}
-
-
-def token_accuracy_arguments() -> dict[str, Any]:
-    """The Trainer's keyword arguments that log ``eval_token_accuracy`` (with
-    ``batch_eval_metrics`` in its TrainingArguments, so that no batch's counts are kept)."""
-    return {"preprocess_logits_for_metrics": count_correct, "compute_metrics": TokenAccuracy()}

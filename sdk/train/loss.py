@@ -132,17 +132,25 @@ def chunk_tokens_for(model: Any) -> int:
     return max(1, CHUNK_LOGITS // vocab_size)
 
 
-def token_loss(model: Any, head: torch.nn.Module, inputs: dict[str, Any],
-               num_items_in_batch: Any, impl: str, chunk_tokens: int) -> tuple[torch.Tensor, Any]:
-    """The loss of ``model`` (as wrapped for training) on ``inputs`` (with ``labels``) by
-    ``impl`` ("chunked" or "liger"), ``head`` being its output layer; and the model's outputs
-    (their logits cover no position)."""
+def trained_hidden_states(model: Any, head: torch.nn.Module, inputs: dict[str, Any]
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """Run ``model`` on ``inputs`` (with ``labels``) without its output layer: the final hidden
+    states at positions whose next token is trained, those tokens, the ``[rows, positions]``
+    mask of those positions, and the model's outputs (their logits cover no position)."""
     inputs = dict(inputs)
     targets = shifted_targets(inputs)
     with hidden_states_of(head, starve=True) as captured:
         outputs = model(**inputs)
     trained = targets != IGNORE_INDEX
-    hidden, targets = captured[0][trained], targets[trained]
+    return captured[0][trained], targets[trained], trained, outputs
+
+
+def token_loss(model: Any, head: torch.nn.Module, inputs: dict[str, Any],
+               num_items_in_batch: Any, impl: str, chunk_tokens: int) -> tuple[torch.Tensor, Any]:
+    """The loss of ``model`` (as wrapped for training) on ``inputs`` (with ``labels``) by
+    ``impl`` ("chunked" or "liger"), ``head`` being its output layer; and the model's outputs
+    (their logits cover no position)."""
+    hidden, targets, _, outputs = trained_hidden_states(model, head, inputs)
     if impl == "liger" and len(targets):  # the kernel has nothing to launch for no tokens
         total = liger_loss_sum(head, hidden, targets)
     else:
@@ -152,6 +160,25 @@ def token_loss(model: Any, head: torch.nn.Module, inputs: dict[str, Any],
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch, outputs
+
+
+def eval_loss_and_counts(model: Any, head: torch.nn.Module, inputs: dict[str, Any],
+                         chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without gradients: the mean loss over the trained tokens of ``inputs``, and per row
+    [tokens the argmax predicts right, trained tokens] (as ``accuracy.count_correct`` counts
+    from full logits), with at most one chunk of logits at a time."""
+    hidden, targets, trained, _ = trained_hidden_states(model, head, inputs)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    right = torch.zeros_like(targets, dtype=torch.long)
+    for start in range(0, len(targets), chunk_tokens):
+        logits = head(hidden[start:start + chunk_tokens]).float()
+        wanted = targets[start:start + chunk_tokens]
+        total += functional.cross_entropy(logits, wanted, reduction="sum")
+        right[start:start + chunk_tokens] = logits.argmax(dim=-1) == wanted
+    row_of_token = trained.nonzero()[:, 0]
+    per_row = torch.zeros(len(trained), dtype=torch.long, device=right.device)
+    counts = torch.stack([per_row.index_add(0, row_of_token, right), trained.sum(dim=1)], dim=1)
+    return total / len(targets), counts  # nan for no trained token, as the standard loss
 
 
 def standard_reason(model: Any, sharded: bool) -> str | None:

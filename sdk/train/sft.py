@@ -139,7 +139,7 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
     import torch
     from transformers import TrainingArguments
 
-    from sdk.train.accuracy import token_accuracy_arguments
+    from sdk.train.accuracy import TokenAccuracy
     from sdk.train.batching import Batching, row_lengths
     from sdk.train.callbacks import JsonlLogger
     from sdk.train.packing import batch_collator
@@ -197,7 +197,8 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         report_to="none",
-        # Eval logits only for the token accuracy, counted a batch at a time (accuracy.py).
+        # Eval predictions are only the token-accuracy counts, added up a batch at a time
+        # (accuracy.py).
         prediction_loss_only=eval_examples is None,
         batch_eval_metrics=eval_examples is not None,
         **optional,
@@ -214,5 +215,5 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         run_arguments=saved,
         loss_impl=args.loss_impl,
         offload_activations=args.offload_activations,
-        **(token_accuracy_arguments() if eval_examples is not None else {}),
+        compute_metrics=TokenAccuracy() if eval_examples is not None else None,
     )

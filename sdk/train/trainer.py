@@ -25,9 +25,16 @@ import click
 import torch
 from transformers import Trainer
 
+from sdk.train.accuracy import count_correct
 from sdk.train.batching import Batching, TokenBudgetBatches, row_lengths
 from sdk.train.best import record_best, rotated
-from sdk.train.loss import choose_loss, chunk_tokens_for, logits_from_output_layer, token_loss
+from sdk.train.loss import (
+    choose_loss,
+    chunk_tokens_for,
+    eval_loss_and_counts,
+    logits_from_output_layer,
+    token_loss,
+)
 from sdk.train.run_dir import PARTIAL_DIR, checkpoints, write_args
 
 
@@ -62,6 +69,23 @@ class SftTrainer(Trainer):
             # as the Trainer scales its own: num_items_in_batch counts every process's tokens
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple:
+        """Eval: the loss and, for the token accuracy (``accuracy.py``), each row's counts in
+        place of the logits; from chunks of logits at the trained tokens unless the loss is the
+        model's own, so no eval batch holds its full logits either."""
+        if prediction_loss_only or "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if self._loss_for(inputs) == "standard":
+            loss, logits, labels = super().prediction_step(model, inputs, False, ignore_keys)
+            return loss, count_correct(logits, labels), labels
+        inputs = self._prepare_inputs(inputs)
+        with (torch.no_grad(), self.compute_loss_context_manager(),
+              self.accelerator.autocast()):
+            loss, counts = eval_loss_and_counts(model, self.model.get_output_embeddings(),
+                                                inputs, chunk_tokens_for(self.model))
+        return loss.detach(), counts, inputs["labels"]
 
     def _loss_for(self, inputs: dict[str, Any]) -> str:
         if self.chosen_loss is None:
