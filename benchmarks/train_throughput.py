@@ -101,6 +101,7 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
         save_steps=options.steps, max_length=options.fixed_len or options.max_len,
         gradient_checkpointing=options.gc or options.offload,
         offload_activations=options.offload, packing=not options.no_packing,
+        max_tokens_per_batch=options.max_tokens_per_batch,
         quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
     model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
         dtype=args.dtype, quantization_bit=args.quantization_bit or 0))
@@ -163,7 +164,9 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
     baseline = [sys.executable, str(BASELINE), *shared, "--max_len", str(options.max_len)]
     ours = [sys.executable, __file__, "--side", "ours", *shared, "--max-len",
             str(options.max_len), *(["--offload"] if options.offload else []),
-            *(["--no-packing"] if options.no_packing else [])]
+            *(["--no-packing"] if options.no_packing else []),
+            *(["--max-tokens-per-batch", str(options.max_tokens_per_batch)]
+              if options.max_tokens_per_batch else [])]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -219,6 +222,9 @@ def main() -> None:
                         help="ours with --offload-activations")
     parser.add_argument("--no-packing", action="store_true",
                         help="ours with --packing false (batches padded, as the baseline's)")
+    parser.add_argument("--max-tokens-per-batch", type=int,
+                        help="ours with batches of up to N tokens (--max-tokens-per-batch) "
+                        "instead of --batch rows; the baseline keeps --batch")
     parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
                         "that each side trains")
     parser.add_argument("--fixed_len", type=int, default=0, help=argparse.SUPPRESS)
@@ -248,6 +254,7 @@ def main() -> None:
         "arch": options.arch, "mode": options.mode, "device": "cuda" if cuda else "cpu",
         "batch": options.batch, "gc": options.gc, "offload": options.offload,
         "packing": not options.no_packing,
+        "ours_max_tokens_per_batch": options.max_tokens_per_batch,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)

@@ -226,7 +226,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_in_use(
     args = SftArguments(model_type=TINY_MODEL_TYPE, output_dir=str(output),
                         resume_from_checkpoint="auto")
     assert resume_checkpoint(args) == run / "checkpoint-4"
-    finish(start_sft(output, "--save-total-limit", "1", "--resume-from-checkpoint", "auto"))
+    resumed = finish(start_sft(output, "--save-total-limit", "1", "--resume-from-checkpoint",
+                               "auto"))
+    assert f"deleted {run / PARTIAL_DIR}: an unfinished save" in resumed
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint-8", "logging.jsonl", "loss.png", "sft_args.json"]  # staging, rotation cleaned
     assert_same_training(run, reference.run)

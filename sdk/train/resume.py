@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from sdk.config import SftArguments
@@ -12,6 +13,7 @@ from sdk.errors import SdkError
 from sdk.train.run_dir import (
     ARGS_FILE,
     LOG_FILE,
+    PARTIAL_DIR,
     checkpoint_step,
     checkpoints,
     find_checkpoint,
@@ -77,3 +79,13 @@ def keep_log_until(run_dir: Path, step: int) -> None:
     rewritten = path.with_name(LOG_FILE + ".partial")
     rewritten.write_text("".join(kept), encoding="utf-8")
     os.replace(rewritten, path)
+
+
+def discard_unfinished_save(run_dir: Path) -> bool:
+    """Delete the staging folder of a save that the interrupted run did not finish (never a
+    complete checkpoint: those are renamed out of it); whether there was one."""
+    staging = run_dir / PARTIAL_DIR
+    if not staging.exists():
+        return False
+    shutil.rmtree(staging)
+    return True

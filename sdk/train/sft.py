@@ -27,8 +27,8 @@ from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.best import best_checkpoint
 from sdk.train.plot import plot_after_training
-from sdk.train.resume import keep_log_until, resume_checkpoint
-from sdk.train.run_dir import checkpoint_step, checkpoints, new_run_dir, write_args
+from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
+from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.tuners import check_requires
 
 
@@ -110,6 +110,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         raise
     if resumed:
         keep_log_until(run_dir, checkpoint_step(resumed))
+        if discard_unfinished_save(run_dir):
+            click.echo(f"[sdk] deleted {run_dir / PARTIAL_DIR}: an unfinished save of the "
+                       "interrupted run", err=True)
         click.echo(f"[sdk] resuming {run_dir} from {resumed.name}", err=True)
     else:
         write_args(run_dir, saved)
