@@ -97,6 +97,13 @@ class Reloaded(NamedTuple):
     inputs: Any  # the encoded probe: a single-turn generation prompt
 
 
+def only_run(output: Path) -> Path:
+    """The one run folder of the tiny model type under ``output``."""
+    runs = list((output / TINY_MODEL_TYPE).glob("v*-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
 def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, output_dir: Path,
                      **overrides) -> Reloaded:
     """Train a tiny model 2 steps, reload its run; assert same logits as trained, not as base."""

@@ -331,6 +331,9 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
 def sft(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     """Fine-tune a model: sdk sft --model-type T --dataset D [--sft-type lora|full]."""
     arguments = build_arguments(SftArguments, given(params), config_file)
+    from sdk.train.distributed import launch_processes_if_asked
+
+    launch_processes_if_asked(sys.argv[1:])
     from sdk.train.sft import run_sft
 
     run_sft(arguments, registry(ctx))

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE
+from conftest import TINY_MODEL_TYPE, only_run
 from sdk.config import SftArguments
 from sdk.plugins import load_plugins
 from sdk.train.resume import keep_log_until, resume_checkpoint
@@ -109,12 +109,6 @@ def wait_for(condition, sft: Sft, what: str) -> None:
             raise AssertionError(f"sdk sft ended before {what}: {sft.log.read_text()}")
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
-
-
-def only_run(output: Path) -> Path:
-    runs = list((output / TINY_MODEL_TYPE).glob("v*-*"))
-    assert len(runs) == 1, runs  # a resumed run continues in its own folder
-    return runs[0]
 
 
 def losses(run: Path) -> dict[int, float]:

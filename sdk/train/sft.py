@@ -26,6 +26,12 @@ from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.best import best_checkpoint
+from sdk.train.distributed import (
+    is_main_process,
+    main_process_first,
+    shared_run_dir,
+    world_size,
+)
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
@@ -69,7 +75,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     registry.get("hubs", args.hub)
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     skipped: list[str] | None = [] if args.skip_bad_records else None
-    conversations, held_out = training_and_held_out(args, registry, skipped)
+    with main_process_first():  # one process reads and converts; the others use its cache
+        conversations, held_out = training_and_held_out(args, registry, skipped)
     if args.predict_with_generate and held_out is None:
         raise SdkError("--predict-with-generate predicts the held-out rows; give "
                        "--val-dataset or --split-dataset-ratio.")
@@ -80,15 +87,21 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     model, tokenizer = load_model(spec, args, registry)
     settings = EncodeSettings(Template.for_tokenizer(template_spec, tokenizer), tokenizer,
                               args.max_length, args.loss_scope, args.truncation_strategy)
-    examples, stats = tokenized_dataset(conversations, settings, args.dataset_num_proc)
-    click.echo(f"[sdk] data: {stats.summary()}", err=True)
+    with main_process_first():
+        examples, stats = tokenized_dataset(conversations, settings, args.dataset_num_proc)
+        eval_examples = None
+        if held_out is not None:
+            eval_examples, eval_stats = tokenized_dataset(held_out, settings,
+                                                          args.dataset_num_proc)
+    main = is_main_process()
+    if main:
+        click.echo(f"[sdk] data: {stats.summary()}", err=True)
     if not len(examples):
         raise SdkError("No training row is left after --max-length and "
                        "--truncation-strategy; raise --max-length.")
-    eval_examples = None
-    if held_out is not None:
-        eval_examples, eval_stats = tokenized_dataset(held_out, settings, args.dataset_num_proc)
-        click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
+    if eval_examples is not None:
+        if main:
+            click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
         eval_examples = eval_examples if len(eval_examples) else None
     from transformers import set_seed
 
@@ -97,7 +110,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     tuner_callbacks = resolve_callable(tuner.callbacks)(model, args) if tuner.callbacks else []
 
     # A resumed run continues in its own folder: later checkpoints and log lines go there.
-    run_dir = resumed.parent if resumed else new_run_dir(args.output_dir, args.model_type)
+    run_dir = resumed.parent if resumed else shared_run_dir(
+        lambda: new_run_dir(args.output_dir, args.model_type))
     saved = {**saved_arguments(args), "sdk_version": __version__}
     try:
         trainer = build_trainer(model, tokenizer, examples, eval_examples, args,
@@ -105,16 +119,17 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         for callback in tuner_callbacks:
             trainer.add_callback(callback)
     except BaseException:
-        if not resumed:
-            shutil.rmtree(run_dir)  # nothing was written yet; do not leave a run with no model
+        if main and not resumed:
+            # nothing was written yet; do not leave a run with no model
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if resumed:
+    if resumed and main:
         keep_log_until(run_dir, checkpoint_step(resumed))
         if discard_unfinished_save(run_dir):
             click.echo(f"[sdk] deleted {run_dir / PARTIAL_DIR}: an unfinished save of the "
                        "interrupted run", err=True)
         click.echo(f"[sdk] resuming {run_dir} from {resumed.name}", err=True)
-    else:
+    elif main:
         write_args(run_dir, saved)
         click.echo(f"[sdk] run folder: {run_dir}", err=True)
     if destination is not None:  # after the Trainer's own callbacks: sees finished checkpoints
@@ -123,13 +138,14 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         trainer.add_callback(PushToHub(destination, args.push_hub_strategy, registry))
     trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
     last = checkpoints(run_dir)[-1]
+    if not main:  # the main process reports and predicts
+        return SftResult(run_dir, last, trainer.model)
     click.echo(f"[sdk] last checkpoint: {last}", err=True)
     best = best_checkpoint(run_dir, trainer.state.log_history)
     if best is not None:
         click.echo(f"[sdk] best checkpoint: {best.checkpoint} (eval loss {best.eval_loss:.4f} "
                    f"at step {best.step})", err=True)
-    if trainer.is_world_process_zero():
-        plot_after_training(run_dir)
+    plot_after_training(run_dir)
     if args.predict_with_generate:
         from sdk.infer.predict import predict_held_out
 
@@ -157,6 +173,8 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         names = {f.name for f in dataclasses.fields(TrainingArguments)}
         optional["activation_checkpointing" if "activation_checkpointing" in names
                  else "gradient_checkpointing"] = True
+    if world_size() > 1 and not on_gpu:  # DDP over gloo; else the Trainer skips DDP on CPUs
+        optional["use_cpu"] = True
     if eval_examples is not None:
         optional.update(eval_strategy="steps", eval_steps=args.eval_steps or args.save_steps,
                         per_device_eval_batch_size=args.batch_size)

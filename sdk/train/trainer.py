@@ -97,7 +97,8 @@ class SftTrainer(Trainer):
                                                                        inputs["input_ids"]):
                     impl, why = "standard", ("its logits are more than its output layer's "
                                              "(soft-capped or scaled)")
-            click.echo(f"[sdk] loss: {impl} ({why})", err=True)
+            if self.is_world_process_zero():
+                click.echo(f"[sdk] loss: {impl} ({why})", err=True)
             self.chosen_loss = impl
         return self.chosen_loss
 

@@ -1,0 +1,72 @@
+"""`sdk sft` in two processes (NPROC_PER_NODE=2: torchrun, DDP over gloo on this CPU) trains
+what one process trains with the two processes' rows in each batch, into one run folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_MODEL_TYPE, only_run
+from sdk.config import SftArguments
+from sdk.train.sft import run_sft
+
+
+@pytest.fixture
+def rows(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for number in range(16):
+            handle.write(json.dumps({"messages": [
+                {"role": "user", "content": f"Question {number}?"},
+                {"role": "assistant", "content": f"Answer number {number} from Tiny."},
+            ]}) + "\n")
+    return path
+
+
+SETTINGS = dict(max_steps=4, gradient_accumulation_steps=1, save_steps=2, logging_steps=1,
+                lora_dropout=0.0, seed=0)
+
+
+def logged_losses(run_dir):
+    records = [json.loads(line) for line in (run_dir / "logging.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records if "loss" in record}
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_both_their_rows(tiny_plugin_file, plugin_set,
+                                                                   rows, tmp_path):
+    environment = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(
+        [sys.executable, "-m", "sdk", "--plugin", str(tiny_plugin_file), "sft", "--model-type",
+         TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", "1",
+         *[str(part) for name, value in SETTINGS.items() for part in (f"--{name}", value)],
+         "--output-dir", str(tmp_path / "two")],
+        env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stderr.count("[sdk] run folder:") == 1  # the main process reports
+    two = only_run(tmp_path / "two")  # one run folder for both processes
+
+    one = run_sft(SftArguments(model_type=TINY_MODEL_TYPE, dataset=[str(rows)], batch_size=2,
+                               output_dir=str(tmp_path / "one"), **SETTINGS),
+                  plugin_set.registry).run_dir
+
+    assert sorted(p.name for p in two.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert logged_losses(two) == pytest.approx(logged_losses(one), rel=1e-5)
+    trained = load_file(two / "checkpoint-4" / "adapter_model.safetensors")
+    expected = load_file(one / "checkpoint-4" / "adapter_model.safetensors")
+    assert trained.keys() == expected.keys()
+    for name, weight in trained.items():
+        torch.testing.assert_close(weight, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_bad_process_count_is_named(run_cli, tiny_plugin_file, rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPROC_PER_NODE", "two")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--dataset", rows, "--output-dir", tmp_path)
+    assert result.exit_code != 0
+    assert "NPROC_PER_NODE=two: give the number of processes" in result.output
