@@ -16,6 +16,7 @@ from sdk.config import SftArguments
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import IGNORE_INDEX, Template
 from sdk.train.batching import TokenBudgetBatches, fill_batches
+from sdk.train.packed_attention import KERNEL, packed_sdpa_mask, register_packed_sdpa
 from sdk.train.packing import packing_collator, padding_collator, why_not_packed
 from sdk.train.sft import run_sft
 
@@ -28,6 +29,7 @@ CHATS = [CONVERSATIONS["multi turn"], CONVERSATIONS["chinese"],
 def tiny_model(model_dir, attention="sdpa"):
     from transformers import AutoModelForCausalLM
 
+    register_packed_sdpa()
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention)
     model.config.use_cache = False  # as the Trainer sets it (TrainingArguments.use_cache)
     return model
@@ -52,7 +54,7 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", KERNEL])
 def test_a_pack_has_the_padded_loss_and_each_sample_its_logits_alone(tiny_model_dir, tokenizer,
                                                                      attention):
     model = tiny_model(tiny_model_dir, attention)
@@ -80,8 +82,10 @@ def test_a_pack_has_the_padded_loss_and_each_sample_its_logits_alone(tiny_model_
         torch.testing.assert_close(packed.logits[0, start:start + length], alone, **TOLERANCE)
 
 
-def test_changing_one_sample_leaves_the_others_in_the_pack_unchanged(tiny_model_dir, tokenizer):
-    model = tiny_model(tiny_model_dir)
+@pytest.mark.parametrize("attention", ["sdpa", KERNEL])
+def test_changing_one_sample_leaves_the_others_in_the_pack_unchanged(tiny_model_dir, tokenizer,
+                                                                    attention):
+    model = tiny_model(tiny_model_dir, attention)
     examples = samples(tokenizer)
     middle = examples[1]
     changed = [examples[0], {**middle, "input_ids": middle["input_ids"][::-1]}, examples[2]]
@@ -95,7 +99,8 @@ def test_changing_one_sample_leaves_the_others_in_the_pack_unchanged(tiny_model_
     assert not torch.allclose(after[second:third], before[second:third], atol=1e-3)
 
 
-def test_a_pack_gives_the_padded_lora_gradients(tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", KERNEL])
+def test_a_pack_gives_the_padded_lora_gradients(tiny_model_dir, tokenizer, attention):
     from peft import LoraConfig, get_peft_model
 
     examples = samples(tokenizer)
@@ -103,7 +108,7 @@ def test_a_pack_gives_the_padded_lora_gradients(tiny_model_dir, tokenizer):
     def gradients(make_batch):
         torch.manual_seed(0)
         # random lora_B too: with the usual zeros, lora_A gets no gradient to compare
-        model = get_peft_model(tiny_model(tiny_model_dir), LoraConfig(
+        model = get_peft_model(tiny_model(tiny_model_dir, attention), LoraConfig(
             r=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0,
             init_lora_weights=False))
         model(**make_batch(model)(examples)).loss.backward()
@@ -115,6 +120,25 @@ def test_a_pack_gives_the_padded_lora_gradients(tiny_model_dir, tokenizer):
     for name, gradient in packed.items():
         assert gradient.abs().sum() > 0, name
         torch.testing.assert_close(gradient, padded[name], **TOLERANCE, msg=name)
+
+
+def test_the_per_sample_kernel_builds_no_mask_only_where_it_finds_the_samples(tiny_model_dir):
+    from transformers.masking_utils import sdpa_mask
+
+    config = tiny_model(tiny_model_dir).config
+    # a packed row: transformers would build the block-diagonal mask (no causal skip)
+    row = dict(batch_size=1, q_length=20, kv_length=20, config=config,
+               allow_is_causal_skip=False)
+    assert sdpa_mask(**row) is not None and packed_sdpa_mask(**row) is None
+    padding = torch.ones(2, 20, dtype=torch.bool)
+    padding[1, :5] = False
+    window = type(config)(**{**config.to_dict(), "sliding_window": 8})
+    for case in ({**row, "batch_size": 2, "attention_mask": padding},  # padded
+                 {**row, "q_length": 1, "q_offset": 19},  # a decoding step with a cache
+                 {**row, "config": window}):  # a window shorter than the row
+        expected = sdpa_mask(**case)
+        assert expected is not None
+        torch.testing.assert_close(packed_sdpa_mask(**case), expected)
 
 
 @pytest.mark.parametrize("sft_type", ["prefix", "ptuning", "prompt"])
@@ -163,6 +187,10 @@ def test_training_packed_is_training_padded(plugin_set, tiny_model_dir, identity
                               identity_data, tmp_path / "packed", max_steps=3, logging_steps=1,
                               seed=0, lora_dropout=0.0)
     assert packed.saved["packing"] is True
+    # --attn-impl auto moved the packed run to the per-sample kernel; a checkpoint does not
+    # name it (a fresh process loads it with transformers' default)
+    assert packed.result.model.get_base_model().config._attn_implementation == KERNEL
+    assert KERNEL not in (packed.result.checkpoint / "adapter_config.json").read_text()
     padded = train(plugin_set, identity_data, tmp_path / "padded", lora_dropout=0.0,
                    packing=False)
     assert "packing off" not in capsys.readouterr().err

@@ -7,8 +7,10 @@ flash-attention varlen takes the sample boundaries (``cu_seq_lens``, given by th
 and SDPA, eager and flex attention get a block-diagonal causal mask that
 ``masking_utils.find_packed_sequence_indices`` derives from ``position_ids``. That mask is
 built only when the model gets no 2-D attention mask and no cache, which holds in training:
-the Trainer sets ``config.use_cache`` to ``TrainingArguments.use_cache`` (False). On CPU it is
-as fast as a 4-D block-diagonal mask built by hand (measured on the benchmark's tiny Llama).
+the Trainer sets ``config.use_cache`` to ``TrainingArguments.use_cache`` (False). Such a mask
+makes SDPA score every pair of positions in the row, so a model that ``--attn-impl auto`` left
+on SDPA trains packed rows with ``sdpa_varlen`` instead (``packed_attention.py``: SDPA a
+sample at a time), once the probe below passes with it.
 
 Some models cannot train on such rows, and the run pads instead, with a notice: peft's
 virtual-token tuners (prefix, ptuning, prompt) put their tokens before the row, not before each
@@ -87,10 +89,20 @@ def _leaks_between_samples(model: Any) -> str | None:
 
 
 def batch_collator(model: Any, tokenizer: Any, args: Any) -> tuple[Any, str | None]:
-    """The collator for ``--packing``, and why padding replaced packing (None if it did not)."""
+    """The collator for ``--packing``, and why padding replaced packing (None if it did not).
+    Packed, a model on SDPA by ``--attn-impl auto`` moves to ``sdpa_varlen`` (SDPA a sample at
+    a time, without the block-diagonal mask) if it passes the probe with it."""
     if not args.packing:
         return padding_collator(tokenizer), None
     reason = why_not_packed(model, args)
     if reason:
         return padding_collator(tokenizer), reason
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if args.attn_impl == "auto" and base.config._attn_implementation == "sdpa":
+        from sdk.train.packed_attention import KERNEL, register_packed_sdpa
+
+        register_packed_sdpa()
+        base.set_attn_implementation(KERNEL)
+        if _leaks_between_samples(model):
+            base.set_attn_implementation("sdpa")
     return packing_collator(model), None
