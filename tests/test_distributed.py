@@ -1,5 +1,6 @@
-"""`sdk sft` in two processes (NPROC_PER_NODE=2: torchrun, DDP over gloo on this CPU) trains
-what one process trains with the two processes' rows in each batch, into one run folder."""
+"""`sdk sft` in two processes (NPROC_PER_NODE=2: torchrun, DDP over gloo on this CPU) trains,
+and resumes, what one process trains with the two processes' rows in each batch, into one run
+folder."""
 
 import json
 import os
@@ -27,8 +28,10 @@ def rows(tmp_path):
     return path
 
 
-SETTINGS = dict(max_steps=4, gradient_accumulation_steps=1, save_steps=2, logging_steps=1,
-                lora_dropout=0.0, seed=0)
+# a constant learning rate: the first two-process run stops at step 2 and a resumed one
+# goes on to step 4
+SETTINGS = dict(gradient_accumulation_steps=1, save_steps=2, logging_steps=1, lora_dropout=0.0,
+                seed=0, lr_scheduler_type="constant", warmup_ratio=0.0)
 
 
 def logged_losses(run_dir):
@@ -36,22 +39,30 @@ def logged_losses(run_dir):
     return {record["step"]: record["loss"] for record in records if "loss" in record}
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_with_both_their_rows(tiny_plugin_file, plugin_set,
-                                                                   rows, tmp_path):
+def sdk_in_two_processes(plugin_file, rows, output, *flags):
     environment = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(
-        [sys.executable, "-m", "sdk", "--plugin", str(tiny_plugin_file), "sft", "--model-type",
+        [sys.executable, "-m", "sdk", "--plugin", str(plugin_file), "sft", "--model-type",
          TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", "1",
          *[str(part) for name, value in SETTINGS.items() for part in (f"--{name}", value)],
-         "--output-dir", str(tmp_path / "two")],
+         "--output-dir", str(output), *flags],
         env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert finished.stderr.count("[sdk] run folder:") == 1  # the main process reports
-    two = only_run(tmp_path / "two")  # one run folder for both processes
+    return finished.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
+        tiny_plugin_file, plugin_set, rows, tmp_path):
+    first = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2")
+    assert first.count("[sdk] run folder:") == 1  # the main process reports
+    resumed = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "4",
+                                   "--resume-from-checkpoint", "auto")
+    assert "resuming" in resumed
+    two = only_run(tmp_path / "two")  # one run folder for both processes and both runs
 
     one = run_sft(SftArguments(model_type=TINY_MODEL_TYPE, dataset=[str(rows)], batch_size=2,
-                               output_dir=str(tmp_path / "one"), **SETTINGS),
+                               max_steps=4, output_dir=str(tmp_path / "one"), **SETTINGS),
                   plugin_set.registry).run_dir
 
     assert sorted(p.name for p in two.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
