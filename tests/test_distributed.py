@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY_MODEL_TYPE, only_run
 from sdk.config import SftArguments
+from sdk.errors import SdkError
+from sdk.train.distributed import torchrun_command
 from sdk.train.sft import run_sft
 
 
@@ -81,3 +83,19 @@ def test_a_bad_process_count_is_named(run_cli, tiny_plugin_file, rows, tmp_path,
                      "--dataset", rows, "--output-dir", tmp_path)
     assert result.exit_code != 0
     assert "NPROC_PER_NODE=two: give the number of processes" in result.output
+
+
+def test_the_launcher_builds_torchrun_commands_for_one_or_several_machines():
+    argv = ["sft", "--model-type", "m"]
+    assert torchrun_command(argv, {}) is None
+    assert torchrun_command(argv, {"NPROC_PER_NODE": "1"}) is None
+    assert torchrun_command(argv, {"NPROC_PER_NODE": "4", "LOCAL_RANK": "0"}) is None  # inside
+    assert torchrun_command(argv, {"NPROC_PER_NODE": "4"})[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "sdk", *argv]
+    several = {"NPROC_PER_NODE": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}
+    assert torchrun_command(argv, several)[3:8] == [
+        "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29500",
+        "--nproc-per-node=8"]
+    with pytest.raises(SdkError, match="NNODES=2 needs MASTER_ADDR too"):
+        torchrun_command(argv, {**several, "MASTER_ADDR": ""})
+

@@ -1,4 +1,5 @@
-"""`sdk sft` in several processes (torchrun, or ``NPROC_PER_NODE=N sdk sft``): the processes
+"""`sdk sft` in several processes (torchrun, or ``NPROC_PER_NODE=N sdk sft`` with ``NNODES`` etc.
+for several machines): the processes
 share one run folder, the main process prepares the data first (the others read its cache), and
 only it writes the run's own files. The training itself is the Trainer's (DDP through
 accelerate: NCCL on GPUs, gloo on CPUs)."""
@@ -22,19 +23,41 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def launch_processes_if_asked(argv: list[str]) -> None:
-    """With ``NPROC_PER_NODE=N`` (N > 1) outside torchrun, replace this process by torchrun
-    running ``sdk ARGV`` in N processes on this machine."""
-    wanted = os.environ.get(LAUNCHER_ENV_VAR)
-    if not wanted or "LOCAL_RANK" in os.environ:
-        return
+def torchrun_command(argv: list[str], environ: dict[str, str]) -> list[str] | None:
+    """The torchrun command that runs ``sdk ARGV`` as ``NPROC_PER_NODE`` processes (ms-swift's
+    variables: ``NNODES``, ``NODE_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` for several
+    machines); None when it asks for one process or this already is one of torchrun's."""
+    wanted = environ.get(LAUNCHER_ENV_VAR)
+    if not wanted or "LOCAL_RANK" in environ:
+        return None
     if not wanted.isdigit() or int(wanted) < 1:
         raise SdkError(f"{LAUNCHER_ENV_VAR}={wanted}: give the number of processes, e.g. "
                        f"{LAUNCHER_ENV_VAR}=2 (one per GPU).")
-    if int(wanted) == 1:
-        return
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc-per-node={wanted}", "-m", "sdk", *argv])
+    nodes = environ.get("NNODES", "1")
+    if not nodes.isdigit() or int(nodes) < 1:
+        raise SdkError(f"NNODES={nodes}: give the number of machines.")
+    if int(nodes) == 1:
+        if int(wanted) == 1:
+            return None
+        placement = ["--standalone"]
+    else:
+        missing = [name for name in ("NODE_RANK", "MASTER_ADDR") if not environ.get(name)]
+        if missing:
+            raise SdkError(f"NNODES={nodes} needs {' and '.join(missing)} too: this machine's "
+                           "rank (0 on the first) and the first machine's address.")
+        placement = [f"--nnodes={nodes}", f"--node-rank={environ['NODE_RANK']}",
+                     f"--master-addr={environ['MASTER_ADDR']}",
+                     f"--master-port={environ.get('MASTER_PORT', '29500')}"]
+    return [sys.executable, "-m", "torch.distributed.run", *placement,
+            f"--nproc-per-node={wanted}", "-m", "sdk", *argv]
+
+
+def launch_processes_if_asked(argv: list[str]) -> None:
+    """With ``NPROC_PER_NODE`` set outside torchrun, replace this process by torchrun running
+    ``sdk ARGV`` in that many processes."""
+    command = torchrun_command(argv, dict(os.environ))
+    if command:
+        os.execv(command[0], command)
 
 
 def _state() -> Any:
