@@ -22,6 +22,9 @@ from sdk.errors import SdkError
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                  "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
                  "cosine_with_min_lr", "warmup_stable_decay")
+# --report-to trackers (transformers' integrations) and the packages that provide them
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",),
+                    "swanlab": ("swanlab",), "mlflow": ("mlflow",)}
 ATTENTION_KERNELS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
                      "flex_attention")
 
@@ -158,6 +161,9 @@ class SftArguments(ModelArguments):
     freeze_trainable_modules: list[str] = arg(
         [], "--sft-type freeze: modules that train too, by name (e.g. lm_head embed_tokens).")
     logging_steps: int = arg(5, "Log every N steps.", at_least=1)
+    report_to: list[str] = arg(
+        [], "Also send the logs to these trackers (their packages installed): tensorboard "
+        "(event files under <run>/runs/), wandb, swanlab, mlflow.", tuple(TRACKER_PACKAGES))
     save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1)
     save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")
     only_save_model: bool = arg(False, "Checkpoints hold the model or adapter only, without "
@@ -345,9 +351,10 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         return
     flag = "--" + f.name.replace("_", "-")
     meta = f.metadata
-    if meta["choices"] and value not in meta["choices"]:
-        allowed = ", ".join(map(str, meta["choices"]))
-        raise SdkError(f"{flag} must be one of {allowed}; got '{value}'.")
+    for item in value if isinstance(value, list) else [value]:
+        if meta["choices"] and item not in meta["choices"]:
+            allowed = ", ".join(map(str, meta["choices"]))
+            raise SdkError(f"{flag} must be one of {allowed}; got '{item}'.")
     if meta["at_least"] is not None and value < meta["at_least"]:
         raise SdkError(f"{flag} must be at least {meta['at_least']}; got {value}.")
     if meta["above"] is not None and value <= meta["above"]:

@@ -177,3 +177,29 @@ def test_neftune_adds_noise_to_the_embeddings_while_training(plugin_set, identit
     plain = first_loss("plain")
     assert first_loss("plain-again") == plain  # a seeded run repeats itself exactly
     assert abs(first_loss("neftune", neftune_noise_alpha=50.0) - plain) > 1e-4
+
+
+def test_report_to_tensorboard_writes_the_losses_into_the_run(plugin_set, identity_data,
+                                                              tmp_path):
+    result = train(plugin_set, identity_data, tmp_path, max_steps=2, report_to=["tensorboard"])
+    events = list((result.run_dir / "runs").rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    assert b"train/loss" in events[0].read_bytes()
+
+
+def test_a_tracker_that_is_not_installed_is_named_before_loading(run_cli, tiny_plugin_file,
+                                                                 identity_data, tmp_path,
+                                                                 monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "wandb" else real(name, *rest))
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--dataset", identity_data, "--report-to", "wandb", "--output-dir", tmp_path)
+    assert result.exit_code == 1
+    assert "--report-to wandb needs the wandb package: pip install wandb" in result.stderr
+    unknown = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                      "--dataset", identity_data, "--report-to", "tensorbored")
+    assert "--report-to must be one of tensorboard, wandb, swanlab, mlflow; got 'tensorbored'" \
+        in unknown.stderr

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from sdk import __version__
-from sdk.config import SftArguments, saved_arguments
+from sdk.config import TRACKER_PACKAGES, SftArguments, saved_arguments
 from sdk.data.arrow import tokenized_dataset, training_and_held_out
 from sdk.data.encode import EncodeSettings
 from sdk.errors import SdkError
@@ -36,6 +36,17 @@ from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.tuners import check_requires
+
+
+def check_trackers(names: list[str]) -> None:
+    """Each --report-to tracker's package is installed (before anything loads)."""
+    import importlib.util
+
+    for name in names:
+        packages = TRACKER_PACKAGES[name]
+        if not any(importlib.util.find_spec(package) for package in packages):
+            raise SdkError(f"--report-to {name} needs the {packages[0]} package: "
+                           f"pip install {packages[0]}")
 
 
 @dataclass
@@ -68,6 +79,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.quantization_bit and not tuner.trains_quantized_base:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
+    check_trackers(args.report_to)
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
@@ -217,7 +229,7 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         dataloader_pin_memory=on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
-        report_to="none",
+        report_to=args.report_to or "none",
         # Eval predictions are only the token-accuracy counts, added up a batch at a time
         # (accuracy.py).
         prediction_loss_only=eval_examples is None,
