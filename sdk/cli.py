@@ -44,8 +44,42 @@ def spellings(name: str) -> list[str]:
     return [dashed] if dashed == underscored else [dashed, underscored]
 
 
+# Flags of ms-swift, LLaMA-Factory, Chinese-LLaMA-Alpaca and transformers' scripts, and what
+# they are called here, for the message about an unknown flag.
+OTHER_TOOLS_FLAGS = {
+    "per_device_train_batch_size": "batch-size", "per_device_eval_batch_size": "batch-size",
+    "micro_batch_size": "batch-size", "cutoff_len": "max-length",
+    "model_max_length": "max-length", "max_seq_length": "max-length",
+    "finetuning_type": "sft-type", "train_type": "sft-type", "template_type": "template",
+    "model_name_or_path": "model-id-or-path", "custom_train_dataset_path": "dataset",
+    "train_file": "dataset", "data_path": "dataset", "custom_val_dataset_path": "val-dataset",
+    "validation_file": "val-dataset", "val_size": "split-dataset-ratio",
+    "dataset_test_ratio": "split-dataset-ratio", "lr": "learning-rate", "epochs": "num-train-epochs",
+    "lora_r": "lora-rank", "lora_target": "lora-target-modules",
+    "lora_trainable": "lora-target-modules", "modules_to_save": "lora-modules-to-save",
+    "bf16": "dtype bf16", "fp16": "dtype fp16", "torch_dtype": "dtype",
+    "load_in_4bit": "quantization-bit 4", "load_in_8bit": "quantization-bit 8",
+    "flash_attn": "attn-impl", "use_flash_attn": "attn-impl flash_attention_2",
+    "adapter_name_or_path": "adapter", "checkpoint_dir": "adapter",
+}
+
+
 class SdkCommand(click.Command):
-    """Lets a list flag take several values: ``--dataset a b`` = ``--dataset a --dataset b``."""
+    """Lets a list flag take several values: ``--dataset a b`` = ``--dataset a --dataset b``;
+    an unknown flag that another tool spells differently gets our spelling."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.NoSuchOption as error:
+            ours = OTHER_TOOLS_FLAGS.get(error.option_name.lstrip("-").replace("-", "_"))
+            options = {opt for p in self.params for opt in p.opts}
+            if ours and f"--{ours.split()[0]}" in options:
+                error.message = (f"No such option '{error.option_name}': here it is "
+                                 f"--{ours}.")
+                error.possibilities = None
+            raise
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}

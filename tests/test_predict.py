@@ -98,7 +98,7 @@ def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path
     path = tmp_path / "out" / "predictions.jsonl"
     args = InferArguments(batch_size=2, **DECODING)
 
-    scores = predict(rows, path, lambda: loaded, args)
+    scores = predict(rows, path, lambda: loaded, args, "tiny")
     assert calls == [2, 2, 1]
     complete = path.read_bytes()
     lines = complete.decode().splitlines()
@@ -110,35 +110,45 @@ def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path
     cut = len("\n".join(lines[:3])) + 1 + len(lines[3]) // 2
     path.write_bytes(complete[:len(complete.decode()[:cut].encode())])
     calls.clear()
-    predict(rows, path, lambda: loaded, args)
+    predict(rows, path, lambda: loaded, args, "tiny")
     assert calls == [2]  # rows 4 and 5 only
     assert path.read_bytes() == complete  # greedy: the same rows again, rows 1-3 untouched
 
     def must_not_load():
         raise AssertionError("a finished file needs no model")
 
-    assert predict(rows, path, must_not_load, args) == scores
+    assert predict(rows, path, must_not_load, args, "tiny") == scores
+
+    # the same file asked of another model, or with other settings: refused, file untouched
+    for model, changed in [("another", args), ("tiny", InferArguments(**{
+            **{name: getattr(args, name) for name in ("batch_size", *DECODING)},
+            "max_new_tokens": args.max_new_tokens + 1}))]:
+        with pytest.raises(SdkError, match="holds replies made with other settings"):
+            predict(rows, path, must_not_load, changed, model)
+    assert path.read_bytes() == complete
+    with pytest.raises(SdkError, match="is a folder"):
+        predict(rows, tmp_path, must_not_load, args, "tiny")
 
 
 def test_a_last_row_missing_only_its_newline_is_kept(loaded, tmp_path):
     rows = prompt_rows(conversations(2))
     path = tmp_path / "predictions.jsonl"
     args = InferArguments(batch_size=2, **DECODING)
-    predict(rows, path, lambda: loaded, args)
+    predict(rows, path, lambda: loaded, args, "tiny")
     complete = path.read_bytes()
     path.write_bytes(complete[:-1])
-    predict(rows, path, lambda: pytest.fail("nothing to generate"), args)
+    predict(rows, path, lambda: pytest.fail("nothing to generate"), args, "tiny")
     assert path.read_bytes() == complete
 
 
 def test_a_file_of_other_predictions_is_not_resumed(loaded, tmp_path):
     path = tmp_path / "predictions.jsonl"
     args = InferArguments(**DECODING)
-    predict(prompt_rows(conversations(2)), path, lambda: loaded, args)
+    predict(prompt_rows(conversations(2)), path, lambda: loaded, args, "tiny")
     before = path.read_bytes()
     other = prompt_rows([[{"role": "user", "content": "Something else"}]])
     with pytest.raises(SdkError, match=r"predictions.jsonl:1 is not the prediction of row 1"):
-        predict(other, path, lambda: loaded, args)
+        predict(other, path, lambda: loaded, args, "tiny")
     assert path.read_bytes() == before
 
 
@@ -223,6 +233,6 @@ def test_val_dataset_from_run_needs_a_run_that_held_rows_out(plugin_set, identit
 def test_rows_without_a_reply_are_predicted_but_not_scored(loaded, tmp_path):
     path = tmp_path / "predictions.jsonl"
     rows = prompt_rows([[{"role": "user", "content": "Who are you?"}]])
-    assert predict(rows, path, lambda: loaded, InferArguments(**DECODING)) is None
+    assert predict(rows, path, lambda: loaded, InferArguments(**DECODING), "tiny") is None
     assert json.loads(path.read_text())["label"] is None
     assert not metrics_file(path).exists()

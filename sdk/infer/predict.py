@@ -85,8 +85,8 @@ def completed_rows(path: Path, rows: Sequence[PromptRow]) -> int:
                 and {k: v for k, v in row.items() if k != "response"} == rows[count].fields())
         if not ours:
             raise SdkError(f"{path}:{number} is not the prediction of row {count + 1} of this "
-                           f"data: '{path}' holds other predictions. Give another "
-                           "--predictions-file, or delete this one to start over.")
+                           f"data: '{path}' holds something else (other predictions, or not "
+                           "predictions at all). Give another --predictions-file.")
         count += 1
 
     for number, line in enumerate(lines, start=1):
@@ -170,14 +170,44 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
             click.echo(f"[sdk] predicted {done}/{len(rows)} rows ({rate:.2f} rows/s)", err=True)
 
 
+# What decides the replies besides the model and the rows: a file resumed with other values
+# would mix them. Sampling adds its own.
+GENERATION_FLAGS = ("template", "system", "max_new_tokens", "do_sample", "repetition_penalty",
+                    "num_beams", "no_repeat_ngram_size")
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
+
+
+def check_settings(path: Path, settings: dict[str, Any], done: int) -> None:
+    """Keep the model and generation flags of ``path``'s predictions beside it
+    (``OUT.settings.json``); refuse to add replies made with others to the ``done`` rows."""
+    recorded = path.with_suffix(".settings.json")
+    if done and recorded.is_file():
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+        changed = [f"{name} ({before.get(name)!r} there, {value!r} now)"
+                   for name, value in settings.items() if before.get(name) != value]
+        if changed:
+            raise SdkError(f"{path} holds replies made with other settings: "
+                           f"{'; '.join(changed)}. Give another --predictions-file, or delete "
+                           f"{path} and {recorded.name} to predict again.")
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+
+
 def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
-            args: InferArguments) -> dict[str, float] | None:
+            args: InferArguments, model: str) -> dict[str, float] | None:
     """Predict the rows ``path`` does not hold yet (``load`` is called only if there are
-    any), then score the file when every row has a reply to compare with; the scores are
-    written to ``OUT.metrics.json`` and returned."""
+    any) with ``model`` (what the replies come from: a checkpoint, a model type), then score
+    the file when every row has a reply to compare with; the scores are written to
+    ``OUT.metrics.json`` and returned."""
     from transformers import set_seed
 
+    if path.is_dir():
+        raise SdkError(f"--predictions-file '{path}' is a folder; give a file name in it, "
+                       f"e.g. {path / 'predictions.jsonl'}.")
     done = completed_rows(path, rows)
+    flags = GENERATION_FLAGS + (SAMPLING_FLAGS if args.do_sample else ())
+    check_settings(path, {"model": model, **{name: getattr(args, name) for name in flags}}, done)
     if done == len(rows):
         click.echo(f"[sdk] {path} holds all {done} rows already.", err=True)
     elif done:
@@ -265,7 +295,9 @@ def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | 
     else:
         raise SdkError("Give --predictions-file: without --ckpt-dir there is no run folder to "
                        "write predictions to.")
-    return predict(rows, path, lambda: load_for_inference(args, registry), args)
+    model = (str(checkpoint.resolve()) if checkpoint is not None
+             else f"{args.model_type} {args.model_id_or_path or ''}".strip())
+    return predict(rows, path, lambda: load_for_inference(args, registry), args, model)
 
 
 def predict_held_out(model: Any, tokenizer: Any, template: Template, held_out: Any,
@@ -276,4 +308,4 @@ def predict_held_out(model: Any, tokenizer: Any, template: Template, held_out: A
     settings = InferArguments(batch_size=args.batch_size, seed=args.seed,
                               max_new_tokens=args.max_new_tokens)
     return predict(prompt_rows(held_out["messages"]), default_predictions_file(checkpoint, "val"),
-                   lambda: (model, tokenizer, template), settings)
+                   lambda: (model, tokenizer, template), settings, str(checkpoint.resolve()))
