@@ -31,11 +31,12 @@ ATTENTION_KERNELS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attent
 
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
         at_least: float | None = None, above: float | None = None,
-        below: float | None = None, secret: bool = False) -> Any:
+        below: float | None = None, at_most: float | None = None,
+        secret: bool = False) -> Any:
     """A field with its help text and the values it accepts (checked by build_arguments).
     A ``secret`` value (a token) is never saved with a run."""
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above,
-                "below": below, "secret": secret}
+                "below": below, "at_most": at_most, "secret": secret}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -56,8 +57,8 @@ class ModelArguments:
         "flash-attn is installed, else what transformers picks (sdpa where the model has it, "
         "else eager).", ATTENTION_KERNELS)
     quantization_bit: int | None = arg(
-        None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA; needs a CUDA GPU); "
-        "0: not quantized.", (0, 4, 8))
+        None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA; on a CUDA GPU, or "
+        "slowly on a CPU); 0: not quantized.", (0, 4, 8))
     bnb_4bit_comp_dtype: str = arg("auto", "Compute dtype of 4-bit layers (auto: --dtype).",
                                    ("auto", "bf16", "fp16", "fp32"))
     bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"))
@@ -97,7 +98,8 @@ class SftArguments(ModelArguments):
                                 at_least=1)
     skip_bad_records: bool = arg(False, "Leave out records that cannot be read or converted "
                                  "(counted, with their first locations) instead of stopping.")
-    max_length: int = arg(2048, "Longest training sequence in tokens (0 or -1: no limit).")
+    max_length: int = arg(2048, "Longest training sequence in tokens (0 or -1: no limit).",
+                          at_least=-1)
     truncation_strategy: str = arg(
         "truncation_right", "Rows longer than --max-length: delete them, or cut the start "
         "(truncation_left) or the end (truncation_right).",
@@ -188,7 +190,7 @@ class SftArguments(ModelArguments):
     push_training_state: bool = arg(
         False, "Also push the optimizer, scheduler, RNG and trainer state (needed only to "
         "resume training elsewhere).")
-    seed: int = arg(42, "Random seed.")
+    seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
     predict_with_generate: bool = arg(
         False, "After training, generate replies for the held-out rows into "
@@ -206,7 +208,7 @@ class InferArguments(ModelArguments):
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
     temperature: float = arg(0.7, "Sampling temperature (with --do-sample).", above=0)
     top_k: int = arg(20, "Sample among the K likeliest tokens (0: all).", at_least=0)
-    top_p: float = arg(0.9, "Sample within this probability mass.", above=0)
+    top_p: float = arg(0.9, "Sample within this probability mass.", above=0, at_most=1)
     repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.", above=0)
     num_beams: int = arg(1, "Beam search with this many beams (above 1: no streaming).",
                          at_least=1)
@@ -215,7 +217,7 @@ class InferArguments(ModelArguments):
     stream: bool = arg(True, "Print the reply while it is generated.")
     merge_lora: bool = arg(False, "Merge the --ckpt-dir adapter into its base model in memory "
                            "before generating (faster; a 4/8-bit base is loaded unquantized).")
-    seed: int = arg(42, "Random seed.")
+    seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
     dataset: list[str] = arg(
         [], "Predict a reply for every row of these datasets (like `sdk sft --dataset`) into "
         "--predictions-file, scored against the rows' own replies (ROUGE, BLEU).")
@@ -361,6 +363,8 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise SdkError(f"{flag} must be above {meta['above']}; got {value}.")
     if meta["below"] is not None and value >= meta["below"]:
         raise SdkError(f"{flag} must be below {meta['below']}; got {value}.")
+    if meta["at_most"] is not None and value > meta["at_most"]:
+        raise SdkError(f"{flag} must be at most {meta['at_most']}; got {value}.")
 
 
 def saved_arguments(arguments: Any) -> dict[str, Any]:

@@ -17,13 +17,13 @@ def test_auto_leaves_the_choice_to_transformers_without_flash_attention():
     assert attention_implementation("auto", torch.float32) is None
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "eager", "flex_attention"])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 def test_a_kernel_without_extra_needs_is_passed_on(kernel):
     assert attention_implementation(kernel, torch.float32) == kernel
 
 
-@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3"])
-def test_a_flash_kernel_without_a_gpu_is_refused_naming_the_flag(kernel):
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3", "flex_attention"])
+def test_a_gpu_kernel_without_a_gpu_is_refused_naming_the_flag(kernel):
     with pytest.raises(SdkError, match=f"--attn-impl {kernel} needs a CUDA GPU"):
         attention_implementation(kernel, torch.bfloat16)
 
@@ -57,18 +57,18 @@ def test_training_runs_with_the_chosen_kernel_and_stays_packed(plugin_set, ident
 def test_a_kernel_the_model_lacks_is_an_error_naming_the_flag(run_cli, tiny_plugin_file,
                                                               tiny_model_dir, tmp_path,
                                                               identity_data):
-    # a GPT-2 style model has no flex attention in transformers
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    # a BLOOM model has no SDPA attention in transformers
+    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
 
-    folder = tmp_path / "gpt2"
+    folder = tmp_path / "bloom"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2,
-                               vocab_size=len(tokenizer))).save_pretrained(folder)
+    BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=16, n_head=2,
+                                 vocab_size=len(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
                      "--model-id-or-path", folder, "--dataset", identity_data,
-                     "--attn-impl", "flex_attention", "--output-dir", tmp_path / "out",
+                     "--attn-impl", "sdpa", "--output-dir", tmp_path / "out",
                      "--max-steps", "1")
     assert result.exit_code != 0
-    assert "--attn-impl flex_attention does not work with the model" in result.output
+    assert "--attn-impl sdpa does not work with the model" in result.output
     assert "Traceback" not in result.output

@@ -298,9 +298,11 @@ def newest_run_without_checkpoint(runs, tmp_path) -> list:
     (newest_run_without_checkpoint, "auto: the newest run .*v1-20260101-000001' is a run of "
      "`sdk sft` with no complete checkpoint"),
     (lambda runs, tmp: ["--resume-from-checkpoint", tmp / "missing"], "is not a folder"),
+    (lambda runs, tmp: ["--resume-from-checkpoint", runs["full"], "--lora-rank", "16"],
+     r"was trained with other tuner settings \(--lora-rank 8 there, 16 now\)"),
 ], ids=["only-save-model", "sft-type", "model-type", "foreign checkpoint",
         "foreign arguments", "cut short", "staged", "later checkpoints", "auto without a run",
-        "auto without a checkpoint", "missing"])
+        "auto without a checkpoint", "missing", "lora-rank"])
 def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_the_model_loads(
         setup, message, saved_runs, tiny_plugin_file, dataset, tmp_path, run_cli):
     # A flag given again after the defaults wins; the model cannot load, so the refusal must

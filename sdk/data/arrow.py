@@ -85,6 +85,11 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
             if isinstance(cause, SdkError):  # a bad record: say which, not where datasets was
                 raise cause from None
             raise
+        except ValueError as error:  # datasets' "corresponds to no data": nothing was read
+            if "no data" not in str(error):
+                raise
+            raise SdkError(f"No records found in {name} ({', '.join(map(str, source.files))}): "
+                           "an empty file?") from None
         if skipped is not None and skipped_file.is_file():  # written when the rows were read
             skipped += json.loads(skipped_file.read_text(encoding="utf-8"))
         if count is not None:

@@ -102,7 +102,7 @@ def load_pretrained(path: str | Path, options: LoadOptions,
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=options.trust_remote_code, **extra)
     except (ValueError, ImportError) as error:
-        if not kernel or kernel not in str(error):
+        if not kernel or "attention implementation" not in str(error):
             raise
         raise SdkError(f"--attn-impl {kernel} does not work with the model in {path}: "
                        f"{error} Pick another --attn-impl (sdpa or eager).") from None
@@ -127,6 +127,9 @@ def attention_implementation(requested: str, dtype: Any) -> str | None:
                 and importlib.util.find_spec(FLASH_PACKAGES["flash_attention_2"][0])):
             return "flash_attention_2"
         return None
+    if requested == "flex_attention" and not torch.cuda.is_available():
+        raise SdkError("--attn-impl flex_attention needs a CUDA GPU (on a CPU it cannot "
+                       "train); use sdpa or eager here.")
     if requested in FLASH_PACKAGES:
         module, package = FLASH_PACKAGES[requested]
         if not torch.cuda.is_available():

@@ -22,6 +22,11 @@ from sdk.train.run_dir import (
 )
 
 FLAG = "--resume-from-checkpoint"
+# What shapes the trainable weights: a resumed run must keep them (the saved optimizer state
+# and weights would not fit others).
+SHAPING_ARGUMENTS = ("lora_rank", "lora_target_modules", "lora_modules_to_save",
+                     "adalora_init_rank", "num_virtual_tokens", "freeze_trainable_layers",
+                     "freeze_trainable_modules", "quantization_bit", "adapter")
 
 
 def resume_checkpoint(args: SftArguments) -> Path | None:
@@ -47,6 +52,14 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
             raise SdkError(f"{FLAG}: {checkpoint} was trained with {flag} {saved[name]}, this "
                            f"run has {flag} {getattr(args, name)}. Give {flag} {saved[name]} "
                            f"to resume it, or leave out {FLAG} for a fresh run.")
+    changed = [name for name in SHAPING_ARGUMENTS
+               if name in saved and (saved[name] or None) != (getattr(args, name) or None)]
+    if changed:
+        given = "; ".join(f"--{name.replace('_', '-')} {saved[name]!r} there, "
+                          f"{getattr(args, name)!r} now" for name in changed)
+        raise SdkError(f"{FLAG}: {checkpoint} was trained with other tuner settings ({given}). "
+                       "Resume with the settings it was trained with, or leave out "
+                       f"{FLAG} for a fresh run.")
     if saved.get("only_save_model"):
         raise SdkError(f"{FLAG}: {checkpoint} was saved with --only-save-model, without the "
                        "optimizer state that resuming needs. Start a fresh run from its "

@@ -12,22 +12,30 @@ from typing import Any
 
 from sdk.errors import SdkError
 from sdk.specs import ModelSpec
-from sdk.tuners.lora import continue_adapter, modules_to_save, ready_for_adapters, target_modules
+from sdk.tuners.lora import (
+    continue_adapter,
+    modules_to_save,
+    ready_for_adapters,
+    target_modules,
+    with_adapters,
+)
 
 
 def schedule(total_steps: int, args: Any) -> dict[str, int]:
     """AdaLoRA's phases: ranks fixed for ``tinit`` steps, pruned, then fixed for ``tfinal``."""
     tinit = total_steps // 10 if args.adalora_tinit is None else args.adalora_tinit
     tfinal = total_steps // 5 if args.adalora_tfinal is None else args.adalora_tfinal
-    if tinit >= total_steps - tfinal:
-        raise SdkError(f"--adalora-tinit {tinit} and --adalora-tfinal {tfinal} leave none of "
-                       f"the {total_steps} training steps to prune ranks in; lower them or "
-                       "train longer.")
+    # peft scores the ranks on the steps between tinit and the final phase: it needs one
+    # before the step that prunes
+    if tinit >= total_steps - tfinal - 1:
+        raise SdkError(f"--adalora-tinit {tinit} and --adalora-tfinal {tfinal} leave fewer "
+                       f"than 2 of the {total_steps} training steps to score and prune ranks "
+                       "in; lower them or train longer.")
     return {"total_step": total_steps, "tinit": tinit, "tfinal": tfinal}
 
 
 def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
-    from peft import AdaLoraConfig, get_peft_model
+    from peft import AdaLoraConfig
 
     model = ready_for_adapters(model, args)
     if args.adapter:  # trains on at the ranks it was saved with
@@ -51,7 +59,7 @@ def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
         **modules_to_save(model, args),
         **steps,
     )
-    return get_peft_model(model, config)
+    return with_adapters(model, config)
 
 
 def callbacks(model: Any, args: Any) -> list[Any]:

@@ -29,6 +29,25 @@ def target_modules(requested: list[str] | None, spec: ModelSpec) -> str | list[s
     return names
 
 
+def with_adapters(model: Any, config: Any) -> Any:
+    """peft's model with the adapters of ``config``; targets that name no module of the model
+    are an error naming --lora-target-modules and the names it has."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        if "not found in the base model" not in str(error):
+            raise
+        import torch
+
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise SdkError(f"--lora-target-modules {' '.join(sorted(config.target_modules))}: no such "
+                       f"module in {type(model).__name__}. Its linear layers are: "
+                       f"{', '.join(linear)} (or give all-linear).") from None
+
+
 def ready_for_adapters(model: Any, args: Any) -> Any:
     """A frozen base that adapters can train on: quantized or gradient-checkpointed."""
     from peft import prepare_model_for_kbit_training
@@ -92,7 +111,7 @@ def modules_to_save(model: Any, args: Any) -> dict[str, Any]:
 
 
 def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     if args.adapter:  # its own config (rank, targets, DoRA...) decides
         return continue_adapter(ready_for_adapters(model, args), args.adapter)
@@ -105,7 +124,7 @@ def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
         **modules_to_save(model, args),
         **variant,
     )
-    return get_peft_model(ready_for_adapters(model, args), config)
+    return with_adapters(ready_for_adapters(model, args), config)
 
 
 def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:

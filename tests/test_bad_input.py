@@ -1,0 +1,57 @@
+"""Mistakes a new user makes get one message naming the flag or file, before anything is
+trained (found by trying the CLI the way ms-swift and LLaMA-Factory users would)."""
+
+import pytest
+
+from conftest import TINY_MODEL_TYPE
+
+
+@pytest.fixture
+def sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
+    def run(*flags):
+        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                         "--dataset", identity_data, "--max-steps", "1", "--output-dir",
+                         tmp_path / "out", *flags)
+        assert result.exit_code != 0, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    return run
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_a_dataset_file_without_records_is_named(sft, tmp_path, content):
+    empty = tmp_path / ("empty.json" if content == "[]" else "empty.jsonl")
+    empty.write_text(content)
+    assert f"No records found in {empty}" in sft("--dataset", empty)
+    assert f"No records found in {empty}" in sft("--val-dataset", empty)
+
+
+def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has(sft):
+    output = sft("--lora-target-modules", "nonexistent_module")
+    assert "--lora-target-modules nonexistent_module: no such module in" in output
+    assert "q_proj" in output and "down_proj" in output
+
+
+def test_adalora_needs_steps_to_score_ranks_before_pruning(sft):
+    assert "leave fewer than 2 of the 1 training steps" in sft(
+        "--sft-type", "adalora", "--gradient-accumulation-steps", "1")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed must be at least 0; got -1."),
+    (["--seed", "99999999999"], "--seed must be below 4294967296"),
+    (["--max-length", "-5"], "--max-length must be at least -1; got -5."),
+    (["--per_device_train_batch_size", "2"],
+     "No such option '--per_device_train_batch_size': here it is --batch-size."),
+    (["--bf16"], "No such option '--bf16': here it is --dtype bf16."),
+    (["--cutoff_len", "512"], "here it is --max-length."),
+    (["--attn-impl", "flex_attention"], "--attn-impl flex_attention needs a CUDA GPU"),
+])
+def test_values_and_other_tools_flags(sft, flags, message):
+    assert message in sft(*flags)
+
+
+def test_top_p_above_one_is_refused(run_cli):
+    result = run_cli("infer", "--model-type", TINY_MODEL_TYPE, "--top-p", "2")
+    assert result.exit_code == 1 and "--top-p must be at most 1; got 2.0." in result.stderr
