@@ -166,7 +166,9 @@ class Hub:
     timeouts) and :class:`sdk.errors.SdkError` for the others; a token never appears in
     their messages. ``endpoint`` None means the hub's usual address (or its library's
     environment variable). ``token_env`` names the environment variable the hub's library
-    reads a token from.
+    reads a token from; ``find_token() -> str | None``, if given, returns the token the library
+    would send when none is passed (its variable or saved login), so that ``sdk sft
+    --push-to-hub`` can refuse to start a run whose upload could not succeed.
     """
 
     name: str
@@ -174,3 +176,4 @@ class Hub:
     push: CallableRef
     description: str = ""
     token_env: str = ""
+    find_token: CallableRef | None = None

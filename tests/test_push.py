@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY_MODEL_TYPE
 from sdk.config import SftArguments
 from sdk.errors import SdkError
 from sdk.hubs.card import model_card
@@ -471,3 +472,20 @@ def test_round_trip_through_a_fake_hub_server(hub_name, request, hub_plugin, tin
     there = run_cli("--plugin", hub_plugin, "infer", "--ckpt-dir", downloaded, *query)
     assert here.exit_code == 0 and there.exit_code == 0, there.output
     assert here.stdout.strip() and there.stdout == here.stdout
+
+
+def test_a_push_that_could_not_succeed_is_refused_before_training(
+        hf_hub_server, run_cli, tiny_plugin_file, identity_data, tmp_path):
+    def sft(*flags):
+        return run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                       "--dataset", identity_data, "--output-dir", tmp_path / "out",
+                       "--push-to-hub", "--hub", "huggingface", *flags)
+
+    no_token = sft("--hub-model-id", "org/m")  # the fixture leaves huggingface_hub no token
+    assert no_token.exit_code == 1
+    assert "--push-to-hub: no token to push to huggingface with. Give one with --hub-token, " \
+           "the HF_TOKEN environment variable" in no_token.stderr
+    bad_id = sft("--hub-model-id", "not a repo id", "--hub-token", TOKEN)
+    assert bad_id.exit_code == 1
+    assert "--hub-model-id 'not a repo id' is not a repository id" in bad_id.stderr
+    assert not (tmp_path / "out").exists()  # nothing trained, no run folder

@@ -140,11 +140,16 @@ def _status_error(message: str, error: Any, token: str | None) -> SdkError:
     return SdkError(f"{message}: the hub answered {said}.")
 
 
-def _has_token(token: str | None) -> bool:
-    """Was a token sent: given, or found by the library (HF_TOKEN, `hf auth login`)?"""
+def find_token() -> str | None:
+    """The token huggingface_hub sends when none is given (HF_TOKEN, `hf auth login`)."""
     from huggingface_hub import get_token
 
-    return bool(token or get_token())
+    return get_token()
+
+
+def _has_token(token: str | None) -> bool:
+    """Was a token sent: given, or found by the library?"""
+    return bool(token or find_token())
 
 
 def _token_advice(token: str | None) -> str:
@@ -175,4 +180,4 @@ def _redact(text: object, token: str | None) -> str:
 def register_hubs(register):
     register(Hub("huggingface", download, push,
                  "The Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE)",
-                 token_env="HF_TOKEN"))
+                 token_env="HF_TOKEN", find_token=find_token))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -71,6 +72,9 @@ class Destination:
         return command
 
 
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def push_destination(args: SftArguments, registry: Registry) -> Destination | None:
     """The destination of ``--push-to-hub``, checked before any model loads; None without it."""
     if not args.push_to_hub:
@@ -78,8 +82,17 @@ def push_destination(args: SftArguments, registry: Registry) -> Destination | No
     if not args.hub_model_id:
         raise SdkError("--push-to-hub needs --hub-model-id: the repository to push to, e.g. "
                        "your-name/my-model.")
-    return Destination(registry.get("hubs", args.hub), args.hub_model_id,
-                       args.hub_private_repo, args.hub_token, args.push_training_state)
+    if not REPO_ID.fullmatch(args.hub_model_id):
+        raise SdkError(f"--hub-model-id '{args.hub_model_id}' is not a repository id: give "
+                       "OWNER/NAME (letters, digits, '-', '_', '.'), e.g. your-name/my-model.")
+    hub = registry.get("hubs", args.hub)
+    if hub.find_token and not args.hub_token and not resolve_callable(hub.find_token)():
+        variable = f", the {hub.token_env} environment variable" if hub.token_env else ""
+        raise SdkError(f"--push-to-hub: no token to push to {hub.name} with. Give one with "
+                       f"--hub-token{variable} or the hub's login command, or leave out "
+                       "--push-to-hub (`sdk push` uploads a checkpoint later).")
+    return Destination(hub, args.hub_model_id, args.hub_private_repo, args.hub_token,
+                       args.push_training_state)
 
 
 def stage(checkpoint: Path, destination: Destination, registry: Registry,
