@@ -371,7 +371,13 @@ def sft(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     launch_processes_if_asked(sys.argv[1:])
     from sdk.train.sft import run_sft
 
-    run_sft(arguments, registry(ctx))
+    try:
+        run_sft(arguments, registry(ctx))
+    except KeyboardInterrupt:
+        click.echo("[sdk] interrupted; the checkpoints saved so far are complete. To go on "
+                   "from the last one, run the same command with --resume-from-checkpoint "
+                   "auto.", err=True)
+        raise click.Abort() from None
 
 
 @cli.command(cls=SdkCommand)

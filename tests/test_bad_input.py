@@ -55,3 +55,19 @@ def test_values_and_other_tools_flags(sft, flags, message):
 def test_top_p_above_one_is_refused(run_cli):
     result = run_cli("infer", "--model-type", TINY_MODEL_TYPE, "--top-p", "2")
     assert result.exit_code == 1 and "--top-p must be at most 1; got 2.0." in result.stderr
+
+
+def test_weights_without_a_model_type_say_what_is_missing(run_cli, tmp_path, identity_data):
+    trained = run_cli("sft", "--model-id-or-path", tmp_path, "--dataset", identity_data)
+    chat = run_cli("infer", "--model-id-or-path", tmp_path)
+    for result in (trained, chat):
+        assert result.exit_code == 1
+        assert "--model-id-or-path gives the weights; --model-type says what they are" \
+            in result.stderr
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_loading(sft, tmp_path):
+    file = tmp_path / "taken"
+    file.write_text("mine")
+    assert f"--output-dir '{file}' is a file; give a folder." in sft("--output-dir", file)
+    assert file.read_text() == "mine"

@@ -330,3 +330,17 @@ def test_the_log_keeps_the_records_up_to_the_resumed_step(tmp_path):
     log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "lo')
     keep_log_until(tmp_path, 2)
     assert [json.loads(line) for line in log.read_text().splitlines()] == records[:3]
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_go_on(start_sft, tmp_path):
+    output = tmp_path / "output"
+    interrupted = start_sft(output, "--max-steps", "1000")
+    wait_for(lambda: any(output.glob(f"{TINY_MODEL_TYPE}/*/checkpoint-2")), interrupted,
+             "checkpoint-2")
+    interrupted.process.send_signal(signal.SIGINT)
+    assert interrupted.process.wait(timeout=60) == 1
+    said = interrupted.log.read_text()
+    assert "[sdk] interrupted; the checkpoints saved so far are complete" in said
+    assert "--resume-from-checkpoint auto" in said and "Traceback" not in said
+    assert is_complete_checkpoint(only_run(output) / "checkpoint-2")

@@ -75,7 +75,9 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
         system = args.system
         model, tokenizer = load_model(spec, args, registry)
     else:
-        raise SdkError("Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type.")
+        given = (" (--model-id-or-path gives the weights; --model-type says what they are)"
+                 if args.model_id_or_path else "")
+        raise SdkError(f"Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type{given}.")
     import torch
 
     if torch.cuda.is_available():

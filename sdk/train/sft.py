@@ -59,7 +59,11 @@ class SftResult:
 def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     """Train; the result names the run folder and last checkpoint and holds the model."""
     if not args.model_type:
-        raise SdkError("--model-type is required (`sdk models` lists them).")
+        given = (" --model-id-or-path gives the weights; --model-type says what they are "
+                 "(template, LoRA targets)." if args.model_id_or_path else "")
+        raise SdkError(f"--model-type is required (`sdk models` lists them).{given}")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise SdkError(f"--output-dir '{args.output_dir}' is a file; give a folder.")
     if not args.dataset:
         raise SdkError("--dataset is required: a name from `sdk datasets` or a .json/.jsonl "
                        "file.")
