@@ -330,7 +330,8 @@ def template() -> None:
 @click.option("--model-type", "--model_type", "model_type", cls=Flag,
               help="Use this model type's template.")
 @click.option("--messages", required=True, type=click.Path(dir_okay=False),
-              help="JSON file: a list of {role, content} messages.")
+              help="JSON file: a list of {role, content} messages (or a record with such a "
+              "list under \"messages\").")
 @click.option("--add-generation-prompt", "--add_generation_prompt", "add_generation_prompt",
               cls=Flag, is_flag=True, help="End with the opening of an assistant turn.")
 @click.pass_context
@@ -352,6 +353,8 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
         raise SdkError(f"Messages file '{messages}' (--messages) does not exist.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SdkError(f"Messages file '{messages}' is not valid JSON: {error}") from None
+    if isinstance(conversation, dict) and "messages" in conversation:  # a messages-format row
+        conversation = conversation["messages"]
     try:
         text = Template(spec).render(conversation, add_generation_prompt)
     except (ValueError, TypeError, AttributeError) as error:

@@ -71,3 +71,24 @@ def test_an_output_dir_that_is_a_file_is_refused_before_loading(sft, tmp_path):
     file.write_text("mine")
     assert f"--output-dir '{file}' is a file; give a folder." in sft("--output-dir", file)
     assert file.read_text() == "mine"
+
+
+def test_sampling_more_rows_than_a_dataset_has_says_rows_repeat(plugin_set, identity_data,
+                                                                 tmp_path, capsys):
+    from sdk.config import SftArguments
+    from sdk.data.arrow import training_and_held_out
+
+    args = SftArguments(dataset=[f"{identity_data}#10"])
+    conversations, _ = training_and_held_out(args, plugin_set.registry, None)
+    assert len(conversations) == 10
+    assert f"{identity_data}#10: 10 rows from 4, so rows repeat" in capsys.readouterr().err
+
+
+def test_template_render_takes_a_messages_record_too(run_cli, tmp_path):
+    record = tmp_path / "record.json"
+    record.write_text('{"messages": [{"role": "user", "content": "Hi"}]}')
+    listed = tmp_path / "listed.json"
+    listed.write_text('[{"role": "user", "content": "Hi"}]')
+    outputs = [run_cli("template", "render", "chatml", "--messages", path).output
+               for path in (record, listed)]
+    assert outputs[0] == outputs[1] and "<|im_start|>user\nHi<|im_end|>" in outputs[0]

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import click
+
 from sdk import __version__
 from sdk.data.conversations import iter_dataset, sample_indices, split_indices, split_sample_size
 from sdk.data.encode import (
@@ -93,6 +95,9 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
         if skipped is not None and skipped_file.is_file():  # written when the rows were read
             skipped += json.loads(skipped_file.read_text(encoding="utf-8"))
         if count is not None:
+            if count > len(part):
+                click.echo(f"[sdk] {name_and_count}: {count} rows from {len(part)}, so rows "
+                           "repeat (every row once, the rest drawn again).", err=True)
             part = part.select(sample_indices(len(part), count, args.seed))
         parts.append(part)
     dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]

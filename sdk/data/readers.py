@@ -188,8 +188,8 @@ def read_records(path: Path) -> Iterator[Located]:
         return read_saved_dataset(path)
     if not path.is_file():
         raise SdkError(f"Dataset file '{path}' does not exist. Check the path given to "
-                       "--dataset (a registered name, see `sdk datasets`, a data file or "
-                       "a save_to_disk folder).")
+                       "--dataset or --val-dataset (a registered name, see `sdk datasets`, a "
+                       "data file or a save_to_disk folder).")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise SdkError(f"Dataset file '{path}' has an unsupported extension; use one of "
