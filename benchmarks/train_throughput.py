@@ -101,10 +101,10 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
         save_steps=options.steps, max_length=options.fixed_len or options.max_len,
         gradient_checkpointing=options.gc or options.offload,
         offload_activations=options.offload, packing=not options.no_packing,
-        max_tokens_per_batch=options.max_tokens_per_batch,
+        max_tokens_per_batch=options.max_tokens_per_batch, attn_impl=options.attn_impl,
         quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
     model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
-        dtype=args.dtype, quantization_bit=args.quantization_bit or 0))
+        dtype=args.dtype, quantization_bit=args.quantization_bit or 0, attn_impl=args.attn_impl))
     set_seed(args.seed)
     spec = ModelSpec(model_type=args.model_type, family="bench", template="chatml")
     model = resolve_callable(tuner.prepare)(model, args, spec)
@@ -166,7 +166,7 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
             str(options.max_len), *(["--offload"] if options.offload else []),
             *(["--no-packing"] if options.no_packing else []),
             *(["--max-tokens-per-batch", str(options.max_tokens_per_batch)]
-              if options.max_tokens_per_batch else [])]
+              if options.max_tokens_per_batch else []), "--attn-impl", options.attn_impl]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--max-tokens-per-batch", type=int,
                         help="ours with batches of up to N tokens (--max-tokens-per-batch) "
                         "instead of --batch rows; the baseline keeps --batch")
+    parser.add_argument("--attn-impl", default="auto",
+                        help="ours with this --attn-impl (sdpa: packed rows keep the "
+                        "block-diagonal mask instead of sdpa_varlen)")
     parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
                         "that each side trains")
     parser.add_argument("--fixed_len", type=int, default=0, help=argparse.SUPPRESS)
@@ -255,6 +258,7 @@ def main() -> None:
         "batch": options.batch, "gc": options.gc, "offload": options.offload,
         "packing": not options.no_packing,
         "ours_max_tokens_per_batch": options.max_tokens_per_batch,
+        "ours_attn_impl": options.attn_impl,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)
