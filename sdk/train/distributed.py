@@ -1,8 +1,7 @@
-"""`sdk sft` in several processes (torchrun, or ``NPROC_PER_NODE=N sdk sft`` with ``NNODES`` etc.
-for several machines): the processes
-share one run folder, the main process prepares the data first (the others read its cache), and
-only it writes the run's own files. The training itself is the Trainer's (DDP through
-accelerate: NCCL on GPUs, gloo on CPUs)."""
+"""`sdk sft` in several processes (torchrun, or ``NPROC_PER_NODE=N sdk sft``; with ``NNODES``
+and the rest, on several machines): the processes share one run folder, the main process
+prepares the data first (the others read its cache), and only it writes the run's own files.
+The training itself is the Trainer's (DDP through accelerate: NCCL on GPUs, gloo on CPUs)."""
 
 from __future__ import annotations
 
