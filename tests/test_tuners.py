@@ -134,7 +134,7 @@ def test_adalora_prunes_ranks_to_the_target_budget_and_reloads(plugin_set, tiny_
 
 @pytest.mark.parametrize("flags, message", [
     (dict(adalora_target_rank=16), "--adalora-target-rank 16 is above --adalora-init-rank 12"),
-    (dict(adalora_tinit=1, adalora_tfinal=1), "leave none of the 2 training steps"),
+    (dict(adalora_tinit=1, adalora_tfinal=1), "leave fewer than 2 of the 2 training steps"),
 ])
 def test_adalora_settings_are_checked(plugin_set, tiny_model_dir, identity_data, tmp_path,
                                       flags, message):
