@@ -56,7 +56,7 @@ def test_tuners_are_listed_with_a_description(run_cli):
 
 
 def test_training_continues_from_a_saved_adapter_in_either_file_layout(
-        plugin_set, tiny_model_dir, identity_data, tmp_path):
+        plugin_set, tiny_model_dir, identity_data, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from sdk.config import SftArguments
@@ -79,6 +79,8 @@ def test_training_continues_from_a_saved_adapter_in_either_file_layout(
             output_dir=str(tmp_path / "continued"), adapter=str(adapter)),
             plugin_set.registry)
         assert any(p.requires_grad for p in result.model.parameters())
+        assert "[sdk] --adapter: training on with its own settings (rank 8, targets " \
+            in capsys.readouterr().err
         with torch.no_grad():
             inputs = first.inputs.to(result.model.device)
             torch.testing.assert_close(result.model.eval()(**inputs).logits,
@@ -98,6 +100,8 @@ def test_an_adapter_for_another_model_or_tuner_is_refused(plugin_set, tiny_model
 
     with pytest.raises(SdkError, match="has no adapter_config.json"):
         sft(adapter=str(tmp_path))
+    with pytest.raises(SdkError, match="--adapter '.*missing' is not a folder"):
+        sft(adapter=str(tmp_path / "missing"))
     alien = tmp_path / "alien"
     alien.mkdir()
     (alien / "adapter_config.json").write_text(json.dumps(

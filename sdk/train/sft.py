@@ -77,6 +77,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
     if args.offload_activations:  # what is offloaded is what checkpointing keeps
         args = dataclasses.replace(args, gradient_checkpointing=True)
+    if args.adapter and not Path(args.adapter).is_dir():
+        raise SdkError(f"--adapter '{args.adapter}' is not a folder; give the folder a peft "
+                       "adapter was saved to (a checkpoint of `sdk sft`).")
     if args.adapter and not tuner.trains_adapters:
         raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
                        "train one. Use --sft-type lora (or the adapter's own kind).")

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
+
 from sdk.errors import SdkError
 from sdk.specs import ModelSpec
 from sdk.tuners.generation import generates_with_virtual_tokens
@@ -82,6 +84,12 @@ def continue_adapter(model: Any, adapter: str) -> Any:
         raise SdkError(f"--adapter '{adapter}' holds a {config.peft_type.value} adapter; peft "
                        "cannot train saved virtual tokens further (prefix, ptuning, prompt). "
                        "Start a new run.")
+    if getattr(config, "r", None):
+        targets = config.target_modules
+        targets = targets if isinstance(targets, str) else ", ".join(sorted(targets or ()))
+        click.echo(f"[sdk] --adapter: training on with its own settings (rank {config.r}, "
+                   f"targets {targets}); --lora-rank and --lora-target-modules do not apply.",
+                   err=True)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         if not (folder / OLDER_WEIGHT_FILE).is_file():
             raise SdkError(f"--adapter '{adapter}' holds no adapter weights ("
