@@ -154,9 +154,9 @@ def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequ
 
 def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArguments,
                        path: Path, first: int = 0) -> None:
-    """Generate ``rows[first:]`` ``args.batch_size`` at a time, each batch appended whole."""
+    """Generate ``rows[first:]`` ``args.batch_size`` at a time, each batch appended whole
+    (``path``'s folder exists: ``check_settings`` made it)."""
     model, tokenizer, template = loaded
-    path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with path.open("a", encoding="utf-8") as out:
         for start in range(first, len(rows), args.batch_size):

@@ -59,11 +59,11 @@ def why_not_packed(model: Any, args: Any) -> str | None:
 
 def _leaks_between_samples(model: Any) -> str | None:
     import torch
+    from transformers.trainer_utils import unwrap_peft_model
 
     from sdk.train.probe import probing
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    name = type(base).__name__
+    name = type(unwrap_peft_model(model)).__name__
     # a long first sample: a second sample that sees it is far from its logits alone
     samples = [{"input_ids": list(range(100, 124))}, {"input_ids": list(range(300, 308))}]
     collator = packing_collator(model)
@@ -97,7 +97,9 @@ def batch_collator(model: Any, tokenizer: Any, args: Any) -> tuple[Any, str | No
     reason = why_not_packed(model, args)
     if reason:
         return padding_collator(tokenizer), reason
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from transformers.trainer_utils import unwrap_peft_model
+
+    base = unwrap_peft_model(model)
     if args.attn_impl == "auto" and base.config._attn_implementation == "sdpa":
         from sdk.train.packed_attention import KERNEL, register_packed_sdpa
 

@@ -57,9 +57,7 @@ class SftTrainer(Trainer):
         offloaded = (torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
                      if self.offload_activations else nullcontext())
         with offloaded:
-            # Eval without prediction_loss_only wants the logits themselves.
-            if ("labels" not in inputs or (return_outputs and not self.args.prediction_loss_only)
-                    or self._loss_for(inputs) == "standard"):
+            if "labels" not in inputs or self._loss_for(inputs) == "standard":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             with self.accelerator.autocast():
                 loss, outputs = token_loss(model, self.model.get_output_embeddings(), inputs,
