@@ -111,7 +111,7 @@ class SftArguments(ModelArguments):
     batch_size: int = arg(1, "Sequences per device per step.", at_least=1)
     packing: bool = arg(True, "Padding-free batches: a batch's samples joined into one row, "
                         "each attending only to itself (false: pad to the longest sample). "
-                        "Models and tuners that cannot pad instead, with a notice.")
+                        "Models and tuners that cannot be packed pad instead, with a notice.")
     max_tokens_per_batch: int | None = arg(
         None, "Batches of as many samples as fit in N tokens (padding counted without "
         "--packing) instead of --batch-size; a longer sample gets a batch of its own.",
