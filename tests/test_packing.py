@@ -16,7 +16,7 @@ from sdk.config import SftArguments
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import IGNORE_INDEX, Template
 from sdk.train.batching import TokenBudgetBatches, fill_batches
-from sdk.train.packed_attention import KERNEL, packed_sdpa_mask, register_packed_sdpa
+from sdk.train.packed_attention import KERNEL, packed_sdpa_mask, register_packed_sdpa, sample_bounds
 from sdk.train.packing import packing_collator, padding_collator, why_not_packed
 from sdk.train.sft import run_sft
 
@@ -139,6 +139,28 @@ def test_the_per_sample_kernel_builds_no_mask_only_where_it_finds_the_samples(ti
         expected = sdpa_mask(**case)
         assert expected is not None
         torch.testing.assert_close(packed_sdpa_mask(**case), expected)
+
+
+def test_the_per_sample_kernel_reads_a_rows_bounds_once_per_forward(tiny_model_dir, tokenizer,
+                                                                    monkeypatch):
+    # reading the bounds back waits for the device: once per forward, not once per layer
+    model = tiny_model(tiny_model_dir, KERNEL)
+    model.activation_checkpointing_enable()
+    model.train()
+    batch = packing_collator(model)(samples(tokenizer))
+    reads = []
+    nonzero = torch.Tensor.nonzero
+    monkeypatch.setattr(torch.Tensor, "nonzero",
+                        lambda tensor, *args, **kwargs: reads.append(1) or nonzero(tensor))
+    model(**batch).loss.backward()
+    assert model.config.num_hidden_layers > 1 and len(reads) == 1
+    bounds = [0, *starts(samples(tokenizer))[1:], batch["input_ids"].shape[1]]
+    # the same values in another tensor, and a tensor changed in place, are read again
+    assert sample_bounds(bounds[-1], batch["position_ids"].clone()) == bounds and len(reads) == 2
+    row = torch.arange(10)[None]
+    assert sample_bounds(10, row) == [0, 10]
+    row[0, 4:] -= 4
+    assert sample_bounds(10, row) == [0, 4, 10] and len(reads) == 4
 
 
 @pytest.mark.parametrize("sft_type", ["prefix", "ptuning", "prompt"])

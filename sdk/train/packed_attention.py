@@ -15,6 +15,7 @@ without flash-attn (every CPU, and GPUs where it is not installed); the packing 
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any
 
 import torch
@@ -22,13 +23,25 @@ import torch
 KERNEL = "sdpa_varlen"
 
 
+# Every layer of a forward (and its recomputation under gradient checkpointing) gets the same
+# position_ids tensor, and reading a row's bounds back to the host waits for the device: keeping
+# the last row's bounds makes that one wait per forward instead of one per layer.
+_last_row: tuple[weakref.ref, int, list[int]] | None = None
+
+
 def sample_bounds(length: int, position_ids: torch.Tensor | None) -> list[int] | None:
     """Where the samples of a one-row batch of ``length`` positions start, and its end (the
     positions restart at each sample); None without positions of that row."""
+    global _last_row
     if position_ids is None or position_ids.shape[0] != 1 or position_ids.shape[1] != length:
         return None
+    if (_last_row is not None and _last_row[0]() is position_ids
+            and _last_row[1] == position_ids._version):
+        return _last_row[2]
     restarts = (position_ids[0, 1:] - position_ids[0, :-1] != 1).nonzero().flatten() + 1
-    return [0, *restarts.tolist(), length]
+    bounds = [0, *restarts.tolist(), length]
+    _last_row = (weakref.ref(position_ids), position_ids._version, bounds)
+    return bounds
 
 
 def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
