@@ -63,6 +63,13 @@ class ModelArguments:
                                    ("auto", "bf16", "fp16", "fp32"))
     bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"))
     bnb_4bit_use_double_quant: bool = arg(True, "Quantize the 4-bit scales too.")
+    rope_scaling: str | None = arg(
+        None, "Stretch the model's rotary positions to train on and answer sequences longer "
+        "than its window: linear, dynamic (NTK) or yarn (sdk infer --ckpt-dir: the run's).",
+        ("linear", "dynamic", "yarn"))
+    rope_factor: float | None = arg(
+        None, "How many times --rope-scaling stretches the window (sdk sft default: "
+        "--max-length over the model's window, rounded up).", above=1)
     hub: str | None = arg(None, "Hub to download models and datasets from and push to (see "
                           "`sdk hubs`; default: $SFT_SDK_HUB, else huggingface; a checkpoint "
                           "reloads from the hub it was trained with).")

@@ -59,6 +59,8 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
             args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
             trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),
             hub=args.hub or saved.get("hub"),
+            rope_scaling=args.rope_scaling or saved.get("rope_scaling"),
+            rope_factor=args.rope_factor or saved.get("rope_factor"),
             quantization_bit=(args.quantization_bit if args.quantization_bit is not None
                               else saved.get("quantization_bit")))
         click.echo(f"[sdk] loading {checkpoint}", err=True)

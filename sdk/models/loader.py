@@ -29,6 +29,9 @@ class LoadOptions:
     bnb_4bit_comp_dtype: str = "auto"
     bnb_4bit_quant_type: str = "nf4"
     bnb_4bit_use_double_quant: bool = True
+    rope_scaling: str | None = None  # --rope-scaling linear|dynamic|yarn
+    rope_factor: float | None = None  # None: context_length over the model's window
+    context_length: int = 0  # --max-length of sdk sft
 
 
 def quantization_config(options: LoadOptions) -> Any:
@@ -79,9 +82,19 @@ def load_pretrained(path: str | Path, options: LoadOptions,
     """Model and tokenizer from a folder in the transformers layout (or a GGUF file in it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(
         str(path), trust_remote_code=options.trust_remote_code, **extra)
+    if options.rope_scaling:
+        from transformers import AutoConfig
+
+        from sdk.models.rope import stretch_rope
+
+        config = AutoConfig.from_pretrained(
+            str(path), trust_remote_code=options.trust_remote_code, **extra)
+        stretch_rope(config, options.rope_scaling, options.rope_factor,
+                     options.context_length, str(path))
+        extra["config"] = config
     if gguf_file:
         # Dense weights: trainable and savable, unlike weights kept in GGUF blocks.
         from transformers import GgufConfig
@@ -196,7 +209,10 @@ def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
         model_dir=args.model_id_or_path, download=download,
         quantization_bit=args.quantization_bit or 0, bnb_4bit_comp_dtype=args.bnb_4bit_comp_dtype,
         bnb_4bit_quant_type=args.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant)
+        bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
+        rope_scaling=args.rope_scaling, rope_factor=args.rope_factor,
+        # inference has no --max-length: it gets the trained run's --rope-factor
+        context_length=getattr(args, "max_length", 0))
     check_requirements(spec, options)  # for every loader, a plugin's own included
     if options.model_dir and not (Path(options.model_dir) / "config.json").is_file():
         raise SdkError(f"--model-id-or-path '{options.model_dir}' is not a model folder "

@@ -22,6 +22,7 @@ from sdk.errors import SdkError
 from sdk.hubs import default_hub
 from sdk.hubs.push import push_destination
 from sdk.models.loader import load_model, torch_dtype
+from sdk.models.rope import applied_factor
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
@@ -104,6 +105,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
                    f"{'; '.join(skipped[:5])}", err=True)
 
     model, tokenizer = load_model(spec, args, registry)
+    if args.rope_scaling:  # saved with the run: its checkpoints reload with the same positions
+        args = dataclasses.replace(args, rope_factor=applied_factor(
+            model.config, args.rope_scaling, args.model_type))
     settings = EncodeSettings(Template.for_tokenizer(template_spec, tokenizer), tokenizer,
                               args.max_length, args.loss_scope, args.truncation_strategy)
     with main_process_first():

@@ -1,0 +1,98 @@
+"""--rope-scaling: a run trained beyond the model's window stretches its rotary positions, saves
+the factor, and reloads (adapter on a freshly loaded base) with the same positions."""
+
+import pytest
+import torch
+
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE, TOKENIZERS, save_tiny_model, train_and_reload
+from sdk.errors import SdkError
+from sdk.models.loader import LoadOptions, load_pretrained
+from sdk.models.rope import stretch_rope
+
+
+@pytest.fixture(scope="module")
+def short_window_model(tmp_path_factory):
+    """The tiny Llama with a 32-position window."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+    return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
+                           tmp_path_factory.mktemp("window-32"), max_position_embeddings=32,
+                           pad_token_id=tokenizer.pad_token_id)
+
+
+def probe_logits(model_dir, **rope):
+    model, tokenizer = load_pretrained(model_dir, LoadOptions(**rope))
+    ids = tokenizer.apply_chat_template(CONVERSATIONS["multi turn"], return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    assert ids.shape[1] > 32  # past the window
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn"])
+def test_each_kind_changes_the_positions_past_the_window(short_window_model, kind):
+    plain = probe_logits(short_window_model)
+    stretched = probe_logits(short_window_model, rope_scaling=kind, context_length=64)
+    assert not torch.allclose(plain[:, 33:], stretched[:, 33:], atol=1e-4)
+
+
+def test_a_stretched_run_reloads_with_its_factor(plugin_set, short_window_model, identity_data,
+                                                 tmp_path):
+    # train_and_reload compares the reloaded model's logits with the trained model's: a base
+    # reloaded without YaRN (which also scales attention) would differ
+    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, short_window_model,
+                                identity_data, tmp_path, rope_scaling="yarn", max_length=80)
+    assert reloaded.saved["rope_scaling"] == "yarn" and reloaded.saved["rope_factor"] == 3.0
+    for model in (reloaded.model, reloaded.result.model):
+        rope = model.get_base_model().config.rope_parameters
+        assert (rope["rope_type"], rope["factor"]) == ("yarn", 3.0)
+        assert rope["original_max_position_embeddings"] == 32
+
+
+def test_a_factor_can_be_given(short_window_model):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(short_window_model)
+    assert stretch_rope(config, "linear", 4.0, 0, "here") == 4.0
+    assert config.rope_parameters["factor"] == 4.0
+
+
+def test_a_model_without_rotary_positions_is_refused():
+    from transformers import GPT2Config
+
+    with pytest.raises(SdkError, match="has no rotary position settings"):
+        stretch_rope(GPT2Config(), "yarn", None, 4096, "gpt2-folder")
+
+
+@pytest.fixture
+def sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
+    def run(model_dir, *flags):
+        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                         "--model-id-or-path", model_dir, "--dataset", identity_data,
+                         "--max-steps", "1", "--output-dir", tmp_path / "out", *flags)
+        assert result.exit_code != 0, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    return run
+
+
+def test_mistakes_are_named(sft, tiny_model_dir, short_window_model, tmp_path):
+    assert ("--rope-scaling yarn: --max-length 64 fits the 512-position window" in
+            sft(tiny_model_dir, "--rope-scaling", "yarn", "--max-length", "64"))
+    assert "--rope-scaling linear: give --rope-factor" in sft(
+        short_window_model, "--rope-scaling", "linear", "--max-length", "0")
+    assert "--rope-factor" in sft(short_window_model, "--rope-scaling", "yarn",
+                                  "--rope-factor", "1")
+    from transformers import AutoModelForCausalLM
+
+    scaled = tmp_path / "scaled"
+    model = AutoModelForCausalLM.from_pretrained(short_window_model)
+    model.config.rope_parameters.update(rope_type="linear", factor=2.0)
+    model.save_pretrained(scaled)
+    (scaled / "tokenizer.json").write_bytes((short_window_model / "tokenizer.json").read_bytes())
+    (scaled / "tokenizer_config.json").write_bytes(
+        (short_window_model / "tokenizer_config.json").read_bytes())
+    assert "already scales its positions (linear, factor 2.0)" in sft(
+        scaled, "--rope-scaling", "yarn", "--max-length", "80")
