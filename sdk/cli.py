@@ -62,6 +62,7 @@ OTHER_TOOLS_FLAGS = {
     "load_in_4bit": "quantization-bit 4", "load_in_8bit": "quantization-bit 8",
     "flash_attn": "attn-impl", "use_flash_attn": "attn-impl flash_attention_2",
     "adapter_name_or_path": "adapter", "checkpoint_dir": "adapter",
+    "lorap_lr_ratio": "loraplus-lr-ratio",
 }
 
 

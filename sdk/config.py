@@ -128,6 +128,13 @@ class SftArguments(ModelArguments):
     learning_rate: float | None = arg(None, "Peak learning rate (lora 1e-4, full 2e-5).",
                                       above=0)
     weight_decay: float = arg(0.01, "AdamW weight decay.", at_least=0)
+    optim: str | None = arg(
+        None, "Optimizer, by its transformers name: adamw_torch, adamw_torch_fused, adafactor, "
+        "sgd, ...; adamw_8bit, paged_adamw_8bit, paged_adamw_32bit and lion_8bit need "
+        "bitsandbytes (default: transformers' AdamW).")
+    loraplus_lr_ratio: float | None = arg(
+        None, "LoRA+: train the LoRA B matrices at this many times the learning rate (16 is "
+        "usual; LoRA tuners only).", above=0)
     lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.", LR_SCHEDULERS)
     warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1)
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: no clipping).", at_least=0)

@@ -50,6 +50,20 @@ def check_trackers(names: list[str]) -> None:
                            f"pip install {packages[0]}")
 
 
+def check_optimizer(name: str | None) -> None:
+    """--optim names one of transformers' optimizers (before anything loads)."""
+    import difflib
+
+    from transformers.training_args import OptimizerNames
+
+    names = [optimizer.value for optimizer in OptimizerNames]
+    if name is not None and name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"Did you mean {' or '.join(close)}? " if close else ""
+        raise SdkError(f"--optim {name} is not an optimizer transformers knows. {hint}"
+                       f"It knows: {', '.join(names)}.")
+
+
 @dataclass
 class SftResult:
     run_dir: Path
@@ -88,6 +102,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
     check_trackers(args.report_to)
+    check_optimizer(args.optim)
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
@@ -179,7 +194,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
 def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
                   default_learning_rate: float, run_dir: Path, saved: dict):
     import torch
-    from transformers import TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from sdk.train.accuracy import TokenAccuracy
     from sdk.train.batching import Batching, row_lengths
@@ -196,6 +211,14 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         names = {f.name for f in dataclasses.fields(TrainingArguments)}
         optional["activation_checkpointing" if "activation_checkpointing" in names
                  else "gradient_checkpointing"] = True
+    if args.optim:
+        optional["optim"] = args.optim
+    if args.loraplus_lr_ratio and not any("lora_B" in name for name, parameter
+                                          in model.named_parameters()
+                                          if parameter.requires_grad):
+        raise SdkError(f"--loraplus-lr-ratio sets the learning rate of LoRA's B matrices; "
+                       f"--sft-type {args.sft_type} trains none. Use a LoRA tuner (lora, "
+                       "qlora, dora, rslora) or leave the flag out.")
     if world_size() > 1 and not on_gpu:  # DDP over gloo; else the Trainer skips DDP on CPUs
         optional["use_cpu"] = True
     if eval_examples is not None:
@@ -247,6 +270,10 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         batch_eval_metrics=eval_examples is not None,
         **optional,
     )
+    try:  # a package the optimizer needs, or settings it lacks, named before training
+        Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    except (ImportError, ValueError) as error:
+        raise SdkError(f"--optim {training_args.optim.value}: {error}") from None
     return SftTrainer(
         model=model,
         args=training_args,
@@ -259,5 +286,6 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         run_arguments=saved,
         loss_impl=args.loss_impl,
         offload_activations=args.offload_activations,
+        loraplus_lr_ratio=args.loraplus_lr_ratio,
         compute_metrics=TokenAccuracy() if eval_examples is not None else None,
     )

@@ -41,7 +41,7 @@ from sdk.train.run_dir import PARTIAL_DIR, checkpoints, write_args
 class SftTrainer(Trainer):
     def __init__(self, *args: Any, run_arguments: dict[str, Any], loss_impl: str = "auto",
                  offload_activations: bool = False, batching: Batching | None = None,
-                 **kwargs: Any):
+                 loraplus_lr_ratio: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.run_arguments = run_arguments  # written into each checkpoint as sft_args.json
         self.batching = batching  # its token budget replaces the Trainer's batches of batch_size
@@ -49,6 +49,21 @@ class SftTrainer(Trainer):
         self.loss_impl = loss_impl  # --loss-impl
         self.chosen_loss: str | None = None  # liger, chunked or standard: set by the first batch
         self.offload_activations = offload_activations
+        self.loraplus_lr_ratio = loraplus_lr_ratio  # --loraplus-lr-ratio
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        if self.loraplus_lr_ratio and self.optimizer is None:
+            # peft's LoRA+ optimizer: the --optim class and settings, LoRA B matrices at
+            # loraplus_lr_ratio times the learning rate
+            from peft.optimizers import create_loraplus_optimizer
+
+            optimizer_class, settings = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            settings.pop("lr")
+            self.optimizer = create_loraplus_optimizer(
+                self.model, optimizer_class, lr=self.args.learning_rate,
+                loraplus_lr_ratio=self.loraplus_lr_ratio,
+                loraplus_weight_decay=self.args.weight_decay, **settings)
+        return super().create_optimizer(model)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

@@ -1,0 +1,67 @@
+"""--optim (transformers' optimizers by name) and --loraplus-lr-ratio (LoRA+), read back from
+the optimizer state a checkpoint saves."""
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL_TYPE
+from sdk.config import SftArguments
+from sdk.train.sft import run_sft
+
+
+def train(plugin_set, identity_data, tmp_path, **overrides):
+    settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+                    output_dir=str(tmp_path / "output"), max_steps=2, batch_size=2,
+                    gradient_accumulation_steps=1, learning_rate=1e-3, save_steps=2, seed=0)
+    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+
+
+def optimizer_state(checkpoint):
+    return torch.load(checkpoint / "optimizer.pt", weights_only=True)
+
+
+def test_loraplus_trains_the_b_matrices_faster_and_resumes(plugin_set, identity_data,
+                                                           tmp_path):
+    result = train(plugin_set, identity_data, tmp_path, loraplus_lr_ratio=16.0)
+    names = [name for name, parameter in result.model.named_parameters()
+             if parameter.requires_grad]
+    groups = optimizer_state(result.checkpoint)["param_groups"]
+    sizes = {len(group["params"]): group["lr"] for group in groups if group["params"]}
+    b_matrices = sum("lora_B" in name for name in names)
+    assert set(sizes) == {len(names) - b_matrices, b_matrices}  # A matrices, then B
+    assert sizes[b_matrices] == pytest.approx(16 * sizes[len(names) - b_matrices])
+    # the resumed run loads that optimizer state into the same groups
+    resumed = train(plugin_set, identity_data, tmp_path, loraplus_lr_ratio=16.0, max_steps=3,
+                    save_steps=1, resume_from_checkpoint=str(result.checkpoint))
+    assert resumed.checkpoint.name == "checkpoint-3"
+
+
+def test_optim_picks_the_optimizer(plugin_set, identity_data, tmp_path):
+    plain = optimizer_state(train(plugin_set, identity_data, tmp_path / "a").checkpoint)
+    adafactor = optimizer_state(train(plugin_set, identity_data, tmp_path / "b",
+                                      optim="adafactor").checkpoint)
+    assert "betas" in plain["param_groups"][0]
+    assert "scale_parameter" in adafactor["param_groups"][0]  # Adafactor's own setting
+
+
+@pytest.fixture
+def sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
+    def run(*flags):
+        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                         "--dataset", identity_data, "--max-steps", "1", "--output-dir",
+                         tmp_path / "out", *flags)
+        assert result.exit_code != 0, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    return run
+
+
+def test_mistakes_are_named(sft):
+    assert "--optim adamw_torch_fuse is not an optimizer transformers knows. Did you mean " \
+           "adamw_torch_fused" in sft("--optim", "adamw_torch_fuse")
+    # transformers' own message, under the flag's name
+    assert "--optim galore_adamw:" in sft("--optim", "galore_adamw")
+    assert "--sft-type full trains none" in sft("--sft-type", "full",
+                                                "--loraplus-lr-ratio", "16")
+    assert "here it is --loraplus-lr-ratio" in sft("--lorap_lr_ratio", "16")
