@@ -470,12 +470,13 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
          token: str | None, training_state: bool, path_in_repo: str) -> None:
     """Upload a checkpoint with a model card; run it again to complete a push that failed."""
     from sdk.hubs import default_hub
-    from sdk.hubs.push import Destination, push_checkpoint
+    from sdk.hubs.push import Destination, check_repo_id, push_checkpoint
     from sdk.train.run_dir import find_checkpoint
 
     known = registry(ctx)
     destination = Destination(known.get("hubs", hub or default_hub()), repo_id, private, token,
                               training_state)
+    check_repo_id(destination.hub, repo_id, "--repo-id")
     checkpoint = find_checkpoint(ckpt_dir, "--ckpt-dir")
     click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 

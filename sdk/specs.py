@@ -33,6 +33,11 @@ class ModelSpec:
     (``sdk.models.loader:load_from_hub``) fetches ``hub_ids`` through a registered hub.
     ``tokenizer_loader(spec, options) -> tokenizer`` loads the tokenizer alone (for data
     previews); left out, it is read from the same folder the generic loader uses.
+    ``config_model_types``: the ``model_type`` values that this model type's checkpoints have
+    in their ``config.json`` (transformers' names such as ``"llama"`` and ``"qwen2"``, or a
+    remote-code model's own such as ``"chatglm"``). A ``--model-id-or-path`` folder whose
+    config names another is refused before anything loads, since the template and LoRA
+    targets would not fit it; empty (the default) checks nothing.
     """
 
     model_type: str
@@ -47,6 +52,7 @@ class ModelSpec:
     requires_remote_code: bool = False
     ignore_patterns: tuple[str, ...] = ()
     description: str = ""
+    config_model_types: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -169,6 +175,10 @@ class Hub:
     reads a token from; ``find_token() -> str | None``, if given, returns the token the library
     would send when none is passed (its variable or saved login), so that ``sdk sft
     --push-to-hub`` can refuse to start a run whose upload could not succeed.
+    ``check_repo_id(repo_id)``, if given, raises ``ValueError`` saying what an id of this hub
+    looks like when ``repo_id`` cannot be one; ``sdk push --repo-id`` and ``sdk sft
+    --push-to-hub --hub-model-id`` run it before anything is staged or trained (left out, any
+    id goes to ``push``: the ``local`` hub's ids are paths).
     """
 
     name: str
@@ -177,3 +187,4 @@ class Hub:
     description: str = ""
     token_env: str = ""
     find_token: CallableRef | None = None
+    check_repo_id: CallableRef | None = None

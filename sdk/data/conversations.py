@@ -104,8 +104,11 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
                               "the name a format reads)")
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
     forced = format_name or source.format
-    data_format = registry.get("formats", forced) if forced else None
+    forced_format = registry.get("formats", forced) if forced else None
     for file in source.files:
+        # Detected per file: the files of a folder may come from different sources, each
+        # in its own shape, as separate --dataset files may.
+        data_format = forced_format
         for where, record in read_records(Path(file)):
             if isinstance(record, BadRecord):
                 reject(where, record.reason)

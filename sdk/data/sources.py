@@ -14,10 +14,10 @@ from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, re
 from sdk.data.readers import READERS, is_saved_dataset
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
+from sdk.hubs.repo_id import is_repo_id
 from sdk.registry import Registry
 from sdk.specs import DatasetSpec, resolve_callable
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 SPLITS = {"train", "test", "validation", "valid", "dev", "eval"}
 
 
@@ -39,7 +39,7 @@ def dataset_source(name: str, registry: Registry, args: Any = None) -> DatasetSp
         spec = registry.get("datasets", name)
     elif Path(name).exists() or Path(name).suffix.lower() in READERS:
         return DatasetSpec(name=name, files=local_files(Path(name), "train", None, name))
-    elif HUB_ID.match(name):
+    elif is_repo_id(name):
         spec = DatasetSpec(name=name, hub_ids={hub_name(args): name})
     else:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sdk.errors import HubUnavailable, SdkError
 from sdk.hookspecs import hookimpl
+from sdk.hubs.repo_id import check_repo_id
 from sdk.specs import Hub
 
 REPO_TYPES = ("model", "dataset")
@@ -180,4 +181,4 @@ def _redact(text: object, token: str | None) -> str:
 def register_hubs(register):
     register(Hub("huggingface", download, push,
                  "The Hugging Face Hub (HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE)",
-                 token_env="HF_TOKEN", find_token=find_token))
+                 token_env="HF_TOKEN", find_token=find_token, check_repo_id=check_repo_id))

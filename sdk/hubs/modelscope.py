@@ -23,6 +23,7 @@ from typing import Any
 
 from sdk.errors import HubUnavailable, SdkError
 from sdk.hookspecs import hookimpl
+from sdk.hubs.repo_id import check_repo_id
 from sdk.specs import Hub
 
 TOKEN_ENV = "MODELSCOPE_API_TOKEN"
@@ -168,4 +169,4 @@ def _describe(error: BaseException, token: str | None) -> str:
 def register_hubs(register):
     register(Hub("modelscope", download, push,
                  "ModelScope (MODELSCOPE_ENDPOINT, MODELSCOPE_API_TOKEN, MODELSCOPE_CACHE)",
-                 token_env=TOKEN_ENV))
+                 token_env=TOKEN_ENV, check_repo_id=check_repo_id))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import shlex
 import shutil
 import tempfile
@@ -72,7 +71,16 @@ class Destination:
         return command
 
 
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+def check_repo_id(hub: Hub, repo_id: str, flag: str) -> None:
+    """``repo_id`` is an id ``hub`` can push to (its ``check_repo_id``), before anything is
+    staged or trained."""
+    if hub.check_repo_id is None:
+        return
+    try:
+        resolve_callable(hub.check_repo_id)(repo_id)
+    except ValueError as error:
+        raise SdkError(f"{flag} '{repo_id}' is not a repository id on {hub.name}: "
+                       f"{error}.") from None
 
 
 def push_destination(args: SftArguments, registry: Registry) -> Destination | None:
@@ -82,10 +90,8 @@ def push_destination(args: SftArguments, registry: Registry) -> Destination | No
     if not args.hub_model_id:
         raise SdkError("--push-to-hub needs --hub-model-id: the repository to push to, e.g. "
                        "your-name/my-model.")
-    if not REPO_ID.fullmatch(args.hub_model_id):
-        raise SdkError(f"--hub-model-id '{args.hub_model_id}' is not a repository id: give "
-                       "OWNER/NAME (letters, digits, '-', '_', '.'), e.g. your-name/my-model.")
     hub = registry.get("hubs", args.hub)
+    check_repo_id(hub, args.hub_model_id, "--hub-model-id")
     if hub.find_token and not args.hub_token and not resolve_callable(hub.find_token)():
         variable = f", the {hub.token_env} environment variable" if hub.token_env else ""
         raise SdkError(f"--push-to-hub: no token to push to {hub.name} with. Give one with "

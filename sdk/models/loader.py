@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,10 +215,42 @@ def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
         # inference has no --max-length: it gets the trained run's --rope-factor
         context_length=getattr(args, "max_length", 0))
     check_requirements(spec, options)  # for every loader, a plugin's own included
-    if options.model_dir and not (Path(options.model_dir) / "config.json").is_file():
-        raise SdkError(f"--model-id-or-path '{options.model_dir}' is not a model folder "
-                       "(no config.json in it).")
+    if options.model_dir:
+        check_model_folder(spec, Path(options.model_dir), registry)
     return options
+
+
+def check_model_folder(spec: ModelSpec, folder: Path, registry: Any) -> None:
+    """``--model-id-or-path`` is a model folder of the kind ``spec`` declares (its
+    ``config_model_types``), checked before anything loads: trained as another family, a
+    model gets that family's chat template and LoRA targets and learns the wrong format."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise SdkError(f"--model-id-or-path '{folder}' is not a model folder "
+                       "(no config.json in it).")
+    if not spec.config_model_types:
+        return
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SdkError(f"--model-id-or-path '{folder}': {config.name} is not valid JSON "
+                       f"({error}).") from None
+    found = settings.get("model_type") if isinstance(settings, dict) else None
+    if not isinstance(found, str) or found in spec.config_model_types:
+        return
+    classes = settings.get("architectures")
+    architectures = ", ".join(map(str, classes)) if isinstance(classes, list) else ""
+    expected = " or ".join(spec.config_model_types)
+    matching = [name for name, entry in sorted(registry.entries["models"].items())
+                if found in entry.spec.config_model_types]
+    listed = (f" ({', '.join(matching[:4])}{', ...' if len(matching) > 4 else ''})"
+              if matching else f" (no installed one is a {found} model: a plugin can add it)")
+    raise SdkError(
+        f"--model-id-or-path '{folder}' holds a {found} model"
+        f"{f' ({architectures})' if architectures else ''}, but --model-type "
+        f"{spec.model_type} is a {expected} model: its chat template and LoRA targets would "
+        f"not fit. Pick the --model-type of the folder's model{listed}; `sdk models` lists "
+        f"them. Or give --model-id-or-path a folder of {spec.model_type} itself.")
 
 
 def cache_dir() -> Path:

@@ -15,6 +15,8 @@ from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
 
 FAMILY = "baichuan"
+# The model_type in config.json of Baichuan-13B and Baichuan2 alike (their remote code's).
+CONFIG_MODEL_TYPES = ("baichuan",)
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
 
 # Baichuan-13B-Chat, modeling_baichuan.py `_build_chat_input` (used by `chat`; a copy is in
@@ -96,6 +98,7 @@ def model_specs() -> list[ModelSpec]:
             template=template,
             hub_ids={"modelscope": modelscope_id, "huggingface": huggingface_id},
             lora_target_modules=("W_pack",),  # the fused q/k/v projection of BaichuanAttention
+            config_model_types=CONFIG_MODEL_TYPES,
             requires=requires,
             requires_remote_code=True,
             description=description,

@@ -148,6 +148,8 @@ def model_specs() -> list[ModelSpec]:
             hub_ids={"huggingface": huggingface, "modelscope": modelscope},
             # The fused attention projection of the ChatGLM architecture (modeling_chatglm.py).
             lora_target_modules=("query_key_value",),
+            # ChatGLM2/3 and GLM-4's remote code all name their config "chatglm".
+            config_model_types=("chatglm",),
             loader="sft_plugin_chatglm.loading:load",
             requires=REMOTE_REQUIRES[template],
             requires_remote_code=True,
@@ -160,6 +162,7 @@ def model_specs() -> list[ModelSpec]:
             template=template,
             hub_ids={"huggingface": huggingface, "modelscope": modelscope},
             lora_target_modules=("q_proj", "k_proj", "v_proj"),  # transformers GlmAttention
+            config_model_types=("glm",),  # transformers' GlmForCausalLM
             description=description,
         ))
     return specs

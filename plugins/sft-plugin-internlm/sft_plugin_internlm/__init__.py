@@ -85,23 +85,26 @@ MODELS = {
 
 # InternLMForCausalLM (v1) is Llama-shaped: separate q/k/v projections. InternLM2ForCausalLM
 # fuses them into `wqkv`. Both tokenizers are sentencepiece models; modeling_internlm2.py
-# imports einops at the top.
+# imports einops at the top. Last, the config.json model_type of each: the remote code's
+# "internlm" / "internlm2"; v1 in the Llama layout ("llama") trains with the same targets and
+# template, so a Llama-format copy of it is accepted too (the plugin's tests train one).
 ARCHITECTURES = {
-    "internlm": (("q_proj", "k_proj", "v_proj"), ("sentencepiece",)),
-    "internlm2": (("wqkv",), ("sentencepiece", "einops")),
+    "internlm": (("q_proj", "k_proj", "v_proj"), ("sentencepiece",), ("internlm", "llama")),
+    "internlm2": (("wqkv",), ("sentencepiece", "einops"), ("internlm2",)),
 }
 
 
 def model_specs() -> list[ModelSpec]:
     specs = []
     for model_type, (template, modelscope_id, huggingface_id, description) in MODELS.items():
-        lora_targets, requires = ARCHITECTURES[template]
+        lora_targets, requires, config_model_types = ARCHITECTURES[template]
         specs.append(ModelSpec(
             model_type=model_type,
             family=FAMILY,
             template=template,
             hub_ids={"modelscope": modelscope_id, "huggingface": huggingface_id},
             lora_target_modules=lora_targets,
+            config_model_types=config_model_types,
             requires=requires,
             requires_remote_code=True,
             description=description,

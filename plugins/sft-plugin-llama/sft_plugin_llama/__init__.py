@@ -31,6 +31,7 @@ from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
+CONFIG_MODEL_TYPES = ("llama",)  # LlamaForCausalLM, Chinese-LLaMA-2 included
 LLAMA2_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
 LLAMA3_TOKENS = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
 CHINESE_ALPACA_2_SYSTEM = "You are a helpful assistant. 你是一个乐于助人的助手。"
@@ -120,6 +121,7 @@ def register_models(register):
             template=template,
             hub_ids={"huggingface": huggingface, "modelscope": modelscope},
             lora_target_modules=LORA_TARGETS,
+            config_model_types=CONFIG_MODEL_TYPES,
             ignore_patterns=ignore,
             description=description,
         ))

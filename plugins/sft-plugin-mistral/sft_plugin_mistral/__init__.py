@@ -170,20 +170,21 @@ TEMPLATES = (
 
 # --- models ----------------------------------------------------------------------------------
 
-# model_type: (ModelScope id, Hugging Face id, template, description).
+# model_type: (ModelScope id, Hugging Face id, template, config.json model_type, description).
 # Ids from ms-swift swift/llm/model/model/mistral.py: Model('<modelscope id>', '<hf id>').
 MODELS = {
     "mistral-7b-instruct-v0.1": ("AI-ModelScope/Mistral-7B-Instruct-v0.1",
-                                 "mistralai/Mistral-7B-Instruct-v0.1", "mistral-v0.1",
+                                 "mistralai/Mistral-7B-Instruct-v0.1", "mistral-v0.1", "mistral",
                                  "Mistral 7B Instruct v0.1 (Apache-2.0)"),
     "mistral-7b-instruct-v0.2": ("AI-ModelScope/Mistral-7B-Instruct-v0.2",
-                                 "mistralai/Mistral-7B-Instruct-v0.2", "mistral-v0.2",
+                                 "mistralai/Mistral-7B-Instruct-v0.2", "mistral-v0.2", "mistral",
                                  "Mistral 7B Instruct v0.2, 32k context (Apache-2.0)"),
     "mistral-7b-instruct-v0.3": ("LLM-Research/Mistral-7B-Instruct-v0.3",
-                                 "mistralai/Mistral-7B-Instruct-v0.3", "mistral-v0.3",
+                                 "mistralai/Mistral-7B-Instruct-v0.3", "mistral-v0.3", "mistral",
                                  "Mistral 7B Instruct v0.3, 32768-token vocab (Apache-2.0)"),
     "mixtral-8x7b-instruct-v0.1": ("AI-ModelScope/Mixtral-8x7B-Instruct-v0.1",
                                    "mistralai/Mixtral-8x7B-Instruct-v0.1", "mistral-v0.2",
+                                   "mixtral",
                                    "Mixtral 8x7B Instruct v0.1, sparse MoE (Apache-2.0)"),
 }
 
@@ -202,10 +203,12 @@ def model_specs() -> list[ModelSpec]:
             template=template,
             hub_ids={"huggingface": hf_id, "modelscope": ms_id},
             lora_target_modules=LORA_TARGET_MODULES,
+            config_model_types=(config_model_type,),
             ignore_patterns=IGNORE_PATTERNS,
             description=description,
         )
-        for model_type, (ms_id, hf_id, template, description) in MODELS.items()
+        for model_type, (ms_id, hf_id, template, config_model_type, description)
+        in MODELS.items()
     ]
 
 

@@ -141,18 +141,21 @@ QWEN2 = {f"qwen2-{size.lower()}-instruct": f"Qwen/Qwen2-{size}-Instruct"
 QWEN2_5 = {f"qwen2.5-{size.lower()}-instruct": f"Qwen/Qwen2.5-{size}-Instruct"
            for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")}
 
-# (models, template, lora targets, remote code, description of the generation)
+# (models, template, lora targets, config.json model_type, remote code, description of the
+# generation). Qwen v1's remote code names its config "qwen"; Qwen1.5 onwards are transformers'
+# "qwen2".
 FAMILIES = (
-    (QWEN_V1, "qwen", ("c_attn",), True, "Qwen (v1) chat, QWenLMHeadModel (remote code)"),
-    (QWEN1_5, "qwen1.5", ATTENTION, False, "Qwen1.5 chat, Qwen2ForCausalLM"),
-    (QWEN2, "qwen", ATTENTION, False, "Qwen2 instruct, Qwen2ForCausalLM"),
-    (QWEN2_5, "qwen2.5", ATTENTION, False, "Qwen2.5 instruct, Qwen2ForCausalLM"),
+    (QWEN_V1, "qwen", ("c_attn",), "qwen", True,
+     "Qwen (v1) chat, QWenLMHeadModel (remote code)"),
+    (QWEN1_5, "qwen1.5", ATTENTION, "qwen2", False, "Qwen1.5 chat, Qwen2ForCausalLM"),
+    (QWEN2, "qwen", ATTENTION, "qwen2", False, "Qwen2 instruct, Qwen2ForCausalLM"),
+    (QWEN2_5, "qwen2.5", ATTENTION, "qwen2", False, "Qwen2.5 instruct, Qwen2ForCausalLM"),
 )
 
 
 def model_specs() -> list[ModelSpec]:
     specs = []
-    for models, template, targets, remote_code, description in FAMILIES:
+    for models, template, targets, config_model_type, remote_code, description in FAMILIES:
         for model_type, repo_id in models.items():
             quantized = model_type.endswith(("-int4", "-int8"))
             requires = (QWEN_V1_REQUIRES if remote_code else ()) + (GPTQ if quantized else ())
@@ -163,6 +166,7 @@ def model_specs() -> list[ModelSpec]:
                 template=template,
                 hub_ids={"huggingface": repo_id, "modelscope": repo_id},
                 lora_target_modules=targets,
+                config_model_types=(config_model_type,),
                 requires=requires,
                 requires_remote_code=remote_code,
                 description=f"{repo_id.split('/')[1]}: {description}{suffix}",

@@ -80,6 +80,7 @@ def register_models(register):
     register(ModelSpec(
         model_type=MODEL_TYPE,
         family="smollm",
+        config_model_types=("llama",),  # SmolLM2 is a LlamaForCausalLM
         template="smollm2",
         hub_ids={"huggingface": "HuggingFaceTB/SmolLM2-135M-Instruct"},
         loader=load,
