@@ -54,3 +54,21 @@ def test_sampling_and_held_out_split_on_the_arrow_path(run_cli, tiny_plugin_file
                  "--split-dataset-ratio", "0.25", "--eval-steps", "1")
     assert rows_trained(stderr) == 15
     assert "[sdk] held-out data: 5 training rows" in stderr
+
+
+def test_rows_converted_by_other_sdk_code_are_converted_again(run_cli, tiny_plugin_file,
+                                                              tmp_path, monkeypatch):
+    import sdk.data.arrow as arrow
+
+    conversions = []
+    convert = arrow.iter_dataset
+    monkeypatch.setattr(arrow, "iter_dataset",
+                        lambda *args, **kwargs: conversions.append(1) or convert(*args, **kwargs))
+    data = tmp_path / "d.jsonl"
+    write(data, 4)
+    sft(run_cli, tiny_plugin_file, data, tmp_path)
+    sft(run_cli, tiny_plugin_file, data, tmp_path)
+    assert len(conversions) == 1  # the second run read the cache
+    monkeypatch.setattr(arrow, "sdk_code_digest", lambda: "an upgraded sdk")
+    assert rows_trained(sft(run_cli, tiny_plugin_file, data, tmp_path)) == 4
+    assert len(conversions) == 2

@@ -4,6 +4,7 @@ file is never held in memory whole."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -12,7 +13,6 @@ from typing import Any
 
 import click
 
-from sdk import __version__
 from sdk.data.conversations import iter_dataset, sample_indices, split_indices, split_sample_size
 from sdk.data.encode import (
     DELETED,
@@ -33,6 +33,16 @@ from sdk.templates.engine import IGNORE_INDEX
 SYSTEM_CHECK_ROWS = 100  # enough to meet a system prompt if the data has them
 
 
+@functools.cache
+def sdk_code_digest() -> str:
+    """A digest of this SDK's source: cached data converted or tokenized by other code (an
+    upgrade, or a fix between releases of one version number) is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parents[1].rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _messages_features() -> Any:
     from datasets import Features, List, Value
 
@@ -40,7 +50,8 @@ def _messages_features() -> Any:
 
 
 def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | None) -> str:
-    """Changes when the files, the arguments a preprocess may read, or this SDK change."""
+    """Changes when the files, the arguments a preprocess may read, or this SDK's code
+    change."""
     stats = []
     for file in files:
         for path in sorted(Path(file).rglob("*")) if Path(file).is_dir() else [Path(file)]:
@@ -48,7 +59,7 @@ def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | 
                 info = path.stat()
                 stats.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
     settings = {key: value for key, value in vars(args).items() if key not in ("output_dir",)}
-    text = json.dumps([__version__, name, format_name, stats, settings], sort_keys=True,
+    text = json.dumps([sdk_code_digest(), name, format_name, stats, settings], sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -142,7 +153,7 @@ def _encoding_fingerprint(conversations: Any, settings: EncodeSettings) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocabulary = backend.to_str() if backend is not None else repr(sorted(
         tokenizer.get_vocab().items()))
-    text = json.dumps([__version__, conversations._fingerprint, repr(settings.template.spec),
+    text = json.dumps([conversations._fingerprint, repr(settings.template.spec),
                        settings.template.special_tokens, settings.max_length,
                        settings.loss_scope, settings.truncation_strategy,
                        hashlib.sha256(vocabulary.encode()).hexdigest()], default=str)
