@@ -14,6 +14,7 @@ import click
 
 from sdk import __version__
 from sdk.config import (
+    OTHER_TOOLS_FLAGS,
     ExportArguments,
     InferArguments,
     SftArguments,
@@ -42,28 +43,6 @@ def spellings(name: str) -> list[str]:
     dashed = "--" + name.replace("_", "-")
     underscored = "--" + name
     return [dashed] if dashed == underscored else [dashed, underscored]
-
-
-# Flags of ms-swift, LLaMA-Factory, Chinese-LLaMA-Alpaca and transformers' scripts, and what
-# they are called here, for the message about an unknown flag.
-OTHER_TOOLS_FLAGS = {
-    "per_device_train_batch_size": "batch-size", "per_device_eval_batch_size": "batch-size",
-    "micro_batch_size": "batch-size", "cutoff_len": "max-length",
-    "model_max_length": "max-length", "max_seq_length": "max-length",
-    "finetuning_type": "sft-type", "train_type": "sft-type", "template_type": "template",
-    "model_name_or_path": "model-id-or-path", "custom_train_dataset_path": "dataset",
-    "train_file": "dataset", "data_path": "dataset", "custom_val_dataset_path": "val-dataset",
-    "validation_file": "val-dataset", "val_size": "split-dataset-ratio",
-    "dataset_test_ratio": "split-dataset-ratio", "lr": "learning-rate",
-    "epochs": "num-train-epochs",
-    "lora_r": "lora-rank", "lora_target": "lora-target-modules",
-    "lora_trainable": "lora-target-modules", "modules_to_save": "lora-modules-to-save",
-    "bf16": "dtype bf16", "fp16": "dtype fp16", "torch_dtype": "dtype",
-    "load_in_4bit": "quantization-bit 4", "load_in_8bit": "quantization-bit 8",
-    "flash_attn": "attn-impl", "use_flash_attn": "attn-impl flash_attention_2",
-    "adapter_name_or_path": "adapter", "checkpoint_dir": "adapter",
-    "lorap_lr_ratio": "loraplus-lr-ratio",
-}
 
 
 class SdkCommand(click.Command):
@@ -305,7 +284,8 @@ def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
     """Rows of a dataset rendered with a template, trained spans marked, and their lengths:
     sdk datasets preview NAME [--model-type T | --template T] [-n 3]."""
     values = given(params)
-    values["dataset"] = [*names, *values.get("dataset", [])]
+    if names:  # else --dataset, or the config file's dataset
+        values["dataset"] = [*names, *values.get("dataset", [])]
     arguments = build_arguments(SftArguments, values, config_file)
     from sdk.data.preview import run_preview
 
@@ -352,10 +332,25 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
             conversation = json.load(handle)
     except FileNotFoundError:
         raise SdkError(f"Messages file '{messages}' (--messages) does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except json.JSONDecodeError as error:
+        extra = (" It holds more than one JSON value (a .jsonl dataset?): give one "
+                 "conversation, or see a dataset's rows rendered with `sdk datasets preview "
+                 "FILE --template NAME`." if error.msg == "Extra data" else "")
+        raise SdkError(f"Messages file '{messages}' is not valid JSON: {error}.{extra}") from None
+    except UnicodeDecodeError as error:
         raise SdkError(f"Messages file '{messages}' is not valid JSON: {error}") from None
     if isinstance(conversation, dict) and "messages" in conversation:  # a messages-format row
         conversation = conversation["messages"]
+    elif isinstance(conversation, dict):  # a record of another format: alpaca, sharegpt...
+        from sdk.data.conversations import detect_format
+        from sdk.specs import resolve_callable
+
+        data_format = detect_format(f"Messages file '{messages}'", conversation, known)
+        try:
+            conversation = resolve_callable(data_format.to_messages)(conversation)
+        except ValueError as error:
+            raise SdkError(f"Messages file '{messages}': {error} (read as {data_format.name} "
+                           "format).") from None
     try:
         text = Template(spec).render(conversation, add_generation_prompt)
     except (ValueError, TypeError, AttributeError) as error:

@@ -28,6 +28,27 @@ TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("w
 ATTENTION_KERNELS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
                      "flex_attention")
 
+# Flags of ms-swift, LLaMA-Factory, Chinese-LLaMA-Alpaca and transformers' scripts, and what
+# they are called here, for the message about an unknown flag.
+OTHER_TOOLS_FLAGS = {
+    "per_device_train_batch_size": "batch-size", "per_device_eval_batch_size": "batch-size",
+    "micro_batch_size": "batch-size", "cutoff_len": "max-length",
+    "model_max_length": "max-length", "max_seq_length": "max-length",
+    "finetuning_type": "sft-type", "train_type": "sft-type", "template_type": "template",
+    "model_name_or_path": "model-id-or-path", "custom_train_dataset_path": "dataset",
+    "train_file": "dataset", "data_path": "dataset", "custom_val_dataset_path": "val-dataset",
+    "validation_file": "val-dataset", "val_size": "split-dataset-ratio",
+    "dataset_test_ratio": "split-dataset-ratio", "lr": "learning-rate",
+    "epochs": "num-train-epochs",
+    "lora_r": "lora-rank", "lora_target": "lora-target-modules",
+    "lora_trainable": "lora-target-modules", "modules_to_save": "lora-modules-to-save",
+    "bf16": "dtype bf16", "fp16": "dtype fp16", "torch_dtype": "dtype",
+    "load_in_4bit": "quantization-bit 4", "load_in_8bit": "quantization-bit 8",
+    "flash_attn": "attn-impl", "use_flash_attn": "attn-impl flash_attention_2",
+    "adapter_name_or_path": "adapter", "checkpoint_dir": "adapter",
+    "lorap_lr_ratio": "loraplus-lr-ratio",
+}
+
 
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
         at_least: float | None = None, above: float | None = None,
@@ -179,7 +200,8 @@ class SftArguments(ModelArguments):
     logging_steps: int = arg(5, "Log every N steps.", at_least=1)
     report_to: list[str] = arg(
         [], "Also send the logs to these trackers (their packages installed): tensorboard "
-        "(event files under <run>/runs/), wandb, swanlab, mlflow.", tuple(TRACKER_PACKAGES))
+        "(event files under <run>/runs/), wandb, swanlab, mlflow; none: only logging.jsonl "
+        "(as transformers' report_to none).", (*TRACKER_PACKAGES, "none"))
     save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1)
     save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")
     only_save_model: bool = arg(False, "Checkpoints hold the model or adapter only, without "
@@ -310,23 +332,46 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdkError(f"Config file '{path}' should hold a mapping of option: value.")
     names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [unknown_key(str(key), names) for key in data
+               if str(key).replace("-", "_") not in names]
+    if unknown:  # all at once: a config of another tool has several
+        raise SdkError(f"Config file '{path}': unknown option{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(unknown)}. `sdk {command_of(cls)} --help` lists the "
+                       "options.")
     types = field_types(cls)
-    values = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise SdkError(f"Config file '{path}': unknown option '{key}'.{hint}")
-        values[name] = coerce(value, types[name], f"Config file '{path}', option '{key}'")
-    return values
+    return {str(key).replace("-", "_"): coerce(value, types[str(key).replace("-", "_")],
+                                               f"Config file '{path}', option '{key}'")
+            for key, value in data.items()}
+
+
+def unknown_key(key: str, names: list[str]) -> str:
+    """``'key'`` with what it is called here (another tool's name) or a close name."""
+    ours = OTHER_TOOLS_FLAGS.get(key.replace("-", "_"), "").split(maxsplit=1)
+    if ours and ours[0].replace("-", "_") in names:
+        setting = ours[0].replace("-", "_") + (f": {ours[1]}" if len(ours) > 1 else "")
+        return f"'{key}' (here: {setting})"
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
+    return f"'{key}' (did you mean '{close[0]}'?)" if close else f"'{key}'"
+
+
+def command_of(cls: type) -> str:
+    return cls.__name__.removesuffix("Arguments").lower()
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """YAML reads ``1e-4`` as text; convert scalars to the field's type."""
     kind = base_type(annotation)
-    if value is None or kind is list:
+    nested = (dict, list)
+    if kind is list:  # a mapping would silently become its keys
+        if isinstance(value, dict) or (isinstance(value, list)
+                                       and any(isinstance(item, nested) for item in value)):
+            raise SdkError(f"{where}: expected a list of values (or one text, commas between "
+                           f"values), got {value!r}.")
         return value
+    if value is None:
+        return value
+    if isinstance(value, nested):
+        raise SdkError(f"{where}: expected one value, got {value!r}.")
     if kind is str:
         if not isinstance(value, str):
             raise SdkError(f"{where}: expected text, got {value!r}; quote it.")

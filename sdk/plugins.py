@@ -8,9 +8,11 @@ or whose hook raises, is recorded with its error; the others keep working.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -74,7 +76,9 @@ class PluginSet:
 
     def register(self, plugin: object, name: str, source: str, version: str = "") -> None:
         self.manager.register(plugin, name=name)
-        self.info[name] = PluginInfo(name=name, source=source, version=version)
+        mistakes = hook_mistakes(plugin)
+        self.info[name] = PluginInfo(name=name, source=source, version=version,
+                                     load_error="; ".join(mistakes) or None)
         self._registry = None
 
     def record_failure(self, name: str, source: str, error: BaseException) -> None:
@@ -176,6 +180,34 @@ def _registrar(registry: Registry, kind: str, plugin_name: str,
         info.registered.setdefault(kind, []).append(spec.name)
 
     return register
+
+
+HOOK_NAMES = (*REGISTRATION_HOOKS, "register_commands")
+
+
+def hook_mistakes(plugin: object) -> list[str]:
+    """Hooks that pluggy would silently never call: a @hookimpl whose name is no hook (a
+    typo), one that takes no argument, a function named like a hook without @hookimpl."""
+    mistakes = []
+    for attribute in dir(plugin):
+        value = getattr(plugin, attribute, None)
+        if not inspect.isfunction(value):
+            continue
+        options = getattr(value, f"{ENTRY_POINT_GROUP}_impl", None)
+        hook = (options or {}).get("specname") or attribute
+        if options is None:
+            if hook in HOOK_NAMES:
+                mistakes.append(f"{hook} lacks @hookimpl (from sdk import hookimpl), so it is "
+                                "never called")
+        elif hook not in HOOK_NAMES:
+            close = difflib.get_close_matches(hook, HOOK_NAMES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            mistakes.append(f"@hookimpl {hook} is not a hook of sft-sdk{hint} (the hooks: "
+                            f"{', '.join(HOOK_NAMES)})")
+        elif not inspect.signature(value).parameters:
+            argument = "cli" if hook == "register_commands" else "register"
+            mistakes.append(f"{hook} takes no argument; it is called with {argument}")
+    return mistakes
 
 
 def describe(error: BaseException) -> str:

@@ -92,3 +92,29 @@ def test_template_render_takes_a_messages_record_too(run_cli, tmp_path):
     outputs = [run_cli("template", "render", "chatml", "--messages", path).output
                for path in (record, listed)]
     assert outputs[0] == outputs[1] and "<|im_start|>user\nHi<|im_end|>" in outputs[0]
+
+
+def test_a_template_whose_jinja_does_not_compile_stops_sft_before_the_model_loads(
+        run_cli, tiny_plugin_file, identity_data, tmp_path):
+    broken = tmp_path / "broken_template.py"
+    broken.write_text("from sdk import hookimpl\nfrom sdk.specs import TemplateSpec\n\n"
+                      "@hookimpl\ndef register_templates(register):\n"
+                      "    register(TemplateSpec(name='broken', jinja='{{ messages }'))\n")
+    result = run_cli("--plugin", tiny_plugin_file, "--plugin", broken, "sft", "--model-type",
+                     TINY_MODEL_TYPE, "--template", "broken", "--dataset", identity_data,
+                     "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "Template 'broken' has jinja that does not compile" in result.stderr
+    assert "Loading weights" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_report_to_none_of_a_llama_factory_config_means_no_tracker(run_cli, tiny_plugin_file,
+                                                                  identity_data, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model_type: {TINY_MODEL_TYPE}\ndataset: {identity_data}\n"
+                      "report_to: none\nmax_steps: 1\nmax_length: 64\n")
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--config", config, "--output-dir",
+                     tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "out" / TINY_MODEL_TYPE).glob("v*"))
+    assert (run / "checkpoint-1").is_dir() and not (run / "runs").exists()

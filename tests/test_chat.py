@@ -2,6 +2,7 @@
 three things it answers from (a checkpoint, an export, a model type)."""
 
 import dataclasses
+import json
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,3 +173,27 @@ def test_merge_lora_needs_an_adapter_checkpoint(plugin_set, identity_data, tmp_p
     assert result.exit_code == 1
     assert "holds a whole model (--sft-type full), not an adapter; leave out --merge-lora" in (
         result.stderr)
+
+
+def test_a_plain_model_folder_as_ckpt_dir_says_to_give_it_as_model_id_or_path(
+        run_cli, tiny_plugin_file, tiny_model_dir):
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", tiny_model_dir,
+                     "--query", "hi")
+    assert result.exit_code == 1
+    assert (f"--ckpt-dir '{tiny_model_dir}' is a plain model folder (no sft_args.json), not a "
+            f"checkpoint of `sdk sft`; `sdk infer` takes it as --model-id-or-path "
+            f"'{tiny_model_dir}' with its --model-type") in result.stderr
+
+
+def test_a_model_type_other_than_the_checkpoints_is_refused_not_ignored(run_cli,
+                                                                       tiny_plugin_file,
+                                                                       tmp_path):
+    checkpoint = tmp_path / "v0-20250101-000000" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "sft_args.json").write_text(json.dumps(
+        {"model_type": TINY_MODEL_TYPE, "sft_type": "lora", "template": "chatml"}))
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", checkpoint.parent,
+                     "--model-type", "smollm2-135m-instruct", "--query", "hi")
+    assert result.exit_code == 1
+    assert (f"--model-type smollm2-135m-instruct differs from the model type {TINY_MODEL_TYPE} "
+            f"that {checkpoint} was trained as; leave out --model-type") in result.stderr

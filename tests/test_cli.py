@@ -1,6 +1,7 @@
 """The command line: light startup, flag spellings, config files, clean errors."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -108,15 +109,30 @@ def test_config_file_values_are_overridden_by_flags(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("learning_rat: 1e-4\n", "unknown option 'learning_rat'. Did you mean 'learning_rate'"),
+    ("learning_rat: 1e-4\n", "unknown option 'learning_rat' (did you mean 'learning_rate'?)"),
     ("max_steps: many\n", "option 'max_steps': expected int"),
     ("- a\n- b\n", "should hold a mapping"),
+    ("dataset: {a.jsonl: 1}\n",
+     "option 'dataset': expected a list of values (or one text, commas between values)"),
+    ("model_type: [qwen]\n", "option 'model_type': expected one value, got ['qwen']"),
 ])
 def test_bad_config_files_are_named(tmp_path, text, message):
     config = tmp_path / "run.yaml"
     config.write_text(text)
-    with pytest.raises(SdkError, match=message):
+    with pytest.raises(SdkError, match=re.escape(message)):
         build_arguments(SftArguments, {}, str(config))
+
+
+def test_a_llama_factory_config_gets_every_unknown_key_with_its_name_here(tmp_path):
+    config = tmp_path / "llama_factory.yaml"
+    config.write_text("model_name_or_path: /models/qwen\nstage: sft\nfinetuning_type: lora\n"
+                      "cutoff_len: 1024\nbf16: true\ndataset: alpaca_zh\n")
+    with pytest.raises(SdkError) as error:
+        build_arguments(SftArguments, {}, str(config))
+    assert str(error.value) == (
+        f"Config file '{config}': unknown options 'model_name_or_path' (here: model_id_or_path), "
+        "'stage', 'finetuning_type' (here: sft_type), 'cutoff_len' (here: max_length), 'bf16' "
+        "(here: dtype: bf16). `sdk sft --help` lists the options.")
 
 
 def test_a_bad_choice_names_the_flag():

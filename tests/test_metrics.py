@@ -103,6 +103,16 @@ def test_eval_prints_a_table_and_json(run_cli, tmp_path):
     assert metrics_file(path).name == "predictions.metrics.json"
 
 
+def test_eval_scores_llama_factorys_generated_predictions(run_cli, tmp_path):
+    pairs = [("The cat sat on the mat", "the cat is on the mat"), ("床前明月光", "床前明月光。")]
+    ours = write_rows(tmp_path / "ours.jsonl", [{"response": r, "label": x} for r, x in pairs])
+    theirs = write_rows(tmp_path / "generated_predictions.jsonl",
+                        [{"prompt": "q", "predict": r, "label": x} for r, x in pairs])
+    scores = [json.loads(run_cli("eval", "--predictions", path, "--json").stdout)
+              for path in (ours, theirs)]
+    assert scores[0] == scores[1] and scores[0]["rouge-1"] > 0
+
+
 @pytest.mark.parametrize("lines, message", [
     (['{"response": "a", "label": "a"}', '{"response": "a", "label": "a"'],
      "predictions.jsonl:2: not valid JSON"),

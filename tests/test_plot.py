@@ -56,6 +56,11 @@ def test_sdk_plot_writes_a_png_into_the_run_folder_and_anywhere_else(run_cli, tm
     assert "<svg" in svg.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.svg", "output"]  # no leftovers
 
+    nested = tmp_path / "plots" / "today" / "loss.png"  # folders made as for predictions
+    result = run_cli("plot", run_dir, "--output", nested)
+    assert result.exit_code == 0, result.output
+    assert nested.read_bytes().startswith(PNG_MAGIC)
+
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a folder"),

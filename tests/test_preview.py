@@ -29,3 +29,11 @@ def test_preview_needs_a_dataset_and_a_template(run_cli, identity_data):
     assert "Name a dataset" in run_cli("datasets", "preview", "--template", "chatml").stderr
     result = run_cli("datasets", "preview", identity_data)
     assert result.exit_code == 1 and "Give --model-type" in result.stderr
+
+
+def test_preview_reads_the_dataset_of_a_config_file(run_cli, identity_data, tmp_path):
+    config = tmp_path / "preview.yaml"
+    config.write_text(f"dataset: {identity_data}\ntemplate: chatml\n")
+    result = run_cli("datasets", "preview", "--config", config, "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"4 rows from {identity_data}; template 'chatml'")

@@ -122,6 +122,36 @@ def test_a_jinja_template_that_raises_gives_its_message():
         Template(spec).render([{"role": "user", "content": "hi"}])
 
 
+BROKEN_TEMPLATES = """
+from sdk import hookimpl
+from sdk.specs import TemplateSpec
+
+@hookimpl
+def register_templates(register):
+    register(TemplateSpec(name="unclosed", jinja="{% for m in messages %}{{ m.content }"))
+    register(TemplateSpec(name="no-filter", jinja="{{ messages | nofilter }}"))
+    register(TemplateSpec(name="bad-attribute", jinja="{{ messages[0].content.x.y }}"))
+    register(TemplateSpec(name="typo", user_format="<u>{contents}</u>", assistant_prefix="<a>"))
+"""
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("unclosed", "has jinja that does not compile: unexpected '}' (line 1)"),
+    ("no-filter", "has jinja that does not compile: No filter named 'nofilter' (line 1)"),
+    ("bad-attribute", "failed to render: 'str object' has no attribute 'x'"),
+    ("typo", "has {contents} in its user_format: did you mean {content}?"),
+])
+def test_a_broken_plugin_template_is_named_without_a_traceback(run_cli, tmp_path, name,
+                                                               problem):
+    plugin = tmp_path / "broken_templates.py"
+    plugin.write_text(BROKEN_TEMPLATES)
+    messages = tmp_path / "messages.json"
+    messages.write_text('[{"role": "user", "content": "Hi"}]')
+    result = run_cli("--plugin", plugin, "template", "render", name, "--messages", messages)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Template '{name}' {problem}" in result.stderr
+
+
 def test_tokenizer_added_special_tokens_are_kept_and_never_trained():
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "llama2")  # adds <s> itself
     spec = TemplateSpec(name="round", user_format="问：{content}\n\n", assistant_prefix="答：",
@@ -193,3 +223,21 @@ def test_a_row_the_template_cannot_render_is_named(qwen_tokenizer):
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")))
     with pytest.raises(SdkError, match="Training row 2 .* template 'no-system': Only user"):
         encode_conversations(strict, qwen_tokenizer, [CONVERSATION[1:3], CONVERSATION], 100)
+
+
+def test_template_render_takes_a_record_of_any_registered_format(run_cli, tmp_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text('{"instruction": "Hi", "output": "Hello"}')
+    result = run_cli("template", "render", "chatml", "--messages", alpaca)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ("<|im_start|>user\nHi<|im_end|>\n"
+                             "<|im_start|>assistant\nHello<|im_end|>\n")
+
+
+def test_template_render_of_a_jsonl_dataset_points_to_datasets_preview(run_cli, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"instruction": "Hi", "output": "Hello"}\n' * 2)
+    result = run_cli("template", "render", "chatml", "--messages", rows)
+    assert result.exit_code == 1
+    assert "It holds more than one JSON value (a .jsonl dataset?)" in result.stderr
+    assert "`sdk datasets preview FILE --template NAME`" in result.stderr

@@ -29,11 +29,13 @@ def read_pairs(path: Path, flag: str = "--predictions") -> list[tuple[str, str]]
                            "writing it, rerun it with the same --predictions-file to finish.")
         if not isinstance(row, dict):
             raise SdkError(f"{where}: expected a JSON object, got {type(row).__name__}.")
-        for key in ("response", "label"):
-            if not isinstance(row.get(key), str):
+        # LLaMA-Factory's generated_predictions.jsonl calls the reply 'predict'
+        response = row.get("response", row.get("predict"))
+        for key, value in (("response", response), ("label", row.get("label"))):
+            if not isinstance(value, str):
                 raise SdkError(f"{where}: the row has no text '{key}' (each row needs the "
                                "generated 'response' and the reference 'label').")
-        pairs.append((row["response"], row["label"]))
+        pairs.append((response, row["label"]))
     if not pairs:
         raise SdkError(f"Predictions file '{path}' ({flag}) holds no rows.")
     return pairs

@@ -35,8 +35,13 @@ def is_export(folder: Path) -> bool:
 def checkpoint_or_export(path: str) -> Path:
     """What --ckpt-dir names: a folder written by `sdk export` (any name), else a complete
     checkpoint, or the newest complete one of a run folder."""
-    if is_export(Path(path)):
-        return Path(path)
+    folder = Path(path)
+    if is_export(folder):
+        return folder
+    if (folder / "config.json").is_file() and not (folder / ARGS_FILE).is_file():
+        raise SdkError(f"--ckpt-dir '{path}' is a plain model folder (no {ARGS_FILE}), not a "
+                       f"checkpoint of `sdk sft`; `sdk infer` takes it as --model-id-or-path "
+                       f"'{path}' with its --model-type (`sdk models` lists them).")
     return find_checkpoint(path, "--ckpt-dir")
 
 
@@ -50,6 +55,10 @@ def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, A
     if args.ckpt_dir:
         checkpoint = checkpoint_or_export(args.ckpt_dir)
         saved = read_saved_arguments(checkpoint / ARGS_FILE)
+        if args.model_type and args.model_type != saved["model_type"]:
+            raise SdkError(f"--model-type {args.model_type} differs from the model type "
+                           f"{saved['model_type']} that {checkpoint} was trained as; leave out "
+                           "--model-type (a checkpoint knows its own).")
         spec = registry.get("models", saved["model_type"])
         tuner = registry.get("tuners", saved["sft_type"])
         check_requires(tuner)

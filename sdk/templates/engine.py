@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import difflib
 import functools
 import json
 import re
@@ -10,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from sdk.errors import SdkError
 from sdk.specs import TemplateSpec
 
 Message = Mapping[str, str]
@@ -19,6 +21,10 @@ IGNORE_INDEX = -100
 SENTINEL = "\ue000sdk-reply-{}\ue001"
 SENTINEL_PATTERN = re.compile("\ue000sdk-reply-(\\d+)\ue001")
 ROLES = ("system", "user", "assistant")
+# The literal text parts of a parts template, and the {name} placeholders in them.
+PARTS = ("prefix", "system_format", "user_format", "assistant_prefix", "assistant_suffix",
+         "turn_separator")
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
 LOSS_SCOPES = ("all", "last")
 
 
@@ -66,6 +72,23 @@ def compile_jinja(source: str) -> Any:
     return environment.from_string(source)
 
 
+def broken_template(spec: TemplateSpec, problem: str) -> SdkError:
+    return SdkError(f"Template '{spec.name}' {problem}. Fix it in the plugin that registers it "
+                    "(`sdk templates` names the plugin), or pick another --template.")
+
+
+def check_placeholders(spec: TemplateSpec, special_tokens: Mapping[str, str]) -> None:
+    """Other braces in a parts template are literal text, but one close to a placeholder's
+    name is a typo ({contents}, {eos}) that would be written into every sample."""
+    known = {"content", "bos_token", "eos_token", *special_tokens}
+    for part in PARTS:
+        for name in PLACEHOLDER.findall(getattr(spec, part) or ""):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            if name not in known and close:
+                raise broken_template(spec, f"has {{{name}}} in its {part}: did you mean "
+                                      f"{{{close[0]}}}? (other braces are written as they are)")
+
+
 class Template:
     """A TemplateSpec bound to special tokens (``{bos_token}``, ``{eos_token}``): a
     tokenizer's, else the spec's own; missing ones render as they are written."""
@@ -73,6 +96,16 @@ class Template:
     def __init__(self, spec: TemplateSpec, special_tokens: Mapping[str, str] | None = None):
         self.spec = spec
         self.special_tokens = {**spec.special_tokens, **(special_tokens or {})}
+        if spec.jinja is None:
+            check_placeholders(spec, self.special_tokens)
+        else:
+            import jinja2
+
+            try:  # a template that does not compile fails here, before any row is encoded
+                compile_jinja(spec.jinja)
+            except jinja2.TemplateSyntaxError as error:
+                raise broken_template(spec, "has jinja that does not compile: "
+                                      f"{str(error).rstrip('.')} (line {error.lineno})") from None
 
     @classmethod
     def for_tokenizer(cls, spec: TemplateSpec, tokenizer: Any) -> Template:
@@ -115,9 +148,14 @@ class Template:
             yield self._fill(spec.assistant_prefix), False
 
     def _render_jinja(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-        return compile_jinja(self.spec.jinja).render(
-            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-            **self.special_tokens)
+        import jinja2
+
+        try:
+            return compile_jinja(self.spec.jinja).render(
+                messages=[dict(m) for m in messages],
+                add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        except jinja2.TemplateError as error:  # raise_exception (a refusal) is a ValueError
+            raise broken_template(self.spec, f"failed to render: {error}") from None
 
     def _jinja_pieces(self, messages: Sequence[Message], add_generation_prompt: bool,
                       trained: set[int]) -> Iterator[tuple[str, bool]]:

@@ -107,6 +107,7 @@ def save(figure: Any, target: Path) -> None:
     kind = target.suffix.lstrip(".").lower() or "png"
     staged = target.with_name(f".{target.name}.partial")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # as --predictions-file does
         figure.savefig(staged, format=kind, dpi=120)
         os.replace(staged, target)
     except ValueError as error:  # a format matplotlib does not write

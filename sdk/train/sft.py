@@ -43,7 +43,7 @@ def check_trackers(names: list[str]) -> None:
     """Each --report-to tracker's package is installed (before anything loads)."""
     import importlib.util
 
-    for name in names:
+    for name in set(names) - {"none"}:
         packages = TRACKER_PACKAGES[name]
         if not any(importlib.util.find_spec(package) for package in packages):
             raise SdkError(f"--report-to {name} needs the {packages[0]} package: "
@@ -52,12 +52,14 @@ def check_trackers(names: list[str]) -> None:
 
 def check_optimizer(name: str | None) -> None:
     """--optim names one of transformers' optimizers (before anything loads)."""
+    if name is None:
+        return
     import difflib
 
     from transformers.training_args import OptimizerNames
 
     names = [optimizer.value for optimizer in OptimizerNames]
-    if name is not None and name not in names:
+    if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"Did you mean {' or '.join(close)}? " if close else ""
         raise SdkError(f"--optim {name} is not an optimizer transformers knows. {hint}"
@@ -86,6 +88,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     template_spec = registry.get("templates", args.template or spec.template)
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
+    Template(template_spec)  # a broken template fails here, before the model loads
     tuner = registry.get("tuners", args.sft_type)
     check_requires(tuner)
     if args.quantization_bit is None and tuner.default_quantization_bit:  # qlora: 4
@@ -263,7 +266,7 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         dataloader_pin_memory=on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
-        report_to=args.report_to or "none",
+        report_to=[name for name in args.report_to if name != "none"] or "none",
         # Eval predictions are only the token-accuracy counts, added up a batch at a time
         # (accuracy.py).
         prediction_loss_only=eval_examples is None,
