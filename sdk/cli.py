@@ -15,6 +15,7 @@ import click
 from sdk import __version__
 from sdk.config import (
     OTHER_TOOLS_FLAGS,
+    DeployArguments,
     ExportArguments,
     InferArguments,
     SftArguments,
@@ -394,6 +395,18 @@ def infer(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     from sdk.infer.chat import run_infer
 
     run_infer(arguments, registry(ctx))
+
+
+@cli.command(cls=SdkCommand)
+@options_from(DeployArguments)
+@click.pass_context
+def deploy(ctx: click.Context, config_file: str | None, **params: Any) -> None:
+    """Serve a checkpoint (--ckpt-dir) or a model type (--model-type) over an OpenAI-compatible
+    HTTP API (/v1/chat/completions, /v1/models): sdk deploy --ckpt-dir DIR [--port 8000]."""
+    arguments = build_arguments(DeployArguments, given(params), config_file)
+    from sdk.infer.deploy import run_deploy
+
+    run_deploy(arguments, registry(ctx))
 
 
 @cli.command("eval")

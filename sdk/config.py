@@ -236,10 +236,11 @@ class SftArguments(ModelArguments):
 
 
 @dataclass
-class InferArguments(ModelArguments):
+class GenerationArguments(ModelArguments):
+    """What `sdk infer` and `sdk deploy` share: the model to load and how it decodes."""
+
     ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`, or a "
                                "model folder written by `sdk export`.")
-    query: str | None = arg(None, "Ask one question and exit; without it, chat.")
     max_new_tokens: int = arg(512, "Longest reply in tokens.", at_least=1)
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
     temperature: float = arg(0.7, "Sampling temperature (with --do-sample).", above=0)
@@ -250,10 +251,15 @@ class InferArguments(ModelArguments):
                          at_least=1)
     no_repeat_ngram_size: int = arg(0, "Never repeat an n-gram of this many tokens (0: off).",
                                     at_least=0)
-    stream: bool = arg(True, "Print the reply while it is generated.")
     merge_lora: bool = arg(False, "Merge the --ckpt-dir adapter into its base model in memory "
                            "before generating (faster; a 4/8-bit base is loaded unquantized).")
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
+
+
+@dataclass
+class InferArguments(GenerationArguments):
+    query: str | None = arg(None, "Ask one question and exit; without it, chat.")
+    stream: bool = arg(True, "Print the reply while it is generated.")
     dataset: list[str] = arg(
         [], "Predict a reply for every row of these datasets (like `sdk sft --dataset`) into "
         "--predictions-file, scored against the rows' own replies (ROUGE, BLEU).")
@@ -264,6 +270,17 @@ class InferArguments(ModelArguments):
         None, "Where predictions go, one JSON line a row; rerun to resume. Default: "
         "<run>/predictions/<checkpoint>-<dataset>.jsonl.")
     batch_size: int = arg(8, "Rows generated together with --dataset.", at_least=1)
+
+
+@dataclass
+class DeployArguments(GenerationArguments):
+    """The decoding flags are the server's defaults; a request's own settings win."""
+
+    host: str = arg("127.0.0.1", "Address to listen on (0.0.0.0: every network interface).")
+    port: int = arg(8000, "Port to listen on (0: any free one).", at_least=0, below=65536)
+    served_model_name: str | None = arg(
+        None, "The model name clients send and /v1/models lists (default: the --ckpt-dir "
+        "run's folder name, else the --model-type).")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 import click
 
 from sdk import __version__
-from sdk.config import ExportArguments, InferArguments
+from sdk.config import ExportArguments, GenerationArguments, InferArguments
 from sdk.errors import SdkError
 from sdk.infer.chat import (
     EXPORTED,
@@ -170,7 +170,7 @@ def put_in_place(staging: Path, output: Path) -> None:
     shutil.rmtree(aside)
 
 
-def load_merged(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
+def load_merged(args: GenerationArguments, registry: Registry) -> tuple[Any, Any, Template]:
     """The --ckpt-dir checkpoint with its adapter merged into the base model (peft's
     ``merge_and_unload``), its tokenizer and template: what `sdk export --merge-lora` saves and
     `sdk infer --merge-lora` generates with. The base is loaded unquantized, in the dtype

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from threading import Thread
 from typing import Any, TextIO
 
 import click
 
-from sdk.config import InferArguments
+from sdk.config import GenerationArguments, InferArguments
 from sdk.errors import SdkError
 from sdk.models.loader import load_model, torch_dtype
 from sdk.registry import Registry
@@ -45,7 +46,7 @@ def checkpoint_or_export(path: str) -> Path:
     return find_checkpoint(path, "--ckpt-dir")
 
 
-def load_for_inference(args: InferArguments, registry: Registry) -> tuple[Any, Any, Template]:
+def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[Any, Any, Template]:
     """The model (on the GPU if there is one, in eval mode), tokenizer and template that
     --ckpt-dir or --model-type name; with --merge-lora the adapter merged into the base."""
     if args.merge_lora:
@@ -117,7 +118,7 @@ def stop_tokens(template: Template, tokenizer: Any) -> tuple[list[int], list[str
 
 
 def generation_options(template: Template, tokenizer: Any,
-                       args: InferArguments) -> tuple[dict[str, Any], list[str]]:
+                       args: GenerationArguments) -> tuple[dict[str, Any], list[str]]:
     """``model.generate``'s options from the decoding flags, and the stop words that
     :func:`finish_reply` cuts the reply at."""
     stop_ids, stop_strings = stop_tokens(template, tokenizer)
@@ -140,10 +141,8 @@ def finish_reply(reply: str, stop_strings: list[str]) -> str:
 
 
 def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
-             args: InferArguments, out: TextIO | None = None) -> str:
+             args: GenerationArguments, out: TextIO | None = None) -> str:
     """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
-    from transformers import TextIteratorStreamer
-
     inputs = template.tokenize_prompt(tokenizer, messages).to(model.device)
     options, stop_strings = generation_options(template, tokenizer, args)
     if out is None:
@@ -151,29 +150,49 @@ def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
         reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
                                  skip_special_tokens=True)
     else:
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pieces = []
+        for piece in StreamedReply(model, tokenizer, inputs, options):
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        reply = "".join(pieces)
+    return finish_reply(reply, stop_strings)
+
+
+class StreamedReply:
+    """``model.generate`` in a thread of its own, read while it generates: iterating gives
+    the reply's text in pieces (transformers' ``TextIteratorStreamer``); afterwards
+    ``output`` holds what ``model.generate`` returned. A failure in ``model.generate`` is
+    raised to the reader; a reader that stops early waits for the generation to end."""
+
+    def __init__(self, model: Any, tokenizer: Any, inputs: Any, options: dict[str, Any]):
+        self.model, self.tokenizer, self.inputs, self.options = model, tokenizer, inputs, options
+        self.output: Any = None
+
+    def __iter__(self) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
+                                        skip_special_tokens=True)
         failure: list[BaseException] = []
 
         def produce() -> None:
             try:
-                model.generate(**inputs, **options, streamer=streamer)
+                self.output = self.model.generate(**self.inputs, **self.options,
+                                                  streamer=streamer)
             except BaseException as error:  # handed to the reading thread below
                 failure.append(error)
                 streamer.end()  # without this the reader waits forever
 
         worker = Thread(target=produce)
         worker.start()
-        pieces = []
-        for piece in streamer:
-            pieces.append(piece)
-            out.write(piece)
-            out.flush()
-        worker.join()
+        try:
+            yield from streamer
+        finally:  # one generation at a time, even when the reader leaves early
+            worker.join()
         if failure:
             raise failure[0]
-        out.write("\n")
-        reply = "".join(pieces)
-    return finish_reply(reply, stop_strings)
 
 
 def run_infer(args: InferArguments, registry: Registry) -> None:

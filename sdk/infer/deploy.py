@@ -1,0 +1,78 @@
+"""`sdk deploy`: serve a checkpoint, an export or a model type over an OpenAI-compatible HTTP
+API (sdk/infer/openai_api.py) with uvicorn."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from pathlib import Path
+
+import click
+
+from sdk.config import DeployArguments
+from sdk.errors import SdkError
+from sdk.infer.chat import checkpoint_or_export, is_export, load_for_inference
+from sdk.registry import Registry
+
+SERVER_PACKAGES = ("fastapi", "uvicorn")
+
+
+def check_server_packages() -> None:
+    missing = [name for name in SERVER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SdkError(f"sdk deploy needs {' and '.join(missing)}: pip install "
+                       "'sft-sdk[deploy]'")
+
+
+def served_model_name(args: DeployArguments) -> str:
+    """--served-model-name, else the --ckpt-dir run's folder name (an export's own folder
+    name), else the model type."""
+    if args.served_model_name:
+        return args.served_model_name
+    if args.ckpt_dir:
+        folder = checkpoint_or_export(args.ckpt_dir)
+        return folder.name if is_export(folder) else Path(folder).parent.name
+    if args.model_type:
+        return args.model_type
+    raise SdkError("Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type.")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (port 0: any free one), taken before the model
+    loads so that a port in use fails at once; connections wait in its queue until the server
+    runs."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise SdkError(f"--host '{host}': {error}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as error:
+        sock.close()
+        raise SdkError(f"Cannot listen on {host}:{port} ({error.strerror}); give another "
+                       "--port, or --host.") from None
+    return sock
+
+
+def run_deploy(args: DeployArguments, registry: Registry) -> None:
+    check_server_packages()
+    if args.num_beams > 1:
+        raise SdkError("sdk deploy streams replies and beam search cannot: leave out "
+                       "--num-beams.")
+    name = served_model_name(args)
+    sock = listening_socket(args.host, args.port)
+    import uvicorn
+    from transformers import set_seed
+
+    from sdk.infer.openai_api import Served, create_app
+
+    set_seed(args.seed)
+    model, tokenizer, template = load_for_inference(args, registry)
+    app = create_app(Served(model, tokenizer, template, args, name))
+    host, port = sock.getsockname()[:2]
+    click.echo(f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
+               "/v1/chat/completions); Ctrl-C stops", err=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])

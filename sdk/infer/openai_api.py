@@ -1,0 +1,339 @@
+"""The HTTP API of `sdk deploy`: OpenAI's ``GET /v1/models`` and ``POST /v1/chat/completions``
+(whole, or streamed as server-sent events) over one loaded model, one generation at a time.
+
+Replies are what `sdk infer` answers (the same prompt encoding, decoding options, stop words
+and trimming: sdk/infer/chat.py); a streamed reply holds back text that a stop word may still
+cut, so its chunks joined are the whole reply. Errors are OpenAI's JSON
+``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+import anyio
+import click
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+
+from sdk.config import GenerationArguments
+from sdk.infer.chat import StreamedReply, finish_reply, generation_options, stop_tokens
+from sdk.templates.engine import Template
+
+# Temperatures below this are greedy decoding (as in vLLM): dividing the logits by less
+# overflows them, and sampling from the overflow fails (on a GPU, with a device-side assert).
+GREEDY_BELOW = 1e-5
+ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
+               405: "invalid_request_error", 500: "server_error"}
+
+
+class ApiError(Exception):
+    """A request the API answers with OpenAI's error JSON and ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_body(self.status, self.message, self.param, self.code),
+                            status_code=self.status)
+
+
+def error_body(status: int, message: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
+                      "param": param, "code": code}}
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def text_of_parts(cls, content: Any) -> Any:
+        """OpenAI's content parts, ``[{"type": "text", "text": ...}]``, as one text."""
+        if isinstance(content, list):
+            if not all(isinstance(part, dict) and part.get("type") == "text"
+                       and isinstance(part.get("text"), str) for part in content):
+                raise ValueError('only text is understood: give a string, or parts '
+                                 '{"type": "text", "text": "..."}')
+            return "".join(part["text"] for part in content)
+        return content
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's chat completion request that apply; ``top_k`` and
+    ``repetition_penalty`` are extensions (as in vLLM). Other fields are ignored."""
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    seed: int | None = Field(None, ge=0, lt=2**32)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+
+    @field_validator("n")
+    @classmethod
+    def one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported (one reply per request)")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def no_empty_stop(cls, stop: str | list[str] | None) -> list[str]:
+        words = [stop] if isinstance(stop, str) else stop or []
+        if "" in words:
+            raise ValueError("a stop string cannot be empty")
+        return words
+
+    def decoding(self, defaults: GenerationArguments) -> GenerationArguments:
+        """The server's decoding flags with this request's settings. A temperature of 0 (below
+        GREEDY_BELOW) is greedy decoding, any other samples; without one, the server's
+        --do-sample holds."""
+        changes: dict[str, Any] = {}
+        if self.max_completion_tokens or self.max_tokens:
+            changes["max_new_tokens"] = self.max_completion_tokens or self.max_tokens
+        if self.temperature is not None:
+            changes["do_sample"] = self.temperature >= GREEDY_BELOW
+            if changes["do_sample"]:
+                changes["temperature"] = self.temperature
+        if self.top_p is not None:
+            changes["top_p"] = self.top_p
+        if self.top_k is not None:
+            changes["top_k"] = max(self.top_k, 0)  # -1 (vLLM's "all") is our 0
+        if self.repetition_penalty is not None:
+            changes["repetition_penalty"] = self.repetition_penalty
+        return dataclasses.replace(defaults, **changes)
+
+
+def request_error(error: ValidationError) -> ApiError:
+    """The first thing wrong with a request, naming its field as OpenAI does
+    (``messages[0].role``)."""
+    first = error.errors()[0]
+    param = ""
+    for part in first["loc"]:
+        param += f"[{part}]" if isinstance(part, int) else f".{part}" if param else str(part)
+    message = first["msg"].removeprefix("Value error, ")
+    return ApiError(400, f"{param}: {message}" if param else message, param or None)
+
+
+class LeftEarly(StoppingCriteria):
+    """Ends a generation whose reader has gone (a client that disconnected mid-stream)."""
+
+    def __init__(self, gone: threading.Event):
+        self.gone = gone
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self.gone.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+def settled_text(raw: str, stop_strings: list[str]) -> str:
+    """The start of ``finish_reply(raw + anything)`` that more text cannot change: the text
+    before a stop word, less an ending that may begin one, without surrounding whitespace."""
+    if any(word in raw for word in stop_strings):
+        return finish_reply(raw, stop_strings)
+    hold = max((size for word in stop_strings for size in range(1, len(word))
+                if raw.endswith(word[:size])), default=0)
+    return raw[:len(raw) - hold].strip()
+
+
+@dataclasses.dataclass
+class Reply:
+    """One generation: iterating gives the reply's text as it grows (pieces joined: the
+    reply `sdk infer` gives); afterwards ``text``, ``finish_reason`` and the token counts are
+    set. Generations run one at a time (``lock``)."""
+
+    served: Served
+    inputs: Any
+    options: dict[str, Any]
+    stop_strings: list[str]
+    seed: int | None
+    text: str = ""
+    finish_reason: str = "length"
+    completion_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+    def __iter__(self) -> Iterator[str]:
+        served, gone = self.served, threading.Event()
+        options = {**self.options, "stopping_criteria": StoppingCriteriaList([LeftEarly(gone)])}
+        with served.lock:
+            if self.seed is not None:
+                set_seed(self.seed)
+            streamed = StreamedReply(served.model, served.tokenizer, self.inputs, options)
+            pieces, raw, sent = iter(streamed), "", ""
+            try:
+                for piece in pieces:
+                    raw += piece
+                    ready = settled_text(raw, self.stop_strings)
+                    if len(ready) > len(sent):
+                        yield ready[len(sent):]
+                        sent = ready
+            finally:  # a reader that left: end the generation now, not at max_tokens
+                gone.set()
+                pieces.close()
+            self.text = finish_reply(raw, self.stop_strings)
+            if len(self.text) > len(sent):
+                yield self.text[len(sent):]
+            new_tokens = streamed.output[0, self.prompt_tokens:].tolist()
+        self.completion_tokens = len(new_tokens)
+        ended = bool(new_tokens) and new_tokens[-1] in served.stop_ids
+        if ended or any(word in raw for word in self.stop_strings):
+            self.finish_reason = "stop"
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+@dataclasses.dataclass
+class Served:
+    """The model a server answers with, and what every request shares."""
+
+    model: Any
+    tokenizer: Any
+    template: Template
+    defaults: GenerationArguments
+    name: str
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return stop_tokens(self.template, self.tokenizer)[0]
+
+    def reply(self, request: ChatCompletionRequest) -> Reply:
+        """The generation ``request`` asks for, its prompt encoded (a conversation the
+        template refuses is a 400)."""
+        if request.model is not None and request.model != self.name:
+            raise ApiError(404, f"The model '{request.model}' does not exist; this server "
+                           f"serves '{self.name}' (GET /v1/models).", "model", "model_not_found")
+        messages = [message.model_dump() for message in request.messages]
+        try:
+            inputs = self.template.tokenize_prompt(self.tokenizer, messages)
+        except ValueError as error:
+            raise ApiError(400, f"messages: {error}", "messages") from None
+        options, stop_strings = generation_options(self.template, self.tokenizer,
+                                                   request.decoding(self.defaults))
+        if request.stop:
+            stop_strings = [*stop_strings, *request.stop]
+            options.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
+        return Reply(self, inputs.to(self.model.device), options, stop_strings, request.seed)
+
+
+def create_app(served: Served) -> FastAPI:
+    app = FastAPI(title="sft-sdk", description=f"OpenAI-compatible API serving {served.name}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return ApiError(error.status_code, str(error.detail)).response()
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        # starlette still logs the traceback on the server's console
+        return ApiError(500, f"Internal error: {type(error).__name__}: {error}").response()
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": served.name, "object": "model",
+                                            "created": served.created, "owned_by": "sft-sdk"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ApiError(400, f"The request body is not valid JSON: {error}") from None
+        try:
+            asked = ChatCompletionRequest.model_validate(body)
+        except ValidationError as error:
+            raise request_error(error) from None
+        reply = served.reply(asked)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                "created": int(time.time()), "model": served.name}
+        if asked.stream:
+            usage = asked.stream_options is not None and asked.stream_options.include_usage
+            return StreamingResponse(closed_when_done(events(reply, head, usage)),
+                                     media_type="text/event-stream")
+        try:
+            await run_in_threadpool(lambda: list(reply))
+        except Exception as error:
+            raise generation_failed(error) from None
+        return {**head, "object": "chat.completion", "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": reply.text},
+            "logprobs": None, "finish_reason": reply.finish_reason}], "usage": reply.usage()}
+
+    return app
+
+
+def generation_failed(error: Exception) -> ApiError:
+    click.echo(f"[sdk] generation failed: {type(error).__name__}: {error}", err=True)
+    return ApiError(500, f"The generation failed: {type(error).__name__}: {error}")
+
+
+def events(reply: Reply, head: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    """The server-sent events of a streamed reply: OpenAI's chat.completion.chunk objects,
+    then ``[DONE]``; a failure is an ``error`` event."""
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        return event({**head, "object": "chat.completion.chunk", "choices": [{
+            "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        for piece in reply:
+            yield chunk({"content": piece})
+    except Exception as error:
+        yield event(error_body(500, generation_failed(error).message))
+    else:
+        yield chunk({}, reply.finish_reason)
+        if include_usage:
+            yield event({**head, "object": "chat.completion.chunk", "choices": [],
+                         "usage": reply.usage()})
+    yield "data: [DONE]\n\n"
+
+
+def event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def closed_when_done(iterator: Iterator[str]) -> AsyncIterator[str]:
+    """``iterator`` read in worker threads, and closed however the response ends: a client
+    that disconnects mid-stream ends its generation and frees the lock at once."""
+    done = object()
+    try:
+        while (item := await run_in_threadpool(next, iterator, done)) is not done:
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(iterator.close)
