@@ -200,6 +200,21 @@ def run_cli():
 
 
 @pytest.fixture
+def refused_sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
+    """`sdk sft` on the tiny model type with extra flags, expected to stop with a message and
+    no traceback; returns its output."""
+    def run(*flags):
+        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                         "--dataset", identity_data, "--max-steps", "1", "--output-dir",
+                         tmp_path / "out", *flags)
+        assert result.exit_code != 0, result.output
+        assert "Traceback" not in result.output
+        return result.output
+
+    return run
+
+
+@pytest.fixture
 def render_cli(run_cli, tmp_path):
     """Render messages with `sdk template render --model-type`; asserts success, gives stdout."""
     def render(model_type: str, messages, generation_prompt: bool = False) -> str:

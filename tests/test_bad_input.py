@@ -6,35 +6,22 @@ import pytest
 from conftest import TINY_MODEL_TYPE
 
 
-@pytest.fixture
-def sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
-    def run(*flags):
-        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
-                         "--dataset", identity_data, "--max-steps", "1", "--output-dir",
-                         tmp_path / "out", *flags)
-        assert result.exit_code != 0, result.output
-        assert "Traceback" not in result.output
-        return result.output
-
-    return run
-
-
 @pytest.mark.parametrize("content", ["", "\n\n", "[]"])
-def test_a_dataset_file_without_records_is_named(sft, tmp_path, content):
+def test_a_dataset_file_without_records_is_named(refused_sft, tmp_path, content):
     empty = tmp_path / ("empty.json" if content == "[]" else "empty.jsonl")
     empty.write_text(content)
-    assert f"No records found in {empty}" in sft("--dataset", empty)
-    assert f"No records found in {empty}" in sft("--val-dataset", empty)
+    assert f"No records found in {empty}" in refused_sft("--dataset", empty)
+    assert f"No records found in {empty}" in refused_sft("--val-dataset", empty)
 
 
-def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has(sft):
-    output = sft("--lora-target-modules", "nonexistent_module")
+def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has(refused_sft):
+    output = refused_sft("--lora-target-modules", "nonexistent_module")
     assert "--lora-target-modules nonexistent_module: no such module in" in output
     assert "q_proj" in output and "down_proj" in output
 
 
-def test_adalora_needs_steps_to_score_ranks_before_pruning(sft):
-    assert "leave fewer than 2 of the 1 training steps" in sft(
+def test_adalora_needs_steps_to_score_ranks_before_pruning(refused_sft):
+    assert "leave fewer than 2 of the 1 training steps" in refused_sft(
         "--sft-type", "adalora", "--gradient-accumulation-steps", "1")
 
 
@@ -48,8 +35,8 @@ def test_adalora_needs_steps_to_score_ranks_before_pruning(sft):
     (["--cutoff_len", "512"], "here it is --max-length."),
     (["--attn-impl", "flex_attention"], "--attn-impl flex_attention needs a CUDA GPU"),
 ])
-def test_values_and_other_tools_flags(sft, flags, message):
-    assert message in sft(*flags)
+def test_values_and_other_tools_flags(refused_sft, flags, message):
+    assert message in refused_sft(*flags)
 
 
 def test_top_p_above_one_is_refused(run_cli):
@@ -66,10 +53,10 @@ def test_weights_without_a_model_type_say_what_is_missing(run_cli, tmp_path, ide
             in result.stderr
 
 
-def test_an_output_dir_that_is_a_file_is_refused_before_loading(sft, tmp_path):
+def test_an_output_dir_that_is_a_file_is_refused_before_loading(refused_sft, tmp_path):
     file = tmp_path / "taken"
     file.write_text("mine")
-    assert f"--output-dir '{file}' is a file; give a folder." in sft("--output-dir", file)
+    assert f"--output-dir '{file}' is a file; give a folder." in refused_sft("--output-dir", file)
     assert file.read_text() == "mine"
 
 

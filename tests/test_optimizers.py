@@ -44,24 +44,12 @@ def test_optim_picks_the_optimizer(plugin_set, identity_data, tmp_path):
     assert "scale_parameter" in adafactor["param_groups"][0]  # Adafactor's own setting
 
 
-@pytest.fixture
-def sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
-    def run(*flags):
-        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
-                         "--dataset", identity_data, "--max-steps", "1", "--output-dir",
-                         tmp_path / "out", *flags)
-        assert result.exit_code != 0, result.output
-        assert "Traceback" not in result.output
-        return result.output
 
-    return run
-
-
-def test_mistakes_are_named(sft):
+def test_mistakes_are_named(refused_sft):
     assert "--optim adamw_torch_fuse is not an optimizer transformers knows. Did you mean " \
-           "adamw_torch_fused" in sft("--optim", "adamw_torch_fuse")
+           "adamw_torch_fused" in refused_sft("--optim", "adamw_torch_fuse")
     # transformers' own message, under the flag's name
-    assert "--optim galore_adamw:" in sft("--optim", "galore_adamw")
-    assert "--sft-type full trains none" in sft("--sft-type", "full",
+    assert "--optim galore_adamw:" in refused_sft("--optim", "galore_adamw")
+    assert "--sft-type full trains none" in refused_sft("--sft-type", "full",
                                                 "--loraplus-lr-ratio", "16")
-    assert "here it is --loraplus-lr-ratio" in sft("--lorap_lr_ratio", "16")
+    assert "here it is --loraplus-lr-ratio" in refused_sft("--lorap_lr_ratio", "16")

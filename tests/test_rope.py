@@ -65,20 +65,10 @@ def test_a_model_without_rotary_positions_is_refused():
         stretch_rope(GPT2Config(), "yarn", None, 4096, "gpt2-folder")
 
 
-@pytest.fixture
-def sft(run_cli, tiny_plugin_file, identity_data, tmp_path):
-    def run(model_dir, *flags):
-        result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
-                         "--model-id-or-path", model_dir, "--dataset", identity_data,
-                         "--max-steps", "1", "--output-dir", tmp_path / "out", *flags)
-        assert result.exit_code != 0, result.output
-        assert "Traceback" not in result.output
-        return result.output
+def test_mistakes_are_named(refused_sft, tiny_model_dir, short_window_model, tmp_path):
+    def sft(model_dir, *flags):
+        return refused_sft("--model-id-or-path", model_dir, *flags)
 
-    return run
-
-
-def test_mistakes_are_named(sft, tiny_model_dir, short_window_model, tmp_path):
     assert ("--rope-scaling yarn: --max-length 64 fits the 512-position window" in
             sft(tiny_model_dir, "--rope-scaling", "yarn", "--max-length", "64"))
     assert "--rope-scaling linear: give --rope-factor" in sft(
