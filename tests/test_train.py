@@ -201,5 +201,5 @@ def test_a_tracker_that_is_not_installed_is_named_before_loading(run_cli, tiny_p
     assert "--report-to wandb needs the wandb package: pip install wandb" in result.stderr
     unknown = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
                       "--dataset", identity_data, "--report-to", "tensorbored")
-    assert "--report-to must be one of tensorboard, wandb, swanlab, mlflow; got 'tensorbored'" \
-        in unknown.stderr
+    assert ("--report-to must be one of tensorboard, wandb, swanlab, mlflow, none; got "
+            "'tensorbored'") in unknown.stderr
