@@ -346,7 +346,9 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
         from sdk.data.conversations import detect_format
         from sdk.specs import resolve_callable
 
-        data_format = detect_format(f"Messages file '{messages}'", conversation, known)
+        data_format = detect_format(f"Messages file '{messages}'", conversation, known,
+                                    'Give a JSON list of {"role": ..., "content": ...} '
+                                    "messages, or rename the record's fields.")
         try:
             conversation = resolve_callable(data_format.to_messages)(conversation)
         except ValueError as error:

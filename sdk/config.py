@@ -355,6 +355,13 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
         raise SdkError(f"Config file '{path}': unknown option{'s' if len(unknown) > 1 else ''} "
                        f"{', '.join(unknown)}. `sdk {command_of(cls)} --help` lists the "
                        "options.")
+    spellings: dict[str, list[str]] = {}
+    for key in data:
+        spellings.setdefault(str(key).replace("-", "_"), []).append(f"'{key}'")
+    twice = [" and ".join(keys) for keys in spellings.values() if len(keys) > 1]
+    if twice:  # one would silently win
+        raise SdkError(f"Config file '{path}' sets an option twice: {'; '.join(twice)}. "
+                       "Keep one of each.")
     types = field_types(cls)
     return {str(key).replace("-", "_"): coerce(value, types[str(key).replace("-", "_")],
                                                f"Config file '{path}', option '{key}'")

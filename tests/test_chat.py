@@ -69,7 +69,7 @@ def test_chat_commands_change_history_and_system_prompt(run_cli, tiny_plugin_fil
         ferret + "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n",
         ferret + "<|im_start|>user\nAnd now?<|im_end|>\n<|im_start|>assistant\n",
     ]
-    assert result.stdout.count(">>> ") == 3
+    assert result.stderr.count(">>> ") == 3
     assert "(system prompt set, history cleared)" in result.stderr
     assert "(history cleared)" in result.stderr
     assert result.stderr.count("system: You are Ferret.") == 2  # `system`, `SYSTEM`
@@ -81,11 +81,22 @@ def test_the_history_reaches_the_next_prompt_and_system_alone_shows_none(
     result = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
                      "--max-new-tokens", "2", "--stream", "false", input="Hi\nsystem\nBye\n")
     assert result.exit_code == 0, result.output
-    first_reply = result.stdout.split(">>> ")[1].split("\n")[0]
+    first_reply = result.stdout.split("\n")[0]
     assert prompts[1] == (f"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
                           f"{first_reply}<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
                           "<|im_start|>assistant\n")
     assert "(no system prompt)" in result.stderr
+
+
+def test_piped_stdout_holds_only_the_replies(run_cli, tiny_plugin_file, tiny):
+    model, tokenizer = tiny
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
+                     "--max-new-tokens", "4", input="Who are you?\nclear\nWho are you?\n")
+    assert result.exit_code == 0, result.output
+    reply = generate(model, tokenizer, Template(CHATML), USER, InferArguments(max_new_tokens=4))
+    # streamed as generated, the prompts on stderr
+    assert [line.strip() for line in result.stdout.splitlines()] == [reply, reply]
+    assert result.stderr.count("<<< ") == 4 and result.stderr.count(">>> ") == 2
 
 
 def test_a_model_type_answers_one_query(run_cli, tiny_plugin_file, tiny):
@@ -127,7 +138,7 @@ def test_beam_search_answers_without_streaming(run_cli, tiny_plugin_file, tiny):
     assert result.stderr.count("cannot stream") == 1
     beams = generate(model, tokenizer, Template(CHATML), USER,
                      InferArguments(max_new_tokens=6, num_beams=2))
-    assert result.stdout.count(f">>> {beams}\n") == 2
+    assert result.stdout == f"{beams}\n" * 2
 
 
 def test_the_templates_stop_words_end_a_reply():

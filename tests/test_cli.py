@@ -115,6 +115,8 @@ def test_config_file_values_are_overridden_by_flags(tmp_path):
     ("dataset: {a.jsonl: 1}\n",
      "option 'dataset': expected a list of values (or one text, commas between values)"),
     ("model_type: [qwen]\n", "option 'model_type': expected one value, got ['qwen']"),
+    ("max-length: 512\nmax_length: 1024\n",
+     "sets an option twice: 'max-length' and 'max_length'. Keep one of each."),
 ])
 def test_bad_config_files_are_named(tmp_path, text, message):
     config = tmp_path / "run.yaml"

@@ -282,6 +282,54 @@ def test_a_client_leaving_mid_stream_does_not_block_the_server(served, monkeypat
     assert generated[0] < 400  # the abandoned generation was ended early
 
 
+def test_a_client_leaving_a_whole_reply_ends_its_generation(served, monkeypatch):
+    url, loaded = served
+    working = loaded.model.generate
+    generated = []
+
+    def counting(**options):
+        output = working(**options)
+        generated.append(output.shape[1] - options["input_ids"].shape[1])
+        return output
+
+    monkeypatch.setattr(loaded.model, "generate", counting)
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/chat/completions", json.dumps(
+        {"messages": USER, "max_tokens": 400}), {"Content-Type": "application/json"})
+    time.sleep(0.5)
+    connection.close()  # a client timing out before the reply is whole
+    assert complete(url, max_tokens=4)["usage"]["completion_tokens"] == 4
+    assert generated[0] < 400
+
+
+def test_prompt_and_reply_must_fit_the_models_window(served):
+    url, loaded = served
+    window = loaded.model.config.max_position_embeddings
+
+    def prompt_tokens(messages: list[dict]) -> int:
+        return loaded.template.tokenize_prompt(loaded.tokenizer, messages)["input_ids"].shape[1]
+
+    def words(count: int) -> list[dict]:
+        return [{"role": "user", "content": " word" * count}]
+
+    status, answer = call(url, "/v1/chat/completions", {"messages": words(window)})
+    assert status == 400 and answer["error"]["code"] == "context_length_exceeded"
+    assert answer["error"]["message"] == (
+        f"This model's maximum context length is {window} tokens. However, your messages "
+        f"resulted in {prompt_tokens(words(window))} tokens. Please reduce the length of the "
+        "messages.")
+    status, answer = call(url, "/v1/chat/completions", {"messages": USER, "max_tokens": window})
+    assert status == 400 and answer["error"]["param"] == "messages"
+    assert (f"you requested {prompt_tokens(USER) + window} tokens ({prompt_tokens(USER)} in "
+            f"the messages, {window} in the completion)") in answer["error"]["message"]
+    # without max_tokens, a reply stops where the window ends (the server's default: 8)
+    count = next(n for n in range(window - 20, window) if prompt_tokens(words(n)) == window - 3)
+    answer = complete(url, messages=words(count))
+    assert answer["usage"]["completion_tokens"] == 3
+    assert answer["usage"]["total_tokens"] == window
+
+
 def test_deploy_checks_before_loading_the_model(run_cli, tiny_plugin_file, monkeypatch):
     import importlib.util
 

@@ -86,6 +86,21 @@ def test_a_llama_folder_trained_as_qwen2_is_refused_before_anything_loads(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_without_model_type_gets_the_model_types_that_fit_it(
+        run_cli, tiny_model_dir, identity_data, tmp_path):
+    trained = run_cli("sft", "--model-id-or-path", tiny_model_dir, "--dataset", identity_data,
+                      "--output-dir", tmp_path / "out")
+    chat = run_cli("infer", "--model-id-or-path", tiny_model_dir)
+    for result in (trained, chat):
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert f"'{tiny_model_dir}' holds a llama model; the model types of llama models " \
+               "(chinese-alpaca-2-13b, " in result.stderr
+    gpt2 = config_folder(tmp_path / "gpt2", {"model_type": "gpt2"})
+    result = run_cli("sft", "--model-id-or-path", gpt2, "--dataset", identity_data)
+    assert "(no installed one is a gpt2 model: a plugin can add it)" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_chatglm_folder_trained_as_baichuan2_is_refused(run_cli, identity_data, tmp_path):
     folder = config_folder(tmp_path / "chatglm3", {
         "model_type": "chatglm", "architectures": ["ChatGLMModel"],

@@ -1,6 +1,8 @@
 """--optim (transformers' optimizers by name) and --loraplus-lr-ratio (LoRA+), read back from
 the optimizer state a checkpoint saves."""
 
+import re
+
 import pytest
 import torch
 
@@ -34,6 +36,24 @@ def test_loraplus_trains_the_b_matrices_faster_and_resumes(plugin_set, identity_
     resumed = train(plugin_set, identity_data, tmp_path, loraplus_lr_ratio=16.0, max_steps=3,
                     save_steps=1, resume_from_checkpoint=str(result.checkpoint))
     assert resumed.checkpoint.name == "checkpoint-3"
+
+
+def test_resuming_with_another_optimizer_or_loraplus_ratio_is_refused(plugin_set,
+                                                                     identity_data, tmp_path):
+    from sdk.errors import SdkError
+
+    result = train(plugin_set, identity_data, tmp_path, optim="adafactor",
+                   loraplus_lr_ratio=8.0)
+    resume = dict(max_steps=3, resume_from_checkpoint=str(result.checkpoint))
+    # the saved state has other groups (a traceback from torch) or other learning rates
+    for changed, message in [(dict(optim="adamw_torch", loraplus_lr_ratio=8.0),
+                              "--optim 'adafactor' there, 'adamw_torch' now"),
+                             (dict(optim="adafactor"), "--loraplus-lr-ratio 8.0 there, None now"),
+                             (dict(optim="adafactor", loraplus_lr_ratio=4.0),
+                              "--loraplus-lr-ratio 8.0 there, 4.0 now")]:
+        with pytest.raises(SdkError, match=re.escape(message)):
+            train(plugin_set, identity_data, tmp_path, **changed, **resume)
+    assert [c.name for c in result.run_dir.glob("checkpoint-*")] == ["checkpoint-2"]
 
 
 def test_optim_picks_the_optimizer(plugin_set, identity_data, tmp_path):

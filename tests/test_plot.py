@@ -62,6 +62,14 @@ def test_sdk_plot_writes_a_png_into_the_run_folder_and_anywhere_else(run_cli, tm
     assert nested.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_sdk_plot_takes_a_runs_logging_jsonl(run_cli, tmp_path):
+    run_dir = make_run(tmp_path, LOG)
+    result = run_cli("plot", run_dir / "logging.jsonl")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(run_dir / PLOT_FILE)
+    assert (run_dir / PLOT_FILE).read_bytes().startswith(PNG_MAGIC)
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a folder"),
     ("not a run", "is not a run folder of `sdk sft` (it has no sft_args.json)"),

@@ -299,7 +299,7 @@ def newest_run_without_checkpoint(runs, tmp_path) -> list:
      "`sdk sft` with no complete checkpoint"),
     (lambda runs, tmp: ["--resume-from-checkpoint", tmp / "missing"], "is not a folder"),
     (lambda runs, tmp: ["--resume-from-checkpoint", runs["full"], "--lora-rank", "16"],
-     r"was trained with other tuner settings \(--lora-rank 8 there, 16 now\)"),
+     r"was trained with other tuner or optimizer settings \(--lora-rank 8 there, 16 now\)"),
 ], ids=["only-save-model", "sft-type", "model-type", "foreign checkpoint",
         "foreign arguments", "cut short", "staged", "later checkpoints", "auto without a run",
         "auto without a checkpoint", "missing", "lora-rank"])

@@ -75,6 +75,8 @@ def test_mistakes_are_named(refused_sft, tiny_model_dir, short_window_model, tmp
         short_window_model, "--rope-scaling", "linear", "--max-length", "0")
     assert "--rope-factor" in sft(short_window_model, "--rope-scaling", "yarn",
                                   "--rope-factor", "1")
+    assert "--rope-factor 2 needs --rope-scaling linear, dynamic or yarn" in sft(
+        short_window_model, "--rope-factor", "2")
     from transformers import AutoModelForCausalLM
 
     scaled = tmp_path / "scaled"

@@ -234,6 +234,23 @@ def test_template_render_takes_a_record_of_any_registered_format(run_cli, tmp_pa
                              "<|im_start|>assistant\nHello<|im_end|>\n")
 
 
+def test_template_render_takes_a_prompt_without_reply_and_names_its_own_fixes(run_cli,
+                                                                             tmp_path):
+    question = tmp_path / "sharegpt.json"
+    question.write_text('{"conversations": [{"from": "human", "value": "Hi"}]}')
+    result = run_cli("template", "render", "chatml", "--messages", question,
+                     "--add-generation-prompt")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text('{"question": "Hi"}')
+    result = run_cli("template", "render", "chatml", "--messages", unknown)
+    assert result.exit_code == 1 and "cannot tell the format" in result.stderr
+    assert "--dataset-format" not in result.stderr  # not a flag of template render
+    assert 'Give a JSON list of {"role": ..., "content": ...} messages' in result.stderr
+
+
 def test_template_render_of_a_jsonl_dataset_points_to_datasets_preview(run_cli, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"instruction": "Hi", "output": "Hello"}\n' * 2)

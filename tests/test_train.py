@@ -73,7 +73,7 @@ def test_infer_from_a_checkpoint_needs_no_other_flag(plugin_set, identity_data, 
     chat = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.run_dir,
                    "--max-new-tokens", "3", input="Hi\nclear\nAnd you?\nexit\n")
     assert chat.exit_code == 0, chat.output
-    assert chat.stdout.count(">>> ") == 2
+    assert chat.stderr.count(">>> ") == 2
     assert "(history cleared)" in chat.stderr
 
 

@@ -18,7 +18,9 @@ from sdk.templates.engine import check_messages
 Conversation = list[dict[str, str]]
 
 
-def detect_format(where: str, record: dict, registry: Registry) -> DataFormat:
+def detect_format(where: str, record: dict, registry: Registry,
+                  hint: str = "Rename the fields, or pick one with --dataset-format.",
+                  ) -> DataFormat:
     for name in registry.names("formats"):
         data_format = registry.get("formats", name)
         if resolve_callable(data_format.detect)(record):
@@ -26,7 +28,7 @@ def detect_format(where: str, record: dict, registry: Registry) -> DataFormat:
     formats = ", ".join(registry.names("formats"))
     raise SdkError(f"{where}: cannot tell the format of this record (its fields: "
                    f"{', '.join(map(str, record)) or 'none'}). Known formats: {formats}. "
-                   "Rename the fields, or pick one with --dataset-format.")
+                   f"{hint}")
 
 
 def split_sample_size(name: str) -> tuple[str, int | None]:
@@ -125,6 +127,8 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
             try:
                 messages = resolve_callable(data_format.to_messages)(record)
                 check_messages(messages)
+                if not any(message["role"] == "assistant" for message in messages):
+                    raise ValueError("the conversation has no assistant message to learn from")
             except ValueError as error:
                 reject(where, f"{error} (read as {data_format.name} format)")
                 continue

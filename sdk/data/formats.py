@@ -112,8 +112,6 @@ def messages_to_messages(record: Mapping[str, Any]) -> Messages:
         if not isinstance(content, str):
             raise ValueError(f"messages[{index}] ({role}) has no text 'content'")
         result.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in result):
-        raise ValueError("the conversation has no assistant message to learn from")
     return result
 
 

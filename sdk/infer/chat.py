@@ -14,7 +14,7 @@ import click
 
 from sdk.config import GenerationArguments, InferArguments
 from sdk.errors import SdkError
-from sdk.models.loader import load_model, torch_dtype
+from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
@@ -87,9 +87,10 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
         system = args.system
         model, tokenizer = load_model(spec, args, registry)
     else:
-        given = (" (--model-id-or-path gives the weights; --model-type says what they are)"
-                 if args.model_id_or_path else "")
-        raise SdkError(f"Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type{given}.")
+        given = (" (--model-id-or-path gives the weights; --model-type says what they are)."
+                 + model_types_for_folder(args.model_id_or_path, registry)
+                 if args.model_id_or_path else ".")
+        raise SdkError(f"Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type{given}")
     import torch
 
     if torch.cuda.is_available():
@@ -222,13 +223,22 @@ Commands (anything else is a message to the model):
   exit, quit    leave (Ctrl-D too)"""
 
 
+def terminal_prompt(text: str) -> str:
+    """``text`` to show before a line on stdout, when that is a terminal; otherwise it goes
+    to stderr and "" is shown, so that piped stdout holds only the replies."""
+    if sys.stdout.isatty():
+        return text
+    click.echo(text, nl=False, err=True)
+    return ""
+
+
 def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -> None:
     """A multi-turn conversation on stdin/stdout; the commands of CHAT_HELP between turns."""
     click.echo("Chat: type a message; 'help' lists the commands, 'exit' quits.", err=True)
     history: Messages = []
     while True:
         try:
-            line = input("<<< ")
+            line = input(terminal_prompt("<<< "))
         except (EOFError, KeyboardInterrupt):
             break
         word, _, rest = line.strip().partition(" ")
@@ -255,7 +265,7 @@ def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -
             click.echo("(system prompt set, history cleared)", err=True)
         elif line.strip():
             messages = history + [{"role": "user", "content": line}]
-            sys.stdout.write(">>> ")
+            sys.stdout.write(terminal_prompt(">>> "))
             reply = generate(model, tokenizer, template, messages, args,
                              sys.stdout if args.stream else None)
             if not args.stream:

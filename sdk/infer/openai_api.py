@@ -8,6 +8,7 @@ cut, so its chunks joined are the whole reply. Errors are OpenAI's JSON
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -28,6 +29,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from sdk.config import GenerationArguments
 from sdk.infer.chat import StreamedReply, finish_reply, generation_options, stop_tokens
+from sdk.models.rope import context_window
 from sdk.templates.engine import Template
 
 # Temperatures below this are greedy decoding (as in vLLM): dividing the logits by less
@@ -176,13 +178,15 @@ class Reply:
     text: str = ""
     finish_reason: str = "length"
     completion_tokens: int = 0
+    # set: end the generation at the next token (its reader has gone, or the server stops)
+    gone: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
 
     def __iter__(self) -> Iterator[str]:
-        served, gone = self.served, threading.Event()
+        served, gone = self.served, self.gone
         options = {**self.options, "stopping_criteria": StoppingCriteriaList([LeftEarly(gone)])}
         with served.lock:
             if self.seed is not None:
@@ -242,10 +246,30 @@ class Served:
             raise ApiError(400, f"messages: {error}", "messages") from None
         options, stop_strings = generation_options(self.template, self.tokenizer,
                                                    request.decoding(self.defaults))
+        room = self.room_for_reply(int(inputs["input_ids"].shape[1]),
+                                   request.max_completion_tokens or request.max_tokens)
+        options["max_new_tokens"] = min(options["max_new_tokens"], room)
         if request.stop:
             stop_strings = [*stop_strings, *request.stop]
             options.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
         return Reply(self, inputs.to(self.model.device), options, stop_strings, request.seed)
+
+    def room_for_reply(self, prompt_tokens: int, asked: int | None) -> int:
+        """How many tokens a reply may have after a prompt of ``prompt_tokens``: at most
+        what fits the model's window (past it a model answers garbage). A prompt that
+        leaves no room, or ``asked`` tokens that do not fit, is a 400 as in vLLM."""
+        window = context_window(self.model.config)
+        if window is None:
+            return asked or self.defaults.max_new_tokens
+        if prompt_tokens >= window or (asked and prompt_tokens + asked > window):
+            requested = (f"you requested {prompt_tokens + asked} tokens ({prompt_tokens} in "
+                         f"the messages, {asked} in the completion)" if asked else
+                         f"your messages resulted in {prompt_tokens} tokens")
+            raise ApiError(400, f"This model's maximum context length is {window} tokens. "
+                           f"However, {requested}. Please reduce the length of the messages"
+                           f"{' or completion' if asked else ''}.", "messages",
+                           "context_length_exceeded")
+        return window - prompt_tokens
 
 
 def create_app(served: Served) -> FastAPI:
@@ -287,7 +311,7 @@ def create_app(served: Served) -> FastAPI:
             return StreamingResponse(closed_when_done(events(reply, head, usage)),
                                      media_type="text/event-stream")
         try:
-            await run_in_threadpool(lambda: list(reply))
+            await generated_whole(reply, request)
         except Exception as error:
             raise generation_failed(error) from None
         return {**head, "object": "chat.completion", "choices": [{
@@ -295,6 +319,21 @@ def create_app(served: Served) -> FastAPI:
             "logprobs": None, "finish_reason": reply.finish_reason}], "usage": reply.usage()}
 
     return app
+
+
+async def generated_whole(reply: Reply, request: Request) -> None:
+    """Generate ``reply`` in a worker thread. A client that disconnects meanwhile, or the
+    server stopping (Ctrl-C: this task is cancelled), ends the generation at the next token:
+    else the thread holds the lock, and keeps the process alive, until max_tokens."""
+    work = asyncio.ensure_future(run_in_threadpool(lambda: list(reply)))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=0.2)
+            if not work.done() and await request.is_disconnected():
+                reply.gone.set()
+    finally:
+        reply.gone.set()
+    work.result()
 
 
 def generation_failed(error: Exception) -> ApiError:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
+from sdk.models.rope import check_rope_flags
 from sdk.specs import ModelSpec, resolve_callable
 
 # bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub;
@@ -214,6 +215,7 @@ def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
         rope_scaling=args.rope_scaling, rope_factor=args.rope_factor,
         # inference has no --max-length: it gets the trained run's --rope-factor
         context_length=getattr(args, "max_length", 0))
+    check_rope_flags(options.rope_scaling, options.rope_factor)
     check_requirements(spec, options)  # for every loader, a plugin's own included
     if options.model_dir:
         check_model_folder(spec, Path(options.model_dir), registry)
@@ -224,33 +226,57 @@ def check_model_folder(spec: ModelSpec, folder: Path, registry: Any) -> None:
     """``--model-id-or-path`` is a model folder of the kind ``spec`` declares (its
     ``config_model_types``), checked before anything loads: trained as another family, a
     model gets that family's chat template and LoRA targets and learns the wrong format."""
+    settings = folder_config(folder)
+    found = settings.get("model_type")
+    if (not spec.config_model_types or not isinstance(found, str)
+            or found in spec.config_model_types):
+        return
+    classes = settings.get("architectures")
+    architectures = ", ".join(map(str, classes)) if isinstance(classes, list) else ""
+    expected = " or ".join(spec.config_model_types)
+    raise SdkError(
+        f"--model-id-or-path '{folder}' holds a {found} model"
+        f"{f' ({architectures})' if architectures else ''}, but --model-type "
+        f"{spec.model_type} is a {expected} model: its chat template and LoRA targets would "
+        f"not fit. Pick the --model-type of the folder's model"
+        f"{fitting_model_types(found, registry)}; `sdk models` lists them. Or give "
+        f"--model-id-or-path a folder of {spec.model_type} itself.")
+
+
+def folder_config(folder: Path) -> dict[str, Any]:
+    """The settings in the config.json of the --model-id-or-path folder ``folder``."""
     config = folder / "config.json"
     if not config.is_file():
         raise SdkError(f"--model-id-or-path '{folder}' is not a model folder "
                        "(no config.json in it).")
-    if not spec.config_model_types:
-        return
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SdkError(f"--model-id-or-path '{folder}': {config.name} is not valid JSON "
                        f"({error}).") from None
-    found = settings.get("model_type") if isinstance(settings, dict) else None
-    if not isinstance(found, str) or found in spec.config_model_types:
-        return
-    classes = settings.get("architectures")
-    architectures = ", ".join(map(str, classes)) if isinstance(classes, list) else ""
-    expected = " or ".join(spec.config_model_types)
+    return settings if isinstance(settings, dict) else {}
+
+
+def fitting_model_types(found: str, registry: Any) -> str:
+    """`` (a, b, ...)``: the registered model types whose checkpoints are ``found`` models
+    (a config.json's model_type), or that none is."""
     matching = [name for name, entry in sorted(registry.entries["models"].items())
                 if found in entry.spec.config_model_types]
-    listed = (f" ({', '.join(matching[:4])}{', ...' if len(matching) > 4 else ''})"
-              if matching else f" (no installed one is a {found} model: a plugin can add it)")
-    raise SdkError(
-        f"--model-id-or-path '{folder}' holds a {found} model"
-        f"{f' ({architectures})' if architectures else ''}, but --model-type "
-        f"{spec.model_type} is a {expected} model: its chat template and LoRA targets would "
-        f"not fit. Pick the --model-type of the folder's model{listed}; `sdk models` lists "
-        f"them. Or give --model-id-or-path a folder of {spec.model_type} itself.")
+    return (f" ({', '.join(matching[:4])}{', ...' if len(matching) > 4 else ''})"
+            if matching else f" (no installed one is a {found} model: a plugin can add it)")
+
+
+def model_types_for_folder(path: str, registry: Any) -> str:
+    """For a --model-id-or-path given without --model-type: the model types that fit the
+    folder's config.json, as a sentence ("" when the folder does not say)."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        return ""
+    found = folder_config(folder).get("model_type")
+    if not isinstance(found, str):
+        return ""
+    return (f" '{path}' holds a {found} model; the model types of {found} models"
+            f"{fitting_model_types(found, registry)}.")
 
 
 def cache_dir() -> Path:

@@ -10,6 +10,13 @@ from typing import Any
 from sdk.errors import SdkError
 
 
+def check_rope_flags(kind: str | None, factor: float | None) -> None:
+    """--rope-factor alone would be ignored (and saved with the run as if it applied)."""
+    if factor is not None and not kind:
+        raise SdkError(f"--rope-factor {factor:g} needs --rope-scaling linear, dynamic or yarn "
+                       "(how to stretch the positions); give both, or neither.")
+
+
 def stretch_rope(config: Any, kind: str, factor: float | None, length: int,
                  where: str) -> float:
     """Make ``config`` (a transformers config, before the model is built from it) stretch its
@@ -49,3 +56,18 @@ def applied_factor(config: Any, kind: str, model_type: str) -> float:
         raise SdkError(f"--rope-scaling {kind}: the loader of model type '{model_type}' does "
                        "not apply it. Leave --rope-scaling out.")
     return rope["factor"]
+
+
+def context_window(config: Any) -> int | None:
+    """How many positions the model answers within: its ``max_position_embeddings``, or
+    its pretrained window times the factor its rotary positions are stretched by (what vLLM
+    takes as the longest prompt plus reply); None when the config does not say."""
+    window = getattr(config, "max_position_embeddings", None)
+    if not isinstance(window, int):
+        return None
+    rope = getattr(config, "rope_parameters", None) or {}
+    factor = rope.get("factor") if isinstance(rope, dict) else None
+    if rope.get("rope_type", "default") == "default" or not isinstance(factor, int | float):
+        return window
+    original = rope.get("original_max_position_embeddings") or window
+    return max(window, int(original * factor))

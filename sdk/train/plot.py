@@ -47,7 +47,10 @@ def loss_points(log_file: Path) -> LossCurves:
 
 
 def run_folder(path: Path) -> Path:
-    """The run folder ``path`` names (a checkpoint stands for its run); an error if none."""
+    """The run folder ``path`` names (a checkpoint, or its logging.jsonl, stands for its
+    run); an error if none."""
+    if path.name == LOG_FILE and path.is_file():
+        path = path.parent
     if not path.is_dir():
         raise SdkError(f"'{path}' is not a folder; give a run folder of `sdk sft`.")
     if is_complete_checkpoint(path):

@@ -22,11 +22,13 @@ from sdk.train.run_dir import (
 )
 
 FLAG = "--resume-from-checkpoint"
-# What shapes the trainable weights: a resumed run must keep them (the saved optimizer state
-# and weights would not fit others).
+# What shapes the trainable weights or the optimizer state: a resumed run must keep them
+# (the saved optimizer state and weights would not fit others; a saved state restores its
+# own LoRA+ learning rates).
 SHAPING_ARGUMENTS = ("lora_rank", "lora_target_modules", "lora_modules_to_save",
                      "adalora_init_rank", "num_virtual_tokens", "freeze_trainable_layers",
-                     "freeze_trainable_modules", "quantization_bit", "adapter")
+                     "freeze_trainable_modules", "quantization_bit", "adapter", "optim",
+                     "loraplus_lr_ratio")
 
 
 def resume_checkpoint(args: SftArguments) -> Path | None:
@@ -57,9 +59,9 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
     if changed:
         given = "; ".join(f"--{name.replace('_', '-')} {saved[name]!r} there, "
                           f"{getattr(args, name)!r} now" for name in changed)
-        raise SdkError(f"{FLAG}: {checkpoint} was trained with other tuner settings ({given}). "
-                       "Resume with the settings it was trained with, or leave out "
-                       f"{FLAG} for a fresh run.")
+        raise SdkError(f"{FLAG}: {checkpoint} was trained with other tuner or optimizer "
+                       f"settings ({given}). Resume with the settings it was trained with, "
+                       f"or leave out {FLAG} for a fresh run.")
     if saved.get("only_save_model"):
         raise SdkError(f"{FLAG}: {checkpoint} was saved with --only-save-model, without the "
                        "optimizer state that resuming needs. Start a fresh run from its "

@@ -21,7 +21,7 @@ from sdk.data.encode import EncodeSettings
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
 from sdk.hubs.push import push_destination
-from sdk.models.loader import load_model, torch_dtype
+from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
 from sdk.models.rope import applied_factor
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
@@ -77,7 +77,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     """Train; the result names the run folder and last checkpoint and holds the model."""
     if not args.model_type:
         given = (" --model-id-or-path gives the weights; --model-type says what they are "
-                 "(template, LoRA targets)." if args.model_id_or_path else "")
+                 "(template, LoRA targets)."
+                 + model_types_for_folder(args.model_id_or_path, registry)
+                 if args.model_id_or_path else "")
         raise SdkError(f"--model-type is required (`sdk models` lists them).{given}")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise SdkError(f"--output-dir '{args.output_dir}' is a file; give a folder.")
