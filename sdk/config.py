@@ -349,22 +349,22 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdkError(f"Config file '{path}' should hold a mapping of option: value.")
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [unknown_key(str(key), names) for key in data
-               if str(key).replace("-", "_") not in names]
+    field_of = {key: str(key).replace("-", "_") for key in data}  # dashes or underscores
+    unknown = [unknown_key(str(key), names) for key in data if field_of[key] not in names]
     if unknown:  # all at once: a config of another tool has several
         raise SdkError(f"Config file '{path}': unknown option{'s' if len(unknown) > 1 else ''} "
                        f"{', '.join(unknown)}. `sdk {command_of(cls)} --help` lists the "
                        "options.")
     spellings: dict[str, list[str]] = {}
     for key in data:
-        spellings.setdefault(str(key).replace("-", "_"), []).append(f"'{key}'")
+        spellings.setdefault(field_of[key], []).append(f"'{key}'")
     twice = [" and ".join(keys) for keys in spellings.values() if len(keys) > 1]
     if twice:  # one would silently win
         raise SdkError(f"Config file '{path}' sets an option twice: {'; '.join(twice)}. "
                        "Keep one of each.")
     types = field_types(cls)
-    return {str(key).replace("-", "_"): coerce(value, types[str(key).replace("-", "_")],
-                                               f"Config file '{path}', option '{key}'")
+    return {field_of[key]: coerce(value, types[field_of[key]],
+                                  f"Config file '{path}', option '{key}'")
             for key, value in data.items()}
 
 
