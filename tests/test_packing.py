@@ -16,7 +16,15 @@ from sdk.config import SftArguments
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import IGNORE_INDEX, Template
 from sdk.train.batching import TokenBudgetBatches, fill_batches
-from sdk.train.packed_attention import KERNEL, packed_sdpa_mask, register_packed_sdpa, sample_bounds
+from sdk.train.packed_attention import (
+    KERNEL,
+    packed_sdpa_mask,
+    per_sample_attention,
+    register_packed_sdpa,
+    sample_bounds,
+    varlen_attention,
+    varlen_fits,
+)
 from sdk.train.packing import packing_collator, padding_collator, why_not_packed
 from sdk.train.sft import run_sft
 
@@ -161,6 +169,33 @@ def test_the_per_sample_kernel_reads_a_rows_bounds_once_per_forward(tiny_model_d
     assert sample_bounds(10, row) == [0, 10]
     row[0, 4:] -= 4
     assert sample_bounds(10, row) == [0, 4, 10] and len(reads) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch's varlen kernel runs on CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_on_cuda_the_varlen_kernel_gives_the_per_sample_outputs_and_gradients(dtype):
+    torch.manual_seed(0)
+    bounds = [0, 5, 135, 136, 300]  # a one-token sample too
+    attention = torch.nn.Module()
+    attention.is_causal, attention.num_key_value_groups = True, 4  # grouped key/value heads
+    query = torch.randn(1, 8, 300, 64, device="cuda", dtype=dtype, requires_grad=True)
+    key, value = (torch.randn(1, 2, 300, 64, device="cuda", dtype=dtype, requires_grad=True)
+                  for _ in range(2))
+    assert varlen_fits(attention, query, {"dropout": 0.0, "scaling": 0.125})
+    assert not varlen_fits(attention, query, {"dropout": 0.1})
+    assert not varlen_fits(attention, query.float(), {})
+    weights = torch.randn(1, 300, 8, 64, device="cuda")
+    results = []
+    for attend in (lambda: varlen_attention(query, key, value, bounds, 0.125),
+                   lambda: per_sample_attention(attention, query, key, value, bounds,
+                                                scaling=0.125)):
+        output = attend()
+        (output.float() * weights).sum().backward()
+        results.append([output.detach(), *(tensor.grad for tensor in (query, key, value))])
+        for tensor in (query, key, value):
+            tensor.grad = None
+    for varlen, per_sample in zip(*results, strict=True):
+        torch.testing.assert_close(varlen, per_sample, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("sft_type", ["prefix", "ptuning", "prompt"])
