@@ -52,3 +52,29 @@ def test_quantization_flags_are_checked(run_cli, tiny_plugin_file, identity_data
     result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
                      "--dataset", identity_data, *flags)
     assert result.exit_code == 1 and message in result.stderr
+
+
+def test_qlora_keeps_the_unquantized_layers_in_the_loaded_dtype(plugin_set, tiny_model_64):
+    # peft's kbit preparation would cast them to fp32, and with them every activation
+    from sdk.config import SftArguments
+    from sdk.models.loader import LoadOptions, load_pretrained
+    from sdk.specs import ModelSpec, resolve_callable
+
+    model, _ = load_pretrained(tiny_model_64, LoadOptions(dtype="bf16", quantization_bit=4))
+    args = SftArguments(model_type=TINY_MODEL_TYPE, sft_type="qlora", dataset=["unused"],
+                        dtype="bf16", quantization_bit=4, gradient_checkpointing=True)
+    tuner = plugin_set.registry.get("tuners", "qlora")
+    spec = ModelSpec(TINY_MODEL_TYPE, "llama", "chatml")
+    model = resolve_callable(tuner.prepare)(model, args, spec)
+    base = model.get_base_model().model
+    assert {base.embed_tokens.weight.dtype, base.norm.weight.dtype,
+            base.layers[0].input_layernorm.weight.dtype} == {torch.bfloat16}
+    hidden = []
+    base.layers[0].register_forward_hook(lambda module, inputs, output: hidden.append(output))
+    model.train()
+    row = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=row, labels=row).loss.backward()
+    first = hidden[0][0] if isinstance(hidden[0], tuple) else hidden[0]
+    assert first.dtype == torch.bfloat16
+    assert all(parameter.grad is not None for name, parameter in model.named_parameters()
+               if parameter.requires_grad)

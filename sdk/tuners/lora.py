@@ -51,13 +51,11 @@ def with_adapters(model: Any, config: Any) -> Any:
 
 
 def ready_for_adapters(model: Any, args: Any) -> Any:
-    """A frozen base that adapters can train on: quantized or gradient-checkpointed."""
-    from peft import prepare_model_for_kbit_training
-
-    if getattr(model, "hf_quantizer", None) is not None:  # bitsandbytes or GPTQ weights
-        # fp32 norms and an input that carries gradients, as the QLoRA recipe does
-        return prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=args.gradient_checkpointing)
+    """The base made ready for adapters (peft freezes it), quantized or not, in the dtype it was
+    loaded in. peft's prepare_model_for_kbit_training is not used: it casts the embeddings,
+    norms and output layer of a 4/8-bit model to fp32, which makes every activation between
+    the quantized layers fp32 (qwen2.5-7b QLoRA on an H200: a seventh of the speed, 1.6-1.7x
+    the memory)."""
     if args.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     return model
