@@ -102,6 +102,7 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
         gradient_checkpointing=options.gc or options.offload,
         offload_activations=options.offload, packing=not options.no_packing,
         max_tokens_per_batch=options.max_tokens_per_batch, attn_impl=options.attn_impl,
+        **({"lora_dropout": options.lora_dropout} if options.lora_dropout is not None else {}),
         quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
     model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
         dtype=args.dtype, quantization_bit=args.quantization_bit or 0, attn_impl=args.attn_impl))
@@ -166,7 +167,9 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
             str(options.max_len), *(["--offload"] if options.offload else []),
             *(["--no-packing"] if options.no_packing else []),
             *(["--max-tokens-per-batch", str(options.max_tokens_per_batch)]
-              if options.max_tokens_per_batch else []), "--attn-impl", options.attn_impl]
+              if options.max_tokens_per_batch else []), "--attn-impl", options.attn_impl,
+            *(["--lora-dropout", str(options.lora_dropout)]
+              if options.lora_dropout is not None else [])]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -228,6 +231,9 @@ def main() -> None:
     parser.add_argument("--attn-impl", default="auto",
                         help="ours with this --attn-impl (sdpa: packed rows keep the "
                         "block-diagonal mask instead of sdpa_varlen)")
+    parser.add_argument("--lora-dropout", type=float,
+                        help="ours with this --lora-dropout (default: sdk sft's, 0.05, as the "
+                        "baseline's); 0 keeps no dropped copy of each adapter's input")
     parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
                         "that each side trains")
     parser.add_argument("--fixed_len", type=int, default=0, help=argparse.SUPPRESS)
@@ -258,7 +264,7 @@ def main() -> None:
         "batch": options.batch, "gc": options.gc, "offload": options.offload,
         "packing": not options.no_packing,
         "ours_max_tokens_per_batch": options.max_tokens_per_batch,
-        "ours_attn_impl": options.attn_impl,
+        "ours_attn_impl": options.attn_impl, "ours_lora_dropout": options.lora_dropout,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)
