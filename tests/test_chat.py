@@ -208,3 +208,26 @@ def test_a_model_type_other_than_the_checkpoints_is_refused_not_ignored(run_cli,
     assert result.exit_code == 1
     assert (f"--model-type smollm2-135m-instruct differs from the model type {TINY_MODEL_TYPE} "
             f"that {checkpoint} was trained as; leave out --model-type") in result.stderr
+
+
+def test_a_reply_stops_at_the_models_window_and_a_prompt_past_it_is_refused(
+        run_cli, tiny_plugin_file, tiny):
+    model, tokenizer = tiny
+    calls = []
+    recorded_generate(model, calls)
+    window = model.config.max_position_embeddings
+    generate(model, tokenizer, Template(CHATML), USER, InferArguments(max_new_tokens=10 * window))
+    options, output = calls[-1]
+    assert options["max_new_tokens"] == window - options["input_ids"].shape[1]
+    long_query = "word " * window
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
+                     "--query", long_query, "--max-new-tokens", "4")
+    assert result.exit_code == 1
+    assert f"and the model answers within {window} (its window" in result.stderr
+    # in a chat the turn is refused and the conversation goes on
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
+                     "--max-new-tokens", "4", "--stream", "false",
+                     input=f"{long_query}\nHi\nexit\n")
+    assert result.exit_code == 0, result.output
+    assert "'clear' forgets the conversation so far" in result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.strip()]) == 1  # Hi's reply

@@ -236,3 +236,14 @@ def test_rows_without_a_reply_are_predicted_but_not_scored(loaded, tmp_path):
     assert predict(rows, path, lambda: loaded, InferArguments(**DECODING), "tiny") is None
     assert json.loads(path.read_text())["label"] is None
     assert not metrics_file(path).exists()
+
+
+def test_a_row_past_the_models_window_stops_prediction_keeping_the_rows_before(loaded,
+                                                                             tmp_path):
+    window = loaded[0].config.max_position_embeddings
+    rows = prompt_rows([*conversations(2), [{"role": "user", "content": "word " * window}]])
+    path = tmp_path / "predictions.jsonl"
+    with pytest.raises(SdkError, match=f"Rows 3-3: The prompt is .* within {window} .* The "
+                                       f"replies to the rows before them are in {path}"):
+        predict(rows, path, lambda: loaded, InferArguments(batch_size=2, **DECODING), "tiny")
+    assert [json.loads(line)["query"] for line in path.read_text().splitlines()] == QUESTIONS[:2]

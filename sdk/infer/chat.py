@@ -15,6 +15,7 @@ import click
 from sdk.config import GenerationArguments, InferArguments
 from sdk.errors import SdkError
 from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
+from sdk.models.rope import context_window
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
@@ -141,11 +142,25 @@ def finish_reply(reply: str, stop_strings: list[str]) -> str:
     return reply.strip()
 
 
+def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
+    """``max_new_tokens``, or fewer where the model's window ends first (past it a model
+    answers garbage); a prompt that fills the window is an error."""
+    window = context_window(model.config)
+    if window is None:
+        return max_new_tokens
+    if prompt_tokens >= window:
+        raise SdkError(f"The prompt is {prompt_tokens} tokens, and the model answers within "
+                       f"{window} (its window, rope scaling included): shorten it.")
+    return min(max_new_tokens, window - prompt_tokens)
+
+
 def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
              args: GenerationArguments, out: TextIO | None = None) -> str:
     """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
     inputs = template.tokenize_prompt(tokenizer, messages).to(model.device)
     options, stop_strings = generation_options(template, tokenizer, args)
+    options["max_new_tokens"] = reply_budget(model, inputs["input_ids"].shape[1],
+                                             options["max_new_tokens"])
     if out is None:
         output = model.generate(**inputs, **options)
         reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],
@@ -266,8 +281,12 @@ def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -
         elif line.strip():
             messages = history + [{"role": "user", "content": line}]
             sys.stdout.write(terminal_prompt(">>> "))
-            reply = generate(model, tokenizer, template, messages, args,
-                             sys.stdout if args.stream else None)
+            try:
+                reply = generate(model, tokenizer, template, messages, args,
+                                 sys.stdout if args.stream else None)
+            except SdkError as error:
+                click.echo(f"\n({error} 'clear' forgets the conversation so far.)", err=True)
+                continue
             if not args.stream:
                 click.echo(reply)
             history = messages + [{"role": "assistant", "content": reply}]

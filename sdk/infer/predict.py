@@ -141,11 +141,13 @@ def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages]
 def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Messages],
                    args: InferArguments) -> list[str]:
     """The reply to each prompt, generated together."""
-    from sdk.infer.chat import finish_reply, generation_options
+    from sdk.infer.chat import finish_reply, generation_options, reply_budget
 
     with padded_on_left(tokenizer):
         inputs = batch_inputs(tokenizer, template, prompts).to(model.device)
         options, stop_strings = generation_options(template, tokenizer, args)
+        options["max_new_tokens"] = reply_budget(model, inputs["input_ids"].shape[1],
+                                                 options["max_new_tokens"])
         output = model.generate(**inputs, **options)
     replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
                                      skip_special_tokens=True)
@@ -161,7 +163,12 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
     with path.open("a", encoding="utf-8") as out:
         for start in range(first, len(rows), args.batch_size):
             batch = rows[start:start + args.batch_size]
-            replies = generate_batch(model, tokenizer, template, [r.prompt for r in batch], args)
+            try:
+                replies = generate_batch(model, tokenizer, template, [r.prompt for r in batch],
+                                         args)
+            except SdkError as error:
+                raise SdkError(f"Rows {start + 1}-{start + len(batch)}: {error} The replies to "
+                               f"the rows before them are in {path}.") from None
             out.write("".join(json.dumps(row.written(reply), ensure_ascii=False) + "\n"
                               for row, reply in zip(batch, replies, strict=True)))
             out.flush()
