@@ -59,6 +59,7 @@ run lora_4k 150 $BENCH --mode lora --steps 10 --warmup 2 --max-tokens-per-batch 
 run lora_gc_16k 90 $OURS --mode lora --steps 8 $ROWS --max-tokens-per-batch 16384 --gc
 run qlora_16k 120 $BENCH --mode qlora --steps 6 --warmup 2 --max-tokens-per-batch 16384
 run qlora_one_128k_row 160 $OURS $ONE_ROW
+run lora_4k_profile 70 $OURS --mode lora --steps 4 $ROWS --max-tokens-per-batch 4096 --profile "$OUT/profile_lora_4k.txt"
 run lora_4k_no_dropout 70 $OURS --mode lora --steps 10 $ROWS --max-tokens-per-batch 4096 --lora-dropout 0
 run lora_8k_no_dropout 70 $OURS --mode lora --steps 10 $ROWS --max-tokens-per-batch 8192 --lora-dropout 0
 log "done"

@@ -79,6 +79,37 @@ class CountingCollator:
         return batch
 
 
+def profiled_step(step: int, path: Path) -> Any:
+    """A Trainer callback that runs step ``step`` under torch.profiler and writes its
+    operators to ``path``, the most device time first (CPU time without a GPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+    profiler = profile(activities=[ProfilerActivity.CPU,
+                                   *([ProfilerActivity.CUDA] if cuda else [])])
+    started = []
+
+    class ProfiledStep(TrainerCallback):
+        def on_step_begin(self, arguments, state, control, **kwargs):
+            if state.global_step + 1 == step:
+                started.append(time.perf_counter())
+                profiler.start()
+
+        def on_step_end(self, arguments, state, control, **kwargs):
+            if state.global_step == step:
+                if cuda:
+                    torch.cuda.synchronize()
+                profiler.stop()
+                wall = time.perf_counter() - started[0]
+                by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+                path.write_text(f"step {step}: {wall * 1000:.1f} ms wall-clock\n"
+                                + profiler.key_averages().table(sort_by=by, row_limit=40))
+
+    return ProfiledStep()
+
+
 def train_ours(options: argparse.Namespace) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -129,6 +160,8 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
                 marks[state.global_step] = (time.perf_counter(), counter.real, counter.padded)
 
     trainer.add_callback(Timer())
+    if options.profile:
+        trainer.add_callback(profiled_step(options.warmup + 1, Path(options.profile)))
     trainer.train()
     (start, real0, padded0), (end, real1, padded1) = marks[options.warmup], marks[options.steps]
     seconds = end - start
@@ -169,7 +202,8 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
             *(["--max-tokens-per-batch", str(options.max_tokens_per_batch)]
               if options.max_tokens_per_batch else []), "--attn-impl", options.attn_impl,
             *(["--lora-dropout", str(options.lora_dropout)]
-              if options.lora_dropout is not None else [])]
+              if options.lora_dropout is not None else []),
+            *(["--profile", options.profile] if options.profile else [])]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -234,6 +268,9 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float,
                         help="ours with this --lora-dropout (default: sdk sft's, 0.05, as the "
                         "baseline's); 0 keeps no dropped copy of each adapter's input")
+    parser.add_argument("--profile", metavar="FILE", help="ours: profile the step after the "
+                        "warm-up and write its operators to FILE (that step is timed too, so "
+                        "the rate is not comparable)")
     parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
                         "that each side trains")
     parser.add_argument("--fixed_len", type=int, default=0, help=argparse.SUPPRESS)
