@@ -1,6 +1,7 @@
 """The built-in tuners beyond lora/full: each trains a few steps and reloads to equal logits."""
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -189,3 +190,59 @@ def test_lora_modules_to_save_train_in_full_and_stay_tied(plugin_set, tiny_model
     assert not torch.equal(embeddings.weight, base.weight)  # trained in full
     # the tiny model ties lm_head to the embeddings: both use the one trained copy
     assert torch.equal(head.weight, embeddings.weight)
+
+
+def test_under_mixed_precision_adapters_take_their_inputs_uncast_with_the_same_result(
+        tiny_model_dir, tmp_path, monkeypatch):
+    # bf16 autocast on the CPU stands in for a GPU's mixed precision
+    import peft.helpers
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from sdk.train.trainer import SftTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = Dataset.from_list([{"input_ids": list(range(100, 100 + n)),
+                               "labels": list(range(100, 100 + n))} for n in (12, 20, 7, 16)])
+
+    def train():
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                target_modules="all-linear"))
+        adapters = [module for module in model.modules() if hasattr(module, "lora_A")]
+        assert adapters[0].lora_A["default"].weight.dtype == torch.float32  # bf16 inputs
+        casting = []
+
+        class RecordCasting(TrainerCallback):
+            def on_step_end(self, *args, **kwargs):
+                casting.append({adapter.cast_input_dtype_enabled for adapter in adapters})
+
+        arguments = TrainingArguments(
+            output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=2, learning_rate=1e-2,
+            per_device_train_batch_size=2, save_strategy="no", report_to="none", logging_steps=1)
+        trainer = SftTrainer(model=model, args=arguments, train_dataset=rows,
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+                             callbacks=[RecordCasting()], run_arguments={})
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        weights = {name: value.detach().clone() for name, value in model.named_parameters()
+                   if value.requires_grad}
+        return casting, {adapter.cast_input_dtype_enabled for adapter in adapters}, losses, weights
+
+    casting, after, losses, weights = train()
+    assert casting == [{False}, {False}] and after == {True}  # restored for generation
+    with monkeypatch.context() as patched:  # peft's cast kept: each input copied to fp32 first
+        patched.setattr(peft.helpers, "disable_input_dtype_casting",
+                        lambda model, active=True: nullcontext())
+        casting, _, cast_losses, cast_weights = train()
+    assert casting == [{True}, {True}] and losses == cast_losses and len(losses) == 2
+    for name, value in weights.items():
+        torch.testing.assert_close(value, cast_weights[name], rtol=0, atol=0)
