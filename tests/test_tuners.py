@@ -1,6 +1,7 @@
 """The built-in tuners beyond lora/full: each trains a few steps and reloads to equal logits."""
 
 import json
+import math
 from contextlib import nullcontext
 
 import pytest
@@ -192,46 +193,55 @@ def test_lora_modules_to_save_train_in_full_and_stay_tied(plugin_set, tiny_model
     assert torch.equal(head.weight, embeddings.weight)
 
 
-def test_under_mixed_precision_adapters_take_their_inputs_uncast_with_the_same_result(
-        tiny_model_dir, tmp_path, monkeypatch):
-    # bf16 autocast on the CPU stands in for a GPU's mixed precision
-    import peft.helpers
+def mixed_precision_run(model_dir, tmp_path, peft_config, callbacks=()):
+    """Two steps of bf16 training on the CPU (autocast standing in for a GPU's mixed
+    precision) with adapters of ``peft_config`` on the tiny model in bf16: the trained model
+    and its Trainer."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
         DataCollatorForSeq2Seq,
-        TrainerCallback,
         TrainingArguments,
     )
 
     from sdk.train.trainer import SftTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = Dataset.from_list([{"input_ids": list(range(100, 100 + n)),
                                "labels": list(range(100, 100 + n))} for n in (12, 20, 7, 16)])
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, peft_config)
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=2, learning_rate=1e-2,
+        per_device_train_batch_size=2, save_strategy="no", report_to="none", logging_steps=1)
+    trainer = SftTrainer(model=model, args=arguments, train_dataset=rows,
+                         data_collator=DataCollatorForSeq2Seq(
+                             AutoTokenizer.from_pretrained(model_dir), padding=True),
+                         callbacks=list(callbacks), run_arguments={})
+    trainer.train()
+    return model, trainer
+
+
+def test_under_mixed_precision_adapters_take_their_inputs_uncast_with_the_same_result(
+        tiny_model_dir, tmp_path, monkeypatch):
+    from peft import LoraConfig
+    from transformers import TrainerCallback
 
     def train():
-        torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
-        model = get_peft_model(base, LoraConfig(r=4, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                target_modules="all-linear"))
-        adapters = [module for module in model.modules() if hasattr(module, "lora_A")]
-        assert adapters[0].lora_A["default"].weight.dtype == torch.float32  # bf16 inputs
         casting = []
 
         class RecordCasting(TrainerCallback):
-            def on_step_end(self, *args, **kwargs):
-                casting.append({adapter.cast_input_dtype_enabled for adapter in adapters})
+            def on_step_end(self, arguments, state, control, model, **kwargs):
+                casting.append({module.cast_input_dtype_enabled for module in model.modules()
+                                if hasattr(module, "lora_A")})
 
-        arguments = TrainingArguments(
-            output_dir=str(tmp_path), bf16=True, use_cpu=True, max_steps=2, learning_rate=1e-2,
-            per_device_train_batch_size=2, save_strategy="no", report_to="none", logging_steps=1)
-        trainer = SftTrainer(model=model, args=arguments, train_dataset=rows,
-                             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
-                             callbacks=[RecordCasting()], run_arguments={})
-        trainer.train()
+        model, trainer = mixed_precision_run(tiny_model_dir, tmp_path, LoraConfig(
+            r=4, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+            [RecordCasting()])
+        adapters = [module for module in model.modules() if hasattr(module, "lora_A")]
+        assert adapters[0].lora_A["default"].weight.dtype == torch.float32  # bf16 inputs
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         weights = {name: value.detach().clone() for name, value in model.named_parameters()
                    if value.requires_grad}
@@ -240,9 +250,23 @@ def test_under_mixed_precision_adapters_take_their_inputs_uncast_with_the_same_r
     casting, after, losses, weights = train()
     assert casting == [{False}, {False}] and after == {True}  # restored for generation
     with monkeypatch.context() as patched:  # peft's cast kept: each input copied to fp32 first
-        patched.setattr(peft.helpers, "disable_input_dtype_casting",
-                        lambda model, active=True: nullcontext())
+        patched.setattr("sdk.train.trainer.uncast_adapter_inputs",
+                        lambda model, mixed_precision: nullcontext())
         casting, _, cast_losses, cast_weights = train()
     assert casting == [{True}, {True}] and losses == cast_losses and len(losses) == 2
     for name, value in weights.items():
         torch.testing.assert_close(value, cast_weights[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tuner", ["dora", "ia3", "adalora"])
+def test_other_adapters_train_under_mixed_precision(tiny_model_dir, tmp_path, tuner):
+    from peft import AdaLoraConfig, IA3Config, LoraConfig
+
+    config = {"dora": LoraConfig(r=4, use_dora=True, lora_dropout=0.1, task_type="CAUSAL_LM",
+                                 target_modules="all-linear"),
+              "ia3": IA3Config(task_type="CAUSAL_LM"),  # its layers have no cast setting
+              "adalora": AdaLoraConfig(task_type="CAUSAL_LM", total_step=10, init_r=8,
+                                       target_r=4)}[tuner]
+    _, trainer = mixed_precision_run(tiny_model_dir, tmp_path, config)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
