@@ -138,6 +138,50 @@ def test_adalora_prunes_ranks_to_the_target_budget_and_reloads(plugin_set, tiny_
     assert sorted(saved_ranks.values()) == sorted(kept.values())  # pruned ranks are not saved
 
 
+@pytest.mark.parametrize("resume_at", [6, 18])  # while ranks are pruned; after the last prune
+def test_adalora_resumed_mid_run_trains_like_the_uninterrupted_run(plugin_set, tiny_model_dir,
+                                                                   identity_data, tmp_path,
+                                                                   resume_at):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sdk.config import SftArguments
+    from sdk.train.run_dir import checkpoint_step
+    from sdk.train.sft import run_sft
+    from sdk.tuners.adalora import STATE_FILE
+
+    # 20 steps: ranks fixed for 2, pruned until step 16, kept from 16 (tinit 2, tfinal 4)
+    settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
+                    dataset=[str(identity_data)], sft_type="adalora", max_steps=20,
+                    batch_size=2, gradient_accumulation_steps=1, save_steps=3,
+                    save_total_limit=0, learning_rate=1e-2, adalora_init_rank=4,
+                    adalora_target_rank=2, output_dir=str(tmp_path / "whole"))
+    whole = run_sft(SftArguments(**settings), plugin_set.registry)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole.run_dir, cut)
+    for checkpoint in cut.glob("checkpoint-*"):
+        if checkpoint_step(checkpoint) > resume_at:
+            shutil.rmtree(checkpoint)
+    resumed = run_sft(SftArguments(**{**settings, "resume_from_checkpoint": str(
+        cut / f"checkpoint-{resume_at}")}), plugin_set.registry)
+
+    later = [c.name for c in whole.run_dir.glob("checkpoint-*") if checkpoint_step(c) > resume_at]
+    assert later
+    for name in later:  # the full adapter, the ranks' importance scores, the rank pattern
+        expected = torch.load(whole.run_dir / name / STATE_FILE, weights_only=True)
+        torch.testing.assert_close(torch.load(resumed.run_dir / name / STATE_FILE,
+                                              weights_only=True), expected, rtol=0, atol=0)
+    config = json.loads((whole.checkpoint / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == json.loads(
+        (resumed.checkpoint / "adapter_config.json").read_text())["rank_pattern"]
+    weights = load_file(whole.checkpoint / "adapter_model.safetensors")
+    resumed_weights = load_file(resumed.checkpoint / "adapter_model.safetensors")
+    assert weights.keys() == resumed_weights.keys()
+    for name, value in weights.items():  # cut to the kept ranks, as peft saves an adapter
+        assert torch.equal(resumed_weights[name], value), name
+
+
 @pytest.mark.parametrize("flags, message", [
     (dict(adalora_target_rank=16), "--adalora-target-rank 16 is above --adalora-init-rank 12"),
     (dict(adalora_tinit=1, adalora_tfinal=1), "leave fewer than 2 of the 2 training steps"),

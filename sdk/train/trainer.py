@@ -9,7 +9,10 @@ Here the Trainer writes into ``<run>/.partial/``; ``sft_args.json`` goes in last
 synced, and one rename (atomic within a filesystem) gives the folder its ``checkpoint-N``
 name. Only then are old checkpoints rotated, each renamed away before it is deleted, so a
 half-deleted folder never carries a checkpoint name either. Callbacks' ``on_save`` (the hub
-push) runs after this and sees the finished checkpoint.
+push) runs after this and sees the finished checkpoint. A callback with state of its own that
+resuming needs (AdaLoRA's) defines ``write_checkpoint(folder)``, called while the checkpoint is
+staged, and ``read_checkpoint(folder)``, which loads the model on resume in place of the
+Trainer when it returns True.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ class SftTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with uncast_adapter_inputs(self.model, self.args.bf16 or self.args.fp16):
             return super().train(*args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # a callback that saved the model's state itself (AdaLoRA's) loads it back instead
+        folder = Path(resume_from_checkpoint)
+        if not any(callback.read_checkpoint(folder) for callback in self.callback_handler.callbacks
+                   if hasattr(callback, "read_checkpoint")):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def create_optimizer(self, model: Any = None) -> Any:
         if self.loraplus_lr_ratio and self.optimizer is None:
@@ -155,6 +165,10 @@ class SftTrainer(Trainer):
         self._saving_into = str(staging)
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                for callback in self.callback_handler.callbacks:
+                    if hasattr(callback, "write_checkpoint"):
+                        callback.write_checkpoint(staging / f"checkpoint-{self.state.global_step}")
         finally:
             self._saving_into = None
         self.accelerator.wait_for_everyone()  # every process has written its part

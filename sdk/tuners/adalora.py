@@ -3,11 +3,15 @@ training to an average of --adalora-target-rank, keeping rank where it matters m
 
 peft needs the number of training steps up front and a call to ``update_and_allocate`` after
 each optimizer step; the Trainer knows the first only when training starts, so the callback
-below sets the schedule then and makes the calls.
+below sets the schedule then and makes the calls. peft saves an adapter cut to the ranks kept so
+far, and keeps the ranks' importance scores only in memory: neither resumes a run. The callback
+writes what does into each checkpoint (``STATE_FILE``: the adapter at its full ranks, the scores
+and the rank pattern) and reads it back when the run resumes.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
@@ -19,6 +23,9 @@ from sdk.tuners.lora import (
     target_modules,
     with_adapters,
 )
+
+STATE_FILE = "adalora_state.pt"
+SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # peft's RankAllocator: the ranks' importance
 
 
 def schedule(total_steps: int, args: Any) -> dict[str, int]:
@@ -80,5 +87,35 @@ def callbacks(model: Any, args: Any) -> list[Any]:
         def on_optimizer_step(self, training_args, state, control, **kwargs):
             # global_step counts the steps finished before this one; peft counts from 1
             model.base_model.update_and_allocate(state.global_step + 1)
+
+        def write_checkpoint(self, folder: Path) -> None:
+            """What resuming needs and peft does not save (SftTrainer calls it)."""
+            import torch
+
+            allocator = model.base_model.rankallocator
+            torch.save({"adapter": {name: parameter.detach() for name, parameter
+                                    in model.named_parameters() if parameter.requires_grad},
+                        "scores": {name: getattr(allocator, name) for name in SCORES},
+                        "rank_pattern": model.peft_config[model.active_adapter].rank_pattern},
+                       folder / STATE_FILE)
+
+        def read_checkpoint(self, folder: Path) -> bool:
+            """Load the adapter and scores ``write_checkpoint`` saved (in place of the
+            Trainer's load of the cut adapter); False for a checkpoint without them."""
+            import torch
+
+            if not (folder / STATE_FILE).is_file():
+                return False
+            saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            parameters = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in saved["adapter"].items():
+                    parameters[name].copy_(value)
+            allocator = model.base_model.rankallocator
+            for name in SCORES:
+                setattr(allocator, name, {key: value.to(model.device)
+                                          for key, value in saved["scores"][name].items()})
+            model.peft_config[model.active_adapter].rank_pattern = saved["rank_pattern"]
+            return True
 
     return [AllocateRanks()]
