@@ -88,3 +88,22 @@ def test_mistakes_are_named(refused_sft, tiny_model_dir, short_window_model, tmp
         (short_window_model / "tokenizer_config.json").read_bytes())
     assert "already scales its positions (linear, factor 2.0)" in sft(
         scaled, "--rope-scaling", "yarn", "--max-length", "80")
+
+
+def test_a_whole_model_checkpoint_keeps_its_positions_or_loads_as_a_folder(
+        plugin_set, run_cli, tiny_plugin_file, short_window_model, identity_data, tmp_path):
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+
+    result = run_sft(SftArguments(
+        model_type=TINY_MODEL_TYPE, model_id_or_path=str(short_window_model), sft_type="full",
+        dataset=[str(identity_data)], max_steps=1, batch_size=2, save_steps=1,
+        output_dir=str(tmp_path)), plugin_set.registry)
+    rope = ["--rope-scaling", "linear", "--rope-factor", "2", "--query", "Hi",
+            "--max-new-tokens", "2"]
+    refused = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.checkpoint,
+                      *rope)
+    assert refused.exit_code == 1 and "holds a whole model (--sft-type full)" in refused.stderr
+    as_folder = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
+                        "--model-id-or-path", result.checkpoint, *rope)
+    assert as_folder.exit_code == 0, as_folder.output

@@ -64,6 +64,12 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
         spec = registry.get("models", saved["model_type"])
         tuner = registry.get("tuners", saved["sft_type"])
         check_requires(tuner)
+        if not tuner.trains_adapters and (args.rope_scaling or args.rope_factor):
+            raise SdkError(f"--rope-scaling and --rope-factor stretch a base model as it loads; "
+                           f"{checkpoint} holds a whole model (--sft-type {saved['sft_type']}), "
+                           "whose config.json keeps the positions it was trained with. Leave "
+                           "them out, or load it as a model folder: --model-type "
+                           f"{saved['model_type']} --model-id-or-path {checkpoint} with them.")
         template_spec = registry.get("templates", args.template or saved["template"])
         system = args.system if args.system is not None else saved.get("system")
         base_args = dataclasses.replace(
