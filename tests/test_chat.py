@@ -231,3 +231,18 @@ def test_a_reply_stops_at_the_models_window_and_a_prompt_past_it_is_refused(
     assert result.exit_code == 0, result.output
     assert "'clear' forgets the conversation so far" in result.stderr
     assert len([line for line in result.stdout.splitlines() if line.strip()]) == 1  # Hi's reply
+
+
+def test_a_prompt_adapters_virtual_tokens_count_in_the_window(tiny):
+    from peft import PromptTuningConfig, get_peft_model
+
+    from sdk.errors import SdkError
+    from sdk.infer.chat import reply_budget
+
+    model = get_peft_model(tiny[0], PromptTuningConfig(task_type="CAUSAL_LM",
+                                                       num_virtual_tokens=30))
+    window = model.config.max_position_embeddings
+    assert reply_budget(model, 10, 10 * window) == window - 10 - 30
+    with pytest.raises(SdkError, match="The prompt is 490 tokens .and the adapter's 30 virtual "
+                                       "tokens."):
+        reply_budget(model, window - 22, 4)

@@ -243,7 +243,21 @@ def test_a_row_past_the_models_window_stops_prediction_keeping_the_rows_before(l
     window = loaded[0].config.max_position_embeddings
     rows = prompt_rows([*conversations(2), [{"role": "user", "content": "word " * window}]])
     path = tmp_path / "predictions.jsonl"
-    with pytest.raises(SdkError, match=f"Rows 3-3: The prompt is .* within {window} .* The "
-                                       f"replies to the rows before them are in {path}"):
+    with pytest.raises(SdkError, match=f"Row 3: The prompt is .* within {window} .* The "
+                                       f"replies to the rows before its batch are in {path}"):
         predict(rows, path, lambda: loaded, InferArguments(batch_size=2, **DECODING), "tiny")
     assert [json.loads(line)["query"] for line in path.read_text().splitlines()] == QUESTIONS[:2]
+
+
+def test_each_row_of_a_batch_stops_at_the_window_after_its_own_prompt(loaded):
+    model, tokenizer, template = loaded
+    window = model.config.max_position_embeddings
+    near_the_end = [{"role": "user", "content": "word " * (window - 30)}]
+    short = [{"role": "user", "content": QUESTIONS[1]}]
+    args = InferArguments(max_new_tokens=40, repetition_penalty=2.0)
+    alone = generate_batch(model, tokenizer, template, [short], args)
+    calls = counting_generate(model)
+    together = generate_batch(model, tokenizer, template, [short, near_the_end], args)
+    assert calls == [2] and together[0] == alone[0]  # not cut to the long row's room
+    long_tokens = len(tokenizer(together[1], add_special_tokens=False)["input_ids"])
+    assert 0 < long_tokens < 40

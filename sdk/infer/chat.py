@@ -47,6 +47,21 @@ def checkpoint_or_export(path: str) -> Path:
     return find_checkpoint(path, "--ckpt-dir")
 
 
+def whole_model_rope_refusal(checkpoint: Path, model_type: str) -> str:
+    """Why --rope-scaling/--rope-factor cannot apply to a checkpoint holding the whole model,
+    and what can."""
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    start = (f"--rope-scaling and --rope-factor stretch a base model as it loads; {checkpoint} "
+             "holds a whole model, whose config.json keeps its positions")
+    if kind != "default":
+        return (f"{start}: {kind}, factor {rope.get('factor')}, as it was trained; they cannot "
+                "be changed. Leave the flags out.")
+    return (f"{start} unstretched. Leave the flags out, or load it as a model folder: "
+            f"--model-type {model_type} --model-id-or-path {checkpoint} with them.")
+
+
 def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[Any, Any, Template]:
     """The model (on the GPU if there is one, in eval mode), tokenizer and template that
     --ckpt-dir or --model-type name; with --merge-lora the adapter merged into the base."""
@@ -65,11 +80,7 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
         tuner = registry.get("tuners", saved["sft_type"])
         check_requires(tuner)
         if not tuner.trains_adapters and (args.rope_scaling or args.rope_factor):
-            raise SdkError(f"--rope-scaling and --rope-factor stretch a base model as it loads; "
-                           f"{checkpoint} holds a whole model (--sft-type {saved['sft_type']}), "
-                           "whose config.json keeps the positions it was trained with. Leave "
-                           "them out, or load it as a model folder: --model-type "
-                           f"{saved['model_type']} --model-id-or-path {checkpoint} with them.")
+            raise SdkError(whole_model_rope_refusal(checkpoint, saved["model_type"]))
         template_spec = registry.get("templates", args.template or saved["template"])
         system = args.system if args.system is not None else saved.get("system")
         base_args = dataclasses.replace(
@@ -150,14 +161,19 @@ def finish_reply(reply: str, stop_strings: list[str]) -> str:
 
 def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
     """``max_new_tokens``, or fewer where the model's window ends first (past it a model
-    answers garbage); a prompt that fills the window is an error."""
+    answers garbage); a prompt that fills the window is an error. A prompt-learning adapter's
+    virtual tokens take positions too."""
     window = context_window(model.config)
     if window is None:
         return max_new_tokens
-    if prompt_tokens >= window:
-        raise SdkError(f"The prompt is {prompt_tokens} tokens, and the model answers within "
-                       f"{window} (its window, rope scaling included): shorten it.")
-    return min(max_new_tokens, window - prompt_tokens)
+    peft_config = getattr(model, "active_peft_config", None)
+    virtual = (peft_config.num_virtual_tokens
+               if peft_config is not None and peft_config.is_prompt_learning else 0)
+    if prompt_tokens + virtual >= window:
+        counted = f" (and the adapter's {virtual} virtual tokens)" if virtual else ""
+        raise SdkError(f"The prompt is {prompt_tokens} tokens{counted}, and the model answers "
+                       f"within {window} (its window, rope scaling included): shorten it.")
+    return min(max_new_tokens, window - prompt_tokens - virtual)
 
 
 def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,

@@ -139,19 +139,45 @@ def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages]
 
 
 def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Messages],
-                   args: InferArguments) -> list[str]:
-    """The reply to each prompt, generated together."""
+                   args: InferArguments, first_row: int = 1) -> list[str]:
+    """The reply to each prompt (rows ``first_row``... in messages), generated together,
+    each stopping where the model's window ends after its own prompt."""
+    from transformers import StoppingCriteriaList
+
     from sdk.infer.chat import finish_reply, generation_options, reply_budget
 
     with padded_on_left(tokenizer):
         inputs = batch_inputs(tokenizer, template, prompts).to(model.device)
         options, stop_strings = generation_options(template, tokenizer, args)
-        options["max_new_tokens"] = reply_budget(model, inputs["input_ids"].shape[1],
-                                                 options["max_new_tokens"])
+        budgets = []
+        for row, length in enumerate(inputs["attention_mask"].sum(dim=1).tolist(), first_row):
+            try:
+                budgets.append(reply_budget(model, length, options["max_new_tokens"]))
+            except SdkError as error:
+                raise SdkError(f"Row {row}: {error}") from None
+        if min(budgets) < options["max_new_tokens"]:
+            options.update(max_new_tokens=max(budgets), stopping_criteria=StoppingCriteriaList(
+                [RowBudgets(budgets, inputs["input_ids"].shape[1])]))
         output = model.generate(**inputs, **options)
     replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
                                      skip_special_tokens=True)
     return [finish_reply(reply, stop_strings) for reply in replies]
+
+
+class RowBudgets:
+    """A stopping criterion (transformers' ``StoppingCriteria`` protocol) that ends each row
+    of a batch once it has generated its own number of tokens, so a row's reply does not
+    depend on the other prompts of its batch."""
+
+    def __init__(self, budgets: Sequence[int], prompt_width: int):
+        self.budgets, self.prompt_width = budgets, prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        budgets = torch.tensor(self.budgets, device=input_ids.device)
+        beams = input_ids.shape[0] // len(self.budgets)  # beam search: each row's beams
+        return budgets.repeat_interleave(beams) <= input_ids.shape[1] - self.prompt_width
 
 
 def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArguments,
@@ -165,10 +191,10 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
             batch = rows[start:start + args.batch_size]
             try:
                 replies = generate_batch(model, tokenizer, template, [r.prompt for r in batch],
-                                         args)
+                                         args, first_row=start + 1)
             except SdkError as error:
-                raise SdkError(f"Rows {start + 1}-{start + len(batch)}: {error} The replies to "
-                               f"the rows before them are in {path}.") from None
+                raise SdkError(f"{error} The replies to the rows before its batch are in "
+                               f"{path}; remove or shorten the row to go on.") from None
             out.write("".join(json.dumps(row.written(reply), ensure_ascii=False) + "\n"
                               for row, reply in zip(batch, replies, strict=True)))
             out.flush()
