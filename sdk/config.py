@@ -224,8 +224,8 @@ class SftArguments(ModelArguments):
         "last), all_checkpoints (each checkpoint in its own folder).",
         ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"))
     push_training_state: bool = arg(
-        False, "Also push the optimizer, scheduler, RNG and trainer state (needed only to "
-        "resume training elsewhere).")
+        False, "Also push the optimizer, scheduler, RNG and trainer state, and AdaLoRA's "
+        "(needed only to resume training elsewhere).")
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
     predict_with_generate: bool = arg(

@@ -182,6 +182,33 @@ def test_adalora_resumed_mid_run_trains_like_the_uninterrupted_run(plugin_set, t
         assert torch.equal(resumed_weights[name], value), name
 
 
+def test_an_adalora_checkpoint_without_its_state_says_to_continue_its_adapter(
+        plugin_set, tiny_model_dir, identity_data, tmp_path):
+    import shutil
+
+    from sdk.config import SftArguments
+    from sdk.errors import SdkError
+    from sdk.train.sft import run_sft
+    from sdk.tuners.adalora import STATE_FILE
+
+    settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
+                    dataset=[str(identity_data)], sft_type="adalora", max_steps=10,
+                    batch_size=2, save_steps=6, learning_rate=1e-2, adalora_init_rank=4,
+                    adalora_target_rank=2)
+    run = run_sft(SftArguments(**settings, output_dir=str(tmp_path / "a")), plugin_set.registry)
+    checkpoint = run.run_dir / "checkpoint-6"
+    (checkpoint / STATE_FILE).unlink()  # as saved before the file existed: ranks already cut
+    shutil.rmtree(run.run_dir / "checkpoint-10")
+    with pytest.raises(SdkError, match=f"cannot resume from it.*--adapter {checkpoint}"):
+        run_sft(SftArguments(**settings, output_dir=str(tmp_path / "a"),
+                             resume_from_checkpoint=str(checkpoint)), plugin_set.registry)
+    # the file is resume state only: none without the optimizer either
+    plain = run_sft(SftArguments(**{**settings, "max_steps": 2, "save_steps": 2},
+                                 only_save_model=True, output_dir=str(tmp_path / "b")),
+                    plugin_set.registry)
+    assert not (plain.checkpoint / STATE_FILE).exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (dict(adalora_target_rank=16), "--adalora-target-rank 16 is above --adalora-init-rank 12"),
     (dict(adalora_tinit=1, adalora_tfinal=1), "leave fewer than 2 of the 2 training steps"),

@@ -165,7 +165,7 @@ class SftTrainer(Trainer):
         self._saving_into = str(staging)
         try:
             super()._save_checkpoint(model, trial)
-            if self.args.should_save:
+            if self.args.should_save and not self.args.save_only_model:  # resume state
                 for callback in self.callback_handler.callbacks:
                     if hasattr(callback, "write_checkpoint"):
                         callback.write_checkpoint(staging / f"checkpoint-{self.state.global_step}")

@@ -11,6 +11,7 @@ and the rank pattern) and reads it back when the run resumes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,12 @@ def callbacks(model: Any, args: Any) -> list[Any]:
             import torch
 
             if not (folder / STATE_FILE).is_file():
+                adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+                if adapter.get("rank_pattern"):  # cut to its kept ranks: the Trainer cannot load it
+                    raise SdkError(f"--resume-from-checkpoint: {folder} was saved, without "
+                                   f"{STATE_FILE}, after AdaLoRA began pruning ranks, so the "
+                                   f"run cannot resume from it. Train on from its adapter "
+                                   f"instead: --adapter {folder} (its ranks stay as they are).")
                 return False
             saved = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
             parameters = dict(model.named_parameters())
