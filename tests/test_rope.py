@@ -103,7 +103,24 @@ def test_a_whole_model_checkpoint_keeps_its_positions_or_loads_as_a_folder(
             "--max-new-tokens", "2"]
     refused = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.checkpoint,
                       *rope)
-    assert refused.exit_code == 1 and "holds a whole model (--sft-type full)" in refused.stderr
+    assert refused.exit_code == 1 and "holds a whole model, whose config.json keeps its " \
+        "positions unstretched" in refused.stderr
     as_folder = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
                         "--model-id-or-path", result.checkpoint, *rope)
     assert as_folder.exit_code == 0, as_folder.output
+
+
+def test_a_whole_model_trained_stretched_keeps_its_factor(plugin_set, run_cli, tiny_plugin_file,
+                                                         short_window_model, identity_data,
+                                                         tmp_path):
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+
+    result = run_sft(SftArguments(
+        model_type=TINY_MODEL_TYPE, model_id_or_path=str(short_window_model), sft_type="full",
+        dataset=[str(identity_data)], max_steps=1, batch_size=2, save_steps=1, max_length=80,
+        rope_scaling="yarn", output_dir=str(tmp_path)), plugin_set.registry)
+    refused = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", result.checkpoint,
+                      "--rope-scaling", "linear", "--query", "Hi")
+    assert refused.exit_code == 1
+    assert "keeps its positions: yarn, factor 3.0, as it was trained" in refused.stderr
