@@ -374,3 +374,24 @@ def test_sdk_deploy_serves_a_trained_checkpoint(plugin_set, tiny_model_dir, iden
                      USER[0]["content"], "--stream", "false")
     assert result.exit_code == 0, result.output
     assert answer["choices"][0]["message"]["content"] == result.stdout.strip() != ""
+
+
+def test_a_prompt_adapters_virtual_tokens_count_in_the_window(served):
+    from peft import PromptTuningConfig, get_peft_model
+
+    from sdk.infer.openai_api import ApiError, ChatCompletionRequest
+
+    _, loaded = served
+    model = get_peft_model(loaded.model, PromptTuningConfig(task_type="CAUSAL_LM",
+                                                            num_virtual_tokens=30))
+    prompted = Served(model, loaded.tokenizer, loaded.template, loaded.defaults, loaded.name)
+    window = model.config.max_position_embeddings
+
+    def request(words: int) -> ChatCompletionRequest:
+        return ChatCompletionRequest(messages=[{"role": "user", "content": " word" * words}])
+
+    length = loaded.template.tokenize_prompt(
+        loaded.tokenizer, request(window - 25).model_dump()["messages"])["input_ids"].shape[1]
+    assert length < window <= length + 30  # fits alone, not with the virtual tokens
+    with pytest.raises(ApiError, match=f"maximum context length is {window} tokens"):
+        prompted.reply(request(window - 25))

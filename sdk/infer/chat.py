@@ -159,21 +159,28 @@ def finish_reply(reply: str, stop_strings: list[str]) -> str:
     return reply.strip()
 
 
-def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
-    """``max_new_tokens``, or fewer where the model's window ends first (past it a model
-    answers garbage); a prompt that fills the window is an error. A prompt-learning adapter's
-    virtual tokens take positions too."""
-    window = context_window(model.config)
-    if window is None:
-        return max_new_tokens
+def positions_taken(model: Any, prompt_tokens: int) -> int:
+    """The positions a prompt of ``prompt_tokens`` takes: with a prompt-learning adapter's
+    virtual tokens."""
     peft_config = getattr(model, "active_peft_config", None)
     virtual = (peft_config.num_virtual_tokens
                if peft_config is not None and peft_config.is_prompt_learning else 0)
-    if prompt_tokens + virtual >= window:
+    return prompt_tokens + virtual
+
+
+def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
+    """``max_new_tokens``, or fewer where the model's window ends first (past it a model
+    answers garbage); a prompt that fills the window is an error."""
+    window = context_window(model.config)
+    if window is None:
+        return max_new_tokens
+    taken = positions_taken(model, prompt_tokens)
+    if taken >= window:
+        virtual = taken - prompt_tokens
         counted = f" (and the adapter's {virtual} virtual tokens)" if virtual else ""
         raise SdkError(f"The prompt is {prompt_tokens} tokens{counted}, and the model answers "
                        f"within {window} (its window, rope scaling included): shorten it.")
-    return min(max_new_tokens, window - prompt_tokens - virtual)
+    return min(max_new_tokens, window - taken)
 
 
 def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,

@@ -28,7 +28,13 @@ from starlette.exceptions import HTTPException
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from sdk.config import GenerationArguments
-from sdk.infer.chat import StreamedReply, finish_reply, generation_options, stop_tokens
+from sdk.infer.chat import (
+    StreamedReply,
+    finish_reply,
+    generation_options,
+    positions_taken,
+    stop_tokens,
+)
 from sdk.models.rope import context_window
 from sdk.templates.engine import Template
 
@@ -246,7 +252,7 @@ class Served:
             raise ApiError(400, f"messages: {error}", "messages") from None
         options, stop_strings = generation_options(self.template, self.tokenizer,
                                                    request.decoding(self.defaults))
-        room = self.room_for_reply(int(inputs["input_ids"].shape[1]),
+        room = self.room_for_reply(positions_taken(self.model, int(inputs["input_ids"].shape[1])),
                                    request.max_completion_tokens or request.max_tokens)
         options["max_new_tokens"] = min(options["max_new_tokens"], room)
         if request.stop:
