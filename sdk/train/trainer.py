@@ -163,17 +163,17 @@ class SftTrainer(Trainer):
             shutil.rmtree(staging, ignore_errors=True)  # what a save cut short left behind
         self.accelerator.wait_for_everyone()
         self._saving_into = str(staging)
+        name = f"checkpoint-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
             if self.args.should_save and not self.args.save_only_model:  # resume state
                 for callback in self.callback_handler.callbacks:
                     if hasattr(callback, "write_checkpoint"):
-                        callback.write_checkpoint(staging / f"checkpoint-{self.state.global_step}")
+                        callback.write_checkpoint(staging / name)
         finally:
             self._saving_into = None
         self.accelerator.wait_for_everyone()  # every process has written its part
         if self.args.should_save:
-            name = f"checkpoint-{self.state.global_step}"
             publish(staging / name, run_dir / name, self.run_arguments)
             best = record_best(run_dir, self.state.log_history)  # sdk/train/best.py
             limit = self.args.save_total_limit or 0
