@@ -134,6 +134,7 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
         offload_activations=options.offload, packing=not options.no_packing,
         max_tokens_per_batch=options.max_tokens_per_batch, attn_impl=options.attn_impl,
         **({"lora_dropout": options.lora_dropout} if options.lora_dropout is not None else {}),
+        use_liger_kernel=options.liger_kernel,
         quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
     model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
         dtype=args.dtype, quantization_bit=args.quantization_bit or 0, attn_impl=args.attn_impl))
@@ -203,7 +204,8 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
               if options.max_tokens_per_batch else []), "--attn-impl", options.attn_impl,
             *(["--lora-dropout", str(options.lora_dropout)]
               if options.lora_dropout is not None else []),
-            *(["--profile", options.profile] if options.profile else [])]
+            *(["--profile", options.profile] if options.profile else []),
+            *(["--liger-kernel"] if options.liger_kernel else [])]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -268,6 +270,8 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float,
                         help="ours with this --lora-dropout (default: sdk sft's, 0.05, as the "
                         "baseline's); 0 keeps no dropped copy of each adapter's input")
+    parser.add_argument("--liger-kernel", action="store_true", help="ours: "
+                        "--use-liger-kernel (liger's RMSNorm, SwiGLU and RoPE; CUDA)")
     parser.add_argument("--profile", metavar="FILE", help="ours: profile the step after the "
                         "warm-up and write its operators to FILE (that step is timed too, so "
                         "the rate is not comparable)")
@@ -302,6 +306,7 @@ def main() -> None:
         "packing": not options.no_packing,
         "ours_max_tokens_per_batch": options.max_tokens_per_batch,
         "ours_attn_impl": options.attn_impl, "ours_lora_dropout": options.lora_dropout,
+        "ours_liger_kernel": options.liger_kernel,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)

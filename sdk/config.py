@@ -46,7 +46,7 @@ OTHER_TOOLS_FLAGS = {
     "load_in_4bit": "quantization-bit 4", "load_in_8bit": "quantization-bit 8",
     "flash_attn": "attn-impl", "use_flash_attn": "attn-impl flash_attention_2",
     "adapter_name_or_path": "adapter", "checkpoint_dir": "adapter",
-    "lorap_lr_ratio": "loraplus-lr-ratio",
+    "lorap_lr_ratio": "loraplus-lr-ratio", "enable_liger_kernel": "use-liger-kernel",
 }
 
 
@@ -168,6 +168,10 @@ class SftArguments(ModelArguments):
         "trained tokens, in chunks: no full logits in memory), standard (the model's own, from "
         "full fp32 logits), auto (liger-kernel's fused kernel on CUDA when installed, else "
         "chunked; standard where the model needs it).", ("auto", "chunked", "standard"))
+    use_liger_kernel: bool = arg(
+        False, "liger-kernel's Triton RMSNorm, SwiGLU and RoPE kernels in place of the model's "
+        "own (CUDA GPU, pip install liger-kernel; llama, qwen2, mistral and the other families "
+        "it covers): less memory kept for the backward. The loss is --loss-impl's.")
     lora_rank: int = arg(8, "LoRA rank.", at_least=1)
     lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
     lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)

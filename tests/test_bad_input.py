@@ -34,6 +34,8 @@ def test_adalora_needs_steps_to_score_ranks_before_pruning(refused_sft):
     (["--bf16"], "No such option '--bf16': here it is --dtype bf16."),
     (["--cutoff_len", "512"], "here it is --max-length."),
     (["--attn-impl", "flex_attention"], "--attn-impl flex_attention needs a CUDA GPU"),
+    (["--use-liger-kernel"], "--use-liger-kernel needs a CUDA GPU"),
+    (["--enable_liger_kernel"], "here it is --use-liger-kernel."),
 ])
 def test_values_and_other_tools_flags(refused_sft, flags, message):
     assert message in refused_sft(*flags)

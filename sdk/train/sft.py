@@ -33,6 +33,7 @@ from sdk.train.distributed import (
     shared_run_dir,
     world_size,
 )
+from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
@@ -108,6 +109,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
     check_trackers(args.report_to)
     check_optimizer(args.optim)
+    if args.use_liger_kernel:
+        check_liger_kernels(spec.config_model_types, args.model_type)
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
@@ -209,6 +212,10 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
 
     dtype = torch_dtype(args.dtype)
     on_gpu = torch.cuda.is_available()
+    if args.use_liger_kernel:  # before the packing probe, which checks the model as it trains
+        done = apply_liger_kernels(model)
+        if is_main_process():
+            click.echo(f"[sdk] {done}", err=True)
     optional = {}
     if args.gradient_checkpointing:
         # transformers 5.24 renamed the flag; 5.17 (still in use on GPU machines) has only the
