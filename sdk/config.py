@@ -47,6 +47,8 @@ OTHER_TOOLS_FLAGS = {
     "flash_attn": "attn-impl", "use_flash_attn": "attn-impl flash_attention_2",
     "adapter_name_or_path": "adapter", "checkpoint_dir": "adapter",
     "lorap_lr_ratio": "loraplus-lr-ratio", "enable_liger_kernel": "use-liger-kernel",
+    "init_weights": "init-lora-weights", "pissa_init": "init-lora-weights pissa",
+    "pissa_iter": "pissa-niter",
 }
 
 
@@ -177,6 +179,16 @@ class SftArguments(ModelArguments):
     lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer.")
+    init_lora_weights: str = arg(
+        "default", "How new LoRA adapters start. default: B zero, A random (peft's); gaussian: A "
+        "Gaussian; pissa: the base weights' principal singular parts, taken out of the base "
+        "(PiSSA); olora: an orthonormal QR basis of the base weights (OLoRA). pissa and olora "
+        "change the base, so each checkpoint saves a plain LoRA adapter of twice the rank "
+        "that applies to the unchanged base. lora and rslora; pissa and olora not on a "
+        "quantized base.", ("default", "gaussian", "pissa", "olora"))
+    pissa_niter: int = arg(
+        0, "--init-lora-weights pissa: a fast randomized SVD with N subspace iterations "
+        "instead of the exact one (16 is usual for 7B models; 0: exact).", at_least=0)
     lora_modules_to_save: list[str] = arg(
         [], "LoRA family: modules trained in full and saved with the adapter (e.g. "
         "embed_tokens lm_head); tied embeddings stay tied.")
@@ -228,8 +240,8 @@ class SftArguments(ModelArguments):
         "last), all_checkpoints (each checkpoint in its own folder).",
         ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"))
     push_training_state: bool = arg(
-        False, "Also push the optimizer, scheduler, RNG and trainer state, and AdaLoRA's "
-        "(needed only to resume training elsewhere).")
+        False, "Also push the optimizer, scheduler, RNG and trainer state, AdaLoRA's, and "
+        "PiSSA/OLoRA's unconverted adapter (needed only to resume training elsewhere).")
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
     predict_with_generate: bool = arg(

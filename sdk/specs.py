@@ -139,6 +139,8 @@ class Tuner:
     calling ``load_base_model()`` only if the checkpoint does not hold the whole model.
     ``callbacks(model, args) -> list[TrainerCallback]``: called with the prepared model, for
     tuners that act during training (AdaLoRA reallocates ranks after each optimizer step).
+    ``check_arguments(args)``: raises ``SdkError`` for settings the tuner cannot train with,
+    before any model loads.
     ``default_quantization_bit``: the ``--quantization-bit`` used when the flag is not given
     (qlora: 4). ``requires``: import names (also their pip names) checked before any model
     loads.
@@ -152,6 +154,7 @@ class Tuner:
     trains_quantized_base: bool = False  # can it train on a 4/8-bit base (--quantization-bit)?
     trains_adapters: bool = False  # peft adapters: --adapter continues one
     callbacks: CallableRef | None = None
+    check_arguments: CallableRef | None = None
     default_quantization_bit: int = 0
     requires: tuple[str, ...] = ()
 

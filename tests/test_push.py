@@ -325,7 +325,8 @@ def test_training_state_is_pushed_only_when_asked(trained, hub, hub_plugin, run_
                     "org/whole", "--push-training-state").exit_code == 0
     pushed = digest(hub.repo("org/whole"))
     assert {name: pushed[name] for name in state_files} == {n: local[n] for n in state_files}
-    assert set(TRAINING_STATE) >= {"optimizer.pt", "trainer_state.json"}
+    assert set(TRAINING_STATE) >= {"optimizer.pt", "trainer_state.json",
+                                   "adalora_state.pt", "trained_adapter.safetensors"}
 
 
 def test_push_to_hub_is_checked_before_the_model_loads(hub_plugin, tmp_path, run_cli):

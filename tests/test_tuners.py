@@ -341,3 +341,105 @@ def test_other_adapters_train_under_mixed_precision(tiny_model_dir, tmp_path, tu
     _, trainer = mixed_precision_run(tiny_model_dir, tmp_path, config)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+
+
+@pytest.mark.parametrize("init, flags", [("pissa", {}), ("pissa", {"pissa_niter": 2}),
+                                         ("olora", {}), ("pissa", {"sft_type": "rslora"})])
+def test_pissa_and_olora_checkpoints_are_plain_lora_for_the_unchanged_base(
+        plugin_set, tiny_model_dir, identity_data, tmp_path, init, flags):
+    from safetensors.torch import load_file
+
+    from sdk.tuners.mutated_init import STATE_FILE
+
+    # train_and_reload: `sdk infer`'s load (the published base + the checkpoint's adapter)
+    # gives the logits of the trained model (the residual base + the trained adapter)
+    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir,
+                                identity_data, tmp_path, init_lora_weights=init, lora_rank=4,
+                                **flags)
+    config = json.loads((reloaded.result.checkpoint / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True
+    assert config["lora_alpha"] == pytest.approx(32 * (2**0.5 if flags.get("sft_type") else 2))
+    converted = load_file(reloaded.result.checkpoint / "adapter_model.safetensors")
+    trained = load_file(reloaded.result.checkpoint / STATE_FILE)
+    name = next(name for name in trained if "q_proj.lora_A" in name)
+    assert trained[name].shape[0] == 4 and converted[name].shape[0] == 8
+    assert reloaded.saved["init_lora_weights"] == init
+
+
+def test_a_pissa_run_resumed_mid_run_trains_like_the_uninterrupted_run(
+        plugin_set, tiny_model_dir, identity_data, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+    from sdk.tuners.mutated_init import STATE_FILE
+
+    settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
+                    dataset=[str(identity_data)], init_lora_weights="pissa", max_steps=6,
+                    batch_size=2, gradient_accumulation_steps=1, save_steps=3,
+                    save_total_limit=0, learning_rate=1e-2, output_dir=str(tmp_path / "whole"))
+    whole = run_sft(SftArguments(**settings), plugin_set.registry)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole.run_dir, cut)
+    shutil.rmtree(cut / "checkpoint-6")
+    resumed = run_sft(SftArguments(**{**settings, "resume_from_checkpoint": str(
+        cut / "checkpoint-3")}), plugin_set.registry)
+    for file in (STATE_FILE, "adapter_model.safetensors"):
+        expected = load_file(whole.checkpoint / file)
+        got = load_file(resumed.checkpoint / file)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_resumable(
+        plugin_set, tiny_model_dir, identity_data, tmp_path):
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+    from sdk.tuners.mutated_init import STATE_FILE
+
+    settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
+                    dataset=[str(identity_data)], init_lora_weights="olora", max_steps=2,
+                    batch_size=2, save_steps=2, learning_rate=1e-2, lora_rank=4,
+                    output_dir=str(tmp_path / "run"))
+    run = run_sft(SftArguments(**settings, only_save_model=True), plugin_set.registry)
+    assert not (run.checkpoint / STATE_FILE).exists()
+    config = json.loads((run.checkpoint / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["init_lora_weights"] is True
+    # its adapter trains on as plain LoRA on the published base
+    continued = run_sft(SftArguments(**{**settings, "init_lora_weights": "default",
+                                        "output_dir": str(tmp_path / "more")},
+                                     adapter=str(run.checkpoint)), plugin_set.registry)
+    assert json.loads((continued.checkpoint / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(quantization_bit=8), "a 8-bit base cannot give back exactly"),
+    (dict(lora_modules_to_save=["lm_head"]), "--lora-modules-to-save would not be saved"),
+    (dict(adapter="somewhere"), "--adapter continues a saved one"),
+    (dict(sft_type="dora"), "works with --sft-type lora or rslora, not dora"),
+    (dict(sft_type="qlora"), "works with --sft-type lora or rslora, not qlora"),
+])
+def test_pissa_settings_it_cannot_train_with_are_refused_before_loading(
+        plugin_set, identity_data, tmp_path, flags, message):
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+
+    arguments = SftArguments(model_type=TINY_MODEL_TYPE, model_id_or_path="/nonexistent",
+                             dataset=[str(identity_data)], init_lora_weights="pissa",
+                             output_dir=str(tmp_path), **flags)
+    with pytest.raises(SdkError, match=message):
+        run_sft(arguments, plugin_set.registry)
+
+
+def test_adalora_refuses_another_start_for_its_adapters(plugin_set, identity_data, tmp_path):
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+
+    arguments = SftArguments(model_type=TINY_MODEL_TYPE, model_id_or_path="/nonexistent",
+                             dataset=[str(identity_data)], sft_type="adalora",
+                             init_lora_weights="gaussian", output_dir=str(tmp_path))
+    with pytest.raises(SdkError, match="AdaLoRA starts its adapters its own way"):
+        run_sft(arguments, plugin_set.registry)

@@ -96,6 +96,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     check_requires(tuner)
     if args.quantization_bit is None and tuner.default_quantization_bit:  # qlora: 4
         args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
+    if tuner.check_arguments:
+        resolve_callable(tuner.check_arguments)(args)
     if args.offload_activations:  # what is offloaded is what checkpointing keeps
         args = dataclasses.replace(args, gradient_checkpointing=True)
     if args.adapter and not Path(args.adapter).is_dir():

@@ -9,10 +9,11 @@ Here the Trainer writes into ``<run>/.partial/``; ``sft_args.json`` goes in last
 synced, and one rename (atomic within a filesystem) gives the folder its ``checkpoint-N``
 name. Only then are old checkpoints rotated, each renamed away before it is deleted, so a
 half-deleted folder never carries a checkpoint name either. Callbacks' ``on_save`` (the hub
-push) runs after this and sees the finished checkpoint. A callback with state of its own that
-resuming needs (AdaLoRA's) defines ``write_checkpoint(folder)``, called while the checkpoint is
-staged, and ``read_checkpoint(folder)``, which loads the model on resume in place of the
-Trainer when it returns True.
+push) runs after this and sees the finished checkpoint. A callback that adds to checkpoints
+(AdaLoRA's state that resuming needs, PiSSA's adapter converted to plain LoRA) defines
+``write_checkpoint(folder)``, called while the checkpoint is staged, and
+``read_checkpoint(folder)``, which loads the model on resume in place of the Trainer when it
+returns True.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ class SftTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
-            if self.args.should_save and not self.args.save_only_model:  # resume state
+            if self.args.should_save:
                 for callback in self.callback_handler.callbacks:
                     if hasattr(callback, "write_checkpoint"):
                         callback.write_checkpoint(staging / name)

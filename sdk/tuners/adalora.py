@@ -70,6 +70,12 @@ def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
     return with_adapters(model, config)
 
 
+def check_arguments(args: Any) -> None:
+    if args.init_lora_weights != "default":
+        raise SdkError(f"--init-lora-weights {args.init_lora_weights}: AdaLoRA starts its "
+                       "adapters its own way. Leave the flag out, or use --sft-type lora.")
+
+
 def callbacks(model: Any, args: Any) -> list[Any]:
     if args.adapter:  # a continued adapter keeps its ranks
         return []
@@ -92,6 +98,9 @@ def callbacks(model: Any, args: Any) -> list[Any]:
         def write_checkpoint(self, folder: Path) -> None:
             """What resuming needs and peft does not save (SftTrainer calls it)."""
             import torch
+
+            if args.only_save_model:  # no optimizer state either: not for resuming
+                return
 
             allocator = model.base_model.rankallocator
             torch.save({"adapter": {name: parameter.detach() for name, parameter

@@ -10,31 +10,39 @@ def adapter_tuner(name: str, prepare: str, description: str, **settings) -> Tune
                  description=description, **settings)
 
 
+# lora and rslora: --init-lora-weights pissa|olora, checkpoints converted to plain LoRA
+STARTS_FROM_BASE = {"check_arguments": "sdk.tuners.lora:check_arguments",
+                    "callbacks": "sdk.tuners.mutated_init:callbacks"}
+
+
 @hookimpl
 def register_tuners(register):
     register(adapter_tuner(
         "lora", "sdk.tuners.lora:prepare",
         "LoRA adapters (peft): --lora-rank, --lora-alpha, --lora-dropout, "
-        "--lora-target-modules, --lora-modules-to-save; QLoRA with --quantization-bit 4|8",
-        trains_quantized_base=True))
+        "--lora-target-modules, --lora-modules-to-save, --init-lora-weights (PiSSA, OLoRA); "
+        "QLoRA with --quantization-bit 4|8",
+        trains_quantized_base=True, **STARTS_FROM_BASE))
     register(adapter_tuner(
         "dora", "sdk.tuners.lora:prepare_dora",
         "DoRA: LoRA with a learned magnitude per output (--lora-* flags)",
-        trains_quantized_base=True))
+        trains_quantized_base=True, check_arguments="sdk.tuners.lora:check_plain_init"))
     register(adapter_tuner(
         "rslora", "sdk.tuners.lora:prepare_rslora",
         "Rank-stabilised LoRA: scaled by alpha/sqrt(rank) (--lora-* flags)",
-        trains_quantized_base=True))
+        trains_quantized_base=True, **STARTS_FROM_BASE))
     register(adapter_tuner(
         "qlora", "sdk.tuners.lora:prepare",
         "LoRA on a 4-bit base (nf4, double quantization; --quantization-bit 8 for 8-bit); "
         "needs bitsandbytes",
-        trains_quantized_base=True, default_quantization_bit=4, requires=("bitsandbytes",)))
+        trains_quantized_base=True, default_quantization_bit=4, requires=("bitsandbytes",),
+        check_arguments="sdk.tuners.lora:check_plain_init"))
     register(adapter_tuner(
         "adalora", "sdk.tuners.adalora:prepare",
         "AdaLoRA: LoRA ranks pruned while training from --adalora-init-rank to an average of "
         "--adalora-target-rank",
-        trains_quantized_base=True, callbacks="sdk.tuners.adalora:callbacks"))
+        trains_quantized_base=True, callbacks="sdk.tuners.adalora:callbacks",
+        check_arguments="sdk.tuners.adalora:check_arguments"))
     # peft cannot train saved virtual tokens further: --adapter refuses their checkpoints
     register(adapter_tuner(
         "prefix", "sdk.tuners.prompt:prepare_prefix",

@@ -116,6 +116,45 @@ def modules_to_save(model: Any, args: Any) -> dict[str, Any]:
     return {"modules_to_save": list(args.lora_modules_to_save), "ensure_weight_tying": tied}
 
 
+# --init-lora-weights that start the adapters from the base weights and take them out of it
+MUTATING_INITS = ("pissa", "olora")
+
+
+def init_setting(args: Any) -> dict[str, Any]:
+    """--init-lora-weights (and --pissa-niter) as LoraConfig's ``init_lora_weights``."""
+    if args.init_lora_weights == "default":
+        return {}
+    if args.init_lora_weights == "pissa" and args.pissa_niter:
+        return {"init_lora_weights": f"pissa_niter_{args.pissa_niter}"}
+    return {"init_lora_weights": args.init_lora_weights}
+
+
+def check_arguments(args: Any) -> None:
+    """lora and rslora: pissa and olora need the base weights as they are, and their
+    conversion to a plain adapter keeps only the LoRA matrices."""
+    if args.init_lora_weights not in MUTATING_INITS:
+        return
+    flag = f"--init-lora-weights {args.init_lora_weights}"
+    if args.adapter:
+        raise SdkError(f"{flag} starts new adapters; --adapter continues a saved one, which "
+                       "keeps its own weights. Leave one of them out.")
+    if args.quantization_bit:
+        raise SdkError(f"{flag} takes the adapters' start out of the base weights, which a "
+                       f"{args.quantization_bit}-bit base cannot give back exactly. Drop "
+                       "--quantization-bit (or use --init-lora-weights default).")
+    if args.lora_modules_to_save:
+        raise SdkError(f"{flag}: peft's conversion of the trained adapters to plain LoRA keeps "
+                       "only the LoRA matrices, so --lora-modules-to-save would not be saved. "
+                       "Leave one of them out.")
+
+
+def check_plain_init(args: Any) -> None:
+    """Tuners whose adapters peft cannot start from the base weights (or convert back)."""
+    if args.init_lora_weights in MUTATING_INITS:
+        raise SdkError(f"--init-lora-weights {args.init_lora_weights} works with --sft-type "
+                       f"lora or rslora, not {args.sft_type}.")
+
+
 def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
     from peft import LoraConfig
 
@@ -128,6 +167,7 @@ def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
         lora_dropout=args.lora_dropout,
         target_modules=target_modules(args.lora_target_modules, spec),
         **modules_to_save(model, args),
+        **init_setting(args),
         **variant,
     )
     return with_adapters(ready_for_adapters(model, args), config)
