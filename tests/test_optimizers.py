@@ -2,6 +2,7 @@
 the optimizer state a checkpoint saves."""
 
 import re
+import textwrap
 
 import pytest
 import torch
@@ -70,6 +71,38 @@ def test_mistakes_are_named(refused_sft):
            "adamw_torch_fused" in refused_sft("--optim", "adamw_torch_fuse")
     # transformers' own message, under the flag's name
     assert "--optim galore_adamw:" in refused_sft("--optim", "galore_adamw")
-    assert "--sft-type full trains none" in refused_sft("--sft-type", "full",
-                                                "--loraplus-lr-ratio", "16")
     assert "here it is --loraplus-lr-ratio" in refused_sft("--lorap_lr_ratio", "16")
+
+
+@pytest.mark.parametrize("sft_type", ["full", "ia3", "prompt"])
+def test_loraplus_with_a_tuner_without_b_matrices_is_refused_before_loading(
+        run_cli, tiny_plugin_file, identity_data, tmp_path, sft_type):
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--model-id-or-path", tmp_path / "nonexistent", "--dataset", identity_data,
+                     "--sft-type", sft_type, "--loraplus-lr-ratio", "16")
+    assert result.exit_code == 1
+    assert f"--sft-type {sft_type} trains none" in result.stderr
+
+
+def test_loraplus_with_a_third_party_tuner_without_b_matrices_is_refused(
+        run_cli, tiny_plugin_file, identity_data, tmp_path):
+    # a tuner that declares no check: found from the prepared model's trainable parameters
+    plugin = tmp_path / "head_tuner.py"
+    plugin.write_text(textwrap.dedent("""
+        from sdk import hookimpl
+        from sdk.specs import Tuner
+
+        def prepare(model, args, spec):
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad = name.startswith("lm_head")
+            return model
+
+        @hookimpl
+        def register_tuners(register):
+            register(Tuner(name="head", prepare=prepare, load="sdk.tuners.full:load"))
+    """))
+    result = run_cli("--plugin", tiny_plugin_file, "--plugin", plugin, "sft", "--model-type",
+                     TINY_MODEL_TYPE, "--dataset", identity_data, "--sft-type", "head",
+                     "--loraplus-lr-ratio", "16", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "--sft-type head trains none" in result.stderr

@@ -37,7 +37,7 @@ from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
-from sdk.tuners import check_requires
+from sdk.tuners import check_requires, loraplus_refusal
 
 
 def check_trackers(names: list[str]) -> None:
@@ -229,10 +229,8 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         optional["optim"] = args.optim
     if args.loraplus_lr_ratio and not any("lora_B" in name for name, parameter
                                           in model.named_parameters()
-                                          if parameter.requires_grad):
-        raise SdkError(f"--loraplus-lr-ratio sets the learning rate of LoRA's B matrices; "
-                       f"--sft-type {args.sft_type} trains none. Use a LoRA tuner (lora, "
-                       "qlora, dora, rslora) or leave the flag out.")
+                                          if parameter.requires_grad):  # a third party's tuner
+        raise loraplus_refusal(args.sft_type)
     if world_size() > 1 and not on_gpu:  # DDP over gloo; else the Trainer skips DDP on CPUs
         optional["use_cpu"] = True
     if eval_examples is not None:

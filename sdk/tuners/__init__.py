@@ -1,6 +1,7 @@
 """Tuners: how a model is made trainable and rebuilt from a checkpoint."""
 
 import importlib.util
+from typing import Any
 
 from sdk.errors import SdkError
 from sdk.specs import Tuner
@@ -12,3 +13,15 @@ def check_requires(tuner: Tuner) -> None:
     if missing:
         raise SdkError(f"--sft-type {tuner.name} needs {', '.join(missing)}: "
                        f"pip install {' '.join(missing)}")
+
+
+def loraplus_refusal(sft_type: str) -> SdkError:
+    return SdkError(f"--loraplus-lr-ratio sets the learning rate of LoRA's B matrices; "
+                    f"--sft-type {sft_type} trains none. Use a LoRA tuner (lora, qlora, dora, "
+                    "rslora, adalora) or leave the flag out.")
+
+
+def check_no_loraplus(args: Any) -> None:
+    """``check_arguments`` of the built-in tuners without LoRA B matrices."""
+    if args.loraplus_lr_ratio:
+        raise loraplus_refusal(args.sft_type)
