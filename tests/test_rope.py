@@ -124,3 +124,37 @@ def test_a_whole_model_trained_stretched_keeps_its_factor(plugin_set, run_cli, t
                       "--rope-scaling", "linear", "--query", "Hi")
     assert refused.exit_code == 1
     assert "keeps its positions: yarn, factor 3.0, as it was trained" in refused.stderr
+
+
+def test_a_reply_past_the_pretrained_window_of_a_stretched_model_is_not_called_too_long(
+        run_cli, tiny_plugin_file, short_window_model, monkeypatch):
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    class Collected(logging.Handler):
+        messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    reminders = logging.getLogger("transformers.generation.stopping_criteria")
+    monkeypatch.setattr(reminders, "filters", [])
+    monkeypatch.setattr(reminders, "handlers", [Collected()])
+
+    def reminded():
+        transformers_logging.warning_once.cache_clear()  # it warns once a process
+        Collected.messages.clear()
+        # the prompt and reply pass the 32 pretrained positions, within the 128 stretched ones
+        result = run_cli("--plugin", tiny_plugin_file, "infer", "--model-type", TINY_MODEL_TYPE,
+                         "--model-id-or-path", short_window_model, "--query", "Who are you?",
+                         "--max-new-tokens", "30", "--rope-scaling", "linear",
+                         "--rope-factor", "4")
+        assert result.exit_code == 0, result.output
+        return any("predefined maximum length (32)" in message
+                   for message in Collected.messages)
+
+    with monkeypatch.context() as unquieted:
+        unquieted.setattr("sdk.infer.chat.quiet_window_reminder", lambda config: None)
+        assert reminded()
+    assert not reminded()

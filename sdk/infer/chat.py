@@ -15,7 +15,7 @@ import click
 from sdk.config import GenerationArguments, InferArguments
 from sdk.errors import SdkError
 from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
-from sdk.models.rope import context_window
+from sdk.models.rope import context_window, quiet_window_reminder
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
@@ -68,7 +68,9 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
     if args.merge_lora:
         from sdk.export import load_merged  # sdk.export imports this module
 
-        return load_merged(args, registry)
+        model, tokenizer, template = load_merged(args, registry)
+        quiet_window_reminder(model.config)
+        return model, tokenizer, template
     if args.ckpt_dir:
         checkpoint = checkpoint_or_export(args.ckpt_dir)
         saved = read_saved_arguments(checkpoint / ARGS_FILE)
@@ -114,6 +116,7 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
+    quiet_window_reminder(model.config)
     template = Template.for_tokenizer(template_spec, tokenizer)
     return model, tokenizer, template if system is None else with_system(template, system)
 

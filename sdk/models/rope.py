@@ -4,6 +4,7 @@ tokens: YaRN, factor 4 over its 32k window)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -71,3 +72,17 @@ def context_window(config: Any) -> int | None:
         return window
     original = rope.get("original_max_position_embeddings") or window
     return max(window, int(original * factor))
+
+
+def _not_window_reminder(record: logging.LogRecord) -> bool:
+    return "predefined maximum length" not in record.getMessage()
+
+
+def quiet_window_reminder(config: Any) -> None:
+    """transformers' generate reminds once that a generation went past max_position_embeddings;
+    for positions stretched by --rope-scaling that is not where the window ends
+    (``context_window``, where `sdk infer` already stops replies), so the reminder is dropped."""
+    window = getattr(config, "max_position_embeddings", None)
+    if isinstance(window, int) and (context_window(config) or 0) > window:
+        logging.getLogger("transformers.generation.stopping_criteria").addFilter(
+            _not_window_reminder)
