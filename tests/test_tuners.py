@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from contextlib import nullcontext
 
 import pytest
@@ -122,10 +123,13 @@ def test_adalora_prunes_ranks_to_the_target_budget_and_reloads(plugin_set, tiny_
     from safetensors.torch import load_file
 
     # 4 rows, 2 a step, 3 epochs: the schedule comes from the Trainer's 6 steps
-    reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir,
-                                identity_data, tmp_path, sft_type="adalora", max_steps=-1,
-                                num_train_epochs=3, save_steps=6, adalora_init_rank=4,
-                                adalora_target_rank=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reloaded = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir,
+                                    identity_data, tmp_path, sft_type="adalora", max_steps=-1,
+                                    num_train_epochs=3, save_steps=6, adalora_init_rank=4,
+                                    adalora_target_rank=2)
+    assert not [w for w in caught if "rank_pattern" in str(w.message)]  # a false alarm of peft
     config = json.loads((reloaded.result.checkpoint / "adapter_config.json").read_text())
     assert (config["total_step"], config["tinit"], config["tfinal"]) == (6, 0, 1)
     kept = {name: sum(mask) for name, mask in config["rank_pattern"].items()}

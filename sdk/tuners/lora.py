@@ -3,10 +3,12 @@ tuner reload with ``load``."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,8 @@ def continue_adapter(model: Any, adapter: str) -> Any:
         (staged / "adapter_model.bin").symlink_to((folder / OLDER_WEIGHT_FILE).resolve())
         folder = staged
     try:
-        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        with adalora_pattern_unchecked(folder):
+            return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     except (RuntimeError, ValueError, KeyError) as error:
         raise SdkError(f"--adapter '{adapter}' does not fit this base model ({error}). Use "
                        "the model type the adapter was trained on.") from None
@@ -185,8 +188,21 @@ def prepare_rslora(model: Any, args: Any, spec: ModelSpec) -> Any:
     return with_lora(model, args, spec, use_rslora=True)
 
 
+@contextmanager
+def adalora_pattern_unchecked(folder: Path) -> Iterator[None]:
+    """peft warns, loading an AdaLoRA adapter, that none of its rank pattern's keys names a
+    module: AdaLoRA keys it by parameter name and applies it itself, correctly."""
+    with warnings.catch_warnings():
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        if config.get("peft_type") == "ADALORA":
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not "
+                                    "match any targeted module", category=RuntimeWarning)
+        yield
+
+
 def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -> Any:
     from peft import PeftModel
 
-    return generates_with_virtual_tokens(
-        PeftModel.from_pretrained(load_base_model(), str(checkpoint_dir)))
+    with adalora_pattern_unchecked(checkpoint_dir):
+        return generates_with_virtual_tokens(
+            PeftModel.from_pretrained(load_base_model(), str(checkpoint_dir)))
