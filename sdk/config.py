@@ -162,6 +162,10 @@ class SftArguments(ModelArguments):
     warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1)
     max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: no clipping).", at_least=0)
     gradient_checkpointing: bool = arg(False, "Recompute activations to save memory.")
+    deepspeed: str | None = arg(
+        None, "Shard the training state over the processes with DeepSpeed ZeRO (pip install "
+        "deepspeed): zero2 (optimizer state and gradients), zero3 (the weights too), "
+        "zero2_offload, zero3_offload (kept in CPU memory), or a DeepSpeed JSON file.")
     offload_activations: bool = arg(
         False, "Keep the activations saved for the backward in CPU memory (implies "
         "--gradient-checkpointing): for contexts too long for GPU memory; slower.")

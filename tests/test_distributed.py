@@ -54,12 +54,15 @@ def sdk_in_two_processes(plugin_file, rows, output, *flags):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", [[], ["--deepspeed", "zero2"], ["--deepspeed", "zero3"]],
+                         ids=["ddp", "zero2", "zero3"])
 def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
-        tiny_plugin_file, plugin_set, rows, tmp_path):
-    first = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2")
+        tiny_plugin_file, plugin_set, rows, tmp_path, engine):
+    first = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
+                                 *engine)
     assert first.count("[sdk] run folder:") == 1  # the main process reports
     resumed = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "4",
-                                   "--resume-from-checkpoint", "auto")
+                                   "--resume-from-checkpoint", "auto", *engine)
     assert "resuming" in resumed
     two = only_run(tmp_path / "two")  # one run folder for both processes and both runs
 
@@ -68,6 +71,8 @@ def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
                   plugin_set.registry).run_dir
 
     assert sorted(p.name for p in two.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # DeepSpeed's sharded state, which the resumed run loaded
+    assert (two / "checkpoint-4" / "global_step4").is_dir() == bool(engine)
     assert logged_losses(two) == pytest.approx(logged_losses(one), rel=1e-5)
     trained = load_file(two / "checkpoint-4" / "adapter_model.safetensors")
     expected = load_file(one / "checkpoint-4" / "adapter_model.safetensors")
@@ -99,3 +104,78 @@ def test_the_launcher_builds_torchrun_commands_for_one_or_several_machines():
     with pytest.raises(SdkError, match="NNODES=2 needs MASTER_ADDR too"):
         torchrun_command(argv, {**several, "MASTER_ADDR": ""})
 
+
+
+def sdk_in_one_process(plugin_file, rows, output, *flags):
+    # a process of its own: DeepSpeed's process group and rendezvous settings stay there
+    finished = subprocess.run(
+        [sys.executable, "-m", "sdk", "--plugin", str(plugin_file), "sft", "--model-type",
+         TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", "2", "--max-steps", "2",
+         *[str(part) for name, value in SETTINGS.items() for part in (f"--{name}", value)],
+         "--output-dir", str(output), *flags],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return only_run(output)
+
+
+@pytest.mark.slow
+def test_one_process_zero3_with_offload_saves_the_whole_model_it_trained(tiny_plugin_file, rows,
+                                                                         tmp_path):
+    plain = sdk_in_one_process(tiny_plugin_file, rows, tmp_path / "plain", "--sft-type", "full")
+    zero = sdk_in_one_process(tiny_plugin_file, rows, tmp_path / "zero", "--sft-type", "full",
+                              "--deepspeed", "zero3_offload")
+    assert (zero / "checkpoint-2" / "global_step2").is_dir()
+    assert logged_losses(zero) == pytest.approx(logged_losses(plain), rel=1e-5)
+    # gathered from the shards into the checkpoint's model file, as `sdk infer` reads it
+    trained = load_file(zero / "checkpoint-2" / "model.safetensors")
+    expected = load_file(plain / "checkpoint-2" / "model.safetensors")
+    assert trained.keys() == expected.keys()
+    for name, weight in trained.items():
+        torch.testing.assert_close(weight, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--deepspeed", "zero4"], "--deepspeed zero4: neither a built-in configuration (zero2, "
+                               "zero3, zero2_offload, zero3_offload) nor a DeepSpeed JSON file"),
+    (["--deepspeed", "zero3", "--sft-type", "adalora"], "AdaLoRA scores its ranks"),
+    (["--deepspeed", "zero2", "--init-lora-weights", "olora"], "which ZeRO shards"),
+    (["--deepspeed", "default-zero3", "--quantization-bit", "4"],
+     "ZeRO-3 cannot shard a 4-bit base model. Use zero2 for QLoRA."),
+])
+def test_deepspeed_settings_it_cannot_run_are_refused_before_loading(
+        run_cli, tiny_plugin_file, rows, tmp_path, flags, message):
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--model-id-or-path", tmp_path / "nonexistent", "--dataset", rows,
+                     "--output-dir", tmp_path / "out", *flags)
+    assert result.exit_code == 1 and message in result.stderr, result.output
+
+
+def test_a_deepspeed_file_is_read_and_its_mistakes_named(tmp_path, monkeypatch):
+    from sdk.train.deepspeed_configs import deepspeed_config
+
+    config = tmp_path / "ds_z3.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3},
+                                  "train_micro_batch_size_per_gpu": "auto"}))
+    # ZeRO-3 checkpoints gather the whole weights, so that they load like any other
+    assert deepspeed_config(str(config))["zero_optimization"] == {
+        "stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
+    config.write_text('{\n  "zero_optimization": {"stage": 2},\n}\n')
+    with pytest.raises(SdkError, match=f"--deepspeed {config}, line 3: not valid JSON"):
+        deepspeed_config(str(config))
+    config.write_text("[2]")
+    with pytest.raises(SdkError, match="a JSON object; this file holds a list"):
+        deepspeed_config(str(config))
+
+
+def test_deepspeed_not_installed_says_what_to_install(run_cli, tiny_plugin_file, rows, tmp_path,
+                                                     monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "deepspeed" else find_spec(name, *rest))
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--model-id-or-path", tmp_path / "nonexistent", "--dataset", rows,
+                     "--deepspeed", "zero2")
+    assert result.exit_code == 1
+    assert "--deepspeed needs deepspeed: pip install deepspeed" in result.stderr

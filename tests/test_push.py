@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -313,15 +314,24 @@ def test_the_card_of_a_full_model_and_of_the_local_hub(registry, tmp_path):
     assert "base_model" not in meta and "base_model_relation" not in meta
 
 
-def test_training_state_is_pushed_only_when_asked(trained, hub, hub_plugin, run_cli):
-    local = digest(trained.checkpoint)
+def test_training_state_is_pushed_only_when_asked(trained, hub, hub_plugin, run_cli, tmp_path):
+    run = shutil.copytree(trained.checkpoint.parent, tmp_path / trained.checkpoint.parent.name)
+    checkpoint = run / trained.checkpoint.name
+    # what a --deepspeed checkpoint holds besides: ZeRO's shards and its scripts
+    (checkpoint / "global_step2").mkdir()
+    (checkpoint / "global_step2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(
+        b"shard")
+    (checkpoint / "latest").write_text("global_step2")
+    (checkpoint / "zero_to_fp32.py").write_text("# DeepSpeed's")
+    local = digest(checkpoint)
     state_files = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                   "training_args.bin"}
+                   "training_args.bin", "latest", "zero_to_fp32.py",
+                   "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"}
     assert state_files <= set(local)  # so that leaving them out means something
-    assert push_cli(run_cli, hub_plugin, "--ckpt-dir", trained.checkpoint, "--repo-id",
+    assert push_cli(run_cli, hub_plugin, "--ckpt-dir", checkpoint, "--repo-id",
                     "org/small").exit_code == 0
     assert not state_files & set(digest(hub.repo("org/small")))
-    assert push_cli(run_cli, hub_plugin, "--ckpt-dir", trained.checkpoint, "--repo-id",
+    assert push_cli(run_cli, hub_plugin, "--ckpt-dir", checkpoint, "--repo-id",
                     "org/whole", "--push-training-state").exit_code == 0
     pushed = digest(hub.repo("org/whole"))
     assert {name: pushed[name] for name in state_files} == {n: local[n] for n in state_files}

@@ -35,7 +35,7 @@ from sdk.tuners.mutated_init import STATE_FILE as UNCONVERTED_ADAPTER
 # Needed only to resume training, not to use the model; uploaded with --push-training-state.
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth",
                   "trainer_state.json", "training_args.bin", ADALORA_STATE,
-                  UNCONVERTED_ADAPTER)
+                  UNCONVERTED_ADAPTER, "global_step*", "latest", "zero_to_*.py")
 CARD_FILE = "README.md"
 # Seconds to wait before each new attempt: four attempts within about 40 s.
 RETRY_DELAYS = (2.0, 8.0, 30.0)

@@ -28,7 +28,7 @@ FLAG = "--resume-from-checkpoint"
 SHAPING_ARGUMENTS = ("lora_rank", "lora_target_modules", "lora_modules_to_save",
                      "adalora_init_rank", "num_virtual_tokens", "freeze_trainable_layers",
                      "freeze_trainable_modules", "quantization_bit", "adapter", "optim",
-                     "loraplus_lr_ratio")
+                     "loraplus_lr_ratio", "deepspeed")
 
 
 def resume_checkpoint(args: SftArguments) -> Path | None:

@@ -27,6 +27,11 @@ from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.best import best_checkpoint
+from sdk.train.deepspeed_configs import (
+    check_deepspeed,
+    deepspeed_config,
+    single_process_rendezvous,
+)
 from sdk.train.distributed import (
     is_main_process,
     main_process_first,
@@ -113,6 +118,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     check_optimizer(args.optim)
     if args.use_liger_kernel:
         check_liger_kernels(spec.config_model_types, args.model_type)
+    if args.deepspeed:
+        check_deepspeed(args)
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
@@ -231,8 +238,12 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
                                           in model.named_parameters()
                                           if parameter.requires_grad):  # a third party's tuner
         raise loraplus_refusal(args.sft_type)
-    if world_size() > 1 and not on_gpu:  # DDP over gloo; else the Trainer skips DDP on CPUs
-        optional["use_cpu"] = True
+    if args.deepspeed:
+        optional["deepspeed"] = deepspeed_config(args.deepspeed)
+        if world_size() == 1:
+            single_process_rendezvous()
+    if (world_size() > 1 or args.deepspeed) and not on_gpu:
+        optional["use_cpu"] = True  # gloo; else the Trainer skips DDP on CPUs
     if eval_examples is not None:
         optional.update(eval_strategy="steps", eval_steps=args.eval_steps or args.save_steps,
                         per_device_eval_batch_size=args.batch_size)
