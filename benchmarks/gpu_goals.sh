@@ -40,9 +40,11 @@ mkdir -p /tmp/site
 for wheel in .whl/*.whl; do python3 -m zipfile -e "$wheel" /tmp/site; done
 [ -e ../shared ] || cp -r .bench-shared ../shared
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python3 -c "import torch, transformers, peft, bitsandbytes, liger_kernel, datasets
+export PATH=/tmp/site/ninja/data/bin:$PATH  # DeepSpeed builds its kernels with ninja
+python3 -c "import torch, transformers, peft, bitsandbytes, liger_kernel, datasets, deepspeed
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__,
-      'bitsandbytes', bitsandbytes.__version__, 'datasets', datasets.__version__)" 2>&1 | tee -a "$LOG"
+      'bitsandbytes', bitsandbytes.__version__, 'datasets', datasets.__version__,
+      'deepspeed', deepspeed.__version__)" 2>&1 | tee -a "$LOG"
 
 BENCH="python3 benchmarks/train_throughput.py --arch $ARCH"
 OURS="$BENCH --side ours --attn-impl auto --batch 4 --warmup 2 --samples 2000"
@@ -63,5 +65,6 @@ run lora_8k_liger 70 $LORA --max-tokens-per-batch 8192 --liger-kernel
 run lora_8k_no_dropout 70 $LORA --max-tokens-per-batch 8192 --lora-dropout 0
 run lora_12k_liger_no_dropout 70 $LORA --max-tokens-per-batch 12288 --liger-kernel --lora-dropout 0
 run lora_4k 70 $LORA --max-tokens-per-batch 4096
+run lora_4k_zero2 90 $LORA --max-tokens-per-batch 4096 --deepspeed zero2  # --deepspeed on CUDA
 run qlora_16k_liger 120 $BENCH --mode qlora --steps 6 --warmup 2 --max-tokens-per-batch 16384 --liger-kernel
 log "done"

@@ -134,7 +134,7 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
         offload_activations=options.offload, packing=not options.no_packing,
         max_tokens_per_batch=options.max_tokens_per_batch, attn_impl=options.attn_impl,
         **({"lora_dropout": options.lora_dropout} if options.lora_dropout is not None else {}),
-        use_liger_kernel=options.liger_kernel,
+        use_liger_kernel=options.liger_kernel, deepspeed=options.deepspeed,
         quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
     model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
         dtype=args.dtype, quantization_bit=args.quantization_bit or 0, attn_impl=args.attn_impl))
@@ -205,7 +205,8 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
             *(["--lora-dropout", str(options.lora_dropout)]
               if options.lora_dropout is not None else []),
             *(["--profile", options.profile] if options.profile else []),
-            *(["--liger-kernel"] if options.liger_kernel else [])]
+            *(["--liger-kernel"] if options.liger_kernel else []),
+            *(["--deepspeed", options.deepspeed] if options.deepspeed else [])]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -272,6 +273,8 @@ def main() -> None:
                         "baseline's); 0 keeps no dropped copy of each adapter's input")
     parser.add_argument("--liger-kernel", action="store_true", help="ours: "
                         "--use-liger-kernel (liger's RMSNorm, SwiGLU and RoPE; CUDA)")
+    parser.add_argument("--deepspeed", metavar="CONFIG", help="ours with --deepspeed CONFIG "
+                        "(one process: ZeRO's overhead)")
     parser.add_argument("--profile", metavar="FILE", help="ours: profile the step after the "
                         "warm-up and write its operators to FILE (that step is timed too, so "
                         "the rate is not comparable)")
@@ -306,7 +309,7 @@ def main() -> None:
         "packing": not options.no_packing,
         "ours_max_tokens_per_batch": options.max_tokens_per_batch,
         "ours_attn_impl": options.attn_impl, "ours_lora_dropout": options.lora_dropout,
-        "ours_liger_kernel": options.liger_kernel,
+        "ours_liger_kernel": options.liger_kernel, "ours_deepspeed": options.deepspeed,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)
