@@ -15,6 +15,7 @@ import click
 from sdk import __version__
 from sdk.config import (
     OTHER_TOOLS_FLAGS,
+    PUSH_TRAINING_STATE_HELP,
     DeployArguments,
     ExportArguments,
     InferArguments,
@@ -471,7 +472,7 @@ def export(ctx: click.Context, config_file: str | None, **params: Any) -> None:
               help="Token for the hub (default: its usual environment variable or "
               "login; prefer those, a flag ends up in the shell history).")
 @click.option("--push-training-state", "--push_training_state", "training_state", cls=Flag,
-              is_flag=True, help="Also push the optimizer, scheduler, RNG and trainer state.")
+              is_flag=True, help=PUSH_TRAINING_STATE_HELP)
 @click.option("--path-in-repo", "--path_in_repo", "path_in_repo", cls=Flag, default="",
               help="Folder of the repository to put the checkpoint's files in (default: its "
               "root).")

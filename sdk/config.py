@@ -11,6 +11,7 @@ rising priority: the defaults here, ``--config FILE`` (YAML or JSON), the comman
 import dataclasses
 import difflib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("w
                     "swanlab": ("swanlab",), "mlflow": ("mlflow",)}
 ATTENTION_KERNELS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
                      "flex_attention")
+
+PUSH_TRAINING_STATE_HELP = (
+    "Also push what only resuming needs: the optimizer, scheduler, RNG and trainer state, "
+    "DeepSpeed's shards, AdaLoRA's state and PiSSA/OLoRA's unconverted adapter.")
 
 # Flags of ms-swift, LLaMA-Factory, Chinese-LLaMA-Alpaca and transformers' scripts, and what
 # they are called here, for the message about an unknown flag.
@@ -49,6 +54,7 @@ OTHER_TOOLS_FLAGS = {
     "lorap_lr_ratio": "loraplus-lr-ratio", "enable_liger_kernel": "use-liger-kernel",
     "init_weights": "init-lora-weights", "pissa_init": "init-lora-weights pissa",
     "pissa_iter": "pissa-niter",
+    "pissa_convert": "init-lora-weights pissa (checkpoints hold the converted adapter)",
 }
 
 
@@ -180,7 +186,10 @@ class SftArguments(ModelArguments):
         "it covers): less memory kept for the backward. The loss is --loss-impl's.")
     lora_rank: int = arg(8, "LoRA rank.", at_least=1)
     lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
-    lora_dropout: float = arg(0.05, "LoRA dropout.", at_least=0, below=1)
+    lora_dropout: float | None = arg(
+        None, "LoRA dropout (default: 0.05; 0 with --init-lora-weights pissa or olora, whose "
+        "adapters start with part of the base weights, which dropout would drop).",
+        at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer.")
     init_lora_weights: str = arg(
@@ -244,8 +253,7 @@ class SftArguments(ModelArguments):
         "last), all_checkpoints (each checkpoint in its own folder).",
         ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"))
     push_training_state: bool = arg(
-        False, "Also push the optimizer, scheduler, RNG and trainer state, AdaLoRA's, and "
-        "PiSSA/OLoRA's unconverted adapter (needed only to resume training elsewhere).")
+        False, PUSH_TRAINING_STATE_HELP)
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
     predict_with_generate: bool = arg(
@@ -441,6 +449,10 @@ def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | No
     """Defaults < config file < command line. ``cli_values`` holds only flags that were given."""
     values = read_config_file(config_file, cls) if config_file else {}
     values.update(cli_values)
+    pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
+    if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
+        values["init_lora_weights"] = "pissa"
+        values.setdefault("pissa_niter", int(pissa[1]))
     types = field_types(cls)
     for name, value in values.items():
         if base_type(types[name]) is list:

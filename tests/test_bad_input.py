@@ -41,6 +41,13 @@ def test_values_and_other_tools_flags(refused_sft, flags, message):
     assert message in refused_sft(*flags)
 
 
+def test_pissa_with_a_fast_svd_takes_peft_and_ms_swifts_spelling():
+    from sdk.config import SftArguments, build_arguments
+
+    arguments = build_arguments(SftArguments, {"init_lora_weights": "pissa_niter_16"})
+    assert (arguments.init_lora_weights, arguments.pissa_niter) == ("pissa", 16)
+
+
 def test_top_p_above_one_is_refused(run_cli):
     result = run_cli("infer", "--model-type", TINY_MODEL_TYPE, "--top-p", "2")
     assert result.exit_code == 1 and "--top-p must be at most 1; got 2.0." in result.stderr

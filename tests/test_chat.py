@@ -153,6 +153,9 @@ def test_the_templates_stop_words_end_a_reply():
     assert stop_strings == ["\nUser:"] and options["stop_strings"] == ["\nUser:"]
     assert options["tokenizer"] is tokenizer
     assert finish_reply("Hello there.\nUser: and more", stop_strings) == "Hello there."
+    # the first of a character's tokens, where --max-new-tokens ended the reply
+    cut = tokenizer.decode(tokenizer.encode("你好🦦")[:-1])
+    assert cut.endswith("\ufffd") and finish_reply(cut, []) == "你好"
 
 
 def test_merge_lora_answers_as_the_adapter_does(plugin_set, identity_data, tmp_path, run_cli,

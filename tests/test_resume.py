@@ -271,6 +271,12 @@ def staged(runs, tmp_path) -> list:
     return ["--resume-from-checkpoint", run / PARTIAL_DIR / "checkpoint-2"]
 
 
+def pushed(runs, tmp_path) -> list:
+    # a checkpoint uploaded with --push-training-state and downloaded: its files, no run
+    folder = shutil.copytree(runs["full"] / "checkpoint-2", tmp_path / "downloaded")
+    return ["--resume-from-checkpoint", folder]
+
+
 def newest_run_without_checkpoint(runs, tmp_path) -> list:
     shutil.copytree(runs["full"], tmp_path / TINY_MODEL_TYPE / "v0-20260101-000000")
     newest = tmp_path / TINY_MODEL_TYPE / "v1-20260101-000001"
@@ -300,9 +306,11 @@ def newest_run_without_checkpoint(runs, tmp_path) -> list:
     (lambda runs, tmp: ["--resume-from-checkpoint", tmp / "missing"], "is not a folder"),
     (lambda runs, tmp: ["--resume-from-checkpoint", runs["full"], "--lora-rank", "16"],
      r"was trained with other tuner or optimizer settings \(--lora-rank 8 there, 16 now\)"),
+    (pushed, "downloaded' is a checkpoint outside its run folder .* Copy it into an empty "
+     "folder as checkpoint-<its step>"),
 ], ids=["only-save-model", "sft-type", "model-type", "foreign checkpoint",
         "foreign arguments", "cut short", "staged", "later checkpoints", "auto without a run",
-        "auto without a checkpoint", "missing", "lora-rank"])
+        "auto without a checkpoint", "missing", "lora-rank", "pushed"])
 def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_the_model_loads(
         setup, message, saved_runs, tiny_plugin_file, dataset, tmp_path, run_cli):
     # A flag given again after the defaults wins; the model cannot load, so the refusal must

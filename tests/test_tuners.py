@@ -420,7 +420,10 @@ def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_re
 
 
 @pytest.mark.parametrize("flags, message", [
-    (dict(quantization_bit=8), "a 8-bit base cannot give back exactly"),
+    (dict(quantization_bit=8), "a base quantized to 8 bits cannot give back exactly"),
+    (dict(init_lora_weights="olora", pissa_niter=4), "--pissa-niter sets PiSSA's fast SVD"),
+    (dict(sft_type="ia3"), "--sft-type ia3 trains none"),
+    (dict(sft_type="full"), "--sft-type full trains none"),
     (dict(lora_modules_to_save=["lm_head"]), "--lora-modules-to-save would not be saved"),
     (dict(adapter="somewhere"), "--adapter continues a saved one"),
     (dict(sft_type="dora"), "works with --sft-type lora or rslora, not dora"),
@@ -431,11 +434,49 @@ def test_pissa_settings_it_cannot_train_with_are_refused_before_loading(
     from sdk.config import SftArguments
     from sdk.train.sft import run_sft
 
-    arguments = SftArguments(model_type=TINY_MODEL_TYPE, model_id_or_path="/nonexistent",
-                             dataset=[str(identity_data)], init_lora_weights="pissa",
-                             output_dir=str(tmp_path), **flags)
+    arguments = SftArguments(**{"model_type": TINY_MODEL_TYPE, "model_id_or_path": "/nonexistent",
+                                "dataset": [str(identity_data)], "init_lora_weights": "pissa",
+                                "output_dir": str(tmp_path), **flags})
     with pytest.raises(SdkError, match=message):
         run_sft(arguments, plugin_set.registry)
+
+
+def test_pissa_and_olora_start_as_the_base_model_without_dropout_by_default(
+        plugin_set, tiny_model_dir, identity_data, tmp_path):
+    from sdk.config import SftArguments
+    from sdk.tuners.lora import lora_dropout
+
+    settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)])
+    assert lora_dropout(SftArguments(**settings)) == 0.05
+    assert lora_dropout(SftArguments(**settings, init_lora_weights="pissa")) == 0.0
+    assert lora_dropout(SftArguments(**settings, init_lora_weights="olora",
+                                     lora_dropout=0.1)) == 0.1
+    # before any step (learning rate 0 at step 1) the model trains as the base model
+    losses = {}
+    for init in ("default", "olora"):
+        run = train_and_reload(plugin_set.registry, TINY_MODEL_TYPE, tiny_model_dir,
+                               identity_data, tmp_path / init, init_lora_weights=init,
+                               logging_steps=1, warmup_ratio=0.5)
+        records = (run.result.run_dir / "logging.jsonl").read_text().splitlines()
+        losses[init] = next(json.loads(line)["loss"] for line in records if "loss" in line)
+    assert losses["olora"] == pytest.approx(losses["default"], rel=1e-5)
+
+
+def test_a_pissa_run_resumes_only_with_its_own_start(plugin_set, tiny_model_dir, identity_data,
+                                                     tmp_path):
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+
+    settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
+                    dataset=[str(identity_data)], init_lora_weights="pissa", max_steps=4,
+                    batch_size=2, save_steps=2, output_dir=str(tmp_path))
+    run = run_sft(SftArguments(**{**settings, "max_steps": 2}), plugin_set.registry)
+    for changed, message in [(dict(init_lora_weights="default"),
+                              "--init-lora-weights 'pissa' there, 'default' now"),
+                             (dict(pissa_niter=2), "--pissa-niter 0 there, 2 now")]:
+        with pytest.raises(SdkError, match=message):
+            run_sft(SftArguments(**{**settings, **changed},
+                                 resume_from_checkpoint=str(run.run_dir)), plugin_set.registry)
 
 
 def test_adalora_refuses_another_start_for_its_adapters(plugin_set, identity_data, tmp_path):

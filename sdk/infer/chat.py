@@ -159,7 +159,8 @@ def generation_options(template: Template, tokenizer: Any,
 def finish_reply(reply: str, stop_strings: list[str]) -> str:
     for word in stop_strings:
         reply = reply.split(word)[0]
-    return reply.strip()
+    # a reply cut at --max-new-tokens inside a character decodes its start as U+FFFD
+    return reply.rstrip("\ufffd").strip()
 
 
 def positions_taken(model: Any, prompt_tokens: int) -> int:

@@ -17,6 +17,7 @@ from sdk.train.run_dir import (
     checkpoint_step,
     checkpoints,
     find_checkpoint,
+    is_complete_checkpoint,
     newest_run,
     read_saved_arguments,
 )
@@ -28,7 +29,7 @@ FLAG = "--resume-from-checkpoint"
 SHAPING_ARGUMENTS = ("lora_rank", "lora_target_modules", "lora_modules_to_save",
                      "adalora_init_rank", "num_virtual_tokens", "freeze_trainable_layers",
                      "freeze_trainable_modules", "quantization_bit", "adapter", "optim",
-                     "loraplus_lr_ratio", "deepspeed")
+                     "loraplus_lr_ratio", "deepspeed", "init_lora_weights", "pissa_niter")
 
 
 def resume_checkpoint(args: SftArguments) -> Path | None:
@@ -47,6 +48,12 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
         checkpoint = find_checkpoint(run, f"{FLAG} auto: the newest run")
     else:
         checkpoint = find_checkpoint(given, FLAG)
+    if not is_complete_checkpoint(checkpoint):  # a checkpoint copied out of its run
+        raise SdkError(f"{FLAG} '{checkpoint}' is a checkpoint outside its run folder (pushed "
+                       "or copied), and a resumed run writes its later checkpoints and log "
+                       "into the run folder. Copy it into an empty folder as checkpoint-<its "
+                       "step> and resume from that, or train on from its weights (--adapter "
+                       "for an adapter tuner).")
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
     for name in ("model_type", "sft_type"):
         if saved[name] != getattr(args, name):

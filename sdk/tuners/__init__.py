@@ -21,7 +21,10 @@ def loraplus_refusal(sft_type: str) -> SdkError:
                     "rslora, adalora) or leave the flag out.")
 
 
-def check_no_loraplus(args: Any) -> None:
-    """``check_arguments`` of the built-in tuners without LoRA B matrices."""
+def check_not_lora(args: Any) -> None:
+    """``check_arguments`` of the built-in tuners without LoRA matrices."""
     if args.loraplus_lr_ratio:
         raise loraplus_refusal(args.sft_type)
+    if args.init_lora_weights != "default" or args.pissa_niter:
+        raise SdkError(f"--init-lora-weights and --pissa-niter start LoRA adapters; --sft-type "
+                       f"{args.sft_type} trains none. Use a LoRA tuner or leave them out.")

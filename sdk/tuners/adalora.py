@@ -19,6 +19,7 @@ from sdk.errors import SdkError
 from sdk.specs import ModelSpec
 from sdk.tuners.lora import (
     continue_adapter,
+    lora_dropout,
     modules_to_save,
     ready_for_adapters,
     target_modules,
@@ -62,7 +63,7 @@ def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
         target_r=args.adalora_target_rank,
         deltaT=args.adalora_delta_t,
         lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
+        lora_dropout=lora_dropout(args),
         target_modules=target_modules(args.lora_target_modules, spec),
         **modules_to_save(model, args),
         **steps,
@@ -71,7 +72,7 @@ def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
 
 
 def check_arguments(args: Any) -> None:
-    if args.init_lora_weights != "default":
+    if args.init_lora_weights != "default" or args.pissa_niter:
         raise SdkError(f"--init-lora-weights {args.init_lora_weights}: AdaLoRA starts its "
                        "adapters its own way. Leave the flag out, or use --sft-type lora.")
 

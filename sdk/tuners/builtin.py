@@ -10,7 +10,7 @@ def adapter_tuner(name: str, prepare: str, description: str, **settings) -> Tune
                  description=description, **settings)
 
 
-NO_LORA_B = "sdk.tuners:check_no_loraplus"  # tuners that --loraplus-lr-ratio cannot apply to
+NO_LORA = "sdk.tuners:check_not_lora"  # refuses --loraplus-lr-ratio and --init-lora-weights
 # lora and rslora: --init-lora-weights pissa|olora, checkpoints converted to plain LoRA
 STARTS_FROM_BASE = {"check_arguments": "sdk.tuners.lora:check_arguments",
                     "callbacks": "sdk.tuners.mutated_init:callbacks"}
@@ -48,20 +48,20 @@ def register_tuners(register):
     register(adapter_tuner(
         "prefix", "sdk.tuners.prompt:prepare_prefix",
         "Prefix tuning / P-tuning v2: --num-virtual-tokens learned keys and values in every "
-        "layer", default_learning_rate=1e-2, check_arguments=NO_LORA_B))
+        "layer", default_learning_rate=1e-2, check_arguments=NO_LORA))
     register(adapter_tuner(
         "ptuning", "sdk.tuners.prompt:prepare_ptuning",
         "P-tuning: --num-virtual-tokens input embeddings made by an MLP "
         "(--prompt-encoder-hidden-size)", default_learning_rate=1e-2,
-        check_arguments=NO_LORA_B))
+        check_arguments=NO_LORA))
     register(adapter_tuner(
         "prompt", "sdk.tuners.prompt:prepare_prompt",
         "Prompt tuning: --num-virtual-tokens input embeddings learned directly",
-        default_learning_rate=1e-2, check_arguments=NO_LORA_B))
+        default_learning_rate=1e-2, check_arguments=NO_LORA))
     register(adapter_tuner(
         "ia3", "sdk.tuners.ia3:prepare",
         "IA³: learned scaling vectors on attention keys/values and feed-forward",
-        default_learning_rate=3e-3, check_arguments=NO_LORA_B))
+        default_learning_rate=3e-3, check_arguments=NO_LORA))
     register(Tuner(
         name="freeze",
         prepare="sdk.tuners.freeze:prepare",
@@ -69,7 +69,7 @@ def register_tuners(register):
         description="Train only the last --freeze-trainable-layers layers (and "
                     "--freeze-trainable-modules); saves the whole model",
         default_learning_rate=2e-5,
-        check_arguments=NO_LORA_B,
+        check_arguments=NO_LORA,
     ))
     register(Tuner(
         name="full",
@@ -77,5 +77,5 @@ def register_tuners(register):
         load="sdk.tuners.full:load",
         description="Full fine-tuning: every weight is trained and saved",
         default_learning_rate=2e-5,
-        check_arguments=NO_LORA_B,
+        check_arguments=NO_LORA,
     ))

@@ -132,23 +132,19 @@ def init_setting(args: Any) -> dict[str, Any]:
     return {"init_lora_weights": args.init_lora_weights}
 
 
-def check_arguments(args: Any) -> None:
-    """lora and rslora: pissa and olora need the base weights as they are, and their
-    conversion to a plain adapter keeps only the LoRA matrices."""
-    if args.init_lora_weights not in MUTATING_INITS:
-        return
-    flag = f"--init-lora-weights {args.init_lora_weights}"
-    if args.adapter:
-        raise SdkError(f"{flag} starts new adapters; --adapter continues a saved one, which "
-                       "keeps its own weights. Leave one of them out.")
-    if args.quantization_bit:
-        raise SdkError(f"{flag} takes the adapters' start out of the base weights, which a "
-                       f"{args.quantization_bit}-bit base cannot give back exactly. Drop "
-                       "--quantization-bit (or use --init-lora-weights default).")
-    if args.lora_modules_to_save:
-        raise SdkError(f"{flag}: peft's conversion of the trained adapters to plain LoRA keeps "
-                       "only the LoRA matrices, so --lora-modules-to-save would not be saved. "
-                       "Leave one of them out.")
+def lora_dropout(args: Any) -> float:
+    """--lora-dropout, by default 0 where the adapters start with part of the base weights
+    (dropping their input would change the model before any step), else 0.05."""
+    if args.lora_dropout is not None:
+        return args.lora_dropout
+    return 0.0 if args.init_lora_weights in MUTATING_INITS else 0.05
+
+
+def check_pissa_niter(args: Any) -> None:
+    if args.pissa_niter and args.init_lora_weights != "pissa":
+        raise SdkError(f"--pissa-niter sets PiSSA's fast SVD; this run starts its adapters "
+                       f"with --init-lora-weights {args.init_lora_weights}. Give "
+                       "--init-lora-weights pissa or leave --pissa-niter out.")
 
 
 def check_plain_init(args: Any) -> None:
@@ -156,6 +152,27 @@ def check_plain_init(args: Any) -> None:
     if args.init_lora_weights in MUTATING_INITS:
         raise SdkError(f"--init-lora-weights {args.init_lora_weights} works with --sft-type "
                        f"lora or rslora, not {args.sft_type}.")
+    check_pissa_niter(args)
+
+
+def check_arguments(args: Any) -> None:
+    """lora and rslora: pissa and olora need the base weights as they are, and their
+    conversion to a plain adapter keeps only the LoRA matrices."""
+    check_pissa_niter(args)
+    if args.init_lora_weights not in MUTATING_INITS:
+        return
+    flag = f"--init-lora-weights {args.init_lora_weights}"
+    if args.adapter:
+        raise SdkError(f"{flag} starts new adapters; --adapter continues a saved one, which "
+                       "keeps its own weights. Leave one of them out.")
+    if args.quantization_bit:
+        raise SdkError(f"{flag} takes the adapters' start out of the base weights, which a base "
+                       f"quantized to {args.quantization_bit} bits cannot give back exactly. "
+                       "Drop --quantization-bit (or use --init-lora-weights default).")
+    if args.lora_modules_to_save:
+        raise SdkError(f"{flag}: peft's conversion of the trained adapters to plain LoRA keeps "
+                       "only the LoRA matrices, so --lora-modules-to-save would not be saved. "
+                       "Leave one of them out.")
 
 
 def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
@@ -167,7 +184,7 @@ def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
         task_type="CAUSAL_LM",
         r=args.lora_rank,
         lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
+        lora_dropout=lora_dropout(args),
         target_modules=target_modules(args.lora_target_modules, spec),
         **modules_to_save(model, args),
         **init_setting(args),
