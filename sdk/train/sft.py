@@ -43,6 +43,7 @@ from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.tuners import check_requires, loraplus_refusal
+from sdk.tuners.lora import lora_dropout
 
 
 def check_trackers(names: list[str]) -> None:
@@ -103,6 +104,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
     if tuner.check_arguments:
         resolve_callable(tuner.check_arguments)(args)
+    # saved with the run as it applies: 0.05, or 0 for adapters that start from the base
+    args = dataclasses.replace(args, lora_dropout=lora_dropout(args))
     if args.offload_activations:  # what is offloaded is what checkpointing keeps
         args = dataclasses.replace(args, gradient_checkpointing=True)
     if args.adapter and not Path(args.adapter).is_dir():
