@@ -54,15 +54,16 @@ def sdk_in_two_processes(plugin_file, rows, output, *flags):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", [[], ["--deepspeed", "zero2"], ["--deepspeed", "zero3"]],
-                         ids=["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("engine, engine_resumed", [
+    ([], []), (["--deepspeed", "zero2"], ["--deepspeed", "default-zero2"]),  # ms-swift's name
+    (["--deepspeed", "zero3"], ["--deepspeed", "zero3"])], ids=["ddp", "zero2", "zero3"])
 def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
-        tiny_plugin_file, plugin_set, rows, tmp_path, engine):
+        tiny_plugin_file, plugin_set, rows, tmp_path, engine, engine_resumed):
     first = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
                                  *engine)
     assert first.count("[sdk] run folder:") == 1  # the main process reports
     resumed = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "4",
-                                   "--resume-from-checkpoint", "auto", *engine)
+                                   "--resume-from-checkpoint", "auto", *engine_resumed)
     assert "resuming" in resumed
     two = only_run(tmp_path / "two")  # one run folder for both processes and both runs
 

@@ -28,6 +28,7 @@ from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.best import best_checkpoint
 from sdk.train.deepspeed_configs import (
+    MS_SWIFT_NAMES,
     check_deepspeed,
     deepspeed_config,
     single_process_rendezvous,
@@ -123,6 +124,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         check_liger_kernels(spec.config_model_types, args.model_type)
     if args.deepspeed:
         check_deepspeed(args)
+        # saved by our name: a resumed run may give ms-swift's or ours
+        args = dataclasses.replace(args, deepspeed=MS_SWIFT_NAMES.get(args.deepspeed,
+                                                                      args.deepspeed))
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
