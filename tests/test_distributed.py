@@ -65,6 +65,7 @@ def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
     resumed = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "4",
                                    "--resume-from-checkpoint", "auto", *engine_resumed)
     assert "resuming" in resumed
+    assert "` is deprecated" not in first + resumed  # torch's warnings about DeepSpeed's calls
     two = only_run(tmp_path / "two")  # one run folder for both processes and both runs
 
     one = run_sft(SftArguments(model_type=TINY_MODEL_TYPE, dataset=[str(rows)], batch_size=2,
@@ -152,7 +153,7 @@ def test_deepspeed_settings_it_cannot_run_are_refused_before_loading(
 
 
 def test_a_deepspeed_file_is_read_and_its_mistakes_named(tmp_path, monkeypatch):
-    from sdk.train.deepspeed_configs import deepspeed_config
+    from sdk.train.deepspeed_configs import deepspeed_config, saved_name
 
     config = tmp_path / "ds_z3.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 3},
@@ -163,6 +164,8 @@ def test_a_deepspeed_file_is_read_and_its_mistakes_named(tmp_path, monkeypatch):
     config.write_text('{\n  "zero_optimization": {"stage": 2},\n}\n')
     with pytest.raises(SdkError, match=f"--deepspeed {config}, line 3: not valid JSON"):
         deepspeed_config(str(config))
+    monkeypatch.chdir(tmp_path)  # a file is saved with the run by its absolute path
+    assert saved_name("ds_z3.json") == str(config) and saved_name("default-zero3") == "zero3"
     config.write_text("[2]")
     with pytest.raises(SdkError, match="a JSON object; this file holds a list"):
         deepspeed_config(str(config))
@@ -180,3 +183,13 @@ def test_deepspeed_not_installed_says_what_to_install(run_cli, tiny_plugin_file,
                      "--deepspeed", "zero2")
     assert result.exit_code == 1
     assert "--deepspeed needs deepspeed: pip install deepspeed" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_with_zero3_predict_the_held_out_rows(tiny_plugin_file, rows, tmp_path):
+    sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
+                         "--deepspeed", "zero3", "--split-dataset-ratio", "0.25",
+                         "--predict-with-generate", "--max-new-tokens", "4")
+    run = only_run(tmp_path / "two")
+    predictions = list((run / "predictions").glob("*.jsonl"))
+    assert len(predictions) == 1 and len(predictions[0].read_text().splitlines()) == 4

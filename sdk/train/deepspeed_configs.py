@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,13 @@ def deepspeed_config(value: str) -> dict[str, Any]:
     return config
 
 
+def saved_name(value: str) -> str:
+    """``--deepspeed`` as a run saves it, for a resumed run to compare with: our name for a
+    built-in configuration (ms-swift's works too), a file's absolute path."""
+    name = MS_SWIFT_NAMES.get(value, value)
+    return name if name in BUILT_IN else str(Path(name).resolve())
+
+
 def zero_stage(config: dict[str, Any]) -> int:
     return int((config.get("zero_optimization") or {}).get("stage", 0))
 
@@ -102,3 +110,10 @@ def single_process_rendezvous() -> None:
         port = probe.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+
+
+def quiet_deepspeed_collectives() -> None:
+    """DeepSpeed calls torch.distributed collectives that torch deprecates, and torch warns at
+    every call (dozens a step with ZeRO-3): about DeepSpeed's code, nothing a user can change."""
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.\w+` is deprecated")

@@ -28,10 +28,12 @@ from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.best import best_checkpoint
 from sdk.train.deepspeed_configs import (
-    MS_SWIFT_NAMES,
     check_deepspeed,
     deepspeed_config,
+    quiet_deepspeed_collectives,
+    saved_name,
     single_process_rendezvous,
+    zero_stage,
 )
 from sdk.train.distributed import (
     is_main_process,
@@ -124,9 +126,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         check_liger_kernels(spec.config_model_types, args.model_type)
     if args.deepspeed:
         check_deepspeed(args)
-        # saved by our name: a resumed run may give ms-swift's or ours
-        args = dataclasses.replace(args, deepspeed=MS_SWIFT_NAMES.get(args.deepspeed,
-                                                                      args.deepspeed))
+        args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
@@ -211,7 +211,19 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.predict_with_generate:
         from sdk.infer.predict import predict_held_out
 
-        predict_held_out(trainer.model, tokenizer, settings.template, held_out, last, args)
+        model = trainer.model
+        if args.deepspeed and zero_stage(deepspeed_config(args.deepspeed)) == 3:
+            # ZeRO-3 gathers each layer's shards from every process at every token: the
+            # checkpoint, whole, generates on its own (the other processes are done)
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            from sdk.config import InferArguments
+            from sdk.infer.chat import load_for_inference
+
+            unset_hf_deepspeed_config()  # else the model would load sharded over processes
+            model = load_for_inference(InferArguments(ckpt_dir=str(last), dtype=args.dtype),
+                                       registry)[0]
+        predict_held_out(model, tokenizer, settings.template, held_out, last, args)
     return SftResult(run_dir, last, trainer.model)
 
 
@@ -247,6 +259,7 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         raise loraplus_refusal(args.sft_type)
     if args.deepspeed:
         optional["deepspeed"] = deepspeed_config(args.deepspeed)
+        quiet_deepspeed_collectives()
         if world_size() == 1:
             single_process_rendezvous()
     if (world_size() > 1 or args.deepspeed) and not on_gpu:
