@@ -41,16 +41,27 @@ def logged_losses(run_dir):
     return {record["step"]: record["loss"] for record in records if "loss" in record}
 
 
-def sdk_in_two_processes(plugin_file, rows, output, *flags):
-    environment = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+def sdk_sft(plugin_file, rows, output, *flags, processes=2, batch_size=1):
+    """`sdk sft` in a process of its own (DeepSpeed's process group and rendezvous settings
+    stay there), in ``processes`` processes; its stderr."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes > 1:
+        environment["NPROC_PER_NODE"] = str(processes)
     finished = subprocess.run(
         [sys.executable, "-m", "sdk", "--plugin", str(plugin_file), "sft", "--model-type",
-         TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", "1",
+         TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", str(batch_size),
          *[str(part) for name, value in SETTINGS.items() for part in (f"--{name}", value)],
          "--output-dir", str(output), *flags],
         env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     return finished.stderr
+
+
+def assert_same_weights(file, expected_file):
+    trained, expected = load_file(file), load_file(expected_file)
+    assert trained.keys() == expected.keys()
+    for name, weight in trained.items():
+        torch.testing.assert_close(weight, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow
@@ -59,10 +70,10 @@ def sdk_in_two_processes(plugin_file, rows, output, *flags):
     (["--deepspeed", "zero3"], ["--deepspeed", "zero3"])], ids=["ddp", "zero2", "zero3"])
 def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
         tiny_plugin_file, plugin_set, rows, tmp_path, engine, engine_resumed):
-    first = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
+    first = sdk_sft(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
                                  *engine)
     assert first.count("[sdk] run folder:") == 1  # the main process reports
-    resumed = sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "4",
+    resumed = sdk_sft(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "4",
                                    "--resume-from-checkpoint", "auto", *engine_resumed)
     assert "resuming" in resumed
     assert "` is deprecated" not in first + resumed  # torch's warnings about DeepSpeed's calls
@@ -76,11 +87,8 @@ def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
     # DeepSpeed's sharded state, which the resumed run loaded
     assert (two / "checkpoint-4" / "global_step4").is_dir() == bool(engine)
     assert logged_losses(two) == pytest.approx(logged_losses(one), rel=1e-5)
-    trained = load_file(two / "checkpoint-4" / "adapter_model.safetensors")
-    expected = load_file(one / "checkpoint-4" / "adapter_model.safetensors")
-    assert trained.keys() == expected.keys()
-    for name, weight in trained.items():
-        torch.testing.assert_close(weight, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_weights(two / "checkpoint-4" / "adapter_model.safetensors",
+                        one / "checkpoint-4" / "adapter_model.safetensors")
 
 
 def test_a_bad_process_count_is_named(run_cli, tiny_plugin_file, rows, tmp_path, monkeypatch):
@@ -108,32 +116,18 @@ def test_the_launcher_builds_torchrun_commands_for_one_or_several_machines():
 
 
 
-def sdk_in_one_process(plugin_file, rows, output, *flags):
-    # a process of its own: DeepSpeed's process group and rendezvous settings stay there
-    finished = subprocess.run(
-        [sys.executable, "-m", "sdk", "--plugin", str(plugin_file), "sft", "--model-type",
-         TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", "2", "--max-steps", "2",
-         *[str(part) for name, value in SETTINGS.items() for part in (f"--{name}", value)],
-         "--output-dir", str(output), *flags],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    return only_run(output)
-
-
 @pytest.mark.slow
 def test_one_process_zero3_with_offload_saves_the_whole_model_it_trained(tiny_plugin_file, rows,
                                                                          tmp_path):
-    plain = sdk_in_one_process(tiny_plugin_file, rows, tmp_path / "plain", "--sft-type", "full")
-    zero = sdk_in_one_process(tiny_plugin_file, rows, tmp_path / "zero", "--sft-type", "full",
-                              "--deepspeed", "zero3_offload")
+    for name, engine in (("plain", []), ("zero", ["--deepspeed", "zero3_offload"])):
+        sdk_sft(tiny_plugin_file, rows, tmp_path / name, "--sft-type", "full", "--max-steps",
+                "2", *engine, processes=1, batch_size=2)
+    plain, zero = only_run(tmp_path / "plain"), only_run(tmp_path / "zero")
     assert (zero / "checkpoint-2" / "global_step2").is_dir()
     assert logged_losses(zero) == pytest.approx(logged_losses(plain), rel=1e-5)
     # gathered from the shards into the checkpoint's model file, as `sdk infer` reads it
-    trained = load_file(zero / "checkpoint-2" / "model.safetensors")
-    expected = load_file(plain / "checkpoint-2" / "model.safetensors")
-    assert trained.keys() == expected.keys()
-    for name, weight in trained.items():
-        torch.testing.assert_close(weight, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_weights(zero / "checkpoint-2" / "model.safetensors",
+                        plain / "checkpoint-2" / "model.safetensors")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -187,7 +181,7 @@ def test_deepspeed_not_installed_says_what_to_install(run_cli, tiny_plugin_file,
 
 @pytest.mark.slow
 def test_two_processes_with_zero3_predict_the_held_out_rows(tiny_plugin_file, rows, tmp_path):
-    sdk_in_two_processes(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
+    sdk_sft(tiny_plugin_file, rows, tmp_path / "two", "--max-steps", "2",
                          "--deepspeed", "zero3", "--split-dataset-ratio", "0.25",
                          "--predict-with-generate", "--max-new-tokens", "4")
     run = only_run(tmp_path / "two")
