@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
+from sdk.tuners.lora import MUTATING_INITS
 
 FLAG = "--deepspeed"
 _ZERO_2 = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True,
@@ -81,8 +82,8 @@ def zero_stage(config: dict[str, Any]) -> int:
     return int((config.get("zero_optimization") or {}).get("stage", 0))
 
 
-def check_deepspeed(args: Any) -> dict[str, Any]:
-    """The configuration, checked against the run's other flags before any model loads."""
+def check_deepspeed(args: Any) -> None:
+    """The configuration readable and fit for the run's other flags, before any model loads."""
     if importlib.util.find_spec("deepspeed") is None:
         raise SdkError(f"{FLAG} needs deepspeed: pip install deepspeed")
     config = deepspeed_config(args.deepspeed)
@@ -90,14 +91,13 @@ def check_deepspeed(args: Any) -> dict[str, Any]:
         raise SdkError(f"{FLAG}: AdaLoRA scores its ranks from each weight's gradient, which "
                        "ZeRO keeps in its own sharded buffers. Train AdaLoRA without "
                        f"{FLAG} (DDP: NPROC_PER_NODE), or use --sft-type lora.")
-    if args.init_lora_weights in ("pissa", "olora"):
+    if args.init_lora_weights in MUTATING_INITS:
         raise SdkError(f"{FLAG}: --init-lora-weights {args.init_lora_weights} converts each "
                        "checkpoint from the whole adapter, which ZeRO shards. Leave one of "
                        "them out.")
     if args.quantization_bit and zero_stage(config) == 3:
         raise SdkError(f"{FLAG} {args.deepspeed}: ZeRO-3 cannot shard a "
                        f"{args.quantization_bit}-bit base model. Use zero2 for QLoRA.")
-    return config
 
 
 def single_process_rendezvous() -> None:

@@ -33,7 +33,6 @@ from sdk.train.deepspeed_configs import (
     quiet_deepspeed_collectives,
     saved_name,
     single_process_rendezvous,
-    zero_stage,
 )
 from sdk.train.distributed import (
     is_main_process,
@@ -209,17 +208,19 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
                    f"at step {best.step})", err=True)
     plot_after_training(run_dir)
     if args.predict_with_generate:
+        from transformers.integrations.deepspeed import (
+            is_deepspeed_zero3_enabled,
+            unset_hf_deepspeed_config,
+        )
+
+        from sdk.config import InferArguments
+        from sdk.infer.chat import load_for_inference
         from sdk.infer.predict import predict_held_out
 
         model = trainer.model
-        if args.deepspeed and zero_stage(deepspeed_config(args.deepspeed)) == 3:
+        if is_deepspeed_zero3_enabled():
             # ZeRO-3 gathers each layer's shards from every process at every token: the
             # checkpoint, whole, generates on its own (the other processes are done)
-            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-            from sdk.config import InferArguments
-            from sdk.infer.chat import load_for_inference
-
             unset_hf_deepspeed_config()  # else the model would load sharded over processes
             model = load_for_inference(InferArguments(ckpt_dir=str(last), dtype=args.dtype),
                                        registry)[0]
