@@ -65,3 +65,18 @@ def test_on_cuda_a_family_liger_has_no_kernels_for_is_refused_before_loading():
         check_liger_kernels(("chatglm",), "chatglm3-6b")
     check_liger_kernels(("qwen2",), "qwen2-7b-instruct")
     check_liger_kernels((), "third-party-type")  # declares no architecture: checked on load
+
+
+def test_on_cuda_a_packed_run_with_liger_kernels_stays_packed(plugin_set, identity_data,
+                                                             tmp_path, capsys):
+    # the model loads on the CPU; the packing probe must run it where liger's kernels run
+    from conftest import TINY_MODEL_TYPE
+    from sdk.config import SftArguments
+    from sdk.train.sft import run_sft
+
+    run_sft(SftArguments(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+                         output_dir=str(tmp_path / "output"), max_steps=2, batch_size=2,
+                         use_liger_kernel=True, dtype="bf16"), plugin_set.registry)
+    err = capsys.readouterr().err
+    assert "liger-kernel's RMSNorm, SwiGLU and RoPE kernels" in err
+    assert "packing off" not in err

@@ -7,6 +7,7 @@ model is loaded, so a typo costs seconds, not a model load.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,10 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
 
     dtype = torch_dtype(args.dtype)
     on_gpu = torch.cuda.is_available()
+    if on_gpu and model.device.type == "cpu":
+        # Where the Trainer (or DeepSpeed) would move it: the probes then run the kernels that
+        # training runs (liger's Triton kernels and torch's varlen attention exist only there).
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
     if args.use_liger_kernel:  # before the packing probe, which checks the model as it trains
         done = apply_liger_kernels(model)
         if is_main_process():
