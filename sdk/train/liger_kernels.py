@@ -11,6 +11,7 @@ liger's fused linear cross-entropy on CUDA).
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import Any
 
 from sdk.errors import SdkError
@@ -45,6 +46,9 @@ def apply_liger_kernels(model: Any) -> str:
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from transformers.trainer_utils import unwrap_peft_model
 
+    # At its first call, liger looks for its optional backends (CuTe DSL, Ascend) and warns for
+    # each one not installed, then runs its Triton kernels: nothing a user needs to act on.
+    logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
     network = unwrap_peft_model(model)
     model_type = network.config.model_type
     if model_type not in supported_model_types():
