@@ -500,3 +500,25 @@ def test_a_push_that_could_not_succeed_is_refused_before_training(
     assert bad_id.exit_code == 1
     assert "--hub-model-id 'not a repo id' is not a repository id" in bad_id.stderr
     assert not (tmp_path / "out").exists()  # nothing trained, no run folder
+
+
+@pytest.mark.parametrize("settings, note", [
+    ({"init_lora_weights": "pissa"}, "The adapter has rank 16 (adapter_config.json), not the "
+     "run's --lora-rank 8: pissa adapters are saved converted to plain LoRA of twice the rank"),
+    ({"init_lora_weights": "default", "adapter": "/old/run/checkpoint-9"},
+     "The adapter has rank 16 (adapter_config.json), not the run's --lora-rank 8: the run "
+     "continued an adapter (--adapter), which keeps its own rank."),
+    ({"init_lora_weights": "pissa", "lora_rank": 16}, None),
+])
+def test_the_card_says_why_the_adapter_has_another_rank_than_the_run(registry, tmp_path,
+                                                                    settings, note):
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    (checkpoint / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 16}')
+    saved = {"model_type": MODEL_TYPE, "sft_type": "lora", "template": "chatml",
+             "dataset": ["tiny-identity"], "lora_rank": 8, **settings}
+    card = model_card(checkpoint, saved, registry, "modelscope", "org/m")
+    if note:
+        assert note in card
+    else:
+        assert "The adapter has rank" not in card

@@ -86,6 +86,27 @@ def relation(trains_adapters: bool, checkpoint: Path) -> str:
     return "finetune"
 
 
+def adapter_rank_note(checkpoint: Path, saved: dict[str, Any]) -> str | None:
+    """Why the checkpoint's LoRA adapter has another rank than the run's ``--lora-rank`` (shown
+    among the training arguments), or None when it has that rank."""
+    from sdk.tuners.lora import MUTATING_INITS
+
+    config_file = checkpoint / "adapter_config.json"
+    if not config_file.is_file() or "lora_rank" not in saved:
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    rank = config.get("r")
+    if config.get("peft_type") != "LORA" or rank in (None, saved["lora_rank"]):
+        return None
+    if saved.get("init_lora_weights") in MUTATING_INITS and not saved.get("adapter"):
+        why = (f"{saved['init_lora_weights']} adapters are saved converted to plain LoRA of "
+               "twice the rank, which applies to the unchanged base model")
+    else:
+        why = "the run continued an adapter (--adapter), which keeps its own rank"
+    return (f"The adapter has rank {rank} (adapter_config.json), not the run's --lora-rank "
+            f"{saved['lora_rank']}: {why}.")
+
+
 def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub: str,
                repo_id: str, files_folder: str = "") -> str:
     """README.md for ``checkpoint`` pushed to ``repo_id`` on ``hub``; ``files_folder`` is the
@@ -114,6 +135,7 @@ def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub:
         f"# {repo_id.rstrip('/').rpartition('/')[2]}", "",
         f"{about}, fine-tuned with sft-sdk from `{checkpoint.name}`"
         + (f" (its files are in `{files_folder}/`)." if files_folder else "."), "",
+        *((note, "") if (note := adapter_rank_note(checkpoint, saved)) else ()),
         "```",
         "sdk infer --ckpt-dir <the downloaded repository>",
         "```", "",
