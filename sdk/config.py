@@ -298,6 +298,10 @@ class InferArguments(GenerationArguments):
         None, "Where predictions go, one JSON line a row; rerun to resume. Default: "
         "<run>/predictions/<checkpoint>-<dataset>.jsonl.")
     batch_size: int = arg(8, "Rows generated together with --dataset.", at_least=1)
+    truncate_long_prompts: bool = arg(
+        False, "With --dataset: cut the start of a prompt too long for the model's window "
+        "with a --max-new-tokens reply (it keeps the window less the reply, at least half the "
+        "window) instead of stopping at its row.")
 
 
 @dataclass

@@ -261,3 +261,39 @@ def test_each_row_of_a_batch_stops_at_the_window_after_its_own_prompt(loaded):
     assert calls == [2] and together[0] == alone[0]  # not cut to the long row's room
     long_tokens = len(tokenizer(together[1], add_special_tokens=False)["input_ids"])
     assert 0 < long_tokens < 40
+
+
+def test_truncate_long_prompts_cuts_the_start_of_a_prompt_past_the_window(loaded, tmp_path,
+                                                                        capsys):
+    model, tokenizer, template = loaded
+    window = model.config.max_position_embeddings
+    long_prompt = [{"role": "user", "content": "word " * window + "last words here"}]
+    rows = prompt_rows([*conversations(2), [*long_prompt, {"role": "assistant",
+                                                           "content": "answer"}]])
+    path = tmp_path / "predictions.jsonl"
+    args = InferArguments(batch_size=2, truncate_long_prompts=True, **DECODING)
+    predict(rows, path, lambda: loaded, args, "tiny")
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["query"] for row in written[:2]] == QUESTIONS[:2] and len(written) == 3
+    tokens = template.tokenize_prompt(tokenizer, long_prompt)["input_ids"]
+    kept = window - DECODING["max_new_tokens"]
+    assert (f"[sdk] row 3: the prompt's first {tokens.shape[1] - kept} of {tokens.shape[1]} "
+            "tokens cut (--truncate-long-prompts).") in capsys.readouterr().err
+    # the reply is what the prompt's last tokens alone give
+    output = model.generate(input_ids=tokens[:, -kept:], attention_mask=tokens[:, -kept:] * 0 + 1,
+                            do_sample=False, max_new_tokens=DECODING["max_new_tokens"],
+                            repetition_penalty=DECODING["repetition_penalty"])
+    assert written[2]["response"] == tokenizer.decode(output[0, kept:],
+                                                      skip_special_tokens=True).strip()
+    # replies made with cut prompts are not mixed with replies made without
+    with pytest.raises(SdkError, match=r"truncate_long_prompts \(True there, None now\)"):
+        predict(rows, path, lambda: loaded, InferArguments(batch_size=2, **DECODING), "tiny")
+
+
+def test_a_prompt_keeps_at_least_half_the_window_when_the_reply_would_take_it(loaded):
+    from sdk.infer.chat import prompt_room
+
+    model = loaded[0]
+    window = model.config.max_position_embeddings
+    assert prompt_room(model, 6) == window - 6
+    assert prompt_room(model, window) == window // 2

@@ -172,6 +172,17 @@ def positions_taken(model: Any, prompt_tokens: int) -> int:
     return prompt_tokens + virtual
 
 
+def prompt_room(model: Any, max_new_tokens: int) -> int | None:
+    """The prompt tokens that leave room in the model's window for a reply of
+    ``max_new_tokens``, or half the window if the reply would take more; None without a known
+    window."""
+    window = context_window(model.config)
+    if window is None:
+        return None
+    room = window - positions_taken(model, 0)
+    return max(room - max_new_tokens, room // 2)
+
+
 def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
     """``max_new_tokens``, or fewer where the model's window ends first (past it a model
     answers garbage); a prompt that fills the window is an error."""

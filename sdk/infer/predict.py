@@ -130,11 +130,21 @@ def padded_on_left(tokenizer: Any) -> Iterator[None]:
             tokenizer.pad_token = pad
 
 
-def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages]) -> Any:
-    """Each prompt encoded as for one reply, then padded on the left together (call inside
-    :func:`padded_on_left`)."""
-    encoded = [{key: value[0].tolist() for key, value in
-                template.tokenize_prompt(tokenizer, prompt).items()} for prompt in prompts]
+def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages],
+                 keep: int | None = None, first_row: int = 1) -> Any:
+    """Each prompt encoded as for one reply, of a prompt longer than ``keep`` tokens only its
+    last ``keep`` (rows ``first_row``... named on stderr), then padded on the left together
+    (call inside :func:`padded_on_left`)."""
+    encoded = []
+    for row, prompt in enumerate(prompts, first_row):
+        tokens = {key: value[0].tolist()
+                  for key, value in template.tokenize_prompt(tokenizer, prompt).items()}
+        length = len(tokens["input_ids"])
+        if keep is not None and length > keep:
+            tokens = {key: value[-keep:] for key, value in tokens.items()}
+            click.echo(f"[sdk] row {row}: the prompt's first {length - keep} of {length} tokens "
+                       "cut (--truncate-long-prompts).", err=True)
+        encoded.append(tokens)
     return tokenizer.pad(encoded, return_tensors="pt")
 
 
@@ -144,11 +154,13 @@ def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequ
     each stopping where the model's window ends after its own prompt."""
     from transformers import StoppingCriteriaList
 
-    from sdk.infer.chat import finish_reply, generation_options, reply_budget
+    from sdk.infer.chat import finish_reply, generation_options, prompt_room, reply_budget
 
     with padded_on_left(tokenizer):
-        inputs = batch_inputs(tokenizer, template, prompts).to(model.device)
         options, stop_strings = generation_options(template, tokenizer, args)
+        keep = (prompt_room(model, options["max_new_tokens"])
+                if args.truncate_long_prompts else None)
+        inputs = batch_inputs(tokenizer, template, prompts, keep, first_row).to(model.device)
         budgets = []
         for row, length in enumerate(inputs["attention_mask"].sum(dim=1).tolist(), first_row):
             try:
@@ -194,7 +206,8 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
                                          args, first_row=start + 1)
             except SdkError as error:
                 raise SdkError(f"{error} The replies to the rows before its batch are in "
-                               f"{path}; remove or shorten the row to go on.") from None
+                               f"{path}; remove or shorten the row, or rerun with "
+                               "--truncate-long-prompts to cut such prompts' start.") from None
             out.write("".join(json.dumps(row.written(reply), ensure_ascii=False) + "\n"
                               for row, reply in zip(batch, replies, strict=True)))
             out.flush()
@@ -204,7 +217,8 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
 
 
 # What decides the replies besides the model and the rows: a file resumed with other values
-# would mix them. Sampling adds its own.
+# would mix them. Sampling adds its own, and --truncate-long-prompts itself when given (files
+# from before the flag have no record of it).
 GENERATION_FLAGS = ("template", "system", "max_new_tokens", "do_sample", "repetition_penalty",
                     "num_beams", "no_repeat_ngram_size")
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
@@ -216,8 +230,9 @@ def check_settings(path: Path, settings: dict[str, Any], done: int) -> None:
     recorded = path.with_suffix(".settings.json")
     if done and recorded.is_file():
         before = json.loads(recorded.read_text(encoding="utf-8"))
-        changed = [f"{name} ({before.get(name)!r} there, {value!r} now)"
-                   for name, value in settings.items() if before.get(name) != value]
+        changed = [f"{name} ({before.get(name)!r} there, {settings.get(name)!r} now)"
+                   for name in dict.fromkeys([*before, *settings])
+                   if before.get(name) != settings.get(name)]
         if changed:
             raise SdkError(f"{path} holds replies made with other settings: "
                            f"{'; '.join(changed)}. Give another --predictions-file, or delete "
@@ -239,7 +254,8 @@ def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
         raise SdkError(f"--predictions-file '{path}' is a folder; give a file name in it, "
                        f"e.g. {path / 'predictions.jsonl'}.")
     done = completed_rows(path, rows)
-    flags = GENERATION_FLAGS + (SAMPLING_FLAGS if args.do_sample else ())
+    flags = (GENERATION_FLAGS + (SAMPLING_FLAGS if args.do_sample else ())
+             + (("truncate_long_prompts",) if args.truncate_long_prompts else ()))
     check_settings(path, {"model": model, **{name: getattr(args, name) for name in flags}}, done)
     if done == len(rows):
         click.echo(f"[sdk] {path} holds all {done} rows already.", err=True)
