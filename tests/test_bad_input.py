@@ -53,6 +53,19 @@ def test_top_p_above_one_is_refused(run_cli):
     assert result.exit_code == 1 and "--top-p must be at most 1; got 2.0." in result.stderr
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--predictions-file", "out.jsonl"], "--predictions-file"),
+    (["--batch-size", "4", "--truncate-long-prompts", "true"],
+     "--batch-size, --truncate-long-prompts"),
+])
+def test_prediction_flags_without_a_dataset_are_refused(run_cli, flags, named):
+    # a chat or --query would ignore them
+    result = run_cli("infer", "--model-type", TINY_MODEL_TYPE, "--query", "Hi", *flags)
+    assert result.exit_code == 1
+    assert (f"{named} apply to batch prediction; add --dataset (or --val-dataset-from-run), "
+            "or leave them out") in result.stderr
+
+
 def test_weights_without_a_model_type_say_what_is_missing(run_cli, tmp_path, identity_data):
     trained = run_cli("sft", "--model-id-or-path", tmp_path, "--dataset", identity_data)
     chat = run_cli("infer", "--model-id-or-path", tmp_path)

@@ -255,9 +255,19 @@ class StreamedReply:
             raise failure[0]
 
 
+# Flags of batch prediction (--dataset, --val-dataset-from-run) that a chat or --query ignores
+PREDICTION_FLAGS = ("predictions_file", "batch_size", "truncate_long_prompts")
+
+
 def run_infer(args: InferArguments, registry: Registry) -> None:
     from transformers import set_seed
 
+    fields = {field.name: field for field in dataclasses.fields(InferArguments)}
+    stray = [f"--{name.replace('_', '-')}" for name in PREDICTION_FLAGS
+             if getattr(args, name) != fields[name].default]
+    if stray:
+        raise SdkError(f"{', '.join(stray)} apply to batch prediction; add --dataset (or "
+                       "--val-dataset-from-run), or leave them out to chat or ask --query.")
     if args.num_beams > 1 and args.stream:
         click.echo(f"[sdk] --num-beams {args.num_beams}: replies are printed when complete "
                    "(beam search picks the reply at the end, so it cannot stream).", err=True)
