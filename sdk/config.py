@@ -297,11 +297,12 @@ class InferArguments(GenerationArguments):
     predictions_file: str | None = arg(
         None, "Where predictions go, one JSON line a row; rerun to resume. Default: "
         "<run>/predictions/<checkpoint>-<dataset>.jsonl.")
-    batch_size: int = arg(8, "Rows generated together with --dataset.", at_least=1)
+    batch_size: int = arg(8, "Rows generated together with --dataset or "
+                          "--val-dataset-from-run.", at_least=1)
     truncate_long_prompts: bool = arg(
-        False, "With --dataset: cut the start of a prompt too long for the model's window "
-        "with a --max-new-tokens reply (it keeps the window less the reply, at least half the "
-        "window) instead of stopping at its row.")
+        False, "With --dataset or --val-dataset-from-run: a prompt that fills the model's "
+        "window loses its first tokens (it keeps room for a --max-new-tokens reply, at least "
+        "half the window) instead of stopping the run at its row.")
 
 
 @dataclass

@@ -54,15 +54,15 @@ def test_top_p_above_one_is_refused(run_cli):
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--predictions-file", "out.jsonl"], "--predictions-file"),
+    (["--predictions-file", "out.jsonl"], "--predictions-file applies"),
     (["--batch-size", "4", "--truncate-long-prompts", "true"],
-     "--batch-size, --truncate-long-prompts"),
+     "--batch-size, --truncate-long-prompts apply"),
 ])
 def test_prediction_flags_without_a_dataset_are_refused(run_cli, flags, named):
     # a chat or --query would ignore them
     result = run_cli("infer", "--model-type", TINY_MODEL_TYPE, "--query", "Hi", *flags)
     assert result.exit_code == 1
-    assert (f"{named} apply to batch prediction; add --dataset (or --val-dataset-from-run), "
+    assert (f"{named} to batch prediction; add --dataset (or --val-dataset-from-run), "
             "or leave them out") in result.stderr
 
 

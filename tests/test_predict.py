@@ -2,6 +2,8 @@
 the held-out rows of a run, and `sdk infer --dataset` / `sdk sft --predict-with-generate`."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -268,32 +270,90 @@ def test_truncate_long_prompts_cuts_the_start_of_a_prompt_past_the_window(loaded
     model, tokenizer, template = loaded
     window = model.config.max_position_embeddings
     long_prompt = [{"role": "user", "content": "word " * window + "last words here"}]
+    near_the_end = [{"role": "user", "content": "word " * (window - 30)}]  # fits: not cut
     rows = prompt_rows([*conversations(2), [*long_prompt, {"role": "assistant",
-                                                           "content": "answer"}]])
-    path = tmp_path / "predictions.jsonl"
-    args = InferArguments(batch_size=2, truncate_long_prompts=True, **DECODING)
-    predict(rows, path, lambda: loaded, args, "tiny")
-    written = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [row["query"] for row in written[:2]] == QUESTIONS[:2] and len(written) == 3
+                                                           "content": "answer"}],
+                        near_the_end])
+    path, in_one_go = tmp_path / "predictions.jsonl", tmp_path / "in-one-go.jsonl"
+    args = InferArguments(batch_size=2, **DECODING)
+    with pytest.raises(SdkError, match="or rerun with --truncate-long-prompts true"):
+        predict(rows, path, lambda: loaded, args, "tiny")
+    capsys.readouterr()
+    # the stopped file is finished with the flag: the rows that fit are as they were
+    predict(rows, path, lambda: loaded, InferArguments(**{**vars(args),
+                                                          "truncate_long_prompts": True}), "tiny")
     tokens = template.tokenize_prompt(tokenizer, long_prompt)["input_ids"]
     kept = window - DECODING["max_new_tokens"]
+    err = capsys.readouterr().err
     assert (f"[sdk] row 3: the prompt's first {tokens.shape[1] - kept} of {tokens.shape[1]} "
-            "tokens cut (--truncate-long-prompts).") in capsys.readouterr().err
+            "tokens cut (--truncate-long-prompts).") in err
+    assert "row 4" not in err
+    predict(rows, in_one_go, lambda: loaded, InferArguments(**{**vars(args),
+                                                               "truncate_long_prompts": True}),
+            "tiny")
+    assert path.read_text() == in_one_go.read_text()
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["query"] for row in written[:2]] == QUESTIONS[:2] and len(written) == 4
     # the reply is what the prompt's last tokens alone give
     output = model.generate(input_ids=tokens[:, -kept:], attention_mask=tokens[:, -kept:] * 0 + 1,
                             do_sample=False, max_new_tokens=DECODING["max_new_tokens"],
                             repetition_penalty=DECODING["repetition_penalty"])
     assert written[2]["response"] == tokenizer.decode(output[0, kept:],
                                                       skip_special_tokens=True).strip()
-    # replies made with cut prompts are not mixed with replies made without
-    with pytest.raises(SdkError, match=r"truncate_long_prompts \(True there, None now\)"):
-        predict(rows, path, lambda: loaded, InferArguments(batch_size=2, **DECODING), "tiny")
 
 
-def test_a_prompt_keeps_at_least_half_the_window_when_the_reply_would_take_it(loaded):
-    from sdk.infer.chat import prompt_room
-
-    model = loaded[0]
+def test_a_cut_prompt_keeps_half_the_window_when_the_reply_would_take_more(loaded, capsys):
+    model, tokenizer, template = loaded
     window = model.config.max_position_embeddings
-    assert prompt_room(model, 6) == window - 6
-    assert prompt_room(model, window) == window // 2
+    long_prompt = [{"role": "user", "content": "word " * window}]
+    length = template.tokenize_prompt(tokenizer, long_prompt)["input_ids"].shape[1]
+    args = InferArguments(max_new_tokens=window, truncate_long_prompts=True)
+    generate_batch(model, tokenizer, template, [long_prompt], args)
+    assert (f"the prompt's first {length - window // 2} of {length} tokens cut"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_sft_stopped_at_a_long_held_out_prompt_names_the_command_that_finishes(
+        plugin_set, tiny_plugin_file, tiny_model_dir, tmp_path, run_cli):
+    window = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    data = tmp_path / "questions.jsonl"
+    questions = [f"Question number {n}?" for n in range(7)] + ["word " * window]
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "I am Tiny."}]}) + "\n" for question in questions))
+    with pytest.raises(SdkError, match=r"finish the file with `sdk infer --ckpt-dir (\S+) "
+                                       r"--val-dataset-from-run true --max-new-tokens 8 "
+                                       r"--truncate-long-prompts true`") as stopped:
+        train(plugin_set, data, tmp_path, val_dataset=[str(data)], max_new_tokens=8,
+              predict_with_generate=True, max_length=32)
+    command = re.search(r"`sdk (infer .*?)`", str(stopped.value)).group(1).split()
+    result = run_cli("--plugin", tiny_plugin_file, *command)
+    assert result.exit_code == 0, result.output
+    checkpoint = Path(command[2])
+    written = (checkpoint.parent / "predictions" / f"{checkpoint.name}-val.jsonl").read_text()
+    assert len(written.splitlines()) == len(questions)
+
+
+def test_a_padded_batch_gets_no_reminder_about_the_window(loaded, monkeypatch):
+    # the left padding counts toward the length transformers checks, not toward any row's
+    # positions: each row stops at the window after its own prompt (test above)
+    import logging
+
+    model, tokenizer, template = loaded
+    window = model.config.max_position_embeddings
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+    monkeypatch.setattr(logger, "filters", [])
+    logging.Logger.warning_once.cache_clear()  # transformers warns once a process
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        generate_batch(model, tokenizer, template,
+                       [[{"role": "user", "content": "Hi"}],
+                        [{"role": "user", "content": "word " * (window - 30)}]],
+                       InferArguments(max_new_tokens=40, repetition_penalty=2.0))
+    finally:
+        logger.removeHandler(handler)
+    assert not [record for record in records if "maximum length" in record.getMessage()]

@@ -172,15 +172,11 @@ def positions_taken(model: Any, prompt_tokens: int) -> int:
     return prompt_tokens + virtual
 
 
-def prompt_room(model: Any, max_new_tokens: int) -> int | None:
-    """The prompt tokens that leave room in the model's window for a reply of
-    ``max_new_tokens``, or half the window if the reply would take more; None without a known
-    window."""
+def window_room(model: Any) -> int | None:
+    """The positions of the model's window left for a prompt and its reply (less a
+    prompt-learning adapter's virtual tokens); None without a known window."""
     window = context_window(model.config)
-    if window is None:
-        return None
-    room = window - positions_taken(model, 0)
-    return max(room - max_new_tokens, room // 2)
+    return None if window is None else window - positions_taken(model, 0)
 
 
 def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
@@ -266,7 +262,8 @@ def run_infer(args: InferArguments, registry: Registry) -> None:
     stray = [f"--{name.replace('_', '-')}" for name in PREDICTION_FLAGS
              if getattr(args, name) != fields[name].default]
     if stray:
-        raise SdkError(f"{', '.join(stray)} apply to batch prediction; add --dataset (or "
+        verb = "applies" if len(stray) == 1 else "apply"
+        raise SdkError(f"{', '.join(stray)} {verb} to batch prediction; add --dataset (or "
                        "--val-dataset-from-run), or leave them out to chat or ask --query.")
     if args.num_beams > 1 and args.stream:
         click.echo(f"[sdk] --num-beams {args.num_beams}: replies are printed when complete "

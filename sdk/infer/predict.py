@@ -131,16 +131,16 @@ def padded_on_left(tokenizer: Any) -> Iterator[None]:
 
 
 def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages],
-                 keep: int | None = None, first_row: int = 1) -> Any:
-    """Each prompt encoded as for one reply, of a prompt longer than ``keep`` tokens only its
-    last ``keep`` (rows ``first_row``... named on stderr), then padded on the left together
-    (call inside :func:`padded_on_left`)."""
+                 room: int | None = None, keep: int = 0, first_row: int = 1) -> Any:
+    """Each prompt encoded as for one reply, then padded on the left together (call inside
+    :func:`padded_on_left`). Of a prompt of ``room`` tokens or more (it leaves the reply no
+    position), only the last ``keep``; rows ``first_row``... so cut are named on stderr."""
     encoded = []
     for row, prompt in enumerate(prompts, first_row):
         tokens = {key: value[0].tolist()
                   for key, value in template.tokenize_prompt(tokenizer, prompt).items()}
         length = len(tokens["input_ids"])
-        if keep is not None and length > keep:
+        if room is not None and length >= room:
             tokens = {key: value[-keep:] for key, value in tokens.items()}
             click.echo(f"[sdk] row {row}: the prompt's first {length - keep} of {length} tokens "
                        "cut (--truncate-long-prompts).", err=True)
@@ -154,13 +154,19 @@ def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequ
     each stopping where the model's window ends after its own prompt."""
     from transformers import StoppingCriteriaList
 
-    from sdk.infer.chat import finish_reply, generation_options, prompt_room, reply_budget
+    from sdk.infer.chat import finish_reply, generation_options, reply_budget, window_room
+    from sdk.models.rope import quiet_window_reminder
 
     with padded_on_left(tokenizer):
         options, stop_strings = generation_options(template, tokenizer, args)
-        keep = (prompt_room(model, options["max_new_tokens"])
-                if args.truncate_long_prompts else None)
-        inputs = batch_inputs(tokenizer, template, prompts, keep, first_row).to(model.device)
+        room = window_room(model) if args.truncate_long_prompts else None
+        # room for the whole reply, or half the window when the reply would take more; at least
+        # one token (where virtual tokens fill the window, reply_budget refuses the row)
+        keep = max(room - options["max_new_tokens"], room // 2, 1) if room is not None else 0
+        inputs = batch_inputs(tokenizer, template, prompts, room, keep,
+                              first_row).to(model.device)
+        if inputs["attention_mask"].min() == 0:
+            quiet_window_reminder(model.config, padded=True)
         budgets = []
         for row, length in enumerate(inputs["attention_mask"].sum(dim=1).tolist(), first_row):
             try:
@@ -192,10 +198,15 @@ class RowBudgets:
         return budgets.repeat_interleave(beams) <= input_ids.shape[1] - self.prompt_width
 
 
+# How a run stopped at a prompt past the window goes on (sdk sft names its own command)
+CUT_LONG_PROMPTS = "rerun with --truncate-long-prompts true to cut such prompts' start"
+
+
 def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArguments,
-                       path: Path, first: int = 0) -> None:
+                       path: Path, first: int = 0, go_on: str = CUT_LONG_PROMPTS) -> None:
     """Generate ``rows[first:]`` ``args.batch_size`` at a time, each batch appended whole
-    (``path``'s folder exists: ``check_settings`` made it)."""
+    (``path``'s folder exists: ``check_settings`` made it); ``go_on`` says how to finish the
+    file after a row that does not fit."""
     model, tokenizer, template = loaded
     started = time.monotonic()
     with path.open("a", encoding="utf-8") as out:
@@ -206,8 +217,7 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
                                          args, first_row=start + 1)
             except SdkError as error:
                 raise SdkError(f"{error} The replies to the rows before its batch are in "
-                               f"{path}; remove or shorten the row, or rerun with "
-                               "--truncate-long-prompts to cut such prompts' start.") from None
+                               f"{path}; remove or shorten the row, or {go_on}.") from None
             out.write("".join(json.dumps(row.written(reply), ensure_ascii=False) + "\n"
                               for row, reply in zip(batch, replies, strict=True)))
             out.flush()
@@ -217,8 +227,8 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
 
 
 # What decides the replies besides the model and the rows: a file resumed with other values
-# would mix them. Sampling adds its own, and --truncate-long-prompts itself when given (files
-# from before the flag have no record of it).
+# would mix them. Sampling adds its own. (--truncate-long-prompts changes only prompts that
+# would stop the run, so a file stopped at one may be finished with it.)
 GENERATION_FLAGS = ("template", "system", "max_new_tokens", "do_sample", "repetition_penalty",
                     "num_beams", "no_repeat_ngram_size")
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
@@ -230,20 +240,20 @@ def check_settings(path: Path, settings: dict[str, Any], done: int) -> None:
     recorded = path.with_suffix(".settings.json")
     if done and recorded.is_file():
         before = json.loads(recorded.read_text(encoding="utf-8"))
-        changed = [f"{name} ({before.get(name)!r} there, {settings.get(name)!r} now)"
-                   for name in dict.fromkeys([*before, *settings])
-                   if before.get(name) != settings.get(name)]
+        changed = [f"{name} ({before.get(name)!r} there, {value!r} now)"
+                   for name, value in settings.items() if before.get(name) != value]
         if changed:
             raise SdkError(f"{path} holds replies made with other settings: "
                            f"{'; '.join(changed)}. Give another --predictions-file, or delete "
-                           f"{path} and {recorded.name} to predict again.")
+                           f"{path} and {recorded} to predict again.")
     recorded.parent.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
                         encoding="utf-8")
 
 
 def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
-            args: InferArguments, model: str) -> dict[str, float] | None:
+            args: InferArguments, model: str,
+            go_on: str = CUT_LONG_PROMPTS) -> dict[str, float] | None:
     """Predict the rows ``path`` does not hold yet (``load`` is called only if there are
     any) with ``model`` (what the replies come from: a checkpoint, a model type), then score
     the file when every row has a reply to compare with; the scores are written to
@@ -254,8 +264,7 @@ def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
         raise SdkError(f"--predictions-file '{path}' is a folder; give a file name in it, "
                        f"e.g. {path / 'predictions.jsonl'}.")
     done = completed_rows(path, rows)
-    flags = (GENERATION_FLAGS + (SAMPLING_FLAGS if args.do_sample else ())
-             + (("truncate_long_prompts",) if args.truncate_long_prompts else ()))
+    flags = GENERATION_FLAGS + (SAMPLING_FLAGS if args.do_sample else ())
     check_settings(path, {"model": model, **{name: getattr(args, name) for name in flags}}, done)
     if done == len(rows):
         click.echo(f"[sdk] {path} holds all {done} rows already.", err=True)
@@ -265,7 +274,7 @@ def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
     if done < len(rows):
         loaded = load()
         set_seed(args.seed)
-        append_predictions(loaded, rows, args, path, done)
+        append_predictions(loaded, rows, args, path, done, go_on)
     click.echo(f"[sdk] predictions: {path}", err=True)
     unlabelled = sum(row.label is None for row in rows)
     if unlabelled:
@@ -356,5 +365,8 @@ def predict_held_out(model: Any, tokenizer: Any, template: Template, held_out: A
     model.eval()
     settings = InferArguments(batch_size=args.batch_size, seed=args.seed,
                               max_new_tokens=args.max_new_tokens)
+    finish = (f"finish the file with `sdk infer --ckpt-dir {checkpoint} --val-dataset-from-run "
+              f"true --max-new-tokens {args.max_new_tokens} --truncate-long-prompts true`")
     return predict(prompt_rows(held_out["messages"]), default_predictions_file(checkpoint, "val"),
-                   lambda: (model, tokenizer, template), settings, str(checkpoint.resolve()))
+                   lambda: (model, tokenizer, template), settings, str(checkpoint.resolve()),
+                   finish)

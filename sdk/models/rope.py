@@ -78,11 +78,13 @@ def _not_window_reminder(record: logging.LogRecord) -> bool:
     return "predefined maximum length" not in record.getMessage()
 
 
-def quiet_window_reminder(config: Any) -> None:
+def quiet_window_reminder(config: Any, padded: bool = False) -> None:
     """transformers' generate reminds once that a generation went past max_position_embeddings;
     for positions stretched by --rope-scaling that is not where the window ends
-    (``context_window``, where `sdk infer` already stops replies), so the reminder is dropped."""
+    (``context_window``, where `sdk infer` already stops replies), and in a ``padded`` batch the
+    left padding counts toward the length it checks but takes no row's positions, so the
+    reminder is dropped."""
     window = getattr(config, "max_position_embeddings", None)
-    if isinstance(window, int) and (context_window(config) or 0) > window:
+    if isinstance(window, int) and (padded or (context_window(config) or 0) > window):
         logging.getLogger("transformers.generation.stopping_criteria").addFilter(
             _not_window_reminder)
