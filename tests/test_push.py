@@ -522,3 +522,11 @@ def test_the_card_says_why_the_adapter_has_another_rank_than_the_run(registry, t
         assert note in card
     else:
         assert "The adapter has rank" not in card
+
+
+@pytest.mark.parametrize("sft_type, about", [("lora", "A lora adapter of"),
+                                             ("adalora", "An adalora adapter of")])
+def test_the_card_says_what_the_checkpoint_is(registry, tmp_path, sft_type, about):
+    saved = {"model_type": MODEL_TYPE, "sft_type": sft_type, "template": "chatml",
+             "dataset": ["tiny-identity"]}
+    assert about in model_card(tmp_path, saved, registry, "modelscope", "org/m")

@@ -129,7 +129,9 @@ def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub:
         tags=list(dict.fromkeys(["sft-sdk", tuner.name, spec.model_type, spec.family])))
     metrics = final_metrics(checkpoint)
     kind = "adapter" if tuner.trains_adapters else "model"
-    about = f"A {tuner.name} {kind} of `{spec.model_type}`" + (f" (`{base}`)" if base else "")
+    article = "An" if tuner.name[0] in "aeiou" else "A"
+    about = (f"{article} {tuner.name} {kind} of `{spec.model_type}`"
+             + (f" (`{base}`)" if base else ""))
     lines = [
         "---", data.to_yaml(), "---", "",
         f"# {repo_id.rstrip('/').rpartition('/')[2]}", "",
