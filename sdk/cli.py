@@ -49,8 +49,7 @@ def spellings(name: str) -> list[str]:
 
 class SdkCommand(click.Command):
     """Lets a list flag take several values: ``--dataset a b`` = ``--dataset a --dataset b``;
-    an unknown flag that another tool spells differently gets our spelling; a single-valued
-    flag given twice is refused."""
+    an unknown flag that another tool spells differently gets our spelling."""
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
@@ -82,25 +81,7 @@ class SdkCommand(click.Command):
             else:
                 current = None
             expanded.append(token)
-        self._refuse_repeats(ctx, expanded)
         return super().parse_args(ctx, expanded)
-
-    def _refuse_repeats(self, ctx: click.Context, args: list[str]) -> None:
-        """A single-valued flag given twice (in any of its spellings): click would keep the
-        last silently."""
-        single = {opt: param for param in self.params if isinstance(param, click.Option)
-                  and not param.multiple for opt in param.opts + param.secondary_opts}
-        seen: dict[click.Parameter, list[str]] = {}
-        for token in args:
-            if token == "--":
-                break
-            flag = token.partition("=")[0]
-            if flag in single:
-                seen.setdefault(single[flag], []).append(flag)
-        for flags in seen.values():
-            if len(flags) > 1:
-                raise click.UsageError(f"{' and '.join(dict.fromkeys(flags))} given "
-                                       f"{len(flags)} times; give it once.", ctx=ctx)
 
 
 def options_from(cls: type) -> Callable[[Callable], Callable]:

@@ -59,23 +59,6 @@ def test_an_unknown_flag_is_a_usage_error_with_a_suggestion(run_cli):
     assert "--learning-rate" in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["infer", "--query", "Hi", "--query=Bye"], "--query given 2 times; give it once."),
-    (["sft", "--max-length", "8", "--max_length", "9", "--lora-rank", "4"],
-     "--max-length and --max_length given 2 times; give it once."),
-])
-def test_a_single_valued_flag_given_twice_is_refused(run_cli, args, message):
-    # click would keep the last value silently
-    result = run_cli(*args)
-    assert result.exit_code == 2 and message in result.stderr
-
-
-def test_a_list_flag_may_be_given_twice(run_cli):
-    result = run_cli("sft", "--model-type", "smollm2-135m-instrct", "--dataset", "a.jsonl",
-                     "--dataset", "b.jsonl")
-    assert "Unknown model type 'smollm2-135m-instrct'" in result.stderr  # past the parsing
-
-
 def test_a_missing_dataset_file_fails_before_the_model_loads(run_cli, tmp_path):
     started = time.perf_counter()
     result = run_cli("sft", "--model-type", "smollm2-135m-instruct",
