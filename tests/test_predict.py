@@ -1,11 +1,13 @@
 """Batch prediction on the tiny model: equal to one-at-a-time, left-padded, resumable,
 the held-out rows of a run, and `sdk infer --dataset` / `sdk sft --predict-with-generate`."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY_MODEL_TYPE
 from sdk.config import InferArguments, SftArguments
@@ -276,27 +278,26 @@ def test_truncate_long_prompts_cuts_the_start_of_a_prompt_past_the_window(loaded
                         near_the_end])
     path, in_one_go = tmp_path / "predictions.jsonl", tmp_path / "in-one-go.jsonl"
     args = InferArguments(batch_size=2, **DECODING)
+    cutting = dataclasses.replace(args, truncate_long_prompts=True)
     with pytest.raises(SdkError, match="or rerun with --truncate-long-prompts true"):
         predict(rows, path, lambda: loaded, args, "tiny")
     capsys.readouterr()
     # the stopped file is finished with the flag: the rows that fit are as they were
-    predict(rows, path, lambda: loaded, InferArguments(**{**vars(args),
-                                                          "truncate_long_prompts": True}), "tiny")
+    predict(rows, path, lambda: loaded, cutting, "tiny")
     tokens = template.tokenize_prompt(tokenizer, long_prompt)["input_ids"]
     kept = window - DECODING["max_new_tokens"]
     err = capsys.readouterr().err
     assert (f"[sdk] row 3: the prompt's first {tokens.shape[1] - kept} of {tokens.shape[1]} "
             "tokens cut (--truncate-long-prompts).") in err
     assert "row 4" not in err
-    predict(rows, in_one_go, lambda: loaded, InferArguments(**{**vars(args),
-                                                               "truncate_long_prompts": True}),
-            "tiny")
+    predict(rows, in_one_go, lambda: loaded, cutting, "tiny")
     assert path.read_text() == in_one_go.read_text()
     written = [json.loads(line) for line in path.read_text().splitlines()]
     assert [row["query"] for row in written[:2]] == QUESTIONS[:2] and len(written) == 4
     # the reply is what the prompt's last tokens alone give
-    output = model.generate(input_ids=tokens[:, -kept:], attention_mask=tokens[:, -kept:] * 0 + 1,
-                            do_sample=False, max_new_tokens=DECODING["max_new_tokens"],
+    output = model.generate(input_ids=tokens[:, -kept:],
+                            attention_mask=torch.ones_like(tokens[:, -kept:]), do_sample=False,
+                            max_new_tokens=DECODING["max_new_tokens"],
                             repetition_penalty=DECODING["repetition_penalty"])
     assert written[2]["response"] == tokenizer.decode(output[0, kept:],
                                                       skip_special_tokens=True).strip()
