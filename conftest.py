@@ -18,6 +18,8 @@ from sdk.templates.engine import IGNORE_INDEX
 REPO = Path(__file__).resolve().parent
 SHARED = REPO.parent / "shared"
 TOKENIZERS = SHARED / "data" / "tokenizers"
+# The official code and real tokenizers of the remote-code families (README inside).
+REMOTE_CODE = SHARED / "data" / "remote_code"
 TINY_MODEL_TYPE = "tiny-qwen2-chat"
 
 # The standard conversations that the plugin suites render and encode; a suite keeps its own
@@ -66,6 +68,74 @@ def save_tiny_model(model_class, config_class, tokenizer, folder: Path, **settin
     model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+# Text on which a converted tokenizer must give the official tokenizer's ids: English, Chinese,
+# numbers, whitespace runs, code, rare characters (byte fallback), mixed scripts.
+TOKENIZER_CORPUS = [
+    "Hello world", "你好, world", "  leading spaces", "trailing   ", "a    b     c",
+    "tabs\tand\nnewlines\n\n\n x", "   \n   \n", " ", "\n", "numbers 1234567890 3.14159 -42",
+    "混合 English 和中文 text，标点！“引号”", "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+    "def f(x):\n    return x**2  # square\n", "ÀÉÎõü ñ ß Ωμέγα кириллица",
+    "日本語とカタカナ 한국어", "emoji 😀 🚀 and rare 𠮷 𝔘𝔫𝔦", "I'm, you're, it's, they'll, we'd",
+    "<html><body>x</body></html>",
+]
+
+
+def official_module(folder: Path, name: str):
+    """The official remote-code module ``name`` (e.g. "modeling_qwen") of ``folder``, imported
+    as a package so that its relative imports work, without transformers' dynamic-module
+    machinery (which imports every package the file names). Test-only: the reference that a
+    native conversion is compared with; a family's tests patch what transformers 5 broke."""
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "official_" + "".join(c if c.isalnum() else "_" for c in folder.name)
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_loader(package, loader=None, is_package=True)
+        module = importlib.util.module_from_spec(spec)
+        module.__path__ = [str(folder)]
+        sys.modules[package] = module
+    return importlib.import_module(f"{package}.{name}")
+
+
+def randomize(model, seed: int = 0) -> None:
+    """Fill every parameter with seeded random values (norm weights near 1): some official
+    classes leave weights uninitialised (torch.empty) when built from a config."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            value = 1 + 0.1 * noise if parameter.dim() == 1 and "norm" in name.lower() \
+                else 0.02 * noise
+            parameter.copy_(value.to(parameter.dtype))
+
+
+def save_official_checkpoint(source: Path, destination: Path, config: dict, model,
+                             weights: str = "model.safetensors") -> Path:
+    """A tiny checkpoint in the official layout: the files of ``source`` (code, tokenizer,
+    generation config), ``config`` as config.json, and ``model``'s state dict under its
+    official names, as safetensors or (``weights`` ending in .bin) a PyTorch pickle."""
+    import shutil
+
+    import torch
+
+    destination.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.is_file() and file.suffix not in (".pdf",):
+            shutil.copy(file, destination / file.name)
+    (destination / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    if weights.endswith(".bin"):
+        torch.save(state, destination / weights)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(destination / weights), metadata={"format": "pt"})
+    return destination
 
 
 def trained_text(tokenizer, input_ids, labels) -> str:

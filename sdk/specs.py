@@ -38,6 +38,9 @@ class ModelSpec:
     remote-code model's own such as ``"chatglm"``). A ``--model-id-or-path`` folder whose
     config names another is refused before anything loads, since the template and LoRA
     targets would not fit it; empty (the default) checks nothing.
+    ``unsupported``: why this model type cannot run with the installed transformers and what
+    to use instead; such a type stays listed (users arrive with its name) and is refused with
+    that text before anything downloads or loads.
     """
 
     model_type: str
@@ -53,6 +56,7 @@ class ModelSpec:
     ignore_patterns: tuple[str, ...] = ()
     description: str = ""
     config_model_types: tuple[str, ...] = ()
+    unsupported: str = ""
 
     @property
     def name(self) -> str:

@@ -68,8 +68,10 @@ def torch_dtype(name: str) -> Any:
 
 
 def check_requirements(spec: ModelSpec, options: LoadOptions) -> None:
-    """The user's consent to remote code first (nothing to install without it), then the
-    packages the model needs."""
+    """A model type that cannot run first, then the user's consent to remote code (nothing
+    to install without it), then the packages the model needs."""
+    if spec.unsupported:
+        raise SdkError(f"Model type '{spec.model_type}' cannot run here: {spec.unsupported}")
     if spec.requires_remote_code and not options.trust_remote_code:
         raise SdkError(f"Model type '{spec.model_type}' runs code from its model repository. "
                        "Pass --trust-remote-code if you trust that code.")
