@@ -35,3 +35,25 @@ def test_remote_code_needs_trust_remote_code_before_anything_is_loaded(
 def test_the_families_with_remote_code_are_gated():
     assert {"qwen-7b-chat", "baichuan2-7b-chat", "chatglm3-6b", "internlm2-chat-7b"} <= set(
         REMOTE_CODE)
+
+
+def test_an_unsupported_model_type_is_refused_with_its_reason_before_anything_loads(
+        run_cli, tmp_path, identity_data):
+    plugin = tmp_path / "old_family.py"
+    plugin.write_text(
+        "from sdk import hookimpl\nfrom sdk.specs import ModelSpec\n\n"
+        "@hookimpl\ndef register_models(register):\n"
+        "    register(ModelSpec(model_type='old-13b-chat', family='old', template='chatml',\n"
+        "                       hub_ids={'huggingface': 'old/old-13b-chat'},\n"
+        "                       unsupported='its remote code needs transformers<4.34; use '\n"
+        "                                   'old-7b-chat.'))\n")
+    for command in (["sft", "--dataset", identity_data, "--output-dir", tmp_path / "out"],
+                    ["infer", "--query", "hi"]):
+        result = run_cli("--plugin", plugin, command[0], "--model-type", "old-13b-chat",
+                         *command[1:])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().endswith(
+            "Model type 'old-13b-chat' cannot run here: its remote code needs "
+            "transformers<4.34; use old-7b-chat.")
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -67,11 +67,15 @@ def torch_dtype(name: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
+def check_supported(spec: ModelSpec) -> None:
+    if spec.unsupported:
+        raise SdkError(f"Model type '{spec.model_type}' cannot run here: {spec.unsupported}")
+
+
 def check_requirements(spec: ModelSpec, options: LoadOptions) -> None:
     """A model type that cannot run first, then the user's consent to remote code (nothing
     to install without it), then the packages the model needs."""
-    if spec.unsupported:
-        raise SdkError(f"Model type '{spec.model_type}' cannot run here: {spec.unsupported}")
+    check_supported(spec)
     if spec.requires_remote_code and not options.trust_remote_code:
         raise SdkError(f"Model type '{spec.model_type}' runs code from its model repository. "
                        "Pass --trust-remote-code if you trust that code.")

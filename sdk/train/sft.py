@@ -22,7 +22,7 @@ from sdk.data.encode import EncodeSettings
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
 from sdk.hubs.push import push_destination
-from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
+from sdk.models.loader import check_supported, load_model, model_types_for_folder, torch_dtype
 from sdk.models.rope import applied_factor
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
@@ -97,6 +97,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         raise SdkError("--dataset is required: a name from `sdk datasets` or a .json/.jsonl "
                        "file.")
     spec = registry.get("models", args.model_type)
+    check_supported(spec)  # before the data is read: the run could never start
     template_spec = registry.get("templates", args.template or spec.template)
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
