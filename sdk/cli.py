@@ -242,6 +242,7 @@ def models(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     known = registry(ctx)
     rows = [{"model_type": s.model_type, "family": s.family, "template": s.template,
              "hub_ids": dict(s.hub_ids), "description": s.description,
+             "converted_to": s.converted_to or None, "unsupported": s.unsupported or None,
              "plugin": known.entries["models"][name].plugin, "installed": True}
             for name in known.names("models") for s in [known.get("models", name)]]
     columns = ["model_type", "family", "template", "hub_ids", "plugin"]

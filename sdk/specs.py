@@ -38,6 +38,10 @@ class ModelSpec:
     remote-code model's own such as ``"chatglm"``). A ``--model-id-or-path`` folder whose
     config names another is refused before anything loads, since the template and LoRA
     targets would not fit it; empty (the default) checks nothing.
+    ``converted_to``: the transformers architecture (its config ``model_type``, e.g.
+    ``"qwen2"``) that the loader converts this type's official checkpoints to
+    (``sdk.models.native``); empty: they load as they are. Model cards and ``sdk models`` say
+    it, since adapters trained on a converted model name the native modules.
     ``unsupported``: why this model type cannot run with the installed transformers and what
     to use instead; such a type stays listed (users arrive with its name) and is refused with
     that text before anything downloads or loads.
@@ -56,6 +60,7 @@ class ModelSpec:
     ignore_patterns: tuple[str, ...] = ()
     description: str = ""
     config_model_types: tuple[str, ...] = ()
+    converted_to: str = ""
     unsupported: str = ""
 
     @property

@@ -107,6 +107,22 @@ def adapter_rank_note(checkpoint: Path, saved: dict[str, Any]) -> str | None:
             f"{saved['lora_rank']}: {why}.")
 
 
+def layout_note(spec: Any, trains_adapters: bool) -> str | None:
+    """For a model type whose official checkpoints are converted on load: what the pushed
+    files apply to, and that the official remote code cannot load them."""
+    if not spec.converted_to:
+        return None
+    converted = (f"`{spec.model_type}`'s official checkpoint, converted on load by sft-sdk to "
+                 f"transformers' own `{spec.converted_to}` architecture (no remote code runs)")
+    if trains_adapters:
+        return (f"The adapter applies to {converted}: it names that architecture's modules, "
+                "so it does not load onto the official remote code (`trust_remote_code`). "
+                "`sdk infer --ckpt-dir` rebuilds the model from the official checkpoint; "
+                "`sdk export --merge-lora` writes a standard transformers folder.")
+    return (f"The model is saved in the layout of {converted}: it loads with transformers "
+            "alone, without `trust_remote_code`, and not with the official remote code.")
+
+
 def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub: str,
                repo_id: str, files_folder: str = "") -> str:
     """README.md for ``checkpoint`` pushed to ``repo_id`` on ``hub``; ``files_folder`` is the
@@ -138,6 +154,7 @@ def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub:
         f"{about}, fine-tuned with sft-sdk from `{checkpoint.name}`"
         + (f" (its files are in `{files_folder}/`)." if files_folder else "."), "",
         *((note, "") if (note := adapter_rank_note(checkpoint, saved)) else ()),
+        *((note, "") if (note := layout_note(spec, tuner.trains_adapters)) else ()),
         "```",
         "sdk infer --ckpt-dir <the downloaded repository>",
         "```", "",
