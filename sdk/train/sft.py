@@ -124,7 +124,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     check_trackers(args.report_to)
     check_optimizer(args.optim)
     if args.use_liger_kernel:
-        check_liger_kernels(spec.config_model_types, args.model_type)
+        check_liger_kernels((spec.converted_to,) if spec.converted_to else spec.config_model_types,
+                            args.model_type)
     if args.deepspeed:
         check_deepspeed(args)
         args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
