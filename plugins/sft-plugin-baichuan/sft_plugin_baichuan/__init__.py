@@ -1,5 +1,8 @@
-"""Baichuan-13B-Chat and Baichuan2 chat models. Every one runs the code of its model repository
-(``--trust-remote-code``); nothing here imports torch or transformers.
+"""Baichuan chat models. Baichuan2-7B-Chat is converted on load into transformers' Llama
+(``native.py``: the fused W_pack split into q/k/v, Baichuan2's normalised lm_head written as
+it is used) and runs without remote code; the other Baichuan types are listed and refused
+with the reason (ALiBi 13B models, Baichuan's own 4-bit files). Nothing here imports torch or
+transformers.
 
 Both generations mark turns with two reserved tokens whose ids are the same, 195 (user) and
 196 (assistant), in the models' generation_config.json. Their text differs because the two
@@ -64,48 +67,60 @@ BAICHUAN2_TEMPLATE = TemplateSpec(
 
 TEMPLATES = (BAICHUAN_TEMPLATE, BAICHUAN2_TEMPLATE)
 
-# model_type: (template, ModelScope id, Hugging Face id, requires, description)
+# Why a listed model type cannot run, and what to use instead (ModelSpec.unsupported).
+ALIBI = ("{name} uses ALiBi attention, which transformers has no native architecture for, "
+         "and its remote code (written for transformers 4) is not supported. Use "
+         "baichuan2-7b-chat (Baichuan2-7B-Chat, converted to transformers' Llama on load).")
+OWN_4BIT = ("{name} stores its weights in Baichuan's own bitsandbytes 4-bit format, read only "
+            "by its remote code (written for transformers 4 and bitsandbytes<0.41.2). Use "
+            "baichuan2-7b-chat with --quantization-bit 4: the same model, quantized on load.")
+# model_type: (template, ModelScope id, Hugging Face id, description, unsupported)
 # Ids from ms-swift swift/llm/model/model/baichuan.py (ModelScope first, Hugging Face second).
-# requires: sentencepiece for every tokenizer; Baichuan2's modeling code imports accelerate;
-# the 4-bit checkpoints are bitsandbytes-quantized (ms-swift pins bitsandbytes<0.41.2,
-# accelerate<0.26 for them; ms-swift pins transformers<4.34 for Baichuan-13B).
 MODELS = {
     "baichuan-13b-chat": (
         "baichuan", "baichuan-inc/Baichuan-13B-Chat", "baichuan-inc/Baichuan-13B-Chat",
-        ("sentencepiece",), "Baichuan-13B-Chat (remote code written for transformers<4.34)"),
+        "Baichuan-13B-Chat (not supported: ALiBi)",
+        ALIBI.format(name="Baichuan-13B-Chat")),
     "baichuan2-7b-chat": (
         "baichuan2", "baichuan-inc/Baichuan2-7B-Chat", "baichuan-inc/Baichuan2-7B-Chat",
-        ("sentencepiece", "accelerate"), "Baichuan2-7B-Chat"),
+        "Baichuan2-7B-Chat, converted to transformers' Llama on load (no remote code)", ""),
     "baichuan2-13b-chat": (
         "baichuan2", "baichuan-inc/Baichuan2-13B-Chat", "baichuan-inc/Baichuan2-13B-Chat",
-        ("sentencepiece", "accelerate"), "Baichuan2-13B-Chat"),
+        "Baichuan2-13B-Chat (not supported: ALiBi)", ALIBI.format(name="Baichuan2-13B-Chat")),
     "baichuan2-7b-chat-int4": (
         "baichuan2", "baichuan-inc/Baichuan2-7B-Chat-4bits",
-        "baichuan-inc/Baichuan2-7B-Chat-4bits", ("sentencepiece", "accelerate", "bitsandbytes"),
-        "Baichuan2-7B-Chat, Baichuan's own 4-bit (bitsandbytes) checkpoint"),
+        "baichuan-inc/Baichuan2-7B-Chat-4bits",
+        "Baichuan2-7B-Chat, Baichuan's own 4-bit checkpoint (not supported: use "
+        "baichuan2-7b-chat --quantization-bit 4)",
+        OWN_4BIT.format(name="Baichuan2-7B-Chat-4bits")),
     "baichuan2-13b-chat-int4": (
         "baichuan2", "baichuan-inc/Baichuan2-13B-Chat-4bits",
-        "baichuan-inc/Baichuan2-13B-Chat-4bits", ("sentencepiece", "accelerate", "bitsandbytes"),
-        "Baichuan2-13B-Chat, Baichuan's own 4-bit (bitsandbytes) checkpoint"),
+        "baichuan-inc/Baichuan2-13B-Chat-4bits",
+        "Baichuan2-13B-Chat, Baichuan's own 4-bit checkpoint (not supported: ALiBi)",
+        ALIBI.format(name="Baichuan2-13B-Chat-4bits")),
 }
+# The converted model is transformers' Llama: LoRA on its attention projections, which the
+# official W_pack held fused.
+NATIVE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
+# sentencepiece (with protobuf, which native.check_protobuf asks for) reads tokenizer.model.
+NATIVE_REQUIRES = ("sentencepiece",)
 
 
 def model_specs() -> list[ModelSpec]:
-    return [
-        ModelSpec(
-            model_type=model_type,
-            family=FAMILY,
-            template=template,
+    specs = []
+    for model_type, (template, modelscope_id, huggingface_id, description, unsupported) \
+            in MODELS.items():
+        native = {} if unsupported else dict(
+            loader="sft_plugin_baichuan.native:load",
+            tokenizer_loader="sft_plugin_baichuan.native:load_tokenizer",
+            lora_target_modules=NATIVE_LORA_TARGETS, requires=NATIVE_REQUIRES,
+            converted_to="llama")
+        specs.append(ModelSpec(
+            model_type=model_type, family=FAMILY, template=template,
             hub_ids={"modelscope": modelscope_id, "huggingface": huggingface_id},
-            lora_target_modules=("W_pack",),  # the fused q/k/v projection of BaichuanAttention
-            config_model_types=CONFIG_MODEL_TYPES,
-            requires=requires,
-            requires_remote_code=True,
-            description=description,
-        )
-        for model_type, (template, modelscope_id, huggingface_id, requires, description)
-        in MODELS.items()
-    ]
+            config_model_types=CONFIG_MODEL_TYPES, description=description,
+            unsupported=unsupported, **native))
+    return specs
 
 
 @hookimpl

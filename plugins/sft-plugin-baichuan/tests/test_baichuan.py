@@ -1,10 +1,11 @@
 """Baichuan plugin: the templates write the official prompt formats; only replies are trained;
-every model type is registered and behind the remote-code gate.
+every model type is registered, baichuan2-7b-chat as a converted (native Llama) type and the
+others refused with their reason.
 
-No Baichuan tokenizer can be loaded here (it needs the model repository's code), so the
-rendering is checked against literal strings of the official formats and the masks with the
-Qwen2 tokenizer, given the reserved tokens as added special tokens as Baichuan's vocabulary has
-them (ids 195/196 there): masks depend on the text, not on the vocabulary.
+The masks are checked here with the Qwen2 tokenizer, given the reserved tokens as added special
+tokens as Baichuan's vocabulary has them (ids 195/196 there): masks depend on the text, not on
+the vocabulary. test_baichuan_native.py checks the real (converted) tokenizer against the
+official one and the training ids against the official chat format.
 """
 
 import re
@@ -66,8 +67,13 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids():
         assert registry.get("templates", spec.template).name == spec.template
         assert spec.hub_ids["modelscope"].startswith("baichuan-inc/")
         assert spec.hub_ids["huggingface"].startswith("baichuan-inc/")
-        assert spec.requires_remote_code and spec.lora_target_modules == ("W_pack",)
-        assert ("bitsandbytes" in spec.requires) == model_type.endswith("-int4")
+        assert not spec.requires_remote_code
+        if model_type == "baichuan2-7b-chat":  # converted to Llama: LoRA where W_pack was
+            assert not spec.unsupported and spec.converted_to == "llama"
+            assert spec.lora_target_modules == ("q_proj", "k_proj", "v_proj")
+            assert spec.loader == "sft_plugin_baichuan.native:load"
+        else:
+            assert "baichuan2-7b-chat" in spec.unsupported and spec.loader is None
     assert registry.get("models", "baichuan-13b-chat").template == "baichuan"
     assert registry.get("templates", "baichuan") == BAICHUAN_TEMPLATE
     assert registry.get("templates", "baichuan2") == BAICHUAN2_TEMPLATE
