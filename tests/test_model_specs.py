@@ -33,8 +33,9 @@ def test_remote_code_needs_trust_remote_code_before_anything_is_loaded(
 
 
 def test_the_families_with_remote_code_are_gated():
-    assert {"qwen-7b-chat", "chatglm3-6b", "internlm2-chat-7b"} <= set(REMOTE_CODE)
+    assert {"chatglm3-6b", "internlm2-chat-7b"} <= set(REMOTE_CODE)
     assert "baichuan2-7b-chat" not in REMOTE_CODE  # converted to Llama on load: no remote code
+    assert "qwen-7b-chat" not in REMOTE_CODE  # converted to Qwen2 on load: no remote code
 
 
 def test_an_unsupported_model_type_is_refused_with_its_reason_before_anything_loads(

@@ -1,4 +1,5 @@
-"""Qwen chat models: Qwen (v1, remote code), Qwen1.5, Qwen2 and Qwen2.5 (native Qwen2ForCausalLM).
+"""Qwen chat models: Qwen (v1), Qwen1.5, Qwen2 and Qwen2.5, all as Qwen2ForCausalLM (Qwen v1
+converted on load, native.py; its GPTQ checkpoints still run their remote code).
 
 Hub ids come from ms-swift (swift/llm/model/model/qwen.py: ``Model('<modelscope id>',
 '<hugging face id>')``); none of these models has a revision other than ``main`` there.
@@ -121,6 +122,11 @@ GPTQ = ("optimum", "gptqmodel")
 # block (optional, flash-attention path only).
 QWEN_V1_REQUIRES = ("tiktoken", "transformers_stream_generator")
 ATTENTION = ("q_proj", "k_proj", "v_proj")
+# Qwen v1 converted to Qwen2 on load (native.py): no remote code runs; tiktoken reads
+# qwen.tiktoken for the fast tokenizer.
+CONVERTED = {"loader": "sft_plugin_qwen.native:load",
+             "tokenizer_loader": "sft_plugin_qwen.native:load_tokenizer", "converted_to": "qwen2"}
+CONVERSION_REQUIRES = ("tiktoken",)
 
 # model_type -> repo id (the same on Hugging Face and ModelScope, per ms-swift's qwen.py).
 QWEN_V1 = {
@@ -134,6 +140,9 @@ QWEN_V1 = {
     "qwen-72b-chat-int4": "Qwen/Qwen-72B-Chat-Int4",
     "qwen-72b-chat-int8": "Qwen/Qwen-72B-Chat-Int8",
 }
+QWEN_V1_CHAT = {name: repo for name, repo in QWEN_V1.items()
+                if not name.endswith(("-int4", "-int8"))}
+QWEN_V1_GPTQ = {name: repo for name, repo in QWEN_V1.items() if name not in QWEN_V1_CHAT}
 QWEN1_5 = {f"qwen1.5-{size.lower()}-chat": f"Qwen/Qwen1.5-{size}-Chat"
            for size in ("0.5B", "1.8B", "4B", "7B", "14B", "32B", "72B", "110B")}
 QWEN2 = {f"qwen2-{size.lower()}-instruct": f"Qwen/Qwen2-{size}-Instruct"
@@ -142,10 +151,12 @@ QWEN2_5 = {f"qwen2.5-{size.lower()}-instruct": f"Qwen/Qwen2.5-{size}-Instruct"
            for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")}
 
 # (models, template, lora targets, config.json model_type, remote code, description of the
-# generation). Qwen v1's remote code names its config "qwen"; Qwen1.5 onwards are transformers'
-# "qwen2".
+# generation). Qwen v1's remote code names its config "qwen" (the folder a user gives is the
+# official one, converted on load); Qwen1.5 onwards are transformers' "qwen2".
 FAMILIES = (
-    (QWEN_V1, "qwen", ("c_attn",), "qwen", True,
+    (QWEN_V1_CHAT, "qwen", ATTENTION, "qwen", False,
+     "Qwen (v1) chat, converted on load to Qwen2ForCausalLM"),
+    (QWEN_V1_GPTQ, "qwen", ("c_attn",), "qwen", True,
      "Qwen (v1) chat, QWenLMHeadModel (remote code)"),
     (QWEN1_5, "qwen1.5", ATTENTION, "qwen2", False, "Qwen1.5 chat, Qwen2ForCausalLM"),
     (QWEN2, "qwen", ATTENTION, "qwen2", False, "Qwen2 instruct, Qwen2ForCausalLM"),
@@ -158,7 +169,9 @@ def model_specs() -> list[ModelSpec]:
     for models, template, targets, config_model_type, remote_code, description in FAMILIES:
         for model_type, repo_id in models.items():
             quantized = model_type.endswith(("-int4", "-int8"))
-            requires = (QWEN_V1_REQUIRES if remote_code else ()) + (GPTQ if quantized else ())
+            converted = models is QWEN_V1_CHAT
+            requires = ((QWEN_V1_REQUIRES if remote_code else ())
+                        + (CONVERSION_REQUIRES if converted else ()) + (GPTQ if quantized else ()))
             suffix = f", GPTQ {model_type[-4:]}" if quantized else ""
             specs.append(ModelSpec(
                 model_type=model_type,
@@ -170,6 +183,7 @@ def model_specs() -> list[ModelSpec]:
                 requires=requires,
                 requires_remote_code=remote_code,
                 description=f"{repo_id.split('/')[1]}: {description}{suffix}",
+                **(CONVERTED if converted else {}),
             ))
     return specs
 

@@ -1,6 +1,6 @@
 """Qwen plugin: model types, the official chat templates rendered and encoded like the Qwen2
-tokenizer renders them, Qwen v1's prompt format, the remote-code gate, and a tiny Qwen2 model
-trained, saved and reloaded."""
+tokenizer renders them, Qwen v1's prompt format, the packages Qwen v1 needs, and a tiny Qwen2
+model trained, saved and reloaded (Qwen v1 against its official code: test_qwen_native.py)."""
 
 import json
 import re
@@ -97,13 +97,15 @@ def test_hub_ids_and_templates_per_generation(registry, model_type, hub_id, temp
     assert spec.template == template
 
 
-def test_qwen_v1_is_remote_code_with_c_attn_and_gptq_needs_optimum(registry):
+def test_qwen_v1_is_converted_to_qwen2_and_its_gptq_types_are_remote_code(registry):
     for model_type in QWEN_V1:
         spec = registry.get("models", model_type)
-        assert spec.requires_remote_code and spec.lora_target_modules == ("c_attn",)
         assert "tiktoken" in spec.requires
         quantized = model_type.endswith(("-int4", "-int8"))
         assert ({"optimum", "gptqmodel"} <= set(spec.requires)) == quantized
+        assert spec.requires_remote_code == quantized
+        assert spec.lora_target_modules == (("c_attn",) if quantized else
+                                            ("q_proj", "k_proj", "v_proj"))
     for model_type in [*QWEN1_5, *QWEN2, *QWEN2_5]:
         spec = registry.get("models", model_type)
         assert not spec.requires_remote_code and not spec.requires
@@ -222,21 +224,20 @@ def test_stop_words_end_on_im_end_and_endoftext(tokenizer):
             "<|im_end|>", "<|endoftext|>", "<|im_start|>"]
 
 
-# --- remote code --------------------------------------------------------------------------------
+# --- packages -----------------------------------------------------------------------------------
 
-def test_qwen_v1_names_the_packages_its_remote_code_needs(run_cli, tmp_path, identity_data,
-                                                          monkeypatch):
+def test_qwen_v1_names_the_package_its_conversion_needs(run_cli, tmp_path, identity_data,
+                                                        monkeypatch):
     import importlib.util
 
-    from sft_plugin_qwen import QWEN_V1_REQUIRES
-
-    found = importlib.util.find_spec  # the plugin installs them: hide them, as if removed
+    found = importlib.util.find_spec  # the plugin installs it: hide it, as if removed
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in QWEN_V1_REQUIRES else found(name, *a))
+                        lambda name, *a: None if name == "tiktoken" else found(name, *a))
     result = run_cli("sft", "--model-type", "qwen-7b-chat", "--dataset", identity_data,
-                     "--model-id-or-path", tmp_path, "--trust-remote-code")
+                     "--model-id-or-path", tmp_path)  # no --trust-remote-code: none runs
     assert result.exit_code == 1
-    assert f"pip install {' '.join(QWEN_V1_REQUIRES)}" in result.stderr
+    assert result.stderr.strip().endswith(
+        "Model type 'qwen-7b-chat' needs the package(s) tiktoken: pip install tiktoken")
 
 
 # --- a tiny Qwen2 model: train, save, reload ----------------------------------------------------
