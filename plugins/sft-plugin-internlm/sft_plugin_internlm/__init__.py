@@ -1,7 +1,10 @@
-"""InternLM (v1), InternLM2 and InternLM2.5 chat models. Every one runs the code of its model
-repository (``--trust-remote-code``); nothing here imports torch or transformers."""
+"""InternLM (v1), InternLM2 and InternLM2.5 chat models. Their official checkpoints (remote
+code) are converted on load to transformers' Llama architecture (native.py): no remote code
+runs. Nothing here imports torch or transformers."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
@@ -47,8 +50,8 @@ INTERNLM_TEMPLATE = TemplateSpec(
 )
 
 # InternLM2 / InternLM2.5: the chat_template of internlm/internlm2-chat-7b tokenizer_config.json
-# (ChatML after the bos token); `build_inputs` in modeling_internlm2.py builds the same text and
-# `chat()` adds INTERNLM_SYSTEM as the system turn when none is given.
+# (ChatML after the bos token), verbatim: what apply_chat_template and serving engines render.
+# It adds no system turn; `build_inputs` in modeling_internlm2.py builds the same text.
 INTERNLM2_JINJA = (
     "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
@@ -59,12 +62,17 @@ INTERNLM2_TEMPLATE = TemplateSpec(
     jinja=INTERNLM2_JINJA,
     special_tokens=SPECIAL_TOKENS,
     assistant_suffix="<|im_end|>",
-    default_system=INTERNLM_SYSTEM,
     stop_words=("{eos_token}",),
-    description="InternLM2: ChatML after <s>, with InternLM's default system prompt",
+    description="InternLM2/2.5: the official chat_template (ChatML after <s>), no default system",
 )
+# The same format as the official `chat()` prompts it: InternLM's meta instruction as the
+# system turn when none is given (its `meta_instruction` default). `--template internlm2-chat`.
+INTERNLM2_CHAT_TEMPLATE = dataclasses.replace(
+    INTERNLM2_TEMPLATE, name="internlm2-chat", default_system=INTERNLM_SYSTEM,
+    description="InternLM2/2.5 as model.chat() prompts: ChatML after <s>, InternLM's meta "
+                "instruction as the default system")
 
-TEMPLATES = (INTERNLM_TEMPLATE, INTERNLM2_TEMPLATE)
+TEMPLATES = (INTERNLM_TEMPLATE, INTERNLM2_TEMPLATE, INTERNLM2_CHAT_TEMPLATE)
 
 # model_type: (template, ModelScope id, Hugging Face id, description)
 # Ids from ms-swift swift/llm/model/model/internlm.py (ModelScope first, Hugging Face second).
@@ -83,14 +91,14 @@ MODELS = {
         "InternLM2.5-7B-Chat"),
 }
 
-# InternLMForCausalLM (v1) is Llama-shaped: separate q/k/v projections. InternLM2ForCausalLM
-# fuses them into `wqkv`. Both tokenizers are sentencepiece models; modeling_internlm2.py
-# imports einops at the top. Last, the config.json model_type of each: the remote code's
-# "internlm" / "internlm2"; v1 in the Llama layout ("llama") trains with the same targets and
-# template, so a Llama-format copy of it is accepted too (the plugin's tests train one).
+# Both convert to Llama (native.py), so LoRA targets Llama's q/k/v projections (InternLM2's
+# fused wqkv is split into them). The conversion reads tokenizer.model with sentencepiece.
+# Last, the config.json model_type of each: the remote code's "internlm" / "internlm2"; v1
+# in the Llama layout ("llama", e.g. a copy converted by others) loads as it is, with the
+# same targets and template.
 ARCHITECTURES = {
     "internlm": (("q_proj", "k_proj", "v_proj"), ("sentencepiece",), ("internlm", "llama")),
-    "internlm2": (("wqkv",), ("sentencepiece", "einops"), ("internlm2",)),
+    "internlm2": (("q_proj", "k_proj", "v_proj"), ("sentencepiece",), ("internlm2",)),
 }
 
 
@@ -106,7 +114,9 @@ def model_specs() -> list[ModelSpec]:
             lora_target_modules=lora_targets,
             config_model_types=config_model_types,
             requires=requires,
-            requires_remote_code=True,
+            loader="sft_plugin_internlm.native:load",
+            tokenizer_loader="sft_plugin_internlm.native:load_tokenizer",
+            converted_to="llama",
             description=description,
         ))
     return specs
