@@ -23,7 +23,7 @@ REGISTRY = load_plugins().registry
 PUBLISHED = {
     "chatglm2-6b": ("chatglm", "ChatGLMModel"),
     "chatglm3-6b": ("chatglm", "ChatGLMModel"),
-    "glm4-9b-chat": ("chatglm", "ChatGLMModel"),
+    "glm4-9b-chat": ("glm", "GlmForCausalLM"),  # it loads Zhipu's native glm-4-9b-chat-hf
     "glm4-9b-chat-hf": ("glm", "GlmForCausalLM"),
     "baichuan-13b-chat": ("baichuan", "BaichuanForCausalLM"),
     "baichuan2-7b-chat": ("baichuan", "BaichuanForCausalLM"),

@@ -33,7 +33,7 @@ def test_remote_code_needs_trust_remote_code_before_anything_is_loaded(
 
 
 def test_the_families_with_remote_code_are_gated():
-    assert {"chatglm3-6b"} <= set(REMOTE_CODE)
+    assert "chatglm3-6b" not in REMOTE_CODE  # converted to Glm on load: no remote code
     assert "internlm2-chat-7b" not in REMOTE_CODE  # converted to Llama on load: no remote code
     assert "baichuan2-7b-chat" not in REMOTE_CODE  # converted to Llama on load: no remote code
     assert "qwen-7b-chat" not in REMOTE_CODE  # converted to Qwen2 on load: no remote code

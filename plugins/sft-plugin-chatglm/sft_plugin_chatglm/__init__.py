@@ -9,9 +9,9 @@ from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
 
 # ---------------------------------------------------------------------------------------------
-# Templates. No tokenizer files of this family are available offline (they need remote code),
-# so each template reproduces the official prompt text, cited below, and the tests compare it
-# with literal strings in that format.
+# Templates: each reproduces the official prompt text, cited below. The tests compare the
+# renderings with literal strings in that format, and (tests/test_chatglm_native.py) the
+# ChatGLM2/3 ids with those the official tokenizer's chat-format code builds.
 # ---------------------------------------------------------------------------------------------
 
 # ChatGLM2-6B: THUDM/chatglm2-6b tokenization_chatglm.py
@@ -19,9 +19,12 @@ from sdk.specs import ModelSpec, TemplateSpec
 #   build_prompt(query, history):
 #       "[Round {i+1}]\n\n问：{old_query}\n\n答：{response}\n\n" for each past round, then
 #       "[Round {n+1}]\n\n问：{query}\n\n答："             (rounds numbered from 1)
-# The reply is followed by the tokenizer's eos "</s>": the official fine-tuning
-# (ChatGLM2-6B ptuning/main.py) trains labels = reply ids + [eos_token_id]; past replies in the
-# prompt end with "\n\n" and no eos (ms-swift's chatglm2 template: chat_sep "\n\n", suffix eos).
+# The last reply is what the official fine-tuning (ChatGLM2-6B ptuning/main.py) trains:
+#   tokenizer.encode(prompt) + tokenizer.encode(answer, add_special_tokens=False) + [eos_token_id]
+# The answer is encoded on its own, so it starts with SentencePiece's word-start mark: the " "
+# written before it (the rendered text then encodes to exactly those ids), and it ends with the
+# eos "</s>". Past replies are the prompt's text, as build_prompt writes them: no mark, "\n\n"
+# and no eos (ms-swift's chatglm2 template: chat_sep "\n\n", suffix eos).
 # ChatGLM2 has no system role; like ms-swift (prefix ['{{SYSTEM}}']) a system text, if given,
 # goes in front of the first round. The [gMASK] sop prefix is ids, not text: the tokenizer adds
 # them when asked for its special tokens (add_special_tokens=True below), as in ChatGLM2's own
@@ -32,8 +35,8 @@ CHATGLM2_JINJA = (
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
     "{% elif message['role'] == 'user' %}{% set ns.round = ns.round + 1 %}"
     "{{ '[Round ' ~ ns.round ~ ']\n\n问：' ~ message['content'] ~ '\n\n' }}"
-    "{% else %}{{ '答：' ~ message['content'] }}"
-    "{% if loop.last %}{{ eos_token }}{% else %}{{ '\n\n' }}{% endif %}"
+    "{% elif loop.last %}{{ '答： ' ~ message['content'] ~ eos_token }}"
+    "{% else %}{{ '答：' ~ message['content'] ~ '\n\n' }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '答：' }}{% endif %}"
@@ -115,54 +118,64 @@ TEMPLATES = (
 # ---------------------------------------------------------------------------------------------
 
 # model_type: (ModelScope id, Hugging Face id, template, description)
-REMOTE_CODE_MODELS = {
+# ChatGLM2/3: the official checkpoints (remote-code layout), converted on load to transformers'
+# Glm architecture (sft_plugin_chatglm.native): no remote code runs.
+CONVERTED_MODELS = {
     "chatglm2-6b": ("ZhipuAI/chatglm2-6b", "zai-org/chatglm2-6b", "chatglm2",
-                    "ChatGLM2-6B chat (remote code)"),
+                    "ChatGLM2-6B chat, converted on load to transformers' Glm"),
     "chatglm2-6b-32k": ("ZhipuAI/chatglm2-6b-32k", "zai-org/chatglm2-6b-32k", "chatglm2",
-                        "ChatGLM2-6B-32K long-context chat (remote code)"),
+                        "ChatGLM2-6B-32K long-context chat, converted on load to "
+                        "transformers' Glm"),
     "chatglm3-6b": ("ZhipuAI/chatglm3-6b", "zai-org/chatglm3-6b", "chatglm3",
-                    "ChatGLM3-6B chat (remote code)"),
+                    "ChatGLM3-6B chat, converted on load to transformers' Glm"),
     "chatglm3-6b-32k": ("ZhipuAI/chatglm3-6b-32k", "zai-org/chatglm3-6b-32k", "chatglm3",
-                        "ChatGLM3-6B-32K long-context chat (remote code)"),
-    "glm4-9b-chat": ("ZhipuAI/glm-4-9b-chat", "zai-org/glm-4-9b-chat", "glm4",
-                     "GLM-4-9B-Chat (remote code, ChatGLMForConditionalGeneration)"),
+                        "ChatGLM3-6B-32K long-context chat, converted on load to "
+                        "transformers' Glm"),
 }
+# GLM-4: Zhipu's own transformers-native release (GlmForCausalLM, the same weights as the
+# remote-code glm-4-9b-chat). glm4-9b-chat is the name users arrive with (ms-swift's); it
+# downloads that release too, since the remote-code one's tiktoken tokenizer could not be
+# converted and checked here (sft_plugin_chatglm.native.check_glm4_folder).
 NATIVE_MODELS = {
+    "glm4-9b-chat": ("ZhipuAI/glm-4-9b-chat-hf", "zai-org/glm-4-9b-chat-hf", "glm4",
+                     "GLM-4-9B-Chat, from Zhipu's transformers-native release "
+                     "(glm-4-9b-chat-hf)"),
     "glm4-9b-chat-hf": ("ZhipuAI/glm-4-9b-chat-hf", "zai-org/glm-4-9b-chat-hf", "glm4",
                         "GLM-4-9B-Chat in the transformers-native GlmForCausalLM layout"),
 }
-
-# What the remote code imports beyond transformers/torch: ChatGLM2/3 tokenizers are
-# SentencePiece models; the GLM-4 remote tokenizer is tiktoken-based.
-REMOTE_REQUIRES = {"chatglm2": ("sentencepiece",), "chatglm3": ("sentencepiece",),
-                   "glm4": ("tiktoken",)}
+# transformers' GlmAttention: the projections of ChatGLM's fused query_key_value, ms-swift's
+# default LoRA target for ChatGLM.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 
 
 def model_specs() -> list[ModelSpec]:
     specs = []
-    for model_type, (modelscope, huggingface, template, description) in REMOTE_CODE_MODELS.items():
+    for model_type, (modelscope, huggingface, template, description) in CONVERTED_MODELS.items():
         specs.append(ModelSpec(
             model_type=model_type,
             family="chatglm",
             template=template,
             hub_ids={"huggingface": huggingface, "modelscope": modelscope},
-            # The fused attention projection of the ChatGLM architecture (modeling_chatglm.py).
-            lora_target_modules=("query_key_value",),
-            # ChatGLM2/3 and GLM-4's remote code all name their config "chatglm".
+            lora_target_modules=LORA_TARGETS,
+            # The user's folder is the official one: its remote-code config is "chatglm".
             config_model_types=("chatglm",),
-            loader="sft_plugin_chatglm.loading:load",
-            requires=REMOTE_REQUIRES[template],
-            requires_remote_code=True,
+            converted_to="glm",
+            loader="sft_plugin_chatglm.native:load",
+            tokenizer_loader="sft_plugin_chatglm.native:load_tokenizer",
             description=description,
         ))
     for model_type, (modelscope, huggingface, template, description) in NATIVE_MODELS.items():
+        glm4 = model_type == "glm4-9b-chat"
         specs.append(ModelSpec(
             model_type=model_type,
             family="chatglm",
             template=template,
             hub_ids={"huggingface": huggingface, "modelscope": modelscope},
-            lora_target_modules=("q_proj", "k_proj", "v_proj"),  # transformers GlmAttention
-            config_model_types=("glm",),  # transformers' GlmForCausalLM
+            lora_target_modules=LORA_TARGETS,
+            # glm4-9b-chat also takes a remote-code folder, to refuse it by name
+            config_model_types=("glm", "chatglm") if glm4 else ("glm",),
+            loader="sft_plugin_chatglm.native:load_glm4" if glm4 else None,
+            tokenizer_loader="sft_plugin_chatglm.native:load_glm4_tokenizer" if glm4 else None,
             description=description,
         ))
     return specs

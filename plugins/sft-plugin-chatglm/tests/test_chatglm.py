@@ -1,10 +1,11 @@
-"""ChatGLM plugin: official prompt formats, trained spans, registrations, the remote-code gate
-and a tiny transformers-native GLM (GlmForCausalLM) trained, saved and reloaded.
+"""ChatGLM plugin: official prompt formats, trained spans, registrations and a tiny
+transformers-native GLM (GlmForCausalLM) trained, saved and reloaded.
 
-No ChatGLM/GLM-4 tokenizer files exist offline (their tokenizers need remote code), so the
-renderings are compared with literal strings of the official formats (sources cited at each),
-and the trained spans are checked with stand-in tokenizers from shared/data/tokenizers, given
-the GLM special tokens (which spans are trained depends on the text, not on the vocabulary).
+The renderings are compared with literal strings of the official formats (sources cited at
+each); the trained spans are checked with stand-in tokenizers from shared/data/tokenizers,
+given the GLM special tokens (which spans are trained depends on the text, not on the
+vocabulary). test_chatglm_native.py checks ChatGLM2/3's ids with their real tokenizer and
+official code; GLM-4's tokenizer files are not available offline.
 """
 
 import re
@@ -12,12 +13,11 @@ import re
 import pytest
 from sft_plugin_chatglm import (
     CHATGLM3_JINJA,
+    CONVERTED_MODELS,
     GLM4_JINJA,
     NATIVE_MODELS,
-    REMOTE_CODE_MODELS,
     TEMPLATES,
 )
-from sft_plugin_chatglm.loading import prepare_tokenizer
 
 from conftest import CONVERSATIONS as STANDARD
 from conftest import (
@@ -31,7 +31,7 @@ from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, compile_jinja
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
-ALL_MODELS = {**REMOTE_CODE_MODELS, **NATIVE_MODELS}
+ALL_MODELS = {**CONVERTED_MODELS, **NATIVE_MODELS}
 
 # llama.cpp's expected outputs for the official ChatGLM3 and GLM-4 templates are quoted below
 # (with add_generation_prompt).
@@ -64,9 +64,10 @@ OFFICIAL_GLM4 = (
 # (model type, messages, add_generation_prompt) -> the exact text of the official format.
 EXPECTED = {
     # ChatGLM2: tokenization_chatglm.py of THUDM/chatglm2-6b, build_prompt
-    # ("[Round {i}]\n\n问：{q}\n\n答：{r}\n\n", rounds from 1); the eos "</s>" after the
-    # final reply is what ChatGLM2's ptuning/main.py trains (labels + [eos]). The [gMASK] sop
-    # prefix is ids the tokenizer adds (get_prefix_tokens), not text.
+    # ("[Round {i}]\n\n问：{q}\n\n答：{r}\n\n", rounds from 1); the final reply is what
+    # ChatGLM2's ptuning/main.py trains: encoded on its own (the " ": SentencePiece's word-start
+    # mark), then the eos "</s>". The [gMASK] sop prefix is ids the tokenizer adds
+    # (get_prefix_tokens), not text.
     ("chatglm2-6b", "single", True): "[Round 1]\n\n问：Who are you?\n\n答：",
     ("chatglm2-6b", "single", False): "[Round 1]\n\n问：Who are you?\n\n",
     ("chatglm2-6b", "llama.cpp", True): (
@@ -75,9 +76,9 @@ EXPECTED = {
         "[Round 3]\n\n问：Another question\n\n答："),
     ("chatglm2-6b", "multi", False): (
         "[Round 1]\n\n问：Hi\n\n答：Hello!\n\n"
-        "[Round 2]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
+        "[Round 2]\n\n问：床前明月光\n\n答： 疑是地上霜。</s>"),
     ("chatglm2-6b-32k", "chinese", False): (
-        "你是一个诗人。[Round 1]\n\n问：床前明月光\n\n答：疑是地上霜。</s>"),
+        "你是一个诗人。[Round 1]\n\n问：床前明月光\n\n答： 疑是地上霜。</s>"),
     # ChatGLM3: llama.cpp tests/test-chat-template.cpp, expected output of the official
     # THUDM/chatglm3-6b template; complete conversations end with the end-of-turn "<|user|>".
     ("chatglm3-6b", "llama.cpp", True): (
@@ -145,10 +146,9 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids(registry, 
     assert spec.hub_ids["modelscope"].startswith("ZhipuAI/")
     assert spec.hub_ids["huggingface"].startswith("zai-org/")
     assert spec.family == "chatglm"
-    remote = model_type in REMOTE_CODE_MODELS
-    assert spec.requires_remote_code is remote
-    assert spec.lora_target_modules == (
-        ("query_key_value",) if remote else ("q_proj", "k_proj", "v_proj"))
+    assert not spec.requires_remote_code  # ChatGLM2/3 are converted, GLM-4 is Zhipu's native
+    assert spec.lora_target_modules == ("q_proj", "k_proj", "v_proj")
+    assert spec.converted_to == ("glm" if model_type in CONVERTED_MODELS else "")
 
 
 @pytest.mark.parametrize("model_type, name, generation_prompt", sorted(EXPECTED))
@@ -210,32 +210,6 @@ def test_generation_stops_on_the_next_role_token_and_the_eos():
     assert Template(SPECS["chatglm2"]).stop_words() == ["</s>"]
 
 
-class FakeChatGLM3Tokenizer:
-    def __init__(self):
-        self.encode_special_tokens = False
-        self.init_kwargs = {}
-
-
-class FakeGLM4Tokenizer:
-    special_tokens = {"[gMASK]": 151331, "<sop>": 151333, "<|user|>": 151336}
-
-    def __init__(self, user_pieces):
-        self.user_pieces, self.added = user_pieces, []
-
-    def encode(self, text, add_special_tokens=True):
-        return [0] * self.user_pieces
-
-    def add_tokens(self, tokens):
-        self.added.extend(tokens)
-
-
-def test_the_loader_makes_remote_tokenizers_read_special_tokens_in_text():
-    chatglm3 = prepare_tokenizer(FakeChatGLM3Tokenizer())
-    assert chatglm3.encode_special_tokens and chatglm3.init_kwargs["encode_special_tokens"]
-    assert prepare_tokenizer(FakeGLM4Tokenizer(3)).added == ["[gMASK]", "<sop>", "<|user|>"]
-    assert prepare_tokenizer(FakeGLM4Tokenizer(1)).added == []
-
-
 def test_a_tiny_native_glm_trains_saves_and_reloads(tmp_path, identity_data, registry):
     from transformers import GlmConfig, GlmForCausalLM
 
@@ -245,7 +219,7 @@ def test_a_tiny_native_glm_trains_saves_and_reloads(tmp_path, identity_data, reg
                                 eos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
                                 pad_token_id=tokenizer.pad_token_id)
 
-    trained = train_and_reload(registry, "glm4-9b-chat-hf", model_dir, identity_data,
+    trained = train_and_reload(registry, "glm4-9b-chat", model_dir, identity_data,
                                tmp_path / "out", seed=0)
     assert (trained.result.checkpoint / "adapter_model.safetensors").is_file()
     assert trained.saved["template"] == "glm4"
