@@ -1,11 +1,13 @@
 """InternLM plugin: the templates write the official prompt formats; only replies are trained;
-every model type is registered and behind the remote-code gate; a Llama-shaped tiny model (the
-shape of InternLM v1) trains with the internlm template and reloads to the same logits.
+every model type is registered as converted to Llama (no remote code); a tiny model already in
+the Llama layout (as InternLM v1 copies converted by others are) trains with the internlm
+template and reloads to the same logits.
 
-No InternLM tokenizer can be loaded here (it needs the model repository's code), so the
-rendering is checked against literal strings of the official formats and the masks with the
-Qwen2 tokenizer (which has <|im_start|>/<|im_end|>), given InternLM's <s>, </s> and <eoa> as
-added special tokens: masks depend on the text, not on the vocabulary.
+Here the rendering is checked against literal strings of the official formats and the masks
+with the Qwen2 tokenizer (which has <|im_start|>/<|im_end|>), given InternLM's <s>, </s> and
+<eoa> as added special tokens: masks depend on the text, not on the vocabulary. The real
+tokenizers, converted from the official files, are compared with the official ones in
+test_internlm_native.py.
 """
 
 import json
@@ -13,6 +15,7 @@ import re
 
 import pytest
 from sft_plugin_internlm import (
+    INTERNLM2_CHAT_TEMPLATE,
     INTERNLM2_JINJA,
     INTERNLM2_TEMPLATE,
     INTERNLM_SYSTEM,
@@ -43,16 +46,13 @@ INTERNLM_EXPECTED = {
     "chinese": "<s><|System|>:你是一个诗人。\n<|User|>:床前明月光\n<|Bot|>:疑是地上霜。<eoa>\n",
     "empty system": "<s><|User|>:x\n",
 }
-# InternLM2: the chat_template of internlm/internlm2-chat-7b tokenizer_config.json, with the
-# default meta instruction of modeling_internlm2.py `chat()` as the system turn when none is
-# given. (An empty system turn is kept, as the tokenizer's chat_template keeps it.)
+# InternLM2: the chat_template of internlm/internlm2-chat-7b tokenizer_config.json, which adds
+# no system turn of its own. (An empty system turn is kept, as the chat_template keeps it.)
 INTERNLM2_EXPECTED = {
-    "single turn": f"<s><|im_start|>system\n{INTERNLM_SYSTEM}<|im_end|>\n"
-                   "<|im_start|>user\nWho are you?<|im_end|>\n",
+    "single turn": "<s><|im_start|>user\nWho are you?<|im_end|>\n",
     "with system": "<s><|im_start|>system\nYou are Ferret.<|im_end|>\n"
                    "<|im_start|>user\nWho are you?<|im_end|>\n",
-    "multi turn": f"<s><|im_start|>system\n{INTERNLM_SYSTEM}<|im_end|>\n"
-                  "<|im_start|>user\nHi<|im_end|>\n"
+    "multi turn": "<s><|im_start|>user\nHi<|im_end|>\n"
                   "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
                   "<|im_start|>user\nTell me a joke.<|im_end|>\n"
                   "<|im_start|>assistant\nWhy did the LLM cross the road?<|im_end|>\n",
@@ -61,8 +61,14 @@ INTERNLM2_EXPECTED = {
                "<|im_start|>assistant\n疑是地上霜。<|im_end|>\n",
     "empty system": "<s><|im_start|>system\n<|im_end|>\n<|im_start|>user\nx<|im_end|>\n",
 }
+# internlm2-chat: the same, with the default meta instruction of modeling_internlm2.py
+# `chat()` as the system turn when none is given
+INTERNLM2_CHAT_EXPECTED = {
+    name: text.replace("<s>", f"<s><|im_start|>system\n{INTERNLM_SYSTEM}<|im_end|>\n")
+    if "system" not in text else text for name, text in INTERNLM2_EXPECTED.items()}
 EXPECTED = {"internlm": (INTERNLM_EXPECTED, "<|Bot|>:"),
-            "internlm2": (INTERNLM2_EXPECTED, "<|im_start|>assistant\n")}
+            "internlm2": (INTERNLM2_EXPECTED, "<|im_start|>assistant\n"),
+            "internlm2-chat": (INTERNLM2_CHAT_EXPECTED, "<|im_start|>assistant\n")}
 MODEL_TYPES_OF = {"internlm": ["internlm-chat-7b"],
                   "internlm2": ["internlm2-chat-7b", "internlm2-chat-20b", "internlm2.5-7b-chat"]}
 # "chat_template" as written (JSON-escaped) in internlm/internlm2-chat-7b tokenizer_config.json
@@ -92,11 +98,12 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids():
             assert registry.get("templates", template).name == template
             assert spec.hub_ids["modelscope"].startswith("Shanghai_AI_Laboratory/")
             assert spec.hub_ids["huggingface"].startswith("internlm/")
-            assert spec.requires_remote_code
-            assert spec.lora_target_modules == (
-                ("wqkv",) if template == "internlm2" else ("q_proj", "k_proj", "v_proj"))
+            assert not spec.requires_remote_code and spec.converted_to == "llama"
+            assert spec.loader == "sft_plugin_internlm.native:load"
+            assert spec.lora_target_modules == ("q_proj", "k_proj", "v_proj")
     assert registry.get("templates", "internlm") == INTERNLM_TEMPLATE
     assert registry.get("templates", "internlm2") == INTERNLM2_TEMPLATE
+    assert registry.get("templates", "internlm2-chat") == INTERNLM2_CHAT_TEMPLATE
 
 
 def test_the_internlm2_template_is_the_tokenizers_chat_template():
@@ -106,15 +113,22 @@ def test_the_internlm2_template_is_the_tokenizers_chat_template():
 @pytest.mark.parametrize("template", EXPECTED)
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_format(render_cli, template, name, generation_prompt):
+def test_render_equals_the_official_format(render_cli, run_cli, tmp_path, template, name,
+                                           generation_prompt):
     expected, assistant_prefix = EXPECTED[template]
-    for model_type in MODEL_TYPES_OF[template]:
-        assert render_cli(model_type, CONVERSATIONS[name], generation_prompt) == (
-            expected[name] + (assistant_prefix if generation_prompt else ""))
+    expected = expected[name] + (assistant_prefix if generation_prompt else "")
+    for model_type in MODEL_TYPES_OF.get(template, []):
+        assert render_cli(model_type, CONVERSATIONS[name], generation_prompt) == expected
+    messages = tmp_path / "by-name.json"
+    messages.write_text(json.dumps(CONVERSATIONS[name], ensure_ascii=False), encoding="utf-8")
+    rendered = run_cli("template", "render", template, "--messages", messages,
+                       *(["--add-generation-prompt"] if generation_prompt else []))
+    assert rendered.exit_code == 0 and rendered.stdout == expected
 
 
 @pytest.mark.parametrize("spec, marker", [(INTERNLM_TEMPLATE, "<eoa>"),
-                                          (INTERNLM2_TEMPLATE, "<|im_end|>")])
+                                          (INTERNLM2_TEMPLATE, "<|im_end|>"),
+                                          (INTERNLM2_CHAT_TEMPLATE, "<|im_end|>")])
 @pytest.mark.parametrize("name", ["multi turn", "chinese"])
 def test_only_the_replies_and_their_end_marker_are_trained(tokenizer, spec, marker, name):
     template = Template.for_tokenizer(spec, tokenizer)
@@ -132,12 +146,13 @@ def test_only_the_replies_and_their_end_marker_are_trained(tokenizer, spec, mark
 def test_stop_words_end_a_reply():
     assert Template(INTERNLM_TEMPLATE).stop_words() == ["<eoa>", "</s>"]
     assert Template(INTERNLM2_TEMPLATE).stop_words() == ["<|im_end|>", "</s>"]
+    assert Template(INTERNLM2_CHAT_TEMPLATE).stop_words() == ["<|im_end|>", "</s>"]
 
 
 @pytest.fixture(scope="module")
 def tiny_internlm_v1_dir(tmp_path_factory, tokenizer):
-    """InternLM v1 is Llama-shaped (q_proj/k_proj/v_proj/o_proj): a tiny random Llama with the
-    tokenizer above stands in for it, so no remote code is needed to train one here."""
+    """InternLM v1 in the Llama layout (q_proj/k_proj/v_proj/o_proj), as copies converted by
+    others are: a tiny random Llama with the tokenizer above. It loads as it is."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return save_tiny_model(LlamaForCausalLM, LlamaConfig, tokenizer,
@@ -150,7 +165,7 @@ def tiny_internlm_v1_dir(tmp_path_factory, tokenizer):
 def test_train_lora_on_q_k_v_and_reload_gives_the_same_logits(tiny_internlm_v1_dir, tmp_path,
                                                               identity_data):
     trained = train_and_reload(load_plugins().registry, "internlm-chat-7b", tiny_internlm_v1_dir,
-                               identity_data, tmp_path, trust_remote_code=True)
+                               identity_data, tmp_path)
     assert trained.saved["template"] == "internlm"
     assert trained.template.spec is INTERNLM_TEMPLATE
     adapter = json.loads((trained.result.checkpoint / "adapter_config.json").read_text())
