@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from official_qwen import (
+    OFFICIAL,
     TINY,
     finetune_ids,
     make_context,
@@ -188,6 +189,27 @@ def test_the_converted_folder_is_plain_qwen2(checkpoint, converted):
                        official["transformer.h.0.mlp.w1.weight"])
     assert torch.equal(weights["model.layers.0.mlp.gate_proj.weight"],
                        official["transformer.h.0.mlp.w2.weight"])
+
+
+def test_the_config_reads_qwen_7b_chats_keys():
+    official = json.loads((OFFICIAL / "config.json").read_text())
+    config = native.qwen2_config(official)
+    assert {key: config[key] for key in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "vocab_size",
+        "tie_word_embeddings", "eos_token_id")} == {
+        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 32,
+        "max_position_embeddings": 8192,  # seq_length; not max_position_embeddings (32768)
+        "rms_norm_eps": 1e-6, "vocab_size": 151936, "tie_word_embeddings": False,
+        "eos_token_id": 151645}
+    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
+    assert "dtype" not in config  # no precision flag set: picked at run time (--dtype auto)
+    for flag, dtype in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32")):
+        assert native.qwen2_config({**official, flag: True})["dtype"] == dtype
+    # Qwen-72B-Chat's rotary base and window
+    assert native.qwen2_config({**official, "rotary_emb_base": 1000000, "seq_length": 32768})[
+        "rope_parameters"]["rope_theta"] == 1e6
 
 
 def test_each_weight_keeps_its_dtype_and_buffers_are_dropped():
