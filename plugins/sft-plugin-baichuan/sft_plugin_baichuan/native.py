@@ -108,6 +108,9 @@ def native_config(official: dict[str, Any]) -> dict[str, Any]:
     }
     if "torch_dtype" in official:
         config["dtype"] = official["torch_dtype"]
+    # Not carried over: z_loss_weight, a training-loss term of the official forward (0 by
+    # default in BaichuanConfig and absent from Baichuan2-7B-Chat's config.json), which a
+    # native model does not add.
     return config
 
 

@@ -138,6 +138,8 @@ def test_the_converted_folder_is_plain_llama_with_the_normalised_head(checkpoint
     assert not any(p.suffix == ".py" for p in folder.iterdir())  # no remote code travels
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "llama" and "auto_map" not in config
+    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
+    assert config["max_position_embeddings"] == 4096  # model_max_length, the trained window
     weights = load_file(folder / "model.safetensors")
     assert not any("rotary" in name or "W_pack" in name for name in weights)
     state = torch.load(checkpoint / "pytorch_model.bin", weights_only=True)
