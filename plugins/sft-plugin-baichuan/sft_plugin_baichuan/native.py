@@ -183,11 +183,15 @@ def write_tokenizer(source: Path, destination: Path) -> None:
     # Special tokens match anywhere in the text (tokenizer_config.json marks eos and pad
     # single_word, which would keep "reply</s>" from being split at </s>; the chat template
     # writes </s> right after the reply, as the token that ends it).
-    tokens = [AddedToken(token, special=True, normalized=False)
-              for token in dict.fromkeys([bos, eos, special_token(settings, "unk_token", "<unk>"),
-                                          special_token(settings, "pad_token", None),
-                                          *TURN_TOKENS]) if token]
-    backend.add_special_tokens(tokens)
+    names = [token for token in dict.fromkeys([
+        bos, eos, special_token(settings, "unk_token", "<unk>"),
+        special_token(settings, "pad_token", None), *TURN_TOKENS]) if token]
+    missing = [token for token in names if token not in vocab]
+    if missing:  # a special token the model has no row for would get a new id
+        raise SdkError(f"{source}: the special tokens {missing} are not pieces of "
+                       "tokenizer.model; it is not Baichuan2's tokenizer.")
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                for token in names])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=bos, eos_token=eos,
         unk_token=special_token(settings, "unk_token", "<unk>"),
