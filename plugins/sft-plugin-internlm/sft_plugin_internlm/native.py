@@ -84,7 +84,9 @@ def v1_config(config: dict[str, Any]) -> dict[str, Any]:
 def v1_rotary(rotary: Any) -> dict[str, Any]:
     """The later InternLM v1 code's ``rotary`` dict: "origin" is plain RoPE; "dynamic" its
     dynamic NTK (the base grows as base * (f * L / window - (f - 1)) ** (d / (d - 2)) for a
-    length L past the window, transformers' "dynamic" formula), scaling_factor 1.0 by default."""
+    length L past the window, transformers' "dynamic" formula), scaling_factor 1.0 by default.
+    That revision's code is not among the files the tests run (they hold the earlier one, which
+    reads no such key); the formula is read from a port of it (mindnlp's InternLM)."""
     kind = rotary.get("type") if isinstance(rotary, dict) else None
     if kind not in ("origin", "dynamic") or "base" not in rotary:
         raise SdkError(f"config.json's rotary {rotary!r} is not one the InternLM code reads "
