@@ -9,6 +9,12 @@ embedding on the first half of each head's channels in interleaved pairs, which 
 renaming plus the split of ``query_key_value``; the tests compare logits and generations with
 the official code.
 
+In float32 the two are equal (the tests compare logits at 1e-5). In half precision one thing
+differs, on purpose: ChatGLM2's forward_impl computes the rotary angles in the weights' dtype
+(the inv_freq buffer's), so in bfloat16 its positions past 256 are rounded (cos/sin off by up
+to 2) and in float16 those past 2,048; ChatGLM3's code fixed that (angles in float32), and
+Glm computes them in float32 as ChatGLM3 does.
+
 GLM-4 (glm4-9b-chat) is not converted: its remote-code layout needs a tiktoken tokenizer
 conversion that could not be checked against its files here; Zhipu publishes the same weights
 in this native layout (glm-4-9b-chat-hf), which glm4-9b-chat loads instead.
@@ -18,12 +24,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.models.native import Conversion, Tensors, load_native, native_tokenizer
+from sdk.models.native import Conversion, Tensors, load_native, native_tokenizer, read_json
 
 # ChatGLMConfig's defaults (configuration_chatglm.py), for keys a config.json leaves out;
 # rope_ratio is the 32K releases' addition (their configuration_chatglm.py, default 1). The
@@ -285,13 +292,46 @@ def spec_version(spec: Any) -> int:
     return 3 if spec.template == "chatglm3" else 2
 
 
+def official_folder(spec: Any, options: Any) -> Any:
+    """The load options with the official folder (``--model-id-or-path`` or the hub copy) as
+    model_dir, checked to be of the model type's generation."""
+    from sdk.models.loader import model_folder
+
+    folder = model_folder(spec, options)
+    check_generation(folder, spec)
+    return replace(options, model_dir=str(folder))
+
+
+def check_generation(folder: Path, spec: Any) -> None:
+    """A ChatGLM3 folder loaded as a ChatGLM2 model type (or the reverse) is refused: the two
+    read rope_ratio differently (the 32K releases) and have other special tokens. The official
+    code tells them apart (it is read, never run): ChatGLM3's tokenizer builds its role-token
+    chat input (build_chat_input), ChatGLM2's does not. A folder without the code, or GLM-4's
+    (refused by the conversion, naming it), is not checked."""
+    code = folder / "tokenization_chatglm.py"
+    config = folder / "config.json"
+    if not code.is_file() or not config.is_file() or setting(
+            read_json(config), "padded_vocab_size") > CHATGLM_VOCAB_ROWS:
+        return
+    found = 3 if "def build_chat_input" in code.read_text(encoding="utf-8",
+                                                            errors="replace") else 2
+    if found != spec_version(spec):
+        raise SdkError(
+            f"'{folder}' holds a ChatGLM{found} checkpoint (its tokenization_chatglm.py is "
+            f"ChatGLM{found}'s), but --model-type {spec.model_type} is a ChatGLM"
+            f"{spec_version(spec)} model: its rotary scaling and special tokens would not fit. "
+            f"Use --model-type chatglm{found}-6b or chatglm{found}-6b-32k; --template picks "
+            "another chat format.")
+
+
 def load(spec: Any, options: Any) -> tuple[Any, Any]:
     """Loader of the ChatGLM2/3 model types: the official folder converted once to Glm."""
-    return load_native(spec, options, conversion(spec_version(spec)))
+    return load_native(spec, official_folder(spec, options), conversion(spec_version(spec)))
 
 
 def load_tokenizer(spec: Any, options: Any) -> Any:
-    return native_tokenizer(spec, options, conversion(spec_version(spec)))
+    return native_tokenizer(spec, official_folder(spec, options),
+                            conversion(spec_version(spec)))
 
 
 def check_glm4_folder(options: Any) -> None:

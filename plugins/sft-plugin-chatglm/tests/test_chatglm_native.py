@@ -275,6 +275,22 @@ def test_a_checkpoint_glm_cannot_hold_is_refused_before_the_weights_are_read(
     assert message in result.stderr
 
 
+def test_a_chatglm3_folder_is_refused_as_a_chatglm2_model_type(run_cli, checkpoint,
+                                                              identity_data, tmp_path):
+    """ChatGLM2-32K and ChatGLM3-32K read rope_ratio differently: a folder of the other
+    generation would load as a wrong model."""
+    folder = checkpoint("chatglm3-6b")
+    for command in ("sft", "infer"):
+        result = run_cli(command, "--model-type", "chatglm2-6b-32k", "--model-id-or-path",
+                         folder, *(["--dataset", identity_data, "--output-dir", tmp_path / "out"]
+                                   if command == "sft" else ["--query", "hi"]))
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert (f"'{folder}' holds a ChatGLM3 checkpoint (its tokenization_chatglm.py is "
+                "ChatGLM3's), but --model-type chatglm2-6b-32k is a ChatGLM2 model") in (
+            result.stderr)
+        assert "Use --model-type chatglm3-6b or chatglm3-6b-32k" in result.stderr
+
+
 def test_glm4_9b_chat_refuses_a_remote_code_folder_naming_the_native_release(
         run_cli, identity_data, tmp_path):
     folder = tmp_path / "glm-4-9b-chat"
