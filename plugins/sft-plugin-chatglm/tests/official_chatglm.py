@@ -99,6 +99,8 @@ def build(modeling: Any, config: Any) -> Any:
     # transformers 5 configs no longer carry generation defaults; __init__ stores max_length
     # (unused elsewhere), and generate() refuses a config that sets it: set for __init__ only.
     config.max_length = config.seq_length
+    # empty_init=False: built with values (torch's own init) rather than skip_init's empty
+    # memory; the checkpoint's weights, or randomize(), replace them
     model = official_class(modeling)(config, empty_init=False)
     del config.max_length
     return model
@@ -109,9 +111,9 @@ def official_class(modeling: Any) -> type:
     import torch
     from transformers import GenerationMixin
 
-    base = modeling.ChatGLMForConditionalGeneration
     if hasattr(modeling, "OfficialForTransformers5"):
         return modeling.OfficialForTransformers5
+    base = modeling.ChatGLMForConditionalGeneration
 
     class OfficialForTransformers5(base, GenerationMixin):
         """transformers 5's PreTrainedModel no longer inherits GenerationMixin; its generate()
