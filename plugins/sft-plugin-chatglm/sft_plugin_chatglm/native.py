@@ -55,6 +55,11 @@ UNMAPPED = {
     "fp32_residual_connection": (False, "an fp32 residual stream"),
     "hidden_dropout": (0.0, "dropout on the residual branches"),
 }
+# Official keys that change nothing the official code computes under torch 2, so they are not
+# read: original_rope (RotaryEmbedding stores it, never uses it), bias_dropout_fusion,
+# classifier_dropout, apply_query_key_layer_scaling and attention_softmax_in_fp32 (read only by
+# CoreAttention's torch<2 path; with torch 2 it calls scaled_dot_product_attention, as Glm's
+# SDPA does), prefix_projection (only with pre_seq_len, refused).
 # tokenization_chatglm.py (SPTokenizer): these follow the SentencePiece pieces, numbered from
 # the piece count on, in this order; ChatGLM3 adds the role tokens.
 CHATGLM2_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
