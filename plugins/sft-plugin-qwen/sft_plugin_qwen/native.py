@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "kv_channels": 128, "rotary_pct": 1.0, "rotary_emb_base": 10000,
     "intermediate_size": 22016, "no_bias": True, "tie_word_embeddings": False,
 }
+# Official keys the conversion does not need: use_flash_attn (a kernel choice; --attn-impl),
+# scale_attn_weights (QWenAttention always scales), softmax_in_fp32 (only its non-SDPA path),
+# use_cache_quantization / use_cache_kernel (an int8 KV cache, inference only), and
+# emb_dropout_prob (0.0 in every released config; Qwen2 has no embedding dropout).
 # Official sampling settings carried into the native generation_config.json.
 SAMPLING = ("do_sample", "top_p", "top_k", "temperature", "repetition_penalty", "max_new_tokens")
 
