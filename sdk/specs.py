@@ -42,6 +42,8 @@ class ModelSpec:
     ``"qwen2"``) that the loader converts this type's official checkpoints to
     (``sdk.models.native``); empty: they load as they are. Model cards and ``sdk models`` say
     it, since adapters trained on a converted model name the native modules.
+    ``keeps_official_names``: the conversion keeps the official module names (InternLM v1 is
+    Llama under Llama's names), so adapters also load onto the official remote code.
     ``unsupported``: why this model type cannot run with the installed transformers and what
     to use instead; such a type stays listed (users arrive with its name) and is refused with
     that text before anything downloads or loads.
@@ -61,6 +63,7 @@ class ModelSpec:
     description: str = ""
     config_model_types: tuple[str, ...] = ()
     converted_to: str = ""
+    keeps_official_names: bool = False
     unsupported: str = ""
 
     @property

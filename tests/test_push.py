@@ -530,3 +530,27 @@ def test_the_card_says_what_the_checkpoint_is(registry, tmp_path, sft_type, abou
     saved = {"model_type": MODEL_TYPE, "sft_type": sft_type, "template": "chatml",
              "dataset": ["tiny-identity"]}
     assert about in model_card(tmp_path, saved, registry, "modelscope", "org/m")
+
+
+@pytest.mark.parametrize("model_type, sft_type, says", [
+    ("internlm2-chat-7b", "lora", "it names that architecture's modules, so it does not load "
+     "onto the official remote code"),
+    ("internlm-chat-7b", "lora", "its module names are the official code's too, so it also "
+     "loads onto the official remote code"),
+    ("internlm2-chat-7b", "full", "it loads with transformers alone, without "
+     "`trust_remote_code`, and not with the official remote code"),
+    ("qwen2.5-7b-instruct", "lora", None),  # loaded as published: nothing to say
+])
+def test_the_card_says_what_a_converted_model_types_files_apply_to(tmp_path, model_type,
+                                                                    sft_type, says):
+    from sdk.plugins import load_plugins
+
+    saved = {"model_type": model_type, "sft_type": sft_type, "template": "chatml",
+             "dataset": ["tiny-identity"]}
+    card = model_card(tmp_path, saved, load_plugins().registry, "huggingface", "org/m")
+    if says is None:
+        assert "converted on load" not in card
+    else:
+        assert "official checkpoint, converted on load by sft-sdk to transformers' own " \
+               "`llama` architecture (no remote code runs)" in card
+        assert says in card

@@ -115,10 +115,13 @@ def layout_note(spec: Any, trains_adapters: bool) -> str | None:
     converted = (f"`{spec.model_type}`'s official checkpoint, converted on load by sft-sdk to "
                  f"transformers' own `{spec.converted_to}` architecture (no remote code runs)")
     if trains_adapters:
-        return (f"The adapter applies to {converted}: it names that architecture's modules, "
-                "so it does not load onto the official remote code (`trust_remote_code`). "
-                "`sdk infer --ckpt-dir` rebuilds the model from the official checkpoint; "
-                "`sdk export --merge-lora` writes a standard transformers folder.")
+        official = ("its module names are the official code's too, so it also loads onto the "
+                    "official remote code (`trust_remote_code`)" if spec.keeps_official_names
+                    else "it names that architecture's modules, so it does not load onto the "
+                    "official remote code (`trust_remote_code`)")
+        return (f"The adapter applies to {converted}: {official}. `sdk infer --ckpt-dir` "
+                "rebuilds the model from the official checkpoint; `sdk export --merge-lora` "
+                "writes a standard transformers folder.")
     return (f"The model is saved in the layout of {converted}: it loads with transformers "
             "alone, without `trust_remote_code`, and not with the official remote code.")
 

@@ -117,6 +117,8 @@ def model_specs() -> list[ModelSpec]:
             loader="sft_plugin_internlm.native:load",
             tokenizer_loader="sft_plugin_internlm.native:load_tokenizer",
             converted_to="llama",
+            # v1's parameter names are Llama's: its adapters also load onto the official code
+            keeps_official_names=template == "internlm",
             description=description,
         ))
     return specs
