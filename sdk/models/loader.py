@@ -85,9 +85,11 @@ def check_requirements(spec: ModelSpec, options: LoadOptions) -> None:
                        f"{', '.join(missing)}: pip install {' '.join(missing)}")
 
 
-def load_pretrained(path: str | Path, options: LoadOptions,
-                    gguf_file: str | None = None) -> tuple[Any, Any]:
-    """Model and tokenizer from a folder in the transformers layout (or a GGUF file in it)."""
+def load_pretrained(path: str | Path, options: LoadOptions, gguf_file: str | None = None,
+                    model_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Model and tokenizer from a folder in the transformers layout (or a GGUF file in it);
+    ``model_kwargs`` go to the model's ``from_pretrained`` (e.g. a loader's own quantization
+    config)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
@@ -119,6 +121,7 @@ def load_pretrained(path: str | Path, options: LoadOptions,
     kernel = attention_implementation(options.attn_impl, dtype)
     if kernel:
         extra["attn_implementation"] = kernel
+    extra.update(model_kwargs or {})
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, trust_remote_code=options.trust_remote_code, **extra)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ class Conversion:
     tensors: Callable[[str, Any, dict[str, Any]], Tensors]
     tokenizer: Callable[[Path, Path], None]
     generation: Callable[[dict[str, Any], Path], dict[str, Any] | None] | None = None
+    # a second conversion of the same official folders into the same layout (e.g. a quantized
+    # checkpoint's weights dequantized): its own cache entry
+    variant: str = ""
+
+
+# Set while `sdk export/infer --merge-lora` loads the base an adapter is merged into: a loader
+# whose quantized weights peft cannot merge into (GPTQ) then loads them dequantized instead.
+DEQUANTIZED_BASE: ContextVar[bool] = ContextVar("dequantized_base", default=False)
 
 
 def native_folder(source: Path, conversion: Conversion) -> Path:
@@ -59,7 +68,8 @@ def native_folder(source: Path, conversion: Conversion) -> Path:
     from sdk.models.loader import cache_dir
 
     key = fingerprint(source, conversion)
-    target = cache_dir() / "native" / f"{source.name}-{conversion.layout}-{key}"
+    variant = f"-{conversion.variant}" if conversion.variant else ""
+    target = cache_dir() / "native" / f"{source.name}-{conversion.layout}{variant}-{key}"
     if (target / "config.json").is_file():
         return target
     click.echo(f"[sdk] converting {source} to transformers' {conversion.layout} layout (once; "
@@ -83,6 +93,8 @@ def fingerprint(source: Path, conversion: Conversion) -> str:
     """What the converted folder depends on: each source file's name, size and time, and the
     conversion's version."""
     digest = hashlib.sha256(f"{source.resolve()}|{conversion.layout}|{conversion.version}".encode())
+    if conversion.variant:
+        digest.update(f"|{conversion.variant}".encode())
     for file in sorted(source.iterdir()):
         if file.is_file():
             stat = file.stat()

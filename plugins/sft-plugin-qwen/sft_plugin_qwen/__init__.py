@@ -1,5 +1,5 @@
 """Qwen chat models: Qwen (v1), Qwen1.5, Qwen2 and Qwen2.5, all as Qwen2ForCausalLM (Qwen v1
-converted on load, native.py; its GPTQ checkpoints still run their remote code).
+and its GPTQ Int4/Int8 checkpoints converted on load, native.py: no remote code runs).
 
 Hub ids come from ms-swift (swift/llm/model/model/qwen.py: ``Model('<modelscope id>',
 '<hugging face id>')``); none of these models has a revision other than ``main`` there.
@@ -115,17 +115,18 @@ TEMPLATES = (QWEN_TEMPLATE, QWEN1_5_TEMPLATE, QWEN2_5_TEMPLATE)
 
 # --- Models -------------------------------------------------------------------------------------
 
-GPTQ = ("optimum", "gptqmodel")
-# Qwen v1 remote code: tokenization_qwen.py imports tiktoken; modeling_qwen.py imports
-# transformers_stream_generator (inside chat_stream, but transformers' check_imports scans every
-# import that is not in a try block, so loading fails without it). einops is imported in a try
-# block (optional, flash-attention path only).
-QWEN_V1_REQUIRES = ("tiktoken", "transformers_stream_generator")
 ATTENTION = ("q_proj", "k_proj", "v_proj")
 # Qwen v1 converted to Qwen2 on load (native.py): no remote code runs; tiktoken reads
 # qwen.tiktoken for the fast tokenizer.
 CONVERTED = {"loader": "sft_plugin_qwen.native:load",
              "tokenizer_loader": "sft_plugin_qwen.native:load_tokenizer", "converted_to": "qwen2"}
+# Its GPTQ checkpoints likewise, loaded through transformers' GPTQ integration. optimum and
+# gptqmodel are not in `requires`: without them --quantization-bit still works (the weights
+# dequantized and re-quantized with bitsandbytes), so the loader checks them itself, before
+# any weight is read (native.gptq_conversion).
+CONVERTED_GPTQ = {"loader": "sft_plugin_qwen.native:load_gptq",
+                  "tokenizer_loader": "sft_plugin_qwen.native:load_gptq_tokenizer",
+                  "converted_to": "qwen2"}
 CONVERSION_REQUIRES = ("tiktoken",)
 
 # model_type -> repo id (the same on Hugging Face and ModelScope, per ms-swift's qwen.py).
@@ -156,8 +157,10 @@ QWEN2_5 = {f"qwen2.5-{size.lower()}-instruct": f"Qwen/Qwen2.5-{size}-Instruct"
 FAMILIES = (
     (QWEN_V1_CHAT, "qwen", ATTENTION, "qwen", False,
      "Qwen (v1) chat, converted on load to Qwen2ForCausalLM"),
-    (QWEN_V1_GPTQ, "qwen", ("c_attn",), "qwen", True,
-     "Qwen (v1) chat, QWenLMHeadModel (remote code)"),
+    # peft's all-linear finds no GPTQ layer (they are not nn.Linear): list Qwen2's linears
+    (QWEN_V1_GPTQ, "qwen", ATTENTION, "qwen", False,
+     "Qwen (v1) chat, converted on load to Qwen2ForCausalLM, GPTQ through "
+     "transformers/optimum/gptqmodel"),
     (QWEN1_5, "qwen1.5", ATTENTION, "qwen2", False, "Qwen1.5 chat, Qwen2ForCausalLM"),
     (QWEN2, "qwen", ATTENTION, "qwen2", False, "Qwen2 instruct, Qwen2ForCausalLM"),
     (QWEN2_5, "qwen2.5", ATTENTION, "qwen2", False, "Qwen2.5 instruct, Qwen2ForCausalLM"),
@@ -168,11 +171,10 @@ def model_specs() -> list[ModelSpec]:
     specs = []
     for models, template, targets, config_model_type, remote_code, description in FAMILIES:
         for model_type, repo_id in models.items():
-            quantized = model_type.endswith(("-int4", "-int8"))
+            quantized = models is QWEN_V1_GPTQ
             converted = models is QWEN_V1_CHAT
-            requires = ((QWEN_V1_REQUIRES if remote_code else ())
-                        + (CONVERSION_REQUIRES if converted else ()) + (GPTQ if quantized else ()))
-            suffix = f", GPTQ {model_type[-4:]}" if quantized else ""
+            requires = CONVERSION_REQUIRES if converted or quantized else ()
+            suffix = f" ({model_type[-4:]})" if quantized else ""
             specs.append(ModelSpec(
                 model_type=model_type,
                 family="qwen",
@@ -183,7 +185,7 @@ def model_specs() -> list[ModelSpec]:
                 requires=requires,
                 requires_remote_code=remote_code,
                 description=f"{repo_id.split('/')[1]}: {description}{suffix}",
-                **(CONVERTED if converted else {}),
+                **(CONVERTED if converted else CONVERTED_GPTQ if quantized else {}),
             ))
     return specs
 

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.models.native import Conversion, Tensors, load_native, native_tokenizer, read_json
+from sdk.models.native import (
+    DEQUANTIZED_BASE,
+    Conversion,
+    Tensors,
+    load_native,
+    native_folder,
+    native_tokenizer,
+    read_json,
+)
 
 # tokenization_qwen.py: the pre-tokenizer's regular expression, and the special tokens with
 # their fixed ids (SPECIAL_START_ID), after the 151,643 ranks of qwen.tiktoken.
@@ -126,9 +134,12 @@ LAYER = re.compile(r"transformer\.h\.(\d+)\.(.+)")
 BUFFERS = ("rotary_emb.inv_freq", "attn.masked_bias", "attn.logn_tensor")
 # The dimension along which each tensor of c_attn holds the query, key and value projections one
 # after the other (QWenAttention splits c_attn's output in three equal parts). None: a tensor
-# that the three share whole. Quantized checkpoints add their tensors here (GPTQ: qweight,
-# qzeros and scales along 1, g_idx shared).
-FUSED_QKV_DIM: dict[str, int | None] = {"weight": 0, "bias": 0}
+# that the three share whole. GPTQ (the -Int4/-Int8 checkpoints, auto-gptq's QuantLinear):
+# qweight [in / per-word, 3 hidden] and scales [groups, 3 hidden] hold the output columns,
+# qzeros [groups, 3 hidden / per-word] packs the output columns (a part is hidden / per-word
+# words: gptq_config checks that it is whole), g_idx (the group of each input row) is shared.
+FUSED_QKV_DIM: dict[str, int | None] = {"weight": 0, "bias": 0, "qweight": 1, "qzeros": 1,
+                                        "scales": 1, "g_idx": None}
 
 
 def qwen2_tensors(name: str, tensor: Any, official: dict[str, Any]) -> Tensors:
@@ -144,7 +155,8 @@ def qwen2_tensors(name: str, tensor: Any, official: dict[str, Any]) -> Tensors:
         prefix = f"model.layers.{layer.group(1)}"
         if layer.group(2) == "attn.c_attn" and kind in FUSED_QKV_DIM:
             dim = FUSED_QKV_DIM[kind]
-            parts = (tensor,) * 3 if dim is None else tensor.chunk(3, dim)
+            # a shared tensor is copied: safetensors stores no tensor twice
+            parts = [tensor.clone() for _ in range(3)] if dim is None else tensor.chunk(3, dim)
             return [(f"{prefix}.self_attn.{projection}.{kind}", part)
                     for projection, part in zip(("q_proj", "k_proj", "v_proj"), parts,
                                                 strict=True)]
@@ -208,3 +220,175 @@ def load(spec: Any, options: Any) -> tuple[Any, Any]:
 def load_tokenizer(spec: Any, options: Any) -> Any:
     return native_tokenizer(spec, options, QWEN_V1_TO_QWEN2)
 
+
+
+# --- GPTQ: Qwen-7B/14B/72B-Chat-Int4 and -Int8 ---------------------------------------------------
+#
+# These are auto-gptq checkpoints (QwenLM/Qwen's run_gptq.py: bits 4 or 8, group_size 128,
+# desc_act false, sym): c_attn, c_proj, w1, w2 and mlp.c_proj are QuantLinear layers (qweight,
+# qzeros, scales, g_idx, c_attn's bias); wte, the norms and lm_head stay fp16. The same renaming
+# and c_attn split (FUSED_QKV_DIM) make them a GPTQ Qwen2 folder, which transformers loads
+# through its GPTQ integration (optimum + gptqmodel kernels).
+
+GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
+# The official quantization_config keys transformers' GPTQConfig reads (the others name how the
+# checkpoint was made: damp_percent, true_sequential, static_groups, model_file_base_name...,
+# kept as they are). auto-gptq wrote no checkpoint_format: its format is "gptq" (v1: each
+# stored zero point is the zero point minus one).
+GPTQ_PACKAGES = {"optimum": "optimum>=2.3", "gptqmodel": "gptqmodel>=7.0,<7.7"}
+
+
+def gptq_settings(official: dict[str, Any]) -> dict[str, Any]:
+    """The official quantization_config, checked: GPTQ, 4 or 8 bits, in a format whose zero
+    points we know, with hidden_size a whole number of packed words (the c_attn split)."""
+    settings = official.get("quantization_config")
+    if not isinstance(settings, dict) or settings.get("quant_method") != "gptq":
+        raise SdkError("config.json has no GPTQ quantization_config: this is not a Qwen "
+                       "-Int4/-Int8 checkpoint (use the qwen-*-chat model type for the others).")
+    bits = settings.get("bits")
+    checkpoint_format = settings.get("checkpoint_format", settings.get("format", "gptq"))
+    if bits not in (4, 8) or checkpoint_format not in ("gptq", "gptq_v2"):
+        raise SdkError(f"quantization_config has bits {bits}, format {checkpoint_format}: the Qwen "
+                       "GPTQ types read 4 or 8 bits in the gptq/gptq_v2 formats.")
+    hidden = official.get("hidden_size", DEFAULTS["hidden_size"])
+    if hidden % (32 // bits):
+        raise SdkError(f"hidden_size {hidden} is not a multiple of {32 // bits}: c_attn's packed "
+                       "zero points cannot be split into q, k and v.")
+    return {**settings, "checkpoint_format": checkpoint_format}
+
+
+def qwen2_gptq_config(official: dict[str, Any]) -> dict[str, Any]:
+    """The Qwen2 config.json of a GPTQ Qwen (v1) config.json: the official quantization_config
+    kept, under GPTQConfig's names (checkpoint_format given explicitly)."""
+    settings = gptq_settings(official)
+    # the scales (and wte, norms, lm_head) are fp16: the GPTQ kernels compute in it
+    return {**qwen2_config(official), "quantization_config": settings, "dtype": "float16"}
+
+
+def dequantize(qweight: Any, qzeros: Any, scales: Any, g_idx: Any, bits: int,
+               checkpoint_format: str = "gptq") -> Any:
+    """The nn.Linear weight [out, in] of one GPTQ layer, exactly (in the scales' dtype):
+    ``scales[g] * (q - zero[g])`` for the group ``g = g_idx[i]`` of input row i.
+
+    qweight [in / w, out] packs w = 32 / bits input rows per int32 (row j in bits j*bits..),
+    qzeros [groups, out / w] packs w output columns the same way. auto-gptq's "gptq" (v1)
+    format stores each zero point minus one (its pack does ``zeros -= 1``, its forward
+    ``zeros + 1``); "gptq_v2" stores it as it is."""
+    import torch
+
+    mask = (1 << bits) - 1
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    # arithmetic shifts of negative words still leave the right low bits under the mask
+    codes = ((qweight.unsqueeze(1) >> shifts.view(1, -1, 1)) & mask).reshape(-1, qweight.shape[1])
+    zeros = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & mask).reshape(qzeros.shape[0], -1)
+    zeros = zeros + (1 if checkpoint_format == "gptq" else 0)
+    group = g_idx.long()
+    weight = scales.float()[group] * (codes - zeros[group]).float()  # exact in fp32
+    return weight.t().contiguous().to(scales.dtype)
+
+
+# The parts of GPTQ layers read so far whose layer is not whole yet (they are stored one
+# tensor at a time); a layer is dequantized as soon as its four parts are in.
+PENDING: dict[str, dict[str, Any]] = {}
+
+
+def dequantized_tensors(name: str, tensor: Any, official: dict[str, Any]) -> Tensors:
+    """The fp16 Qwen2 weights of one weight of a GPTQ checkpoint: each GPTQ layer dequantized
+    (:func:`dequantize`) into the weight qwen2_tensors then renames (and splits, c_attn)."""
+    module, _, kind = name.rpartition(".")
+    if kind not in GPTQ_PARTS:
+        return qwen2_tensors(name, tensor, official)
+    parts = PENDING.setdefault(module, {})
+    parts[kind] = tensor
+    if len(parts) < len(GPTQ_PARTS):
+        return []
+    del PENDING[module]
+    settings = gptq_settings(official)
+    weight = dequantize(**parts, bits=settings["bits"],
+                        checkpoint_format=settings["checkpoint_format"])
+    return qwen2_tensors(f"{module}.weight", weight, official)
+
+
+def qwen2_dequantized_config(official: dict[str, Any]) -> dict[str, Any]:
+    """The plain fp16 Qwen2 config.json of a GPTQ checkpoint dequantized."""
+    gptq_settings(official)
+    PENDING.clear()  # convert() reads the config first: nothing left from a failed conversion
+    return {**qwen2_config(official), "dtype": "float16"}
+
+
+QWEN_GPTQ_TO_QWEN2 = Conversion(layout="qwen2", variant="gptq", version=1,
+                                config=qwen2_gptq_config, tensors=qwen2_tensors,
+                                tokenizer=write_tokenizer, generation=generation_config)
+QWEN_GPTQ_DEQUANTIZED = Conversion(layout="qwen2", variant="gptq-dequantized", version=1,
+                                   config=qwen2_dequantized_config, tensors=dequantized_tensors,
+                                   tokenizer=write_tokenizer, generation=generation_config)
+
+
+def missing_gptq_packages() -> list[str]:
+    import importlib.util
+
+    return [package for package in GPTQ_PACKAGES if importlib.util.find_spec(package) is None]
+
+
+def gptq_conversion(spec: Any, options: Any) -> Conversion:
+    """Which copy of a GPTQ checkpoint a run loads: the GPTQ one (transformers' GPTQ
+    integration), or the dequantized fp16 one, to merge an adapter into (`--merge-lora`: peft
+    cannot merge into GPTQ layers) or to re-quantize with bitsandbytes (--quantization-bit).
+    Without optimum/gptqmodel and without --quantization-bit: an error naming the install,
+    before any weight is read."""
+    if DEQUANTIZED_BASE.get() or options.quantization_bit:
+        return QWEN_GPTQ_DEQUANTIZED
+    missing = missing_gptq_packages()
+    if missing:
+        install = " ".join(f"'{GPTQ_PACKAGES[package]}'" for package in GPTQ_PACKAGES)
+        raise SdkError(
+            f"Model type '{spec.model_type}' is a GPTQ checkpoint, which transformers loads with "
+            f"optimum and gptqmodel ({', '.join(missing)} missing): pip install {install}. "
+            "Or pass --quantization-bit 4 (or 8) to dequantize its weights and re-quantize them "
+            "with bitsandbytes (approximate), or use the unquantized model type "
+            f"'{spec.model_type.rsplit('-', 1)[0]}'.")
+    return QWEN_GPTQ_TO_QWEN2
+
+
+def load_gptq(spec: Any, options: Any) -> tuple[Any, Any]:
+    """ModelSpec loader of the Qwen (v1) GPTQ types (see gptq_conversion for which copy)."""
+    from dataclasses import replace
+
+    import click
+    import torch
+
+    from sdk.models.loader import load_pretrained, model_folder, torch_dtype
+
+    conversion = gptq_conversion(spec, options)
+    folder = native_folder(model_folder(spec, options), conversion)
+    options = replace(options, trust_remote_code=False)
+    if conversion is QWEN_GPTQ_DEQUANTIZED:
+        if options.quantization_bit:
+            click.echo(f"[sdk] {spec.model_type}: --quantization-bit {options.quantization_bit}: "
+                       "its GPTQ weights were dequantized (exactly, to fp16) and are re-quantized "
+                       f"with bitsandbytes to {options.quantization_bit} bits: an approximation "
+                       "of the GPTQ model, not the GPTQ model itself.", err=True)
+        else:
+            click.echo(f"[sdk] {spec.model_type}: the GPTQ weights dequantized exactly (fp16) "
+                       "for the merge (peft cannot merge into GPTQ layers)", err=True)
+        return load_pretrained(folder, options)
+    from transformers import GPTQConfig
+
+    if torch_dtype(options.dtype) == torch.float32:
+        # gptqmodel's kernels compute in fp16/bf16 only, and the checkpoint's scales are fp16
+        options = replace(options, dtype="fp16")
+    settings = read_json(folder / "config.json")["quantization_config"]
+    gpu = torch.cuda.is_available()
+    # On the CPU, gptq_torch: gptqmodel's own choice there (TorchAtenLinear, 4-bit) switches
+    # for good to an inference-only kernel after any no-grad forward (an eval, a sample
+    # generation), after which LoRA gradients are silently wrong (the research notes measured
+    # ~100% relative error). On CUDA, gptqmodel's "auto_trainable" picks a kernel with a
+    # backward pass; that path is untested here (no GPU).
+    backend = "auto_trainable" if gpu else "gptq_torch"
+    config = GPTQConfig(bits=settings["bits"], backend=backend)
+    return load_pretrained(folder, options, model_kwargs={
+        "quantization_config": config, "device_map": {"": 0 if gpu else "cpu"}})
+
+
+def load_gptq_tokenizer(spec: Any, options: Any) -> Any:
+    return native_tokenizer(spec, options, gptq_conversion(spec, options))

@@ -127,3 +127,79 @@ def finetune_ids(tokenizer, messages: list[dict]) -> list[int]:
         input_id += (tokenizer(f"<|im_start|>{message['role']}").input_ids + nl_tokens
                      + tokenizer(message["content"]).input_ids + [im_end] + nl_tokens)
     return input_id
+
+
+# --- GPTQ (Qwen-7B-Chat-Int4/Int8) ---------------------------------------------------------------
+
+# Qwen's GPTQ quantization_config (QwenLM/Qwen's run_gptq.py, auto-gptq), as Qwen-VL-Chat-Int4's
+# config.json holds it; the bits are set per checkpoint.
+GPTQ_CONFIG = REMOTE_CODE / "qwen-7b-chat" / "qwen-vl-chat-int4-quantization_config.json"
+# hidden_size and the MLP's inputs must be whole groups of 128 input rows (group_size 128):
+# c_attn/c_proj/w1/w2 read 128 rows (one group), mlp.c_proj 256 (two).
+TINY_GPTQ = {"hidden_size": 128, "num_attention_heads": 4, "kv_channels": 32,
+             "num_hidden_layers": 2, "intermediate_size": 512, "seq_length": 64}
+GPTQ_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
+
+
+def pack(codes, bits: int, dim: int):
+    """auto-gptq's int32 packing: 32 / bits values along ``dim``, the first in the low bits."""
+    import torch
+
+    per_word = 32 // bits
+    codes = codes.movedim(dim, 0).to(torch.int64)
+    words = codes.reshape(codes.shape[0] // per_word, per_word, *codes.shape[1:])
+    shifts = (torch.arange(per_word) * bits).view(1, per_word, *([1] * (codes.dim() - 1)))
+    packed = (words << shifts).sum(dim=1)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)  # the int32 bit pattern
+    return packed.to(torch.int32).movedim(0, dim).contiguous()
+
+
+def tiny_gptq_checkpoint(folder: Path, bits: int) -> tuple[Path, dict]:
+    """A tiny Qwen (v1) GPTQ checkpoint in the official -Int4/-Int8 layout: random codes
+    packed as auto-gptq packs them ("gptq" v1: zero point minus one stored; sym: the zero
+    point 2^(bits-1)), fp16 scales, c_attn's bias, fp16 wte/norms/lm_head. Also the state dict
+    of the official model holding the dequantized weights, in fp32 (computed from the codes,
+    not with the SDK's dequantize): the reference."""
+    import torch
+
+    settings = json.loads(GPTQ_CONFIG.read_text(encoding="utf-8"))["quantization_config"]
+    config = {**json.loads((OFFICIAL / "config.json").read_text(encoding="utf-8")), **TINY_GPTQ,
+              "quantization_config": {**settings, "bits": bits}}
+    model = model_class()(official_config(config))
+    randomize(model)
+    generator = torch.Generator().manual_seed(bits)
+    reference, stored = {}, {}
+    group_size, zero = settings["group_size"], 2 ** (bits - 1)
+    for name, tensor in model.state_dict().items():
+        module, _, kind = name.rpartition(".")
+        if not module.endswith(GPTQ_LAYERS) or kind != "weight":  # stored in fp16
+            half = (tensor * SCALE).to(torch.float16)  # wte, lm_head: as the fp16 checkpoint's
+            if ".ln_" in name:
+                half = (1 + 0.1 * torch.randn(tensor.shape, generator=generator)).half()
+            stored[name], reference[name] = half, half.float()
+            continue
+        out_features, in_features = tensor.shape
+        codes = torch.randint(0, 2**bits, (in_features, out_features), generator=generator)
+        groups = in_features // group_size
+        # weights of about 0.2 (as official_qwen's SCALE gives the fp16 checkpoint)
+        scales = (0.05 + 0.1 * torch.rand(groups, out_features, generator=generator))
+        scales = (scales * 16 / 2**bits).half()
+        g_idx = torch.arange(in_features, dtype=torch.int32) // group_size
+        stored[f"{module}.qweight"] = pack(codes, bits, 0)
+        stored[f"{module}.qzeros"] = pack(torch.full((groups, out_features), zero - 1), bits, 1)
+        stored[f"{module}.scales"] = scales
+        stored[f"{module}.g_idx"] = g_idx
+        reference[name] = (scales.float()[g_idx.long()] * (codes - zero).float()).t()
+    holder = type("Weights", (), {"state_dict": lambda self: stored})()
+    return save_official_checkpoint(OFFICIAL, folder, config, holder), reference
+
+
+def official_gptq_reference(folder: Path, reference: dict):
+    """The official model of a tiny GPTQ checkpoint, holding its dequantized weights in fp32."""
+    from transformers import GenerationConfig
+
+    settings = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    model = model_class()(official_config(settings))
+    model.load_state_dict(reference, strict=True)
+    model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model.eval()
