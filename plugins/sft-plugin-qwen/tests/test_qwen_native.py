@@ -63,7 +63,7 @@ def converted(checkpoint, cache):
     return model.eval(), tokenizer
 
 
-def test_the_chat_models_are_converted_and_the_gptq_ones_left_as_they_were():
+def test_the_chat_models_are_converted():
     for model_type in QWEN_V1_CHAT:
         spec = REGISTRY.get("models", model_type)
         assert not spec.requires_remote_code and spec.requires == ("tiktoken",)
