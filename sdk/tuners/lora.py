@@ -38,6 +38,11 @@ def with_adapters(model: Any, config: Any) -> Any:
     are an error naming --lora-target-modules and the names it has."""
     from peft import get_peft_model
 
+    quantized = quantized_linear_names(model)
+    if quantized and config.target_modules == "all-linear":
+        # peft's all-linear looks for nn.Linear only, and GPTQ layers (gptqmodel's
+        # QuantLinear, which peft does wrap when named) are not: it would find nothing
+        config.target_modules = quantized
     try:
         return get_peft_model(model, config)
     except ValueError as error:
@@ -50,6 +55,13 @@ def with_adapters(model: Any, config: Any) -> Any:
         raise SdkError(f"--lora-target-modules {' '.join(sorted(config.target_modules))}: no such "
                        f"module in {type(model).__name__}. Its linear layers are: "
                        f"{', '.join(linear)} (or give all-linear).") from None
+
+
+def quantized_linear_names(model: Any) -> list[str]:
+    """The names of a model's linear layers held by a quantization kernel that is no
+    nn.Linear (those with a packed ``qweight``: GPTQ), as --lora-target-modules lists them."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if hasattr(module, "qweight") and hasattr(module, "in_features")})
 
 
 def ready_for_adapters(model: Any, args: Any) -> Any:

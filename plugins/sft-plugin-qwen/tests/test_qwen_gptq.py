@@ -159,14 +159,17 @@ def test_a_wrong_conversion_moves_the_logits_far_beyond_the_tolerance(checkpoint
 def test_lora_gradients_reach_only_the_adapters_and_the_loss_falls(checkpoint, loaded):
     """After the no-grad forwards above (the case in which gptqmodel's default CPU kernel
     goes inference-only and silently breaks LoRA gradients), LoRA trains: gradients on the
-    adapters only, the loss falls."""
-    from peft import LoraConfig, get_peft_model
+    adapters only, the loss falls. all-linear (--lora-target-modules ALL) names every GPTQ
+    layer, which peft's own all-linear would not find (they are no nn.Linear)."""
+    from peft import LoraConfig
 
-    bits, _, _ = checkpoint
+    from sdk.tuners.lora import with_adapters
+
     _, model, tokenizer = loaded
     torch.manual_seed(0)
-    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(
-        spec(bits).lora_target_modules) + ["o_proj", "gate_proj", "up_proj", "down_proj"]))
+    lora = with_adapters(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    assert set(lora.peft_config["default"].target_modules) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     ids = prompt(tokenizer)
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
     lora.train()
