@@ -2,7 +2,8 @@
 transformers folder in the cache, reused until its files or the conversion change, never left
 half-written. The family plugins test their own conversions against the official code; here a
 Llama whose attention projections are stored fused (as remote-code families store them) stands
-in for one."""
+in for one. The SentencePiece part of the families' tokenizer conversions is tested here on a
+real tokenizer.model."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import TINY_SIZE, TOKENIZERS
+from conftest import REMOTE_CODE, TINY_SIZE, TOKENIZER_CORPUS, TOKENIZERS
 from sdk.errors import SdkError
 from sdk.models import native
 from sdk.models.native import Conversion, native_folder
@@ -149,3 +150,36 @@ def test_a_folder_without_weights_or_with_a_broken_file_is_a_clear_error(tmp_pat
     (source / "config.json").write_text("{not json")
     with pytest.raises(SdkError, match=r"config.json is not valid JSON"):
         native_folder(source, FUSED)
+
+
+def test_a_sentencepiece_model_becomes_a_tokenizer_with_its_ids_and_pieces_made_special(
+        tmp_path, monkeypatch):
+    import importlib.util
+
+    import sentencepiece
+
+    source = REMOTE_CODE / "internlm-chat-7b"  # <eoa> is one of its user-defined pieces
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(source / "tokenizer.model"))
+    proto = native.read_sentencepiece(source, "InternLM")
+    backend, vocab = native.sentencepiece_tokenizer(proto, {2: "<end>"})
+    assert len(vocab) == reference.get_piece_size() and vocab["<end>"] == 2
+    assert "</s>" not in vocab  # renamed
+    for text in TOKENIZER_CORPUS:
+        assert backend.encode(text, add_special_tokens=False).ids == reference.encode(text), text
+    native.add_special_pieces(backend, vocab, ["<end>", "<eoa>", "<eoa>"], source)
+    assert backend.encode("a<end>b", add_special_tokens=False).ids[1] == 2
+    assert backend.decode(backend.encode("hi<eoa>").ids, skip_special_tokens=True) == "hi"
+    with pytest.raises(SdkError, match=r"the special tokens \['<new>'\] are not pieces of "
+                                       "tokenizer.model; not InternLM's"):
+        native.add_special_pieces(backend, vocab, ["<eoa>", "<new>"], source, "not InternLM's")
+    with pytest.raises(SdkError, match="has no tokenizer.model"):
+        native.read_sentencepiece(tmp_path, "InternLM")
+    (tmp_path / "tokenizer.model").write_bytes(b"\xff not a protobuf")
+    with pytest.raises(SdkError, match=r"is not a SentencePiece model; X's tokenizer is one "
+                                       r"\(it is Y\)"):
+        native.read_sentencepiece(tmp_path, "X", "it is Y")
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("google") else found(name, *a))
+    with pytest.raises(SdkError, match="Converting InternLM's tokenizer.model needs protobuf"):
+        native.read_sentencepiece(source, "InternLM")

@@ -14,15 +14,18 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sdk.errors import SdkError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # One converted weight: (native parameter name, tensor).
 Tensors = list[tuple[str, Any]]
@@ -187,6 +190,74 @@ def read_json(file: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SdkError(f"{file} does not hold a JSON object.")
     return value
+
+
+def require_protobuf(family: str) -> None:
+    """Refuse the conversion of ``family``'s SentencePiece tokenizer.model without protobuf,
+    naming the package: sentencepiece's (or transformers') generated classes that read the file
+    need it, and neither sentencepiece nor transformers installs it. A conversion calls this in
+    its config step, so the refusal comes before any weight is read."""
+    import importlib.util
+
+    # find_spec("google.protobuf") raises, rather than answering None, without a google package
+    if importlib.util.find_spec("google") is None or (
+            importlib.util.find_spec("google.protobuf") is None):
+        raise SdkError(f"Converting {family}'s tokenizer.model needs protobuf: pip install "
+                       "protobuf")
+
+
+def read_sentencepiece(source: Path, family: str, not_sentencepiece: str = "") -> Any:
+    """The SentencePiece model (a protobuf ``ModelProto``) in ``source``/tokenizer.model. An
+    SdkError naming ``family`` when the file is missing, protobuf is not installed, or the file
+    is not a SentencePiece model (``not_sentencepiece``: what that message adds, e.g. which
+    model type has another kind of tokenizer)."""
+    require_protobuf(family)
+    from google.protobuf.message import DecodeError
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    file = source / "tokenizer.model"
+    if not file.is_file():
+        raise SdkError(f"{source} has no tokenizer.model ({family}'s SentencePiece tokenizer).")
+    proto = import_protobuf().ModelProto()
+    try:
+        proto.ParseFromString(file.read_bytes())
+    except DecodeError:
+        raise SdkError(f"{file} is not a SentencePiece model; {family}'s tokenizer is one"
+                       f"{f' ({not_sentencepiece})' if not_sentencepiece else ''}.") from None
+    return proto
+
+
+def sentencepiece_tokenizer(proto: Any, renamed: Mapping[int, str] | None = None
+                            ) -> tuple[Tokenizer, dict[str, int]]:
+    """A ``tokenizers.Tokenizer`` that encodes as the SentencePiece model ``proto`` (from
+    :func:`read_sentencepiece`) does, and its vocabulary (piece -> id). transformers'
+    SpmConverter follows the model's own settings: normalizer, dummy prefix, byte fallback,
+    user-defined pieces kept whole, merges ranked by piece score. Each piece keeps its id
+    (its index in the model); ``renamed`` (id -> text, e.g. tokenizer_config.json's
+    added_tokens_decoder) gives some pieces the text the official tokenizer shows. A family's
+    special tokens and post-processor are its own (:func:`add_special_pieces`)."""
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    renamed = renamed or {}
+    vocab = {renamed.get(index, piece.piece): index for index, piece in enumerate(proto.pieces)}
+    return SpmConverter.build_tokenizer_from_spm_proto(proto, vocab), vocab
+
+
+def add_special_pieces(backend: Tokenizer, vocab: Mapping[str, int], tokens: Iterable[str],
+                       source: Path, not_pieces: str = "") -> None:
+    """Make ``tokens``, pieces of ``backend``'s SentencePiece ``vocab``, special tokens of it:
+    matched whole anywhere in a text (not normalized first), left out of a decode that skips
+    special tokens. A token that is not a piece would get a new id, past the model's embedding
+    rows: an SdkError naming ``source``, with ``not_pieces`` (what that says of the folder)."""
+    from tokenizers import AddedToken
+
+    tokens = list(dict.fromkeys(tokens))
+    missing = [token for token in tokens if token not in vocab]
+    if missing:
+        raise SdkError(f"{source}: the special tokens {missing} are not pieces of "
+                       f"tokenizer.model{f'; {not_pieces}' if not_pieces else ''}.")
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                for token in tokens])
 
 
 def load_native(spec: Any, options: Any, conversion: Conversion) -> tuple[Any, Any]:

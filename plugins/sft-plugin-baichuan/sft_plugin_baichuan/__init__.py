@@ -102,7 +102,8 @@ MODELS = {
 # The converted model is transformers' Llama: LoRA on its attention projections, which the
 # official W_pack held fused.
 NATIVE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
-# sentencepiece (with protobuf, which native.check_protobuf asks for) reads tokenizer.model.
+# sentencepiece (with protobuf, which sdk.models.native.require_protobuf asks for) reads
+# tokenizer.model.
 NATIVE_REQUIRES = ("sentencepiece",)
 
 

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.models.native import Conversion, Tensors, load_native, native_tokenizer, read_json
+from sdk.models.native import (
+    Conversion,
+    Tensors,
+    add_special_pieces,
+    load_native,
+    native_tokenizer,
+    read_json,
+    read_sentencepiece,
+    require_protobuf,
+    sentencepiece_tokenizer,
+)
 
 # Baichuan2's vocabulary size. The official code has no flag for NormHead: Baichuan2's
 # modeling file always builds it, Baichuan-7B's (64,000 tokens) never. vLLM, llama.cpp and
@@ -60,21 +70,11 @@ def check_convertible(official: dict[str, Any]) -> None:
             "same model, quantized on load.")
 
 
-def check_protobuf() -> None:
-    """Reading tokenizer.model takes sentencepiece's protobuf classes, which need protobuf (a
-    package sentencepiece does not install)."""
-    import importlib.util
-
-    if importlib.util.find_spec("google.protobuf") is None:
-        raise SdkError("Converting Baichuan's tokenizer.model needs protobuf: pip install "
-                       "protobuf")
-
-
 def native_config(official: dict[str, Any]) -> dict[str, Any]:
     """The LlamaConfig of an official Baichuan(2)-7B config.json (the first step of the
     conversion: every refusal comes before a weight is read)."""
     check_convertible(official)
-    check_protobuf()
+    require_protobuf("Baichuan")
     heads = official_setting(official, "num_attention_heads")
     hidden = official_setting(official, "hidden_size")
     config = {
@@ -152,18 +152,10 @@ def write_tokenizer(source: Path, destination: Path) -> None:
     it is (byte fallback, split digits, user-defined pieces kept whole, no dummy prefix), and
     its bos/eos/unk/pad and add_bos/add_eos from tokenizer_config.json (BaichuanTokenizer's
     defaults where a key is missing)."""
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, processors
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter
 
-    model_file = source / "tokenizer.model"
-    if not model_file.is_file():
-        raise SdkError(f"{source} has no tokenizer.model (Baichuan's SentencePiece model).")
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(model_file.read_bytes())
-    vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    backend, vocab = sentencepiece_tokenizer(read_sentencepiece(source, "Baichuan"))
     file = source / "tokenizer_config.json"
     settings = read_json(file) if file.is_file() else {}
     bos = special_token(settings, "bos_token", "<s>")
@@ -183,15 +175,10 @@ def write_tokenizer(source: Path, destination: Path) -> None:
     # Special tokens match anywhere in the text (tokenizer_config.json marks eos and pad
     # single_word, which would keep "reply</s>" from being split at </s>; the chat template
     # writes </s> right after the reply, as the token that ends it).
-    names = [token for token in dict.fromkeys([
+    names = [token for token in [
         bos, eos, special_token(settings, "unk_token", "<unk>"),
-        special_token(settings, "pad_token", None), *TURN_TOKENS]) if token]
-    missing = [token for token in names if token not in vocab]
-    if missing:  # a special token the model has no row for would get a new id
-        raise SdkError(f"{source}: the special tokens {missing} are not pieces of "
-                       "tokenizer.model; it is not Baichuan2's tokenizer.")
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                for token in names])
+        special_token(settings, "pad_token", None), *TURN_TOKENS] if token]
+    add_special_pieces(backend, vocab, names, source, "it is not Baichuan2's tokenizer")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=bos, eos_token=eos,
         unk_token=special_token(settings, "unk_token", "<unk>"),

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.models.native import Conversion, Tensors, load_native, native_tokenizer, read_json
+from sdk.models.native import (
+    Conversion,
+    Tensors,
+    load_native,
+    native_tokenizer,
+    read_json,
+    read_sentencepiece,
+    require_protobuf,
+    sentencepiece_tokenizer,
+)
 
 # ChatGLMConfig's defaults (configuration_chatglm.py), for keys a config.json leaves out;
 # rope_ratio is the 32K releases' addition (their configuration_chatglm.py, default 1). The
@@ -140,15 +149,8 @@ def native_config(official: dict[str, Any], version: int) -> dict[str, Any]:
 def check_config(official: dict[str, Any]) -> None:
     """Refuse, before any weight is read, the checkpoints the native Glm cannot reproduce, and
     a conversion that could not read the tokenizer."""
-    import importlib.util
-
-    # tokenizer.model is a SentencePiece protobuf, read with transformers' (or
-    # sentencepiece's) generated classes: protobuf itself is needed, a dependency of this
-    # plugin but not of transformers.
-    if importlib.util.find_spec("google") is None or (
-            importlib.util.find_spec("google.protobuf") is None):
-        raise SdkError("Converting ChatGLM's tokenizer.model needs protobuf: pip install "
-                       "protobuf")
+    # protobuf reads tokenizer.model: a dependency of this plugin but not of transformers
+    require_protobuf("ChatGLM2/3")
     if setting(official, "padded_vocab_size") > CHATGLM_VOCAB_ROWS:
         raise SdkError("This is a GLM-4 checkpoint in its remote-code layout (vocabulary "
                        f"{setting(official, 'padded_vocab_size')}), not ChatGLM2/3. Use "
@@ -212,19 +214,8 @@ def split_qkv(tensor: Any, official: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 def read_proto(source: Path) -> Any:
     """The SentencePiece model of ``source``'s tokenizer.model."""
-    from google.protobuf.message import DecodeError
-    from transformers.convert_slow_tokenizer import import_protobuf
-
-    file = source / "tokenizer.model"
-    if not file.is_file():
-        raise SdkError(f"{source} has no tokenizer.model (ChatGLM's SentencePiece tokenizer).")
-    proto = import_protobuf().ModelProto()
-    try:
-        proto.ParseFromString(file.read_bytes())
-    except DecodeError:
-        raise SdkError(f"{file} is not a SentencePiece model; ChatGLM2/3's tokenizer is one "
-                       "(GLM-4's is tiktoken's: use --model-type glm4-9b-chat-hf).") from None
-    return proto
+    return read_sentencepiece(source, "ChatGLM2/3",
+                              "GLM-4's is tiktoken's: use --model-type glm4-9b-chat-hf")
 
 
 def special_tokens(version: int) -> tuple[str, ...]:
@@ -243,11 +234,9 @@ def write_tokenizer(source: Path, destination: Path, version: int) -> None:
     puts them (and a pair gets the eos after its second text)."""
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter
 
     proto = read_proto(source)
-    vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+    backend, vocab = sentencepiece_tokenizer(proto)
     tokens = special_tokens(version)
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False,
                                            single_word=token.isalpha()) for token in tokens])

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.models.native import Conversion, Tensors, load_native, native_tokenizer, read_json
+from sdk.models.native import (
+    Conversion,
+    Tensors,
+    add_special_pieces,
+    load_native,
+    native_tokenizer,
+    read_json,
+    read_sentencepiece,
+    sentencepiece_tokenizer,
+)
 
 # configuration_internlm.py's InternLMConfig defaults: what the official code uses for a key
 # the config.json leaves out.
@@ -195,27 +204,18 @@ def write_tokenizer(source: Path, destination: Path, extra_special: list[str]) -
     bos/eos/unk/pad, and bos added by default (add_bos_token, true in both families)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter
 
     settings = read_json(source / "tokenizer_config.json") if (
         source / "tokenizer_config.json").is_file() else {}
-    proto = spm_proto(source / "tokenizer.model")
     names = {int(index): entry["content"] if isinstance(entry, dict) else str(entry)
              for index, entry in settings.get("added_tokens_decoder", {}).items()}
-    vocab = {}
-    for index, piece in enumerate(proto.pieces):
-        vocab[names.get(index, piece.piece)] = index
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    backend, vocab = sentencepiece_tokenizer(read_sentencepiece(source, "InternLM"), names)
     bos, eos, unk, pad = (token_text(settings.get(key), default) for key, default in (
         ("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"),
         ("pad_token", "</s>")))
     special = [token_text(token, "") for token in settings.get("additional_special_tokens", [])]
     special += [token for token in extra_special if token not in special]
-    missing = [token for token in dict.fromkeys([bos, eos, unk, pad, *special])
-               if token not in vocab]
-    if missing:  # a special token the model has no row for would get a new id
-        raise SdkError(f"{source}: the special tokens {missing} are not pieces of "
-                       "tokenizer.model.")
+    add_special_pieces(backend, vocab, [bos, eos, unk, pad, *special], source)
     add_bos, add_eos = settings.get("add_bos_token", True), settings.get("add_eos_token", False)
     single = " ".join([f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos)
     pair = " ".join([single] + [f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos)
@@ -233,22 +233,6 @@ def token_text(token: Any, default: str) -> str:
     if isinstance(token, dict):
         return str(token.get("content", default))
     return str(token) if token else default
-
-
-def spm_proto(file: Path) -> Any:
-    """The SentencePiece model in ``file`` (sentencepiece's protobuf classes read it)."""
-    try:
-        from transformers.convert_slow_tokenizer import import_protobuf
-
-        proto = import_protobuf().ModelProto()
-    except ImportError:
-        raise SdkError("Converting an InternLM tokenizer.model needs sentencepiece and "
-                       "protobuf: pip install sentencepiece protobuf") from None
-    try:
-        proto.ParseFromString(file.read_bytes())
-    except FileNotFoundError:
-        raise SdkError(f"{file.parent} has no {file.name} (the InternLM tokenizer).") from None
-    return proto
 
 
 def generation(config: dict[str, Any], source: Path, family: str) -> dict[str, Any]:
@@ -277,7 +261,7 @@ def reply_end_id(source: Path, family: str) -> int | None:
         for index, entry in read_json(config).get("added_tokens_decoder", {}).items():
             if token_text(entry, "") == token:
                 return int(index)
-    for index, piece in enumerate(spm_proto(source / "tokenizer.model").pieces):
+    for index, piece in enumerate(read_sentencepiece(source, "InternLM").pieces):
         if piece.piece == token:
             return index
     return None
