@@ -1,6 +1,9 @@
 """Shared test fixtures and helpers (for tests/ and plugins/*/tests): a tiny random model with a
 real tokenizer, mock plugins that register it, the standard conversations, rendering through
-`sdk template render`, the trained tokens of an encoding, and train-then-reload on a tiny model."""
+`sdk template render`, the trained tokens of an encoding, and train-then-reload on a tiny model;
+for the remote-code families converted on load (sdk.models.native): a module's own conversion
+cache, the converted model as load_model loads it, `sdk sft` on an official checkpoint, and the
+LoRA round trip a user makes (train, infer, export merged, push, infer from the pushed copy)."""
 
 from __future__ import annotations
 
@@ -167,9 +170,9 @@ class Reloaded(NamedTuple):
     inputs: Any  # the encoded probe: a single-turn generation prompt
 
 
-def only_run(output: Path) -> Path:
-    """The one run folder of the tiny model type under ``output``."""
-    runs = list((output / TINY_MODEL_TYPE).glob("v*-*"))
+def only_run(output: Path, model_type: str = TINY_MODEL_TYPE) -> Path:
+    """The one run folder of ``model_type`` (the tiny model type unless given) under ``output``."""
+    runs = list((output / model_type).glob("v*-*"))
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -346,3 +349,114 @@ def ms_hub_server(tmp_path, monkeypatch):
     isolate_client(monkeypatch, tmp_path / "ms-home")
     with FakeModelScopeHub() as server:
         yield server
+
+
+# The remote-code families converted on load to a native architecture (sdk.models.native):
+# the fixtures and the end-to-end flow their plugins' tests share.
+
+
+@pytest.fixture(scope="module")
+def native_cache(tmp_path_factory):
+    """SFT_SDK_CACHE set to a folder of the test module's own while its tests run: each
+    official checkpoint the module converts is converted once, and not found in another
+    module's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SFT_SDK_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def load_converted(model_type: str, folder: Path, **arguments) -> tuple[Any, Any]:
+    """The model (in eval mode) and tokenizer of ``model_type`` on the official checkpoint
+    ``folder``, as `sdk sft` and `sdk infer` load them (load_model: a converted family's loader
+    converts the folder first); ``arguments``: further InferArguments, e.g. dtype."""
+    from sdk.config import InferArguments
+    from sdk.models.loader import load_model
+    from sdk.plugins import load_plugins
+
+    registry = load_plugins().registry
+    model, tokenizer = load_model(registry.get("models", model_type), InferArguments(
+        model_type=model_type, model_id_or_path=str(folder), **arguments), registry)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def sdk_sft(run_cli, identity_data, tmp_path):
+    """``sdk_sft(model_type, folder, sft_type="lora", steps=2, flags=())``: `sdk sft` of
+    ``model_type`` on the checkpoint ``folder`` with identity_data (batch 2, saved at the last
+    step, ``flags`` added), asserted to succeed; gives the run folder. Each call writes to an
+    output folder of its own under tmp_path."""
+    outputs: list[Path] = []
+
+    def train(model_type: str, folder: Path, sft_type: str = "lora", steps: int = 2,
+              flags: tuple = ()) -> Path:
+        output = tmp_path / f"sft-{len(outputs)}"
+        outputs.append(output)
+        result = run_cli("sft", "--model-type", model_type, "--model-id-or-path", folder,
+                         "--sft-type", sft_type, "--dataset", identity_data, "--max-steps",
+                         steps, "--batch-size", "2", "--save-steps", steps, "--output-dir",
+                         output, *flags)
+        assert result.exit_code == 0, result.output
+        return only_run(output, model_type)
+
+    return train
+
+
+class LoraRoundTrip(NamedTuple):
+    """What lora_round_trip gives back to a family test's own assertions."""
+
+    run: Path  # the run folder
+    adapter: Path  # its checkpoint folder (adapter_config.json and the adapter's weights)
+    target_modules: set  # adapter_config.json's target_modules
+    merged: Any  # `sdk export --merge-lora`'s folder, loaded by AutoModelForCausalLM
+    model: Any  # the run reloaded by load_for_inference: the converted base and the adapter
+    inputs: Any  # the probe conversation, encoded as a generation prompt
+    reply: str  # `sdk infer --ckpt-dir RUN`'s stdout
+    card: str  # the README.md of the run pushed with `sdk push --hub local`
+
+
+@pytest.fixture
+def lora_round_trip(run_cli, sdk_sft, tmp_path):
+    """``lora_round_trip(model_type, folder, conversation="single turn", rtol=1e-5,
+    atol=1e-5)``: a converted family's LoRA run as a user makes it, from the official
+    checkpoint ``folder``. It asserts what holds for every family: `sdk sft` (2 steps),
+    `sdk infer --ckpt-dir` and `sdk export --merge-lora` succeed; the merged folder loads with
+    AutoModelForCausalLM without remote code and gives the logits (within rtol/atol) of the
+    adapter model that load_for_inference rebuilds, on ``conversation``; `sdk push --hub local`
+    succeeds, and `sdk infer` from the pushed copy (on ``folder``: the card names no local
+    path) replies as from the run. The test asserts its family's own: the merged architecture,
+    the target modules, the card's line, whether the adapter loads onto the official code."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sdk.config import InferArguments
+    from sdk.infer.chat import load_for_inference
+    from sdk.plugins import load_plugins
+
+    def trip(model_type: str, folder: Path, conversation: str = "single turn",
+             rtol: float = 1e-5, atol: float = 1e-5) -> LoraRoundTrip:
+        run = sdk_sft(model_type, folder, "lora", 2, flags=("--learning-rate", "1e-2"))
+        adapter = next(run.glob("checkpoint-*"))
+        targets = set(json.loads((adapter / "adapter_config.json").read_text())[
+            "target_modules"])
+        query = ("--query", "Who are you?", "--max-new-tokens", "6", "--stream", "false")
+        reply = run_cli("infer", "--ckpt-dir", run, *query)
+        assert reply.exit_code == 0, reply.output
+        exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
+                           tmp_path / "merged")
+        assert exported.exit_code == 0, exported.output
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no remote code
+        model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
+                                                        load_plugins().registry)
+        inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS[conversation])
+        with torch.no_grad():
+            torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits,
+                                       rtol=rtol, atol=atol)
+        hub = tmp_path / "hub" / f"{model_type}-lora"
+        pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id", hub)
+        assert pushed.exit_code == 0, pushed.output
+        there = run_cli("infer", "--ckpt-dir", hub, "--model-id-or-path", folder, *query)
+        assert there.exit_code == 0 and there.stdout == reply.stdout, there.output
+        return LoraRoundTrip(run, adapter, targets, merged, model, inputs, reply.stdout,
+                             (hub / "README.md").read_text())
+
+    return trip

@@ -19,10 +19,8 @@ from official_baichuan import (
 )
 from sft_plugin_baichuan import native
 
-from conftest import CONVERSATIONS, TOKENIZER_CORPUS
-from sdk.config import InferArguments
+from conftest import CONVERSATIONS, TOKENIZER_CORPUS, load_converted
 from sdk.errors import SdkError
-from sdk.models.loader import load_model
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
 
@@ -31,14 +29,6 @@ REGISTRY = load_plugins().registry
 SPEC = REGISTRY.get("models", MODEL_TYPE)
 # build_chat_input reads these of the model; the values of Baichuan2-7B-Chat's files.
 GENERATION = {"user_token_id": 195, "assistant_token_id": 196, "max_new_tokens": 2048}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Converted folders go to a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SFT_SDK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +42,9 @@ def official(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def converted(checkpoint, cache):
+def converted(checkpoint, native_cache):
     """The model and tokenizer as `sdk sft` / `sdk infer` load them."""
-    model, tokenizer = load_model(SPEC, InferArguments(model_type=MODEL_TYPE,
-                                                       model_id_or_path=str(checkpoint)),
-                                  REGISTRY)
-    return model.eval(), tokenizer
+    return load_converted(MODEL_TYPE, checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -199,66 +186,24 @@ def test_the_other_baichuan_types_are_refused_with_the_reason(run_cli, identity_
     assert not (tmp_path / "out").exists()
 
 
-def run_dir(output):
-    [run] = list((output / MODEL_TYPE).glob("v*-*"))
-    return run
-
-
 @pytest.mark.slow
-def test_lora_train_infer_and_export_as_a_user(run_cli, checkpoint, cache, identity_data,
-                                               tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from sdk.infer.chat import load_for_inference
-
-    trained = run_cli("sft", "--model-type", MODEL_TYPE, "--model-id-or-path", checkpoint,
-                      "--sft-type", "lora", "--dataset", identity_data, "--max-steps", "2",
-                      "--batch-size", "2", "--learning-rate", "1e-2", "--save-steps", "2",
-                      "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    run = run_dir(tmp_path / "out")
-    adapter = json.loads(next(run.glob("checkpoint-*/adapter_config.json")).read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-    query = ("--query", "Who are you?", "--max-new-tokens", "6", "--stream", "false")
-    reply = run_cli("infer", "--ckpt-dir", run, *query)
-    assert reply.exit_code == 0 and reply.stdout.strip(), reply.output
-    exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
-                       tmp_path / "merged")
-    assert exported.exit_code == 0, exported.output
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no remote code
-    assert type(merged).__name__ == "LlamaForCausalLM"
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
-                                                    REGISTRY)
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits,
-                                   rtol=1e-5, atol=1e-5)
-    # Pushed, the card says what the adapter applies to; rebuilt from the download, it answers
-    # as from the run.
-    pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id",
-                     tmp_path / "hub" / "baichuan2-lora")
-    assert pushed.exit_code == 0, pushed.output
-    card = (tmp_path / "hub" / "baichuan2-lora" / "README.md").read_text()
-    assert "converted on load by sft-sdk to transformers' own `llama` architecture" in card
-    there = run_cli("infer", "--ckpt-dir", tmp_path / "hub" / "baichuan2-lora",
-                    "--model-id-or-path", checkpoint, *query)  # the card names no local path
-    assert there.exit_code == 0 and there.stdout == reply.stdout, there.output
+def test_lora_train_infer_export_and_push_as_a_user(lora_round_trip, checkpoint, native_cache):
+    trip = lora_round_trip(MODEL_TYPE, checkpoint)
+    assert trip.target_modules == {"q_proj", "k_proj", "v_proj"}
+    assert trip.reply.strip()
+    assert type(trip.merged).__name__ == "LlamaForCausalLM"
+    assert "converted on load by sft-sdk to transformers' own `llama` architecture" in trip.card
     # ... and, as the card says, not onto the official remote code (its q/k/v are W_pack)
     from peft import PeftModel
 
     with pytest.raises(ValueError, match="not found in the base model"):
-        PeftModel.from_pretrained(official_model(checkpoint),
-                                  str(next(run.glob("checkpoint-*"))))
+        PeftModel.from_pretrained(official_model(checkpoint), str(trip.adapter))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sft_type", ["full", "qlora"])  # qlora: bitsandbytes' CPU backend
-def test_full_and_qlora_fine_tuning_train_and_reload(run_cli, checkpoint, cache, identity_data,
-                                                     tmp_path, sft_type):
-    trained = run_cli("sft", "--model-type", MODEL_TYPE, "--model-id-or-path", checkpoint,
-                      "--sft-type", sft_type, "--dataset", identity_data, "--max-steps", "1",
-                      "--batch-size", "2", "--save-steps", "1", "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    reply = run_cli("infer", "--ckpt-dir", run_dir(tmp_path / "out"), "--query", "Who?",
-                    "--max-new-tokens", "4")
+def test_full_and_qlora_fine_tuning_train_and_reload(run_cli, sdk_sft, checkpoint, native_cache,
+                                                     sft_type):
+    run = sdk_sft(MODEL_TYPE, checkpoint, sft_type, steps=1)
+    reply = run_cli("infer", "--ckpt-dir", run, "--query", "Who?", "--max-new-tokens", "4")
     assert reply.exit_code == 0, reply.output

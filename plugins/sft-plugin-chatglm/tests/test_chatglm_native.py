@@ -19,10 +19,15 @@ from official_chatglm import (
 )
 from sft_plugin_chatglm import CONVERTED_MODELS, native
 
-from conftest import CONVERSATIONS, LLAMA_CPP_CONVERSATION, REMOTE_CODE, TOKENIZER_CORPUS
+from conftest import (
+    CONVERSATIONS,
+    LLAMA_CPP_CONVERSATION,
+    REMOTE_CODE,
+    TOKENIZER_CORPUS,
+    load_converted,
+)
 from sdk.config import InferArguments
 from sdk.errors import SdkError
-from sdk.models.loader import load_model
 from sdk.models.native import native_folder
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
@@ -45,14 +50,6 @@ ROLE_IDS = dict(zip(native.ROLE_TOKENS, range(64794, 64798), strict=True))
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Converted folders go to a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SFT_SDK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """checkpoint(model type, **official keys): a tiny official checkpoint, made once."""
     made = {}
@@ -71,15 +68,11 @@ def checkpoint(tmp_path_factory):
 
 def load(model_type, folder):
     """The model and tokenizer as `sdk sft` / `sdk infer` load them."""
-    model, tokenizer = load_model(
-        REGISTRY.get("models", model_type),
-        InferArguments(model_type=model_type, model_id_or_path=str(folder), dtype="fp32"),
-        REGISTRY)
-    return model.eval(), tokenizer
+    return load_converted(model_type, folder, dtype="fp32")
 
 
 @pytest.fixture(scope="module")
-def tokenizers(checkpoint, cache):
+def tokenizers(checkpoint, native_cache):
     """model type -> (converted tokenizer, official tokenizer), for chatglm2-6b / chatglm3-6b."""
     from sdk.models.loader import load_tokenizer
 
@@ -182,7 +175,7 @@ LOGIT_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(LOGIT_CASES))
-def test_fp32_logits_and_greedy_generation_equal_the_official_code(checkpoint, cache, case):
+def test_fp32_logits_and_greedy_generation_equal_the_official_code(checkpoint, native_cache, case):
     model_type, settings = LOGIT_CASES[case]
     folder = checkpoint(model_type, **settings)
     model, tokenizer = load(model_type, folder)
@@ -202,7 +195,7 @@ def test_fp32_logits_and_greedy_generation_equal_the_official_code(checkpoint, c
     assert generated.tolist() == expected.tolist()
 
 
-def test_the_rotary_embedding_is_glms_with_each_releases_rope_ratio(checkpoint, cache):
+def test_the_rotary_embedding_is_glms_with_each_releases_rope_ratio(checkpoint, native_cache):
     """ChatGLM3's rope_ratio multiplies the base; ChatGLM2-32K's divides the positions
     (linear scaling). The official inv_freq buffer, only read for its dtype, is Glm's."""
     rope = {}
@@ -224,7 +217,7 @@ def test_the_rotary_embedding_is_glms_with_each_releases_rope_ratio(checkpoint, 
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, official, rtol=1e-3, atol=0)
 
 
-def test_the_converted_folder_is_plain_glm_in_the_stored_dtype(checkpoint, cache):
+def test_the_converted_folder_is_plain_glm_in_the_stored_dtype(checkpoint, native_cache):
     from safetensors.torch import load_file
 
     official = checkpoint("chatglm3-6b")
@@ -263,7 +256,7 @@ def test_an_unknown_weight_is_refused():
     ({"padded_vocab_size": 151552}, "GLM-4 checkpoint in its remote-code layout"),
 ])
 def test_a_checkpoint_glm_cannot_hold_is_refused_before_the_weights_are_read(
-        run_cli, identity_data, tmp_path, cache, settings, message):
+        run_cli, identity_data, tmp_path, native_cache, settings, message):
     folder = tmp_path / "model"
     folder.mkdir()
     config = json.loads((REMOTE_CODE / "chatglm3-6b" / "config.json").read_text())
@@ -306,70 +299,27 @@ def test_glm4_9b_chat_refuses_a_remote_code_folder_naming_the_native_release(
         assert "zai-org/glm-4-9b-chat-hf" in result.stderr
 
 
-def run_dir(output, model_type):
-    [run] = list((output / model_type).glob("v*-*"))
-    return run
-
-
 @pytest.mark.slow
-def test_lora_train_infer_export_and_push_as_a_user(run_cli, checkpoint, cache, identity_data,
-                                                    tmp_path):
+def test_lora_train_infer_export_and_push_as_a_user(lora_round_trip, checkpoint, native_cache):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from sdk.infer.chat import load_for_inference
-
-    model_type = "chatglm3-6b"
-    folder = checkpoint(model_type)
-    trained = run_cli("sft", "--model-type", model_type, "--model-id-or-path", folder,
-                      "--sft-type", "lora", "--dataset", identity_data, "--max-steps", "2",
-                      "--batch-size", "2", "--learning-rate", "1e-2", "--save-steps", "2",
-                      "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    run = run_dir(tmp_path / "out", model_type)
-    adapter = json.loads(next(run.glob("checkpoint-*/adapter_config.json")).read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-    query = ("--query", "Who are you?", "--max-new-tokens", "6", "--stream", "false")
-    here = run_cli("infer", "--ckpt-dir", run, *query)
-    assert here.exit_code == 0, here.output
-    exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
-                       tmp_path / "merged")
-    assert exported.exit_code == 0, exported.output
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no remote code
-    assert type(merged).__name__ == "GlmForCausalLM"
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
-                                                    REGISTRY)
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["with system"])
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits,
-                                   rtol=1e-5, atol=1e-5)
-    # Pushed, the card says what the adapter applies to; rebuilt from the download and the
-    # official checkpoint (the hub's, here the local copy), it answers as from the run...
-    pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id",
-                     tmp_path / "hub" / "lora")
-    assert pushed.exit_code == 0, pushed.output
-    card = (tmp_path / "hub" / "lora" / "README.md").read_text()
-    assert "converted on load by sft-sdk to transformers' own `glm` architecture" in card
-    there = run_cli("infer", "--ckpt-dir", tmp_path / "hub" / "lora", "--model-id-or-path",
-                    folder, *query)
-    assert there.exit_code == 0 and there.stdout == here.stdout, there.output
+    folder = checkpoint("chatglm3-6b")
+    trip = lora_round_trip("chatglm3-6b", folder, conversation="with system")
+    assert trip.target_modules == {"q_proj", "k_proj", "v_proj"}
+    assert type(trip.merged).__name__ == "GlmForCausalLM"
+    assert "converted on load by sft-sdk to transformers' own `glm` architecture" in trip.card
     # ... and, as the card says, not onto the official remote code (its q/k/v are fused)
     with pytest.raises(ValueError, match="not found in the base model"):
-        PeftModel.from_pretrained(official_model(folder), str(next(run.glob("checkpoint-*"))))
+        PeftModel.from_pretrained(official_model(folder), str(trip.adapter))
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_trains_reloads_and_exports(run_cli, checkpoint, cache, identity_data,
+def test_full_fine_tuning_trains_reloads_and_exports(run_cli, sdk_sft, checkpoint, native_cache,
                                                      tmp_path):
     """ChatGLM2 (its [gMASK] sop prefix from the tokenizer), trained whole."""
     from transformers import AutoModelForCausalLM
 
-    trained = run_cli("sft", "--model-type", "chatglm2-6b", "--model-id-or-path",
-                      checkpoint("chatglm2-6b"), "--sft-type", "full", "--dataset",
-                      identity_data, "--max-steps", "1", "--batch-size", "2", "--save-steps",
-                      "1", "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    run = run_dir(tmp_path / "out", "chatglm2-6b")
+    run = sdk_sft("chatglm2-6b", checkpoint("chatglm2-6b"), "full", steps=1)
     reply = run_cli("infer", "--ckpt-dir", run, "--query", "Who?", "--max-new-tokens", "4")
     assert reply.exit_code == 0, reply.output
     exported = run_cli("export", "--ckpt-dir", run, "--output-dir", tmp_path / "exported")

@@ -23,10 +23,8 @@ from official_internlm import (
 )
 from sft_plugin_internlm import INTERNLM_SYSTEM, native
 
-from conftest import CONVERSATIONS, TOKENIZER_CORPUS, trained_spans
-from sdk.config import InferArguments
+from conftest import CONVERSATIONS, TOKENIZER_CORPUS, load_converted, trained_spans
 from sdk.errors import SdkError
-from sdk.models.loader import load_model
 from sdk.models.native import native_folder
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
@@ -51,21 +49,13 @@ CHATS["empty system"] = [{"role": "system", "content": ""}, {"role": "user", "co
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Converted folders go to a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SFT_SDK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     return {name: tiny_official_checkpoint(source, tmp_path_factory.mktemp(name), **settings)
             for name, (source, _, settings) in CHECKPOINTS.items()}
 
 
 @pytest.fixture(scope="module")
-def converted(checkpoints, cache):
+def converted(checkpoints, native_cache):
     """Each checkpoint's model and tokenizer as `sdk sft` / `sdk infer` load them. The linear
     one: the v2 folder's weights with the config its own config.json converts to (its
     tokenizer files are v2's; converting them again would only take time)."""
@@ -75,9 +65,7 @@ def converted(checkpoints, cache):
     for name, (_, model_type, _) in CHECKPOINTS.items():
         if name == "v2-linear":
             continue
-        arguments = InferArguments(model_type=model_type, model_id_or_path=str(checkpoints[name]))
-        model, tokenizer = load_model(REGISTRY.get("models", model_type), arguments, REGISTRY)
-        loaded[name] = model.eval(), tokenizer
+        loaded[name] = load_converted(model_type, checkpoints[name])
     official = json.loads((checkpoints["v2-linear"] / "config.json").read_text())
     config = LlamaConfig(**native.V2.config(official))
     model = LlamaForCausalLM.from_pretrained(native_folder(checkpoints["v2"], native.V2),
@@ -216,7 +204,7 @@ def test_fp32_logits_and_greedy_generations_equal_the_official_code(checkpoints,
             assert (unscaled - model(long).logits).abs().max() > 1e-4  # 10x the tolerance
 
 
-def test_the_converted_folders_are_plain_llama(checkpoints, cache):
+def test_the_converted_folders_are_plain_llama(checkpoints, native_cache):
     from safetensors.torch import load_file
 
     v2 = native_folder(checkpoints["v2"], native.V2)
@@ -293,80 +281,38 @@ def test_a_folder_of_the_other_internlm_or_an_unknown_rope_is_refused(
     assert not (tmp_path / "out").exists()
 
 
-def only_run(output, model_type):
-    [run] = list((output / model_type).glob("v*-*"))
-    return run
-
-
 @pytest.mark.slow
-def test_lora_train_infer_and_export_as_a_user(run_cli, checkpoints, cache, identity_data,
-                                               tmp_path):
-    from transformers import AutoModelForCausalLM
+def test_lora_train_infer_export_and_push_as_a_user(lora_round_trip, checkpoints, native_cache):
+    from peft import PeftModel
 
-    from sdk.infer.chat import load_for_inference
-
-    model_type = "internlm2.5-7b-chat"
-    trained = run_cli("sft", "--model-type", model_type, "--model-id-or-path",
-                      checkpoints["v2-dynamic"], "--sft-type", "lora", "--dataset",
-                      identity_data, "--max-steps", "2", "--batch-size", "2",
-                      "--learning-rate", "1e-2", "--save-steps", "2", "--output-dir",
-                      tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    run = only_run(tmp_path / "out", model_type)
-    adapter = json.loads(next(run.glob("checkpoint-*/adapter_config.json")).read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-    reply = run_cli("infer", "--ckpt-dir", run, "--query", "Who are you?",
-                    "--max-new-tokens", "4")
-    assert reply.exit_code == 0, reply.output
-    exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
-                       tmp_path / "merged")
-    assert exported.exit_code == 0, exported.output
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no remote code
-    assert type(merged).__name__ == "LlamaForCausalLM"
-    assert merged.config.rope_parameters["rope_type"] == "dynamic"
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
-                                                    REGISTRY)
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits,
-                                   rtol=1e-5, atol=1e-5)
+    trip = lora_round_trip("internlm2.5-7b-chat", checkpoints["v2-dynamic"])
+    assert trip.target_modules == {"q_proj", "k_proj", "v_proj"}
+    assert type(trip.merged).__name__ == "LlamaForCausalLM"
+    assert trip.merged.config.rope_parameters["rope_type"] == "dynamic"
+    assert "converted on load by sft-sdk to transformers' own `llama` architecture" in trip.card
+    assert "so it does not load onto the official remote code" in trip.card
+    # ... and, as the card says, not onto the official remote code (its q/k/v are wqkv)
+    with pytest.raises(ValueError, match="not found in the base model"):
+        PeftModel.from_pretrained(official_model(checkpoints["v2-dynamic"]), str(trip.adapter))
 
 
 @pytest.mark.slow
 def test_an_internlm_v1_adapter_also_loads_onto_the_official_code(
-        run_cli, checkpoints, cache, identity_data, tmp_path):
+        lora_round_trip, checkpoints, native_cache):
     """InternLM v1's names are Llama's, so its adapter (q/k/v_proj) applies to the official
-    remote code as well, with the same logits."""
+    remote code as well, with the same logits, as its card says."""
     from peft import PeftModel
 
-    from sdk.infer.chat import load_for_inference
-
-    model_type = "internlm-chat-7b"
-    trained = run_cli("sft", "--model-type", model_type, "--model-id-or-path",
-                      checkpoints["v1"], "--dataset", identity_data, "--max-steps", "2",
-                      "--batch-size", "2", "--learning-rate", "1e-2", "--save-steps", "2",
-                      "--output-dir", tmp_path / "lora")
-    assert trained.exit_code == 0, trained.output
-    run = only_run(tmp_path / "lora", model_type)
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
-                                                    REGISTRY)
-    official = PeftModel.from_pretrained(official_model(checkpoints["v1"]),
-                                         next(run.glob("checkpoint-*")))
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
+    trip = lora_round_trip("internlm-chat-7b", checkpoints["v1"])
+    assert "so it also loads onto the official remote code" in trip.card
+    official = PeftModel.from_pretrained(official_model(checkpoints["v1"]), trip.adapter)
     with torch.no_grad():
-        torch.testing.assert_close(official(**inputs).logits, model(**inputs).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(official(**trip.inputs).logits,
+                                   trip.model(**trip.inputs).logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_trains_and_reloads(run_cli, checkpoints, cache, identity_data,
-                                             tmp_path):
-    model_type = "internlm2-chat-7b"
-    trained = run_cli("sft", "--model-type", model_type, "--model-id-or-path",
-                      checkpoints["v2"], "--sft-type", "full", "--dataset", identity_data,
-                      "--max-steps", "1", "--batch-size", "2", "--save-steps", "1",
-                      "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    reply = run_cli("infer", "--ckpt-dir", only_run(tmp_path / "out", model_type), "--query",
-                    "Who?", "--max-new-tokens", "2")
+def test_full_fine_tuning_trains_and_reloads(run_cli, sdk_sft, checkpoints, native_cache):
+    run = sdk_sft("internlm2-chat-7b", checkpoints["v2"], "full", steps=1)
+    reply = run_cli("infer", "--ckpt-dir", run, "--query", "Who?", "--max-new-tokens", "2")
     assert reply.exit_code == 0, reply.output
