@@ -47,6 +47,8 @@ class ModelSpec:
     ``unsupported``: why this model type cannot run with the installed transformers and what
     to use instead; such a type stays listed (users arrive with its name) and is refused with
     that text before anything downloads or loads.
+    ``quantized``: the checkpoint's weights are stored quantized (e.g. ``"GPTQ"``): only tuners
+    that train adapters on a quantized base can train it, others are refused before it loads.
     """
 
     model_type: str
@@ -65,6 +67,7 @@ class ModelSpec:
     converted_to: str = ""
     keeps_official_names: bool = False
     unsupported: str = ""
+    quantized: str = ""
 
     @property
     def name(self) -> str:

@@ -121,6 +121,10 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.quantization_bit and not tuner.trains_quantized_base:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
+    if spec.quantized and not tuner.trains_quantized_base:
+        raise SdkError(f"--sft-type {tuner.name} cannot train {args.model_type}, whose weights "
+                       f"are stored quantized ({spec.quantized}); use --sft-type lora on it, or "
+                       f"--sft-type {tuner.name} on the unquantized model.")
     check_trackers(args.report_to)
     check_optimizer(args.optim)
     if args.use_liger_kernel:

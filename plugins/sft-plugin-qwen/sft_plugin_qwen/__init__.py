@@ -126,7 +126,7 @@ CONVERTED = {"loader": "sft_plugin_qwen.native:load",
 # any weight is read (native.gptq_conversion).
 CONVERTED_GPTQ = {"loader": "sft_plugin_qwen.native:load_gptq",
                   "tokenizer_loader": "sft_plugin_qwen.native:load_gptq_tokenizer",
-                  "converted_to": "qwen2"}
+                  "converted_to": "qwen2", "quantized": "GPTQ"}
 CONVERSION_REQUIRES = ("tiktoken",)
 
 # model_type -> repo id (the same on Hugging Face and ModelScope, per ms-swift's qwen.py).

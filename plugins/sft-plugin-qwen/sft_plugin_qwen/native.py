@@ -25,7 +25,9 @@ window, and ``--rope-scaling`` stretches it explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -386,8 +388,10 @@ def load_gptq(spec: Any, options: Any) -> tuple[Any, Any]:
     # backward pass; that path is untested here (no GPU).
     backend = "auto_trainable" if gpu else "gptq_torch"
     config = GPTQConfig(bits=settings["bits"], backend=backend)
-    return load_pretrained(folder, options, model_kwargs={
-        "quantization_config": config, "device_map": {"": 0 if gpu else "cpu"}})
+    # gptqmodel prints its banner and loading notes to stdout, where `sdk infer` writes replies
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_pretrained(folder, options, model_kwargs={
+            "quantization_config": config, "device_map": {"": 0 if gpu else "cpu"}})
 
 
 def load_gptq_tokenizer(spec: Any, options: Any) -> Any:

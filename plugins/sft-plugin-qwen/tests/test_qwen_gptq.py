@@ -15,9 +15,8 @@ import torch
 from official_qwen import TINY_GPTQ, official_gptq_reference, tiny_gptq_checkpoint
 from sft_plugin_qwen import QWEN_V1_GPTQ, native
 
-from conftest import CONVERSATIONS
+from conftest import CONVERSATIONS, load_converted
 from sdk.config import InferArguments
-from sdk.models.loader import load_model
 from sdk.models.native import native_folder
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
@@ -41,13 +40,6 @@ def spec(bits: int):
     return REGISTRY.get("models", f"qwen-7b-chat-int{bits}")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SFT_SDK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 @pytest.fixture(scope="module", params=[4, 8], ids=["int4", "int8"])
 def checkpoint(request, tmp_path_factory):
     """(bits, folder, the reference's fp32 state dict) of a tiny official GPTQ checkpoint."""
@@ -57,13 +49,12 @@ def checkpoint(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(checkpoint, cache):
+def loaded(checkpoint, native_cache):
     """The official reference and the model and tokenizer as `sdk sft` / `sdk infer` load
     them (--dtype auto)."""
     bits, folder, reference = checkpoint
-    model, tokenizer = load_model(spec(bits), InferArguments(
-        model_type=spec(bits).model_type, model_id_or_path=str(folder)), REGISTRY)
-    return official_gptq_reference(folder, reference), model.eval(), tokenizer
+    model, tokenizer = load_converted(spec(bits).model_type, folder)
+    return official_gptq_reference(folder, reference), model, tokenizer
 
 
 def test_the_gptq_types_are_converted_natively():
@@ -72,11 +63,12 @@ def test_the_gptq_types_are_converted_natively():
         assert not gptq.requires_remote_code and gptq.requires == ("tiktoken",)
         assert gptq.loader == "sft_plugin_qwen.native:load_gptq" and gptq.converted_to == "qwen2"
         assert gptq.lora_target_modules == ("q_proj", "k_proj", "v_proj")
-        assert gptq.config_model_types == ("qwen",)
+        assert gptq.config_model_types == ("qwen",) and gptq.quantized == "GPTQ"
         assert "GPTQ through transformers/optimum/gptqmodel" in gptq.description
 
 
-def test_the_conversion_splits_the_packed_tensors_and_dequantizes_exactly(checkpoint, cache):
+def test_the_conversion_splits_the_packed_tensors_and_dequantizes_exactly(checkpoint,
+                                                                           native_cache):
     """c_attn's packed tensors split into q/k/v (qzeros by packed words, g_idx shared), the
     quantization_config kept; the SDK's dequantize (v1 zero points) gives the reference's
     weights, and so does the dequantized copy (--merge-lora, --quantization-bit)."""
@@ -186,19 +178,25 @@ def test_lora_gradients_reach_only_the_adapters_and_the_loss_falls(checkpoint, l
     lora.unload()  # the module's other tests see the model as loaded
 
 
-def test_without_the_backend_a_clear_error_before_any_weight_is_read(
-        run_cli, identity_data, tmp_path, monkeypatch):
+@pytest.fixture
+def unreadable(tmp_path):
+    """A GPTQ Qwen folder whose weights cannot be read: a run that reads them fails."""
     folder = tmp_path / "model"
     folder.mkdir()
     settings = {"model_type": "qwen", **TINY_GPTQ,
                 "quantization_config": {"bits": 4, "group_size": 128, "quant_method": "gptq"}}
     (folder / "config.json").write_text(json.dumps(settings))
     (folder / "model.safetensors").write_bytes(b"weights are never read")
+    return folder
+
+
+def test_without_the_backend_a_clear_error_before_any_weight_is_read(
+        run_cli, identity_data, tmp_path, monkeypatch, unreadable):
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "gptqmodel" else found(name, *a))
-    result = run_cli("sft", "--model-type", "qwen-7b-chat-int4", "--model-id-or-path", folder,
-                     "--dataset", identity_data, "--output-dir", tmp_path / "out")
+    result = run_cli("sft", "--model-type", "qwen-7b-chat-int4", "--model-id-or-path",
+                     unreadable, "--dataset", identity_data, "--output-dir", tmp_path / "out")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert ("is a GPTQ checkpoint, which transformers loads with optimum and gptqmodel "
             "(gptqmodel missing): pip install 'optimum>=2.3' 'gptqmodel>=7.0,<7.7'"
@@ -206,17 +204,23 @@ def test_without_the_backend_a_clear_error_before_any_weight_is_read(
     assert "--quantization-bit 4" in result.stderr
 
 
-def run_dir(output, model_type):
-    [run] = list((output / model_type).glob("v*-*"))
-    return run
+def test_full_fine_tuning_of_the_gptq_weights_is_refused_before_they_load(
+        run_cli, identity_data, tmp_path, unreadable):
+    result = run_cli("sft", "--model-type", "qwen-7b-chat-int4", "--model-id-or-path",
+                     unreadable, "--sft-type", "full", "--dataset", identity_data,
+                     "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("--sft-type full cannot train qwen-7b-chat-int4, whose weights are stored "
+            "quantized (GPTQ); use --sft-type lora on it" in result.stderr)
 
 
 @pytest.mark.slow
-def test_lora_train_infer_and_export_merged_as_a_user(run_cli, checkpoint, cache,
-                                                      identity_data, tmp_path):
+def test_lora_train_infer_export_merged_and_push_as_a_user(run_cli, sdk_sft, checkpoint,
+                                                           native_cache, tmp_path):
     """sdk sft (LoRA on the GPTQ model), sdk infer, then sdk export --merge-lora: the base
     dequantized exactly and the adapter merged, a plain Qwen2 folder (no quantization_config,
-    no remote code) with the adapter model's logits (within the fp16 kernels' ATOL)."""
+    no remote code) with the adapter model's logits (within the fp16 kernels' ATOL); pushed,
+    the adapter rebuilds on the official GPTQ checkpoint."""
     from transformers import AutoModelForCausalLM
 
     from sdk.infer.chat import load_for_inference
@@ -224,17 +228,11 @@ def test_lora_train_infer_and_export_merged_as_a_user(run_cli, checkpoint, cache
     bits, folder, _ = checkpoint
     if bits == 8:
         pytest.skip("the int4 run covers the commands; int8 differs only in the kernel's bits")
-    model_type = spec(bits).model_type
-    trained = run_cli("sft", "--model-type", model_type, "--model-id-or-path", folder,
-                      "--sft-type", "lora", "--dataset", identity_data, "--max-steps", "2",
-                      "--batch-size", "2", "--learning-rate", "1e-2", "--save-steps", "2",
-                      "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    run = run_dir(tmp_path / "out", model_type)
+    run = sdk_sft(spec(bits).model_type, folder, flags=("--learning-rate", "1e-2"))
     adapter = json.loads(next(run.glob("checkpoint-*/adapter_config.json")).read_text())
     assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-    here = run_cli("infer", "--ckpt-dir", run, "--query", "Who are you?", "--max-new-tokens",
-                   "6", "--stream", "false")
+    query = ("--query", "Who are you?", "--max-new-tokens", "6", "--stream", "false")
+    here = run_cli("infer", "--ckpt-dir", run, *query)
     assert here.exit_code == 0, here.output
     exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
                        tmp_path / "merged")
@@ -250,17 +248,20 @@ def test_lora_train_infer_and_export_merged_as_a_user(run_cli, checkpoint, cache
     with torch.no_grad():
         torch.testing.assert_close(merged.float()(**inputs).logits,
                                    model(**inputs).logits.float(), rtol=0, atol=ATOL)
+    hub = tmp_path / "hub" / "qwen-gptq-lora"
+    pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id", hub)
+    assert pushed.exit_code == 0, pushed.output
+    there = run_cli("infer", "--ckpt-dir", hub, "--model-id-or-path", folder, *query)
+    assert there.exit_code == 0 and there.stdout == here.stdout, there.output
 
 
 @pytest.mark.slow
 def test_quantization_bit_dequantizes_and_requantizes_with_bitsandbytes_saying_so(
-        checkpoint, cache, capsys):
+        checkpoint, native_cache, capsys):
     bits, folder, reference = checkpoint
     if bits == 8:
         pytest.skip("one bit width shows the fallback")
-    model, _ = load_model(spec(bits), InferArguments(
-        model_type=spec(bits).model_type, model_id_or_path=str(folder), quantization_bit=4),
-        REGISTRY)
+    model, _ = load_converted(spec(bits).model_type, folder, quantization_bit=4)
     assert "dequantized (exactly, to fp16) and are re-quantized with bitsandbytes to 4 bits" \
         in capsys.readouterr().err
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
