@@ -37,6 +37,7 @@ def test_the_families_with_remote_code_are_gated():
     assert "internlm2-chat-7b" not in REMOTE_CODE  # converted to Llama on load: no remote code
     assert "baichuan2-7b-chat" not in REMOTE_CODE  # converted to Llama on load: no remote code
     assert "qwen-7b-chat" not in REMOTE_CODE  # converted to Qwen2 on load: no remote code
+    assert "qwen-7b-chat-int4" not in REMOTE_CODE  # GPTQ, converted to Qwen2 on load too
 
 
 def test_an_unsupported_model_type_is_refused_with_its_reason_before_anything_loads(
