@@ -251,6 +251,8 @@ def test_lora_train_infer_export_merged_and_push_as_a_user(run_cli, sdk_sft, che
     hub = tmp_path / "hub" / "qwen-gptq-lora"
     pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id", hub)
     assert pushed.exit_code == 0, pushed.output
+    assert ("`qwen-7b-chat-int4`'s official checkpoint, converted on load by sft-sdk to "
+            "transformers' own `qwen2` architecture" in (hub / "README.md").read_text())
     there = run_cli("infer", "--ckpt-dir", hub, "--model-id-or-path", folder, *query)
     assert there.exit_code == 0 and there.stdout == here.stdout, there.output
 
