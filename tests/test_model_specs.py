@@ -18,26 +18,44 @@ def test_a_model_type_is_lower_case_dashed_and_names_a_registered_template(model
     assert REGISTRY.get("templates", spec.template).name == spec.template
 
 
-@pytest.mark.parametrize("model_type", REMOTE_CODE)
 def test_remote_code_needs_trust_remote_code_before_anything_is_loaded(
-        run_cli, tmp_path, identity_data, model_type):
+        run_cli, tmp_path, identity_data):
+    plugin = tmp_path / "remote_family.py"
+    plugin.write_text(
+        "from sdk import hookimpl\nfrom sdk.specs import ModelSpec\n\n"
+        "@hookimpl\ndef register_models(register):\n"
+        "    register(ModelSpec(model_type='remote-7b-chat', family='remote',\n"
+        "                       template='chatml', requires_remote_code=True))\n")
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    result = run_cli("sft", "--model-type", model_type, "--dataset", identity_data,
-                     "--model-id-or-path", model_dir, "--output-dir", tmp_path / "out")
+    result = run_cli("--plugin", plugin, "sft", "--model-type", "remote-7b-chat", "--dataset",
+                     identity_data, "--model-id-or-path", model_dir, "--output-dir",
+                     tmp_path / "out")
     assert result.exit_code == 1
-    assert f"Model type '{model_type}' runs code from its model repository. Pass " \
+    assert "Model type 'remote-7b-chat' runs code from its model repository. Pass " \
            "--trust-remote-code" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_the_families_with_remote_code_are_gated():
-    assert "chatglm3-6b" not in REMOTE_CODE  # converted to Glm on load: no remote code
-    assert "internlm2-chat-7b" not in REMOTE_CODE  # converted to Llama on load: no remote code
-    assert "baichuan2-7b-chat" not in REMOTE_CODE  # converted to Llama on load: no remote code
-    assert "qwen-7b-chat" not in REMOTE_CODE  # converted to Qwen2 on load: no remote code
-    assert "qwen-7b-chat-int4" not in REMOTE_CODE  # GPTQ, converted to Qwen2 on load too
+def test_no_first_party_model_type_runs_remote_code():
+    """Qwen v1 (its GPTQ types too), ChatGLM2/3, Baichuan2 and InternLM are converted to
+    transformers' own architectures on load; the others load as published or are refused."""
+    from sdk.catalogue import first_party_plugins
+
+    first_party = [name for plugin in first_party_plugins() for name in plugin.get("models", ())]
+    assert not [name for name in first_party if name in REMOTE_CODE]
+    converted = {name: REGISTRY.get("models", name).converted_to for name in first_party
+                 if REGISTRY.get("models", name).converted_to}
+    assert {name: converted.get(name) for name in (
+        "qwen-7b-chat", "qwen-7b-chat-int4", "chatglm2-6b", "chatglm3-6b-32k",
+        "internlm-chat-7b", "internlm2.5-7b-chat", "baichuan2-7b-chat")} == {
+        "qwen-7b-chat": "qwen2", "qwen-7b-chat-int4": "qwen2", "chatglm2-6b": "glm",
+        "chatglm3-6b-32k": "glm", "internlm-chat-7b": "llama", "internlm2.5-7b-chat": "llama",
+        "baichuan2-7b-chat": "llama"}
+    refused = sorted(name for name in first_party if REGISTRY.get("models", name).unsupported)
+    assert refused == ["baichuan-13b-chat", "baichuan2-13b-chat", "baichuan2-13b-chat-int4",
+                       "baichuan2-7b-chat-int4"]
 
 
 def test_an_unsupported_model_type_is_refused_with_its_reason_before_anything_loads(
