@@ -243,9 +243,10 @@ def models(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     rows = [{"model_type": s.model_type, "family": s.family, "template": s.template,
              "hub_ids": dict(s.hub_ids), "description": s.description,
              "converted_to": s.converted_to or None, "unsupported": s.unsupported or None,
+             "loads": loads_as(s),
              "plugin": known.entries["models"][name].plugin, "installed": True}
             for name in known.names("models") for s in [known.get("models", name)]]
-    columns = ["model_type", "family", "template", "hub_ids", "plugin"]
+    columns = ["model_type", "family", "template", "loads", "hub_ids", "plugin"]
     if show_all:
         rows += [{"model_type": name, "plugin": plugin["name"], "installed": False,
                   "install": f"pip install {plugin['name']}"}
@@ -256,6 +257,13 @@ def models(ctx: click.Context, as_json: bool, show_all: bool) -> None:
         for row in rows:
             row["installed"] = "yes" if row["installed"] else "no: " + row["install"]
     emit(rows, columns, as_json)
+
+def loads_as(spec: Any) -> str:
+    """How `sdk models` says a model type loads: as published, converted, or refused."""
+    if spec.unsupported:
+        return "refused"
+    return f"converted to {spec.converted_to}" if spec.converted_to else "as published"
+
 
 listing("templates", ("name", "description", "plugin"),
         lambda s: {"name": s.name, "description": s.description,

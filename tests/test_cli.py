@@ -44,6 +44,18 @@ def test_models_json_lists_ids_per_hub_and_plugin(run_cli):
     assert smollm["plugin"] == "sft-plugin-smollm"
 
 
+def test_models_says_how_each_type_loads(run_cli):
+    lines = {line.split()[0]: line for line in run_cli("models").stdout.splitlines()[1:]}
+    assert "converted to qwen2" in lines["qwen-7b-chat-int4"]
+    assert "converted to glm" in lines["chatglm3-6b"]
+    assert "as published" in lines["qwen2.5-7b-instruct"]
+    assert " refused " in lines["baichuan2-13b-chat"]
+    rows = {r["model_type"]: r for r in json.loads(run_cli("models", "--json").stdout)}
+    assert rows["internlm2-chat-7b"]["converted_to"] == "llama"
+    assert "ALiBi" in rows["baichuan2-13b-chat"]["unsupported"]
+    assert rows["llama3-8b-instruct"]["unsupported"] is None
+
+
 @pytest.mark.parametrize("spelling", ["--model-type", "--model_type"])
 def test_both_flag_spellings_are_accepted(run_cli, spelling):
     result = run_cli("sft", spelling, "smollm2-135m-instrct", "--dataset", "x.jsonl")
