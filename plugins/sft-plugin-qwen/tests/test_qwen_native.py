@@ -21,10 +21,8 @@ from official_qwen import (
 )
 from sft_plugin_qwen import QWEN_V1_CHAT, native
 
-from conftest import CONVERSATIONS, LLAMA_CPP_CONVERSATION, TOKENIZER_CORPUS
-from sdk.config import InferArguments
+from conftest import CONVERSATIONS, LLAMA_CPP_CONVERSATION, TOKENIZER_CORPUS, load_converted
 from sdk.errors import SdkError
-from sdk.models.loader import load_model
 from sdk.models.native import native_folder
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
@@ -34,14 +32,6 @@ REGISTRY = load_plugins().registry
 SPEC = REGISTRY.get("models", MODEL_TYPE)
 DEFAULT_SYSTEM = "You are a helpful assistant."  # QWenLMHeadModel.chat's default
 WINDOW = TINY["seq_length"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Converted folders go to a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SFT_SDK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +45,9 @@ def official(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def converted(checkpoint, cache):
+def converted(checkpoint, native_cache):
     """The model and tokenizer as `sdk sft` / `sdk infer` load them."""
-    model, tokenizer = load_model(SPEC, InferArguments(model_type=MODEL_TYPE,
-                                                       model_id_or_path=str(checkpoint),
-                                                       dtype="fp32"), REGISTRY)
-    return model.eval(), tokenizer
+    return load_converted(MODEL_TYPE, checkpoint, dtype="fp32")
 
 
 def test_the_chat_models_are_converted():
@@ -232,7 +219,7 @@ def test_each_weight_keeps_its_dtype_and_buffers_are_dropped():
     ({"hidden_size": None, "n_embd": 64}, "first Qwen release's names"),
 ])
 def test_a_config_qwen2_cannot_hold_is_refused_before_the_weights_are_read(
-        run_cli, identity_data, tmp_path, cache, settings, message):
+        run_cli, identity_data, tmp_path, native_cache, settings, message):
     folder = tmp_path / "model"
     folder.mkdir()
     config = {"model_type": "qwen", **TINY, **settings}
@@ -247,66 +234,24 @@ def test_a_config_qwen2_cannot_hold_is_refused_before_the_weights_are_read(
         native.qwen2_config(config)
 
 
-def run_dir(output):
-    [run] = list((output / MODEL_TYPE).glob("v*-*"))
-    return run
-
-
 @pytest.mark.slow
-def test_lora_train_infer_export_and_push_as_a_user(run_cli, checkpoint, cache, identity_data,
-                                                    tmp_path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from sdk.infer.chat import load_for_inference
-
-    trained = run_cli("sft", "--model-type", MODEL_TYPE, "--model-id-or-path", checkpoint,
-                      "--sft-type", "lora", "--dataset", identity_data, "--max-steps", "2",
-                      "--batch-size", "2", "--learning-rate", "1e-2", "--save-steps", "2",
-                      "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    run = run_dir(tmp_path / "out")
-    adapter = json.loads(next(run.glob("checkpoint-*/adapter_config.json")).read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-    query = ("--query", "Who are you?", "--max-new-tokens", "6", "--stream", "false")
-    here = run_cli("infer", "--ckpt-dir", run, *query)
-    assert here.exit_code == 0, here.output
-    exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
-                       tmp_path / "merged")
-    assert exported.exit_code == 0, exported.output
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no remote code
-    assert type(merged).__name__ == "Qwen2ForCausalLM"
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
-                                                    REGISTRY)
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
-    with torch.no_grad():
-        # merging rounds W + BA once in fp32; these logits reach about 10 in magnitude
-        torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits,
-                                   rtol=0, atol=1e-4)
-    # Pushed, the card says what the adapter applies to; rebuilt from the download (on the
-    # official checkpoint: the published arguments name no local folder), it answers as from
-    # the run.
-    pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id",
-                     tmp_path / "hub" / "qwen-lora")
-    assert pushed.exit_code == 0, pushed.output
-    card = (tmp_path / "hub" / "qwen-lora" / "README.md").read_text()
-    assert "converted on load by sft-sdk to transformers' own `qwen2` architecture" in card
-    there = run_cli("infer", "--ckpt-dir", tmp_path / "hub" / "qwen-lora",
-                    "--model-id-or-path", checkpoint, *query)
-    assert there.exit_code == 0 and there.stdout == here.stdout, there.output
+def test_lora_train_infer_export_and_push_as_a_user(lora_round_trip, checkpoint, native_cache):
+    # merging rounds W + BA once in fp32; these logits reach about 10 in magnitude
+    trip = lora_round_trip(MODEL_TYPE, checkpoint, rtol=0, atol=1e-4)
+    assert trip.target_modules == {"q_proj", "k_proj", "v_proj"}
+    assert type(trip.merged).__name__ == "Qwen2ForCausalLM"
+    # Pushed, the card says what the adapter applies to (the round trip rebuilt it from the
+    # download on the official checkpoint, answering as from the run) ...
+    assert "converted on load by sft-sdk to transformers' own `qwen2` architecture" in trip.card
     # ... and, as the card says, not onto the official remote code (its q/k/v are c_attn)
+    from peft import PeftModel
+
     with pytest.raises(ValueError, match="not found in the base model"):
-        PeftModel.from_pretrained(official_model(checkpoint),
-                                  str(next(run.glob("checkpoint-*"))))
+        PeftModel.from_pretrained(official_model(checkpoint), str(trip.adapter))
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_trains_and_reloads(run_cli, checkpoint, cache, identity_data,
-                                             tmp_path):
-    trained = run_cli("sft", "--model-type", MODEL_TYPE, "--model-id-or-path", checkpoint,
-                      "--sft-type", "full", "--dataset", identity_data, "--max-steps", "1",
-                      "--batch-size", "2", "--save-steps", "1", "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    reply = run_cli("infer", "--ckpt-dir", run_dir(tmp_path / "out"), "--query", "Who?",
-                    "--max-new-tokens", "4")
+def test_full_fine_tuning_trains_and_reloads(run_cli, sdk_sft, checkpoint, native_cache):
+    run = sdk_sft(MODEL_TYPE, checkpoint, "full", steps=1)
+    reply = run_cli("infer", "--ckpt-dir", run, "--query", "Who?", "--max-new-tokens", "4")
     assert reply.exit_code == 0, reply.output
