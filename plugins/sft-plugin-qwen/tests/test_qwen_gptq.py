@@ -16,7 +16,6 @@ from official_qwen import TINY_GPTQ, official_gptq_reference, tiny_gptq_checkpoi
 from sft_plugin_qwen import QWEN_V1_GPTQ, native
 
 from conftest import CONVERSATIONS, load_converted
-from sdk.config import InferArguments
 from sdk.models.native import native_folder
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
@@ -215,46 +214,22 @@ def test_full_fine_tuning_of_the_gptq_weights_is_refused_before_they_load(
 
 
 @pytest.mark.slow
-def test_lora_train_infer_export_merged_and_push_as_a_user(run_cli, sdk_sft, checkpoint,
-                                                           native_cache, tmp_path):
+def test_lora_train_infer_export_merged_and_push_as_a_user(lora_round_trip, checkpoint,
+                                                           native_cache):
     """sdk sft (LoRA on the GPTQ model), sdk infer, then sdk export --merge-lora: the base
     dequantized exactly and the adapter merged, a plain Qwen2 folder (no quantization_config,
     no remote code) with the adapter model's logits (within the fp16 kernels' ATOL); pushed,
     the adapter rebuilds on the official GPTQ checkpoint."""
-    from transformers import AutoModelForCausalLM
-
-    from sdk.infer.chat import load_for_inference
-
     bits, folder, _ = checkpoint
     if bits == 8:
         pytest.skip("the int4 run covers the commands; int8 differs only in the kernel's bits")
-    run = sdk_sft(spec(bits).model_type, folder, flags=("--learning-rate", "1e-2"))
-    adapter = json.loads(next(run.glob("checkpoint-*/adapter_config.json")).read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
-    query = ("--query", "Who are you?", "--max-new-tokens", "6", "--stream", "false")
-    here = run_cli("infer", "--ckpt-dir", run, *query)
-    assert here.exit_code == 0, here.output
-    exported = run_cli("export", "--ckpt-dir", run, "--merge-lora", "true", "--output-dir",
-                       tmp_path / "merged")
-    assert exported.exit_code == 0, exported.output
-    assert "GPTQ weights dequantized exactly (fp16) for the merge" in exported.stderr
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # no remote code
-    assert type(merged).__name__ == "Qwen2ForCausalLM"
-    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json")
-                                                   .read_text())
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(run)),
-                                                    REGISTRY)
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
-    with torch.no_grad():
-        torch.testing.assert_close(merged.float()(**inputs).logits,
-                                   model(**inputs).logits.float(), rtol=0, atol=ATOL)
-    hub = tmp_path / "hub" / "qwen-gptq-lora"
-    pushed = run_cli("push", "--hub", "local", "--ckpt-dir", run, "--repo-id", hub)
-    assert pushed.exit_code == 0, pushed.output
+    trip = lora_round_trip(spec(bits).model_type, folder, rtol=0, atol=ATOL)
+    assert trip.target_modules == {"q_proj", "k_proj", "v_proj"}
+    assert "GPTQ weights dequantized exactly (fp16) for the merge" in trip.exported
+    assert type(trip.merged).__name__ == "Qwen2ForCausalLM"
+    assert "quantization_config" not in trip.merged.config.to_dict()
     assert ("`qwen-7b-chat-int4`'s official checkpoint, converted on load by sft-sdk to "
-            "transformers' own `qwen2` architecture" in (hub / "README.md").read_text())
-    there = run_cli("infer", "--ckpt-dir", hub, "--model-id-or-path", folder, *query)
-    assert there.exit_code == 0 and there.stdout == here.stdout, there.output
+            "transformers' own `qwen2` architecture" in trip.card)
 
 
 @pytest.mark.slow
