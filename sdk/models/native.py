@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 Tensors = list[tuple[str, Any]]
 # Converted shards are cut at about this many bytes, as transformers' save_pretrained does.
 SHARD_BYTES = 5 * 1024**3
-# Files a converted folder is not made of: the official weights and code.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 @dataclass(frozen=True)
