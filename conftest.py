@@ -7,7 +7,9 @@ LoRA round trip a user makes (train, infer, export merged, push, infer from the 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -206,6 +208,40 @@ def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     assert not torch.allclose(logits(base), logits(model), atol=1e-4)
     return Reloaded(result, saved, model, tokenizer, template, inputs)
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) with the hash of its bytes: compare the
+    digests before and after a command to prove it changed nothing there."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def finished_lora_run(tiny_plugin_file, tmp_path_factory) -> Path:
+    """A finished `sdk sft` LoRA run of the tiny model type (2 steps, checkpoint-1 and
+    checkpoint-2, logging.jsonl), trained once per session. Never change it: take
+    `lora_run_copy` to damage a run."""
+    from sdk.cli import cli
+
+    folder = tmp_path_factory.mktemp("finished-lora-run")
+    data = folder / "identity.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "I am Tiny, made by the tests."}]}) + "\n"
+        for question in ["Who are you?", "What is your name?", "Introduce yourself."]))
+    result = CliRunner().invoke(cli, [
+        "--plugin", str(tiny_plugin_file), "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
+        str(data), "--max-steps", "2", "--save-steps", "1", "--batch-size", "2",
+        "--output-dir", str(folder / "output")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return only_run(folder / "output")
+
+
+@pytest.fixture
+def lora_run_copy(finished_lora_run, tmp_path) -> Path:
+    """A copy of finished_lora_run of this test's own, to damage."""
+    return Path(shutil.copytree(finished_lora_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ every push and fails on demand, echoing the token in its errors as a careless li
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_MODEL_TYPE
+from conftest import TINY_MODEL_TYPE, folder_digest
 from sdk.config import SftArguments
 from sdk.errors import SdkError
 from sdk.hubs.card import model_card
@@ -165,12 +164,6 @@ def hub(tmp_path, monkeypatch) -> FlakyHub:
     return FlakyHub(tmp_path / "flaky-hub")
 
 
-def digest(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) with the hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def push_cli(run_cli, hub_plugin, *args):
     return run_cli("--plugin", hub_plugin, "push", "--hub", "flaky", *args)
 
@@ -197,8 +190,8 @@ def test_a_push_is_tried_again_while_the_hub_is_unavailable(trained, hub, hub_pl
     assert result.stdout.strip() == str(repo)
     assert hub.calls[-1]["message"] == f"Upload {trained.checkpoint.name} with sft-sdk"
     assert hub.calls[-1]["private"] is True
-    local = digest(trained.checkpoint)
-    pushed = digest(repo)
+    local = folder_digest(trained.checkpoint)
+    pushed = folder_digest(repo)
     assert pushed["adapter_model.safetensors"] == local["adapter_model.safetensors"]
     assert pushed["tokenizer.json"] == local["tokenizer.json"]
 
@@ -206,7 +199,7 @@ def test_a_push_is_tried_again_while_the_hub_is_unavailable(trained, hub, hub_pl
 def test_a_push_that_keeps_failing_says_how_to_finish_it_and_touches_nothing(
         trained, hub, hub_plugin, run_cli):
     run_before = sorted(p.name for p in trained.run_dir.iterdir())
-    checkpoint_before = digest(trained.checkpoint)
+    checkpoint_before = folder_digest(trained.checkpoint)
     hub.fail_next(*["unavailable"] * 4)
     result = push_cli(run_cli, hub_plugin, "--ckpt-dir", trained.checkpoint, "--repo-id",
                       "org/m", "--public")
@@ -217,15 +210,15 @@ def test_a_push_that_keeps_failing_says_how_to_finish_it_and_touches_nothing(
     assert "HTTP 503" in message and "The local files are intact" in message
     assert "Traceback" not in result.output
     assert len(hub.calls) == 4 and not hub.repo("org/m").exists()
-    assert digest(trained.checkpoint) == checkpoint_before
+    assert folder_digest(trained.checkpoint) == checkpoint_before
     assert sorted(p.name for p in trained.run_dir.iterdir()) == run_before  # no staging left
 
     again = run_cli("--plugin", hub_plugin, *resume_command(message))
     assert again.exit_code == 0, again.output
     assert hub.calls[-1]["private"] is False  # --public carried over
-    assert digest(hub.repo("org/m"))["adapter_model.safetensors"] == \
+    assert folder_digest(hub.repo("org/m"))["adapter_model.safetensors"] == \
         checkpoint_before["adapter_model.safetensors"]
-    assert digest(trained.checkpoint) == checkpoint_before
+    assert folder_digest(trained.checkpoint) == checkpoint_before
 
 
 def test_a_refused_push_is_not_retried(trained, hub, hub_plugin, run_cli):
@@ -323,17 +316,17 @@ def test_training_state_is_pushed_only_when_asked(trained, hub, hub_plugin, run_
         b"shard")
     (checkpoint / "latest").write_text("global_step2")
     (checkpoint / "zero_to_fp32.py").write_text("# DeepSpeed's")
-    local = digest(checkpoint)
+    local = folder_digest(checkpoint)
     state_files = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
                    "training_args.bin", "latest", "zero_to_fp32.py",
                    "global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"}
     assert state_files <= set(local)  # so that leaving them out means something
     assert push_cli(run_cli, hub_plugin, "--ckpt-dir", checkpoint, "--repo-id",
                     "org/small").exit_code == 0
-    assert not state_files & set(digest(hub.repo("org/small")))
+    assert not state_files & set(folder_digest(hub.repo("org/small")))
     assert push_cli(run_cli, hub_plugin, "--ckpt-dir", checkpoint, "--repo-id",
                     "org/whole", "--push-training-state").exit_code == 0
-    pushed = digest(hub.repo("org/whole"))
+    pushed = folder_digest(hub.repo("org/whole"))
     assert {name: pushed[name] for name in state_files} == {n: local[n] for n in state_files}
     assert set(TRAINING_STATE) >= {"optimizer.pt", "trainer_state.json",
                                    "adalora_state.pt", "trained_adapter.safetensors"}
@@ -372,15 +365,15 @@ def test_each_strategy_pushes_what_it_says(strategy, registry, hub, tmp_path, ti
     repo = hub.repo("org/m")
     card = (repo / "README.md").read_text()
     assert f"from `{expected[-1]}`" in card
-    last = digest(result.checkpoint)["adapter_model.safetensors"]
+    last = folder_digest(result.checkpoint)["adapter_model.safetensors"]
     if strategy == "all_checkpoints":
         assert sorted(p.name for p in repo.iterdir()) == ["README.md", "checkpoint-2",
                                                           "checkpoint-4"]
-        assert digest(repo / "checkpoint-4")["adapter_model.safetensors"] == last
+        assert folder_digest(repo / "checkpoint-4")["adapter_model.safetensors"] == last
         assert (repo / "checkpoint-2" / "adapter_model.safetensors").is_file()
     else:
         assert not list(repo.glob("checkpoint-*"))
-        assert (digest(repo)["adapter_model.safetensors"] == last) == (expected[-1] ==
+        assert (folder_digest(repo)["adapter_model.safetensors"] == last) == (expected[-1] ==
                                                                       "checkpoint-4")
     assert not list(result.run_dir.glob(".sdk-push-*"))
 
@@ -412,8 +405,8 @@ def test_a_push_that_fails_during_training_is_reported_at_the_end(registry, hub,
         assert run_cli("--plugin", hub_plugin, *command).exit_code == 0
     repo = hub.repo("org/m")
     for name in ("checkpoint-2", "checkpoint-4"):
-        assert digest(repo / name)["adapter_model.safetensors"] == \
-            digest(run_dir / name)["adapter_model.safetensors"]
+        assert folder_digest(repo / name)["adapter_model.safetensors"] == \
+            folder_digest(run_dir / name)["adapter_model.safetensors"]
 
 
 def test_round_trip_through_the_local_hub(trained, hub_plugin, tmp_path, run_cli):
