@@ -13,6 +13,7 @@ import difflib
 import json
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -485,6 +486,24 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
         raise SdkError(f"{flag} must be below {meta['below']}; got {value}.")
     if meta["at_most"] is not None and value > meta["at_most"]:
         raise SdkError(f"{flag} must be at most {meta['at_most']}; got {value}.")
+
+
+def changed_fields(arguments: Any, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` whose value differs from the field's default: set on the command
+    line or in a config file, so worth a word when the run's other flags leave them unused."""
+    fields = {f.name: f for f in dataclasses.fields(arguments)}
+    return [name for name in names if getattr(arguments, name) != default_of(fields[name])]
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def flag_with_value(arguments: Any, name: str) -> str:
+    """``--lora-rank 16``, ``--dataset a b``: a field as it would be given on the command line."""
+    value = getattr(arguments, name)
+    shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"--{name.replace('_', '-')} {shown.lower() if isinstance(value, bool) else shown}"
 
 
 def saved_arguments(arguments: Any) -> dict[str, Any]:

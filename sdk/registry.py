@@ -65,6 +65,10 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         return self.entry(kind, name).spec
 
+    def specs(self, kind: str) -> list[Any]:
+        """Every registered spec of ``kind`` (one per name, whichever wins)."""
+        return [entry.spec for entry in self.entries[kind].values()]
+
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     from sdk.catalogue import provider

@@ -158,7 +158,9 @@ class Tuner:
     before any model loads.
     ``default_quantization_bit``: the ``--quantization-bit`` used when the flag is not given
     (qlora: 4). ``requires``: import names (also their pip names) checked before any model
-    loads.
+    loads. ``options``: the tuner's own ``sdk sft`` options it reads (argument names, e.g.
+    ``lora_rank``); one that another tuner declares and the run sets is announced as ignored
+    when the run's tuner does not declare it.
     """
 
     name: str
@@ -172,6 +174,7 @@ class Tuner:
     check_arguments: CallableRef | None = None
     default_quantization_bit: int = 0
     requires: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import click
 
-from sdk.config import GenerationArguments, InferArguments
+from sdk.config import GenerationArguments, InferArguments, changed_fields
 from sdk.errors import SdkError
 from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
 from sdk.models.rope import context_window, quiet_window_reminder
@@ -258,9 +258,7 @@ PREDICTION_FLAGS = ("predictions_file", "batch_size", "truncate_long_prompts")
 def run_infer(args: InferArguments, registry: Registry) -> None:
     from transformers import set_seed
 
-    fields = {field.name: field for field in dataclasses.fields(InferArguments)}
-    stray = [f"--{name.replace('_', '-')}" for name in PREDICTION_FLAGS
-             if getattr(args, name) != fields[name].default]
+    stray = [f"--{name.replace('_', '-')}" for name in changed_fields(args, PREDICTION_FLAGS)]
     if stray:
         verb = "applies" if len(stray) == 1 else "apply"
         raise SdkError(f"{', '.join(stray)} {verb} to batch prediction; add --dataset (or "

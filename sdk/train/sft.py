@@ -41,6 +41,7 @@ from sdk.train.distributed import (
     shared_run_dir,
     world_size,
 )
+from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
 from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
@@ -108,6 +109,10 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
     if tuner.check_arguments:
         resolve_callable(tuner.check_arguments)(args)
+    if is_main_process():
+        for line in ignored_flags(args, tuner, registry.specs("tuners")):
+            click.echo(line, err=True)
+    args = without_ignored_ratio(args)
     # saved with the run as it applies: 0.05, or 0 for adapters that start from the base
     args = dataclasses.replace(args, lora_dropout=lora_dropout(args))
     if args.offload_activations:  # what is offloaded is what checkpointing keeps
