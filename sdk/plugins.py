@@ -105,12 +105,11 @@ class PluginSet:
             except Exception as error:
                 self.record_failure(name, "entry point", error)
 
-    def load_files(self, paths: Iterable[str]) -> None:
+    def load_files(self, paths: Iterable[str], named_by: str) -> None:
+        """Import each plugin file; ``named_by`` (the flag or variable) is named in errors."""
         for path in paths:
             file = Path(path)
-            if not file.is_file():
-                raise SdkError(f"Plugin file '{path}' does not exist (--plugin or "
-                               f"{PLUGINS_ENV_VAR}). Give the path of a .py file.")
+            check_plugin_file(file, named_by)
             if file.resolve() in self.loaded_files:
                 continue  # named twice (flag and environment): load it once
             self.loaded_files.add(file.resolve())
@@ -210,6 +209,19 @@ def hook_mistakes(plugin: object) -> list[str]:
     return mistakes
 
 
+def check_plugin_file(file: Path, named_by: str) -> None:
+    """A plugin file is a .py file: Python imports nothing else from a path."""
+    where = f"Plugin file '{file}' ({named_by})"
+    if file.is_dir():
+        raise SdkError(f"{where} is a folder; name the plugin's .py file (several: separated by "
+                       f"'{os.pathsep}'). A plugin package is installed with pip instead (entry "
+                       f"point group {ENTRY_POINT_GROUP}).")
+    if not file.is_file():
+        raise SdkError(f"{where} does not exist. Give the path of a .py file.")
+    if file.suffix != ".py":
+        raise SdkError(f"{where} is not a Python file; name the plugin's .py file.")
+
+
 def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -220,5 +232,6 @@ def load_plugins(plugin_files: Iterable[str] = ()) -> PluginSet:
     plugins.load_builtins()
     plugins.load_entry_points()
     env_files = [p for p in os.environ.get(PLUGINS_ENV_VAR, "").split(os.pathsep) if p]
-    plugins.load_files([*env_files, *plugin_files])
+    plugins.load_files(env_files, PLUGINS_ENV_VAR)
+    plugins.load_files(plugin_files, "--plugin")
     return plugins
