@@ -158,6 +158,8 @@ def registry(ctx: click.Context, warn: bool = True) -> Registry:
     result = plugins.registry
     if warn and not ctx.find_root().meta.get("warned"):
         ctx.find_root().meta["warned"] = True
+        for notice in result.override_notices():
+            click.echo(notice, err=True)
         for info in plugins.failures():
             click.echo(f"warning: plugin {info.name}: {'; '.join(info.errors)} "
                        "(`sdk plugins` lists all plugins)", err=True)

@@ -36,6 +36,9 @@ class Registry:
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
 
+    # (kind, name, the plugin whose override=True won, the plugin it replaced)
+    overrides: list[tuple[str, str, str, str]] = field(default_factory=list)
+
     def add(self, kind: str, spec: Any, plugin: str, override: bool = False) -> None:
         name = spec.name
         known = self.entries[kind]
@@ -43,9 +46,19 @@ class Registry:
         if existing is None or (override and not existing.override):
             known[name] = Entry(spec, plugin, override)
             self.conflicts[kind].pop(name, None)
+            if existing is not None:
+                self.overrides.append((kind, name, plugin, existing.plugin))
         elif override == existing.override:  # neither, or both, claim to win
             plugins = self.conflicts[kind].setdefault(name, [existing.plugin])
             plugins.append(plugin)
+        else:  # the override registered first stays
+            self.overrides.append((kind, name, existing.plugin, plugin))
+
+    def override_notices(self) -> list[str]:
+        """One line for each registration that another plugin's override=True replaced."""
+        return [f"[sdk] plugin {winner} replaces {KINDS[kind][0]} '{name}' of plugin {replaced} "
+                "(override=True)." for kind, name, winner, replaced in self.overrides
+                if name not in self.conflicts[kind]]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
