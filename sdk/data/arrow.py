@@ -73,7 +73,7 @@ def _generate(source: DatasetSpec, registry: Registry, args: Any, format_name: s
 
 
 def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
-                          skipped: list[str] | None) -> Any:
+                          skipped: list[str] | None, flag: str = "--dataset") -> Any:
     """The ``--dataset`` entries (``NAME#N`` sampled) as one Arrow dataset of messages."""
     from datasets import Dataset, concatenate_datasets
     from datasets.exceptions import DatasetGenerationError
@@ -81,9 +81,12 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
     folder = cache_dir() / "datasets"
     folder.mkdir(parents=True, exist_ok=True)
     parts = []
+    given_as: dict[tuple[str, ...], list[str]] = {}  # the files read -> the entries naming them
     for name_and_count in names:
         name, count = split_sample_size(name_and_count)
         source = dataset_source(name, registry, args)
+        given_as.setdefault(tuple(str(Path(file).resolve()) for file in source.files),
+                            []).append(name_and_count)
         fingerprint = _fingerprint(name, source.files, args, args.dataset_format)
         skipped_file = folder / f"{fingerprint}.skipped.json"
         try:
@@ -111,6 +114,11 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
                            "repeat (every row once, the rest drawn again).", err=True)
             part = part.select(sample_indices(len(part), count, args.seed))
         parts.append(part)
+    for entries in given_as.values():
+        if len(entries) > 1:  # used as given, but often a slip: one path written two ways
+            click.echo(f"[sdk] {flag} names the same data {len(entries)} times "
+                       f"({', '.join(entries)}): each entry adds its rows, as given.",
+                       err=True)
     dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(dataset) == 0:
         raise SdkError(f"No training records found in {', '.join(names)}.")
@@ -123,7 +131,8 @@ def training_and_held_out(args: Any, registry: Registry,
     ``--val-dataset`` entries, else a seeded ``--split-dataset-ratio`` of ``--dataset``."""
     conversations = conversations_dataset(args.dataset, registry, args, skipped)
     if args.val_dataset:
-        return conversations, conversations_dataset(args.val_dataset, registry, args, skipped)
+        return conversations, conversations_dataset(args.val_dataset, registry, args, skipped,
+                                                    "--val-dataset")
     train_rows, held_rows = split_indices(len(conversations), args.split_dataset_ratio,
                                           args.seed)
     if not held_rows:
