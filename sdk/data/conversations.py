@@ -21,14 +21,22 @@ Conversation = list[dict[str, str]]
 def detect_format(where: str, record: dict, registry: Registry,
                   hint: str = "Rename the fields, or pick one with --dataset-format.",
                   ) -> DataFormat:
-    for name in registry.names("formats"):
-        data_format = registry.get("formats", name)
-        if resolve_callable(data_format.detect)(record):
-            return data_format
+    data_format = format_of(record, registry)
+    if data_format is not None:
+        return data_format
     formats = ", ".join(registry.names("formats"))
     raise SdkError(f"{where}: cannot tell the format of this record (its fields: "
                    f"{', '.join(map(str, record)) or 'none'}). Known formats: {formats}. "
                    f"{hint}")
+
+
+def format_of(record: dict, registry: Registry) -> DataFormat | None:
+    """The first format, in name order, whose ``detect`` accepts the record."""
+    for name in registry.names("formats"):
+        data_format = registry.get("formats", name)
+        if resolve_callable(data_format.detect)(record):
+            return data_format
+    return None
 
 
 def split_sample_size(name: str) -> tuple[str, int | None]:
@@ -95,11 +103,11 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
     """One dataset's conversations, in file order, read as they are needed; ``source`` from
     :func:`sdk.data.sources.dataset_source`."""
 
-    def reject(where: str, reason: str) -> None:
+    def reject(where: str, reason: str, skipped_as: str = "") -> None:
         if skipped is None:
             raise SdkError(f"{where}: {reason}. Fix the record or remove it, or pass "
                            "--skip-bad-records to leave such records out.")
-        skipped.append(where)
+        skipped.append(f"{where}{skipped_as}")
 
     renames = key_value_pairs("--columns", getattr(args, "columns", None) or [],
                               "FIELD=OURS, e.g. question=instruction (the record's field, then "
@@ -110,7 +118,7 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
     for file in source.files:
         # Detected per file: the files of a folder may come from different sources, each
         # in its own shape, as separate --dataset files may.
-        data_format = forced_format
+        data_format, detected_at = forced_format, None
         for where, record in read_records(Path(file)):
             if isinstance(record, BadRecord):
                 reject(where, record.reason)
@@ -123,13 +131,21 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
             if preprocess is not None:
                 record = preprocess(record, args)
             if data_format is None:
-                data_format = detect_format(where, record, registry)
+                data_format, detected_at = detect_format(where, record, registry), where
             try:
                 messages = resolve_callable(data_format.to_messages)(record)
                 check_messages(messages)
                 if not any(message["role"] == "assistant" for message in messages):
                     raise ValueError("the conversation has no assistant message to learn from")
             except ValueError as error:
-                reject(where, f"{error} (read as {data_format.name} format)")
+                own = format_of(record, registry) if detected_at else None
+                if own is not None and own.name != data_format.name:
+                    reject(where, f"a record in {own.name} format, in a file whose format is "
+                                  f"{data_format.name}, set by its first record ({detected_at}); "
+                                  "a file holds one format. Split the file by format, or give "
+                                  "this record the fields of the others",
+                           f" ({own.name} format in a {data_format.name} file)")
+                else:
+                    reject(where, f"{error} (read as {data_format.name} format)")
                 continue
             yield messages
