@@ -17,11 +17,11 @@ from sdk.specs import Tuner
 
 @dataclasses.dataclass(frozen=True)
 class Overruled:
-    """``names`` do nothing when ``applies(args)``; ``why`` (formatted with the arguments)
+    """``names`` do nothing when ``when(args)``; ``why`` (formatted with the arguments)
     says which flag decides instead."""
 
     names: tuple[str, ...]
-    applies: Callable[[SftArguments], bool]
+    when: Callable[[SftArguments], bool]
     why: str
 
 
@@ -45,7 +45,7 @@ def ignored_flags(args: SftArguments, tuner: Tuner, tuners: Sequence[Tuner]) -> 
     """One line for each group of set flags this run does not use."""
     lines = []
     for rule in OVERRULED:
-        unused = changed_fields(args, rule.names) if rule.applies(args) else []
+        unused = changed_fields(args, rule.names) if rule.when(args) else []
         if unused:
             lines.append(ignored(args, unused, rule.why.format(**vars(args))))
     others = [name for other in tuners for name in other.options if name not in tuner.options]
