@@ -54,12 +54,24 @@ def write_args(folder: Path, arguments: dict[str, Any]) -> None:
                                     encoding="utf-8")
 
 
+def damaged_checkpoint(file: Path, reason: str) -> SdkError:
+    """The one error for a checkpoint file that cannot be used: "checkpoint DIR is damaged:
+    FILE (reason)", naming the run's newest other complete checkpoint when there is one."""
+    checkpoint = file.parent
+    message = f"checkpoint {checkpoint} is damaged: {file.name} ({reason})."
+    if _CHECKPOINT.match(checkpoint.name) and checkpoint.parent.is_dir():
+        others = [c for c in checkpoints(checkpoint.parent) if c != checkpoint]
+        if others:
+            message += f" The last complete checkpoint of the run is {others[-1]}."
+    return SdkError(message)
+
+
 def read_saved_arguments(path: Path) -> dict[str, Any]:
     """A checkpoint's ``sft_args.json``; an error naming the file if it is damaged or foreign."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SdkError(f"{path} cannot be read ({error}); the checkpoint is damaged.") from None
+        raise damaged_checkpoint(path, str(error)) from None
     missing = [key for key in ("model_type", "sft_type", "template")
                if not isinstance(saved, dict) or not isinstance(saved.get(key), str)]
     if missing:
