@@ -18,11 +18,13 @@ the target and renamed into place when complete, so a failure leaves no half exp
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
@@ -30,6 +32,7 @@ import click
 from sdk import __version__
 from sdk.config import ExportArguments, GenerationArguments, InferArguments
 from sdk.errors import SdkError
+from sdk.folders import disk_full_said, require_writable
 from sdk.infer.chat import (
     EXPORTED,
     checkpoint_or_export,
@@ -46,6 +49,11 @@ from sdk.train.run_dir import ARGS_FILE, read_saved_arguments, write_args
 
 DTYPES = ("bf16", "fp16", "fp32")
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves with every adapter
+# The files that exports from before sft_args.json listed them may hold: the model's and the
+# tokenizer's files as transformers saves them.
+EXPORT_FILES = (ARGS_FILE, "config.json", "generation_config.json", "*.safetensors",
+                "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json",
+                "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*")
 # Conversations the exported chat template is checked on: without and with a system prompt,
 # one turn and several.
 PROBES = (
@@ -63,18 +71,22 @@ def run_export(args: ExportArguments, registry: Registry) -> Path:
     check_merge(args.merge_lora, saved["sft_type"], checkpoint)
     output = Path(args.output_dir) if args.output_dir else checkpoint.with_name(
         checkpoint.name + ("-merged" if args.merge_lora else "-export"))
+    require_writable(output, "--output-dir")
     check_output(output, checkpoint, args.overwrite)
     with staged(output, checkpoint, args.overwrite) as folder:
         model, tokenizer, template = load_for_inference(InferArguments(
             ckpt_dir=str(checkpoint), dtype=export_dtype(args.dtype, saved), quantization_bit=0,
             model_id_or_path=args.model_id_or_path, merge_lora=args.merge_lora), registry)
         save_model(folder, model, tokenizer, template)
+        written = sorted([ARGS_FILE, *(path.relative_to(folder).as_posix()
+                                       for path in folder.rglob("*") if path.is_file())])
         write_args(folder, {**saved, "sft_type": "full", "quantization_bit": 0,
                             "dtype": dtype_name(model.dtype),
                             EXPORTED: {"checkpoint": str(checkpoint.resolve()),
                                        "sft_type": saved["sft_type"],
                                        "merged": args.merge_lora,
-                                       "sdk_version": __version__}})
+                                       "sdk_version": __version__,
+                                       "files": written}})
     click.echo(f"[sdk] exported {'merged ' if args.merge_lora else ''}model: {output}",
                err=True)
     click.echo(str(output))
@@ -114,9 +126,35 @@ def check_output(output: Path, checkpoint: Path, overwrite: bool) -> None:
         if not is_export(output):
             raise SdkError(f"--output-dir '{output}' is not empty and holds no earlier export "
                            "(--overwrite replaces only those); give another folder.")
+        foreign = foreign_files(output)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                              if len(foreign) > 5 else "")
+            raise SdkError(f"--output-dir '{output}' holds an earlier export and files that no "
+                           f"export wrote: {shown}. --overwrite replaces only an export's own "
+                           "files: move those away, or give another folder. Nothing was "
+                           "deleted.")
         if not overwrite:
             raise SdkError(f"--output-dir '{output}' holds an earlier export; pass --overwrite "
                            "to replace it, or give another folder.")
+
+
+def foreign_files(export: Path) -> list[str]:
+    """What an earlier export folder holds besides the files that export wrote (listed in
+    its sft_args.json; for an export from before that list, besides the files an export
+    writes): what --overwrite must not delete."""
+    try:
+        written = json.loads((export / ARGS_FILE).read_text(encoding="utf-8"))[EXPORTED].get(
+            "files")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        written = None
+    names = [path.relative_to(export).as_posix() for path in export.rglob("*")]
+    if isinstance(written, list):
+        ours = set(map(str, written))
+        ours |= {parent.as_posix() for name in ours for parent in PurePosixPath(name).parents}
+        return sorted(name for name in names if name not in ours)
+    return sorted(name for name in names
+                  if not any(fnmatch.fnmatch(name, pattern) for pattern in EXPORT_FILES))
 
 
 def export_dtype(requested: str, saved: dict[str, Any]) -> str:
@@ -142,10 +180,12 @@ def staged(output: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path]:
         staging.mkdir(parents=True)  # not mkdtemp: the export gets the umask's permissions
     except OSError as error:
         raise SdkError(f"--output-dir '{output}' cannot be written: {error}") from None
+    kept = f"'{output}' as it was" if output.exists() else f"nothing, '{output}' was not made"
     try:
-        yield staging
-        check_output(output, checkpoint, overwrite)  # again: the load took a while
-        put_in_place(staging, output)
+        with disk_full_said(staging, kept):
+            yield staging
+            check_output(output, checkpoint, overwrite)  # again: the load took a while
+            put_in_place(staging, output)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise SdkError(f"Writing the export to '{output}' failed: {error}. Nothing was left "

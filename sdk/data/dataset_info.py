@@ -146,7 +146,7 @@ def _json_list(value: Any) -> Any:
     if isinstance(value, str) and value.lstrip()[:1] == "[":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # left as text: a bad record
             return value
     return value
 

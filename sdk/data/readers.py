@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
+from sdk.folders import os_reason
 
 Located = tuple[str, Any]  # ("file.jsonl:12", record)
+# A record nested deeper than Python's JSON parser recurses (about 1000 levels in CPython)
+TOO_DEEP = "JSON nested too deeply to read; no conversation is nested like this"
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,25 @@ def read_jsonl(path: Path) -> Iterator[Located]:
             except json.JSONDecodeError as error:
                 record = BadRecord(f"not valid JSON ({error.msg}, column {error.colno}); each "
                                    "line of a .jsonl file must be one JSON object")
+            except RecursionError:
+                record = BadRecord(TOO_DEEP)
             yield where, record
+
+
+def cannot_read(path: Path, error: OSError) -> SdkError:
+    """The one-line error for a data file the OS will not let us read."""
+    return SdkError(f"cannot read {path}: {os_reason(error)}. Check the file's permissions "
+                    "(or give another file).")
 
 
 def load_json_file(path: Path) -> Any:
     """A whole JSON file; bad UTF-8 or JSON is an error naming the file (and line)."""
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise cannot_read(path, error) from None
+    except RecursionError:
+        raise SdkError(f"{path}: {TOO_DEEP}.") from None
     except UnicodeDecodeError as error:
         raise SdkError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start}). "
                        "Save the file as UTF-8.") from None
@@ -91,6 +106,8 @@ def _csv_cell(column: str, cell: str | None) -> Any:
         except json.JSONDecodeError as error:
             return BadRecord(f"column '{column}' is not valid JSON ({error.msg}, "
                              f"column {error.colno})")
+        except RecursionError:
+            return BadRecord(f"column '{column}': {TOO_DEEP}")
     return cell
 
 
@@ -194,4 +211,8 @@ def read_records(path: Path) -> Iterator[Located]:
     if reader is None:
         raise SdkError(f"Dataset file '{path}' has an unsupported extension; use one of "
                        f"{SUPPORTED}.")
+    try:  # now: the readers open the file only when the first record is asked for
+        path.open("rb").close()
+    except OSError as error:
+        raise cannot_read(path, error) from None
     return reader(path)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdk.errors import SdkError
+from sdk.folders import disk_full_said
 from sdk.hookspecs import hookimpl
 from sdk.specs import Hub
 
@@ -26,10 +27,16 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, token: str |
     target = Path(repo_id).expanduser()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    if target.exists():  # as on the other hubs, files not pushed again stay in the repository
-        shutil.copytree(target, partial)
-    shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(*ignore_patterns),
-                    dirs_exist_ok=True)
+    kept = f"the repository {target} as it was" if target.exists() else "nothing"
+    with disk_full_said(partial, kept):
+        try:
+            if target.exists():  # as on the other hubs, files not pushed again stay there
+                shutil.copytree(target, partial)
+            shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(*ignore_patterns),
+                            dirs_exist_ok=True)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     if target.exists():
         shutil.rmtree(target)
     partial.rename(target)  # readers never see a half-copied folder

@@ -20,6 +20,7 @@ from sdk.config import TRACKER_PACKAGES, SftArguments, saved_arguments
 from sdk.data.arrow import tokenized_dataset, training_and_held_out
 from sdk.data.encode import EncodeSettings
 from sdk.errors import SdkError
+from sdk.folders import require_writable
 from sdk.hubs import default_hub
 from sdk.hubs.push import push_destination
 from sdk.models.loader import check_supported, load_model, model_types_for_folder, torch_dtype
@@ -141,6 +142,11 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
+        require_writable(resumed.parent, "--resume-from-checkpoint's run folder")
+    else:  # now, not after the data is read and the model loaded
+        require_writable(args.output_dir, "--output-dir")
+        require_writable(Path(args.output_dir) / args.model_type,
+                         "--output-dir's model-type folder")
     args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or default_hub())
     registry.get("hubs", args.hub)
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading

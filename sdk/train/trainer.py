@@ -30,6 +30,7 @@ import click
 import torch
 from transformers import Trainer
 
+from sdk.folders import disk_full_said
 from sdk.train.accuracy import count_correct
 from sdk.train.batching import Batching, TokenBudgetBatches, row_lengths
 from sdk.train.best import record_best, rotated
@@ -165,17 +166,21 @@ class SftTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         self._saving_into = str(staging)
         name = f"checkpoint-{self.state.global_step}"
-        try:
-            super()._save_checkpoint(model, trial)
+        complete = checkpoints(run_dir)
+        kept = str(complete[-1]) if complete else f"no checkpoint yet, only {run_dir}'s log"
+        with disk_full_said(staging, kept):
+            try:
+                super()._save_checkpoint(model, trial)
+                if self.args.should_save:
+                    for callback in self.callback_handler.callbacks:
+                        if hasattr(callback, "write_checkpoint"):
+                            callback.write_checkpoint(staging / name)
+            finally:
+                self._saving_into = None
+            self.accelerator.wait_for_everyone()  # every process has written its part
             if self.args.should_save:
-                for callback in self.callback_handler.callbacks:
-                    if hasattr(callback, "write_checkpoint"):
-                        callback.write_checkpoint(staging / name)
-        finally:
-            self._saving_into = None
-        self.accelerator.wait_for_everyone()  # every process has written its part
+                publish(staging / name, run_dir / name, self.run_arguments)
         if self.args.should_save:
-            publish(staging / name, run_dir / name, self.run_arguments)
             best = record_best(run_dir, self.state.log_history)  # sdk/train/best.py
             limit = self.args.save_total_limit or 0
             if limit > 0:
