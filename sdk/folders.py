@@ -77,6 +77,8 @@ def disk_full_said(staging: Path, kept: str) -> Iterator[None]:
         if not is_disk_full(error, staging):
             raise
         file = getattr(error, "filename", None) or staging
+        if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list):
+            file = error.args[0][0][1]  # copytree's (source, destination, reason) of each file
         shutil.rmtree(staging, ignore_errors=True)
         raise SdkError(f"no space left on device while writing {file}; kept: {kept}. Free some "
                        "space and run the command again.") from None

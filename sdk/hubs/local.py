@@ -27,7 +27,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, token: str |
     target = Path(repo_id).expanduser()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    kept = f"the repository {target} as it was" if target.exists() else "nothing"
+    kept = (f"the repository {target} as it was" if target.exists()
+            else f"nothing, {target} was not made")
     with disk_full_said(partial, kept):
         try:
             if target.exists():  # as on the other hubs, files not pushed again stay there
