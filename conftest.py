@@ -7,10 +7,16 @@ LoRA round trip a user makes (train, infer, export merged, push, infer from the 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import os
 import shutil
+import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -215,6 +221,56 @@ def folder_digest(folder: Path) -> dict[str, str]:
     digests before and after a command to prove it changed nothing there."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+@contextmanager
+def _without_file_capabilities() -> Iterator[None]:
+    """As root, clear CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this thread's effective
+    capabilities for the block (Linux keeps them per thread; they stay permitted, so they come
+    back): file permissions then bind as for any user. Elsewhere, nothing to do."""
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0:
+        pytest.skip("cannot read this thread's capabilities")
+    effective = data[0].effective
+    data[0].effective &= ~0b110  # bits 1 and 2
+    if libc.capset(ctypes.byref(header), data) != 0:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE: file permissions do not bind for root here")
+    try:
+        yield
+    finally:
+        data[0].effective = effective
+        libc.capset(ctypes.byref(header), data)
+
+
+@pytest.fixture
+def permissions_bind() -> Iterator[None]:
+    """While the test runs, chmod binds in this thread as it does for a user, root included
+    (CI runs as root): a file without read permission cannot be read, a folder without write
+    permission cannot be written. Skips only where that cannot be had."""
+    with _without_file_capabilities(), tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"  # not in tmp_path, which folder_digest reads
+        probe.write_bytes(b"")
+        probe.chmod(0)
+        try:
+            probe.read_bytes()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("a file without read permission is still readable here")
+        yield
 
 
 @pytest.fixture(scope="session")
