@@ -105,11 +105,14 @@ def test_the_default_folder_is_beside_the_checkpoint_and_is_never_overwritten_si
     again = run_cli(*export, "--merge-lora")
     assert again.exit_code == 1
     assert "holds an earlier export; pass --overwrite" in again.stderr
-    marker = out / "note.txt"
+    marker = out / "note.txt"  # not the export's: --overwrite keeps it (issue 19)
     marker.write_text("mine")
+    kept = run_cli(*export, "--merge-lora", "--overwrite", "--dtype", "bf16")
+    assert kept.exit_code == 1 and "files that no export wrote: note.txt" in kept.stderr
+    marker.unlink()
     replaced = run_cli(*export, "--merge-lora", "--overwrite", "--dtype", "bf16")
     assert replaced.exit_code == 0, replaced.output
-    assert not marker.exists() and (out / "model.safetensors").read_bytes() != weights
+    assert (out / "model.safetensors").read_bytes() != weights
     assert json.loads((out / "sft_args.json").read_text())["dtype"] == "bf16"
 
     # a folder that is not an export is never replaced, --overwrite or not
