@@ -24,6 +24,7 @@ from sdk.config import (
     build_arguments,
     field_types,
 )
+from sdk.data.readers import cannot_read
 from sdk.errors import SdkError
 from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
 from sdk.registry import Registry
@@ -345,6 +346,8 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
             conversation = json.load(handle)
     except FileNotFoundError:
         raise SdkError(f"Messages file '{messages}' (--messages) does not exist.") from None
+    except OSError as error:
+        raise cannot_read(messages, error) from None
     except json.JSONDecodeError as error:
         extra = (" It holds more than one JSON value (a .jsonl dataset?): give one "
                  "conversation, or see a dataset's rows rendered with `sdk datasets preview "

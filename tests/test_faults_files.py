@@ -84,24 +84,30 @@ def test_export_overwrite_replaces_only_what_an_export_wrote(sdk, finished_lora_
         "exported_from"]
 
 
-@pytest.mark.parametrize("name, text, command", [
-    ("data.jsonl", '{"messages": []}\n', "sft"),
-    ("data.jsonl", '{"messages": []}\n', "preview"),
-    ("data.json", "[]", "preview"),
-    ("data.csv", "query,response\nhi,hello\n", "sft"),
+@pytest.mark.parametrize("case, command", [
+    ("data.jsonl", "sft"), ("data.jsonl", "preview"), ("data.json", "preview"),
+    ("data.csv", "sft"), ("data.json", "template render"),
+    ("locked/data.jsonl", "preview"),  # a folder on the way without permission
+    ("saved/dataset_info.json", "sft"),  # a save_to_disk folder without permission
 ])
-def test_an_unreadable_data_file_is_named(sdk, permissions_bind, tmp_path,
-                                          name, text, command):
-    data = tmp_path / name
-    data.write_text(text)
-    data.chmod(0)
+def test_an_unreadable_data_file_is_named(sdk, permissions_bind, tmp_path, case, command):
+    unreadable = tmp_path / case
+    unreadable.parent.mkdir(exist_ok=True)
+    unreadable.write_text({".jsonl": '{"messages": []}\n', ".json": "[]"}.get(
+        unreadable.suffix, "query,response\nhi,hello\n"))
+    if case.startswith("saved"):
+        (unreadable.parent / "state.json").write_text("{}")
+    (unreadable if unreadable.parent == tmp_path else unreadable.parent).chmod(0)
+    given = unreadable.parent if case.startswith("saved") else unreadable
     if command == "sft":
-        result = sdk("sft", "--model-type", TINY_MODEL_TYPE,
-                         "--dataset", data, "--output-dir", tmp_path / "out")
+        result = sdk("sft", "--model-type", TINY_MODEL_TYPE, "--dataset", given,
+                     "--output-dir", tmp_path / "out")
+    elif command == "preview":
+        result = sdk("datasets", "preview", given, "--template", "chatml")
     else:
-        result = sdk("datasets", "preview", data, "--template", "chatml")
-    one_line_error(result, f"cannot read {data}: permission denied")
-    assert list(tmp_path.iterdir()) == [data]  # nothing written
+        result = sdk("template", "render", "chatml", "--messages", given)
+    one_line_error(result, f"cannot read {unreadable}: permission denied")
+    assert [p.name for p in tmp_path.iterdir()] == [case.split("/")[0]]  # nothing written
 
 
 @pytest.mark.parametrize("case", ["output-dir", "model-type folder", "inside a file",

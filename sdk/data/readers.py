@@ -51,7 +51,7 @@ def read_jsonl(path: Path) -> Iterator[Located]:
             yield where, record
 
 
-def cannot_read(path: Path, error: OSError) -> SdkError:
+def cannot_read(path: str | Path, error: OSError) -> SdkError:
     """The one-line error for a data file the OS will not let us read."""
     return SdkError(f"cannot read {path}: {os_reason(error)}. Check the file's permissions "
                     "(or give another file).")
@@ -197,6 +197,13 @@ SUPPORTED = (f"{', '.join(sorted(READERS))} files, or a folder written by "
 
 
 def read_records(path: Path) -> Iterator[Located]:
+    try:
+        return _records(path)
+    except OSError as error:  # a folder we may not look into, a file we may not open
+        raise cannot_read(Path(error.filename or path), error) from None
+
+
+def _records(path: Path) -> Iterator[Located]:
     if path.is_dir():
         if not is_saved_dataset(path):
             raise SdkError(f"Dataset folder '{path}' was not written by datasets' "
@@ -211,8 +218,5 @@ def read_records(path: Path) -> Iterator[Located]:
     if reader is None:
         raise SdkError(f"Dataset file '{path}' has an unsupported extension; use one of "
                        f"{SUPPORTED}.")
-    try:  # now: the readers open the file only when the first record is asked for
-        path.open("rb").close()
-    except OSError as error:
-        raise cannot_read(path, error) from None
+    path.open("rb").close()  # now: the readers open the file only for the first record
     return reader(path)

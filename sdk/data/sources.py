@@ -11,7 +11,7 @@ from typing import Any
 
 from sdk.config import key_value_pairs
 from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, read_dataset_info
-from sdk.data.readers import READERS, is_saved_dataset
+from sdk.data.readers import READERS, cannot_read, is_saved_dataset
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
 from sdk.hubs.repo_id import is_repo_id
@@ -37,7 +37,7 @@ def dataset_source(name: str, registry: Registry, args: Any = None) -> DatasetSp
         spec = dataset_from_info(name, dataset_info)
     elif name in registry.entries["datasets"] or name in registry.conflicts["datasets"]:
         spec = registry.get("datasets", name)
-    elif Path(name).exists() or Path(name).suffix.lower() in READERS:
+    elif on_disk(Path(name)) or Path(name).suffix.lower() in READERS:
         return DatasetSpec(name=name, files=local_files(Path(name), "train", None, name))
     elif is_repo_id(name):
         spec = DatasetSpec(name=name, hub_ids={hub_name(args): name})
@@ -93,6 +93,15 @@ def download(spec: DatasetSpec, registry: Registry, args: Any) -> tuple[str, ...
     return local_files(Path(folder), spec.split, spec.subset, where)
 
 
+def on_disk(path: Path) -> bool:
+    """Whether ``path`` exists; one in a folder we may not look into counts (reading it then
+    says why it cannot be read)."""
+    try:
+        return path.exists()
+    except OSError:
+        return True
+
+
 def _split_tokens(path: Path) -> set[str]:
     return set(re.split(r"[/_.\-]", str(path).lower())) & SPLITS
 
@@ -100,6 +109,13 @@ def _split_tokens(path: Path) -> set[str]:
 def local_files(path: Path, split: str, subset: str | None, where: str) -> tuple[str, ...]:
     """A data file as it is; of a folder, the data files of ``split`` (files named after no
     split count as every split's) under the ``subset`` folder, hidden folders left out."""
+    try:
+        return _local_files(path, split, subset, where)
+    except OSError as error:  # a folder on the way that we may not look into
+        raise cannot_read(Path(error.filename or path), error) from None
+
+
+def _local_files(path: Path, split: str, subset: str | None, where: str) -> tuple[str, ...]:
     if path.is_file() or is_saved_dataset(path) or not path.is_dir():
         return (str(path),)  # a missing file is reported when it is read, with its name
     found = sorted(p for p in path.rglob("*")
