@@ -313,6 +313,9 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         max_steps=args.max_steps,
         logging_steps=args.logging_steps,
         logging_first_step=True,
+        # else the Trainer hides a NaN loss behind the average of the earlier ones; a
+        # non-finite loss stops the run instead (sdk/train/nonfinite.py)
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit if args.save_total_limit > 0 else None,
