@@ -17,7 +17,12 @@ from sdk.config import (
     base_type,
     field_types,
 )
-from sdk.train.nonfinite import nonfinite_step, refuse_nonfinite_weights, training_stopped
+from sdk.train.nonfinite import (
+    holds_nonfinite,
+    nonfinite_step,
+    refuse_nonfinite_weights,
+    training_stopped,
+)
 
 COMMANDS = {"sft": SftArguments, "infer": InferArguments, "deploy": DeployArguments,
             "export": ExportArguments}
@@ -75,6 +80,18 @@ def test_what_stops_a_step(loss, grad_norm, skipped, problem):
     import torch
 
     assert nonfinite_step(torch.tensor(loss), grad_norm, skipped) == problem
+
+
+@pytest.mark.parametrize("value, dtype, held", [
+    (1.0, "float32", False), (float("nan"), "float32", True), (float("-inf"), "bfloat16", True),
+    (3e38, "float32", False),  # its sum overflows, every element is finite
+    (float("nan"), "float8_e5m2", True),  # torch sums no float8
+])
+def test_which_tensors_hold_nan_or_infinity(value, dtype, held):
+    import torch
+
+    tensor = torch.tensor([1.0, value, 3e38]).to(getattr(torch, dtype))
+    assert holds_nonfinite(tensor) is held
 
 
 def test_the_stop_names_the_last_good_checkpoint(lora_run_copy):
@@ -143,25 +160,28 @@ def nan_adapter_run(lora_run_copy):
     return lora_run_copy, name
 
 
+SFT = ("sft", "--model-type", TINY_MODEL_TYPE, "--dataset", "{data}", "--max-steps", "3")
+
+
 @pytest.mark.parametrize("command", [
-    ("infer", "--query", "Who are you?"),
-    ("deploy",),
-    ("export", "--merge-lora", "true"),
-    ("push", "--hub", "local", "--repo-id", "{tmp}/hub/tiny"),
-    ("sft", "--model-type", TINY_MODEL_TYPE, "--dataset", "{data}", "--max-steps", "3",
-     "--resume-from-checkpoint"),
-], ids=lambda command: command[0])
+    ("infer", "--ckpt-dir", "{run}", "--query", "Who are you?"),
+    ("deploy", "--ckpt-dir", "{run}"),
+    ("export", "--ckpt-dir", "{run}", "--merge-lora", "true"),
+    ("push", "--hub", "local", "--ckpt-dir", "{run}", "--repo-id", "{tmp}/hub/tiny"),
+    (*SFT, "--resume-from-checkpoint", "{run}"),
+    (*SFT, "--adapter", "{run}/checkpoint-2", "--output-dir", "{tmp}/out"),
+], ids=lambda command: " ".join(part for part in command[:1] + command[-2:-1]
+                                if "{" not in part))
 def test_a_checkpoint_with_nan_weights_is_refused(run_cli, tiny_plugin_file, identity_data,
                                                   nan_adapter_run, tmp_path, command):
     run, name = nan_adapter_run
     before = folder_digest(tmp_path)
-    flags = [part.format(tmp=tmp_path, data=identity_data) for part in command]
-    result = run_cli("--plugin", tiny_plugin_file, *flags,
-                     *([run] if command[0] == "sft" else ["--ckpt-dir", run]))
+    result = run_cli("--plugin", tiny_plugin_file, *(
+        part.format(run=run, tmp=tmp_path, data=identity_data) for part in command))
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1] == (
         f"Error: checkpoint {run / 'checkpoint-2'} is damaged: adapter_model.safetensors (its "
         f"weights hold NaN or infinity: {name}). The last complete checkpoint of the run is "
         f"{run / 'checkpoint-1'}.")
     assert folder_digest(tmp_path) == before
-    assert not (tmp_path / "hub").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["identity.jsonl", "run"]

@@ -32,12 +32,23 @@ def nonfinite_step(loss: Any, grad_norm: Any, step_was_skipped: bool) -> str | N
 def nonfinite_parameter(model: Any) -> str | None:
     """The name of the first trainable parameter holding NaN or infinity, if one does: only
     these change in training, so only these are checked (LoRA's are a small part)."""
-    import torch
-
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad and not torch.isfinite(parameter).all():
+        if parameter.requires_grad and holds_nonfinite(parameter.detach()):
             return name
     return None
+
+
+def holds_nonfinite(tensor: Any) -> bool:
+    """Whether a float tensor holds NaN or infinity. Its sum is one when an element is, and
+    takes a twentieth of ``isfinite`` on a CPU (a whole model's checkpoint is read before it
+    loads); only a sum that overflowed needs the element-wise look."""
+    import torch
+
+    if not tensor.is_floating_point():
+        return False
+    if tensor.element_size() == 1:  # float8: torch sums and checks none of them
+        tensor = tensor.to(torch.float16)
+    return not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all()
 
 
 def training_stopped(step: int, what: str, run_dir: Path, learning_rate: float) -> SdkError:
@@ -55,15 +66,13 @@ def refuse_nonfinite_weights(checkpoint: Path) -> None:
     """Refuse a checkpoint whose weight files (an adapter's or a whole model's safetensors)
     hold NaN or infinity; read before anything loads them. A file that cannot be read at all
     is left to the loader, which names what is damaged."""
-    import torch
     from safetensors import SafetensorError, safe_open
 
     for file in sorted(checkpoint.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as weights:
                 for name in weights.keys():
-                    tensor = weights.get_tensor(name)
-                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    if holds_nonfinite(weights.get_tensor(name)):
                         raise damaged_checkpoint(file, f"{NONFINITE_WEIGHTS}: {name}")
         except (OSError, SafetensorError):
             continue

@@ -43,6 +43,7 @@ from sdk.train.distributed import (
 )
 from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
 from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
+from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
@@ -123,6 +124,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.adapter and not tuner.trains_adapters:
         raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
                        "train one. Use --sft-type lora (or the adapter's own kind).")
+    if args.adapter:
+        refuse_nonfinite_weights(Path(args.adapter))
     if args.quantization_bit and not tuner.trains_quantized_base:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
