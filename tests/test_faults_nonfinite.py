@@ -170,8 +170,7 @@ SFT = ("sft", "--model-type", TINY_MODEL_TYPE, "--dataset", "{data}", "--max-ste
     ("push", "--hub", "local", "--ckpt-dir", "{run}", "--repo-id", "{tmp}/hub/tiny"),
     (*SFT, "--resume-from-checkpoint", "{run}"),
     (*SFT, "--adapter", "{run}/checkpoint-2", "--output-dir", "{tmp}/out"),
-], ids=lambda command: " ".join(part for part in command[:1] + command[-2:-1]
-                                if "{" not in part))
+], ids=["infer", "deploy", "export", "push", "resume", "adapter"])
 def test_a_checkpoint_with_nan_weights_is_refused(run_cli, tiny_plugin_file, identity_data,
                                                   nan_adapter_run, tmp_path, command):
     run, name = nan_adapter_run
