@@ -11,6 +11,7 @@ rising priority: the defaults here, ``--config FILE`` (YAML or JSON), the comman
 import dataclasses
 import difflib
 import json
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -475,6 +476,10 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     flag = "--" + f.name.replace("_", "-")
     meta = f.metadata
     for item in value if isinstance(value, list) else [value]:
+        # NaN passes every range check below (each comparison is false) and infinity passes
+        # the open-ended ones; either trains to NaN weights without a word.
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SdkError(f"{flag} must be a finite number; got {item}.")
         if meta["choices"] and item not in meta["choices"]:
             allowed = ", ".join(map(str, meta["choices"]))
             raise SdkError(f"{flag} must be one of {allowed}; got '{item}'.")

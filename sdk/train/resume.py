@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sdk.config import SftArguments
 from sdk.errors import SdkError
+from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import (
     ARGS_FILE,
     LOG_FILE,
@@ -80,6 +81,7 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
                        f"{checkpoint.name} ({', '.join(later)}), which the resumed run would "
                        "replace. Resume from the run folder (its newest checkpoint), or move "
                        "the later ones out of it.")
+    refuse_nonfinite_weights(checkpoint)
     return checkpoint
 
 

@@ -44,6 +44,7 @@ from sdk.train.distributed import (
 )
 from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
 from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
+from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
 from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
@@ -124,6 +125,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if args.adapter and not tuner.trains_adapters:
         raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
                        "train one. Use --sft-type lora (or the adapter's own kind).")
+    if args.adapter:
+        refuse_nonfinite_weights(Path(args.adapter))
     if args.quantization_bit and not tuner.trains_quantized_base:
         raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
                        "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
@@ -319,6 +322,9 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         max_steps=args.max_steps,
         logging_steps=args.logging_steps,
         logging_first_step=True,
+        # else the Trainer hides a NaN loss behind the average of the earlier ones; a
+        # non-finite loss stops the run instead (sdk/train/nonfinite.py)
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit if args.save_total_limit > 0 else None,

@@ -41,6 +41,7 @@ from sdk.train.loss import (
     logits_from_output_layer,
     token_loss,
 )
+from sdk.train.nonfinite import nonfinite_parameter, nonfinite_step, training_stopped
 from sdk.train.run_dir import PARTIAL_DIR, checkpoints, write_args
 
 
@@ -153,12 +154,36 @@ class SftTrainer(Trainer):
                                                    rank=self.args.process_index))
         return self.accelerator.prepare(loader)
 
+    def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any,
+                                 **kwargs: Any) -> None:
+        # Called after every optimizer step, before its log line and its save: a non-finite
+        # loss or gradient norm stops the run here, before NaN weights reach a checkpoint.
+        self._stop_if(nonfinite_step(tr_loss, grad_norm,
+                                     self.accelerator.optimizer_step_was_skipped))
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _stop_if(self, problem: str | None) -> None:
+        if self.accelerator.num_processes > 1:
+            # The loss is each process's own: all stop together, or the others would wait
+            # forever in the next collective.
+            count = self.accelerator.reduce(torch.tensor(
+                float(problem is not None), device=self.args.device), reduction="sum")
+            if count and problem is None:
+                problem = "another process's loss or gradient norm stopped being finite"
+        if problem is not None:
+            raise training_stopped(self.state.global_step, problem, Path(self.args.output_dir),
+                                   self.args.learning_rate)
+
     def _get_output_dir(self, trial: Any) -> str:
         # The Trainer writes checkpoint-N under this folder and rotates there: while it saves,
         # that is the staging folder, which holds nothing else.
         return self._saving_into or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # A finite loss and gradient with a huge learning rate still make the update
+        # infinite: the weights themselves are checked before they are saved.
+        bad = nonfinite_parameter(self.model)
+        self._stop_if(None if bad is None else f"the weights became NaN or infinite ({bad})")
         run_dir = Path(super()._get_output_dir(trial))
         staging = run_dir / PARTIAL_DIR
         if self.args.should_save:
