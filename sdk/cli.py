@@ -496,6 +496,7 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     """Upload a checkpoint with a model card; run it again to complete a push that failed."""
     from sdk.hubs import default_hub
     from sdk.hubs.push import Destination, check_repo_id, push_checkpoint
+    from sdk.train.checkpoint_files import check_checkpoint
     from sdk.train.run_dir import find_checkpoint
 
     known = registry(ctx)
@@ -503,6 +504,7 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
                               training_state)
     check_repo_id(destination.hub, repo_id, "--repo-id")
     checkpoint = find_checkpoint(ckpt_dir, "--ckpt-dir")
+    check_checkpoint(checkpoint)  # a damaged file is refused, not published
     click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 
 

@@ -19,6 +19,7 @@ from sdk.models.rope import context_window, quiet_window_reminder
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
+from sdk.train.checkpoint_files import check_checkpoint
 from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
 from sdk.tuners import check_requires
@@ -37,15 +38,16 @@ def is_export(folder: Path) -> bool:
 
 def checkpoint_or_export(path: str) -> Path:
     """What --ckpt-dir names: a folder written by `sdk export` (any name), else a complete
-    checkpoint, or the newest complete one of a run folder."""
+    checkpoint, or the newest complete one of a run folder; refused if a file is damaged."""
     folder = Path(path)
-    if is_export(folder):
-        return folder
     if (folder / "config.json").is_file() and not (folder / ARGS_FILE).is_file():
         raise SdkError(f"--ckpt-dir '{path}' is a plain model folder (no {ARGS_FILE}), not a "
                        f"checkpoint of `sdk sft`; `sdk infer` takes it as --model-id-or-path "
                        f"'{path}' with its --model-type (`sdk models` lists them).")
-    return find_checkpoint(path, "--ckpt-dir")
+    if not is_export(folder):
+        folder = find_checkpoint(path, "--ckpt-dir")
+    check_checkpoint(folder)
+    return folder
 
 
 def whole_model_rope_refusal(checkpoint: Path, model_type: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sdk.config import SftArguments
 from sdk.errors import SdkError
+from sdk.train.checkpoint_files import check_checkpoint
 from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import (
     ARGS_FILE,
@@ -56,6 +57,8 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
                        "step> and resume from that, or train on from its weights (--adapter "
                        "for an adapter tuner).")
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    # before anything is loaded or the run's log is cut back to the checkpoint's step
+    check_checkpoint(checkpoint, resuming=True)
     for name in ("model_type", "sft_type"):
         if saved[name] != getattr(args, name):
             flag = "--" + name.replace("_", "-")

@@ -29,6 +29,7 @@ from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.best import best_checkpoint
+from sdk.train.checkpoint_files import check_adapter_fits
 from sdk.train.deepspeed_configs import (
     check_deepspeed,
     deepspeed_config,
@@ -190,6 +191,11 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     set_seed(args.seed)  # the tuner's random init (lora_A) is part of what --seed repeats
     model = resolve_callable(tuner.prepare)(model, args, spec)
     tuner_callbacks = resolve_callable(tuner.callbacks)(model, args) if tuner.callbacks else []
+    # before the log is cut back to its step; a callback that reads the checkpoint itself
+    # (AdaLoRA, PiSSA) does not load its adapter_model.safetensors
+    if (resumed and hasattr(model, "peft_config")
+            and not any(hasattr(c, "read_checkpoint") for c in tuner_callbacks)):
+        check_adapter_fits(model, resumed)
 
     # A resumed run continues in its own folder: later checkpoints and log lines go there.
     run_dir = resumed.parent if resumed else shared_run_dir(

@@ -4,6 +4,7 @@ tuner reload with ``load``."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import warnings
@@ -16,6 +17,8 @@ import click
 
 from sdk.errors import SdkError
 from sdk.specs import ModelSpec
+from sdk.train.checkpoint_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_fits
+from sdk.train.run_dir import damaged_checkpoint
 from sdk.tuners.generation import generates_with_virtual_tokens
 
 ALL_LINEAR = {"all", "all-linear", "all_linear"}
@@ -229,9 +232,29 @@ def adalora_pattern_unchecked(folder: Path) -> Iterator[None]:
         yield
 
 
+# torch's load_state_dict error, for a weight of the adapter's file that does not fit its layer
+SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape "
+                           r"torch\.Size\((\[.*?\])\) from checkpoint, the shape in current "
+                           r"model is torch\.Size\((\[.*?\])\)")
+
+
 def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -> Any:
     from peft import PeftModel
 
-    with adalora_pattern_unchecked(checkpoint_dir):
-        return generates_with_virtual_tokens(
-            PeftModel.from_pretrained(load_base_model(), str(checkpoint_dir)))
+    base = load_base_model()
+    with adalora_pattern_unchecked(checkpoint_dir), warnings.catch_warnings():
+        # check_adapter_fits names the missing weights, in an error rather than a warning
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")
+        try:
+            model = PeftModel.from_pretrained(base, str(checkpoint_dir))
+        except RuntimeError as error:  # a weight whose shape the config's layer cannot take
+            found = SIZE_MISMATCH.search(str(error))
+            reason = (f"{found[1].replace('.default.', '.')} is {found[2]}, this base model "
+                      f"needs {found[3]}" if found else str(error).strip().splitlines()[0])
+            raise damaged_checkpoint(checkpoint_dir / ADAPTER_WEIGHTS, "the adapter of another "
+                                     f"model, or of other settings: {reason}") from None
+        except ValueError as error:  # target modules the base model does not have
+            raise damaged_checkpoint(checkpoint_dir / ADAPTER_CONFIG, "the adapter of another "
+                                     f"model: {error}") from None
+    check_adapter_fits(model, checkpoint_dir)
+    return generates_with_virtual_tokens(model)
