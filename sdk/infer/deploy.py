@@ -64,15 +64,14 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
                        "--num-beams.")
     name = served_model_name(args)
     sock = listening_socket(args.host, args.port)
-    import uvicorn
     from transformers import set_seed
 
-    from sdk.infer.openai_api import Served, create_app
+    from sdk.infer.openai_api import Served, Server
 
     set_seed(args.seed)
     model, tokenizer, template = load_for_inference(args, registry)
-    app = create_app(Served(model, tokenizer, template, args, name))
+    server = Server(Served(model, tokenizer, template, args, name))
     host, port = sock.getsockname()[:2]
     click.echo(f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
                "/v1/chat/completions); Ctrl-C stops", err=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    server.run(sockets=[sock])

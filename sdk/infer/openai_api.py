@@ -4,22 +4,31 @@
 Replies are what `sdk infer` answers (the same prompt encoding, decoding options, stop words
 and trimming: sdk/infer/chat.py); a streamed reply holds back text that a stop word may still
 cut, so its chunks joined are the whole reply. Errors are OpenAI's JSON
-``{"error": {"message", "type", "param", "code"}}``."""
+``{"error": {"message", "type", "param", "code"}}``.
+
+`Server` stops it as a supervisor expects: the first SIGTERM or Ctrl-C ends every generation
+at its next token (a stream gets an error event, then ``[DONE]``; a whole reply a 503), a
+second one ends the process at once."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any, Literal
 
 import anyio
 import click
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -42,7 +51,11 @@ from sdk.templates.engine import Template
 # overflows them, and sampling from the overflow fails (on a GPU, with a device-side assert).
 GREEDY_BELOW = 1e-5
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 500: "server_error"}
+               405: "invalid_request_error", 415: "invalid_request_error", 500: "server_error",
+               503: "server_error"}
+# How long a stopping server waits for its connections to close before it cuts them: the
+# generations have ended at their next token, so this is only for clients slow to read.
+GRACE_SECONDS = 3
 
 
 class ApiError(Exception):
@@ -53,9 +66,16 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, self.param, self.code)
+
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.status, self.message, self.param, self.code),
-                            status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def server_stopping() -> ApiError:
+    return ApiError(503, "The server is shutting down (SIGTERM or Ctrl-C), so this reply was "
+                    "ended; send the request again once it is back.", code="server_shutting_down")
 
 
 def error_body(status: int, message: str, param: str | None = None,
@@ -149,14 +169,16 @@ def request_error(error: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {message}" if param else message, param or None)
 
 
-class LeftEarly(StoppingCriteria):
-    """Ends a generation whose reader has gone (a client that disconnected mid-stream)."""
+class EndsEarly(StoppingCriteria):
+    """Ends a generation at the next token once one of ``events`` is set: its reader has gone
+    (a client that disconnected mid-stream), or the server stops."""
 
-    def __init__(self, gone: threading.Event):
-        self.gone = gone
+    def __init__(self, *events: threading.Event):
+        self.events = events
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        return torch.full((input_ids.shape[0],), self.gone.is_set(), dtype=torch.bool,
+        ended = any(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), ended, dtype=torch.bool,
                           device=input_ids.device)
 
 
@@ -193,8 +215,9 @@ class Reply:
 
     def __iter__(self) -> Iterator[str]:
         served, gone = self.served, self.gone
-        options = {**self.options, "stopping_criteria": StoppingCriteriaList([LeftEarly(gone)])}
-        with served.lock:
+        options = {**self.options,
+                   "stopping_criteria": StoppingCriteriaList([EndsEarly(gone, served.stopping)])}
+        with served.turn():
             if self.seed is not None:
                 set_seed(self.seed)
             streamed = StreamedReply(served.model, served.tokenizer, self.inputs, options)
@@ -209,6 +232,8 @@ class Reply:
             finally:  # a reader that left: end the generation now, not at max_tokens
                 gone.set()
                 pieces.close()
+            if served.stopping.is_set():
+                raise server_stopping()
             self.text = finish_reply(raw, self.stop_strings)
             if len(self.text) > len(sent):
                 yield self.text[len(sent):]
@@ -233,11 +258,27 @@ class Served:
     defaults: GenerationArguments
     name: str
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # set: the server stops; generations end at their next token, and no other one starts
+    stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
     @property
     def stop_ids(self) -> list[int]:
         return stop_tokens(self.template, self.tokenizer)[0]
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Holds ``lock`` (one generation at a time); a request still waiting for it when the
+        server stops is a 503."""
+        while not self.lock.acquire(timeout=0.1):
+            if self.stopping.is_set():
+                raise server_stopping()
+        try:
+            if self.stopping.is_set():
+                raise server_stopping()
+            yield
+        finally:
+            self.lock.release()
 
     def reply(self, request: ChatCompletionRequest) -> Reply:
         """The generation ``request`` asks for, its prompt encoded (a conversation the
@@ -301,6 +342,13 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
+        # The body is read as JSON whatever it is sent as, so say so rather than guess: a
+        # client posting a form or text has a bug the caller should see.
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(415, "Send the request body as JSON with the header Content-Type: "
+                           f"application/json (this one came as "
+                           f"{media_type or 'no Content-Type'}).", code="unsupported_media_type")
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as error:
@@ -318,6 +366,8 @@ def create_app(served: Served) -> FastAPI:
                                      media_type="text/event-stream")
         try:
             await generated_whole(reply, request)
+        except ApiError:
+            raise
         except Exception as error:
             raise generation_failed(error) from None
         return {**head, "object": "chat.completion", "choices": [{
@@ -349,7 +399,7 @@ def generation_failed(error: Exception) -> ApiError:
 
 def events(reply: Reply, head: dict[str, Any], include_usage: bool) -> Iterator[str]:
     """The server-sent events of a streamed reply: OpenAI's chat.completion.chunk objects,
-    then ``[DONE]``; a failure is an ``error`` event."""
+    then ``[DONE]``; a failure, or the server stopping, is an ``error`` event."""
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
         return event({**head, "object": "chat.completion.chunk", "choices": [{
             "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
@@ -358,6 +408,8 @@ def events(reply: Reply, head: dict[str, Any], include_usage: bool) -> Iterator[
     try:
         for piece in reply:
             yield chunk({"content": piece})
+    except ApiError as error:
+        yield event(error.body())
     except Exception as error:
         yield event(error_body(500, generation_failed(error).message))
     else:
@@ -382,3 +434,57 @@ async def closed_when_done(iterator: Iterator[str]) -> AsyncIterator[str]:
     finally:
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(iterator.close)
+
+
+class CutOffAnswered:
+    """ASGI middleware: a request that uvicorn cuts off once GRACE_SECONDS have passed (a body
+    still arriving, a stream its client does not read) is a 503 if nothing was sent yet, else
+    its connection is closed; either way with one line on the console, where uvicorn alone
+    prints a CancelledError traceback."""
+
+    def __init__(self, app: Any, stopping: threading.Event):
+        self.app, self.stopping = app, stopping
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            click.echo(f"[sdk] {scope.get('method')} {scope.get('path')}: still open "
+                       f"{GRACE_SECONDS} s after the server began to stop; cut off.", err=True)
+            if not started:
+                await server_stopping().response()(scope, receive, send)
+
+
+class Server(uvicorn.Server):
+    """uvicorn serving ``served``. The first SIGTERM or Ctrl-C sets ``served.stopping``, so
+    generations end at their next token and their requests are answered (an error event, a
+    503) before uvicorn closes the connections, within GRACE_SECONDS; a second one ends the
+    process at once, as the only way out when something still hangs."""
+
+    def __init__(self, served: Served, log_level: str = "info"):
+        # lifespan off: the app has no startup or shutdown of its own to run
+        app = CutOffAnswered(create_app(served), served.stopping)
+        super().__init__(uvicorn.Config(app, log_level=log_level,
+                                        lifespan="off", timeout_graceful_shutdown=GRACE_SECONDS))
+        self.served = served
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn's own handler re-raises the signal once stopped (a KeyboardInterrupt, a
+        # death by SIGTERM); a server stopped as asked exits 0 instead
+        name = signal.Signals(sig).name
+        if self.should_exit:
+            click.echo(f"[sdk] {name} again: stopped at once.", err=True)
+            os._exit(128 + sig)  # threads still generating cannot hold the process
+        click.echo(f"[sdk] {name}: stopping; replies in progress end now with an error "
+                   "(Ctrl-C again quits at once).", err=True)
+        self.served.stopping.set()
+        self.should_exit = True
