@@ -12,9 +12,10 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,13 @@ OTHER_TOOLS_FLAGS = {
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
         at_least: float | None = None, above: float | None = None,
         below: float | None = None, at_most: float | None = None,
-        secret: bool = False) -> Any:
+        secret: bool = False, path: str | None = None) -> Any:
     """A field with its help text and the values it accepts (checked by build_arguments).
-    A ``secret`` value (a token) is never saved with a run."""
+    A ``secret`` value (a token) is never saved with a run. ``path`` marks a value that names
+    something on this machine, saved absolute (see absolute_paths): "path" a file or folder,
+    "datasets" dataset entries that may be files, "name=path" NAME=PATH pairs."""
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above,
-                "below": below, "at_most": at_most, "secret": secret}
+                "below": below, "at_most": at_most, "secret": secret, "path": path}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -77,7 +80,7 @@ def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
 class ModelArguments:
     model_type: str | None = arg(None, "Model type to load (see `sdk models`).")
     model_id_or_path: str | None = arg(
-        None, "Local model folder to use instead of the model type's hub copy.")
+        None, "Local model folder to use instead of the model type's hub copy.", path="path")
     template: str | None = arg(None, "Chat template (default: the model type's).")
     system: str | None = arg(None, "System prompt (default: the template's).")
     dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
@@ -110,19 +113,21 @@ class ModelArguments:
 class SftArguments(ModelArguments):
     sft_type: str = arg("lora", "Tuner (see `sdk tuners`).")
     dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files; "
-                             "NAME#N samples N rows (deterministic under --seed).")
+                             "NAME#N samples N rows (deterministic under --seed).",
+                             path="datasets")
     dataset_format: str | None = arg(None, "Record format; detected when left out.")
     dataset_info: str | None = arg(None, "A dataset_info.json (LLaMA-Factory / "
                                    "ChatGLM-Efficient-Tuning) that defines the --dataset "
-                                   "names.")
+                                   "names.", path="path")
     dataset_path: list[str] = arg(
         [], "NAME=PATH: read the registered dataset NAME from a local file or folder instead "
-        "of its hub repository (e.g. alpaca-zh=/data/alpaca_gpt4_data_zh.json).")
+        "of its hub repository (e.g. alpaca-zh=/data/alpaca_gpt4_data_zh.json).",
+        path="name=path")
     columns: list[str] = arg(
         [], "FIELD=OURS: rename record fields before the format is detected, e.g. "
         "question=instruction answer=output.")
     val_dataset: list[str] = arg([], "Held-out datasets to compute eval loss on (like "
-                                 "--dataset).")
+                                 "--dataset).", path="datasets")
     split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "
                                      "the training rows for eval loss.", at_least=0, below=1)
     eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
@@ -131,7 +136,8 @@ class SftArguments(ModelArguments):
         [], "Name for self-cognition data: one name, or a Chinese and an English one.")
     model_author: list[str] = arg(
         [], "Author for self-cognition data: one, or a Chinese and an English one.")
-    output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.")
+    output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.",
+                          path="path")
     dataset_num_proc: int = arg(1, "Processes that tokenize the data (datasets' map).",
                                 at_least=1)
     skip_bad_records: bool = arg(False, "Leave out records that cannot be read or converted "
@@ -223,7 +229,8 @@ class SftArguments(ModelArguments):
                                           "encodes the virtual tokens.", at_least=1)
     adapter: str | None = arg(
         None, "Continue training this peft adapter (a folder with adapter_config.json and "
-        "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).")
+        "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).",
+        path="path")
     freeze_trainable_layers: int = arg(2, "--sft-type freeze: how many last layers train.",
                                        at_least=0)
     freeze_trainable_modules: list[str] = arg(
@@ -239,7 +246,7 @@ class SftArguments(ModelArguments):
                                 "optimizer state: smaller, but training cannot resume from them.")
     resume_from_checkpoint: str | None = arg(
         None, "Resume an interrupted run: a checkpoint folder, or auto for the newest complete "
-        "checkpoint of the newest run of this model type under --output-dir.")
+        "checkpoint of the newest run of this model type under --output-dir.", path="path")
     neftune_noise_alpha: float | None = arg(
         None, "NEFTune: add uniform noise of this scale to the input embeddings while "
         "training (5 is usual).", above=0)
@@ -509,6 +516,35 @@ def flag_with_value(arguments: Any, name: str) -> str:
     value = getattr(arguments, name)
     shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
     return f"--{name.replace('_', '-')} {shown.lower() if isinstance(value, bool) else shown}"
+
+
+def absolute_paths(arguments: Any, is_name: Callable[[str], bool]) -> Any:
+    """``arguments`` with each relative path in a ``path`` field that names something here made
+    absolute, so that the run's saved arguments mean the same from any folder. A dataset entry
+    keeps its ``#N``; one that ``is_name`` (a registered or --dataset-info name, looked up
+    before files) or that is no file here (a hub id) stays as given."""
+    def absolute(value: str) -> str:
+        return value if os.path.isabs(value) or not os.path.exists(value) \
+            else os.path.abspath(value)
+
+    def dataset(entry: str) -> str:
+        base, hash_sign, count = entry.rpartition("#")
+        if not hash_sign:
+            base, count = entry, ""
+        return entry if is_name(base) else absolute(base) + hash_sign + count
+
+    def pair(item: str) -> str:
+        name, equals, value = item.partition("=")
+        return item if not equals else f"{name}={absolute(value)}"
+
+    convert = {"path": absolute, "datasets": dataset, "name=path": pair}
+    changes = {}
+    for f in dataclasses.fields(arguments):
+        value = getattr(arguments, f.name)
+        if f.metadata["path"] and value:
+            to = convert[f.metadata["path"]]
+            changes[f.name] = [to(v) for v in value] if isinstance(value, list) else to(value)
+    return dataclasses.replace(arguments, **changes)
 
 
 def saved_arguments(arguments: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,36 @@ def _generate(source: DatasetSpec, registry: Registry, args: Any, format_name: s
     Path(skipped_file).write_text(json.dumps(skipped or []), encoding="utf-8")
 
 
+def data_cache(output_dir: str) -> Path:
+    """Where read and tokenized data is cached: ``$SFT_SDK_CACHE/datasets``, else (a read-only
+    home or cache) ``OUTPUT_DIR/.sft-sdk-cache/datasets``, said in one line."""
+    folder = cache_dir() / "datasets"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # a folder may exist and still be read-only
+        return folder
+    except OSError as error:
+        reason = error.strerror or str(error)
+    fallback = Path(output_dir) / ".sft-sdk-cache" / "datasets"
+    try:
+        fallback.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SdkError(f"The data cache {folder} cannot be written ({reason}), nor "
+                       f"{fallback} ({error.strerror or error}); set SFT_SDK_CACHE to a "
+                       "writable folder.") from None
+    click.echo(f"[sdk] the data cache {folder} cannot be written ({reason}): caching in "
+               f"{fallback} instead (SFT_SDK_CACHE sets the cache).", err=True)
+    return fallback
+
+
 def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
-                          skipped: list[str] | None, flag: str = "--dataset") -> Any:
-    """The ``--dataset`` entries (``NAME#N`` sampled) as one Arrow dataset of messages."""
+                          skipped: list[str] | None, folder: Path,
+                          flag: str = "--dataset") -> Any:
+    """The ``--dataset`` entries (``NAME#N`` sampled) as one Arrow dataset of messages, cached
+    in ``folder``."""
     from datasets import Dataset, concatenate_datasets
     from datasets.exceptions import DatasetGenerationError
 
-    folder = cache_dir() / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
     parts = []
     given_as: dict[tuple[str, ...], list[str]] = {}  # the files read -> the entries naming them
     for name_and_count in names:
@@ -129,10 +152,11 @@ def training_and_held_out(args: Any, registry: Registry,
                           skipped: list[str] | None) -> tuple[Any, Any | None]:
     """A run's training rows and its held-out rows (None when it holds none out): the
     ``--val-dataset`` entries, else a seeded ``--split-dataset-ratio`` of ``--dataset``."""
-    conversations = conversations_dataset(args.dataset, registry, args, skipped)
+    folder = data_cache(args.output_dir)
+    conversations = conversations_dataset(args.dataset, registry, args, skipped, folder)
     if args.val_dataset:
         return conversations, conversations_dataset(args.val_dataset, registry, args, skipped,
-                                                    "--val-dataset")
+                                                    folder, "--val-dataset")
     train_rows, held_rows = split_indices(len(conversations), args.split_dataset_ratio,
                                           args.seed)
     if not held_rows:

@@ -60,6 +60,14 @@ def dataset_source(name: str, registry: Registry, args: Any = None) -> DatasetSp
     return dataclasses.replace(spec, files=files, hub_ids={})
 
 
+def is_dataset_name(name: str, registry: Registry, args: Any = None) -> bool:
+    """Whether dataset_source takes ``name`` for a --dataset-info or registered name, which
+    it looks up before local paths."""
+    dataset_info = getattr(args, "dataset_info", None)
+    return (name in registry.entries["datasets"] or name in registry.conflicts["datasets"]
+            or bool(dataset_info) and name in read_dataset_info(dataset_info))
+
+
 def hub_name(args: Any) -> str:
     return getattr(args, "hub", None) or default_hub()
 

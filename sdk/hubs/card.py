@@ -16,11 +16,12 @@ from sdk.config import SftArguments
 from sdk.data.readers import READERS
 from sdk.registry import Registry
 
-# Arguments that name folders or files on the training machine.
-LOCAL_PATH_ARGUMENTS = ("model_id_or_path", "output_dir", "dataset_info", "dataset_path",
-                        "adapter", "resume_from_checkpoint")
+# Arguments that name folders or files on the training machine (saved absolute).
+LOCAL_PATH_ARGUMENTS = tuple(f.name for f in dataclasses.fields(SftArguments)
+                             if f.metadata["path"] in ("path", "name=path"))
 # Arguments that list datasets: names and hub ids are published, local files and folders not.
-DATASET_ARGUMENTS = ("dataset", "val_dataset")
+DATASET_ARGUMENTS = tuple(f.name for f in dataclasses.fields(SftArguments)
+                          if f.metadata["path"] == "datasets")
 SECRET_ARGUMENTS = tuple(f.name for f in dataclasses.fields(SftArguments)
                          if f.metadata["secret"])
 

@@ -7,6 +7,7 @@ cut short is skipped, and a step logged twice counts once, with its last value).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,18 @@ def plot_run(path: Path, output: Path | None = None) -> Path:
 
 
 def draw(curves: LossCurves, run_dir: Path, target: Path) -> None:
-    import matplotlib
+    # Under a read-only home matplotlib keeps its config and font cache in a temporary folder
+    # (removed at exit) and warns in two lines about that, which concern no plot.
+    importing = logging.getLogger("matplotlib")
+    level = importing.level
+    importing.setLevel(logging.ERROR)
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")  # files only: no display needed
-    from matplotlib import pyplot
+        matplotlib.use("Agg")  # files only: no display needed
+        from matplotlib import pyplot
+    finally:
+        importing.setLevel(level)
 
     figure, axes = pyplot.subplots(figsize=(8, 5))
     try:

@@ -66,7 +66,7 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
                            f"run has {flag} {getattr(args, name)}. Give {flag} {saved[name]} "
                            f"to resume it, or leave out {FLAG} for a fresh run.")
     changed = [name for name in SHAPING_ARGUMENTS
-               if name in saved and (saved[name] or None) != (getattr(args, name) or None)]
+               if name in saved and not same_setting(name, saved[name], getattr(args, name))]
     if changed:
         given = "; ".join(f"--{name.replace('_', '-')} {saved[name]!r} there, "
                           f"{getattr(args, name)!r} now" for name in changed)
@@ -86,6 +86,12 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
                        "the later ones out of it.")
     refuse_nonfinite_weights(checkpoint)
     return checkpoint
+
+
+def same_setting(name: str, saved: object, given: object) -> bool:
+    if name == "adapter" and saved and given:  # saved absolute; by older runs as given
+        return os.path.abspath(str(saved)) == os.path.abspath(str(given))
+    return (saved or None) == (given or None)
 
 
 def keep_log_until(run_dir: Path, step: int) -> None:

@@ -16,9 +16,10 @@ from typing import Any
 import click
 
 from sdk import __version__
-from sdk.config import TRACKER_PACKAGES, SftArguments, saved_arguments
+from sdk.config import TRACKER_PACKAGES, SftArguments, absolute_paths, saved_arguments
 from sdk.data.arrow import tokenized_dataset, training_and_held_out
 from sdk.data.encode import EncodeSettings
+from sdk.data.sources import is_dataset_name
 from sdk.errors import SdkError
 from sdk.folders import require_writable
 from sdk.hubs import default_hub
@@ -200,7 +201,9 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     # A resumed run continues in its own folder: later checkpoints and log lines go there.
     run_dir = resumed.parent if resumed else shared_run_dir(
         lambda: new_run_dir(args.output_dir, args.model_type))
-    saved = {**saved_arguments(args), "sdk_version": __version__}
+    # absolute: `sdk infer --ckpt-dir` and --val-dataset-from-run work from any folder
+    portable = absolute_paths(args, lambda name: is_dataset_name(name, registry, args))
+    saved = {**saved_arguments(portable), "sdk_version": __version__}
     try:
         trainer = build_trainer(model, tokenizer, examples, eval_examples, args,
                                 tuner.default_learning_rate, run_dir, saved)

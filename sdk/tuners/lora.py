@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,7 +48,8 @@ def with_adapters(model: Any, config: Any) -> Any:
         # QuantLinear, which peft does wrap when named) are not: it would find nothing
         config.target_modules = quantized
     try:
-        return get_peft_model(model, config)
+        with gptqmodel_only_for_gptq(model):
+            return get_peft_model(model, config)
     except ValueError as error:
         if "not found in the base model" not in str(error):
             raise
@@ -65,6 +67,28 @@ def quantized_linear_names(model: Any) -> list[str]:
     nn.Linear (those with a packed ``qweight``: GPTQ), as --lora-target-modules lists them."""
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                    if hasattr(module, "qweight") and hasattr(module, "in_features")})
+
+
+@contextmanager
+def gptqmodel_only_for_gptq(model: Any) -> Iterator[None]:
+    """peft imports gptqmodel, when installed, to test each layer it wraps for a GPTQ kernel.
+    That import (its tokenicer) creates folders under HF_HOME, which fails under a read-only
+    home, and sets HF_HOME when unset: a model with no GPTQ layer is not tested."""
+    import peft  # noqa: F401  (its modules are all imported, so all of them are switched)
+
+    if quantized_linear_names(model) or "gptqmodel" in sys.modules:
+        yield
+        return
+    switched = {module: module.is_gptqmodel_available for module in list(sys.modules.values())
+                if getattr(module, "__name__", "").startswith("peft.")
+                and hasattr(module, "is_gptqmodel_available")}
+    for module in switched:
+        module.is_gptqmodel_available = lambda: False
+    try:
+        yield
+    finally:
+        for module, original in switched.items():
+            module.is_gptqmodel_available = original
 
 
 def ready_for_adapters(model: Any, args: Any) -> Any:
@@ -115,7 +139,7 @@ def continue_adapter(model: Any, adapter: str) -> Any:
         (staged / "adapter_model.bin").symlink_to((folder / OLDER_WEIGHT_FILE).resolve())
         folder = staged
     try:
-        with adalora_pattern_unchecked(folder):
+        with adalora_pattern_unchecked(folder), gptqmodel_only_for_gptq(model):
             return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     except (RuntimeError, ValueError, KeyError) as error:
         raise SdkError(f"--adapter '{adapter}' does not fit this base model ({error}). Use "
@@ -242,7 +266,8 @@ def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -
     from peft import PeftModel
 
     base = load_base_model()
-    with adalora_pattern_unchecked(checkpoint_dir), warnings.catch_warnings():
+    with (adalora_pattern_unchecked(checkpoint_dir), gptqmodel_only_for_gptq(base),
+          warnings.catch_warnings()):
         # check_adapter_fits names the missing weights, in an error rather than a warning
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
         try:
