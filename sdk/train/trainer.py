@@ -169,7 +169,8 @@ class SftTrainer(Trainer):
             count = self.accelerator.reduce(torch.tensor(
                 float(problem is not None), device=self.args.device), reduction="sum")
             if count and problem is None:
-                problem = "another process's loss or gradient norm stopped being finite"
+                problem = ("the loss, gradient norm or weights of another process became NaN "
+                           "or infinite")
         if problem is not None:
             raise training_stopped(self.state.global_step, problem, Path(self.args.output_dir),
                                    self.args.learning_rate)
