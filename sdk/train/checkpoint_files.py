@@ -182,7 +182,6 @@ def check_adapter_fits(model: Any, checkpoint: Path) -> None:
         return
     from peft.utils import get_peft_model_state_dict
 
-    config = model.peft_config[model.active_adapter]
     expected = {name: list(tensor.shape)
                 for name, tensor in get_peft_model_state_dict(model).items()}
     saved = {name: entry["shape"] for name, entry in safetensors_header(path).items()}
@@ -195,8 +194,6 @@ def check_adapter_fits(model: Any, checkpoint: Path) -> None:
     if missing:
         raise damaged_checkpoint(path, f"{hint}: it lacks {len(missing)} of the adapter's "
                                  f"weights, e.g. {missing[0]}")
-    if config.peft_type.value == "ADALORA":
-        return  # its pruned ranks differ from a freshly built model's, and are restored apart
     for name, shape in saved.items():
         if shape != expected[name]:
             raise damaged_checkpoint(path, f"{hint}: {name} is {shape}, this base model needs "
