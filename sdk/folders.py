@@ -33,7 +33,8 @@ def require_writable(folder: str | Path, flag: str) -> None:
     way (``a_file/sub``), no permission, a read-only filesystem. Nothing is created: the
     nearest folder that exists is probed with a file written and removed again."""
     folder = Path(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    # lexists: False, not an error, under a folder we may not look into; the probe then fails
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
     if not existing.is_dir():
         if existing == folder:
             raise SdkError(f"{flag} '{folder}' is a file; give a folder.")
@@ -59,7 +60,7 @@ def is_disk_full(error: BaseException, folder: Path) -> bool:
     if not isinstance(error, (OSError, RuntimeError)):
         return False
     try:
-        usage = os.statvfs(next(p for p in (folder, *folder.parents) if p.exists()))
+        usage = os.statvfs(next(p for p in (folder, *folder.parents) if os.path.exists(p)))
     except OSError:
         return False
     free = usage.f_bfree if os.geteuid() == 0 else usage.f_bavail  # root may use reserved blocks

@@ -111,7 +111,7 @@ def test_an_unreadable_data_file_is_named(sdk, permissions_bind, tmp_path, case,
 
 
 @pytest.mark.parametrize("case", ["output-dir", "model-type folder", "inside a file",
-                                  "resumed run"])
+                                  "under a locked folder", "resumed run"])
 def test_sft_refuses_an_output_folder_it_cannot_write_before_loading(
         sdk, identity_data, lora_run_copy, permissions_bind,
         no_model_load, tmp_path, case):
@@ -128,6 +128,10 @@ def test_sft_refuses_an_output_folder_it_cannot_write_before_loading(
         (tmp_path / "a_file").write_text("in the way")
         output = tmp_path / "a_file" / "sub"
         words = [f"'{tmp_path / 'a_file'}' is a file in the way"]
+    elif case == "under a locked folder":
+        (tmp_path / "locked").mkdir(mode=0)
+        output = tmp_path / "locked" / "out"
+        words.append(f"(in '{tmp_path / 'locked'}', where it would be created)")
     else:
         lora_run_copy.chmod(0o555)
         flags = ["--resume-from-checkpoint", lora_run_copy, "--max-steps", "3"]

@@ -96,7 +96,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
                  + model_types_for_folder(args.model_id_or_path, registry)
                  if args.model_id_or_path else "")
         raise SdkError(f"--model-type is required (`sdk models` lists them).{given}")
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise SdkError(f"--output-dir '{args.output_dir}' is a file; give a folder.")
     if not args.dataset:
         raise SdkError("--dataset is required: a name from `sdk datasets` or a .json/.jsonl "
