@@ -7,8 +7,6 @@ import importlib.util
 import socket
 from pathlib import Path
 
-import click
-
 from sdk.config import DeployArguments
 from sdk.errors import SdkError
 from sdk.infer.chat import checkpoint_or_export, is_export, load_for_inference
@@ -70,8 +68,7 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
 
     set_seed(args.seed)
     model, tokenizer, template = load_for_inference(args, registry)
-    server = Server(Served(model, tokenizer, template, args, name))
     host, port = sock.getsockname()[:2]
-    click.echo(f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
-               "/v1/chat/completions); Ctrl-C stops", err=True)
-    server.run(sockets=[sock])
+    Server(Served(model, tokenizer, template, args, name), ready=(
+        f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
+        "/v1/chat/completions); Ctrl-C stops")).run(sockets=[sock])
