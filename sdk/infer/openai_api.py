@@ -493,6 +493,9 @@ class Server(uvicorn.Server):
         self.served.stopping.set()
         if again:
             click.echo(f"[sdk] {name} again: stopped at once.", err=True)
-            os._exit(128 + sig)  # threads still generating cannot hold the process
+            # die by the signal, as without handlers: threads still generating cannot hold
+            # the process, and nothing unwinds into a traceback
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
         click.echo(f"[sdk] {name}: stopping; replies in progress end now with an error "
                    "(Ctrl-C again quits at once).", err=True)
