@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import queue
@@ -22,19 +23,18 @@ from conftest import CONVERSATIONS, TINY_MODEL_TYPE, train_and_reload
 from sdk.config import DeployArguments, InferArguments
 from sdk.infer.chat import generate, load_for_inference
 from sdk.infer.deploy import listening_socket, served_model_name
-from sdk.infer.openai_api import Served, create_app
+from sdk.infer.openai_api import Served, Server
 
 USER = CONVERSATIONS["single turn"]
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 @contextmanager
-def serving(app: Any):
-    """``app`` served by uvicorn in a background thread; gives its base URL."""
-    import uvicorn
-
+def serving(loaded: Served):
+    """``loaded`` served as `sdk deploy` serves it, from a background thread; gives its base
+    URL and the server."""
     sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = Server(loaded, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -42,22 +42,27 @@ def serving(app: Any):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(10)
 
 
 @pytest.fixture(scope="module")
-def served(tiny_plugin_file):
-    """The tiny model type, loaded as `sdk deploy --model-type` loads it, and its server."""
+def loaded(tiny_plugin_file) -> Served:
+    """The tiny model type, loaded as `sdk deploy --model-type` loads it."""
     from sdk.plugins import load_plugins
 
     args = DeployArguments(model_type=TINY_MODEL_TYPE, max_new_tokens=8)
     model, tokenizer, template = load_for_inference(args, load_plugins(
         [str(tiny_plugin_file)]).registry)
-    loaded = Served(model, tokenizer, template, args, served_model_name(args))
-    with serving(create_app(loaded)) as url:
+    return Served(model, tokenizer, template, args, served_model_name(args))
+
+
+@pytest.fixture(scope="module")
+def served(loaded):
+    """``loaded`` and its server."""
+    with serving(loaded) as (url, _):
         yield url, loaded
 
 
@@ -347,6 +352,52 @@ def test_deploy_help_imports_neither_torch_nor_transformers():
     assert "--served-model-name" in result.stdout and "--query" not in result.stdout
 
 
+@dataclasses.dataclass
+class Deployed:
+    """`sdk deploy` running in a subprocess: its base URL, the name it serves, and its stderr
+    (``lines`` not yet read, ``log`` all so far)."""
+
+    process: subprocess.Popen
+    url: str
+    name: str
+    lines: queue.Queue[str]
+    log: list[str]
+    reader: threading.Thread
+
+    def line_with(self, words: str) -> str:
+        """The next stderr line with ``words`` in it (waiting for it)."""
+        while words not in (line := self.lines.get(timeout=60)):
+            pass
+        return line
+
+    def ended(self, timeout: float) -> tuple[int, str]:
+        """The exit status and the whole stderr, once the process ends (in ``timeout`` s)."""
+        status = self.process.wait(timeout)
+        self.reader.join(timeout)
+        return status, "".join(self.log)
+
+
+@contextmanager
+def sdk_deploy(*args: Any):
+    """`sdk ARGS --port 0` (ARGS: global options, `deploy`, its flags) in a subprocess, given
+    once it serves; SIGTERM ends it afterwards if it still runs."""
+    process = subprocess.Popen([sys.executable, "-m", "sdk", *map(str, args), "--port", "0"],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: [(log.append(line), lines.put(line))
+                                              for line in process.stderr], daemon=True)
+    reader.start()
+    try:
+        while not (found := re.search(r"serving '(.+)' at (http://\S+)/v1",
+                                      lines.get(timeout=120))):
+            assert process.poll() is None, "sdk deploy ended"
+        yield Deployed(process, found.group(2), found.group(1), lines, log, reader)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 @pytest.mark.slow
 def test_sdk_deploy_serves_a_trained_checkpoint(plugin_set, tiny_model_dir, identity_data,
                                                 tmp_path, tiny_plugin_file, run_cli):
@@ -354,22 +405,9 @@ def test_sdk_deploy_serves_a_trained_checkpoint(plugin_set, tiny_model_dir, iden
                                identity_data, tmp_path / "output")
     run_dir = trained.result.run_dir
     asked = ["--ckpt-dir", str(run_dir), "--max-new-tokens", "8"]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sdk", "--plugin", str(tiny_plugin_file), "deploy", *asked,
-         "--port", "0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in server.stderr],
-                     daemon=True).start()
-    try:
-        while not (found := re.search(r"serving '(.+)' at (http://\S+)/v1",
-                                      lines.get(timeout=120))):
-            assert server.poll() is None, "sdk deploy ended"
-        name, url = found.groups()
-        assert name == run_dir.name
-        answer = complete(url, model=name)
-    finally:
-        server.terminate()
-        server.wait(30)
+    with sdk_deploy("--plugin", tiny_plugin_file, "deploy", *asked) as server:
+        assert server.name == run_dir.name
+        answer = complete(server.url, model=server.name)
     result = run_cli("--plugin", tiny_plugin_file, "infer", *asked, "--query",
                      USER[0]["content"], "--stream", "false")
     assert result.exit_code == 0, result.output

@@ -4,10 +4,9 @@ API (sdk/infer/openai_api.py) with uvicorn."""
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 from pathlib import Path
-
-import click
 
 from sdk.config import DeployArguments
 from sdk.errors import SdkError
@@ -70,8 +69,10 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
 
     set_seed(args.seed)
     model, tokenizer, template = load_for_inference(args, registry)
-    server = Server(Served(model, tokenizer, template, args, name))
     host, port = sock.getsockname()[:2]
-    click.echo(f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
-               "/v1/chat/completions); Ctrl-C stops", err=True)
-    server.run(sockets=[sock])
+    Server(Served(model, tokenizer, template, args, name), ready=(
+        f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
+        "/v1/chat/completions); Ctrl-C stops")).run(sockets=[sock])
+    # Stopped. Exiting with torch loaded takes seconds: a Ctrl-C meanwhile ends it at once, as
+    # during the stop, not with a KeyboardInterrupt from wherever the exit has got to.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -468,23 +468,34 @@ class Server(uvicorn.Server):
     """uvicorn serving ``served``. The first SIGTERM or Ctrl-C sets ``served.stopping``, so
     generations end at their next token and their requests are answered (an error event, a
     503) before uvicorn closes the connections, within GRACE_SECONDS; a second one ends the
-    process at once, as the only way out when something still hangs."""
+    process at once, as the only way out when something still hangs. ``ready`` is printed
+    once it serves: only then do its signal handlers hold, so a Ctrl-C that follows the line
+    is one it handles."""
 
-    def __init__(self, served: Served, log_level: str = "info"):
+    def __init__(self, served: Served, log_level: str = "info", ready: str = ""):
         # lifespan off: the app has no startup or shutdown of its own to run
         app = CutOffAnswered(create_app(served), served.stopping)
         super().__init__(uvicorn.Config(app, log_level=log_level,
                                         lifespan="off", timeout_graceful_shutdown=GRACE_SECONDS))
-        self.served = served
+        self.served, self.ready = served, ready
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.ready and self.started:
+            click.echo(self.ready, err=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn's own handler re-raises the signal once stopped (a KeyboardInterrupt, a
         # death by SIGTERM); a server stopped as asked exits 0 instead
         name = signal.Signals(sig).name
-        if self.should_exit:
+        # set before printing: a second signal may interrupt this handler
+        again, self.should_exit = self.should_exit, True
+        self.served.stopping.set()
+        if again:
             click.echo(f"[sdk] {name} again: stopped at once.", err=True)
-            os._exit(128 + sig)  # threads still generating cannot hold the process
+            # die by the signal, as without handlers: threads still generating cannot hold
+            # the process, and nothing unwinds into a traceback
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
         click.echo(f"[sdk] {name}: stopping; replies in progress end now with an error "
                    "(Ctrl-C again quits at once).", err=True)
-        self.served.stopping.set()
-        self.should_exit = True
