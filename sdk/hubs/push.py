@@ -28,7 +28,6 @@ from sdk.errors import HubUnavailable, SdkError
 from sdk.hubs.card import model_card, public_arguments
 from sdk.registry import Registry
 from sdk.specs import Hub, resolve_callable
-from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
 from sdk.tuners.adalora import STATE_FILE as ADALORA_STATE
 from sdk.tuners.mutated_init import STATE_FILE as UNCONVERTED_ADAPTER
@@ -173,7 +172,6 @@ def upload(folder: Path, destination: Destination, checkpoint: Path,
 def push_checkpoint(checkpoint: Path, destination: Destination, registry: Registry,
                     files_folder: str = "") -> str:
     """Stage ``checkpoint``, upload it and remove the staging folder; returns the URL."""
-    refuse_nonfinite_weights(checkpoint)
     folder = stage(checkpoint, destination, registry, files_folder)
     try:
         return upload(folder, destination, checkpoint, files_folder)

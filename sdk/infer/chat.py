@@ -20,7 +20,6 @@ from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.checkpoint_files import check_checkpoint
-from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
 from sdk.tuners import check_requires
 
@@ -77,7 +76,6 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
     if args.ckpt_dir:
         checkpoint = checkpoint_or_export(args.ckpt_dir)
         saved = read_saved_arguments(checkpoint / ARGS_FILE)
-        refuse_nonfinite_weights(checkpoint)
         if args.model_type and args.model_type != saved["model_type"]:
             raise SdkError(f"--model-type {args.model_type} differs from the model type "
                            f"{saved['model_type']} that {checkpoint} was trained as; leave out "

@@ -6,7 +6,9 @@ Only what is cheap to read is checked here: JSON files parse and hold the right 
 safetensors file's header is valid and the file is as long as the header says (the 8-byte
 header length and the JSON header, no torch), a LoRA adapter's tensors have the rank its
 adapter_config.json gives, and the torch pickles a resume reads are whole zip archives.
-Whether an adapter fits its base model needs the model: :func:`check_adapter_fits`."""
+Whether an adapter fits its base model needs the model: :func:`check_adapter_fits`. Last,
+:func:`check_checkpoint` reads the weights themselves, which must be finite
+(``nonfinite.refuse_nonfinite_weights``: one sum a tensor)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import damaged_checkpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -69,6 +72,7 @@ def check_checkpoint(folder: Path, resuming: bool = False) -> None:
             check_torch_archive(archive)
     if TRAINER_STATE in documents:
         check_log_history(folder / TRAINER_STATE, documents[TRAINER_STATE].get("log_history", []))
+    refuse_nonfinite_weights(folder)
 
 
 def read_json(path: Path) -> dict[str, Any]:

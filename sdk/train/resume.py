@@ -11,7 +11,6 @@ from pathlib import Path
 from sdk.config import SftArguments
 from sdk.errors import SdkError
 from sdk.train.checkpoint_files import check_checkpoint
-from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.run_dir import (
     ARGS_FILE,
     LOG_FILE,
@@ -84,7 +83,6 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
                        f"{checkpoint.name} ({', '.join(later)}), which the resumed run would "
                        "replace. Resume from the run folder (its newest checkpoint), or move "
                        "the later ones out of it.")
-    refuse_nonfinite_weights(checkpoint)
     return checkpoint
 
 
