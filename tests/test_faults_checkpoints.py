@@ -215,3 +215,16 @@ def test_another_models_adapter_is_refused_by_a_resume_before_the_log_is_cut(
     result = run_cli("--plugin", tiny_plugin_file, *resume_flags(identity_data, checkpoint))
     assert_refused(result, checkpoint, file, reason, lora_run_copy / "checkpoint-1")
     assert folder_digest(lora_run_copy) == before
+
+
+@pytest.mark.parametrize("table, name", [(FILE_DAMAGES, "truncated weights"),
+                                         (FOREIGN_ADAPTERS, "other layers")],
+                         ids=["truncated weights", "other layers"])
+def test_a_damaged_adapter_to_train_on_is_refused(run_cli, tiny_plugin_file, identity_data,
+                                                 lora_run_copy, tmp_path, table, name):
+    checkpoint, file, reason = damage(lora_run_copy, name, table)
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--dataset", identity_data, "--max-steps", "1", "--adapter", checkpoint,
+                     "--output-dir", tmp_path / "out")
+    assert_refused(result, checkpoint, file, reason, lora_run_copy / "checkpoint-1")
+    assert not list((tmp_path / "out").glob("*/v*"))  # no run folder

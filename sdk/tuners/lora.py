@@ -18,7 +18,12 @@ import click
 
 from sdk.errors import SdkError
 from sdk.specs import ModelSpec
-from sdk.train.checkpoint_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_fits
+from sdk.train.checkpoint_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    check_adapter_fits,
+    check_checkpoint,
+)
 from sdk.train.run_dir import damaged_checkpoint
 from sdk.tuners.generation import generates_with_virtual_tokens
 
@@ -114,6 +119,7 @@ def continue_adapter(model: Any, adapter: str) -> Any:
     if not (folder / "adapter_config.json").is_file():
         raise SdkError(f"--adapter '{adapter}' has no adapter_config.json; give the folder a "
                        "peft adapter was saved to.")
+    check_checkpoint(folder)
     try:
         config = PeftConfig.from_pretrained(str(folder))
     except (KeyError, TypeError, ValueError) as error:
@@ -139,8 +145,12 @@ def continue_adapter(model: Any, adapter: str) -> Any:
         (staged / "adapter_model.bin").symlink_to((folder / OLDER_WEIGHT_FILE).resolve())
         folder = staged
     try:
-        with adalora_pattern_unchecked(folder), gptqmodel_only_for_gptq(model):
-            return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        with (adalora_pattern_unchecked(folder), gptqmodel_only_for_gptq(model),
+              warnings.catch_warnings()):
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        check_adapter_fits(model, folder)
+        return model
     except (RuntimeError, ValueError, KeyError) as error:
         raise SdkError(f"--adapter '{adapter}' does not fit this base model ({error}). Use "
                        "the model type the adapter was trained on.") from None
