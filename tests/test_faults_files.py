@@ -9,11 +9,15 @@ import functools
 import json
 import os
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import TINY_MODEL_TYPE, folder_digest, only_run
+from sdk.errors import SdkError
 from sdk.folders import is_disk_full
+from sdk.train.callbacks import JsonlLogger
 
 DISK_FULL = os.strerror(errno.ENOSPC)
 
@@ -213,6 +217,27 @@ def test_a_full_disk_during_a_local_push_leaves_nothing(sdk, finished_lora_run,
     one_line_error(result, f"no space left on device while writing {copied[2]}",
                    f"kept: nothing, {tmp_path / 'hub' / 'tiny'} was not made")
     assert list((tmp_path / "hub").iterdir()) == []
+
+
+def test_a_full_disk_while_logging_leaves_the_log_whole(lora_run_copy, monkeypatch):
+    log, real_open = lora_run_copy / "logging.jsonl", Path.open
+    before = log.read_bytes()
+
+    def open_log(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if path == log and "a" in mode:
+            with handle:
+                handle.write('{"step": 3, "lo')  # what lands before the disk is full
+            raise OSError(errno.ENOSPC, DISK_FULL, str(path))
+        return handle
+
+    monkeypatch.setattr(Path, "open", open_log)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3, epoch=1.5)
+    with pytest.raises(SdkError) as refused:
+        JsonlLogger(lora_run_copy).on_log(None, state, None, logs={"loss": 1.0})
+    assert str(refused.value).startswith(
+        f"no space left on device while writing {log}; kept: {lora_run_copy / 'checkpoint-2'}.")
+    assert log.read_bytes() == before
 
 
 def test_a_full_disk_is_recognised_in_other_libraries_words(tmp_path):
