@@ -181,6 +181,17 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_complete_one(
     assert (run / "checkpoint-1" / "sft_args.json").is_file()
 
 
+def test_a_full_disk_as_a_run_starts_leaves_no_run_folder(sdk, identity_data, monkeypatch,
+                                                          tmp_path):
+    monkeypatch.setattr("sdk.train.sft.write_args",
+                        lambda folder, arguments: fills_the_disk(folder / "sft_args.json"))
+    result = sdk("sft", "--model-type", TINY_MODEL_TYPE, "--dataset", identity_data,
+                 "--max-steps", "1", "--output-dir", tmp_path / "out")
+    one_line_error(result, "no space left on device while writing ", "sft_args.json",
+                   "kept: nothing, the new run folder was removed")
+    assert list((tmp_path / "out" / TINY_MODEL_TYPE).glob("v*")) == []
+
+
 def test_a_full_disk_during_an_export_leaves_the_earlier_one(sdk, finished_lora_run,
                                                              monkeypatch, tmp_path):
     earlier = tmp_path / "merged"
