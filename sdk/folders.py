@@ -14,12 +14,12 @@ from pathlib import Path
 from sdk.errors import SdkError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-# How libraries that raise their own exception types word a full disk: safetensors (Rust's
-# io::Error, "os error 28") and the OS's own strerror text.
+# How libraries that raise their own exception types word a full disk: safetensors'
+# SafetensorError ("I/O error: No space left on device (os error 28)"), and the OS's strerror.
 DISK_FULL_TEXT = ("os error 28", "os error 122", os.strerror(errno.ENOSPC),
                   os.strerror(errno.EDQUOT))
-# Below this many free bytes a write error whose library gave no reason (torch.save: "file
-# write failed") is taken for a full disk.
+# Below this many free bytes a write error whose library gave no reason (torch.save's
+# RuntimeError "unexpected pos 576 vs 534") is taken for a full disk.
 NEARLY_FULL = 1 << 20
 
 
@@ -77,6 +77,7 @@ def disk_full_said(staging: Path, kept: str) -> Iterator[None]:
     except Exception as error:
         if not is_disk_full(error, staging):
             raise
+        # safetensors, tokenizers and torch name no file: then the folder being written
         file = getattr(error, "filename", None) or staging
         if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list):
             file = error.args[0][0][1]  # copytree's (source, destination, reason) of each file

@@ -9,11 +9,15 @@ import functools
 import json
 import os
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import TINY_MODEL_TYPE, folder_digest, only_run
+from sdk.errors import SdkError
 from sdk.folders import is_disk_full
+from sdk.train.callbacks import JsonlLogger
 
 DISK_FULL = os.strerror(errno.ENOSPC)
 
@@ -177,6 +181,17 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_complete_one(
     assert (run / "checkpoint-1" / "sft_args.json").is_file()
 
 
+def test_a_full_disk_as_a_run_starts_leaves_no_run_folder(sdk, identity_data, monkeypatch,
+                                                          tmp_path):
+    monkeypatch.setattr("sdk.train.sft.write_args",
+                        lambda folder, arguments: fills_the_disk(folder / "sft_args.json"))
+    result = sdk("sft", "--model-type", TINY_MODEL_TYPE, "--dataset", identity_data,
+                 "--max-steps", "1", "--output-dir", tmp_path / "out")
+    one_line_error(result, "no space left on device while writing ", "sft_args.json",
+                   "kept: nothing, the new run folder was removed")
+    assert list((tmp_path / "out" / TINY_MODEL_TYPE).glob("v*")) == []
+
+
 def test_a_full_disk_during_an_export_leaves_the_earlier_one(sdk, finished_lora_run,
                                                              monkeypatch, tmp_path):
     earlier = tmp_path / "merged"
@@ -215,13 +230,37 @@ def test_a_full_disk_during_a_local_push_leaves_nothing(sdk, finished_lora_run,
     assert list((tmp_path / "hub").iterdir()) == []
 
 
+def test_a_full_disk_while_logging_leaves_the_log_whole(lora_run_copy, monkeypatch):
+    log, real_open = lora_run_copy / "logging.jsonl", Path.open
+    before = log.read_bytes()
+
+    def open_log(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if path == log and "a" in mode:
+            with handle:
+                handle.write('{"step": 3, "lo')  # what lands before the disk is full
+            raise OSError(errno.ENOSPC, DISK_FULL, str(path))
+        return handle
+
+    monkeypatch.setattr(Path, "open", open_log)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3, epoch=1.5)
+    with pytest.raises(SdkError) as refused:
+        JsonlLogger(lora_run_copy).on_log(None, state, None, logs={"loss": 1.0})
+    assert str(refused.value).startswith(
+        f"no space left on device while writing {log}; kept: {lora_run_copy / 'checkpoint-2'}.")
+    assert log.read_bytes() == before
+
+
 def test_a_full_disk_is_recognised_in_other_libraries_words(tmp_path):
-    safetensors = RuntimeError('Error while serializing: IoError(Os { code: 28, kind: '
-                               'StorageFull, message: "No space left on device" })')
+    # what safetensors' SafetensorError says on a full disk (a 2 MB tmpfs)
+    safetensors = Exception("Error while serializing: I/O error: No space left on device (os "
+                            "error 28)")
     assert is_disk_full(safetensors, tmp_path)
     assert is_disk_full(OSError(errno.EDQUOT, "quota"), tmp_path)
     # not when the disk has room: a write error for another reason stays what it is
-    assert not is_disk_full(RuntimeError("file write failed"), tmp_path)
+    # torch.save's words on a full disk, which say nothing of it: only a nearly full disk does
+    assert not is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . "
+                                         "unexpected pos 576 vs 534"), tmp_path)
     assert not is_disk_full(PermissionError(errno.EACCES, "denied"), tmp_path)
 
 

@@ -126,3 +126,9 @@ def find_checkpoint(path: str | Path, flag: str) -> Path:
         raise SdkError(f"{flag} '{path}' is an incomplete checkpoint (its save was cut short); "
                        "give its run folder to use the newest complete one.")
     raise SdkError(f"{flag} '{path}' was not written by `sdk sft` (it has no {ARGS_FILE}).")
+
+
+def kept_of_run(run_dir: Path) -> str:
+    """What a run keeps when a write fails: its newest complete checkpoint, if it has one."""
+    complete = checkpoints(run_dir)
+    return str(complete[-1]) if complete else f"no checkpoint yet, only {run_dir}'s log"

@@ -21,7 +21,7 @@ from sdk.data.arrow import tokenized_dataset, training_and_held_out
 from sdk.data.encode import EncodeSettings
 from sdk.data.sources import is_dataset_name
 from sdk.errors import SdkError
-from sdk.folders import require_writable
+from sdk.folders import disk_full_said, require_writable
 from sdk.hubs import default_hub
 from sdk.hubs.push import push_destination
 from sdk.models.loader import check_supported, load_model, model_types_for_folder, torch_dtype
@@ -221,7 +221,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
                        "interrupted run", err=True)
         click.echo(f"[sdk] resuming {run_dir} from {resumed.name}", err=True)
     elif main:
-        write_args(run_dir, saved)
+        with disk_full_said(run_dir, "nothing, the new run folder was removed"):
+            write_args(run_dir, saved)
         click.echo(f"[sdk] run folder: {run_dir}", err=True)
     if destination is not None:  # after the Trainer's own callbacks: sees finished checkpoints
         from sdk.hubs.push_callback import PushToHub

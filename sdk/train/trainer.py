@@ -42,7 +42,7 @@ from sdk.train.loss import (
     token_loss,
 )
 from sdk.train.nonfinite import nonfinite_parameter, nonfinite_step, training_stopped
-from sdk.train.run_dir import PARTIAL_DIR, checkpoints, write_args
+from sdk.train.run_dir import PARTIAL_DIR, checkpoints, kept_of_run, write_args
 
 
 class SftTrainer(Trainer):
@@ -192,9 +192,7 @@ class SftTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         self._saving_into = str(staging)
         name = f"checkpoint-{self.state.global_step}"
-        complete = checkpoints(run_dir)
-        kept = str(complete[-1]) if complete else f"no checkpoint yet, only {run_dir}'s log"
-        with disk_full_said(staging, kept):
+        with disk_full_said(staging, kept_of_run(run_dir)):
             try:
                 super()._save_checkpoint(model, trial)
                 if self.args.should_save:
