@@ -54,7 +54,7 @@ ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
                405: "invalid_request_error", 415: "invalid_request_error", 500: "server_error",
                503: "server_error"}
 # How long a stopping server waits for its connections to close before it cuts them: the
-# generations have ended at their next token, so this is only for clients slow to read.
+# generations have ended at their next token, so this is only for clients slow to send or read.
 GRACE_SECONDS = 3
 
 
@@ -342,8 +342,8 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        # The body is read as JSON whatever it is sent as, so say so rather than guess: a
-        # client posting a form or text has a bug the caller should see.
+        # Only JSON is read: a body sent as text or a form (curl -d without -H) is a client's
+        # mistake to show, not one to parse as JSON all the same.
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
             raise ApiError(415, "Send the request body as JSON with the header Content-Type: "
