@@ -189,3 +189,22 @@ def test_the_pushed_card_and_arguments_show_no_local_path(read_only_surface):
         assert root not in (pushed / name).read_text(), name
     published = json.loads((pushed / "sft_args.json").read_text())
     assert published["model_id_or_path"] is None and published["dataset"] == []
+
+
+def test_a_run_saved_with_a_relative_model_folder_says_where_it_is_relative_to(
+        run_cli, tiny_plugin_file, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run" / "checkpoint-1"  # as an older sdk saved it
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "sft_args.json").write_text(json.dumps({
+        "model_type": TINY_MODEL_TYPE, "sft_type": "lora", "template": "chatml",
+        "model_id_or_path": "models/tiny"}))
+    monkeypatch.chdir(tmp_path)
+    before = folder_digest(tmp_path)
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", "run", "--query", "hi")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {Path('run', 'checkpoint-1')} was trained from the model folder 'models/tiny', "
+        "saved relative to the folder `sdk sft` ran in: run this from that folder, or give "
+        "--model-id-or-path.")
+    assert "Traceback" not in result.output
+    assert folder_digest(tmp_path) == before
