@@ -119,7 +119,8 @@ def read_only_surface(tiny_plugin_file, tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
            "XDG_CONFIG_HOME": str(home / "config"), "HF_HOME": str(home / "hf"),
            "SFT_SDK_CACHE": str(home / "sdk"), "MODELSCOPE_CACHE": str(home / "modelscope"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                       os.environ.get("PYTHONPATH")]))}
     for folder in home.rglob("*"):
         folder.chmod(0o555)
     home.chmod(0o555)
