@@ -209,3 +209,24 @@ def test_a_run_saved_with_a_relative_model_folder_says_where_it_is_relative_to(
         "--model-id-or-path.")
     assert "Traceback" not in result.output
     assert folder_digest(tmp_path) == before
+
+
+def test_a_model_cache_that_cannot_be_written_is_named_before_converting(tmp_path, monkeypatch):
+    from sdk.errors import SdkError
+    from sdk.models.native import Conversion, native_folder
+
+    official = tmp_path / "official"
+    official.mkdir()
+    (official / "config.json").write_text("{}")
+    (tmp_path / "cache").write_text("a file where the cache would be")
+    monkeypatch.setenv("SFT_SDK_CACHE", str(tmp_path / "cache"))
+    before = folder_digest(tmp_path)
+    never = Conversion(layout="llama", version=1, config=dict, tensors=lambda *a: [],
+                       tokenizer=lambda *a: None)
+    with pytest.raises(SdkError) as refused:
+        native_folder(official, never)
+    assert str(refused.value).startswith(f"The model cache {tmp_path / 'cache' / 'native'} "
+                                         "cannot be written (")
+    assert str(refused.value).endswith(f"and {official} is converted into it; set "
+                                       "SFT_SDK_CACHE to a writable folder.")
+    assert folder_digest(tmp_path) == before
