@@ -119,7 +119,8 @@ def read_only_surface(tiny_plugin_file, tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
            "XDG_CONFIG_HOME": str(home / "config"), "HF_HOME": str(home / "hf"),
            "SFT_SDK_CACHE": str(home / "sdk"), "MODELSCOPE_CACHE": str(home / "modelscope"),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                       os.environ.get("PYTHONPATH")]))}
     for folder in home.rglob("*"):
         folder.chmod(0o555)
     home.chmod(0o555)
@@ -189,3 +190,43 @@ def test_the_pushed_card_and_arguments_show_no_local_path(read_only_surface):
         assert root not in (pushed / name).read_text(), name
     published = json.loads((pushed / "sft_args.json").read_text())
     assert published["model_id_or_path"] is None and published["dataset"] == []
+
+
+def test_a_run_saved_with_a_relative_model_folder_says_where_it_is_relative_to(
+        run_cli, tiny_plugin_file, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run" / "checkpoint-1"  # as an older sdk saved it
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "sft_args.json").write_text(json.dumps({
+        "model_type": TINY_MODEL_TYPE, "sft_type": "lora", "template": "chatml",
+        "model_id_or_path": "models/tiny"}))
+    monkeypatch.chdir(tmp_path)
+    before = folder_digest(tmp_path)
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", "run", "--query", "hi")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {Path('run', 'checkpoint-1')} was trained from the model folder 'models/tiny', "
+        "saved relative to the folder `sdk sft` ran in: run this from that folder, or give "
+        "--model-id-or-path.")
+    assert "Traceback" not in result.output
+    assert folder_digest(tmp_path) == before
+
+
+def test_a_model_cache_that_cannot_be_written_is_named_before_converting(tmp_path, monkeypatch):
+    from sdk.errors import SdkError
+    from sdk.models.native import Conversion, native_folder
+
+    official = tmp_path / "official"
+    official.mkdir()
+    (official / "config.json").write_text("{}")
+    (tmp_path / "cache").write_text("a file where the cache would be")
+    monkeypatch.setenv("SFT_SDK_CACHE", str(tmp_path / "cache"))
+    before = folder_digest(tmp_path)
+    never = Conversion(layout="llama", version=1, config=dict, tensors=lambda *a: [],
+                       tokenizer=lambda *a: None)
+    with pytest.raises(SdkError) as refused:
+        native_folder(official, never)
+    assert str(refused.value).startswith(f"The model cache {tmp_path / 'cache' / 'native'} "
+                                         "cannot be written (")
+    assert str(refused.value).endswith(f"and {official} is converted into it; set "
+                                       "SFT_SDK_CACHE to a writable folder.")
+    assert folder_digest(tmp_path) == before

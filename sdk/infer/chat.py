@@ -87,6 +87,13 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
             raise SdkError(whole_model_rope_refusal(checkpoint, saved["model_type"]))
         template_spec = registry.get("templates", args.template or saved["template"])
         system = args.system if args.system is not None else saved.get("system")
+        trained_from = saved.get("model_id_or_path")
+        if (not args.model_id_or_path and isinstance(trained_from, str)
+                and not Path(trained_from).is_absolute() and not Path(trained_from).is_dir()):
+            # an older sdk saved the path as given, relative to the folder it was trained in
+            raise SdkError(f"{checkpoint} was trained from the model folder '{trained_from}', "
+                           "saved relative to the folder `sdk sft` ran in: run this from that "
+                           "folder, or give --model-id-or-path.")
         base_args = dataclasses.replace(
             args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
             trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),

@@ -77,7 +77,12 @@ def native_folder(source: Path, conversion: Conversion) -> Path:
                f"no remote code runs): {target}", err=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as error:  # e.g. a read-only home: the converted copy has nowhere to go
+        raise SdkError(f"The model cache {target.parent} cannot be written "
+                       f"({error.strerror or error}), and {source} is converted into it; set "
+                       "SFT_SDK_CACHE to a writable folder.") from None
     try:
         convert(source, partial, conversion)
         try:
