@@ -106,7 +106,7 @@ def test_replies_in_progress_at_shutdown_end_with_an_error(capsys, loaded, slowe
         while len(slowed) < 3:
             time.sleep(0.01)
         asking[1].start()  # waits for the lock
-        time.sleep(0.3)
+        time.sleep(0.5)
         at_stop, stopped = len(slowed), time.monotonic()
         server.handle_exit(signal.SIGTERM, None)
         for thread in asking:
