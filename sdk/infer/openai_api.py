@@ -346,9 +346,10 @@ def create_app(served: Served) -> FastAPI:
         # mistake to show, not one to parse as JSON all the same.
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
+            came = f"as {media_type}" if media_type else "without one"
             raise ApiError(415, "Send the request body as JSON with the header Content-Type: "
-                           f"application/json (this one came as "
-                           f"{media_type or 'no Content-Type'}).", code="unsupported_media_type")
+                           f"application/json (this one came {came}).",
+                           code="unsupported_media_type")
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as error:
