@@ -95,7 +95,6 @@ def continue_adapter(model: Any, adapter: str) -> Any:
     if not (folder / "adapter_config.json").is_file():
         raise SdkError(f"--adapter '{adapter}' has no adapter_config.json; give the folder a "
                        "peft adapter was saved to.")
-    check_checkpoint(folder)
     try:
         config = PeftConfig.from_pretrained(str(folder))
     except (KeyError, TypeError, ValueError) as error:
@@ -111,6 +110,7 @@ def continue_adapter(model: Any, adapter: str) -> Any:
         click.echo(f"[sdk] --adapter: training on with its own settings (rank {config.r}, "
                    f"targets {targets}); --lora-rank and --lora-target-modules do not apply.",
                    err=True)
+    check_checkpoint(folder)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         if not (folder / OLDER_WEIGHT_FILE).is_file():
             raise SdkError(f"--adapter '{adapter}' holds no adapter weights ("
