@@ -190,6 +190,10 @@ FOREIGN_ADAPTERS = {
     "other layers": ("adapter_model.safetensors", lambda p: rewrite_adapter(p, other_layers),
                      "it holds 14 weights this base model has no place for, e.g. base_model."
                      "model.model.layers.7.mlp.down_proj.lora_A.weight"),
+    "other module names": ("adapter_config.json",
+                           lambda p: edit_json(p, target_modules=["W_pack"]),
+                           "the adapter of another model: Target modules {'W_pack'} not found "
+                           "in the base model"),
 }
 
 

@@ -249,6 +249,7 @@ SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape
 
 def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -> Any:
     from peft import PeftModel
+    from peft.tuners.tuners_utils import NoMatchingPeftModuleError
 
     base = load_base_model()
     with adalora_pattern_unchecked(checkpoint_dir), warnings.catch_warnings():
@@ -256,13 +257,15 @@ def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
         try:
             model = PeftModel.from_pretrained(base, str(checkpoint_dir))
-        except RuntimeError as error:  # a weight whose shape the config's layer cannot take
+        except RuntimeError as error:
             found = SIZE_MISMATCH.search(str(error))
-            reason = (f"{found[1].replace('.default.', '.')} is {found[2]}, this base model "
-                      f"needs {found[3]}" if found else str(error).strip().splitlines()[0])
+            if found is None:  # not the adapter's doing (out of memory, ...)
+                raise
             raise damaged_checkpoint(checkpoint_dir / ADAPTER_WEIGHTS, "the adapter of another "
-                                     f"model, or of other settings: {reason}") from None
-        except ValueError as error:  # target modules the base model does not have
+                                     f"model, or of other settings: "
+                                     f"{found[1].replace('.default.', '.')} is {found[2]}, this "
+                                     f"base model needs {found[3]}") from None
+        except NoMatchingPeftModuleError as error:
             raise damaged_checkpoint(checkpoint_dir / ADAPTER_CONFIG, "the adapter of another "
                                      f"model: {error}") from None
     check_adapter_fits(model, checkpoint_dir)
