@@ -119,7 +119,6 @@ def continue_adapter(model: Any, adapter: str) -> Any:
     if not (folder / "adapter_config.json").is_file():
         raise SdkError(f"--adapter '{adapter}' has no adapter_config.json; give the folder a "
                        "peft adapter was saved to.")
-    check_checkpoint(folder)
     try:
         config = PeftConfig.from_pretrained(str(folder))
     except (KeyError, TypeError, ValueError) as error:
@@ -135,6 +134,7 @@ def continue_adapter(model: Any, adapter: str) -> Any:
         click.echo(f"[sdk] --adapter: training on with its own settings (rank {config.r}, "
                    f"targets {targets}); --lora-rank and --lora-target-modules do not apply.",
                    err=True)
+    check_checkpoint(folder)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         if not (folder / OLDER_WEIGHT_FILE).is_file():
             raise SdkError(f"--adapter '{adapter}' holds no adapter weights ("
@@ -274,6 +274,7 @@ SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape
 
 def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -> Any:
     from peft import PeftModel
+    from peft.tuners.tuners_utils import NoMatchingPeftModuleError
 
     base = load_base_model()
     with (adalora_pattern_unchecked(checkpoint_dir), gptqmodel_only_for_gptq(base),
@@ -282,13 +283,15 @@ def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
         try:
             model = PeftModel.from_pretrained(base, str(checkpoint_dir))
-        except RuntimeError as error:  # a weight whose shape the config's layer cannot take
+        except RuntimeError as error:
             found = SIZE_MISMATCH.search(str(error))
-            reason = (f"{found[1].replace('.default.', '.')} is {found[2]}, this base model "
-                      f"needs {found[3]}" if found else str(error).strip().splitlines()[0])
+            if found is None:  # not the adapter's doing (out of memory, ...)
+                raise
             raise damaged_checkpoint(checkpoint_dir / ADAPTER_WEIGHTS, "the adapter of another "
-                                     f"model, or of other settings: {reason}") from None
-        except ValueError as error:  # target modules the base model does not have
+                                     f"model, or of other settings: "
+                                     f"{found[1].replace('.default.', '.')} is {found[2]}, this "
+                                     f"base model needs {found[3]}") from None
+        except NoMatchingPeftModuleError as error:
             raise damaged_checkpoint(checkpoint_dir / ADAPTER_CONFIG, "the adapter of another "
                                      f"model: {error}") from None
     check_adapter_fits(model, checkpoint_dir)
