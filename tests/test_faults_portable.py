@@ -101,7 +101,7 @@ def read_only_surface(tiny_plugin_file, tiny_model_dir, tmp_path_factory):
     query = ["--query", "hi", "--max-new-tokens", "2", "--stream", "false"]
     commands = [
         (work, ["--help"]), (work, ["models"]), (work, ["templates"]), (work, ["tuners"]),
-        (work, ["hubs"]), (work, ["datasets"]),
+        (work, ["hubs"]), (work, ["datasets"]), (work, ["formats"]), (work, ["plugins"]),
         (work, ["datasets", "preview", "identity.jsonl", "--template", "chatml", "-n", "1"]),
         (work, ["template", "render", "chatml", "--messages", "messages.json"]),
         (work, [*plugin, "sft", "--model-type", TINY_MODEL_TYPE, "--model-id-or-path", model,
@@ -109,7 +109,8 @@ def read_only_surface(tiny_plugin_file, tiny_model_dir, tmp_path_factory):
                 "--max-steps", "1", "--batch-size", "2", "--output-dir", "out"]),
         (elsewhere, [*plugin, "infer", "--ckpt-dir", f"{run}/v0-*", *query]),
         (elsewhere, [*plugin, "infer", "--ckpt-dir", f"{run}/v0-*", "--val-dataset-from-run",
-                     "--max-new-tokens", "2"]),
+                     "--max-new-tokens", "2", "--predictions-file", "predictions.jsonl"]),
+        (elsewhere, ["eval", "--predictions", "predictions.jsonl"]),
         (elsewhere, [*plugin, "export", "--ckpt-dir", f"{run}/v0-*", "--merge-lora", "true",
                      "--output-dir", "merged"]),
         (elsewhere, [*plugin, "push", "--hub", "local", "--ckpt-dir", f"{run}/v0-*",
@@ -152,9 +153,11 @@ def test_every_command_runs_under_a_read_only_home_and_writes_nothing_there(
                    if not name.startswith("sdk/")}
     assert written == {}  # nothing in HOME or a cache
     assert read_only_surface["model_unchanged"]
-    # from the other folder, only what the commands name
+    # from the other folder, only what the commands name (the predictions file's scores and
+    # settings beside it)
     assert sorted(p.name for p in read_only_surface["elsewhere"].iterdir()) == [
-        "loss.png", "merged", "pushed"]
+        "loss.png", "merged", "predictions.jsonl", "predictions.metrics.json",
+        "predictions.settings.json", "pushed"]
 
 
 @pytest.mark.slow
@@ -180,7 +183,8 @@ def test_a_run_trained_with_relative_paths_works_from_another_folder(read_only_s
     # from the other folder: infer --query, --val-dataset-from-run, export --merge-lora
     used = [r for r in read_only_surface["results"] if r["args"][2:3] in (["infer"], ["export"])]
     assert [r["exit"] for r in used] == [0, 0, 0], [r["output"] for r in used]
-    assert (run / "predictions" / "checkpoint-1-val.jsonl").read_text().count("\n") == 3
+    predictions = read_only_surface["elsewhere"] / "predictions.jsonl"
+    assert predictions.read_text().count("\n") == 3
     assert (read_only_surface["elsewhere"] / "merged" / "config.json").is_file()
 
 
