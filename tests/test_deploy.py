@@ -14,7 +14,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -378,10 +380,13 @@ class Deployed:
 
 
 @contextmanager
-def sdk_deploy(*args: Any):
-    """`sdk ARGS --port 0` (ARGS: global options, `deploy`, its flags) in a subprocess, given
-    once it serves; SIGTERM ends it afterwards if it still runs."""
-    process = subprocess.Popen([sys.executable, "-m", "sdk", *map(str, args), "--port", "0"],
+def sdk_deploy(*args: Any, env: dict[str, str] | None = None, prefix: Sequence[str] = (),
+               cwd: Path | None = None):
+    """`sdk ARGS --port 0` (ARGS: global options, `deploy`, its flags) in a subprocess (run
+    under the command ``prefix``, with ``env`` and ``cwd``), given once it serves; SIGTERM ends
+    it afterwards if it still runs."""
+    process = subprocess.Popen([*prefix, sys.executable, "-m", "sdk", *map(str, args),
+                                "--port", "0"], env=env, cwd=cwd,
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: queue.Queue[str] = queue.Queue()
     log: list[str] = []

@@ -8,9 +8,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_deploy import call, sdk_deploy
 
 from conftest import REPO, TINY_MODEL_TYPE, folder_digest
 from sdk.config import SftArguments, absolute_paths
@@ -122,21 +125,27 @@ def read_only_surface(tiny_plugin_file, tiny_model_dir, tmp_path_factory):
            "SFT_SDK_CACHE": str(home / "sdk"), "MODELSCOPE_CACHE": str(home / "modelscope"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                        os.environ.get("PYTHONPATH")]))}
-    for folder in home.rglob("*"):
-        folder.chmod(0o555)
-    home.chmod(0o555)
     model_before = folder_digest(tiny_model_dir)
-    try:
+    with read_only(home):
         done = subprocess.run([*unprivileged(), sys.executable, "-c", SURFACE_SCRIPT,
                                json.dumps([(str(f), a) for f, a in commands])],
                               env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        for folder in [home, *home.rglob("*")]:
-            folder.chmod(0o755)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {"results": json.loads(done.stdout.splitlines()[-1]), "home": home,
+    return {"results": json.loads(done.stdout.splitlines()[-1]), "home": home, "env": env,
             "work": work, "elsewhere": elsewhere, "run": next(run.glob("v0-*")), "model": model,
             "model_unchanged": folder_digest(tiny_model_dir) == model_before}
+
+
+@contextmanager
+def read_only(home: Path) -> Iterator[None]:
+    folders = [home, *home.rglob("*")]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
 
 
 @pytest.mark.slow
@@ -170,6 +179,24 @@ def test_an_unwritable_data_cache_moves_to_the_output_dir_with_a_notice(read_onl
               f"in {fallback} instead (SFT_SDK_CACHE sets the cache).")
     assert sft["output"].count(notice) == 1, sft["output"]
     assert any((read_only_surface["work"] / fallback).iterdir())
+
+
+@pytest.mark.slow
+def test_sdk_deploy_serves_and_stops_under_a_read_only_home(read_only_surface,
+                                                            tiny_plugin_file):
+    home, elsewhere = read_only_surface["home"], read_only_surface["elsewhere"]
+    before = folder_digest(elsewhere)
+    with read_only(home), sdk_deploy(
+            "--plugin", tiny_plugin_file, "deploy", "--ckpt-dir", read_only_surface["run"],
+            "--max-new-tokens", "2", env=read_only_surface["env"], prefix=unprivileged(),
+            cwd=elsewhere) as deployed:
+        status, answer = call(deployed.url, "/v1/chat/completions", {
+            "model": deployed.name, "messages": [{"role": "user", "content": "hi"}]})
+        deployed.process.terminate()
+        exit_status, log = deployed.ended(30)
+    assert status == 200 and answer["choices"][0]["message"]["role"] == "assistant", answer
+    assert exit_status == 0 and "Traceback" not in log, log
+    assert folder_digest(home) == {} and folder_digest(elsewhere) == before
 
 
 @pytest.mark.slow
