@@ -230,6 +230,31 @@ def test_a_full_disk_during_a_local_push_leaves_nothing(sdk, finished_lora_run,
     assert list((tmp_path / "hub").iterdir()) == []
 
 
+def test_a_full_disk_while_a_push_is_staged_leaves_the_checkpoint(sdk, finished_lora_run,
+                                                                  monkeypatch, tmp_path):
+    checkpoint = next(finished_lora_run.glob("checkpoint-*"))
+    before, copied = folder_digest(finished_lora_run), []
+
+    def no_link(source, target):  # another filesystem: the staging copies instead
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    def copy(source, target, **kwargs):
+        copied.append(target)
+        if len(copied) > 1:
+            fills_the_disk(target)
+        return shutil.copyfile(source, target)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(shutil, "copy2", copy)
+    result = sdk("push", "--hub", "local", "--ckpt-dir", checkpoint, "--repo-id",
+                 tmp_path / "hub" / "tiny")
+    one_line_error(result, f"no space left on device while writing {copied[1]}",
+                   f"kept: {checkpoint} as it was; nothing was pushed")
+    assert folder_digest(finished_lora_run) == before
+    assert not list(finished_lora_run.glob(".sdk-push-*"))  # the staging folder beside it
+    assert not (tmp_path / "hub").exists()
+
+
 def test_a_full_disk_while_logging_leaves_the_log_whole(lora_run_copy, monkeypatch):
     log, real_open = lora_run_copy / "logging.jsonl", Path.open
     before = log.read_bytes()

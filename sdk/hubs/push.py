@@ -25,6 +25,7 @@ import click
 
 from sdk.config import SftArguments
 from sdk.errors import HubUnavailable, SdkError
+from sdk.folders import disk_full_said
 from sdk.hubs.card import model_card, public_arguments
 from sdk.registry import Registry
 from sdk.specs import Hub, resolve_callable
@@ -118,22 +119,24 @@ def stage(checkpoint: Path, destination: Destination, registry: Registry,
     except OSError:
         root = Path(tempfile.mkdtemp(prefix="sdk-push-"))
     try:
-        files = root / files_folder
-        left_out = () if destination.training_state else TRAINING_STATE
-        for source in sorted(checkpoint.rglob("*")):
-            relative = source.relative_to(checkpoint)
-            if (source.is_dir() or str(relative) in (CARD_FILE, ARGS_FILE)
-                    or any(fnmatch.fnmatch(relative.parts[0], p) for p in left_out)):
-                continue
-            target = files / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
-        files.mkdir(parents=True, exist_ok=True)
-        (files / ARGS_FILE).write_text(destination.scrub(published) + "\n", encoding="utf-8")
-        (root / CARD_FILE).write_text(destination.scrub(card), encoding="utf-8")
+        with disk_full_said(root, f"{checkpoint} as it was; nothing was pushed"):
+            files = root / files_folder
+            left_out = () if destination.training_state else TRAINING_STATE
+            for source in sorted(checkpoint.rglob("*")):
+                relative = source.relative_to(checkpoint)
+                if (source.is_dir() or str(relative) in (CARD_FILE, ARGS_FILE)
+                        or any(fnmatch.fnmatch(relative.parts[0], p) for p in left_out)):
+                    continue
+                target = files / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
+            files.mkdir(parents=True, exist_ok=True)
+            (files / ARGS_FILE).write_text(destination.scrub(published) + "\n",
+                                           encoding="utf-8")
+            (root / CARD_FILE).write_text(destination.scrub(card), encoding="utf-8")
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
