@@ -498,6 +498,7 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     from sdk.hubs.push import Destination, check_repo_id, push_checkpoint
     from sdk.train.checkpoint_files import check_checkpoint
     from sdk.train.run_dir import find_checkpoint
+    from sdk.tuners.lora import check_adapter_fits_saved_base
 
     known = registry(ctx)
     destination = Destination(known.get("hubs", hub or default_hub()), repo_id, private, token,
@@ -505,6 +506,7 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     check_repo_id(destination.hub, repo_id, "--repo-id")
     checkpoint = find_checkpoint(ckpt_dir, "--ckpt-dir")
     check_checkpoint(checkpoint)  # a damaged file is refused, not published
+    check_adapter_fits_saved_base(checkpoint)
     click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 
 

@@ -5,7 +5,8 @@ published, and before a resume cuts logging.jsonl back to the checkpoint's step.
 
 The file checks are one path (sdk/train/checkpoint_files.py): each damage is tried once
 through `sdk push` (which loads no model), and each other command once on one damage. An adapter
-that does not fit its base model needs the model: those damages load the tiny one."""
+that does not fit its base model needs the model: those damages load the tiny one, or, for
+`sdk push`, build its empty skeleton from the checkpoint's base_config.json."""
 
 import json
 import shutil
@@ -207,6 +208,31 @@ def test_another_models_adapter_is_refused_by_infer(run_cli, tiny_plugin_file, l
                      "--query", "Hi", "--max-new-tokens", "2")
     assert_refused(result, checkpoint, file, reason, lora_run_copy / "checkpoint-1")
     assert folder_digest(lora_run_copy) == before
+
+
+@pytest.mark.parametrize("name", FOREIGN_ADAPTERS)
+def test_another_models_adapter_is_not_published(run_cli, lora_run_copy, tmp_path, name):
+    # push loads no model: the skeleton of the base model comes from base_config.json
+    checkpoint, file, reason = damage(lora_run_copy, name, FOREIGN_ADAPTERS)
+    before = folder_digest(lora_run_copy)
+    hub = tmp_path / "hub"
+    result = run_cli("push", "--hub", "local", "--ckpt-dir", checkpoint, "--repo-id",
+                     hub / "tiny")
+    # the first weight found not to fit may be another than peft's first
+    assert_refused(result, checkpoint, file, reason.split(":")[0],
+                   lora_run_copy / "checkpoint-1")
+    assert folder_digest(lora_run_copy) == before
+    assert not hub.exists()
+
+
+def test_a_checkpoint_from_before_base_config_is_still_published(run_cli, tiny_plugin_file,
+                                                                 lora_run_copy, tmp_path):
+    checkpoint = lora_run_copy / "checkpoint-2"
+    (checkpoint / "base_config.json").unlink()
+    result = run_cli("--plugin", tiny_plugin_file, "push", "--hub", "local", "--ckpt-dir",
+                     checkpoint, "--repo-id", tmp_path / "hub" / "tiny")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "hub" / "tiny" / "adapter_model.safetensors").is_file()
 
 
 def test_another_models_adapter_is_refused_by_a_resume_before_the_log_is_cut(

@@ -26,10 +26,14 @@ from sdk.train.run_dir import damaged_checkpoint
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAINER_STATE = "trainer_state.json"
+# The config of the model an adapter was trained on, saved beside it: `sdk push`, which loads
+# no model, builds that model's empty skeleton from it to see that the adapter fits.
+BASE_CONFIG = "base_config.json"
 _NUMBER = (int, float)
 _NONE = type(None)
 # The keys each JSON file must give the type of, where present; every such file is an object.
 JSON_FILES: dict[str, dict[str, Any]] = {
+    BASE_CONFIG: {"model_type": str},
     ADAPTER_CONFIG: {"peft_type": str, "r": int, "lora_alpha": _NUMBER,
                      "target_modules": (list, str, _NONE), "rank_pattern": (dict, _NONE),
                      "modules_to_save": (list, _NONE), "num_virtual_tokens": int},
@@ -202,3 +206,11 @@ def check_adapter_fits(model: Any, checkpoint: Path) -> None:
         if shape != expected[name]:
             raise damaged_checkpoint(path, f"{hint}: {name} is {shape}, this base model needs "
                                      f"{expected[name]}")
+
+
+def save_base_config(model: Any, checkpoint: Path) -> None:
+    """Write the config of an adapter's base model into its checkpoint (nothing for a model
+    without an adapter: its own config.json is there)."""
+    if hasattr(model, "get_base_model"):
+        model.get_base_model().config.to_json_file(checkpoint / BASE_CONFIG)
+

@@ -34,6 +34,7 @@ from sdk.folders import disk_full_said
 from sdk.train.accuracy import count_correct
 from sdk.train.batching import Batching, TokenBudgetBatches, row_lengths
 from sdk.train.best import record_best, rotated
+from sdk.train.checkpoint_files import save_base_config
 from sdk.train.loss import (
     choose_loss,
     chunk_tokens_for,
@@ -196,6 +197,7 @@ class SftTrainer(Trainer):
             try:
                 super()._save_checkpoint(model, trial)
                 if self.args.should_save:
+                    save_base_config(self.model, staging / name)
                     for callback in self.callback_handler.callbacks:
                         if hasattr(callback, "write_checkpoint"):
                             callback.write_checkpoint(staging / name)

@@ -21,8 +21,10 @@ from sdk.specs import ModelSpec
 from sdk.train.checkpoint_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    BASE_CONFIG,
     check_adapter_fits,
     check_checkpoint,
+    read_json,
 )
 from sdk.train.run_dir import damaged_checkpoint
 from sdk.tuners.generation import generates_with_virtual_tokens
@@ -296,3 +298,28 @@ def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -
                                      f"model: {error}") from None
     check_adapter_fits(model, checkpoint_dir)
     return generates_with_virtual_tokens(model)
+
+
+def check_adapter_fits_saved_base(checkpoint: Path) -> None:
+    """:func:`check_adapter_fits` without loading the base model: against an empty skeleton
+    (the meta device holds no weights) built from the checkpoint's base_config.json.
+    Checkpoints saved before that file existed are left to the commands that load the model."""
+    if not all((checkpoint / name).is_file()
+               for name in (BASE_CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS)):
+        return
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = read_json(checkpoint / BASE_CONFIG)
+    settings.pop("quantization_config", None)  # the skeleton's layers need no quantizer
+    config = AutoConfig.for_model(**settings)
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    with torch.device("meta"), gptqmodel_only_for_gptq(base):
+        try:
+            model = PeftModel(base, PeftConfig.from_pretrained(str(checkpoint)))
+        except ValueError as error:  # target modules the base model does not have
+            raise damaged_checkpoint(checkpoint / ADAPTER_CONFIG,
+                                     f"the adapter of another model: {error}") from None
+    check_adapter_fits(model, checkpoint)
