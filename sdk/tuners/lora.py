@@ -303,9 +303,12 @@ def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -
 def check_adapter_fits_saved_base(checkpoint: Path) -> None:
     """:func:`check_adapter_fits` without loading the base model: against an empty skeleton
     (the meta device holds no weights) built from the checkpoint's base_config.json.
-    Checkpoints saved before that file existed are left to the commands that load the model."""
+    Checkpoints saved before that file existed, and AdaLoRA's (whose layers cannot be built
+    on the meta device), are left to the commands that load the model."""
     if not all((checkpoint / name).is_file()
                for name in (BASE_CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS)):
+        return
+    if read_json(checkpoint / ADAPTER_CONFIG).get("peft_type") == "ADALORA":
         return
     import torch
     from peft import PeftConfig, PeftModel
