@@ -29,6 +29,15 @@ def test_listing_commands_import_neither_torch_nor_transformers(args):
     assert elapsed < 5  # a loose bound against accidental heavy imports; the README has timings
 
 
+def test_loading_libraries_after_sdk_prints_no_kernel_warnings():
+    # torchao (via peft) and bitsandbytes warn at import about kernels the SDK never uses;
+    # every `sdk infer` and `sdk sft` printed those lines before its own output
+    result = subprocess.run([sys.executable, "-c", "import sdk, peft, bitsandbytes"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 def test_version(run_cli):
     from sdk import __version__
 
