@@ -294,8 +294,7 @@ def load(checkpoint_dir: Path, load_base_model: Callable[[], Any], dtype: Any) -
                                      f"{found[1].replace('.default.', '.')} is {found[2]}, this "
                                      f"base model needs {found[3]}") from None
         except NoMatchingPeftModuleError as error:
-            raise damaged_checkpoint(checkpoint_dir / ADAPTER_CONFIG, "the adapter of another "
-                                     f"model: {error}") from None
+            raise foreign_targets(checkpoint_dir, error) from None
     check_adapter_fits(model, checkpoint_dir)
     return generates_with_virtual_tokens(model)
 
@@ -312,6 +311,7 @@ def check_adapter_fits_saved_base(checkpoint: Path) -> None:
         return
     import torch
     from peft import PeftConfig, PeftModel
+    from peft.tuners.tuners_utils import NoMatchingPeftModuleError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     settings = read_json(checkpoint / BASE_CONFIG)
@@ -322,7 +322,12 @@ def check_adapter_fits_saved_base(checkpoint: Path) -> None:
     with torch.device("meta"), gptqmodel_only_for_gptq(base):
         try:
             model = PeftModel(base, PeftConfig.from_pretrained(str(checkpoint)))
-        except ValueError as error:  # target modules the base model does not have
-            raise damaged_checkpoint(checkpoint / ADAPTER_CONFIG,
-                                     f"the adapter of another model: {error}") from None
+        except NoMatchingPeftModuleError as error:
+            raise foreign_targets(checkpoint, error) from None
     check_adapter_fits(model, checkpoint)
+
+
+def foreign_targets(checkpoint: Path, error: Exception) -> SdkError:
+    """peft's refusal of an adapter config whose target modules the base model lacks."""
+    return damaged_checkpoint(checkpoint / ADAPTER_CONFIG, f"the adapter of another model: "
+                              f"{error}")
