@@ -26,6 +26,7 @@ from sdk.config import (
 )
 from sdk.data.readers import cannot_read
 from sdk.errors import SdkError
+from sdk.options import arguments_class, plugin_options, refuse_other_tuners_options
 from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
 from sdk.registry import Registry
 
@@ -85,34 +86,63 @@ class SdkCommand(click.Command):
         return super().parse_args(ctx, expanded)
 
 
+def flag(f: dataclasses.Field, annotation: Any) -> Flag:
+    """The click option of an arguments field; it defaults to None so the command can tell
+    which flags were given."""
+    kind = base_type(annotation)
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    help_text = f.metadata["help"]
+    if default not in (None, [], ""):
+        help_text += f"  [default: {default}]"
+    extra: dict[str, Any] = {}
+    if kind is list:
+        extra = {"multiple": True}
+    elif kind is bool:
+        extra = {"type": click.BOOL, "is_flag": False, "flag_value": "true"}
+    elif kind in (int, float):
+        extra = {"type": kind}  # choices among numbers are checked by build_arguments
+    elif f.metadata.get("choices"):
+        extra = {"type": click.Choice(f.metadata["choices"])}
+    return Flag([*spellings(f.name), f.name], default=None, help=help_text, **extra)
+
+
 def options_from(cls: type) -> Callable[[Callable], Callable]:
-    """Click options for every field of an arguments dataclass; all default to None so the
-    command can tell which flags were given."""
+    """Click options for every field of an arguments dataclass."""
     types = field_types(cls)
 
     def decorate(func: Callable) -> Callable:
-        for f in reversed(dataclasses.fields(cls)):
-            kind = base_type(types[f.name])
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            help_text = f.metadata["help"]
-            if default not in (None, [], ""):
-                help_text += f"  [default: {default}]"
-            extra: dict[str, Any] = {}
-            if kind is list:
-                extra = {"multiple": True}
-            elif kind is bool:
-                extra = {"type": click.BOOL, "is_flag": False, "flag_value": "true"}
-            elif kind in (int, float):
-                extra = {"type": kind}  # choices among numbers are checked by build_arguments
-            elif f.metadata.get("choices"):
-                extra = {"type": click.Choice(f.metadata["choices"])}
-            func = click.option(*spellings(f.name), f.name, cls=Flag, default=None,
-                                help=help_text, **extra)(func)
+        params = getattr(func, "__click_params__", [])
+        params += [flag(f, types[f.name]) for f in reversed(dataclasses.fields(cls))]
+        func.__click_params__ = params  # type: ignore[attr-defined]
         return click.option("--config", "config_file", cls=Flag, default=None,
                             type=click.Path(dir_okay=False),
                             help="YAML or JSON file of options; flags override it.")(func)
 
     return decorate
+
+
+# the help group of a plugin's options, by the kind of thing that declares them
+OPTION_GROUPS = {"tuners": "tuner", "hubs": "hub", "formats": "data"}
+
+
+class PluginOptionsCommand(SdkCommand):
+    """A command that also takes the options every registered tuner, hub and format declares
+    (`sdk sft`, `sdk datasets preview`). Each such option has ``group`` and ``tuners`` (the
+    tuners that own it; empty for a hub's or format's)."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        if "plugin_flags" not in ctx.meta:
+            options, _ = plugin_options(registry(ctx, warn=False))
+            flags = []
+            for option in options.values():
+                made = flag(option.field, option.annotation)
+                made.group = OPTION_GROUPS[option.kind]  # type: ignore[attr-defined]
+                made.tuners = (option.owners  # type: ignore[attr-defined]
+                               if option.kind == "tuners" else ())
+                flags.append(made)
+            ctx.meta["plugin_flags"] = flags
+        return [*params[:-1], *ctx.meta["plugin_flags"], params[-1]]  # --help stays last
 
 
 def given(params: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +317,7 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
     emit(rows, ("name", "description", "license", "plugin"), as_json)
 
 
-@datasets.command("preview", cls=SdkCommand)
+@datasets.command("preview", cls=PluginOptionsCommand)
 @click.argument("names", nargs=-1)
 @click.option("-n", "--num", "count", type=int, default=3, show_default=True,
               help="How many rows to show.")
@@ -300,10 +330,11 @@ def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
     values = given(params)
     if names:  # else --dataset, or the config file's dataset
         values["dataset"] = [*names, *values.get("dataset", [])]
-    arguments = build_arguments(SftArguments, values, config_file)
+    known = registry(ctx)
+    arguments = build_arguments(arguments_class(known), values, config_file)
     from sdk.data.preview import run_preview
 
-    run_preview(arguments, registry(ctx), count)
+    run_preview(arguments, known, count)
 listing("tuners", ("name", "description", "plugin"),
         lambda s: {"name": s.name, "description": s.description},
         "Tuners (--sft-type).")
@@ -377,19 +408,22 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
     click.echo(text, nl=False)
 
 
-@cli.command(cls=SdkCommand)
+@cli.command(cls=PluginOptionsCommand)
 @options_from(SftArguments)
 @click.pass_context
 def sft(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     """Fine-tune a model: sdk sft --model-type T --dataset D [--sft-type lora|full]."""
-    arguments = build_arguments(SftArguments, given(params), config_file)
+    known = registry(ctx)
+    values = given(params)
+    arguments = build_arguments(arguments_class(known), values, config_file)
+    refuse_other_tuners_options(values, known.get("tuners", arguments.sft_type), known)
     from sdk.train.distributed import launch_processes_if_asked
 
     launch_processes_if_asked(sys.argv[1:])
     from sdk.train.sft import run_sft
 
     try:
-        run_sft(arguments, registry(ctx))
+        run_sft(arguments, known)
     except KeyboardInterrupt:
         click.echo("[sdk] interrupted; the checkpoints saved so far are complete. To go on "
                    "from the last one, run the same command with --resume-from-checkpoint "

@@ -10,6 +10,7 @@ rising priority: the defaults here, ``--config FILE`` (YAML or JSON), the comman
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import os
@@ -192,49 +193,10 @@ class SftArguments(ModelArguments):
         False, "liger-kernel's Triton RMSNorm, SwiGLU and RoPE kernels in place of the model's "
         "own (CUDA GPU, pip install liger-kernel; llama, qwen2, mistral and the other families "
         "it covers): less memory kept for the backward. The loss is --loss-impl's.")
-    lora_rank: int = arg(8, "LoRA rank.", at_least=1)
-    lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
-    lora_dropout: float | None = arg(
-        None, "LoRA dropout (default: 0.05; 0 with --init-lora-weights pissa or olora, whose "
-        "adapters start with part of the base weights, which dropout would drop).",
-        at_least=0, below=1)
-    lora_target_modules: list[str] = arg(
-        [], "Modules that get LoRA: names, or ALL for every linear layer.")
-    init_lora_weights: str = arg(
-        "default", "How new LoRA adapters start. default: B zero, A random (peft's); gaussian: A "
-        "Gaussian; pissa: the base weights' principal singular parts, taken out of the base "
-        "(PiSSA); olora: an orthonormal QR basis of the base weights (OLoRA). pissa and olora "
-        "change the base, so each checkpoint saves a plain LoRA adapter of twice the rank "
-        "that applies to the unchanged base. lora and rslora; pissa and olora not on a "
-        "quantized base.", ("default", "gaussian", "pissa", "olora"))
-    pissa_niter: int = arg(
-        0, "--init-lora-weights pissa: a fast randomized SVD with N subspace iterations "
-        "instead of the exact one (16 is usual for 7B models; 0: exact).", at_least=0)
-    lora_modules_to_save: list[str] = arg(
-        [], "LoRA family: modules trained in full and saved with the adapter (e.g. "
-        "embed_tokens lm_head); tied embeddings stay tied.")
-    adalora_target_rank: int = arg(8, "--sft-type adalora: average rank left after pruning.",
-                                   at_least=1)
-    adalora_init_rank: int = arg(12, "--sft-type adalora: rank of each adapter before pruning.",
-                                 at_least=1)
-    adalora_tinit: int | None = arg(None, "--sft-type adalora: steps before pruning starts "
-                                    "(default: a tenth of the steps).", at_least=0)
-    adalora_tfinal: int | None = arg(None, "--sft-type adalora: last steps, trained with the "
-                                     "final ranks (default: a fifth of the steps).", at_least=0)
-    adalora_delta_t: int = arg(1, "--sft-type adalora: steps between two rank allocations.",
-                               at_least=1)
-    num_virtual_tokens: int = arg(20, "--sft-type prefix, ptuning, prompt: how many virtual "
-                                  "tokens are learned.", at_least=1)
-    prompt_encoder_hidden_size: int = arg(128, "--sft-type ptuning: hidden size of the MLP that "
-                                          "encodes the virtual tokens.", at_least=1)
     adapter: str | None = arg(
         None, "Continue training this peft adapter (a folder with adapter_config.json and "
         "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).",
         path="path")
-    freeze_trainable_layers: int = arg(2, "--sft-type freeze: how many last layers train.",
-                                       at_least=0)
-    freeze_trainable_modules: list[str] = arg(
-        [], "--sft-type freeze: modules that train too, by name (e.g. lm_head embed_tokens).")
     logging_steps: int = arg(5, "Log every N steps.", at_least=1)
     report_to: list[str] = arg(
         [], "Also send the logs to these trackers (their packages installed): tensorboard "
@@ -344,6 +306,27 @@ class ExportArguments:
 
 def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+@functools.cache
+def with_options(cls: type, *options: type) -> type:
+    """``cls`` with the fields of the ``options`` dataclasses (a tuner's, hub's or format's own
+    flags) added: one flat arguments class, so code reads ``args.lora_rank`` and a run saves
+    its options under their own names. A name already present keeps its first definition
+    (several tuners may share an options class); made once per combination."""
+    if not options:
+        return cls
+    present = {f.name for f in dataclasses.fields(cls)}
+    added = []
+    for option_class in options:
+        types = field_types(option_class)
+        for f in dataclasses.fields(option_class):
+            if f.name not in present:
+                present.add(f.name)
+                added.append((f.name, types[f.name], field(
+                    default=f.default, default_factory=f.default_factory,
+                    metadata=f.metadata)))
+    return dataclasses.make_dataclass(cls.__name__, added, bases=(cls,))
 
 
 def base_type(annotation: Any) -> Any:

@@ -23,6 +23,7 @@ import pluggy
 
 from sdk import hookspecs
 from sdk.errors import SdkError
+from sdk.options import plugin_options
 from sdk.registry import KINDS, Registry
 from sdk.specs import DataFormat, DatasetSpec, Hub, ModelSpec, TemplateSpec, Tuner
 
@@ -149,6 +150,8 @@ class PluginSet:
                     others = " and ".join(o for o in owners if o != owner)
                     self.info[owner].registration_errors.append(
                         f"{KINDS[kind][0]} '{name}' is also registered by {others}")
+        for plugin, error in plugin_options(registry)[1]:
+            self.info[plugin].registration_errors.append(error)
         return registry
 
     def add_commands(self, cli: Any) -> None:

@@ -111,13 +111,16 @@ class DataFormat:
     """A record shape: ``detect(record) -> bool`` and ``to_messages(record) -> messages``.
 
     ``to_messages`` raises ``ValueError`` with a short reason for a record it cannot use;
-    the caller adds the file and line.
+    the caller adds the file and line. ``options``: a dataclass of ``sdk sft`` options the
+    format reads from the run's arguments (fields made with ``sdk.config.arg``), as for a
+    ``Tuner``; every registered format's options are in every run's arguments.
     """
 
     name: str
     detect: CallableRef
     to_messages: CallableRef
     description: str = ""
+    options: type | None = None
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,11 @@ class Tuner:
     before any model loads.
     ``default_quantization_bit``: the ``--quantization-bit`` used when the flag is not given
     (qlora: 4). ``requires``: import names (also their pip names) checked before any model
-    loads. ``options``: the tuner's own ``sdk sft`` options it reads (argument names, e.g.
-    ``lora_rank``); one that another tuner declares and the run sets is announced as ignored
-    when the run's tuner does not declare it.
+    loads. ``options``: a dataclass of the tuner's own ``sdk sft`` options, its fields made
+    with ``sdk.config.arg`` (e.g. ``lora_rank``); they become ``--flag-name`` options and
+    fields of the run's arguments when this tuner is chosen (several tuners may share one
+    class). Given on the command line with another ``--sft-type`` they are refused; set in a
+    ``--config`` file, announced as ignored.
     """
 
     name: str
@@ -174,7 +179,7 @@ class Tuner:
     check_arguments: CallableRef | None = None
     default_quantization_bit: int = 0
     requires: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
+    options: type | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,9 @@ class Hub:
     ``check_repo_id(repo_id)``, if given, raises ``ValueError`` saying what an id of this hub
     looks like when ``repo_id`` cannot be one; ``sdk push --repo-id`` and ``sdk sft
     --push-to-hub --hub-model-id`` run it before anything is staged or trained (left out, any
-    id goes to ``push``: the ``local`` hub's ids are paths).
+    id goes to ``push``: the ``local`` hub's ids are paths). ``options``: a dataclass of
+    ``sdk sft`` options the hub reads from the run's arguments, as for a ``Tuner``; every
+    registered hub's options are in every run's arguments.
     """
 
     name: str
@@ -209,3 +216,4 @@ class Hub:
     token_env: str = ""
     find_token: CallableRef | None = None
     check_repo_id: CallableRef | None = None
+    options: type | None = None

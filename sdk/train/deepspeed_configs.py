@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import SdkError
-from sdk.tuners.lora import MUTATING_INITS
 
 FLAG = "--deepspeed"
 _ZERO_2 = {"stage": 2, "overlap_comm": False, "contiguous_gradients": True,
@@ -91,10 +90,6 @@ def check_deepspeed(args: Any) -> None:
         raise SdkError(f"{FLAG}: AdaLoRA scores its ranks from each weight's gradient, which "
                        "ZeRO keeps in its own sharded buffers. Train AdaLoRA without "
                        f"{FLAG} (DDP: NPROC_PER_NODE), or use --sft-type lora.")
-    if args.init_lora_weights in MUTATING_INITS:
-        raise SdkError(f"{FLAG}: --init-lora-weights {args.init_lora_weights} converts each "
-                       "checkpoint from the whole adapter, which ZeRO shards. Leave one of "
-                       "them out.")
     if args.quantization_bit and zero_stage(config) == 3:
         raise SdkError(f"{FLAG} {args.deepspeed}: ZeRO-3 cannot shard a "
                        f"{args.quantization_bit}-bit base model. Use zero2 for QLoRA.")

@@ -1,6 +1,7 @@
 """`sdk sft` flags that the run's other flags leave without effect, announced on one line each
 before anything loads, and the run goes on as their help says. A flag of a shared config file
-(a batch size, a LoRA rank) is often set for other runs, so it is announced, not refused; as
+(a batch size, a LoRA rank) is often set for other runs, so it is announced, not refused
+(another tuner's option given on the command line is refused, ``sdk.options``); as
 ms-swift does, a --split-dataset-ratio next to --val-dataset is set to 0, also in the saved
 arguments.
 """
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sdk.config import SftArguments, changed_fields, flag_with_value
+from sdk.options import option_names
 from sdk.specs import Tuner
 
 
@@ -48,10 +50,14 @@ def ignored_flags(args: SftArguments, tuner: Tuner, tuners: Sequence[Tuner]) -> 
         unused = changed_fields(args, rule.names) if rule.when(args) else []
         if unused:
             lines.append(ignored(args, unused, rule.why.format(**vars(args))))
-    others = [name for other in tuners for name in other.options if name not in tuner.options]
+    own = option_names(tuner.options)
+    present = {f.name for f in dataclasses.fields(args)}  # a config file's, or none
+    others = [name for other in tuners for name in option_names(other.options)
+              if name not in own and name in present]
     unused = changed_fields(args, list(dict.fromkeys(others)))
     if unused:
-        users = [other.name for other in tuners if set(unused) & set(other.options)]
+        users = [other.name for other in tuners
+                 if set(unused) & set(option_names(other.options))]
         lines.append(ignored(args, unused, f"--sft-type {tuner.name} does not use "
                                            f"{'it' if len(unused) == 1 else 'them'} "
                                            f"({', '.join(sorted(users))} do)"))

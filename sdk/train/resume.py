@@ -64,8 +64,9 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
             raise SdkError(f"{FLAG}: {checkpoint} was trained with {flag} {saved[name]}, this "
                            f"run has {flag} {getattr(args, name)}. Give {flag} {saved[name]} "
                            f"to resume it, or leave out {FLAG} for a fresh run.")
-    changed = [name for name in SHAPING_ARGUMENTS
-               if name in saved and not same_setting(name, saved[name], getattr(args, name))]
+    # a tuner's options are in the arguments of its runs only (every tuner's in older runs)
+    changed = [name for name in SHAPING_ARGUMENTS if name in saved and hasattr(args, name)
+               and not same_setting(name, saved[name], getattr(args, name))]
     if changed:
         given = "; ".join(f"--{name.replace('_', '-')} {saved[name]!r} there, "
                           f"{getattr(args, name)!r} now" for name in changed)

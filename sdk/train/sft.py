@@ -26,6 +26,7 @@ from sdk.hubs import default_hub
 from sdk.hubs.push import push_destination
 from sdk.models.loader import check_supported, load_model, model_types_for_folder, torch_dtype
 from sdk.models.rope import applied_factor
+from sdk.options import run_arguments
 from sdk.registry import Registry
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
@@ -109,16 +110,20 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     Template(template_spec)  # a broken template fails here, before the model loads
     tuner = registry.get("tuners", args.sft_type)
     check_requires(tuner)
+    # read before the run's arguments drop other tuners' options (set in a --config file)
+    unused = ignored_flags(args, tuner, registry.specs("tuners"))
+    args = run_arguments(args, tuner, registry)
     if args.quantization_bit is None and tuner.default_quantization_bit:  # qlora: 4
         args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
     if tuner.check_arguments:
         resolve_callable(tuner.check_arguments)(args)
     if is_main_process():
-        for line in ignored_flags(args, tuner, registry.specs("tuners")):
+        for line in unused:
             click.echo(line, err=True)
     args = without_ignored_ratio(args)
     # saved with the run as it applies: 0.05, or 0 for adapters that start from the base
-    args = dataclasses.replace(args, lora_dropout=lora_dropout(args))
+    if hasattr(args, "lora_dropout"):  # a LoRA tuner's option
+        args = dataclasses.replace(args, lora_dropout=lora_dropout(args))
     if args.offload_activations:  # what is offloaded is what checkpointing keeps
         args = dataclasses.replace(args, gradient_checkpointing=True)
     if args.adapter and not Path(args.adapter).is_dir():

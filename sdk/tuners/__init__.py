@@ -25,6 +25,3 @@ def check_not_lora(args: Any) -> None:
     """``check_arguments`` of the built-in tuners without LoRA matrices."""
     if args.loraplus_lr_ratio:
         raise loraplus_refusal(args.sft_type)
-    if args.init_lora_weights != "default" or args.pissa_niter:
-        raise SdkError(f"--init-lora-weights and --pissa-niter start LoRA adapters; --sft-type "
-                       f"{args.sft_type} trains none. Use a LoRA tuner or leave them out.")

@@ -71,12 +71,6 @@ def prepare(model: Any, args: Any, spec: ModelSpec) -> Any:
     return with_adapters(model, config)
 
 
-def check_arguments(args: Any) -> None:
-    if args.init_lora_weights != "default" or args.pissa_niter:
-        raise SdkError(f"--init-lora-weights {args.init_lora_weights}: AdaLoRA starts its "
-                       "adapters its own way. Leave the flag out, or use --sft-type lora.")
-
-
 def callbacks(model: Any, args: Any) -> list[Any]:
     if args.adapter:  # a continued adapter keeps its ranks
         return []

@@ -2,6 +2,13 @@
 
 from sdk.hookspecs import hookimpl
 from sdk.specs import Tuner
+from sdk.tuners.options import (
+    AdaloraOptions,
+    FreezeOptions,
+    LoraOptions,
+    PtuningOptions,
+    VirtualTokenOptions,
+)
 
 
 def adapter_tuner(name: str, prepare: str, description: str, **settings) -> Tuner:
@@ -10,15 +17,7 @@ def adapter_tuner(name: str, prepare: str, description: str, **settings) -> Tune
                  description=description, **settings)
 
 
-# The tuners' own options (Tuner.options): a run's tuner reads only its own
-ADAPTER_OPTIONS = ("lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save")
-LORA_OPTIONS = ("lora_rank", *ADAPTER_OPTIONS, "init_lora_weights", "pissa_niter")
-ADALORA_OPTIONS = (*ADAPTER_OPTIONS, "adalora_target_rank", "adalora_init_rank", "adalora_tinit",
-                   "adalora_tfinal", "adalora_delta_t")
-VIRTUAL_TOKEN_OPTIONS = ("num_virtual_tokens",)
-FREEZE_OPTIONS = ("freeze_trainable_layers", "freeze_trainable_modules")
-
-NO_LORA = "sdk.tuners:check_not_lora"  # refuses --loraplus-lr-ratio and --init-lora-weights
+NO_LORA = "sdk.tuners:check_not_lora"  # refuses --loraplus-lr-ratio
 # lora and rslora: --init-lora-weights pissa|olora, checkpoints converted to plain LoRA
 STARTS_FROM_BASE = {"check_arguments": "sdk.tuners.lora:check_arguments",
                     "callbacks": "sdk.tuners.mutated_init:callbacks"}
@@ -31,43 +30,43 @@ def register_tuners(register):
         "LoRA adapters (peft): --lora-rank, --lora-alpha, --lora-dropout, "
         "--lora-target-modules, --lora-modules-to-save, --init-lora-weights (PiSSA, OLoRA); "
         "QLoRA with --quantization-bit 4|8",
-        trains_quantized_base=True, options=LORA_OPTIONS, **STARTS_FROM_BASE))
+        trains_quantized_base=True, options=LoraOptions, **STARTS_FROM_BASE))
     register(adapter_tuner(
         "dora", "sdk.tuners.lora:prepare_dora",
         "DoRA: LoRA with a learned magnitude per output (--lora-* flags)",
-        trains_quantized_base=True, options=LORA_OPTIONS,
+        trains_quantized_base=True, options=LoraOptions,
         check_arguments="sdk.tuners.lora:check_plain_init"))
     register(adapter_tuner(
         "rslora", "sdk.tuners.lora:prepare_rslora",
         "Rank-stabilised LoRA: scaled by alpha/sqrt(rank) (--lora-* flags)",
-        trains_quantized_base=True, options=LORA_OPTIONS, **STARTS_FROM_BASE))
+        trains_quantized_base=True, options=LoraOptions, **STARTS_FROM_BASE))
     register(adapter_tuner(
         "qlora", "sdk.tuners.lora:prepare",
         "LoRA on a 4-bit base (nf4, double quantization; --quantization-bit 8 for 8-bit); "
         "needs bitsandbytes",
         trains_quantized_base=True, default_quantization_bit=4, requires=("bitsandbytes",),
-        options=LORA_OPTIONS, check_arguments="sdk.tuners.lora:check_plain_init"))
+        options=LoraOptions, check_arguments="sdk.tuners.lora:check_plain_init"))
     register(adapter_tuner(
         "adalora", "sdk.tuners.adalora:prepare",
         "AdaLoRA: LoRA ranks pruned while training from --adalora-init-rank to an average of "
         "--adalora-target-rank",
         trains_quantized_base=True, callbacks="sdk.tuners.adalora:callbacks",
-        options=ADALORA_OPTIONS, check_arguments="sdk.tuners.adalora:check_arguments"))
+        options=AdaloraOptions))
     # peft cannot train saved virtual tokens further: --adapter refuses their checkpoints
     register(adapter_tuner(
         "prefix", "sdk.tuners.prompt:prepare_prefix",
         "Prefix tuning / P-tuning v2: --num-virtual-tokens learned keys and values in every "
-        "layer", default_learning_rate=1e-2, options=VIRTUAL_TOKEN_OPTIONS,
+        "layer", default_learning_rate=1e-2, options=VirtualTokenOptions,
         check_arguments=NO_LORA))
     register(adapter_tuner(
         "ptuning", "sdk.tuners.prompt:prepare_ptuning",
         "P-tuning: --num-virtual-tokens input embeddings made by an MLP "
         "(--prompt-encoder-hidden-size)", default_learning_rate=1e-2,
-        options=(*VIRTUAL_TOKEN_OPTIONS, "prompt_encoder_hidden_size"), check_arguments=NO_LORA))
+        options=PtuningOptions, check_arguments=NO_LORA))
     register(adapter_tuner(
         "prompt", "sdk.tuners.prompt:prepare_prompt",
         "Prompt tuning: --num-virtual-tokens input embeddings learned directly",
-        default_learning_rate=1e-2, options=VIRTUAL_TOKEN_OPTIONS, check_arguments=NO_LORA))
+        default_learning_rate=1e-2, options=VirtualTokenOptions, check_arguments=NO_LORA))
     register(adapter_tuner(
         "ia3", "sdk.tuners.ia3:prepare",
         "IA³: learned scaling vectors on attention keys/values and feed-forward",
@@ -80,7 +79,7 @@ def register_tuners(register):
                     "--freeze-trainable-modules); saves the whole model",
         default_learning_rate=2e-5,
         check_arguments=NO_LORA,
-        options=FREEZE_OPTIONS,
+        options=FreezeOptions,
     ))
     register(Tuner(
         name="full",

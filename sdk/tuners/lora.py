@@ -188,7 +188,8 @@ def lora_dropout(args: Any) -> float:
     (dropping their input would change the model before any step), else 0.05."""
     if args.lora_dropout is not None:
         return args.lora_dropout
-    return 0.0 if args.init_lora_weights in MUTATING_INITS else 0.05
+    # AdaLoRA's options have no --init-lora-weights: its adapters start its own way
+    return 0.0 if getattr(args, "init_lora_weights", None) in MUTATING_INITS else 0.05
 
 
 def check_pissa_niter(args: Any) -> None:
@@ -220,6 +221,9 @@ def check_arguments(args: Any) -> None:
         raise SdkError(f"{flag} takes the adapters' start out of the base weights, which a base "
                        f"quantized to {args.quantization_bit} bits cannot give back exactly. "
                        "Drop --quantization-bit (or use --init-lora-weights default).")
+    if args.deepspeed:
+        raise SdkError(f"--deepspeed: {flag} converts each checkpoint from the whole adapter, "
+                       "which ZeRO shards. Leave one of them out.")
     if args.lora_modules_to_save:
         raise SdkError(f"{flag}: peft's conversion of the trained adapters to plain LoRA keeps "
                        "only the LoRA matrices, so --lora-modules-to-save would not be saved. "
