@@ -24,7 +24,9 @@ import pytest
 from click.testing import CliRunner
 
 from sdk.cli import cli
+from sdk.config import SftArguments, with_options
 from sdk.templates.engine import IGNORE_INDEX
+from sdk.tuners.options import AdaloraOptions, FreezeOptions, LoraOptions, PtuningOptions
 
 REPO = Path(__file__).resolve().parent
 SHARED = REPO.parent / "shared"
@@ -32,6 +34,10 @@ TOKENIZERS = SHARED / "data" / "tokenizers"
 # The official code and real tokenizers of the remote-code families (README inside).
 REMOTE_CODE = SHARED / "data" / "remote_code"
 TINY_MODEL_TYPE = "tiny-qwen2-chat"
+# SftArguments with every built-in tuner's options, as `sdk sft` reads its flags: run_sft keeps
+# the run's tuner's
+AnyTunerArguments = with_options(SftArguments, LoraOptions, AdaloraOptions, PtuningOptions,
+                                 FreezeOptions)
 
 # The standard conversations that the plugin suites render and encode; a suite keeps its own
 # extra cases and picks the ones its format supports.
@@ -191,14 +197,14 @@ def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sdk.config import InferArguments, SftArguments
+    from sdk.config import InferArguments
     from sdk.infer.chat import load_for_inference
     from sdk.train.sft import run_sft
 
     settings = dict(model_type=model_type, model_id_or_path=str(model_dir), dataset=[str(dataset)],
                     max_steps=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2,
                     output_dir=str(output_dir), learning_rate=1e-2)
-    result = run_sft(SftArguments(**{**settings, **overrides}), registry)
+    result = run_sft(AnyTunerArguments(**{**settings, **overrides}), registry)
     saved = json.loads((result.checkpoint / "sft_args.json").read_text())
     model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)),
                                                     registry)

@@ -7,8 +7,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_MODEL_TYPE, TOKENIZERS
-from sdk.config import InferArguments, SftArguments
+from conftest import TINY_MODEL_TYPE, TOKENIZERS, AnyTunerArguments
+from sdk.config import InferArguments
 from sdk.infer.chat import finish_reply, generate, generation_options, load_for_inference
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import Template
@@ -53,7 +53,7 @@ def train_lora(plugin_set, identity_data, tmp_path, **overrides):
     settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
                     output_dir=str(tmp_path / "output"), max_steps=2, batch_size=2,
                     gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0)
-    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
 
 def test_chat_commands_change_history_and_system_prompt(run_cli, tiny_plugin_file, prompts):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, train_and_reload
-from sdk.config import InferArguments, SftArguments
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from sdk.config import InferArguments
 from sdk.infer.chat import checkpoint_or_export, generate
 from sdk.train.sft import run_sft
 
@@ -30,7 +30,7 @@ def train(plugin_set, identity_data, tmp_path, **overrides):
     settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
                     output_dir=str(tmp_path / "output"), max_steps=1, batch_size=2,
                     gradient_accumulation_steps=1, learning_rate=1e-2, warmup_ratio=0.0)
-    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
 
 def test_a_merged_lora_export_is_a_plain_transformers_model(plugin_set, tiny_plugin_file,

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, folder_digest, only_run
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, folder_digest, only_run
 from sdk.config import SftArguments
 from sdk.plugins import load_plugins
 from sdk.train.ignored_flags import ignored_flags
@@ -19,13 +19,13 @@ def tuners():
 
 
 def announced(tuners, **settings):
-    args = SftArguments(**settings)
+    args = AnyTunerArguments(**settings)
     return ignored_flags(args, tuners[args.sft_type], list(tuners.values()))
 
 
 @pytest.mark.parametrize("settings, line", [
     ({"sft_type": "full", "lora_rank": 16, "lora_alpha": 64},
-     "[sdk] --lora-rank 16, --lora-alpha 64 ignored: --sft-type full does not use them "
+     "[sdk] --lora-alpha 64, --lora-rank 16 ignored: --sft-type full does not use them "
      "(adalora, dora, lora, qlora, rslora do)."),
     ({"sft_type": "adalora", "lora_rank": 16},  # AdaLoRA's ranks are --adalora-*-rank
      "[sdk] --lora-rank 16 ignored: --sft-type adalora does not use it (dora, lora, qlora, "
@@ -68,10 +68,12 @@ def test_flags_the_run_uses_are_not_announced(tuners, settings):
 @pytest.mark.slow
 def test_sdk_sft_announces_each_dropped_flag_once_and_trains(run_cli, tiny_plugin_file,
                                                              identity_data, tmp_path):
+    shared = tmp_path / "shared.yaml"  # another tuner's option is refused on the command line
+    shared.write_text("lora_rank: 16\n")
     result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
                      "--dataset", identity_data, f"{identity_data.parent}/./{identity_data.name}",
                      "--val-dataset", identity_data, "--split-dataset-ratio", "0.5",
-                     "--sft-type", "full", "--lora-rank", "16", "--batch-size", "4",
+                     "--sft-type", "full", "--config", shared, "--batch-size", "4",
                      "--max-tokens-per-batch", "64", "--max-steps", "1",
                      "--output-dir", tmp_path / "out")
     assert result.exit_code == 0, result.output
@@ -89,6 +91,24 @@ def test_sdk_sft_announces_each_dropped_flag_once_and_trains(run_cli, tiny_plugi
     assert "[sdk] data: 8 training rows" in result.stderr  # both copies train
     saved = json.loads((only_run(tmp_path / "out") / "sft_args.json").read_text())
     assert saved["split_dataset_ratio"] == 0.0  # saved as it applied (ms-swift does the same)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--sft-type", "full", "--lora-rank", "16"),
+     "--lora-rank is an option of --sft-type dora, lora, qlora, rslora; this run is --sft-type "
+     "full. Leave it out, or choose a tuner that uses it."),
+    (("--sft-type", "adalora", "--init_lora_weights", "gaussian", "--lora-alpha", "16"),
+     "--init-lora-weights is an option of --sft-type dora, lora, qlora, rslora; this run is "
+     "--sft-type adalora."),
+    (("--lora-rank", "4", "--num-virtual-tokens", "5", "--prompt-encoder-hidden-size", "8"),
+     "--num-virtual-tokens is an option of --sft-type prefix, prompt, ptuning; "
+     "--prompt-encoder-hidden-size is an option of --sft-type ptuning; this run is --sft-type "
+     "lora. Leave them out"),
+])
+def test_another_tuners_flag_on_the_command_line_is_refused(refused_sft, tmp_path, flags,
+                                                             message):
+    assert message in " ".join(refused_sft(*flags).split())
+    assert not (tmp_path / "out").exists()
 
 
 MIXED = [

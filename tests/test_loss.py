@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE
-from sdk.config import SftArguments
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments
 from sdk.templates.engine import IGNORE_INDEX
 from sdk.train.accuracy import count_correct
 from sdk.train.loss import choose_loss, eval_loss_and_counts, logits_from_output_layer, token_loss
@@ -236,7 +235,7 @@ def train_log(plugin_set, data, output, **overrides):
                     max_steps=3, batch_size=2, gradient_accumulation_steps=2,
                     learning_rate=1e-2, save_steps=3, logging_steps=1, seed=0,
                     split_dataset_ratio=0.25, eval_steps=3)
-    result = run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    result = run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
     records = [json.loads(line)
                for line in (result.run_dir / "logging.jsonl").read_text().splitlines()]
     return ([r["loss"] for r in records if "loss" in r],

@@ -7,8 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE
-from sdk.config import SftArguments
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments
 from sdk.train.sft import run_sft
 
 
@@ -16,7 +15,7 @@ def train(plugin_set, identity_data, tmp_path, **overrides):
     settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
                     output_dir=str(tmp_path / "output"), max_steps=2, batch_size=2,
                     gradient_accumulation_steps=1, learning_rate=1e-3, save_steps=2, seed=0)
-    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
 
 def optimizer_state(checkpoint):

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, train_and_reload
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
 from sdk.config import SftArguments
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import IGNORE_INDEX, Template
@@ -202,7 +202,7 @@ def test_on_cuda_the_varlen_kernel_gives_the_per_sample_outputs_and_gradients(dt
 def test_virtual_token_tuners_are_not_packed(tiny_model_dir, sft_type):
     from sdk.tuners import prompt
 
-    args = SftArguments(sft_type=sft_type, num_virtual_tokens=4)
+    args = AnyTunerArguments(sft_type=sft_type, num_virtual_tokens=4)
     model = getattr(prompt, f"prepare_{sft_type}")(tiny_model(tiny_model_dir), args, None)
     assert "virtual tokens" in why_not_packed(model, args)
 
@@ -229,7 +229,7 @@ def train(plugin_set, dataset, output, **overrides):
     settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(dataset)], output_dir=str(output),
                     max_steps=3, batch_size=2, gradient_accumulation_steps=1,
                     learning_rate=1e-2, save_steps=3, logging_steps=1, seed=0)
-    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
 
 def logged(run_dir, key="loss"):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE
-from sdk.config import InferArguments, SftArguments
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments
+from sdk.config import InferArguments
 from sdk.data.conversations import split_indices
 from sdk.errors import SdkError
 from sdk.eval.predictions import metrics_file
@@ -188,7 +188,7 @@ def train(plugin_set, data, tmp_path, **overrides):
     settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(data)], max_steps=1, batch_size=2,
                     gradient_accumulation_steps=1, save_steps=1, seed=0,
                     output_dir=str(tmp_path / "output"))
-    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
 
 @pytest.mark.slow

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_MODEL_TYPE, folder_digest
-from sdk.config import SftArguments
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, folder_digest
 from sdk.errors import SdkError
 from sdk.hubs.card import model_card
 from sdk.hubs.push import TRAINING_STATE
@@ -129,7 +128,7 @@ def train(registry, output_dir: Path, tiny_model_dir: Path, **overrides):
                     output_dir=str(output_dir), max_steps=4, save_steps=2, batch_size=2,
                     gradient_accumulation_steps=1, learning_rate=1e-2, logging_steps=1, seed=0,
                     hub="flaky")
-    return run_sft(SftArguments(**{**settings, **overrides}), registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), registry)
 
 
 @pytest.fixture(scope="module")

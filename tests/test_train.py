@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, train_and_reload
-from sdk.config import InferArguments, SftArguments
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from sdk.config import InferArguments
 from sdk.train.sft import run_sft
 
 
@@ -18,7 +18,7 @@ def train(plugin_set, identity_data, tmp_path, **overrides):
                     output_dir=str(tmp_path / "output"), max_steps=3, batch_size=2,
                     gradient_accumulation_steps=1, learning_rate=1e-2, save_steps=2,
                     logging_steps=1, seed=0)
-    return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+    return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
 
 @pytest.mark.parametrize("sft_type, weights_file", [

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, train_and_reload
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
 from sdk.errors import SdkError
 
 
@@ -92,14 +92,13 @@ def test_training_continues_from_a_saved_adapter_in_either_file_layout(
 
 def test_an_adapter_for_another_model_or_tuner_is_refused(plugin_set, tiny_model_dir,
                                                           identity_data, tmp_path):
-    from sdk.config import SftArguments
     from sdk.train.sft import run_sft
 
     def sft(**overrides):
         settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
                         dataset=[str(identity_data)], max_steps=1,
                         output_dir=str(tmp_path / "out"))
-        return run_sft(SftArguments(**{**settings, **overrides}), plugin_set.registry)
+        return run_sft(AnyTunerArguments(**{**settings, **overrides}), plugin_set.registry)
 
     with pytest.raises(SdkError, match="has no adapter_config.json"):
         sft(adapter=str(tmp_path))
@@ -150,7 +149,6 @@ def test_adalora_resumed_mid_run_trains_like_the_uninterrupted_run(plugin_set, t
 
     from safetensors.torch import load_file
 
-    from sdk.config import SftArguments
     from sdk.train.run_dir import checkpoint_step
     from sdk.train.sft import run_sft
     from sdk.tuners.adalora import STATE_FILE
@@ -161,13 +159,13 @@ def test_adalora_resumed_mid_run_trains_like_the_uninterrupted_run(plugin_set, t
                     batch_size=2, gradient_accumulation_steps=1, save_steps=3,
                     save_total_limit=0, learning_rate=1e-2, adalora_init_rank=4,
                     adalora_target_rank=2, output_dir=str(tmp_path / "whole"))
-    whole = run_sft(SftArguments(**settings), plugin_set.registry)
+    whole = run_sft(AnyTunerArguments(**settings), plugin_set.registry)
     cut = tmp_path / "cut"
     shutil.copytree(whole.run_dir, cut)
     for checkpoint in cut.glob("checkpoint-*"):
         if checkpoint_step(checkpoint) > resume_at:
             shutil.rmtree(checkpoint)
-    resumed = run_sft(SftArguments(**{**settings, "resume_from_checkpoint": str(
+    resumed = run_sft(AnyTunerArguments(**{**settings, "resume_from_checkpoint": str(
         cut / f"checkpoint-{resume_at}")}), plugin_set.registry)
 
     later = [c.name for c in whole.run_dir.glob("checkpoint-*") if checkpoint_step(c) > resume_at]
@@ -190,7 +188,6 @@ def test_an_adalora_checkpoint_without_its_state_says_to_continue_its_adapter(
         plugin_set, tiny_model_dir, identity_data, tmp_path):
     import shutil
 
-    from sdk.config import SftArguments
     from sdk.errors import SdkError
     from sdk.train.sft import run_sft
     from sdk.tuners.adalora import STATE_FILE
@@ -199,15 +196,16 @@ def test_an_adalora_checkpoint_without_its_state_says_to_continue_its_adapter(
                     dataset=[str(identity_data)], sft_type="adalora", max_steps=10,
                     batch_size=2, save_steps=6, learning_rate=1e-2, adalora_init_rank=4,
                     adalora_target_rank=2)
-    run = run_sft(SftArguments(**settings, output_dir=str(tmp_path / "a")), plugin_set.registry)
+    run = run_sft(AnyTunerArguments(**settings, output_dir=str(tmp_path / "a")),
+                  plugin_set.registry)
     checkpoint = run.run_dir / "checkpoint-6"
     (checkpoint / STATE_FILE).unlink()  # as saved before the file existed: ranks already cut
     shutil.rmtree(run.run_dir / "checkpoint-10")
     with pytest.raises(SdkError, match=f"cannot resume from it.*--adapter {checkpoint}"):
-        run_sft(SftArguments(**settings, output_dir=str(tmp_path / "a"),
+        run_sft(AnyTunerArguments(**settings, output_dir=str(tmp_path / "a"),
                              resume_from_checkpoint=str(checkpoint)), plugin_set.registry)
     # the file is resume state only: none without the optimizer either
-    plain = run_sft(SftArguments(**{**settings, "max_steps": 2, "save_steps": 2},
+    plain = run_sft(AnyTunerArguments(**{**settings, "max_steps": 2, "save_steps": 2},
                                  only_save_model=True, output_dir=str(tmp_path / "b")),
                     plugin_set.registry)
     assert not (plain.checkpoint / STATE_FILE).exists()
@@ -376,7 +374,6 @@ def test_a_pissa_run_resumed_mid_run_trains_like_the_uninterrupted_run(
 
     from safetensors.torch import load_file
 
-    from sdk.config import SftArguments
     from sdk.train.sft import run_sft
     from sdk.tuners.mutated_init import STATE_FILE
 
@@ -384,11 +381,11 @@ def test_a_pissa_run_resumed_mid_run_trains_like_the_uninterrupted_run(
                     dataset=[str(identity_data)], init_lora_weights="pissa", max_steps=6,
                     batch_size=2, gradient_accumulation_steps=1, save_steps=3,
                     save_total_limit=0, learning_rate=1e-2, output_dir=str(tmp_path / "whole"))
-    whole = run_sft(SftArguments(**settings), plugin_set.registry)
+    whole = run_sft(AnyTunerArguments(**settings), plugin_set.registry)
     cut = tmp_path / "cut"
     shutil.copytree(whole.run_dir, cut)
     shutil.rmtree(cut / "checkpoint-6")
-    resumed = run_sft(SftArguments(**{**settings, "resume_from_checkpoint": str(
+    resumed = run_sft(AnyTunerArguments(**{**settings, "resume_from_checkpoint": str(
         cut / "checkpoint-3")}), plugin_set.registry)
     for file in (STATE_FILE, "adapter_model.safetensors"):
         expected = load_file(whole.checkpoint / file)
@@ -400,7 +397,6 @@ def test_a_pissa_run_resumed_mid_run_trains_like_the_uninterrupted_run(
 
 def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_resumable(
         plugin_set, tiny_model_dir, identity_data, tmp_path):
-    from sdk.config import SftArguments
     from sdk.train.sft import run_sft
     from sdk.tuners.mutated_init import STATE_FILE
 
@@ -408,12 +404,12 @@ def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_re
                     dataset=[str(identity_data)], init_lora_weights="olora", max_steps=2,
                     batch_size=2, save_steps=2, learning_rate=1e-2, lora_rank=4,
                     output_dir=str(tmp_path / "run"))
-    run = run_sft(SftArguments(**settings, only_save_model=True), plugin_set.registry)
+    run = run_sft(AnyTunerArguments(**settings, only_save_model=True), plugin_set.registry)
     assert not (run.checkpoint / STATE_FILE).exists()
     config = json.loads((run.checkpoint / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["init_lora_weights"] is True
     # its adapter trains on as plain LoRA on the published base
-    continued = run_sft(SftArguments(**{**settings, "init_lora_weights": "default",
+    continued = run_sft(AnyTunerArguments(**{**settings, "init_lora_weights": "default",
                                         "output_dir": str(tmp_path / "more")},
                                      adapter=str(run.checkpoint)), plugin_set.registry)
     assert json.loads((continued.checkpoint / "adapter_config.json").read_text())["r"] == 8
@@ -422,8 +418,6 @@ def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_re
 @pytest.mark.parametrize("flags, message", [
     (dict(quantization_bit=8), "a base quantized to 8 bits cannot give back exactly"),
     (dict(init_lora_weights="olora", pissa_niter=4), "--pissa-niter sets PiSSA's fast SVD"),
-    (dict(sft_type="ia3"), "--sft-type ia3 trains none"),
-    (dict(sft_type="full"), "--sft-type full trains none"),
     (dict(lora_modules_to_save=["lm_head"]), "--lora-modules-to-save would not be saved"),
     (dict(adapter="somewhere"), "--adapter continues a saved one"),
     (dict(sft_type="dora"), "works with --sft-type lora or rslora, not dora"),
@@ -431,25 +425,24 @@ def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_re
 ])
 def test_pissa_settings_it_cannot_train_with_are_refused_before_loading(
         plugin_set, identity_data, tmp_path, flags, message):
-    from sdk.config import SftArguments
     from sdk.train.sft import run_sft
 
-    arguments = SftArguments(**{"model_type": TINY_MODEL_TYPE, "model_id_or_path": "/nonexistent",
-                                "dataset": [str(identity_data)], "init_lora_weights": "pissa",
-                                "output_dir": str(tmp_path), **flags})
+    arguments = AnyTunerArguments(**{
+        "model_type": TINY_MODEL_TYPE, "model_id_or_path": "/nonexistent",
+        "dataset": [str(identity_data)], "init_lora_weights": "pissa",
+        "output_dir": str(tmp_path), **flags})
     with pytest.raises(SdkError, match=message):
         run_sft(arguments, plugin_set.registry)
 
 
 def test_pissa_and_olora_start_as_the_base_model_without_dropout_by_default(
         plugin_set, tiny_model_dir, identity_data, tmp_path):
-    from sdk.config import SftArguments
     from sdk.tuners.lora import lora_dropout
 
     settings = dict(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)])
-    assert lora_dropout(SftArguments(**settings)) == 0.05
-    assert lora_dropout(SftArguments(**settings, init_lora_weights="pissa")) == 0.0
-    assert lora_dropout(SftArguments(**settings, init_lora_weights="olora",
+    assert lora_dropout(AnyTunerArguments(**settings)) == 0.05
+    assert lora_dropout(AnyTunerArguments(**settings, init_lora_weights="pissa")) == 0.0
+    assert lora_dropout(AnyTunerArguments(**settings, init_lora_weights="olora",
                                      lora_dropout=0.1)) == 0.1
     # before any step (learning rate 0 at step 1) the model trains as the base model
     losses = {}
@@ -465,27 +458,17 @@ def test_pissa_and_olora_start_as_the_base_model_without_dropout_by_default(
 
 def test_a_pissa_run_resumes_only_with_its_own_start(plugin_set, tiny_model_dir, identity_data,
                                                      tmp_path):
-    from sdk.config import SftArguments
     from sdk.train.sft import run_sft
 
     settings = dict(model_type=TINY_MODEL_TYPE, model_id_or_path=str(tiny_model_dir),
                     dataset=[str(identity_data)], init_lora_weights="pissa", max_steps=4,
                     batch_size=2, save_steps=2, output_dir=str(tmp_path))
-    run = run_sft(SftArguments(**{**settings, "max_steps": 2}), plugin_set.registry)
+    run = run_sft(AnyTunerArguments(**{**settings, "max_steps": 2}), plugin_set.registry)
     for changed, message in [(dict(init_lora_weights="default"),
                               "--init-lora-weights 'pissa' there, 'default' now"),
                              (dict(pissa_niter=2), "--pissa-niter 0 there, 2 now")]:
         with pytest.raises(SdkError, match=message):
-            run_sft(SftArguments(**{**settings, **changed},
+            run_sft(AnyTunerArguments(**{**settings, **changed},
                                  resume_from_checkpoint=str(run.run_dir)), plugin_set.registry)
 
 
-def test_adalora_refuses_another_start_for_its_adapters(plugin_set, identity_data, tmp_path):
-    from sdk.config import SftArguments
-    from sdk.train.sft import run_sft
-
-    arguments = SftArguments(model_type=TINY_MODEL_TYPE, model_id_or_path="/nonexistent",
-                             dataset=[str(identity_data)], sft_type="adalora",
-                             init_lora_weights="gaussian", output_dir=str(tmp_path))
-    with pytest.raises(SdkError, match="AdaLoRA starts its adapters its own way"):
-        run_sft(arguments, plugin_set.registry)
