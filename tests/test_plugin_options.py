@@ -1,0 +1,92 @@
+"""Options owned by plugins (issue 20, item 2): a third-party tuner's own flag, end to end."""
+
+import json
+import textwrap
+
+from conftest import TINY_MODEL_TYPE, only_run
+
+HEAD_TUNER = """
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from sdk import hookimpl
+    from sdk.config import arg
+    from sdk.specs import Tuner
+
+    @dataclass
+    class HeadOptions:
+        train_prefix: str = arg("lm_head", "--sft-type head: train the weights whose names "
+                                "start with this.")
+
+    def prepare(model, args, spec):
+        Path(args.output_dir, "prepared-with.txt").write_text(args.train_prefix)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.startswith(args.train_prefix)
+        return model
+
+    @hookimpl
+    def register_tuners(register):
+        register(Tuner(name="head", prepare=prepare, load="sdk.tuners.full:load",
+                       options=HeadOptions))
+"""
+
+# lora_rank is a built-in tuner's option; this plugin defines it otherwise
+CLASHING_TUNER = """
+    from dataclasses import dataclass
+
+    from sdk import hookimpl
+    from sdk.config import arg
+    from sdk.specs import Tuner
+
+    @dataclass
+    class Clash:
+        lora_rank: str = arg("eight", "Another rank.")
+
+    @hookimpl
+    def register_tuners(register):
+        register(Tuner(name="clash", prepare="sdk.tuners.full:prepare",
+                       load="sdk.tuners.full:load", options=Clash))
+"""
+
+
+def plugin(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_a_third_party_tuners_flag_reaches_its_prepare_and_is_saved(
+        run_cli, tiny_plugin_file, identity_data, tmp_path):
+    head = plugin(tmp_path, "head_tuner", HEAD_TUNER)
+    plugins = ("--plugin", tiny_plugin_file, "--plugin", head)
+    help_text = run_cli(*plugins, "sft", "--help").stdout
+    assert "--train-prefix" in help_text and "train the weights whose names" in help_text
+    output = tmp_path / "out"
+    output.mkdir()
+    result = run_cli(*plugins, "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
+                     identity_data, "--sft-type", "head", "--train_prefix", "model.norm",
+                     "--max-steps", "1", "--batch-size", "2", "--save-steps", "1",
+                     "--output-dir", output)
+    assert result.exit_code == 0, result.output
+    assert (output / "prepared-with.txt").read_text() == "model.norm"
+    saved = json.loads((only_run(output) / "sft_args.json").read_text())
+    assert saved["train_prefix"] == "model.norm"
+    assert "lora_rank" not in saved and "num_virtual_tokens" not in saved  # not this tuner's
+    refused = run_cli(*plugins, "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
+                      identity_data, "--train-prefix", "model.norm", "--output-dir", output)
+    assert refused.exit_code == 1
+    assert ("--train-prefix is an option of --sft-type head; this run is --sft-type lora."
+            in refused.stderr)
+
+
+def test_an_option_declared_twice_otherwise_is_an_error_of_that_plugin(run_cli, tmp_path):
+    clash = plugin(tmp_path, "clash", CLASHING_TUNER)
+    report = {row["name"]: row for row in json.loads(
+        run_cli("--plugin", clash, "plugins", "--json").stdout)}
+    assert report[str(clash)]["error"] == (
+        "tuner 'clash' declares option --lora-rank unlike tuner 'lora' of plugin "
+        "sdk.tuners.builtin (type, "
+        "default, help or range); the first one is used")
+    assert report["sdk.tuners.builtin"]["error"] is None
+    help_result = run_cli("--plugin", clash, "sft", "--help")
+    assert help_result.exit_code == 0 and "LoRA rank." in help_result.stdout
