@@ -85,8 +85,20 @@ def test_an_option_declared_twice_otherwise_is_an_error_of_that_plugin(run_cli, 
         run_cli("--plugin", clash, "plugins", "--json").stdout)}
     assert report[str(clash)]["error"] == (
         "tuner 'clash' declares option --lora-rank unlike tuner 'lora' of plugin "
-        "sdk.tuners.builtin (type, "
-        "default, help or range); the first one is used")
+        "sdk.tuners.builtin (type, default, help or range); the first one is used")
     assert report["sdk.tuners.builtin"]["error"] is None
     help_result = run_cli("--plugin", clash, "sft", "--help")
     assert help_result.exit_code == 0 and "LoRA rank." in help_result.stdout
+
+
+def test_a_tuners_flags_carry_the_help_group_and_the_tuners_that_own_them():
+    import click
+
+    from sdk.cli import cli
+
+    root = cli.make_context("sdk", [], resilient_parsing=True)
+    sft = cli.get_command(root, "sft")
+    flags = {param.name: param for param in sft.get_params(click.Context(sft, parent=root))}
+    assert (flags["lora_rank"].group, flags["lora_rank"].tuners) == (
+        "tuner", ("lora", "dora", "rslora", "qlora"))
+    assert flags["num_virtual_tokens"].tuners == ("prefix", "ptuning", "prompt")
