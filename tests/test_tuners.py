@@ -203,10 +203,10 @@ def test_an_adalora_checkpoint_without_its_state_says_to_continue_its_adapter(
     shutil.rmtree(run.run_dir / "checkpoint-10")
     with pytest.raises(SdkError, match=f"cannot resume from it.*--adapter {checkpoint}"):
         run_sft(AnyTunerArguments(**settings, output_dir=str(tmp_path / "a"),
-                             resume_from_checkpoint=str(checkpoint)), plugin_set.registry)
+                                  resume_from_checkpoint=str(checkpoint)), plugin_set.registry)
     # the file is resume state only: none without the optimizer either
     plain = run_sft(AnyTunerArguments(**{**settings, "max_steps": 2, "save_steps": 2},
-                                 only_save_model=True, output_dir=str(tmp_path / "b")),
+                                      only_save_model=True, output_dir=str(tmp_path / "b")),
                     plugin_set.registry)
     assert not (plain.checkpoint / STATE_FILE).exists()
 
@@ -410,8 +410,8 @@ def test_a_pissa_checkpoint_saved_without_training_state_is_converted_and_not_re
     assert config["r"] == 8 and config["init_lora_weights"] is True
     # its adapter trains on as plain LoRA on the published base
     continued = run_sft(AnyTunerArguments(**{**settings, "init_lora_weights": "default",
-                                        "output_dir": str(tmp_path / "more")},
-                                     adapter=str(run.checkpoint)), plugin_set.registry)
+                                             "output_dir": str(tmp_path / "more")},
+                                          adapter=str(run.checkpoint)), plugin_set.registry)
     assert json.loads((continued.checkpoint / "adapter_config.json").read_text())["r"] == 8
 
 
@@ -443,7 +443,7 @@ def test_pissa_and_olora_start_as_the_base_model_without_dropout_by_default(
     assert lora_dropout(AnyTunerArguments(**settings)) == 0.05
     assert lora_dropout(AnyTunerArguments(**settings, init_lora_weights="pissa")) == 0.0
     assert lora_dropout(AnyTunerArguments(**settings, init_lora_weights="olora",
-                                     lora_dropout=0.1)) == 0.1
+                                          lora_dropout=0.1)) == 0.1
     # before any step (learning rate 0 at step 1) the model trains as the base model
     losses = {}
     for init in ("default", "olora"):
@@ -469,6 +469,6 @@ def test_a_pissa_run_resumes_only_with_its_own_start(plugin_set, tiny_model_dir,
                              (dict(pissa_niter=2), "--pissa-niter 0 there, 2 now")]:
         with pytest.raises(SdkError, match=message):
             run_sft(AnyTunerArguments(**{**settings, **changed},
-                                 resume_from_checkpoint=str(run.run_dir)), plugin_set.registry)
+                                      resume_from_checkpoint=str(run.run_dir)), plugin_set.registry)
 
 
