@@ -3,7 +3,7 @@
 import json
 import textwrap
 
-from conftest import TINY_MODEL_TYPE, only_run
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, only_run
 
 HEAD_TUNER = """
     from dataclasses import dataclass
@@ -102,3 +102,24 @@ def test_a_tuners_flags_carry_the_help_group_and_the_tuners_that_own_them():
     assert (flags["lora_rank"].group, flags["lora_rank"].tuners) == (
         "tuner", ("lora", "dora", "rslora", "qlora"))
     assert flags["num_virtual_tokens"].tuners == ("prefix", "ptuning", "prompt")
+
+
+def test_a_run_saved_with_every_tuners_options_still_resumes(lora_run_copy, plugin_set):
+    # sft_args.json of runs saved before options moved to their tuners holds every tuner's
+    import dataclasses
+
+    from sdk.options import run_arguments
+    from sdk.train.resume import resume_checkpoint
+
+    checkpoint = lora_run_copy / "checkpoint-2"
+    saved = json.loads((checkpoint / "sft_args.json").read_text())
+    older = {**saved, "num_virtual_tokens": 20, "adalora_init_rank": 12,
+             "freeze_trainable_layers": 2, "prompt_encoder_hidden_size": 128}
+    (checkpoint / "sft_args.json").write_text(json.dumps(older))
+    known = {f.name for f in dataclasses.fields(AnyTunerArguments)}
+    args = AnyTunerArguments(**{**{key: value for key, value in older.items() if key in known},
+                                "resume_from_checkpoint": str(lora_run_copy)})
+    registry = plugin_set.registry
+    lora = run_arguments(args, registry.get("tuners", "lora"), registry)
+    assert not hasattr(lora, "num_virtual_tokens")
+    assert resume_checkpoint(lora) == checkpoint
