@@ -59,7 +59,8 @@ class SdkCommand(click.Command):
             return super().make_context(info_name, args, parent, **extra)
         except click.NoSuchOption as error:
             ours = OTHER_TOOLS_FLAGS.get(error.option_name.lstrip("-").replace("-", "_"))
-            options = {opt for p in self.params for opt in p.opts}
+            params = self.get_params(error.ctx) if error.ctx else self.params
+            options = {opt for p in params for opt in p.opts}
             if ours and f"--{ours.split()[0]}" in options:
                 error.message = (f"No such option '{error.option_name}': here it is "
                                  f"--{ours}.")
@@ -67,7 +68,8 @@ class SdkCommand(click.Command):
             raise
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
+        multi = {opt for p in self.get_params(ctx) if getattr(p, "multiple", False)
+                 for opt in p.opts}
         split = []
         for token in args:  # `--dataset=a b` reads as `--dataset a b`
             flag, equals, value = token.partition("=")

@@ -123,3 +123,11 @@ def test_a_run_saved_with_every_tuners_options_still_resumes(lora_run_copy, plug
     lora = run_arguments(args, registry.get("tuners", "lora"), registry)
     assert not hasattr(lora, "num_virtual_tokens")
     assert resume_checkpoint(lora) == checkpoint
+
+
+def test_a_tuners_flags_parse_as_core_flags_do(run_cli):
+    # several values after a list flag; another tool's spelling gets ours
+    listed = run_cli("sft", "--sft-type", "full", "--lora-target-modules", "q_proj", "v_proj")
+    assert listed.exit_code == 1
+    assert "--lora-target-modules is an option of --sft-type adalora" in listed.stderr
+    assert "here it is --lora-rank" in run_cli("sft", "--lora_r", "4").stderr
