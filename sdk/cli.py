@@ -398,7 +398,9 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
                                     'Give a JSON list of {"role": ..., "content": ...} '
                                     "messages, or rename the record's fields.")
         try:
-            conversation = resolve_callable(data_format.to_messages)(conversation)
+            convert = resolve_callable(data_format.to_messages)
+            conversation = (convert(conversation, data_format.options())  # at their defaults
+                            if data_format.options else convert(conversation))
         except ValueError as error:
             raise SdkError(f"Messages file '{messages}': {error} (read as {data_format.name} "
                            "format).") from None

@@ -111,9 +111,10 @@ class DataFormat:
     """A record shape: ``detect(record) -> bool`` and ``to_messages(record) -> messages``.
 
     ``to_messages`` raises ``ValueError`` with a short reason for a record it cannot use;
-    the caller adds the file and line. ``options``: a dataclass of ``sdk sft`` options the
-    format reads from the run's arguments (fields made with ``sdk.config.arg``), as for a
-    ``Tuner``; every registered format's options are in every run's arguments.
+    the caller adds the file and line. ``options``: a dataclass of ``sdk sft`` options
+    (fields made with ``sdk.config.arg``), as for a ``Tuner``; every registered format's
+    options are in every run's arguments, and a format that declares them is called as
+    ``to_messages(record, args)`` (`sdk template render`: the options at their defaults).
     """
 
     name: str

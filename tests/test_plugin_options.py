@@ -48,6 +48,29 @@ CLASHING_TUNER = """
                        load="sdk.tuners.full:load", options=Clash))
 """
 
+# a record format that needs an option: the system prompt its rows lack
+QA_FORMAT = """
+    from dataclasses import dataclass
+
+    from sdk import hookimpl
+    from sdk.config import arg
+    from sdk.specs import DataFormat
+
+    @dataclass
+    class QaOptions:
+        qa_system: str = arg("You answer.", "qa format: the system prompt of every row.")
+
+    def to_messages(record, args):
+        return [{"role": "system", "content": args.qa_system},
+                {"role": "user", "content": record["q"]},
+                {"role": "assistant", "content": record["a"]}]
+
+    @hookimpl
+    def register_formats(register):
+        register(DataFormat(name="qa", detect=lambda record: set(record) == {"q", "a"},
+                            to_messages=to_messages, options=QaOptions))
+"""
+
 
 def plugin(tmp_path, name, body):
     path = tmp_path / f"{name}.py"
@@ -131,3 +154,12 @@ def test_a_tuners_flags_parse_as_core_flags_do(run_cli):
     assert listed.exit_code == 1
     assert "--lora-target-modules is an option of --sft-type adalora" in listed.stderr
     assert "here it is --lora-rank" in run_cli("sft", "--lora_r", "4").stderr
+
+
+def test_a_formats_option_reaches_its_conversion(run_cli, tmp_path):
+    qa = plugin(tmp_path, "qa_format", QA_FORMAT)
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"q": "Hi?", "a": "Hello."}) + "\n")
+    preview = ("--plugin", qa, "datasets", "preview", data, "--template", "chatml")
+    assert "system\nBe brief.<|im_end|>" in run_cli(*preview, "--qa-system", "Be brief.").stdout
+    assert "system\nYou answer.<|im_end|>" in run_cli(*preview).stdout

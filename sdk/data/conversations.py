@@ -133,7 +133,9 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
             if data_format is None:
                 data_format, detected_at = detect_format(where, record, registry), where
             try:
-                messages = resolve_callable(data_format.to_messages)(record)
+                convert = resolve_callable(data_format.to_messages)
+                # a format that declares options reads them from the run's arguments
+                messages = convert(record, args) if data_format.options else convert(record)
                 check_messages(messages)
                 if not any(message["role"] == "assistant" for message in messages):
                     raise ValueError("the conversation has no assistant message to learn from")
