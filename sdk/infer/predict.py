@@ -25,6 +25,7 @@ import click
 from sdk.config import InferArguments, SftArguments
 from sdk.errors import SdkError
 from sdk.eval.predictions import evaluate_file, write_metrics
+from sdk.options import arguments_class
 from sdk.registry import Registry
 from sdk.templates.engine import Template
 
@@ -299,20 +300,22 @@ def data_name(names: Sequence[str]) -> str:
     return "+".join(re.sub(r"[^\w#.-]+", "_", Path(name).stem) for name in names)
 
 
-def run_arguments(checkpoint: Path) -> SftArguments:
-    """The SftArguments a checkpoint was trained with."""
+def run_arguments(checkpoint: Path, registry: Registry) -> SftArguments:
+    """The SftArguments a checkpoint was trained with (the plugins' options it saved too: a
+    record format may read its own)."""
     from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
 
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
-    known = {f.name for f in dataclasses.fields(SftArguments)}
-    return SftArguments(**{key: value for key, value in saved.items() if key in known})
+    cls = arguments_class(registry)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in saved.items() if key in known})
 
 
 def held_out_of_run(checkpoint: Path, registry: Registry) -> list[Messages]:
     """The rows the checkpoint's run held out, chosen by the code that chose them then."""
     from sdk.data.arrow import training_and_held_out
 
-    args = run_arguments(checkpoint)
+    args = run_arguments(checkpoint, registry)
     if not args.val_dataset and not args.split_dataset_ratio:
         raise SdkError(f"The run of {checkpoint} held out no rows (it had no --val-dataset or "
                        "--split-dataset-ratio); predict with --dataset instead.")
@@ -320,11 +323,13 @@ def held_out_of_run(checkpoint: Path, registry: Registry) -> list[Messages]:
     return held_out["messages"]
 
 
-def data_arguments(args: InferArguments) -> SftArguments:
-    """``args`` as the dataset readers and preprocessors expect them (SftArguments)."""
-    shared = {f.name for f in dataclasses.fields(SftArguments)}
-    return SftArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)
-                           if f.name in shared})
+def data_arguments(args: InferArguments, registry: Registry) -> SftArguments:
+    """``args`` as the dataset readers and preprocessors expect them (SftArguments, the
+    plugins' options at their defaults)."""
+    cls = arguments_class(registry)
+    shared = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+                  if f.name in shared})
 
 
 def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | None:
@@ -344,7 +349,8 @@ def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | 
                            "run's checkpoint with --ckpt-dir.")
         rows, name = prompt_rows(held_out_of_run(checkpoint, registry)), "val"
     else:
-        rows = prompt_rows(load_conversations(args.dataset, registry, data_arguments(args)))
+        rows = prompt_rows(load_conversations(args.dataset, registry,
+                                              data_arguments(args, registry)))
         name = data_name(args.dataset)
     if args.predictions_file:
         path = Path(args.predictions_file)
