@@ -14,15 +14,18 @@ import click
 
 from sdk import __version__
 from sdk.config import (
+    OPTION_GROUPS,
     OTHER_TOOLS_FLAGS,
     PUSH_TRAINING_STATE_HELP,
     DeployArguments,
     ExportArguments,
     InferArguments,
+    PreviewArguments,
     SftArguments,
     base_type,
     build_arguments,
     field_types,
+    read_config_file,
 )
 from sdk.data.readers import cannot_read
 from sdk.errors import SdkError
@@ -31,11 +34,17 @@ from sdk.registry import Registry
 
 
 class Flag(click.Option):
-    """An option spelled ``--flag-name`` and ``--flag_name``; help shows the first."""
+    """An option spelled ``--flag-name`` and ``--flag_name``; help shows the dashed one, under
+    the heading of its ``group`` (OPTION_GROUPS)."""
+
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         spellings = self.opts
-        self.opts = spellings[:1]
+        self.opts = [o for o in spellings if o.replace("_", "-") == o
+                     or o.replace("_", "-") not in spellings]
         try:
             return super().get_help_record(ctx)
         finally:
@@ -66,6 +75,7 @@ class SdkCommand(click.Command):
             raise
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[HELP_SFT_TYPE] = chosen_tuner(args)  # --help is shown while parsing
         multi = {opt for p in self.params if getattr(p, "multiple", False) for opt in p.opts}
         split = []
         for token in args:  # `--dataset=a b` reads as `--dataset a b`
@@ -83,6 +93,48 @@ class SdkCommand(click.Command):
                 current = None
             expanded.append(token)
         return super().parse_args(ctx, expanded)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options under a heading per group, in OPTION_GROUPS' order; with ``--sft-type
+        X`` on the command line, only X's tuner options, else each with the tuners it is for."""
+        tuner = ctx.meta.get(HELP_SFT_TYPE)
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):  # the usage line has them
+                continue
+            # fields without a group are the built-in tuners' until they declare their own
+            group = getattr(param, "group", None) or (
+                "tuner" if isinstance(param, Flag) else "other")
+            owners = getattr(param, "tuners", None)
+            if owners and tuner and tuner not in owners:
+                continue
+            if owners and not tuner:
+                record = (record[0], f"{record[1]}  [tuners: {', '.join(owners)}]")
+            sections.setdefault(group, []).append(record)
+        order = [*OPTION_GROUPS, *sorted(set(sections) - set(OPTION_GROUPS))]
+        # one first column for all sections, as click's single list has
+        width = min(30, max(len(term) for rows in sections.values() for term, _ in rows))
+        for group in sorted(sections, key=order.index):
+            title = OPTION_GROUPS.get(group, group.capitalize()) + " options"
+            if group == "tuner" and tuner:
+                title += f" (--sft-type {tuner})"
+            with formatter.section(title):
+                formatter.write_dl([(term.ljust(width), text) for term, text in sections[group]])
+
+
+HELP_SFT_TYPE = "sdk.help_sft_type"
+
+
+def chosen_tuner(args: Sequence[str]) -> str | None:
+    """The last ``--sft-type X`` / ``--sft_type=X`` of a command line, read before click
+    parses it."""
+    chosen = None
+    for token, following in zip(args, [*args[1:], None], strict=True):
+        flag, equals, value = token.partition("=")
+        if flag in ("--sft-type", "--sft_type"):
+            chosen = value if equals else following
+    return chosen
 
 
 def options_from(cls: type) -> Callable[[Callable], Callable]:
@@ -107,8 +159,8 @@ def options_from(cls: type) -> Callable[[Callable], Callable]:
             elif f.metadata.get("choices"):
                 extra = {"type": click.Choice(f.metadata["choices"])}
             func = click.option(*spellings(f.name), f.name, cls=Flag, default=None,
-                                help=help_text, **extra)(func)
-        return click.option("--config", "config_file", cls=Flag, default=None,
+                                help=help_text, group=f.metadata["group"], **extra)(func)
+        return click.option("--config", "config_file", cls=Flag, default=None, group="other",
                             type=click.Path(dir_okay=False),
                             help="YAML or JSON file of options; flags override it.")(func)
 
@@ -289,9 +341,9 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
 
 @datasets.command("preview", cls=SdkCommand)
 @click.argument("names", nargs=-1)
-@click.option("-n", "--num", "count", type=int, default=3, show_default=True,
-              help="How many rows to show.")
-@options_from(SftArguments)
+@click.option("-n", "--num", "count", cls=Flag, group="data", type=int, default=3,
+              show_default=True, help="How many rows to show.")
+@options_from(PreviewArguments)
 @click.pass_context
 def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
                      config_file: str | None, **params: Any) -> None:
@@ -300,7 +352,12 @@ def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
     values = given(params)
     if names:  # else --dataset, or the config file's dataset
         values["dataset"] = [*names, *values.get("dataset", [])]
-    arguments = build_arguments(SftArguments, values, config_file)
+    # a run's config file previews its data: the options of sdk sft that do not change what a
+    # preview shows are checked as sdk sft would, then left out
+    config = read_config_file(config_file, SftArguments) if config_file else {}
+    previewed = {f.name for f in dataclasses.fields(PreviewArguments)}
+    values = {name: value for name, value in config.items() if name in previewed} | values
+    arguments = build_arguments(PreviewArguments, values)
     from sdk.data.preview import run_preview
 
     run_preview(arguments, registry(ctx), count)
