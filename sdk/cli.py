@@ -59,18 +59,30 @@ def spellings(name: str) -> list[str]:
 
 class SdkCommand(click.Command):
     """Lets a list flag take several values: ``--dataset a b`` = ``--dataset a --dataset b``;
-    an unknown flag that another tool spells differently gets our spelling."""
+    an unknown flag that another tool spells differently gets our spelling, one of the
+    ``options_of`` command (name, arguments class) that this one leaves out says so."""
+
+    def __init__(self, *args: Any, options_of: tuple[str, type] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options_of = options_of
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.NoSuchOption as error:
-            ours = OTHER_TOOLS_FLAGS.get(error.option_name.lstrip("-").replace("-", "_"))
+            name = error.option_name.lstrip("-").replace("-", "_")
+            ours = OTHER_TOOLS_FLAGS.get(name)
             options = {opt for p in self.params for opt in p.opts}
             if ours and f"--{ours.split()[0]}" in options:
                 error.message = (f"No such option '{error.option_name}': here it is "
                                  f"--{ours}.")
+                error.possibilities = None
+            elif self.options_of and name in field_types(self.options_of[1]):
+                error.message = (f"No such option '{error.option_name}': it is an option of "
+                                 f"`sdk {self.options_of[0]}` that does not change what this "
+                                 "command does; leave it out.")
                 error.possibilities = None
             raise
 
@@ -339,7 +351,7 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
     emit(rows, ("name", "description", "license", "plugin"), as_json)
 
 
-@datasets.command("preview", cls=SdkCommand)
+@datasets.command("preview", cls=SdkCommand, options_of=("sft", SftArguments))
 @click.argument("names", nargs=-1)
 @click.option("-n", "--num", "count", cls=Flag, group="data", type=int, default=3,
               show_default=True, help="How many rows to show.")

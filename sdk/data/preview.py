@@ -18,8 +18,8 @@ from sdk.templates.engine import Template
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 MEASURED_ROWS = 10_000  # enough for the shape of the distribution, fast on any dataset
-TRUNCATED = {"delete": "left out", "truncation_left": "their start cut",
-             "truncation_right": "their end cut"}
+TRUNCATED = {"delete": "leaves out", "truncation_left": "cuts at the start",
+             "truncation_right": "cuts at the end"}
 
 
 def marked(template: Template, messages: Sequence[dict[str, str]], loss_scope: str) -> str:
@@ -44,8 +44,9 @@ def length_summary(lengths: Sequence[int], unit: str, max_length: int,
                f"{int(statistics.median(ordered))}, p90 {at(0.9)}, p99 {at(0.99)}, "
                f"max {ordered[-1]}")
     if unit == "tokens" and max_length > 0:
-        summary += (f"; {sum(n > max_length for n in ordered)} longer than --max-length "
-                    f"(trained with {TRUNCATED[truncation_strategy]})")
+        summary += (f"; {sum(n > max_length for n in ordered)} longer than --max-length, "
+                    f"which training {TRUNCATED[truncation_strategy]} (--truncation-strategy "
+                    f"{truncation_strategy})")
     return summary
 
 
