@@ -126,7 +126,8 @@ class SdkCommand(click.Command):
             sections.setdefault(group, []).append(record)
         order = [*OPTION_GROUPS, *sorted(set(sections) - set(OPTION_GROUPS))]
         # one first column for all sections, as click's single list has
-        width = min(30, max(len(term) for rows in sections.values() for term, _ in rows))
+        width = min(30, max((len(term) for rows in sections.values() for term, _ in rows),
+                            default=0))
         for group in sorted(sections, key=order.index):
             title = OPTION_GROUPS.get(group, group.capitalize()) + " options"
             if group == "tuner" and tuner:
