@@ -145,3 +145,20 @@ def test_a_template_that_drops_the_system_prompt_is_flagged_with_the_rows_that_h
     assert flagged(report(registry, tokenizer, tmp_path / "chatml", dataset=[str(data)]),
                    SYSTEM_DROPPED) == []
 
+
+
+def test_a_row_the_template_cannot_render_is_named_by_file_and_line(registry, tokenizer,
+                                                                    tmp_path):
+    from sdk.data.arrow import tokenized_dataset
+    from sdk.errors import SdkError
+    from sdk.specs import TemplateSpec
+
+    data = write(tmp_path / "d.jsonl", [chat("hi", "ok"), chat("hi", "ok", system="Be brief.")])
+    strict = Template(TemplateSpec(name="no-system", jinja=(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}"
+        "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")))
+    train, _ = training_and_held_out(SftArguments(dataset=[str(data)],
+                                                  output_dir=str(tmp_path)), registry, None)
+    with pytest.raises(SdkError, match=f"^{data}:2: the row cannot be rendered with template "
+                                       "'no-system': no system role"):
+        tokenized_dataset(train, EncodeSettings(strict, tokenizer, 100), 1)

@@ -172,11 +172,10 @@ def training_and_held_out(args: Any, registry: Registry,
     return conversations.select(train_rows), conversations.select(held_rows)
 
 
-def _encode_batch(batch: dict[str, list], indices: list[int],
-                  settings: EncodeSettings) -> dict[str, list]:
+def _encode_batch(batch: dict[str, list], settings: EncodeSettings) -> dict[str, list]:
     columns: dict[str, list] = {name: [] for name in (*EXAMPLE_COLUMNS, *ROW_COLUMNS)}
-    for messages, index in zip(batch["messages"], indices, strict=True):
-        encoded = encode_row(settings, messages, index + 1)
+    for messages, where in zip(batch["messages"], batch["where"], strict=True):
+        encoded = encode_row(settings, messages, where)
         columns["input_ids"].append(encoded.input_ids)
         columns["labels"].append(encoded.labels)
         columns["attention_mask"].append([1] * len(encoded.input_ids))
@@ -208,7 +207,7 @@ def encoded_rows(conversations: Any, settings: EncodeSettings, num_proc: int) ->
     """Every row encoded (a cached ``map``), with what happened to it (``ROW_COLUMNS``) and
     the conversations' ``where`` and ``source``; the rows deleted or dropped have no tokens."""
     return conversations.map(
-        _encode_batch, batched=True, with_indices=True, fn_kwargs={"settings": settings},
+        _encode_batch, batched=True, fn_kwargs={"settings": settings},
         remove_columns=["messages"], num_proc=num_proc if num_proc > 1 else None,
         new_fingerprint=_encoding_fingerprint(conversations, settings), desc="Tokenizing")
 

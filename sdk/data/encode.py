@@ -71,16 +71,16 @@ class Encoded(NamedTuple):
 
 
 def encode_row(settings: EncodeSettings, messages: Sequence[dict[str, str]],
-               row: int) -> Encoded:
-    """The encoding of one conversation and what happened to it; ``row`` counts from 1 for
-    errors."""
+               where: str) -> Encoded:
+    """The encoding of one conversation and what happened to it; ``where`` names the row in
+    errors (file:line)."""
     try:
         input_ids, labels = settings.template.encode(settings.tokenizer, messages,
                                                      settings.loss_scope)
     except ValueError as error:
-        raise SdkError(f"Training row {row} (counting through --dataset in order) cannot be "
-                       f"rendered with template '{settings.template.spec.name}': {error}. Pick "
-                       "another --template or fix the data.") from None
+        raise SdkError(f"{where}: the row cannot be rendered with template "
+                       f"'{settings.template.spec.name}': {error}. Pick another --template or "
+                       "fix the data.") from None
     status, open_end, full_length = KEPT, False, len(input_ids)
     max_length = settings.max_length
     if max_length > 0 and full_length > max_length:
@@ -120,7 +120,8 @@ def encode_conversations(template: Template, tokenizer: Any,
     settings = EncodeSettings(template, tokenizer, max_length, loss_scope, truncation_strategy)
     examples, statuses, lengths, trained = [], [], [], []
     for row, messages in enumerate(conversations, start=1):
-        encoded = encode_row(settings, messages, row)
+        encoded = encode_row(settings, messages,
+                             f"Training row {row} (counting through --dataset in order)")
         statuses.append(encoded.status)
         lengths.append(len(encoded.input_ids))
         trained.append(sum(label != IGNORE_INDEX for label in encoded.labels))
