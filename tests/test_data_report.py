@@ -89,9 +89,9 @@ def test_rows_per_dataset_and_split_and_their_token_lengths(registry, tokenizer,
     assert f"tokens per row: {whole.split('train').tokens.text()}" in text
 
 
-def test_distribution_is_by_nearest_rank():
-    assert Distribution.of(range(100, 0, -1)) == Distribution(1, 50, 90, 99, 100)
-    assert Distribution.of([7, 3, 5]) == Distribution(3, 5, 7, 7, 7)
+def test_distribution():
+    assert Distribution.of(range(100, 0, -1)) == Distribution(1, 50, 91, 100, 100)
+    assert Distribution.of([7, 3, 5, 4]) == Distribution(3, 4, 7, 7, 7)
     assert Distribution.of([]) is None
 
 

@@ -4,7 +4,6 @@ the distribution of their lengths."""
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ import click
 
 from sdk.config import ModelArguments, PreviewArguments
 from sdk.data.conversations import load_conversations
+from sdk.data.report import Distribution
 from sdk.errors import SdkError
 from sdk.registry import Registry
 from sdk.templates.engine import Template
@@ -35,16 +35,9 @@ def marked(template: Template, messages: Sequence[dict[str, str]], loss_scope: s
 
 def length_summary(lengths: Sequence[int], unit: str, max_length: int,
                    truncation_strategy: str) -> str:
-    ordered = sorted(lengths)
-
-    def at(fraction: float) -> int:
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    summary = (f"{len(ordered)} rows, {unit}: min {ordered[0]}, median "
-               f"{int(statistics.median(ordered))}, p90 {at(0.9)}, p99 {at(0.99)}, "
-               f"max {ordered[-1]}")
+    summary = f"{len(lengths)} rows, {unit}: {Distribution.of(lengths).text()}"
     if unit == "tokens" and max_length > 0:
-        summary += (f"; {sum(n > max_length for n in ordered)} longer than --max-length, "
+        summary += (f"; {sum(n > max_length for n in lengths)} longer than --max-length, "
                     f"which training {TRUNCATED[truncation_strategy]} (--truncation-strategy "
                     f"{truncation_strategy})")
     return summary

@@ -5,7 +5,7 @@ lengths, and the rows that would train the model wrong, each named where a user 
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +27,8 @@ def _rows(count: int) -> str:
 
 @dataclass(frozen=True)
 class Distribution:
-    """Nearest-rank percentiles of per-row counts."""
+    """Per-row counts: the median (of the middle two, rounded down), and the percentiles as
+    the value at that fraction of the sorted rows."""
 
     min: int
     median: int
@@ -41,10 +42,10 @@ class Distribution:
             return None
         ordered = sorted(values)
 
-        def rank(percent: int) -> int:
-            return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+        def at(fraction: float) -> int:
+            return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
-        return cls(ordered[0], rank(50), rank(90), rank(99), ordered[-1])
+        return cls(ordered[0], int(statistics.median(ordered)), at(0.9), at(0.99), ordered[-1])
 
     def text(self) -> str:
         return (f"min {self.min}, median {self.median}, p90 {self.p90}, p99 {self.p99}, "
