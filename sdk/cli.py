@@ -14,15 +14,18 @@ import click
 
 from sdk import __version__
 from sdk.config import (
+    OPTION_GROUPS,
     OTHER_TOOLS_FLAGS,
     PUSH_TRAINING_STATE_HELP,
     DeployArguments,
     ExportArguments,
     InferArguments,
+    PreviewArguments,
     SftArguments,
     base_type,
     build_arguments,
     field_types,
+    read_config_file,
 )
 from sdk.data.readers import cannot_read
 from sdk.errors import SdkError
@@ -32,11 +35,17 @@ from sdk.registry import Registry
 
 
 class Flag(click.Option):
-    """An option spelled ``--flag-name`` and ``--flag_name``; help shows the first."""
+    """An option spelled ``--flag-name`` and ``--flag_name``; help shows the dashed one, under
+    the heading of its ``group`` (OPTION_GROUPS)."""
+
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         spellings = self.opts
-        self.opts = spellings[:1]
+        self.opts = [o for o in spellings if o.replace("_", "-") == o
+                     or o.replace("_", "-") not in spellings]
         try:
             return super().get_help_record(ctx)
         finally:
@@ -51,23 +60,43 @@ def spellings(name: str) -> list[str]:
 
 class SdkCommand(click.Command):
     """Lets a list flag take several values: ``--dataset a b`` = ``--dataset a --dataset b``;
-    an unknown flag that another tool spells differently gets our spelling."""
+    an unknown flag that another tool spells differently gets our spelling, one of the
+    ``options_of`` command (name, arguments class) that this one leaves out says so."""
+
+    def __init__(self, *args: Any, options_of: tuple[str, type] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options_of = options_of
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.NoSuchOption as error:
-            ours = OTHER_TOOLS_FLAGS.get(error.option_name.lstrip("-").replace("-", "_"))
+            name = error.option_name.lstrip("-").replace("-", "_")
+            ours = OTHER_TOOLS_FLAGS.get(name)
             params = self.get_params(error.ctx) if error.ctx else self.params
             options = {opt for p in params for opt in p.opts}
             if ours and f"--{ours.split()[0]}" in options:
                 error.message = (f"No such option '{error.option_name}': here it is "
                                  f"--{ours}.")
                 error.possibilities = None
+            elif self.options_of and name in self.options_of_names(error.ctx):
+                error.message = (f"No such option '{error.option_name}': it is an option of "
+                                 f"`sdk {self.options_of[0]}` that does not change what this "
+                                 "command does; leave it out.")
+                error.possibilities = None
             raise
 
+    def options_of_names(self, ctx: click.Context | None) -> set[str]:
+        """The option names of the ``options_of`` command, its plugins' options included."""
+        names = set(field_types(self.options_of[1]))
+        if ctx is not None and self.options_of[0] == "sft":
+            names |= set(plugin_options(registry(ctx, warn=False))[0])
+        return names
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[HELP_SFT_TYPE] = chosen_tuner(args)  # --help is shown while parsing
         multi = {opt for p in self.get_params(ctx) if getattr(p, "multiple", False)
                  for opt in p.opts}
         split = []
@@ -87,6 +116,47 @@ class SdkCommand(click.Command):
             expanded.append(token)
         return super().parse_args(ctx, expanded)
 
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options under a heading per group, in OPTION_GROUPS' order; with ``--sft-type
+        X`` on the command line, only X's tuner options, else each with the tuners it is for."""
+        tuner = ctx.meta.get(HELP_SFT_TYPE)
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):  # the usage line has them
+                continue
+            group = getattr(param, "group", None) or "other"
+            owners = getattr(param, "tuners", None)
+            if owners and tuner and tuner not in owners:
+                continue
+            if owners and not tuner:
+                record = (record[0], f"{record[1]}  [tuners: {', '.join(owners)}]")
+            sections.setdefault(group, []).append(record)
+        order = [*OPTION_GROUPS, *sorted(set(sections) - set(OPTION_GROUPS))]
+        # one first column for all sections, as click's single list has
+        width = min(30, max((len(term) for rows in sections.values() for term, _ in rows),
+                            default=0))
+        for group in sorted(sections, key=order.index):
+            title = OPTION_GROUPS.get(group, group.capitalize()) + " options"
+            if group == "tuner" and tuner:
+                title += f" (--sft-type {tuner})"
+            with formatter.section(title):
+                formatter.write_dl([(term.ljust(width), text) for term, text in sections[group]])
+
+
+HELP_SFT_TYPE = "sdk.help_sft_type"
+
+
+def chosen_tuner(args: Sequence[str]) -> str | None:
+    """The last ``--sft-type X`` / ``--sft_type=X`` of a command line, read before click
+    parses it."""
+    chosen = None
+    for token, following in zip(args, [*args[1:], None], strict=True):
+        flag, equals, value = token.partition("=")
+        if flag in ("--sft-type", "--sft_type"):
+            chosen = value if equals else following
+    return chosen
+
 
 def flag(f: dataclasses.Field, annotation: Any) -> Flag:
     """The click option of an arguments field; it defaults to None so the command can tell
@@ -105,7 +175,8 @@ def flag(f: dataclasses.Field, annotation: Any) -> Flag:
         extra = {"type": kind}  # choices among numbers are checked by build_arguments
     elif f.metadata.get("choices"):
         extra = {"type": click.Choice(f.metadata["choices"])}
-    return Flag([*spellings(f.name), f.name], default=None, help=help_text, **extra)
+    return Flag([*spellings(f.name), f.name], default=None, help=help_text,
+                group=f.metadata["group"], **extra)
 
 
 def options_from(cls: type) -> Callable[[Callable], Callable]:
@@ -116,7 +187,7 @@ def options_from(cls: type) -> Callable[[Callable], Callable]:
         params = getattr(func, "__click_params__", [])
         params += [flag(f, types[f.name]) for f in reversed(dataclasses.fields(cls))]
         func.__click_params__ = params  # type: ignore[attr-defined]
-        return click.option("--config", "config_file", cls=Flag, default=None,
+        return click.option("--config", "config_file", cls=Flag, default=None, group="other",
                             type=click.Path(dir_okay=False),
                             help="YAML or JSON file of options; flags override it.")(func)
 
@@ -124,13 +195,19 @@ def options_from(cls: type) -> Callable[[Callable], Callable]:
 
 
 # the help group of a plugin's options, by the kind of thing that declares them
-OPTION_GROUPS = {"tuners": "tuner", "hubs": "hub", "formats": "data"}
+KIND_GROUPS = {"tuners": "tuner", "hubs": "hub", "formats": "data"}
 
 
 class PluginOptionsCommand(SdkCommand):
-    """A command that also takes the options every registered tuner, hub and format declares
-    (`sdk sft`, `sdk datasets preview`). Each such option has ``group`` and ``tuners`` (the
-    tuners that own it; empty for a hub's or format's)."""
+    """A command that also takes the options that every registered plugin of
+    ``option_kinds`` declares (`sdk sft`: tuners, hubs, formats; `sdk datasets preview`: hubs
+    and formats). Each such option has ``group`` and ``tuners`` (the tuners that own it; empty
+    for a hub's or format's)."""
+
+    def __init__(self, *args: Any, option_kinds: tuple[str, ...] = tuple(KIND_GROUPS),
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.option_kinds = option_kinds
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
@@ -138,8 +215,10 @@ class PluginOptionsCommand(SdkCommand):
             options, _ = plugin_options(registry(ctx, warn=False))
             flags = []
             for option in options.values():
+                if option.kind not in self.option_kinds:
+                    continue
                 made = flag(option.field, option.annotation)
-                made.group = OPTION_GROUPS[option.kind]  # type: ignore[attr-defined]
+                made.group = KIND_GROUPS[option.kind]
                 made.tuners = (option.owners  # type: ignore[attr-defined]
                                if option.kind == "tuners" else ())
                 flags.append(made)
@@ -319,11 +398,12 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
     emit(rows, ("name", "description", "license", "plugin"), as_json)
 
 
-@datasets.command("preview", cls=PluginOptionsCommand)
+@datasets.command("preview", cls=PluginOptionsCommand, options_of=("sft", SftArguments),
+                  option_kinds=("hubs", "formats"))
 @click.argument("names", nargs=-1)
-@click.option("-n", "--num", "count", type=int, default=3, show_default=True,
-              help="How many rows to show.")
-@options_from(SftArguments)
+@click.option("-n", "--num", "count", cls=Flag, group="data", type=int, default=3,
+              show_default=True, help="How many rows to show.")
+@options_from(PreviewArguments)
 @click.pass_context
 def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
                      config_file: str | None, **params: Any) -> None:
@@ -332,8 +412,14 @@ def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
     values = given(params)
     if names:  # else --dataset, or the config file's dataset
         values["dataset"] = [*names, *values.get("dataset", [])]
+    # a run's config file previews its data: the options of sdk sft that do not change what a
+    # preview shows (another tuner's included) are checked as sdk sft would, then left out
     known = registry(ctx)
-    arguments = build_arguments(arguments_class(known), values, config_file)
+    config = read_config_file(config_file, arguments_class(known)) if config_file else {}
+    previewed = arguments_class(known, core=PreviewArguments, kinds=("hubs", "formats"))
+    names = {f.name for f in dataclasses.fields(previewed)}
+    values = {name: value for name, value in config.items() if name in names} | values
+    arguments = build_arguments(previewed, values)
     from sdk.data.preview import run_preview
 
     run_preview(arguments, known, count)

@@ -61,17 +61,27 @@ OTHER_TOOLS_FLAGS = {
     "pissa_convert": "init-lora-weights pissa (checkpoints hold the converted adapter)",
 }
 
+# --help lists a command's options under these headings, in this order (what a command does
+# first: sdk infer's generation options come right after the model)
+OPTION_GROUPS = {"model": "Model", "generation": "Generation",
+                 "prediction": "Prediction (--dataset)", "server": "Server", "data": "Data",
+                 "tuner": "Tuner", "training": "Training", "performance": "Performance",
+                 "checkpoints": "Checkpoint", "output": "Output", "hub": "Hub",
+                 "logging": "Logging and evaluation", "other": "Other"}
+
 
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
         at_least: float | None = None, above: float | None = None,
         below: float | None = None, at_most: float | None = None,
-        secret: bool = False, path: str | None = None) -> Any:
+        secret: bool = False, path: str | None = None, group: str | None = None) -> Any:
     """A field with its help text and the values it accepts (checked by build_arguments).
     A ``secret`` value (a token) is never saved with a run. ``path`` marks a value that names
     something on this machine, saved absolute (see absolute_paths): "path" a file or folder,
-    "datasets" dataset entries that may be files, "name=path" NAME=PATH pairs."""
+    "datasets" dataset entries that may be files, "name=path" NAME=PATH pairs. ``group``: the
+    heading of OPTION_GROUPS the flag is listed under in ``--help``."""
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above,
-                "below": below, "at_most": at_most, "secret": secret, "path": path}
+                "below": below, "at_most": at_most, "secret": secret, "path": path,
+                "group": group}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -79,159 +89,180 @@ def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
 
 @dataclass
 class ModelArguments:
-    model_type: str | None = arg(None, "Model type to load (see `sdk models`).")
+    model_type: str | None = arg(None, "Model type to load (see `sdk models`).", group="model")
     model_id_or_path: str | None = arg(
-        None, "Local model folder to use instead of the model type's hub copy.", path="path")
-    template: str | None = arg(None, "Chat template (default: the model type's).")
-    system: str | None = arg(None, "System prompt (default: the template's).")
+        None, "Local model folder to use instead of the model type's hub copy.", path="path",
+        group="model")
+    template: str | None = arg(None, "Chat template (default: the model type's).", group="model")
+    system: str | None = arg(None, "System prompt (default: the template's).", group="model")
     dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
-                     ("auto", "bf16", "fp16", "fp32"))
-    trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.")
+                     ("auto", "bf16", "fp16", "fp32"), group="model")
+    trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.",
+                                  group="model")
     attn_impl: str = arg(
         "auto", "Attention kernel. auto: flash_attention_2 on a CUDA GPU in bf16/fp16 when "
         "flash-attn is installed, else what transformers picks (sdpa where the model has it, "
-        "else eager).", ATTENTION_KERNELS)
+        "else eager).", ATTENTION_KERNELS, group="performance")
     quantization_bit: int | None = arg(
         None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA; on a CUDA GPU, or "
-        "slowly on a CPU); 0: not quantized.", (0, 4, 8))
+        "slowly on a CPU); 0: not quantized.", (0, 4, 8), group="model")
     bnb_4bit_comp_dtype: str = arg("auto", "Compute dtype of 4-bit layers (auto: --dtype).",
-                                   ("auto", "bf16", "fp16", "fp32"))
-    bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"))
-    bnb_4bit_use_double_quant: bool = arg(True, "Quantize the 4-bit scales too.")
+                                   ("auto", "bf16", "fp16", "fp32"), group="model")
+    bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"), group="model")
+    bnb_4bit_use_double_quant: bool = arg(True, "Quantize the 4-bit scales too.", group="model")
     rope_scaling: str | None = arg(
         None, "Stretch the model's rotary positions to train on and answer sequences longer "
         "than its window: linear, dynamic (NTK) or yarn (sdk infer --ckpt-dir: the run's).",
-        ("linear", "dynamic", "yarn"))
+        ("linear", "dynamic", "yarn"), group="model")
     rope_factor: float | None = arg(
         None, "How many times --rope-scaling stretches the window (sdk sft default: "
-        "--max-length over the model's window, rounded up).", above=1)
+        "--max-length over the model's window, rounded up).", above=1, group="model")
     hub: str | None = arg(None, "Hub to download models and datasets from and push to (see "
                           "`sdk hubs`; default: $SFT_SDK_HUB, else huggingface; a checkpoint "
-                          "reloads from the hub it was trained with).")
+                          "reloads from the hub it was trained with).", group="hub")
 
 
 @dataclass
 class SftArguments(ModelArguments):
-    sft_type: str = arg("lora", "Tuner (see `sdk tuners`).")
+    sft_type: str = arg("lora", "Tuner (see `sdk tuners`).", group="tuner")
     dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files; "
                              "NAME#N samples N rows (deterministic under --seed).",
-                             path="datasets")
-    dataset_format: str | None = arg(None, "Record format; detected when left out.")
+                             path="datasets", group="data")
+    dataset_format: str | None = arg(None, "Record format; detected when left out.", group="data")
     dataset_info: str | None = arg(None, "A dataset_info.json (LLaMA-Factory / "
                                    "ChatGLM-Efficient-Tuning) that defines the --dataset "
-                                   "names.", path="path")
+                                   "names.", path="path", group="data")
     dataset_path: list[str] = arg(
         [], "NAME=PATH: read the registered dataset NAME from a local file or folder instead "
         "of its hub repository (e.g. alpaca-zh=/data/alpaca_gpt4_data_zh.json).",
-        path="name=path")
+        path="name=path", group="data")
     columns: list[str] = arg(
         [], "FIELD=OURS: rename record fields before the format is detected, e.g. "
-        "question=instruction answer=output.")
+        "question=instruction answer=output.", group="data")
     val_dataset: list[str] = arg([], "Held-out datasets to compute eval loss on (like "
-                                 "--dataset).", path="datasets")
+                                 "--dataset).", path="datasets", group="data")
     split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "
-                                     "the training rows for eval loss.", at_least=0, below=1)
+                                     "the training rows for eval loss.", at_least=0, below=1,
+                                     group="data")
     eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
-                                 "(default: --save-steps).", at_least=1)
+                                 "(default: --save-steps).", at_least=1, group="logging")
     model_name: list[str] = arg(
-        [], "Name for self-cognition data: one name, or a Chinese and an English one.")
+        [], "Name for self-cognition data: one name, or a Chinese and an English one.",
+        group="data")
     model_author: list[str] = arg(
-        [], "Author for self-cognition data: one, or a Chinese and an English one.")
+        [], "Author for self-cognition data: one, or a Chinese and an English one.", group="data")
     output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.",
-                          path="path")
+                          path="path", group="checkpoints")
     dataset_num_proc: int = arg(1, "Processes that tokenize the data (datasets' map).",
-                                at_least=1)
+                                at_least=1, group="performance")
     skip_bad_records: bool = arg(False, "Leave out records that cannot be read or converted "
-                                 "(counted, with their first locations) instead of stopping.")
+                                 "(counted, with their first locations) instead of stopping.",
+                                 group="data")
     max_length: int = arg(2048, "Longest training sequence in tokens (0 or -1: no limit).",
-                          at_least=-1)
+                          at_least=-1, group="data")
     truncation_strategy: str = arg(
         "truncation_right", "Rows longer than --max-length: delete them, or cut the start "
         "(truncation_left) or the end (truncation_right).",
-        ("delete", "truncation_left", "truncation_right"))
-    loss_scope: str = arg("all", "Which assistant turns carry loss.", ("all", "last"))
-    num_train_epochs: float = arg(1.0, "Passes over the training data.", above=0)
+        ("delete", "truncation_left", "truncation_right"), group="data")
+    loss_scope: str = arg("all", "Which assistant turns carry loss.", ("all", "last"), group="data")
+    num_train_epochs: float = arg(1.0, "Passes over the training data.", above=0, group="training")
     max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides epochs when "
-                         "above 0).")
-    batch_size: int = arg(1, "Sequences per device per step.", at_least=1)
+                         "above 0).", group="training")
+    batch_size: int = arg(1, "Sequences per device per step.", at_least=1, group="training")
     packing: bool = arg(True, "Padding-free batches: a batch's samples joined into one row, "
                         "each attending only to itself (false: pad to the longest sample). "
-                        "Models and tuners that cannot be packed pad instead, with a notice.")
+                        "Models and tuners that cannot be packed pad instead, with a notice.",
+                        group="performance")
     max_tokens_per_batch: int | None = arg(
         None, "Batches of as many samples as fit in N tokens (padding counted without "
         "--packing) instead of --batch-size; a longer sample gets a batch of its own.",
-        at_least=1)
-    group_by_length: bool = arg(False, "Batch samples of similar length together.")
-    gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.", at_least=1)
+        at_least=1, group="training")
+    group_by_length: bool = arg(False, "Batch samples of similar length together.",
+                                group="training")
+    gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.", at_least=1,
+                                           group="training")
     learning_rate: float | None = arg(None, "Peak learning rate (lora 1e-4, full 2e-5).",
-                                      above=0)
-    weight_decay: float = arg(0.01, "AdamW weight decay.", at_least=0)
+                                      above=0, group="training")
+    weight_decay: float = arg(0.01, "AdamW weight decay.", at_least=0, group="training")
     optim: str | None = arg(
         None, "Optimizer, by its transformers name: adamw_torch, adamw_torch_fused, adafactor, "
         "sgd, ...; adamw_8bit, paged_adamw_8bit, paged_adamw_32bit and lion_8bit need "
-        "bitsandbytes (default: transformers' AdamW).")
+        "bitsandbytes (default: transformers' AdamW).", group="training")
     loraplus_lr_ratio: float | None = arg(
         None, "LoRA+: train the LoRA B matrices at this many times the learning rate (16 is "
-        "usual; LoRA tuners only).", above=0)
-    lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.", LR_SCHEDULERS)
-    warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1)
-    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: no clipping).", at_least=0)
-    gradient_checkpointing: bool = arg(False, "Recompute activations to save memory.")
+        "usual; LoRA tuners only).", above=0, group="tuner")
+    lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.", LR_SCHEDULERS,
+                                 group="training")
+    warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1,
+                              group="training")
+    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: no clipping).", at_least=0,
+                               group="training")
+    gradient_checkpointing: bool = arg(False, "Recompute activations to save memory.",
+                                       group="performance")
     deepspeed: str | None = arg(
         None, "Shard the training state over the processes with DeepSpeed ZeRO (pip install "
         "deepspeed): zero2 (optimizer state and gradients), zero3 (the weights too), "
-        "zero2_offload, zero3_offload (kept in CPU memory), or a DeepSpeed JSON file.")
+        "zero2_offload, zero3_offload (kept in CPU memory), or a DeepSpeed JSON file.",
+        group="performance")
     offload_activations: bool = arg(
         False, "Keep the activations saved for the backward in CPU memory (implies "
-        "--gradient-checkpointing): for contexts too long for GPU memory; slower.")
+        "--gradient-checkpointing): for contexts too long for GPU memory; slower.",
+        group="performance")
     loss_impl: str = arg(
         "auto", "How the loss is computed: chunked (the output layer and cross-entropy only on "
         "trained tokens, in chunks: no full logits in memory), standard (the model's own, from "
         "full fp32 logits), auto (liger-kernel's fused kernel on CUDA when installed, else "
-        "chunked; standard where the model needs it).", ("auto", "chunked", "standard"))
+        "chunked; standard where the model needs it).", ("auto", "chunked", "standard"),
+        group="performance")
     use_liger_kernel: bool = arg(
         False, "liger-kernel's Triton RMSNorm, SwiGLU and RoPE kernels in place of the model's "
         "own (CUDA GPU, pip install liger-kernel; llama, qwen2, mistral and the other families "
-        "it covers): less memory kept for the backward. The loss is --loss-impl's.")
+        "it covers): less memory kept for the backward. The loss is --loss-impl's.",
+        group="performance")
     adapter: str | None = arg(
         None, "Continue training this peft adapter (a folder with adapter_config.json and "
         "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).",
-        path="path")
-    logging_steps: int = arg(5, "Log every N steps.", at_least=1)
+        path="path", group="model")
+    logging_steps: int = arg(5, "Log every N steps.", at_least=1, group="logging")
     report_to: list[str] = arg(
         [], "Also send the logs to these trackers (their packages installed): tensorboard "
         "(event files under <run>/runs/), wandb, swanlab, mlflow; none: only logging.jsonl "
-        "(as transformers' report_to none).", (*TRACKER_PACKAGES, "none"))
-    save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1)
-    save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).")
+        "(as transformers' report_to none).", (*TRACKER_PACKAGES, "none"), group="logging")
+    save_steps: int = arg(50, "Save a checkpoint every N steps (and at the end).", at_least=1,
+                          group="checkpoints")
+    save_total_limit: int = arg(2, "Keep at most N checkpoints (0 or -1: keep all).",
+                                group="checkpoints")
     only_save_model: bool = arg(False, "Checkpoints hold the model or adapter only, without "
-                                "optimizer state: smaller, but training cannot resume from them.")
+                                "optimizer state: smaller, but training cannot resume from them.",
+                                group="checkpoints")
     resume_from_checkpoint: str | None = arg(
         None, "Resume an interrupted run: a checkpoint folder, or auto for the newest complete "
-        "checkpoint of the newest run of this model type under --output-dir.", path="path")
+        "checkpoint of the newest run of this model type under --output-dir.", path="path",
+        group="checkpoints")
     neftune_noise_alpha: float | None = arg(
         None, "NEFTune: add uniform noise of this scale to the input embeddings while "
-        "training (5 is usual).", above=0)
+        "training (5 is usual).", above=0, group="training")
     push_to_hub: bool = arg(False, "Upload the trained model to --hub (see "
-                            "--push-hub-strategy).")
-    hub_model_id: str | None = arg(None, "Repository to push to, e.g. user/my-model.")
-    hub_private_repo: bool = arg(True, "Create the repository as private.")
+                            "--push-hub-strategy).", group="hub")
+    hub_model_id: str | None = arg(None, "Repository to push to, e.g. user/my-model.", group="hub")
+    hub_private_repo: bool = arg(True, "Create the repository as private.", group="hub")
     hub_token: str | None = arg(None, "Token for --hub (default: the hub's usual token "
-                                "environment variable or login).", secret=True)
+                                "environment variable or login).", secret=True, group="hub")
     push_hub_strategy: str = arg(
         "end", "What to push and when: end (the final model), push_best and push_last (the "
         "best / last checkpoint at the end), checkpoint (each checkpoint, replacing the "
         "last), all_checkpoints (each checkpoint in its own folder).",
-        ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"))
+        ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"), group="hub")
     push_training_state: bool = arg(
-        False, PUSH_TRAINING_STATE_HELP)
-    seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
-    dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0)
+        False, PUSH_TRAINING_STATE_HELP, group="hub")
+    seed: int = arg(42, "Random seed.", at_least=0, below=2**32, group="training")
+    dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0,
+                                      group="performance")
     predict_with_generate: bool = arg(
         False, "After training, generate replies for the held-out rows into "
-        "<run>/predictions/ and score them (ROUGE, BLEU).")
+        "<run>/predictions/ and score them (ROUGE, BLEU).", group="logging")
     max_new_tokens: int = arg(512, "With --predict-with-generate: longest reply in tokens.",
-                              at_least=1)
+                              at_least=1, group="logging")
 
 
 @dataclass
@@ -239,69 +270,107 @@ class GenerationArguments(ModelArguments):
     """What `sdk infer` and `sdk deploy` share: the model to load and how it decodes."""
 
     ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`, or a "
-                               "model folder written by `sdk export`.")
-    max_new_tokens: int = arg(512, "Longest reply in tokens.", at_least=1)
-    do_sample: bool = arg(False, "Sample instead of greedy decoding.")
-    temperature: float = arg(0.7, "Sampling temperature (with --do-sample).", above=0)
-    top_k: int = arg(20, "Sample among the K likeliest tokens (0: all).", at_least=0)
-    top_p: float = arg(0.9, "Sample within this probability mass.", above=0, at_most=1)
-    repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.", above=0)
+                               "model folder written by `sdk export`.", group="model")
+    max_new_tokens: int = arg(512, "Longest reply in tokens.", at_least=1, group="generation")
+    do_sample: bool = arg(False, "Sample instead of greedy decoding.", group="generation")
+    temperature: float = arg(0.7, "Sampling temperature (with --do-sample).", above=0,
+                             group="generation")
+    top_k: int = arg(20, "Sample among the K likeliest tokens (0: all).", at_least=0,
+                     group="generation")
+    top_p: float = arg(0.9, "Sample within this probability mass.", above=0, at_most=1,
+                       group="generation")
+    repetition_penalty: float = arg(1.0, "Penalty for repeated tokens.", above=0,
+                                    group="generation")
     num_beams: int = arg(1, "Beam search with this many beams (above 1: no streaming).",
-                         at_least=1)
+                         at_least=1, group="generation")
     no_repeat_ngram_size: int = arg(0, "Never repeat an n-gram of this many tokens (0: off).",
-                                    at_least=0)
+                                    at_least=0, group="generation")
     merge_lora: bool = arg(False, "Merge the --ckpt-dir adapter into its base model in memory "
-                           "before generating (faster; a 4/8-bit base is loaded unquantized).")
-    seed: int = arg(42, "Random seed.", at_least=0, below=2**32)
+                           "before generating (faster; a 4/8-bit base is loaded unquantized).",
+                           group="model")
+    seed: int = arg(42, "Random seed.", at_least=0, below=2**32, group="generation")
 
 
 @dataclass
 class InferArguments(GenerationArguments):
-    query: str | None = arg(None, "Ask one question and exit; without it, chat.")
-    stream: bool = arg(True, "Print the reply while it is generated.")
+    query: str | None = arg(None, "Ask one question and exit; without it, chat.",
+                            group="generation")
+    stream: bool = arg(True, "Print the reply while it is generated.", group="generation")
     dataset: list[str] = arg(
         [], "Predict a reply for every row of these datasets (like `sdk sft --dataset`) into "
-        "--predictions-file, scored against the rows' own replies (ROUGE, BLEU).")
+        "--predictions-file, scored against the rows' own replies (ROUGE, BLEU).",
+        group="prediction")
     val_dataset_from_run: bool = arg(
         False, "Predict the rows the --ckpt-dir run held out (its --val-dataset or "
-        "--split-dataset-ratio split).")
+        "--split-dataset-ratio split).", group="prediction")
     predictions_file: str | None = arg(
         None, "Where predictions go, one JSON line a row; rerun to resume. Default: "
-        "<run>/predictions/<checkpoint>-<dataset>.jsonl.")
+        "<run>/predictions/<checkpoint>-<dataset>.jsonl.", group="prediction")
     batch_size: int = arg(8, "Rows generated together with --dataset or "
-                          "--val-dataset-from-run.", at_least=1)
+                          "--val-dataset-from-run.", at_least=1, group="prediction")
     truncate_long_prompts: bool = arg(
         False, "With --dataset or --val-dataset-from-run: a prompt that fills the model's "
         "window loses its first tokens (it keeps room for a --max-new-tokens reply, at least "
-        "half the window) instead of stopping the run at its row.")
+        "half the window) instead of stopping the run at its row.", group="prediction")
 
 
 @dataclass
 class DeployArguments(GenerationArguments):
     """The decoding flags are the server's defaults; a request's own settings win."""
 
-    host: str = arg("127.0.0.1", "Address to listen on (0.0.0.0: every network interface).")
-    port: int = arg(8000, "Port to listen on (0: any free one).", at_least=0, below=65536)
+    host: str = arg("127.0.0.1", "Address to listen on (0.0.0.0: every network interface).",
+                    group="server")
+    port: int = arg(8000, "Port to listen on (0: any free one).", at_least=0, below=65536,
+                    group="server")
     served_model_name: str | None = arg(
         None, "The model name clients send and /v1/models lists (default: the --ckpt-dir "
-        "run's folder name, else the --model-type).")
+        "run's folder name, else the --model-type).", group="server")
 
 
 @dataclass
 class ExportArguments:
-    ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`.")
+    ckpt_dir: str | None = arg(None, "Checkpoint (or run) folder written by `sdk sft`.",
+                               group="model")
     merge_lora: bool = arg(False, "Merge the checkpoint's adapter into its base model (a base "
-                           "trained in 4/8 bits is loaded unquantized for this).")
+                           "trained in 4/8 bits is loaded unquantized for this).", group="model")
     output_dir: str | None = arg(None, "Folder to write the model to (default: next to the "
-                                 "checkpoint, <checkpoint>-merged or <checkpoint>-export).")
+                                 "checkpoint, <checkpoint>-merged or <checkpoint>-export).",
+                                 group="output")
     dtype: str = arg("auto", "Weights dtype; auto = the one the checkpoint was trained in (a "
                      "4/8-bit base: its compute dtype), else bf16/fp16 on GPU, fp32 on CPU.",
-                     ("auto", "bf16", "fp16", "fp32"))
+                     ("auto", "bf16", "fp16", "fp32"), group="model")
     model_id_or_path: str | None = arg(
         None, "With --merge-lora: the base model folder, if no longer where the checkpoint "
-        "was trained from.")
+        "was trained from.", group="model")
     overwrite: bool = arg(False, "Replace an earlier export in --output-dir (never other "
-                          "files).")
+                          "files).", group="output")
+
+
+def fields_of(cls: type, name: str, names: Sequence[str], doc: str,
+              regroup: dict[str, str]) -> type:
+    """A dataclass with just ``names`` of ``cls``'s fields (same defaults, help, checks), the
+    fields of ``regroup`` listed under another --help heading."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    chosen = [(f.name, f.type, field(
+        default=f.default, default_factory=f.default_factory,
+        metadata={**f.metadata, "group": regroup.get(f.name, f.metadata["group"])}))
+              for f in map(by_name.__getitem__, names)]
+    made = dataclasses.make_dataclass(name, chosen)
+    made.__doc__ = doc
+    made.__module__ = __name__
+    return made
+
+
+# The flags of `sdk sft` that change what `sdk datasets preview` shows, and only those, so its
+# --help lists nothing it would ignore.
+PreviewArguments = fields_of(
+    SftArguments, "PreviewArguments",
+    ("model_type", "model_id_or_path", "template", "system", "trust_remote_code", "hub",
+     "hub_token", "dataset", "dataset_format", "dataset_info", "dataset_path", "columns",
+     "model_name", "model_author", "skip_bad_records", "max_length", "truncation_strategy",
+     "loss_scope", "seed"),
+    "What `sdk datasets preview` reads: the data and template as `sdk sft` would.",
+    regroup={"seed": "data"})  # a preview's seed only picks the rows of NAME#N
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -75,12 +75,15 @@ def definition(f: dataclasses.Field, annotation: Any) -> tuple[Any, ...]:
     return annotation, default_of(f), dict(f.metadata)
 
 
-def arguments_class(registry: Registry, tuner: Tuner | None = None) -> type:
-    """``SftArguments`` with every hub's and format's options and the ``tuner``'s; without a
-    tuner, every tuner's (what the command line and config files take)."""
-    tuners = [tuner] if tuner else registry.specs("tuners")
-    specs = [*tuners, *registry.specs("hubs"), *registry.specs("formats")]
-    return with_options(SftArguments, *dict.fromkeys(s.options for s in specs if s.options))
+def arguments_class(registry: Registry, tuner: Tuner | None = None, core: type = SftArguments,
+                    kinds: tuple[str, ...] = OPTION_KINDS) -> type:
+    """``core`` with the options of the registered plugins of ``kinds``: of the tuners, the
+    ``tuner``'s only, or without one every tuner's (what the command line and config files
+    take)."""
+    specs = [spec for kind in kinds if kind != "tuners" for spec in registry.specs(kind)]
+    if "tuners" in kinds:
+        specs = [*([tuner] if tuner else registry.specs("tuners")), *specs]
+    return with_options(core, *dict.fromkeys(s.options for s in specs if s.options))
 
 
 def run_arguments(args: Any, tuner: Tuner, registry: Registry) -> Any:

@@ -12,7 +12,7 @@ from sdk.config import SftArguments, build_arguments
 from sdk.errors import SdkError
 
 LIGHT_COMMANDS = [["--help"], ["plugins"], ["models"], ["templates"], ["datasets"],
-                  ["tuners"], ["hubs"]]
+                  ["tuners"], ["hubs"], ["sft", "--help"], ["datasets", "preview", "--help"]]
 
 
 @pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=" ".join)

@@ -15,7 +15,8 @@ from conftest import CONVERSATIONS, TINY_MODEL_TYPE, AnyTunerArguments, train_an
 from sdk.config import SftArguments
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import IGNORE_INDEX, Template
-from sdk.train.batching import TokenBudgetBatches, fill_batches
+from sdk.train.batching import TokenBudgetBatches
+from sdk.train.budget import fill_batches
 from sdk.train.packed_attention import (
     KERNEL,
     packed_sdpa_mask,

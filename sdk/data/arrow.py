@@ -32,6 +32,10 @@ from sdk.specs import DatasetSpec
 from sdk.templates.engine import IGNORE_INDEX
 
 SYSTEM_CHECK_ROWS = 100  # enough to meet a system prompt if the data has them
+EXAMPLE_COLUMNS = ("input_ids", "labels", "attention_mask")
+# What happened to each row when it was encoded (sdk/data/encode.py); `system`: it has a
+# system prompt.
+ROW_COLUMNS = ("status", "length", "full_length", "trained", "open_end", "system")
 
 
 @functools.cache
@@ -47,7 +51,8 @@ def sdk_code_digest() -> str:
 def _messages_features() -> Any:
     from datasets import Features, List, Value
 
-    return Features({"messages": List({"role": Value("string"), "content": Value("string")})})
+    return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
+                     "where": Value("string")})
 
 
 def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | None) -> str:
@@ -68,8 +73,8 @@ def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | 
 def _generate(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
               skip_bad: bool, skipped_file: str):
     skipped: list[str] | None = [] if skip_bad else None
-    for messages in iter_dataset(source, registry, args, format_name, skipped):
-        yield {"messages": messages}
+    for where, messages in iter_dataset(source, registry, args, format_name, skipped):
+        yield {"messages": messages, "where": where}
     Path(skipped_file).write_text(json.dumps(skipped or []), encoding="utf-8")
 
 
@@ -99,7 +104,8 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
                           skipped: list[str] | None, folder: Path,
                           flag: str = "--dataset") -> Any:
     """The ``--dataset`` entries (``NAME#N`` sampled) as one Arrow dataset of messages, cached
-    in ``folder``."""
+    in ``folder``; each row also says where its record is (``where``: file:line) and which
+    entry gave it (``source``: ``--dataset NAME#N``)."""
     from datasets import Dataset, concatenate_datasets
     from datasets.exceptions import DatasetGenerationError
 
@@ -129,6 +135,8 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
                 raise
             raise SdkError(f"No records found in {name} ({', '.join(map(str, source.files))}): "
                            "an empty file?") from None
+        # before sampling: a column added to a selection would copy the rows it selects
+        part = part.add_column("source", [f"{flag} {name_and_count}"] * len(part))
         if skipped is not None and skipped_file.is_file():  # written when the rows were read
             skipped += json.loads(skipped_file.read_text(encoding="utf-8"))
         if count is not None:
@@ -164,18 +172,20 @@ def training_and_held_out(args: Any, registry: Registry,
     return conversations.select(train_rows), conversations.select(held_rows)
 
 
-def _encode_batch(batch: dict[str, list], indices: list[int],
-                  settings: EncodeSettings) -> dict[str, list]:
-    columns: dict[str, list] = {"input_ids": [], "labels": [], "attention_mask": [],
-                                "status": [], "length": [], "trained": []}
-    for messages, index in zip(batch["messages"], indices, strict=True):
-        status, input_ids, labels = encode_row(settings, messages, index + 1)
-        columns["input_ids"].append(input_ids)
-        columns["labels"].append(labels)
-        columns["attention_mask"].append([1] * len(input_ids))
-        columns["status"].append(status)
-        columns["length"].append(len(input_ids))
-        columns["trained"].append(sum(label != IGNORE_INDEX for label in labels))
+def _encode_batch(batch: dict[str, list], settings: EncodeSettings) -> dict[str, list]:
+    columns: dict[str, list] = {name: [] for name in (*EXAMPLE_COLUMNS, *ROW_COLUMNS)}
+    for messages, where in zip(batch["messages"], batch["where"], strict=True):
+        encoded = encode_row(settings, messages, where)
+        columns["input_ids"].append(encoded.input_ids)
+        columns["labels"].append(encoded.labels)
+        columns["attention_mask"].append([1] * len(encoded.input_ids))
+        columns["status"].append(encoded.status)
+        columns["length"].append(len(encoded.input_ids))
+        columns["full_length"].append(encoded.full_length)
+        columns["trained"].append(sum(label != IGNORE_INDEX for label in encoded.labels))
+        columns["open_end"].append(encoded.open_end)
+        columns["system"].append(messages[0]["role"] == "system"
+                                 and bool(messages[0]["content"].strip()))
     return columns
 
 
@@ -193,19 +203,30 @@ def _encoding_fingerprint(conversations: Any, settings: EncodeSettings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def encoded_rows(conversations: Any, settings: EncodeSettings, num_proc: int) -> Any:
+    """Every row encoded (a cached ``map``), with what happened to it (``ROW_COLUMNS``) and
+    the conversations' ``where`` and ``source``; the rows deleted or dropped have no tokens."""
+    return conversations.map(
+        _encode_batch, batched=True, fn_kwargs={"settings": settings},
+        remove_columns=["messages"], num_proc=num_proc if num_proc > 1 else None,
+        new_fingerprint=_encoding_fingerprint(conversations, settings), desc="Tokenizing")
+
+
+def system_dropped(conversations: Any, settings: EncodeSettings) -> bool:
+    """Whether the template leaves out the system prompts of these conversations."""
+    first = conversations.select(range(min(SYSTEM_CHECK_ROWS, len(conversations))))
+    return drops_system_prompt(settings.template, first["messages"])
+
+
 def tokenized_dataset(conversations: Any, settings: EncodeSettings,
                       num_proc: int) -> tuple[Any, EncodeStats]:
     """Examples for the rows that are kept (a cached ``map``), and what happened to all."""
-    encoded = conversations.map(
-        _encode_batch, batched=True, with_indices=True, fn_kwargs={"settings": settings},
-        remove_columns=["messages"], num_proc=num_proc if num_proc > 1 else None,
-        new_fingerprint=_encoding_fingerprint(conversations, settings), desc="Tokenizing")
+    encoded = encoded_rows(conversations, settings, num_proc)
     # plain lists through Arrow: element access on datasets' lazy columns is slow
     column = encoded.data.column
     stats = stats_of(*(column(name).to_pylist() for name in ("status", "length", "trained")))
-    first = conversations.select(range(min(SYSTEM_CHECK_ROWS, len(conversations))))
-    stats.system_dropped = drops_system_prompt(settings.template, first["messages"])
+    stats.system_dropped = system_dropped(conversations, settings)
     if stats.deleted or stats.dropped:
         encoded = encoded.filter(lambda status: status not in (DELETED, DROPPED),
                                  input_columns="status")
-    return encoded.remove_columns(["status", "length", "trained"]), stats
+    return encoded.select_columns(list(EXAMPLE_COLUMNS)), stats

@@ -89,7 +89,8 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
     for name_and_count in names:
         name, count = split_sample_size(name_and_count)
         source = dataset_source(name, registry, args)
-        rows = list(iter_dataset(source, registry, args, format_name, skipped))
+        rows = [messages for _, messages in iter_dataset(source, registry, args, format_name,
+                                                         skipped)]
         if count is not None:
             rows = [rows[i] for i in sample_indices(len(rows), count, seed)]
         conversations += rows
@@ -99,9 +100,9 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
 
 
 def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
-                 skipped: list[str] | None) -> Iterator[Conversation]:
-    """One dataset's conversations, in file order, read as they are needed; ``source`` from
-    :func:`sdk.data.sources.dataset_source`."""
+                 skipped: list[str] | None) -> Iterator[tuple[str, Conversation]]:
+    """One dataset's conversations, each with where its record is (file:line), in file order,
+    read as they are needed; ``source`` from :func:`sdk.data.sources.dataset_source`."""
 
     def reject(where: str, reason: str, skipped_as: str = "") -> None:
         if skipped is None:
@@ -150,4 +151,4 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
                 else:
                     reject(where, f"{error} (read as {data_format.name} format)")
                 continue
-            yield messages
+            yield where, messages

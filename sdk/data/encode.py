@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdk.errors import SdkError
 from sdk.templates.engine import IGNORE_INDEX, Template
@@ -60,28 +60,41 @@ class EncodeSettings:
     truncation_strategy: str = "truncation_right"
 
 
+class Encoded(NamedTuple):
+    status: str
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int  # tokens before --max-length
+    # cut inside a reply (truncation_right): it lost its end-of-turn marker, and training on it
+    # teaches the model to go on where it should stop
+    open_end: bool = False
+
+
 def encode_row(settings: EncodeSettings, messages: Sequence[dict[str, str]],
-               row: int) -> tuple[str, list[int], list[int]]:
-    """(status, input_ids, labels) of one conversation; ``row`` counts from 1 for errors."""
+               where: str) -> Encoded:
+    """The encoding of one conversation and what happened to it; ``where`` names the row in
+    errors (file:line)."""
     try:
         input_ids, labels = settings.template.encode(settings.tokenizer, messages,
                                                      settings.loss_scope)
     except ValueError as error:
-        raise SdkError(f"Training row {row} (counting through --dataset in order) cannot be "
-                       f"rendered with template '{settings.template.spec.name}': {error}. Pick "
-                       "another --template or fix the data.") from None
-    status = KEPT
+        raise SdkError(f"{where}: the row cannot be rendered with template "
+                       f"'{settings.template.spec.name}': {error}. Pick another --template or "
+                       "fix the data.") from None
+    status, open_end, full_length = KEPT, False, len(input_ids)
     max_length = settings.max_length
-    if max_length > 0 and len(input_ids) > max_length:
+    if max_length > 0 and full_length > max_length:
         if settings.truncation_strategy == "delete":
-            return DELETED, [], []
+            return Encoded(DELETED, [], [], full_length)
         status = TRUNCATED
-        kept = (slice(-max_length, None) if settings.truncation_strategy == "truncation_left"
-                else slice(max_length))
+        if settings.truncation_strategy == "truncation_left":
+            kept = slice(-max_length, None)
+        else:  # the first token cut off trained: the reply it belongs to goes on past the cut
+            kept, open_end = slice(max_length), labels[max_length] != IGNORE_INDEX
         input_ids, labels = input_ids[kept], labels[kept]
     if all(label == IGNORE_INDEX for label in labels):
-        return DROPPED, [], []
-    return status, input_ids, labels
+        return Encoded(DROPPED, [], [], full_length)
+    return Encoded(status, input_ids, labels, full_length, open_end)
 
 
 def example(input_ids: list[int], labels: list[int]) -> dict[str, list[int]]:
@@ -107,12 +120,13 @@ def encode_conversations(template: Template, tokenizer: Any,
     settings = EncodeSettings(template, tokenizer, max_length, loss_scope, truncation_strategy)
     examples, statuses, lengths, trained = [], [], [], []
     for row, messages in enumerate(conversations, start=1):
-        status, input_ids, labels = encode_row(settings, messages, row)
-        statuses.append(status)
-        lengths.append(len(input_ids))
-        trained.append(sum(label != IGNORE_INDEX for label in labels))
-        if input_ids:
-            examples.append(example(input_ids, labels))
+        encoded = encode_row(settings, messages,
+                             f"Training row {row} (counting through --dataset in order)")
+        statuses.append(encoded.status)
+        lengths.append(len(encoded.input_ids))
+        trained.append(sum(label != IGNORE_INDEX for label in encoded.labels))
+        if encoded.input_ids:
+            examples.append(example(encoded.input_ids, encoded.labels))
     stats = stats_of(statuses, lengths, trained)
     stats.system_dropped = drops_system_prompt(template, conversations)
     return examples, stats

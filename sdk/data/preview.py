@@ -3,20 +3,23 @@ the distribution of their lengths."""
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from sdk.config import SftArguments
+from sdk.config import ModelArguments, PreviewArguments
 from sdk.data.conversations import load_conversations
+from sdk.data.report import Distribution
 from sdk.errors import SdkError
 from sdk.registry import Registry
 from sdk.templates.engine import Template
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 MEASURED_ROWS = 10_000  # enough for the shape of the distribution, fast on any dataset
+TRUNCATED = {"delete": "leaves out", "truncation_left": "cuts at the start",
+             "truncation_right": "cuts at the end"}
 
 
 def marked(template: Template, messages: Sequence[dict[str, str]], loss_scope: str) -> str:
@@ -30,21 +33,17 @@ def marked(template: Template, messages: Sequence[dict[str, str]], loss_scope: s
     return text + (TRAINED_CLOSE if in_span else "")
 
 
-def length_summary(lengths: Sequence[int], unit: str, max_length: int) -> str:
-    ordered = sorted(lengths)
-
-    def at(fraction: float) -> int:
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    summary = (f"{len(ordered)} rows, {unit}: min {ordered[0]}, median "
-               f"{int(statistics.median(ordered))}, p90 {at(0.9)}, p99 {at(0.99)}, "
-               f"max {ordered[-1]}")
+def length_summary(lengths: Sequence[int], unit: str, max_length: int,
+                   truncation_strategy: str) -> str:
+    summary = f"{len(lengths)} rows, {unit}: {Distribution.of(lengths).text()}"
     if unit == "tokens" and max_length > 0:
-        summary += f"; {sum(n > max_length for n in ordered)} longer than --max-length"
+        summary += (f"; {sum(n > max_length for n in lengths)} longer than --max-length, "
+                    f"which training {TRUNCATED[truncation_strategy]} (--truncation-strategy "
+                    f"{truncation_strategy})")
     return summary
 
 
-def run_preview(args: SftArguments, registry: Registry, count: int) -> None:
+def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
     from sdk.models.loader import load_tokenizer
 
     if not args.dataset:
@@ -53,10 +52,16 @@ def run_preview(args: SftArguments, registry: Registry, count: int) -> None:
         raise SdkError("Give --model-type (token lengths, the model's template) or --template.")
     spec = registry.get("models", args.model_type) if args.model_type else None
     template_spec = registry.get("templates", args.template or spec.template)
+    if args.system is not None:
+        template_spec = dataclasses.replace(template_spec, default_system=args.system)
     skipped: list[str] | None = [] if args.skip_bad_records else None
     conversations = load_conversations(args.dataset, registry, args, args.dataset_format,
                                        skipped)
-    tokenizer: Any = load_tokenizer(spec, args, registry) if spec else None
+    # the tokenizer alone: the weights' settings (dtype, quantization...) stay at defaults
+    model_args = ModelArguments(model_type=args.model_type,
+                                model_id_or_path=args.model_id_or_path,
+                                trust_remote_code=args.trust_remote_code, hub=args.hub)
+    tokenizer: Any = load_tokenizer(spec, model_args, registry) if spec else None
     template = (Template.for_tokenizer(template_spec, tokenizer) if tokenizer
                 else Template(template_spec))
     click.echo(f"{len(conversations)} rows from {', '.join(args.dataset)}; template "
@@ -74,4 +79,5 @@ def run_preview(args: SftArguments, registry: Registry, count: int) -> None:
         lengths = [len(template.render(m)) for m in measured]
         unit = "characters (give --model-type for tokens)"
     scope = "" if len(measured) == len(conversations) else f" (the first {len(measured)})"
-    click.echo(f"\nLengths{scope}: {length_summary(lengths, unit, args.max_length)}")
+    summary = length_summary(lengths, unit, args.max_length, args.truncation_strategy)
+    click.echo(f"\nLengths{scope}: {summary}")

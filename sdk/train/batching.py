@@ -1,9 +1,8 @@
 """Token-budget batches (``--max-tokens-per-batch``): each batch holds as many samples as fit in
 N tokens, so memory stays flat whatever the lengths.
 
-A batch costs its token count when packed, and its sample count times its longest sample when
-padded (what the padding collator makes of it). Samples are cut to ``--max-length`` before
-they get here; one longer than the budget gets a batch of its own.
+Samples are cut to ``--max-length`` before they get here; which of them form each batch is
+``sdk/train/budget.py``'s (torch-free, so `sdk sft --dry-run` counts the same batches).
 
 The batches are made once, from the samples in an order seeded by ``--seed`` (length-grouped
 with ``--group-by-length``), and every epoch shuffles their order, seeded by ``--seed`` and the
@@ -20,6 +19,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import Sampler
+
+from sdk.train.budget import token_budget_batches
 
 
 @dataclass(frozen=True)
@@ -43,24 +44,6 @@ def row_lengths(dataset: Any) -> list[int]:
     return [len(row["input_ids"]) for row in dataset]
 
 
-def fill_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int,
-                 packed: bool) -> list[list[int]]:
-    """Split ``order`` into consecutive batches that each cost at most ``max_tokens``."""
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    total = longest = 0
-    for index in order:
-        length = lengths[index]
-        cost = total + length if packed else (len(batch) + 1) * max(longest, length)
-        if batch and cost > max_tokens:
-            batches.append(batch)
-            batch, total, longest = [], 0, 0
-        batch.append(index)
-        total += length
-        longest = max(longest, length)
-    return batches + [batch] if batch else batches
-
-
 class TokenBudgetBatches(Sampler[list[int]]):
     """Batches of row indices for a DataLoader's ``batch_sampler``."""
 
@@ -69,18 +52,8 @@ class TokenBudgetBatches(Sampler[list[int]]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
-        order: Sequence[int] = range(len(lengths))
-        if shuffle:
-            generator = torch.Generator().manual_seed(seed)
-            if group_by_length:
-                from transformers.trainer_pt_utils import get_length_grouped_indices
-
-                # grouped in chunks of about as many samples as a batch holds on average
-                typical = max(1, max_tokens * len(lengths) // max(1, sum(lengths)))
-                order = get_length_grouped_indices(list(lengths), typical, generator=generator)
-            else:
-                order = torch.randperm(len(lengths), generator=generator).tolist()
-        self.batches = fill_batches(order, lengths, max_tokens, packed)
+        self.batches = token_budget_batches(lengths, max_tokens, packed, seed, shuffle,
+                                            group_by_length)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the Trainer (and accelerate) before each epoch."""
