@@ -163,3 +163,7 @@ def test_a_formats_option_reaches_its_conversion(run_cli, tmp_path):
     preview = ("--plugin", qa, "datasets", "preview", data, "--template", "chatml")
     assert "system\nBe brief.<|im_end|>" in run_cli(*preview, "--qa-system", "Be brief.").stdout
     assert "system\nYou answer.<|im_end|>" in run_cli(*preview).stdout
+    # a run's config file: a tuner's options left out, the format's read
+    config = tmp_path / "run.yaml"
+    config.write_text("lora_rank: 4\nqa_system: From the config.\n")
+    assert "system\nFrom the config.<|im_end|>" in run_cli(*preview, "--config", config).stdout
