@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_MODEL_TYPE, only_run
-from sdk.config import SftArguments
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, only_run
 from sdk.errors import SdkError
 from sdk.train.distributed import torchrun_command
 from sdk.train.sft import run_sft
@@ -32,8 +31,9 @@ def rows(tmp_path):
 
 # a constant learning rate: the first two-process run stops at step 2 and a resumed one
 # goes on to step 4
-SETTINGS = dict(gradient_accumulation_steps=1, save_steps=2, logging_steps=1, lora_dropout=0.0,
-                seed=0, lr_scheduler_type="constant", warmup_ratio=0.0)
+SETTINGS = dict(gradient_accumulation_steps=1, save_steps=2, logging_steps=1, seed=0,
+                lr_scheduler_type="constant", warmup_ratio=0.0)
+LORA = dict(lora_dropout=0.0)  # the LoRA runs' (another tuner refuses the flag)
 
 
 def logged_losses(run_dir):
@@ -41,7 +41,7 @@ def logged_losses(run_dir):
     return {record["step"]: record["loss"] for record in records if "loss" in record}
 
 
-def sdk_sft(plugin_file, rows, output, *flags, processes=2, batch_size=1):
+def sdk_sft(plugin_file, rows, output, *flags, processes=2, batch_size=1, tuner_settings=LORA):
     """`sdk sft` in a process of its own (DeepSpeed's process group and rendezvous settings
     stay there), in ``processes`` processes; its stderr."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -50,7 +50,8 @@ def sdk_sft(plugin_file, rows, output, *flags, processes=2, batch_size=1):
     finished = subprocess.run(
         [sys.executable, "-m", "sdk", "--plugin", str(plugin_file), "sft", "--model-type",
          TINY_MODEL_TYPE, "--dataset", str(rows), "--batch-size", str(batch_size),
-         *[str(part) for name, value in SETTINGS.items() for part in (f"--{name}", value)],
+         *[str(part) for name, value in {**SETTINGS, **tuner_settings}.items()
+           for part in (f"--{name}", value)],
          "--output-dir", str(output), *flags],
         env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -79,9 +80,9 @@ def test_two_processes_train_and_resume_like_one_process_with_both_their_rows(
     assert "` is deprecated" not in first + resumed  # torch's warnings about DeepSpeed's calls
     two = only_run(tmp_path / "two")  # one run folder for both processes and both runs
 
-    one = run_sft(SftArguments(model_type=TINY_MODEL_TYPE, dataset=[str(rows)], batch_size=2,
-                               max_steps=4, output_dir=str(tmp_path / "one"), **SETTINGS),
-                  plugin_set.registry).run_dir
+    one = run_sft(AnyTunerArguments(model_type=TINY_MODEL_TYPE, dataset=[str(rows)],
+                                    batch_size=2, max_steps=4, output_dir=str(tmp_path / "one"),
+                                    **SETTINGS, **LORA), plugin_set.registry).run_dir
 
     assert sorted(p.name for p in two.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     # DeepSpeed's sharded state, which the resumed run loaded
@@ -121,7 +122,7 @@ def test_one_process_zero3_with_offload_saves_the_whole_model_it_trained(tiny_pl
                                                                          tmp_path):
     for name, engine in (("plain", []), ("zero", ["--deepspeed", "zero3_offload"])):
         sdk_sft(tiny_plugin_file, rows, tmp_path / name, "--sft-type", "full", "--max-steps",
-                "2", *engine, processes=1, batch_size=2)
+                "2", *engine, processes=1, batch_size=2, tuner_settings={})
     plain, zero = only_run(tmp_path / "plain"), only_run(tmp_path / "zero")
     assert (zero / "checkpoint-2" / "global_step2").is_dir()
     assert logged_losses(zero) == pytest.approx(logged_losses(plain), rel=1e-5)
