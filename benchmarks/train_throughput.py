@@ -115,18 +115,19 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import TrainerCallback, set_seed
 
-    from sdk.config import SftArguments
     from sdk.data.encode import example
     from sdk.models.loader import LoadOptions, load_pretrained
+    from sdk.options import arguments_class
     from sdk.plugins import load_plugins
     from sdk.specs import ModelSpec, resolve_callable
     from sdk.train.sft import build_trainer
 
     cuda = torch.cuda.is_available()
     hf = baseline_module()
-    tuner = load_plugins().registry.get("tuners", options.mode)
+    registry = load_plugins().registry
+    tuner = registry.get("tuners", options.mode)
     run_dir = Path(tempfile.mkdtemp(prefix="sdk-bench-run-"))
-    args = SftArguments(
+    args = arguments_class(registry, tuner)(
         model_type=f"bench-{options.arch}", sft_type=options.mode, dataset=["synthetic"],
         batch_size=options.batch, gradient_accumulation_steps=1, max_steps=options.steps,
         save_steps=options.steps, max_length=options.fixed_len or options.max_len,
