@@ -206,8 +206,8 @@ class Hub:
     looks like when ``repo_id`` cannot be one; ``sdk push --repo-id`` and ``sdk sft
     --push-to-hub --hub-model-id`` run it before anything is staged or trained (left out, any
     id goes to ``push``: the ``local`` hub's ids are paths). ``options``: a dataclass of
-    ``sdk sft`` options the hub reads from the run's arguments, as for a ``Tuner``; every
-    registered hub's options are in every run's arguments.
+    ``sdk sft`` options, as for a ``Tuner``; every registered hub's options are flags and in
+    every run's arguments (``download`` and ``push`` are not given them).
     """
 
     name: str
