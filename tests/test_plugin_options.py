@@ -1,6 +1,7 @@
 """Options owned by plugins (issue 20, item 2): a third-party tuner's own flag, end to end."""
 
 import json
+import re
 import textwrap
 
 from conftest import TINY_MODEL_TYPE, AnyTunerArguments, only_run
@@ -167,3 +168,32 @@ def test_a_formats_option_reaches_its_conversion(run_cli, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("lora_rank: 4\nqa_system: From the config.\n")
     assert "system\nFrom the config.<|im_end|>" in run_cli(*preview, "--config", config).stdout
+
+
+MIRROR_HUB = """
+    from dataclasses import dataclass
+
+    from sdk import hookimpl
+    from sdk.config import arg
+    from sdk.specs import Hub
+
+    @dataclass
+    class MirrorOptions:
+        mirror_region: str = arg("eu", "--hub mirror: the region to download from.")
+
+    @hookimpl
+    def register_hubs(register):
+        register(Hub(name="mirror", download="sdk.hubs.local:download",
+                     push="sdk.hubs.local:push", options=MirrorOptions))
+"""
+
+
+def test_a_hubs_options_are_listed_under_hub_and_taken_by_sft(run_cli, tmp_path):
+    mirror = plugin(tmp_path, "mirror_hub", MIRROR_HUB)
+    help_text = run_cli("--plugin", mirror, "sft", "--help").stdout
+    assert re.search(r"^Hub options:\n(?:  .*\n)*  --mirror-region TEXT", help_text, re.M)
+    # not a tuner's: no refusal whatever the tuner
+    config = tmp_path / "run.yaml"
+    config.write_text("mirror_region: us\nsft_type: full\n")
+    refused = run_cli("--plugin", mirror, "sft", "--config", config, "--mirror-region", "asia")
+    assert refused.exit_code == 1 and "--model-type is required" in refused.stderr
