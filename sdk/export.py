@@ -43,9 +43,9 @@ from sdk.infer.chat import (
 from sdk.models.loader import torch_dtype
 from sdk.models.native import DEQUANTIZED_BASE
 from sdk.registry import Registry
+from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments, write_args
 from sdk.templates.engine import Template
 from sdk.templates.to_jinja import to_jinja
-from sdk.train.run_dir import ARGS_FILE, read_saved_arguments, write_args
 
 DTYPES = ("bf16", "fp16", "fp32")
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves with every adapter

@@ -17,10 +17,10 @@ from sdk.errors import SdkError
 from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
 from sdk.models.rope import context_window, quiet_window_reminder
 from sdk.registry import Registry
+from sdk.runs.checkpoint_files import check_checkpoint
+from sdk.runs.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
-from sdk.train.checkpoint_files import check_checkpoint
-from sdk.train.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
 from sdk.tuners import check_requires
 
 Messages = list[dict[str, str]]

@@ -301,7 +301,7 @@ def data_name(names: Sequence[str]) -> str:
 
 def run_arguments(checkpoint: Path) -> SftArguments:
     """The SftArguments a checkpoint was trained with."""
-    from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
+    from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
     known = {f.name for f in dataclasses.fields(SftArguments)}
