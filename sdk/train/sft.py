@@ -244,7 +244,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         )
 
         from sdk.config import InferArguments
-        from sdk.infer.chat import load_for_inference
+        from sdk.infer.load import load_for_inference
         from sdk.infer.predict import predict_held_out
 
         model = trainer.model
