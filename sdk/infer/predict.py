@@ -301,7 +301,7 @@ def data_name(names: Sequence[str]) -> str:
 
 def run_arguments(checkpoint: Path) -> SftArguments:
     """The SftArguments a checkpoint was trained with."""
-    from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
+    from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
     known = {f.name for f in dataclasses.fields(SftArguments)}
@@ -330,7 +330,7 @@ def data_arguments(args: InferArguments) -> SftArguments:
 def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | None:
     """``sdk infer --dataset D`` / ``--val-dataset-from-run``."""
     from sdk.data.conversations import load_conversations
-    from sdk.infer.chat import checkpoint_or_export, load_for_inference
+    from sdk.infer.load import checkpoint_or_export, load_for_inference
 
     if args.query is not None:
         raise SdkError("--query asks one question; --dataset and --val-dataset-from-run "
