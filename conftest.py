@@ -198,7 +198,7 @@ def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, 
     from transformers import AutoModelForCausalLM
 
     from sdk.config import InferArguments
-    from sdk.infer.chat import load_for_inference
+    from sdk.infer.load import load_for_inference
     from sdk.train.sft import run_sft
 
     settings = dict(model_type=model_type, model_id_or_path=str(model_dir), dataset=[str(dataset)],
@@ -528,7 +528,7 @@ def lora_round_trip(run_cli, sdk_sft, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from sdk.config import InferArguments
-    from sdk.infer.chat import load_for_inference
+    from sdk.infer.load import load_for_inference
     from sdk.plugins import load_plugins
 
     def trip(model_type: str, folder: Path, conversation: str = "single turn",

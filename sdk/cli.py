@@ -620,8 +620,8 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     """Upload a checkpoint with a model card; run it again to complete a push that failed."""
     from sdk.hubs import default_hub
     from sdk.hubs.push import Destination, check_repo_id, push_checkpoint
-    from sdk.train.checkpoint_files import check_checkpoint
-    from sdk.train.run_dir import find_checkpoint
+    from sdk.runs.checkpoint_files import check_checkpoint
+    from sdk.runs.run_dir import find_checkpoint
     from sdk.tuners.lora import check_adapter_fits_saved_base
 
     known = registry(ctx)

@@ -17,7 +17,6 @@ the target and renamed into place when complete, so a failure leaves no half exp
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import json
 import shutil
@@ -30,25 +29,24 @@ from typing import Any
 import click
 
 from sdk import __version__
-from sdk.config import ExportArguments, GenerationArguments, InferArguments
+from sdk.config import ExportArguments, InferArguments
 from sdk.errors import SdkError
 from sdk.folders import disk_full_said, require_writable
-from sdk.infer.chat import (
+from sdk.infer.chat import stop_tokens
+from sdk.infer.load import (
     EXPORTED,
+    check_merge,
     checkpoint_or_export,
+    dtype_name,
     is_export,
     load_for_inference,
-    stop_tokens,
+    merge_dtype,
 )
-from sdk.models.loader import torch_dtype
-from sdk.models.native import DEQUANTIZED_BASE
 from sdk.registry import Registry
+from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments, write_args
 from sdk.templates.engine import Template
 from sdk.templates.to_jinja import to_jinja
-from sdk.train.run_dir import ARGS_FILE, read_saved_arguments, write_args
 
-DTYPES = ("bf16", "fp16", "fp32")
-ADAPTER_CONFIG = "adapter_config.json"  # what peft saves with every adapter
 # The files that exports from before sft_args.json listed them may hold: the model's and the
 # tokenizer's files as transformers saves them.
 EXPORT_FILES = (ARGS_FILE, "config.json", "generation_config.json", "*.safetensors",
@@ -75,7 +73,7 @@ def run_export(args: ExportArguments, registry: Registry) -> Path:
     check_output(output, checkpoint, args.overwrite)
     with staged(output, checkpoint, args.overwrite) as folder:
         model, tokenizer, template = load_for_inference(InferArguments(
-            ckpt_dir=str(checkpoint), dtype=export_dtype(args.dtype, saved), quantization_bit=0,
+            ckpt_dir=str(checkpoint), dtype=merge_dtype(args.dtype, saved), quantization_bit=0,
             model_id_or_path=args.model_id_or_path, merge_lora=args.merge_lora), registry)
         save_model(folder, model, tokenizer, template)
         written = sorted([ARGS_FILE, *(path.relative_to(folder).as_posix()
@@ -91,26 +89,6 @@ def run_export(args: ExportArguments, registry: Registry) -> Path:
                err=True)
     click.echo(str(output))
     return output
-
-
-def check_merge(merge: bool, sft_type: str, checkpoint: Path) -> None:
-    """--merge-lora for a peft adapter whose weights merge, and only then. What the
-    checkpoint holds decides, not the tuner's flags: virtual-token tuners save peft adapters
-    too, and those cannot merge."""
-    if not (checkpoint / ADAPTER_CONFIG).is_file():
-        if merge:
-            raise SdkError(f"--merge-lora: {checkpoint} holds a whole model (--sft-type "
-                           f"{sft_type}), not an adapter; leave out --merge-lora.")
-        return
-    from peft import PeftConfig
-
-    if PeftConfig.from_pretrained(str(checkpoint)).is_prompt_learning:
-        raise SdkError(f"{checkpoint} holds the virtual tokens of the {sft_type} tuner, which "
-                       "cannot be merged into the model's weights, so it has no standalone "
-                       f"export. Use the checkpoint itself: sdk infer --ckpt-dir {checkpoint}")
-    if not merge:
-        raise SdkError(f"{checkpoint} holds a {sft_type} adapter, not a whole model: pass "
-                       "--merge-lora to merge it into its base model.")
 
 
 def check_output(output: Path, checkpoint: Path, overwrite: bool) -> None:
@@ -157,20 +135,6 @@ def foreign_files(export: Path) -> list[str]:
                   if not any(fnmatch.fnmatch(name, pattern) for pattern in EXPORT_FILES))
 
 
-def export_dtype(requested: str, saved: dict[str, Any]) -> str:
-    """``--dtype``, else the compute dtype of a 4-bit base, else the dtype trained in."""
-    if requested != "auto":
-        return requested
-    compute = saved.get("bnb_4bit_comp_dtype")
-    if saved.get("quantization_bit") == 4 and compute in DTYPES:
-        return compute
-    return saved["dtype"] if saved.get("dtype") in DTYPES else "auto"
-
-
-def dtype_name(dtype: Any) -> str:
-    return next((name for name in DTYPES if torch_dtype(name) == dtype), str(dtype))
-
-
 @contextmanager
 def staged(output: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path]:
     """A hidden folder beside ``output`` to write into, renamed to ``output`` when the block
@@ -209,33 +173,6 @@ def put_in_place(staging: Path, output: Path) -> None:
         aside.rename(output)
         raise
     shutil.rmtree(aside)
-
-
-def load_merged(args: GenerationArguments, registry: Registry) -> tuple[Any, Any, Template]:
-    """The --ckpt-dir checkpoint with its adapter merged into the base model (peft's
-    ``merge_and_unload``), its tokenizer and template: what `sdk export --merge-lora` saves and
-    `sdk infer --merge-lora` generates with. The base is loaded unquantized, in the dtype
-    :func:`export_dtype` picks when --dtype is auto."""
-    if not args.ckpt_dir:
-        raise SdkError("--merge-lora merges the adapter of a checkpoint: give --ckpt-dir.")
-    checkpoint = checkpoint_or_export(args.ckpt_dir)
-    saved = read_saved_arguments(checkpoint / ARGS_FILE)
-    check_merge(True, saved["sft_type"], checkpoint)
-    dtype = export_dtype(args.dtype, saved)
-    bits = saved.get("quantization_bit") or 0
-    if bits:
-        click.echo(f"[sdk] the adapter was trained on a {bits}-bit base: merging it into the "
-                   f"base loaded unquantized in {dtype_name(torch_dtype(dtype))} (outputs "
-                   f"differ slightly from the {bits}-bit model's, whose base weights were "
-                   "rounded)", err=True)
-    dequantized = DEQUANTIZED_BASE.set(True)  # e.g. a GPTQ base, which peft cannot merge into
-    try:
-        model, tokenizer, template = load_for_inference(dataclasses.replace(
-            args, ckpt_dir=str(checkpoint), dtype=dtype, quantization_bit=0, merge_lora=False),
-            registry)
-    finally:
-        DEQUANTIZED_BASE.reset(dequantized)
-    return model.merge_and_unload(), tokenizer, template
 
 
 def save_model(folder: Path, model: Any, tokenizer: Any, template: Template) -> None:

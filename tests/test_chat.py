@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import TINY_MODEL_TYPE, TOKENIZERS, AnyTunerArguments
 from sdk.config import InferArguments
-from sdk.infer.chat import finish_reply, generate, generation_options, load_for_inference
+from sdk.infer.chat import finish_reply, generate, generation_options
+from sdk.infer.load import load_for_inference
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import Template
 from sdk.train.sft import run_sft

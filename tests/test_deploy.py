@@ -23,8 +23,9 @@ import pytest
 
 from conftest import CONVERSATIONS, TINY_MODEL_TYPE, train_and_reload
 from sdk.config import DeployArguments, InferArguments
-from sdk.infer.chat import generate, load_for_inference
+from sdk.infer.chat import generate
 from sdk.infer.deploy import listening_socket, served_model_name
+from sdk.infer.load import load_for_inference
 from sdk.infer.openai_api import Served, Server
 
 USER = CONVERSATIONS["single turn"]

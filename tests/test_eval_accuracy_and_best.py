@@ -9,11 +9,11 @@ import torch
 
 from conftest import TINY_MODEL_TYPE
 from sdk.config import InferArguments
-from sdk.infer.chat import load_for_inference
+from sdk.infer.load import load_for_inference
+from sdk.runs.best import BEST_FILE, best_checkpoint, read_best, rotated
+from sdk.runs.run_dir import checkpoints, newest_run
 from sdk.templates.engine import IGNORE_INDEX
 from sdk.train.accuracy import TokenAccuracy, count_correct
-from sdk.train.best import BEST_FILE, best_checkpoint, read_best, rotated
-from sdk.train.run_dir import checkpoints, newest_run
 
 X = IGNORE_INDEX
 

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import CONVERSATIONS, TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
 from sdk.config import InferArguments
-from sdk.infer.chat import checkpoint_or_export, generate
+from sdk.infer.chat import generate
+from sdk.infer.load import checkpoint_or_export
 from sdk.train.sft import run_sft
 
 

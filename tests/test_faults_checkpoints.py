@@ -3,7 +3,7 @@
 `sdk export`, `sdk push` and `--resume-from-checkpoint`, before anything is loaded, written or
 published, and before a resume cuts logging.jsonl back to the checkpoint's step.
 
-The file checks are one path (sdk/train/checkpoint_files.py): each damage is tried once
+The file checks are one path (sdk/runs/checkpoint_files.py): each damage is tried once
 through `sdk push` (which loads no model), and each other command once on one damage. An adapter
 that does not fit its base model needs the model: those damages load the tiny one, or, for
 `sdk push`, build its empty skeleton from the checkpoint's base_config.json."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL_TYPE, folder_digest
-from sdk.train.checkpoint_files import check_checkpoint
+from sdk.runs.checkpoint_files import check_checkpoint
 
 
 def cut_in_half(path: Path) -> None:

@@ -17,12 +17,8 @@ from sdk.config import (
     base_type,
     field_types,
 )
-from sdk.train.nonfinite import (
-    holds_nonfinite,
-    nonfinite_step,
-    refuse_nonfinite_weights,
-    training_stopped,
-)
+from sdk.runs.checkpoint_files import holds_nonfinite, refuse_nonfinite_weights
+from sdk.train.nonfinite import nonfinite_step, training_stopped
 
 COMMANDS = {"sft": SftArguments, "infer": InferArguments, "deploy": DeployArguments,
             "export": ExportArguments}

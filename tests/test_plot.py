@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import TINY_MODEL_TYPE
+from sdk.runs.run_dir import newest_run
 from sdk.train.plot import PLOT_FILE, loss_points
-from sdk.train.run_dir import newest_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

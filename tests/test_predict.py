@@ -14,7 +14,8 @@ from sdk.config import InferArguments
 from sdk.data.conversations import split_indices
 from sdk.errors import SdkError
 from sdk.eval.predictions import metrics_file
-from sdk.infer.chat import generate, load_for_inference
+from sdk.infer.chat import generate
+from sdk.infer.load import load_for_inference
 from sdk.infer.predict import (
     batch_inputs,
     generate_batch,

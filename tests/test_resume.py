@@ -21,8 +21,8 @@ import pytest
 from conftest import TINY_MODEL_TYPE, only_run
 from sdk.config import SftArguments
 from sdk.plugins import load_plugins
+from sdk.runs.run_dir import PARTIAL_DIR, is_complete_checkpoint
 from sdk.train.resume import keep_log_until, resume_checkpoint
-from sdk.train.run_dir import PARTIAL_DIR, is_complete_checkpoint
 from sdk.train.sft import run_sft
 
 SDK = Path(sys.executable).with_name("sdk")

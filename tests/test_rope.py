@@ -155,6 +155,6 @@ def test_a_reply_past_the_pretrained_window_of_a_stretched_model_is_not_called_t
                    for message in Collected.messages)
 
     with monkeypatch.context() as unquieted:
-        unquieted.setattr("sdk.infer.chat.quiet_window_reminder", lambda config: None)
+        unquieted.setattr("sdk.infer.load.quiet_window_reminder", lambda config: None)
         assert reminded()
     assert not reminded()

@@ -159,7 +159,7 @@ def test_only_save_model_leaves_the_optimizer_state_out(plugin_set, identity_dat
     assert not (lean.checkpoint / "optimizer.pt").exists()
     for name in ("adapter_model.safetensors", "sft_args.json", "tokenizer.json"):
         assert (lean.checkpoint / name).is_file()
-    from sdk.infer.chat import load_for_inference
+    from sdk.infer.load import load_for_inference
 
     model, _, _ = load_for_inference(InferArguments(ckpt_dir=str(lean.run_dir)),
                                      plugin_set.registry)

@@ -149,7 +149,7 @@ def test_adalora_resumed_mid_run_trains_like_the_uninterrupted_run(plugin_set, t
 
     from safetensors.torch import load_file
 
-    from sdk.train.run_dir import checkpoint_step
+    from sdk.runs.run_dir import checkpoint_step
     from sdk.train.sft import run_sft
     from sdk.tuners.adalora import STATE_FILE
 

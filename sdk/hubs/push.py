@@ -28,8 +28,8 @@ from sdk.errors import HubUnavailable, SdkError
 from sdk.folders import disk_full_said
 from sdk.hubs.card import model_card, public_arguments
 from sdk.registry import Registry
+from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 from sdk.specs import Hub, resolve_callable
-from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
 from sdk.tuners.adalora import STATE_FILE as ADALORA_STATE
 from sdk.tuners.mutated_init import STATE_FILE as UNCONVERTED_ADAPTER
 

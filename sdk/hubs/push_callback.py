@@ -4,7 +4,7 @@ Apart from `sdk/hubs/push.py` because it imports transformers, which `sdk push` 
 
 Strategies (``--push-hub-strategy``): ``end`` and ``push_last`` push the last checkpoint when
 training ends (the Trainer always saves one at the end, so the two are the same here);
-``push_best`` the best checkpoint (`sdk/train/best.py`: lowest eval loss, kept through
+``push_best`` the best checkpoint (`sdk/runs/best.py`: lowest eval loss, kept through
 rotation; the last one without held-out data);
 ``checkpoint`` each checkpoint to the repository's root, each replacing the one before;
 ``all_checkpoints`` each checkpoint into its own ``checkpoint-N`` folder of the repository.
@@ -26,8 +26,8 @@ from transformers import TrainerCallback
 from sdk.errors import SdkError
 from sdk.hubs.push import Destination, stage, upload
 from sdk.registry import Registry
-from sdk.train.best import read_best
-from sdk.train.run_dir import find_checkpoint
+from sdk.runs.best import read_best
+from sdk.runs.run_dir import find_checkpoint
 
 
 class PushToHub(TrainerCallback):

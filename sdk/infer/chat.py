@@ -1,12 +1,11 @@
-"""Inference: load a checkpoint (or a model type) and answer one query or chat."""
+"""`sdk infer`: generate replies (decoding options, stop words, the model's window) to one
+query or in a chat; what it loads is sdk/infer/load.py's."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from threading import Thread
 from typing import Any, TextIO
 
@@ -14,126 +13,12 @@ import click
 
 from sdk.config import GenerationArguments, InferArguments, changed_fields
 from sdk.errors import SdkError
-from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
-from sdk.models.rope import context_window, quiet_window_reminder
+from sdk.infer.load import load_for_inference, with_system
+from sdk.models.rope import context_window
 from sdk.registry import Registry
-from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
-from sdk.train.checkpoint_files import check_checkpoint
-from sdk.train.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
-from sdk.tuners import check_requires
 
 Messages = list[dict[str, str]]
-# In the sft_args.json of a folder written by `sdk export`: where it came from, and how.
-EXPORTED = "exported_from"
-
-
-def is_export(folder: Path) -> bool:
-    try:
-        return EXPORTED in json.loads((folder / ARGS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def checkpoint_or_export(path: str) -> Path:
-    """What --ckpt-dir names: a folder written by `sdk export` (any name), else a complete
-    checkpoint, or the newest complete one of a run folder; refused if a file is damaged."""
-    folder = Path(path)
-    if (folder / "config.json").is_file() and not (folder / ARGS_FILE).is_file():
-        raise SdkError(f"--ckpt-dir '{path}' is a plain model folder (no {ARGS_FILE}), not a "
-                       f"checkpoint of `sdk sft`; `sdk infer` takes it as --model-id-or-path "
-                       f"'{path}' with its --model-type (`sdk models` lists them).")
-    if not is_export(folder):
-        folder = find_checkpoint(path, "--ckpt-dir")
-    check_checkpoint(folder)
-    return folder
-
-
-def whole_model_rope_refusal(checkpoint: Path, model_type: str) -> str:
-    """Why --rope-scaling/--rope-factor cannot apply to a checkpoint holding the whole model,
-    and what can."""
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    start = (f"--rope-scaling and --rope-factor stretch a base model as it loads; {checkpoint} "
-             "holds a whole model, whose config.json keeps its positions")
-    if kind != "default":
-        return (f"{start}: {kind}, factor {rope.get('factor')}, as it was trained; they cannot "
-                "be changed. Leave the flags out.")
-    return (f"{start} unstretched. Leave the flags out, or load it as a model folder: "
-            f"--model-type {model_type} --model-id-or-path {checkpoint} with them.")
-
-
-def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[Any, Any, Template]:
-    """The model (on the GPU if there is one, in eval mode), tokenizer and template that
-    --ckpt-dir or --model-type name; with --merge-lora the adapter merged into the base."""
-    if args.merge_lora:
-        from sdk.export import load_merged  # sdk.export imports this module
-
-        model, tokenizer, template = load_merged(args, registry)
-        quiet_window_reminder(model.config)
-        return model, tokenizer, template
-    if args.ckpt_dir:
-        checkpoint = checkpoint_or_export(args.ckpt_dir)
-        saved = read_saved_arguments(checkpoint / ARGS_FILE)
-        if args.model_type and args.model_type != saved["model_type"]:
-            raise SdkError(f"--model-type {args.model_type} differs from the model type "
-                           f"{saved['model_type']} that {checkpoint} was trained as; leave out "
-                           "--model-type (a checkpoint knows its own).")
-        spec = registry.get("models", saved["model_type"])
-        tuner = registry.get("tuners", saved["sft_type"])
-        check_requires(tuner)
-        if not tuner.trains_adapters and (args.rope_scaling or args.rope_factor):
-            raise SdkError(whole_model_rope_refusal(checkpoint, saved["model_type"]))
-        template_spec = registry.get("templates", args.template or saved["template"])
-        system = args.system if args.system is not None else saved.get("system")
-        trained_from = saved.get("model_id_or_path")
-        if (not args.model_id_or_path and isinstance(trained_from, str)
-                and not Path(trained_from).is_absolute() and not Path(trained_from).is_dir()):
-            # an older sdk saved the path as given, relative to the folder it was trained in
-            raise SdkError(f"{checkpoint} was trained from the model folder '{trained_from}', "
-                           "saved relative to the folder `sdk sft` ran in: run this from that "
-                           "folder, or give --model-id-or-path.")
-        base_args = dataclasses.replace(
-            args, model_id_or_path=args.model_id_or_path or saved.get("model_id_or_path"),
-            trust_remote_code=args.trust_remote_code or saved.get("trust_remote_code", False),
-            hub=args.hub or saved.get("hub"),
-            rope_scaling=args.rope_scaling or saved.get("rope_scaling"),
-            rope_factor=args.rope_factor or saved.get("rope_factor"),
-            quantization_bit=(args.quantization_bit if args.quantization_bit is not None
-                              else saved.get("quantization_bit")))
-        click.echo(f"[sdk] loading {checkpoint}", err=True)
-        model = resolve_callable(tuner.load)(
-            checkpoint, lambda: load_model(spec, base_args, registry)[0],
-            torch_dtype(args.dtype))
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(checkpoint), trust_remote_code=base_args.trust_remote_code)
-    elif args.model_type:
-        spec = registry.get("models", args.model_type)
-        template_spec = registry.get("templates", args.template or spec.template)
-        system = args.system
-        model, tokenizer = load_model(spec, args, registry)
-    else:
-        given = (" (--model-id-or-path gives the weights; --model-type says what they are)."
-                 + model_types_for_folder(args.model_id_or_path, registry)
-                 if args.model_id_or_path else ".")
-        raise SdkError(f"Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type{given}")
-    import torch
-
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    quiet_window_reminder(model.config)
-    template = Template.for_tokenizer(template_spec, tokenizer)
-    return model, tokenizer, template if system is None else with_system(template, system)
-
-
-def with_system(template: Template, system: str) -> Template:
-    """``template`` with ``system`` as its default system prompt."""
-    return Template(dataclasses.replace(template.spec, default_system=system),
-                    template.special_tokens)
 
 
 def stop_tokens(template: Template, tokenizer: Any) -> tuple[list[int], list[str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sdk.config import DeployArguments
 from sdk.errors import SdkError
-from sdk.infer.chat import checkpoint_or_export, is_export, load_for_inference
+from sdk.infer.load import checkpoint_or_export, is_export, load_for_inference
 from sdk.registry import Registry
 
 SERVER_PACKAGES = ("fastapi", "uvicorn")

@@ -303,7 +303,7 @@ def data_name(names: Sequence[str]) -> str:
 def run_arguments(checkpoint: Path, registry: Registry) -> SftArguments:
     """The SftArguments a checkpoint was trained with (the plugins' options it saved too: a
     record format may read its own)."""
-    from sdk.train.run_dir import ARGS_FILE, read_saved_arguments
+    from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
     cls = arguments_class(registry)
@@ -335,7 +335,7 @@ def data_arguments(args: InferArguments, registry: Registry) -> SftArguments:
 def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | None:
     """``sdk infer --dataset D`` / ``--val-dataset-from-run``."""
     from sdk.data.conversations import load_conversations
-    from sdk.infer.chat import checkpoint_or_export, load_for_inference
+    from sdk.infer.load import checkpoint_or_export, load_for_inference
 
     if args.query is not None:
         raise SdkError("--query asks one question; --dataset and --val-dataset-from-run "

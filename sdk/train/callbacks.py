@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from sdk.errors import SdkError
 from sdk.folders import is_disk_full
-from sdk.train.run_dir import LOG_FILE, kept_of_run
+from sdk.runs.run_dir import LOG_FILE, kept_of_run
 
 
 class JsonlLogger(TrainerCallback):

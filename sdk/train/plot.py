@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from sdk.errors import SdkError
-from sdk.train.best import read_best
-from sdk.train.run_dir import ARGS_FILE, LOG_FILE, is_complete_checkpoint
+from sdk.runs.best import read_best
+from sdk.runs.run_dir import ARGS_FILE, LOG_FILE, is_complete_checkpoint
 
 PLOT_FILE = "loss.png"
 

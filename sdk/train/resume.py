@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sdk.config import SftArguments
 from sdk.errors import SdkError
-from sdk.train.checkpoint_files import check_checkpoint
-from sdk.train.run_dir import (
+from sdk.runs.checkpoint_files import check_checkpoint
+from sdk.runs.run_dir import (
     ARGS_FILE,
     LOG_FILE,
     PARTIAL_DIR,

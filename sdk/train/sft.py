@@ -28,10 +28,11 @@ from sdk.models.loader import check_supported, load_model, model_types_for_folde
 from sdk.models.rope import applied_factor
 from sdk.options import run_arguments
 from sdk.registry import Registry
+from sdk.runs.best import best_checkpoint
+from sdk.runs.checkpoint_files import check_adapter_fits, refuse_nonfinite_weights
+from sdk.runs.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
-from sdk.train.best import best_checkpoint
-from sdk.train.checkpoint_files import check_adapter_fits
 from sdk.train.deepspeed_configs import (
     check_deepspeed,
     deepspeed_config,
@@ -47,10 +48,8 @@ from sdk.train.distributed import (
 )
 from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
 from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
-from sdk.train.nonfinite import refuse_nonfinite_weights
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
-from sdk.train.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.tuners import check_requires, loraplus_refusal
 from sdk.tuners.lora import lora_dropout
 
@@ -250,7 +249,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
         )
 
         from sdk.config import InferArguments
-        from sdk.infer.chat import load_for_inference
+        from sdk.infer.load import load_for_inference
         from sdk.infer.predict import predict_held_out
 
         model = trainer.model

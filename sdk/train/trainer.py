@@ -31,10 +31,11 @@ import torch
 from transformers import Trainer
 
 from sdk.folders import disk_full_said
+from sdk.runs.best import record_best, rotated
+from sdk.runs.checkpoint_files import save_base_config
+from sdk.runs.run_dir import PARTIAL_DIR, checkpoints, kept_of_run, write_args
 from sdk.train.accuracy import count_correct
 from sdk.train.batching import Batching, TokenBudgetBatches, row_lengths
-from sdk.train.best import record_best, rotated
-from sdk.train.checkpoint_files import save_base_config
 from sdk.train.loss import (
     choose_loss,
     chunk_tokens_for,
@@ -43,7 +44,6 @@ from sdk.train.loss import (
     token_loss,
 )
 from sdk.train.nonfinite import nonfinite_parameter, nonfinite_step, training_stopped
-from sdk.train.run_dir import PARTIAL_DIR, checkpoints, kept_of_run, write_args
 
 
 class SftTrainer(Trainer):
@@ -207,7 +207,7 @@ class SftTrainer(Trainer):
             if self.args.should_save:
                 publish(staging / name, run_dir / name, self.run_arguments)
         if self.args.should_save:
-            best = record_best(run_dir, self.state.log_history)  # sdk/train/best.py
+            best = record_best(run_dir, self.state.log_history)  # sdk/runs/best.py
             limit = self.args.save_total_limit or 0
             if limit > 0:
                 for old in rotated(checkpoints(run_dir), limit, best):

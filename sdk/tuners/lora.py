@@ -17,8 +17,7 @@ from typing import Any
 import click
 
 from sdk.errors import SdkError
-from sdk.specs import ModelSpec
-from sdk.train.checkpoint_files import (
+from sdk.runs.checkpoint_files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     BASE_CONFIG,
@@ -26,7 +25,8 @@ from sdk.train.checkpoint_files import (
     check_checkpoint,
     read_json,
 )
-from sdk.train.run_dir import damaged_checkpoint
+from sdk.runs.run_dir import damaged_checkpoint
+from sdk.specs import ModelSpec
 from sdk.tuners.generation import generates_with_virtual_tokens
 
 ALL_LINEAR = {"all", "all-linear", "all_linear"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdk.train.run_dir import checkpoint_step, checkpoints
+from sdk.runs.run_dir import checkpoint_step, checkpoints
 
 BEST_FILE = "best_checkpoint.json"
 

@@ -8,7 +8,7 @@ header length and the JSON header, no torch), a LoRA adapter's tensors have the 
 adapter_config.json gives, and the torch pickles a resume reads are whole zip archives.
 Whether an adapter fits its base model needs the model: :func:`check_adapter_fits`. Last,
 :func:`check_checkpoint` reads the weights themselves, which must be finite
-(``nonfinite.refuse_nonfinite_weights``: one sum a tensor)."""
+(:func:`refuse_nonfinite_weights`: one sum a tensor)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from sdk.train.nonfinite import refuse_nonfinite_weights
-from sdk.train.run_dir import damaged_checkpoint
+from sdk.runs.run_dir import damaged_checkpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -29,6 +28,7 @@ TRAINER_STATE = "trainer_state.json"
 # The config of the model an adapter was trained on, saved beside it: `sdk push`, which loads
 # no model, builds that model's empty skeleton from it to see that the adapter fits.
 BASE_CONFIG = "base_config.json"
+NONFINITE_WEIGHTS = "its weights hold NaN or infinity"
 _NUMBER = (int, float)
 _NONE = type(None)
 # The keys each JSON file must give the type of, where present; every such file is an object.
@@ -214,3 +214,31 @@ def save_base_config(model: Any, checkpoint: Path) -> None:
     if hasattr(model, "get_base_model"):
         model.get_base_model().config.to_json_file(checkpoint / BASE_CONFIG)
 
+
+def refuse_nonfinite_weights(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose weight files (an adapter's or a whole model's safetensors)
+    hold NaN or infinity; read before anything loads them. A file that cannot be read at all
+    is left to the loader, which names what is damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for name in weights.keys():
+                    if holds_nonfinite(weights.get_tensor(name)):
+                        raise damaged_checkpoint(file, f"{NONFINITE_WEIGHTS}: {name}")
+        except (OSError, SafetensorError):
+            continue
+
+
+def holds_nonfinite(tensor: Any) -> bool:
+    """Whether a float tensor holds NaN or infinity. Its sum is one when an element is, and
+    takes a twentieth of ``isfinite`` on a CPU (a whole model's checkpoint is read before it
+    loads); only a sum that overflowed needs the element-wise look."""
+    import torch
+
+    if not tensor.is_floating_point():
+        return False
+    if tensor.element_size() == 1:  # float8: torch sums and checks none of them
+        tensor = tensor.to(torch.float16)
+    return not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all()
