@@ -620,17 +620,21 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     """Upload a checkpoint with a model card; run it again to complete a push that failed."""
     from sdk.hubs import default_hub
     from sdk.hubs.push import Destination, check_repo_id, push_checkpoint
+    from sdk.options import hub_keywords
     from sdk.runs.checkpoint_files import check_checkpoint
-    from sdk.runs.run_dir import find_checkpoint
+    from sdk.runs.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
     from sdk.tuners.lora import check_adapter_fits_saved_base
 
     known = registry(ctx)
-    destination = Destination(known.get("hubs", hub or default_hub()), repo_id, private, token,
-                              training_state)
-    check_repo_id(destination.hub, repo_id, "--repo-id")
+    chosen = known.get("hubs", hub or default_hub())
+    check_repo_id(chosen, repo_id, "--repo-id")
     checkpoint = find_checkpoint(ckpt_dir, "--ckpt-dir")
     check_checkpoint(checkpoint)  # a damaged file is refused, not published
     check_adapter_fits_saved_base(checkpoint)
+    # a hub's own options as the run that trained the checkpoint set them
+    saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    destination = Destination(chosen, repo_id, private, token, training_state,
+                              hub_keywords(chosen, saved))
     click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from sdk.config import SftArguments, default_of, field_types, with_options
 from sdk.errors import SdkError
 from sdk.registry import KINDS, Registry
-from sdk.specs import Tuner
+from sdk.specs import Hub, Tuner
 
 OPTION_KINDS = ("tuners", "hubs", "formats")
 
@@ -94,6 +94,17 @@ def run_arguments(args: Any, tuner: Tuner, registry: Registry) -> Any:
         return args
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                   if hasattr(args, f.name)})
+
+
+def hub_keywords(hub: Hub, values: Any) -> dict[str, Any]:
+    """What ``download`` and ``push`` of a hub that declares options get besides their usual
+    arguments: ``options``, an instance of its options class filled from ``values`` (a run's
+    arguments, or a checkpoint's saved ones as a dict; the defaults where they lack one)."""
+    if hub.options is None:
+        return {}
+    given = values if isinstance(values, dict) else vars(values)
+    return {"options": hub.options(**{name: given[name] for name in option_names(hub.options)
+                                      if name in given})}
 
 
 def refuse_other_tuners_options(given: Iterable[str], tuner: Tuner,

@@ -207,7 +207,9 @@ class Hub:
     --push-to-hub --hub-model-id`` run it before anything is staged or trained (left out, any
     id goes to ``push``: the ``local`` hub's ids are paths). ``options``: a dataclass of
     ``sdk sft`` options, as for a ``Tuner``; every registered hub's options are flags and in
-    every run's arguments (``download`` and ``push`` are not given them).
+    every run's arguments, and ``download`` and ``push`` then also get ``options=``, an
+    instance of the class holding the run's values (``sdk push``: those saved with the
+    checkpoint; commands without them: the defaults).
     """
 
     name: str

@@ -172,24 +172,37 @@ def test_a_formats_option_reaches_its_conversion(run_cli, tmp_path):
 
 MIRROR_HUB = """
     from dataclasses import dataclass
+    from pathlib import Path
 
     from sdk import hookimpl
     from sdk.config import arg
-    from sdk.specs import Hub
+    from sdk.hubs import local
+    from sdk.specs import DatasetSpec, Hub
 
     @dataclass
     class MirrorOptions:
         mirror_region: str = arg("eu", "--hub mirror: the region to download from.")
 
+    def download(repo_id, revision="main", ignore_patterns=(), *, options, **keywords):
+        return local.download(str(Path(repo_id, options.mirror_region)), revision,
+                              ignore_patterns, **keywords)
+
+    def push(folder, repo_id, *, options, **keywords):
+        Path(folder, "region.txt").write_text(options.mirror_region)
+        return local.push(folder, repo_id, **keywords)
+
     @hookimpl
     def register_hubs(register):
-        register(Hub(name="mirror", download="sdk.hubs.local:download",
-                     push="sdk.hubs.local:push", options=MirrorOptions))
+        register(Hub(name="mirror", download=download, push=push, options=MirrorOptions))
+
+    @hookimpl
+    def register_datasets(register):
+        register(DatasetSpec(name="mirrored", hub_ids={"mirror": "REPO"}))
 """
 
 
 def test_a_hubs_options_are_listed_under_hub_and_taken_by_sft(run_cli, tmp_path):
-    mirror = plugin(tmp_path, "mirror_hub", MIRROR_HUB)
+    mirror = plugin(tmp_path, "mirror_hub", MIRROR_HUB.replace("REPO", str(tmp_path)))
     help_text = run_cli("--plugin", mirror, "sft", "--help").stdout
     assert re.search(r"^Hub options:\n(?:  .*\n)*  --mirror-region TEXT", help_text, re.M)
     # not a tuner's: no refusal whatever the tuner
@@ -197,3 +210,24 @@ def test_a_hubs_options_are_listed_under_hub_and_taken_by_sft(run_cli, tmp_path)
     config.write_text("mirror_region: us\nsft_type: full\n")
     refused = run_cli("--plugin", mirror, "sft", "--config", config, "--mirror-region", "asia")
     assert refused.exit_code == 1 and "--model-type is required" in refused.stderr
+
+
+def test_a_hubs_options_reach_its_download_and_push(run_cli, tmp_path, lora_run_copy,
+                                                    tiny_plugin_file):
+    mirror = plugin(tmp_path, "mirror_hub", MIRROR_HUB.replace("REPO", str(tmp_path / "repo")))
+    for region in ("eu", "us"):
+        (tmp_path / "repo" / region).mkdir(parents=True)
+        (tmp_path / "repo" / region / "data.jsonl").write_text(json.dumps(
+            {"query": "Where?", "response": f"In {region}."}) + "\n")
+    preview = ("--plugin", mirror, "datasets", "preview", "mirrored", "--hub", "mirror",
+               "--template", "chatml")
+    assert "In eu." in run_cli(*preview).stdout  # the option's default
+    assert "In us." in run_cli(*preview, "--mirror-region", "us").stdout
+    # sdk push: the value the checkpoint was trained with
+    checkpoint = lora_run_copy / "checkpoint-2"
+    saved = json.loads((checkpoint / "sft_args.json").read_text())
+    (checkpoint / "sft_args.json").write_text(json.dumps({**saved, "mirror_region": "asia"}))
+    pushed = run_cli("--plugin", mirror, "--plugin", tiny_plugin_file, "push", "--hub", "mirror",
+                     "--ckpt-dir", checkpoint, "--repo-id", tmp_path / "pushed")
+    assert pushed.exit_code == 0, pushed.output
+    assert (tmp_path / "pushed" / "region.txt").read_text() == "asia"

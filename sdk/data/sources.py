@@ -15,6 +15,7 @@ from sdk.data.readers import READERS, cannot_read, is_saved_dataset
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
 from sdk.hubs.repo_id import is_repo_id
+from sdk.options import hub_keywords
 from sdk.registry import Registry
 from sdk.specs import DatasetSpec, resolve_callable
 
@@ -92,7 +93,7 @@ def download(spec: DatasetSpec, registry: Registry, args: Any) -> tuple[str, ...
     try:
         folder = resolve_callable(hub.download)(
             repo_id, spec.revision, repo_type="dataset",
-            token=getattr(args, "hub_token", None))
+            token=getattr(args, "hub_token", None), **hub_keywords(hub, args))
     except SdkError as error:
         hint = ("" if spec.name != repo_id else
                 f" '{spec.name}' is not a local file or folder either.")

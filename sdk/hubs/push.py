@@ -18,8 +18,9 @@ import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,6 +28,7 @@ from sdk.config import SftArguments
 from sdk.errors import HubUnavailable, SdkError
 from sdk.folders import disk_full_said
 from sdk.hubs.card import model_card, public_arguments
+from sdk.options import hub_keywords
 from sdk.registry import Registry
 from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 from sdk.specs import Hub, resolve_callable
@@ -51,6 +53,7 @@ class Destination:
     private: bool = True
     token: str | None = None
     training_state: bool = False  # also upload TRAINING_STATE files
+    hub_keywords: dict[str, Any] = field(default_factory=dict)  # the hub's options, if any
 
     def scrub(self, text: str) -> str:
         """``text`` without the token given or the one in the hub's environment variable."""
@@ -102,7 +105,7 @@ def push_destination(args: SftArguments, registry: Registry) -> Destination | No
                        f"--hub-token{variable} or the hub's login command, or leave out "
                        "--push-to-hub (`sdk push` uploads a checkpoint later).")
     return Destination(hub, args.hub_model_id, args.hub_private_repo, args.hub_token,
-                       args.push_training_state)
+                       args.push_training_state, hub_keywords(hub, args))
 
 
 def stage(checkpoint: Path, destination: Destination, registry: Registry,
@@ -154,7 +157,8 @@ def upload(folder: Path, destination: Destination, checkpoint: Path,
         try:
             return push(folder, destination.repo_id, private=destination.private,
                         token=destination.token,
-                        commit_message=f"Upload {checkpoint.name} with sft-sdk")
+                        commit_message=f"Upload {checkpoint.name} with sft-sdk",
+                        **destination.hub_keywords)
         except HubUnavailable as error:
             reason = destination.scrub(str(error)).rstrip(".")
             if delay is None:

@@ -13,6 +13,7 @@ from typing import Any
 from sdk.errors import SdkError
 from sdk.hubs import default_hub
 from sdk.models.rope import check_rope_flags
+from sdk.options import hub_keywords
 from sdk.specs import ModelSpec, resolve_callable
 
 # bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub;
@@ -213,7 +214,8 @@ def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
                            f"'{hub.name}' (it has: {', '.join(model_spec.hub_ids) or 'none'}). "
                            "Pick another --hub or pass --model-id-or-path DIR.")
         return Path(resolve_callable(hub.download)(
-            repo_id, model_spec.revision, model_spec.ignore_patterns))
+            repo_id, model_spec.revision, model_spec.ignore_patterns,
+            **hub_keywords(hub, args)))
 
     options = LoadOptions(
         dtype=args.dtype, trust_remote_code=args.trust_remote_code, attn_impl=args.attn_impl,
