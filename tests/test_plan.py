@@ -69,8 +69,8 @@ def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
 def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_path):
     plan = resolve_plan(SftArguments(
         model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
-        output_dir=str(tmp_path / "out"), hub="local", push_to_hub=True, hub_model_id=str(tmp_path / "repo"),
-        hub_token="secret-token", offload_activations=True), plugin_set.registry)
+        output_dir=str(tmp_path / "out"), hub="local", push_to_hub=True,
+        hub_model_id=str(tmp_path / "repo"), hub_token="secret-token", offload_activations=True), plugin_set.registry)
     assert json.loads(json.dumps(plan.as_dict())) == plan.as_dict()
     assert "secret-token" not in json.dumps(plan.as_dict()) + plan.text()
     assert plan.push_to and str(tmp_path / "repo") in plan.push_to
@@ -96,15 +96,19 @@ def test_resolving_refuses_bad_input_before_anything_loads(plugin_set, identity_
 
 def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
         sft, identity_data, tmp_path, no_model_load):
-    empty = tmp_path / "empty-replies.jsonl"
-    empty.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}) + "\n"
-        for _ in range(3)))
-    for flags in (["--dataset", identity_data, "--max-length", "8"],
-                  ["--dataset", empty, "--max-length", "8"]):
-        for dry in ([], ["--dry-run"]):
-            result = sft(*flags, "--max-steps", "1", *dry)
-            assert result.exit_code == 1, result.output
-            assert "No training row has a trained token" in result.stderr
-            assert "[sdk] data: 0 training rows" in result.stderr
+    for strategy, why in [("truncation_right", "0 are longer than --max-length 8 and deleted "
+                           "(--truncation-strategy delete), 4 lost every reply token"),
+                          ("delete", "4 are longer than --max-length 8 and deleted")]:
+        result = sft("--dataset", identity_data, "--max-steps", "1", "--max-length", "8",
+                     "--truncation-strategy", strategy)
+        assert result.exit_code == 1, result.output
+        assert "[sdk] data: 0 training rows" in result.stderr
+        assert "No training row has a token to train" in result.stderr
+        assert f"of 4 rows, {why}" in result.stderr and "Raise --max-length" in result.stderr
+
+    result = sft("--dataset", identity_data, "--max-length", "8", "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert "data: 0 training rows" in result.stdout  # the report, then the refusal
+    assert "0 are longer than --max-length 8 and deleted" in result.stderr
+    assert "4 lost every reply token" in result.stderr
     assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()

@@ -104,23 +104,28 @@ def tokenize(conversations: Any, held_out: Any, template: Template, tokenizer: A
     return data
 
 
-def gate(data: TrainingData, args: SftArguments) -> None:
-    """The data summary, and no run without a trained token: said before the model loads."""
-    if is_main_process():
+def gate(data: TrainingData, args: SftArguments, announce: bool = True) -> None:
+    """The data summary (``announce``), and no run whose rows have no token to train: said
+    before the model loads."""
+    if announce and is_main_process():
         click.echo(f"[sdk] data: {data.stats.summary()}", err=True)
         if data.eval_stats is not None:
             click.echo(f"[sdk] held-out data: {data.eval_stats.summary()}", err=True)
     if len(data.examples):
         return
     stats = data.stats
-    limit = (f"--max-length {args.max_length}" if args.max_length > 0 else "no --max-length")
-    raise SdkError(
-        f"No training row has a trained token, so there is nothing to learn: of {stats.rows} "
-        f"rows, {stats.deleted} are longer than --max-length and deleted "
-        f"(--truncation-strategy delete), and {stats.dropped} have no reply token left to train "
-        f"(with {limit}, --truncation-strategy {args.truncation_strategy}, --loss-scope "
-        f"{args.loss_scope}): a reply cut off by --max-length, or replies that are empty. Raise "
-        "--max-length, or fix the data's replies.")
+    if args.max_length > 0:
+        kept = "end" if args.truncation_strategy == "truncation_left" else "start"
+        why = (f"{stats.deleted} are longer than --max-length {args.max_length} and deleted "
+               f"(--truncation-strategy delete), {stats.dropped} lost every reply token when "
+               f"cut to --max-length {args.max_length} (--truncation-strategy "
+               f"{args.truncation_strategy} keeps their {kept}). Raise --max-length, or "
+               "shorten the prompts (system prompt, earlier turns)")
+    else:
+        why = (f"template '{data.settings.template.spec.name}' marks none of their reply "
+               "tokens to train. Check how it renders them (`sdk datasets preview`)")
+    raise SdkError(f"No training row has a token to train, so the run would learn nothing: "
+                   f"of {stats.rows} rows, {why}.")
 
 
 def data_report(data: TrainingData) -> str:
@@ -132,14 +137,12 @@ def data_report(data: TrainingData) -> str:
 
 
 def prepared_data(plan: Plan, registry: Registry, tokenizer: Any) -> TrainingData:
-    """Read and tokenize the plan's data with ``tokenizer``, then the gate."""
+    """The plan's data, read and tokenized with ``tokenizer``."""
     args = plan.args
     spec = registry.get("models", args.model_type)
     conversations, held_out = read_conversations(args, registry)
     template = Template.for_tokenizer(template_of(args, spec, registry), tokenizer)
-    data = tokenize(conversations, held_out, template, tokenizer, args)
-    gate(data, args)
-    return data
+    return tokenize(conversations, held_out, template, tokenizer, args)
 
 
 def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> None:
@@ -156,10 +159,10 @@ def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> No
     if as_json:
         report = {"data": dataclasses.asdict(data.stats), "held_out_data":
                   dataclasses.asdict(data.eval_stats) if data.eval_stats else None}
-        click.echo(json.dumps({"plan": plan.as_dict(), "report": report}, indent=2,
-                              default=str))
-        return
-    click.echo(f"{plan.text()}\n\n{data_report(data)}")
+        click.echo(json.dumps({"plan": plan.as_dict(), "report": report}, indent=2))
+    else:
+        click.echo(f"{plan.text()}\n\n{data_report(data)}")
+    gate(data, plan.args, announce=False)  # the run it plans would stop here
 
 
 def run_plan(plan: Plan, registry: Registry) -> SftResult:
@@ -170,14 +173,17 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
     tuner = registry.get("tuners", args.sft_type)
     resumed = Path(plan.resume_from) if plan.resume_from else None
     destination = push_destination(args, registry)
-    data = (prepared_data(plan, registry, load_tokenizer(spec, args, registry))
-            if tokenizer_alone(spec, args) else None)
+    data = None
+    if tokenizer_alone(spec, args):
+        data = prepared_data(plan, registry, load_tokenizer(spec, args, registry))
+        gate(data, args)
     model, tokenizer = load_model(spec, args, registry)
     if args.rope_scaling:  # saved with the run: its checkpoints reload with the same positions
         args = dataclasses.replace(args, rope_factor=applied_factor(
             model.config, args.rope_scaling, args.model_type))
     if data is None:  # the plugin's loader is the only way to its tokenizer
         data = prepared_data(plan, registry, tokenizer)
+        gate(data, args)
     examples = data.examples
     eval_examples = data.eval_examples if data.eval_examples is not None and len(
         data.eval_examples) else None
