@@ -70,7 +70,8 @@ def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_p
     plan = resolve_plan(SftArguments(
         model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
         output_dir=str(tmp_path / "out"), hub="local", push_to_hub=True,
-        hub_model_id=str(tmp_path / "repo"), hub_token="secret-token", offload_activations=True), plugin_set.registry)
+        hub_model_id=str(tmp_path / "repo"), hub_token="secret-token",
+        offload_activations=True), plugin_set.registry)
     assert json.loads(json.dumps(plan.as_dict())) == plan.as_dict()
     assert "secret-token" not in json.dumps(plan.as_dict()) + plan.text()
     assert plan.push_to and str(tmp_path / "repo") in plan.push_to
