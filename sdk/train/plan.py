@@ -214,16 +214,16 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
 
     dtype = torch_dtype(args.dtype)
     dtype_name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
-    on_gpu = torch.cuda.is_available()
+    here = "a GPU here" if torch.cuda.is_available() else "no GPU here"
     choices = {"dtype": Choice(dtype_name, f"--dtype {args.dtype}" if args.dtype != "auto" else
-                               "--dtype auto: bf16 (fp16 without bf16) on a GPU, fp32 on the CPU;"
-                               f" {'a GPU' if on_gpu else 'no GPU'} here")}
+                               "--dtype auto: bf16 on a GPU that has it, else fp16; fp32 on the "
+                               f"CPU; {here}")}
     kernel = attention_implementation(args.attn_impl, dtype)  # a kernel that cannot run: refused
     choices["attention"] = Choice(
-        kernel or "transformers' default (sdpa where the model has it)",
-        f"--attn-impl {args.attn_impl}" + (
-            ": flash_attention_2 on a GPU with flash-attn and a half dtype, else the default"
-            if args.attn_impl == "auto" else ""))
+        kernel or "default",
+        f"--attn-impl {args.attn_impl}" if kernel else
+        "--attn-impl auto: transformers' choice for the model (sdpa where it has it); "
+        "flash_attention_2 needs a GPU, flash-attn and bf16/fp16")
     learning_rate = args.learning_rate or tuner.default_learning_rate
     choices["learning_rate"] = Choice(learning_rate, "--learning-rate" if args.learning_rate
                                       else f"--sft-type {tuner.name}'s default")
