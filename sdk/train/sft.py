@@ -128,12 +128,14 @@ def gate(data: TrainingData, args: SftArguments, announce: bool = True) -> None:
                    f"of {stats.rows} rows, {why}.")
 
 
-def data_report(data: TrainingData) -> str:
-    """What `sdk sft --dry-run` says about the data."""
+def data_report(data: TrainingData) -> tuple[str, dict[str, Any]]:
+    """What `sdk sft --dry-run` says about the data: as text, and as JSON."""
     lines = [f"data: {data.stats.summary()}"]
     if data.eval_stats is not None:
         lines.append(f"held-out data: {data.eval_stats.summary()}")
-    return "\n".join(lines)
+    return "\n".join(lines), {
+        "data": dataclasses.asdict(data.stats),
+        "held_out_data": dataclasses.asdict(data.eval_stats) if data.eval_stats else None}
 
 
 def prepared_data(plan: Plan, registry: Registry, tokenizer: Any) -> TrainingData:
@@ -156,12 +158,11 @@ def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> No
                        "model (a loader and no tokenizer_loader). Give --model-id-or-path DIR "
                        "(a folder with the tokenizer), or add a tokenizer_loader to the plugin.")
     data = prepared_data(plan, registry, load_tokenizer(spec, plan.args, registry))
+    text, report = data_report(data)
     if as_json:
-        report = {"data": dataclasses.asdict(data.stats), "held_out_data":
-                  dataclasses.asdict(data.eval_stats) if data.eval_stats else None}
         click.echo(json.dumps({"plan": plan.as_dict(), "report": report}, indent=2))
     else:
-        click.echo(f"{plan.text()}\n\n{data_report(data)}")
+        click.echo(f"{plan.text()}\n\n{text}")
     gate(data, plan.args, announce=False)  # the run it plans would stop here
 
 
