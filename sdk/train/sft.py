@@ -138,13 +138,13 @@ def data_report(data: TrainingData) -> tuple[str, dict[str, Any]]:
         "held_out_data": dataclasses.asdict(data.eval_stats) if data.eval_stats else None}
 
 
-def prepared_data(plan: Plan, registry: Registry, tokenizer: Any) -> TrainingData:
-    """The plan's data, read and tokenized with ``tokenizer``."""
+def prepared_data(plan: Plan, registry: Registry, rows: tuple[Any, Any],
+                  tokenizer: Any) -> TrainingData:
+    """The plan's conversations (training, held out) tokenized with ``tokenizer``."""
     args = plan.args
-    spec = registry.get("models", args.model_type)
-    conversations, held_out = read_conversations(args, registry)
-    template = Template.for_tokenizer(template_of(args, spec, registry), tokenizer)
-    return tokenize(conversations, held_out, template, tokenizer, args)
+    template = Template.for_tokenizer(
+        template_of(args, registry.get("models", args.model_type), registry), tokenizer)
+    return tokenize(*rows, template, tokenizer, args)
 
 
 def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> None:
@@ -157,7 +157,8 @@ def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> No
                        f"'{spec.model_type}' finds its tokenizer only as its plugin loads the "
                        "model (a loader and no tokenizer_loader). Give --model-id-or-path DIR "
                        "(a folder with the tokenizer), or add a tokenizer_loader to the plugin.")
-    data = prepared_data(plan, registry, load_tokenizer(spec, plan.args, registry))
+    rows = read_conversations(plan.args, registry)
+    data = prepared_data(plan, registry, rows, load_tokenizer(spec, plan.args, registry))
     text, report = data_report(data)
     if as_json:
         click.echo(json.dumps({"plan": plan.as_dict(), "report": report}, indent=2))
@@ -174,16 +175,17 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
     tuner = registry.get("tuners", args.sft_type)
     resumed = Path(plan.resume_from) if plan.resume_from else None
     destination = push_destination(args, registry)
+    rows = read_conversations(args, registry)
     data = None
     if tokenizer_alone(spec, args):
-        data = prepared_data(plan, registry, load_tokenizer(spec, args, registry))
+        data = prepared_data(plan, registry, rows, load_tokenizer(spec, args, registry))
         gate(data, args)
     model, tokenizer = load_model(spec, args, registry)
     if args.rope_scaling:  # saved with the run: its checkpoints reload with the same positions
         args = dataclasses.replace(args, rope_factor=applied_factor(
             model.config, args.rope_scaling, args.model_type))
     if data is None:  # the plugin's loader is the only way to its tokenizer
-        data = prepared_data(plan, registry, tokenizer)
+        data = prepared_data(plan, registry, rows, tokenizer)
         gate(data, args)
     examples = data.examples
     eval_examples = data.eval_examples if data.eval_examples is not None and len(
