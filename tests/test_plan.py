@@ -65,6 +65,9 @@ def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
     assert printed["report"]["held_out_data"]["rows"] == 2
     assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
 
+    result = sft("--dataset", identity_data, "--json")
+    assert result.exit_code == 1 and "--json prints the plan of --dry-run" in result.stderr
+
 
 def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_path):
     plan = resolve_plan(SftArguments(
