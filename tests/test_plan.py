@@ -116,3 +116,13 @@ def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
     assert "0 are longer than --max-length 8 and deleted" in result.stderr
     assert "4 lost every reply token" in result.stderr
     assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
+
+
+def test_a_dry_run_needs_a_tokenizer_it_can_read_without_the_model(
+        run_cli, tiny_plugin_file, identity_data, tmp_path, no_model_load):
+    # the tiny plugin has its own loader and no tokenizer_loader
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--dataset", identity_data, "--output-dir", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 1
+    assert "--dry-run reads the tokenizer without the weights" in result.stderr
+    assert "--model-id-or-path DIR" in result.stderr

@@ -210,8 +210,11 @@ def load_tokenizer(spec: ModelSpec, args: Any, registry: Any) -> Any:
 
 def tokenizer_alone(spec: ModelSpec, args: Any) -> bool:
     """Whether the tokenizer can be read without the weights: a model type whose plugin has
-    its own loader and no tokenizer_loader finds its files only as it loads the model."""
-    return bool(spec.tokenizer_loader or not spec.loader or args.model_id_or_path)
+    its own loader and no tokenizer_loader finds its files only as it loads the model, unless
+    --model-id-or-path is a folder with a transformers tokenizer."""
+    return bool(spec.tokenizer_loader or not spec.loader or (
+        args.model_id_or_path
+        and (Path(args.model_id_or_path) / "tokenizer_config.json").is_file()))
 
 
 def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:

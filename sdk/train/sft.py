@@ -156,7 +156,8 @@ def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> No
         raise SdkError(f"--dry-run reads the tokenizer without the weights, and model type "
                        f"'{spec.model_type}' finds its tokenizer only as its plugin loads the "
                        "model (a loader and no tokenizer_loader). Give --model-id-or-path DIR "
-                       "(a folder with the tokenizer), or add a tokenizer_loader to the plugin.")
+                       "(a folder with its tokenizer_config.json), or add a tokenizer_loader to "
+                       "the plugin.")
     rows = read_conversations(plan.args, registry)
     data = prepared_data(plan, registry, rows, load_tokenizer(spec, plan.args, registry))
     text, report = data_report(data)
