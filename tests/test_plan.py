@@ -126,3 +126,14 @@ def test_a_dry_run_needs_a_tokenizer_it_can_read_without_the_model(
     assert result.exit_code == 1
     assert "--dry-run reads the tokenizer without the weights" in result.stderr
     assert "--model-id-or-path DIR" in result.stderr
+
+
+def test_a_resumed_run_plans_its_own_folder(plugin_set, lora_run_copy, identity_data):
+    plan = resolve_plan(SftArguments(
+        model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+        resume_from_checkpoint=str(lora_run_copy)), plugin_set.registry)
+    assert plan.run_dir == str(lora_run_copy)
+    assert plan.resume_from == plan.args.resume_from_checkpoint == str(
+        lora_run_copy / "checkpoint-2")
+    assert plan.choices["resume"].why == f"--resume-from-checkpoint {lora_run_copy}"
+    assert f"(resuming {lora_run_copy / 'checkpoint-2'})" in plan.text()

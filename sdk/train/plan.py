@@ -185,6 +185,7 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     if args.deepspeed:
         check_deepspeed(args)
         args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
+    resume_given = args.resume_from_checkpoint
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
@@ -200,8 +201,11 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     choices = automatic_choices(args, spec, tuner, given_bits, given_dropout,
                                 checkpointing_forced)
-    choices["resume"] = Choice(str(resumed) if resumed else None,
-                               "--resume-from-checkpoint" if resumed else "a fresh run")
+    choices["resume"] = Choice(
+        str(resumed) if resumed else None,
+        "a fresh run" if not resumed else
+        "--resume-from-checkpoint auto: the newest run's newest complete checkpoint"
+        if resume_given == "auto" else f"--resume-from-checkpoint {resume_given}")
     return Plan(args, run_dir, str(resumed) if resumed else None,
                 destination.where() if destination else None, choices, notes)
 
