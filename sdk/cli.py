@@ -500,13 +500,26 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
 
 @cli.command(cls=PluginOptionsCommand)
 @options_from(SftArguments)
+@click.option("--dry-run", "--dry_run", "dry_run", cls=Flag, is_flag=True,
+              help="Print the plan (every setting and automatic choice, the run folder) and "
+                   "the data report, then exit: reads the data and the tokenizer, never the "
+                   "weights, and creates no run folder.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
 @click.pass_context
-def sft(ctx: click.Context, config_file: str | None, **params: Any) -> None:
+def sft(ctx: click.Context, config_file: str | None, dry_run: bool, as_json: bool,
+        **params: Any) -> None:
     """Fine-tune a model: sdk sft --model-type T --dataset D [--sft-type lora|full]."""
     known = registry(ctx)
     values = given(params)
     arguments = build_arguments(arguments_class(known), values, config_file)
     refuse_other_tuners_options(values, known.get("tuners", arguments.sft_type), known)
+    if as_json and not dry_run:
+        raise SdkError("--json prints the plan of --dry-run; add --dry-run.")
+    if dry_run:
+        from sdk.train.sft import dry_run as print_plan
+
+        print_plan(arguments, known, as_json)
+        return
     from sdk.train.distributed import launch_processes_if_asked
 
     launch_processes_if_asked(sys.argv[1:])

@@ -152,6 +152,25 @@ def test_a_folder_without_weights_or_with_a_broken_file_is_a_clear_error(tmp_pat
         native_folder(source, FUSED)
 
 
+def test_the_tokenizer_alone_is_converted_without_reading_the_weights(tmp_path, monkeypatch,
+                                                                     reference):
+    monkeypatch.setenv("SFT_SDK_CACHE", str(tmp_path / "cache"))
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "config.json").write_text(json.dumps({"llama": {}}))
+    (unreadable / "pytorch_model.bin").write_bytes(b"not a pickle")  # never read
+    tokenizer_only = native_folder(unreadable, FUSED, weights=False)
+    assert not [p for p in tokenizer_only.iterdir() if p.suffix in (".safetensors", ".bin")]
+    assert (tokenizer_only / "config.json").is_file()
+    assert AutoTokenizer.from_pretrained(tokenizer_only).convert_tokens_to_ids(
+        "<|im_end|>") == 151645
+    assert native_folder(unreadable, FUSED, weights=False) == tokenizer_only  # cached
+
+    source = write_official(tmp_path / "official", reference, "model.safetensors")
+    whole = native_folder(source, FUSED)
+    assert native_folder(source, FUSED, weights=False) == whole  # the whole copy, once made
+
+
 def test_a_sentencepiece_model_becomes_a_tokenizer_with_its_ids_and_pieces_made_special(
         tmp_path, monkeypatch):
     import importlib.util

@@ -6,7 +6,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,10 @@ from sdk.hubs import default_hub
 from sdk.models.rope import check_rope_flags
 from sdk.options import hub_keywords
 from sdk.specs import ModelSpec, resolve_callable
+
+# The files of a checkpoint that hold weights: a download for the tokenizer alone leaves them out.
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.ckpt", "*.h5",
+                   "*.msgpack", "*.onnx")
 
 # bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub;
 # offline that is expected and says nothing about the run.
@@ -27,7 +31,8 @@ class LoadOptions:
     trust_remote_code: bool = False
     attn_impl: str = "auto"  # --attn-impl
     model_dir: str | None = None  # a local folder that replaces the hub download
-    download: Callable[[ModelSpec], Path] | None = None
+    download: Callable[[ModelSpec, bool], Path] | None = None  # (spec, with the weights)
+    weights: bool = True  # False: the tokenizer alone (WEIGHT_PATTERNS not downloaded)
     quantization_bit: int = 0  # 4 or 8: bitsandbytes
     bnb_4bit_comp_dtype: str = "auto"
     bnb_4bit_quant_type: str = "nf4"
@@ -172,7 +177,7 @@ def model_folder(spec: ModelSpec, options: LoadOptions) -> Path:
     if options.model_dir:
         return Path(options.model_dir)
     if options.download is not None:
-        return options.download(spec)
+        return options.download(spec, options.weights)
     raise SdkError(f"Model type '{spec.model_type}' has no local copy: pass "
                    "--model-id-or-path DIR.")
 
@@ -198,23 +203,34 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
 
 
 def load_tokenizer(spec: ModelSpec, args: Any, registry: Any) -> Any:
-    """The model type's tokenizer alone, without the weights."""
-    options = load_options(spec, args, registry)
+    """The model type's tokenizer alone: a hub download leaves the weight files out, and a
+    converted family converts its tokenizer only."""
+    options = replace(load_options(spec, args, registry), weights=False)
     return resolve_callable(spec.tokenizer_loader or tokenizer_from_folder)(spec, options)
+
+
+def tokenizer_alone(spec: ModelSpec, args: Any) -> bool:
+    """Whether the tokenizer can be read without the weights: a model type whose plugin has
+    its own loader and no tokenizer_loader finds its files only as it loads the model, unless
+    --model-id-or-path is a folder with a transformers tokenizer."""
+    return bool(spec.tokenizer_loader or not spec.loader or (
+        args.model_id_or_path
+        and (Path(args.model_id_or_path) / "tokenizer_config.json").is_file()))
 
 
 def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
     """The load options for ``args``, after the checks every loader needs."""
     hub = registry.get("hubs", args.hub or default_hub())
 
-    def download(model_spec: ModelSpec) -> Path:
+    def download(model_spec: ModelSpec, weights: bool = True) -> Path:
         repo_id = model_spec.hub_ids.get(hub.name)
         if not repo_id:
             raise SdkError(f"Model type '{model_spec.model_type}' has no id on hub "
                            f"'{hub.name}' (it has: {', '.join(model_spec.hub_ids) or 'none'}). "
                            "Pick another --hub or pass --model-id-or-path DIR.")
         return Path(resolve_callable(hub.download)(
-            repo_id, model_spec.revision, model_spec.ignore_patterns,
+            repo_id, model_spec.revision,
+            (*model_spec.ignore_patterns, *(() if weights else WEIGHT_PATTERNS)),
             **hub_keywords(hub, args)))
 
     options = LoadOptions(

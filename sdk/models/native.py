@@ -63,9 +63,11 @@ class Conversion:
 DEQUANTIZED_BASE: ContextVar[bool] = ContextVar("dequantized_base", default=False)
 
 
-def native_folder(source: Path, conversion: Conversion) -> Path:
+def native_folder(source: Path, conversion: Conversion, weights: bool = True) -> Path:
     """The native copy of the official checkpoint folder ``source``: made on first use, then
-    found in the cache (keyed by the source's files and the conversion's version)."""
+    found in the cache (keyed by the source's files and the conversion's version). Without
+    ``weights``, the tokenizer and config alone, in a folder of their own unless the whole
+    copy is already made: data is tokenized before any weight is read."""
     from sdk.models.loader import cache_dir
 
     key = fingerprint(source, conversion)
@@ -73,8 +75,13 @@ def native_folder(source: Path, conversion: Conversion) -> Path:
     target = cache_dir() / "native" / f"{source.name}-{conversion.layout}{variant}-{key}"
     if (target / "config.json").is_file():
         return target
-    click.echo(f"[sdk] converting {source} to transformers' {conversion.layout} layout (once; "
-               f"no remote code runs): {target}", err=True)
+    if not weights:
+        target = target.with_name(f"{target.name}-tokenizer")
+        if (target / "config.json").is_file():
+            return target
+    else:
+        click.echo(f"[sdk] converting {source} to transformers' {conversion.layout} layout "
+                   f"(once; no remote code runs): {target}", err=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -84,7 +91,11 @@ def native_folder(source: Path, conversion: Conversion) -> Path:
                        f"({error.strerror or error}), and {source} is converted into it; set "
                        "SFT_SDK_CACHE to a writable folder.") from None
     try:
-        convert(source, partial, conversion)
+        if weights:
+            convert(source, partial, conversion)
+        else:
+            write_config(source, partial, conversion)
+            conversion.tokenizer(source, partial)
         try:
             partial.rename(target)  # a crash mid-write never leaves a folder that looks whole
         except OSError:
@@ -112,9 +123,7 @@ def convert(source: Path, destination: Path, conversion: Conversion) -> None:
     """Write the native folder of ``source`` into ``destination``."""
     from safetensors.torch import save_file
 
-    official = read_json(source / "config.json")
-    native = conversion.config(official)
-    (destination / "config.json").write_text(json.dumps(native, indent=2) + "\n", encoding="utf-8")
+    official = write_config(source, destination, conversion)
     shard: dict[str, Any] = {}
     shard_bytes, shards = 0, []
 
@@ -158,6 +167,14 @@ def write_index(destination: Path, shards: list[tuple[str, list[str]]]) -> None:
     index = {"metadata": {}, "weight_map": weight_map}
     (destination / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n",
                                                               encoding="utf-8")
+
+
+def write_config(source: Path, destination: Path, conversion: Conversion) -> dict[str, Any]:
+    """Write the native config.json; returns the official config it came from."""
+    official = read_json(source / "config.json")
+    native = conversion.config(official)
+    (destination / "config.json").write_text(json.dumps(native, indent=2) + "\n", encoding="utf-8")
+    return official
 
 
 def official_tensors(source: Path) -> Iterator[tuple[str, Any]]:
@@ -273,10 +290,11 @@ def load_native(spec: Any, options: Any, conversion: Conversion) -> tuple[Any, A
 
 
 def native_tokenizer(spec: Any, options: Any, conversion: Conversion) -> Any:
-    """The fast tokenizer of the native copy, without loading the weights."""
+    """The fast tokenizer of the native copy; with ``options.weights`` False, converted
+    without reading (or downloading) the weights."""
     from transformers import AutoTokenizer
 
     from sdk.models.loader import model_folder
 
     return AutoTokenizer.from_pretrained(str(native_folder(model_folder(spec, options),
-                                                           conversion)))
+                                                           conversion, options.weights)))

@@ -31,10 +31,14 @@ def new_run_dir(output_dir: str | Path, model_type: str) -> Path:
     # The lock makes "find the highest version, create the next" one step across processes.
     with (parent / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        version = max(_versions(parent), default=-1) + 1
-        run_dir = parent / f"v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = parent / f"v{next_version(parent)}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir()
     return run_dir
+
+
+def next_version(parent: Path) -> int:
+    """The version of the next run folder in ``parent`` (OUTPUT_DIR/<model-type>)."""
+    return max(_versions(parent) if parent.is_dir() else {}, default=-1) + 1
 
 
 def newest_run(output_dir: str | Path, model_type: str) -> Path | None:

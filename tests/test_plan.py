@@ -1,0 +1,139 @@
+"""A run is a plan first: `sdk sft --dry-run` prints it with the data report, from the data and
+the tokenizer alone; every run refuses data with nothing to train before its model loads."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_MODEL_TYPE
+from sdk.config import SftArguments
+from sdk.errors import SdkError
+from sdk.train.plan import resolve_plan
+
+
+@pytest.fixture
+def weightless_model(tiny_model_dir, tmp_path) -> Path:
+    """The tiny model's folder without its weights: loading the model from it fails."""
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    return folder
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("sdk.train.sft.load_model", loaded)
+
+
+@pytest.fixture
+def sft(run_cli, tiny_plugin_file, weightless_model, tmp_path):
+    def run(*flags):
+        return run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                       "--model-id-or-path", weightless_model, "--output-dir",
+                       tmp_path / "out", *flags)
+
+    return run
+
+
+def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
+        sft, identity_data, no_model_load, tmp_path):
+    result = sft("--dataset", identity_data, "--sft-type", "qlora", "--dry-run")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"run folder: {tmp_path / 'out' / TINY_MODEL_TYPE / 'v0-<start time>'}" in out
+    assert "template: chatml" in out and "tuner: qlora" in out
+    assert re.search(r"\n +quantization +4 +\(--sft-type qlora's default \(QLoRA\)\)\n", out)
+    assert "lora_dropout" in out and "data: 4 training rows" in out
+    assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
+
+    result = sft("--dataset", identity_data, "--split-dataset-ratio", "0.5", "--dry-run",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    plan = printed["plan"]
+    assert plan["choices"]["dtype"]["value"] in ("fp32", "bf16", "fp16")
+    assert plan["choices"]["quantization"]["value"] is None
+    assert plan["arguments"]["template"] == "chatml" and plan["resume_from"] is None
+    assert printed["report"]["data"]["rows"] == 2
+    assert printed["report"]["held_out_data"]["rows"] == 2
+    assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
+
+    result = sft("--dataset", identity_data, "--json")
+    assert result.exit_code == 1 and "--json prints the plan of --dry-run" in result.stderr
+
+
+def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_path):
+    plan = resolve_plan(SftArguments(
+        model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+        output_dir=str(tmp_path / "out"), hub="local", push_to_hub=True,
+        hub_model_id=str(tmp_path / "repo"), hub_token="secret-token",
+        offload_activations=True), plugin_set.registry)
+    assert json.loads(json.dumps(plan.as_dict())) == plan.as_dict()
+    assert "secret-token" not in json.dumps(plan.as_dict()) + plan.text()
+    assert plan.push_to and str(tmp_path / "repo") in plan.push_to
+    assert plan.args.gradient_checkpointing is True
+    assert plan.choices["gradient_checkpointing"].why.startswith("--offload-activations")
+    assert not (tmp_path / "out").exists()  # resolving creates nothing
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"sft_type": "full", "quantization_bit": 4}, "cannot train a 4-bit model"),
+    ({"template": "no-such-template"}, "no-such-template"),
+    ({"adapter": "missing"}, "--adapter 'missing' is not a folder"),
+    ({"optim": "adamw_torhc"}, "Did you mean adamw_torch"),
+])
+def test_resolving_refuses_bad_input_before_anything_loads(plugin_set, identity_data,
+                                                           tmp_path, overrides, message):
+    arguments = SftArguments(model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+                             output_dir=str(tmp_path / "out"), **overrides)
+    with pytest.raises(SdkError, match=message):
+        resolve_plan(arguments, plugin_set.registry)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
+        sft, identity_data, tmp_path, no_model_load):
+    for strategy, why in [("truncation_right", "0 are longer than --max-length 8 and deleted "
+                           "(--truncation-strategy delete), 4 lost every reply token"),
+                          ("delete", "4 are longer than --max-length 8 and deleted")]:
+        result = sft("--dataset", identity_data, "--max-steps", "1", "--max-length", "8",
+                     "--truncation-strategy", strategy)
+        assert result.exit_code == 1, result.output
+        assert "[sdk] data: 0 training rows" in result.stderr
+        assert "No training row has a token to train" in result.stderr
+        assert f"of 4 rows, {why}" in result.stderr and "Raise --max-length" in result.stderr
+
+    result = sft("--dataset", identity_data, "--max-length", "8", "--dry-run")
+    assert result.exit_code == 1, result.output
+    assert "data: 0 training rows" in result.stdout  # the report, then the refusal
+    assert "0 are longer than --max-length 8 and deleted" in result.stderr
+    assert "4 lost every reply token" in result.stderr
+    assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
+
+
+def test_a_dry_run_needs_a_tokenizer_it_can_read_without_the_model(
+        run_cli, tiny_plugin_file, identity_data, tmp_path, no_model_load):
+    # the tiny plugin has its own loader and no tokenizer_loader
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--dataset", identity_data, "--output-dir", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 1
+    assert "--dry-run reads the tokenizer without the weights" in result.stderr
+    assert "--model-id-or-path DIR" in result.stderr
+
+
+def test_a_resumed_run_plans_its_own_folder(plugin_set, lora_run_copy, identity_data):
+    plan = resolve_plan(SftArguments(
+        model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],
+        resume_from_checkpoint=str(lora_run_copy)), plugin_set.registry)
+    assert plan.run_dir == str(lora_run_copy)
+    assert plan.resume_from == plan.args.resume_from_checkpoint == str(
+        lora_run_copy / "checkpoint-2")
+    assert plan.choices["resume"].why == f"--resume-from-checkpoint {lora_run_copy}"
+    assert f"(resuming {lora_run_copy / 'checkpoint-2'})" in plan.text()
