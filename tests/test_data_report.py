@@ -162,20 +162,3 @@ def test_a_row_the_template_cannot_render_is_named_by_file_and_line(registry, to
     with pytest.raises(SdkError, match=f"^{data}:2: the row cannot be rendered with template "
                                        "'no-system': no system role"):
         tokenized_dataset(train, EncodeSettings(strict, tokenizer, 100), 1)
-
-
-def test_a_run_with_no_row_left_to_train_on_is_refused_with_why(registry, tokenizer, tmp_path,
-                                                                 cut_data):
-    assert report(registry, tokenizer, tmp_path, dataset=[str(cut_data)],
-                  max_length=30).refusal() is None
-    result = report(registry, tokenizer, tmp_path / "tight", dataset=[str(cut_data)],
-                    max_length=3)
-    assert result.split("train").kept == 0
-    assert result.refusal() == (
-        "No training row is left to train on: 4 rows with no trained token left after "
-        f"--max-length, e.g. {cut_data}:1, {cut_data}:2, {cut_data}:3. Raise --max-length or "
-        "fix the data.")
-    deleted = report(registry, tokenizer, tmp_path / "deleted", dataset=[str(cut_data)],
-                     max_length=3, truncation_strategy="delete")
-    assert deleted.refusal().startswith("No training row is left to train on: 4 rows longer "
-                                        "than --max-length 3, deleted")

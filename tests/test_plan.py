@@ -50,7 +50,9 @@ def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
     assert f"run folder: {tmp_path / 'out' / TINY_MODEL_TYPE / 'v0-<start time>'}" in out
     assert "template: chatml" in out and "tuner: qlora" in out
     assert re.search(r"\n +quantization +4 +\(--sft-type qlora's default \(QLoRA\)\)\n", out)
-    assert "lora_dropout" in out and "data: 4 training rows" in out
+    assert "lora_dropout" in out and "train: 4 rows, 4 kept" in out
+    # 4 rows of batch 1 and 16 accumulation steps
+    assert "Steps: 1 optimizer step: 1 per epoch (4 batches of each process)" in out
     assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
 
     result = sft("--dataset", identity_data, "--split-dataset-ratio", "0.5", "--dry-run",
@@ -61,8 +63,9 @@ def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
     assert plan["choices"]["dtype"]["value"] in ("fp32", "bf16", "fp16")
     assert plan["choices"]["quantization"]["value"] is None
     assert plan["arguments"]["template"] == "chatml" and plan["resume_from"] is None
-    assert printed["report"]["data"]["rows"] == 2
-    assert printed["report"]["held_out_data"]["rows"] == 2
+    assert [(split["split"], sum(source["rows"] for source in split["sources"]))
+            for split in printed["data"]["splits"]] == [("train", 2), ("held-out", 2)]
+    assert printed["steps"]["total"] == 1
     assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
 
     result = sft("--dataset", identity_data, "--json")
@@ -100,8 +103,8 @@ def test_resolving_refuses_bad_input_before_anything_loads(plugin_set, identity_
 
 def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
         sft, identity_data, tmp_path, no_model_load):
-    for strategy, why in [("truncation_right", "0 are longer than --max-length 8 and deleted "
-                           "(--truncation-strategy delete), 4 lost every reply token"),
+    for strategy, why in [("truncation_right", "4 lost every reply token when cut to "
+                           "--max-length 8"),
                           ("delete", "4 are longer than --max-length 8 and deleted")]:
         result = sft("--dataset", identity_data, "--max-steps", "1", "--max-length", "8",
                      "--truncation-strategy", strategy)
@@ -112,9 +115,8 @@ def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
 
     result = sft("--dataset", identity_data, "--max-length", "8", "--dry-run")
     assert result.exit_code == 1, result.output
-    assert "data: 0 training rows" in result.stdout  # the report, then the refusal
-    assert "0 are longer than --max-length 8 and deleted" in result.stderr
-    assert "4 lost every reply token" in result.stderr
+    assert "train: 4 rows, 0 kept" in result.stdout  # the report, then the refusal
+    assert "of 4 rows, 4 lost every reply token" in result.stderr
     assert not (tmp_path / "out" / TINY_MODEL_TYPE).exists()
 
 

@@ -121,22 +121,6 @@ class DataReport:
     def split(self, name: str) -> SplitReport | None:
         return next((split for split in self.splits if split.split == name), None)
 
-    def refusal(self) -> str | None:
-        """Why the run cannot train (no training row keeps a trained token), or None."""
-        train = self.split("train")
-        if train is None or train.kept:
-            return None
-        deleted = sum(source.deleted for source in train.sources)
-        dropped = next((flag for flag in self.flags if flag.kind == NO_TRAINED_TOKEN
-                        and flag.split == "train"), None)
-        causes = [f"{_rows(deleted)} longer than --max-length {self.max_length}, deleted "
-                  "(--truncation-strategy delete)"] if deleted else []
-        if dropped is not None:
-            causes.append(f"{_rows(dropped.count)} with no trained token left after "
-                          f"--max-length, e.g. {', '.join(dropped.rows[:3])}")
-        return (f"No training row is left to train on: {'; '.join(causes)}. Raise --max-length "
-                "or fix the data.")
-
     def text(self) -> str:
         limit = f"--max-length {self.max_length}" if self.max_length > 0 else "no --max-length"
         lines = [f"Data (template {self.template}, {limit}, --truncation-strategy "

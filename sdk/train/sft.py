@@ -22,6 +22,7 @@ from sdk import __version__
 from sdk.config import SftArguments, absolute_paths, saved_arguments
 from sdk.data.arrow import tokenized_dataset, training_and_held_out
 from sdk.data.encode import EncodeSettings, EncodeStats
+from sdk.data.report import data_report
 from sdk.data.sources import is_dataset_name
 from sdk.errors import SdkError
 from sdk.folders import disk_full_said
@@ -49,6 +50,7 @@ from sdk.train.liger_kernels import apply_liger_kernels
 from sdk.train.plan import Plan, resolve_plan, template_of
 from sdk.train.plot import plot_after_training
 from sdk.train.resume import discard_unfinished_save, keep_log_until
+from sdk.train.steps import training_steps
 from sdk.tuners import loraplus_refusal
 
 
@@ -114,28 +116,21 @@ def gate(data: TrainingData, args: SftArguments, announce: bool = True) -> None:
     if len(data.examples):
         return
     stats = data.stats
-    if args.max_length > 0:
+    if args.max_length > 0 and (stats.deleted or stats.truncated or stats.dropped):
         kept = "end" if args.truncation_strategy == "truncation_left" else "start"
-        why = (f"{stats.deleted} are longer than --max-length {args.max_length} and deleted "
-               f"(--truncation-strategy delete), {stats.dropped} lost every reply token when "
-               f"cut to --max-length {args.max_length} (--truncation-strategy "
-               f"{args.truncation_strategy} keeps their {kept}). Raise --max-length, or "
-               "shorten the prompts (system prompt, earlier turns)")
+        causes = [f"{stats.deleted} are longer than --max-length {args.max_length} and "
+                  "deleted (--truncation-strategy delete)"] if stats.deleted else []
+        if stats.dropped:
+            causes.append(f"{stats.dropped} lost every reply token when cut to --max-length "
+                          f"{args.max_length} (--truncation-strategy "
+                          f"{args.truncation_strategy} keeps their {kept})")
+        why = (f"{', '.join(causes)}. Raise --max-length, or shorten the prompts (system "
+               "prompt, earlier turns)")
     else:
         why = (f"template '{data.settings.template.spec.name}' marks none of their reply "
                "tokens to train. Check how it renders them (`sdk datasets preview`)")
     raise SdkError(f"No training row has a token to train, so the run would learn nothing: "
                    f"of {stats.rows} rows, {why}.")
-
-
-def data_report(data: TrainingData) -> tuple[str, dict[str, Any]]:
-    """What `sdk sft --dry-run` says about the data: as text, and as JSON."""
-    lines = [f"data: {data.stats.summary()}"]
-    if data.eval_stats is not None:
-        lines.append(f"held-out data: {data.eval_stats.summary()}")
-    return "\n".join(lines), {
-        "data": dataclasses.asdict(data.stats),
-        "held_out_data": dataclasses.asdict(data.eval_stats) if data.eval_stats else None}
 
 
 def prepared_data(plan: Plan, registry: Registry, rows: tuple[Any, Any],
@@ -150,6 +145,8 @@ def prepared_data(plan: Plan, registry: Registry, rows: tuple[Any, Any],
 def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> None:
     """`sdk sft --dry-run`: the plan and the data report, from the data and the tokenizer
     alone; no weight is read or downloaded and no run folder is made."""
+    from sdk.train.batching import row_lengths
+
     plan = resolve_plan(args, registry)
     spec = registry.get("models", plan.args.model_type)
     if not tokenizer_alone(spec, plan.args):
@@ -160,11 +157,14 @@ def dry_run(args: SftArguments, registry: Registry, as_json: bool = False) -> No
                        "the plugin.")
     rows = read_conversations(plan.args, registry)
     data = prepared_data(plan, registry, rows, load_tokenizer(spec, plan.args, registry))
-    text, report = data_report(data)
+    report = data_report(*rows, data.settings, plan.args.dataset_num_proc)
+    steps = training_steps(row_lengths(data.examples), plan.args, world_size(),
+                           plan.choices["packing"].value)
     if as_json:
-        click.echo(json.dumps({"plan": plan.as_dict(), "report": report}, indent=2))
+        click.echo(json.dumps({"plan": plan.as_dict(), "data": report.as_dict(),
+                               "steps": steps.as_dict()}, indent=2))
     else:
-        click.echo(f"{plan.text()}\n\n{text}")
+        click.echo(f"{plan.text()}\n\n{report.text()}\nSteps: {steps.text()}")
     gate(data, plan.args, announce=False)  # the run it plans would stop here
 
 

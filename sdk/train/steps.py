@@ -30,7 +30,8 @@ class StepCount:
 
     def text(self) -> str:
         epochs = f"{self.epochs:g} epoch{'' if self.epochs == 1 else 's'}"
-        return (f"{self.total} optimizer steps: {self.steps_per_epoch} per epoch "
+        return (f"{self.total} optimizer step{'' if self.total == 1 else 's'}: "
+                f"{self.steps_per_epoch} per epoch "
                 f"({self.batches_per_epoch} batches of each process), {epochs}")
 
 
