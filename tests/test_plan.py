@@ -4,8 +4,12 @@ the tokenizer alone; every run refuses data with nothing to train before its mod
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +143,20 @@ def test_a_resumed_run_plans_its_own_folder(plugin_set, lora_run_copy, identity_
         lora_run_copy / "checkpoint-2")
     assert plan.choices["resume"].why == f"--resume-from-checkpoint {lora_run_copy}"
     assert f"(resuming {lora_run_copy / 'checkpoint-2'})" in plan.text()
+
+
+def test_the_readmes_dry_run_prints_what_the_readme_shows(tmp_path):
+    """The README's first `sdk sft` command with --dry-run, run as a user runs it (the
+    smollm2 default, offline), prints exactly the output the README shows."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("sdk sft --model-type smollm2-135m-instruct --sft-type lora")
+    command = readme[start:readme.index("\n\n", start)].replace("\\\n", " ")
+    shown = readme.index("```text\n", readme.index("That first command with `--dry-run`")) + 8
+    expected = readme[shown:readme.index("```", shown)]
+    result = subprocess.run([*shlex.split(command), "--dry-run"], cwd=tmp_path, text=True,
+                            capture_output=True, timeout=120,
+                            env={**os.environ,
+                                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == expected
+    assert not (tmp_path / "output" / "smollm2-135m-instruct").exists()
