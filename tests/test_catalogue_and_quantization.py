@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, train_and_reload
+from conftest import TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
 from sdk.catalogue import first_party_plugins
 from sdk.errors import SdkError
 from sdk.plugins import PluginSet
@@ -56,12 +56,11 @@ def test_quantization_flags_are_checked(run_cli, tiny_plugin_file, identity_data
 
 def test_qlora_keeps_the_unquantized_layers_in_the_loaded_dtype(plugin_set, tiny_model_64):
     # peft's kbit preparation would cast them to fp32, and with them every activation
-    from sdk.config import SftArguments
     from sdk.models.loader import LoadOptions, load_pretrained
     from sdk.specs import ModelSpec, resolve_callable
 
     model, _ = load_pretrained(tiny_model_64, LoadOptions(dtype="bf16", quantization_bit=4))
-    args = SftArguments(model_type=TINY_MODEL_TYPE, sft_type="qlora", dataset=["unused"],
+    args = AnyTunerArguments(model_type=TINY_MODEL_TYPE, sft_type="qlora", dataset=["unused"],
                         dtype="bf16", quantization_bit=4, gradient_checkpointing=True)
     tuner = plugin_set.registry.get("tuners", "qlora")
     spec = ModelSpec(TINY_MODEL_TYPE, "llama", "chatml")

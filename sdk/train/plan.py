@@ -267,12 +267,12 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
         why = "the base is not quantized"
     choices["quantization"] = Choice(args.quantization_bit or spec.quantized or None, why)
     if "lora_dropout" in option_names(tuner.options):
-        choices["lora_dropout"] = Choice(args.lora_dropout, "--lora-dropout"
-                                         if given_dropout is not None else
-                                         f"--init-lora-weights {args.init_lora_weights} starts "
-                                         "the adapters with part of the base weights"
-                                         if args.init_lora_weights in MUTATING_INITS
-                                         else "the default")
+        init = getattr(args, "init_lora_weights", "default")  # adalora has no such option
+        choices["lora_dropout"] = Choice(
+            args.lora_dropout,
+            "--lora-dropout" if given_dropout is not None else
+            f"--init-lora-weights {init} starts the adapters with part of the base weights"
+            if init in MUTATING_INITS else "the default")
     if checkpointing_forced:
         choices["gradient_checkpointing"] = Choice(
             True, "--offload-activations offloads what checkpointing keeps")
