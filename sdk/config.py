@@ -73,15 +73,18 @@ OPTION_GROUPS = {"model": "Model", "generation": "Generation",
 def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
         at_least: float | None = None, above: float | None = None,
         below: float | None = None, at_most: float | None = None,
-        secret: bool = False, path: str | None = None, group: str | None = None) -> Any:
+        secret: bool = False, path: str | None = None, group: str | None = None,
+        kept_on_resume: bool = False) -> Any:
     """A field with its help text and the values it accepts (checked by build_arguments).
     A ``secret`` value (a token) is never saved with a run. ``path`` marks a value that names
     something on this machine, saved absolute (see absolute_paths): "path" a file or folder,
     "datasets" dataset entries that may be files, "name=path" NAME=PATH pairs. ``group``: the
-    heading of OPTION_GROUPS the flag is listed under in ``--help``."""
+    heading of OPTION_GROUPS the flag is listed under in ``--help``. ``kept_on_resume``: the
+    value shapes the trainable weights or the optimizer state, so a resumed run must keep the
+    one its checkpoint was trained with (the saved state would not fit another)."""
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above,
                 "below": below, "at_most": at_most, "secret": secret, "path": path,
-                "group": group}
+                "group": group, "kept_on_resume": kept_on_resume}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -105,7 +108,7 @@ class ModelArguments:
         "else eager).", ATTENTION_KERNELS, group="performance")
     quantization_bit: int | None = arg(
         None, "Load the base model in 4 or 8 bits with bitsandbytes (QLoRA; on a CUDA GPU, or "
-        "slowly on a CPU); 0: not quantized.", (0, 4, 8), group="model")
+        "slowly on a CPU); 0: not quantized.", (0, 4, 8), group="model", kept_on_resume=True)
     bnb_4bit_comp_dtype: str = arg("auto", "Compute dtype of 4-bit layers (auto: --dtype).",
                                    ("auto", "bf16", "fp16", "fp32"), group="model")
     bnb_4bit_quant_type: str = arg("nf4", "4-bit data type.", ("nf4", "fp4"), group="model")
@@ -187,10 +190,10 @@ class SftArguments(ModelArguments):
     optim: str | None = arg(
         None, "Optimizer, by its transformers name: adamw_torch, adamw_torch_fused, adafactor, "
         "sgd, ...; adamw_8bit, paged_adamw_8bit, paged_adamw_32bit and lion_8bit need "
-        "bitsandbytes (default: transformers' AdamW).", group="training")
+        "bitsandbytes (default: transformers' AdamW).", group="training", kept_on_resume=True)
     loraplus_lr_ratio: float | None = arg(
         None, "LoRA+: train the LoRA B matrices at this many times the learning rate (16 is "
-        "usual; LoRA tuners only).", above=0, group="tuner")
+        "usual; LoRA tuners only).", above=0, group="tuner", kept_on_resume=True)
     lr_scheduler_type: str = arg("cosine", "Learning-rate schedule.", LR_SCHEDULERS,
                                  group="training")
     warmup_ratio: float = arg(0.05, "Fraction of steps spent warming up.", at_least=0, below=1,
@@ -203,7 +206,7 @@ class SftArguments(ModelArguments):
         None, "Shard the training state over the processes with DeepSpeed ZeRO (pip install "
         "deepspeed): zero2 (optimizer state and gradients), zero3 (the weights too), "
         "zero2_offload, zero3_offload (kept in CPU memory), or a DeepSpeed JSON file.",
-        group="performance")
+        group="performance", kept_on_resume=True)
     offload_activations: bool = arg(
         False, "Keep the activations saved for the backward in CPU memory (implies "
         "--gradient-checkpointing): for contexts too long for GPU memory; slower.",
@@ -222,7 +225,7 @@ class SftArguments(ModelArguments):
     adapter: str | None = arg(
         None, "Continue training this peft adapter (a folder with adapter_config.json and "
         "adapter_model.safetensors or .bin, or an older tool's pytorch_model.bin).",
-        path="path", group="model")
+        path="path", group="model", kept_on_resume=True)
     logging_steps: int = arg(5, "Log every N steps.", at_least=1, group="logging")
     report_to: list[str] = arg(
         [], "Also send the logs to these trackers (their packages installed): tensorboard "

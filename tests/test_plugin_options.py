@@ -17,7 +17,7 @@ HEAD_TUNER = """
     @dataclass
     class HeadOptions:
         train_prefix: str = arg("lm_head", "--sft-type head: train the weights whose names "
-                                "start with this.")
+                                "start with this.", kept_on_resume=True)
 
     def prepare(model, args, spec):
         Path(args.output_dir, "prepared-with.txt").write_text(args.train_prefix)
@@ -101,6 +101,13 @@ def test_a_third_party_tuners_flag_reaches_its_prepare_and_is_saved(
     assert refused.exit_code == 1
     assert ("--train-prefix is an option of --sft-type head; this run is --sft-type lora."
             in refused.stderr)
+    # its weights' shape depends on the option: a resumed run keeps it
+    resumed = run_cli(*plugins, "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
+                      identity_data, "--sft-type", "head", "--train-prefix", "lm_head",
+                      "--max-steps", "2", "--output-dir", output,
+                      "--resume-from-checkpoint", "auto")
+    assert resumed.exit_code == 1
+    assert "(--train-prefix 'model.norm' there, 'lm_head' now)" in resumed.stderr
 
 
 def test_an_option_declared_twice_otherwise_is_an_error_of_that_plugin(run_cli, tmp_path):

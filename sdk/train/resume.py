@@ -3,6 +3,7 @@ run folder read as one uninterrupted run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,15 +25,6 @@ from sdk.runs.run_dir import (
 )
 
 FLAG = "--resume-from-checkpoint"
-# What shapes the trainable weights or the optimizer state: a resumed run must keep them
-# (the saved optimizer state and weights would not fit others; a saved state restores its
-# own LoRA+ learning rates).
-SHAPING_ARGUMENTS = ("lora_rank", "lora_target_modules", "lora_modules_to_save",
-                     "adalora_init_rank", "num_virtual_tokens", "freeze_trainable_layers",
-                     "freeze_trainable_modules", "quantization_bit", "adapter", "optim",
-                     "loraplus_lr_ratio", "deepspeed", "init_lora_weights", "pissa_niter")
-
-
 def resume_checkpoint(args: SftArguments) -> Path | None:
     """The complete checkpoint that ``--resume-from-checkpoint`` names (a checkpoint or run
     folder, or ``auto``: the newest run of ``--model-type`` under ``--output-dir``), checked
@@ -64,9 +56,11 @@ def resume_checkpoint(args: SftArguments) -> Path | None:
             raise SdkError(f"{FLAG}: {checkpoint} was trained with {flag} {saved[name]}, this "
                            f"run has {flag} {getattr(args, name)}. Give {flag} {saved[name]} "
                            f"to resume it, or leave out {FLAG} for a fresh run.")
-    # a tuner's options are in the arguments of its runs only (every tuner's in older runs)
-    changed = [name for name in SHAPING_ARGUMENTS if name in saved and hasattr(args, name)
-               and not same_setting(name, saved[name], getattr(args, name))]
+    # what shapes the trainable weights or the optimizer state (the core's settings and the
+    # tuner's options marked kept_on_resume); older runs saved every tuner's options
+    changed = [f.name for f in dataclasses.fields(args) if f.metadata.get("kept_on_resume")
+               and f.name in saved and not same_setting(f.name, saved[f.name],
+                                                        getattr(args, f.name))]
     if changed:
         given = "; ".join(f"--{name.replace('_', '-')} {saved[name]!r} there, "
                           f"{getattr(args, name)!r} now" for name in changed)

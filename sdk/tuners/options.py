@@ -16,27 +16,28 @@ class AdapterOptions:
         "adapters start with part of the base weights, which dropout would drop).",
         at_least=0, below=1)
     lora_target_modules: list[str] = arg(
-        [], "Modules that get LoRA: names, or ALL for every linear layer.")
+        [], "Modules that get LoRA: names, or ALL for every linear layer.", kept_on_resume=True)
     lora_modules_to_save: list[str] = arg(
         [], "LoRA family: modules trained in full and saved with the adapter (e.g. "
-        "embed_tokens lm_head); tied embeddings stay tied.")
+        "embed_tokens lm_head); tied embeddings stay tied.", kept_on_resume=True)
 
 
 @dataclass
 class LoraOptions(AdapterOptions):
     """lora, qlora, dora, rslora."""
 
-    lora_rank: int = arg(8, "LoRA rank.", at_least=1)
+    lora_rank: int = arg(8, "LoRA rank.", at_least=1, kept_on_resume=True)
     init_lora_weights: str = arg(
         "default", "How new LoRA adapters start. default: B zero, A random (peft's); gaussian: A "
         "Gaussian; pissa: the base weights' principal singular parts, taken out of the base "
         "(PiSSA); olora: an orthonormal QR basis of the base weights (OLoRA). pissa and olora "
         "change the base, so each checkpoint saves a plain LoRA adapter of twice the rank "
         "that applies to the unchanged base. lora and rslora; pissa and olora not on a "
-        "quantized base.", ("default", "gaussian", "pissa", "olora"))
+        "quantized base.", ("default", "gaussian", "pissa", "olora"), kept_on_resume=True)
     pissa_niter: int = arg(
         0, "--init-lora-weights pissa: a fast randomized SVD with N subspace iterations "
-        "instead of the exact one (16 is usual for 7B models; 0: exact).", at_least=0)
+        "instead of the exact one (16 is usual for 7B models; 0: exact).", at_least=0,
+        kept_on_resume=True)
 
 
 @dataclass
@@ -44,7 +45,7 @@ class AdaloraOptions(AdapterOptions):
     adalora_target_rank: int = arg(8, "--sft-type adalora: average rank left after pruning.",
                                    at_least=1)
     adalora_init_rank: int = arg(12, "--sft-type adalora: rank of each adapter before pruning.",
-                                 at_least=1)
+                                 at_least=1, kept_on_resume=True)
     adalora_tinit: int | None = arg(None, "--sft-type adalora: steps before pruning starts "
                                     "(default: a tenth of the steps).", at_least=0)
     adalora_tfinal: int | None = arg(None, "--sft-type adalora: last steps, trained with the "
@@ -58,7 +59,7 @@ class VirtualTokenOptions:
     """prefix, prompt, ptuning."""
 
     num_virtual_tokens: int = arg(20, "--sft-type prefix, ptuning, prompt: how many virtual "
-                                  "tokens are learned.", at_least=1)
+                                  "tokens are learned.", at_least=1, kept_on_resume=True)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class PtuningOptions(VirtualTokenOptions):
 @dataclass
 class FreezeOptions:
     freeze_trainable_layers: int = arg(2, "--sft-type freeze: how many last layers train.",
-                                       at_least=0)
+                                       at_least=0, kept_on_resume=True)
     freeze_trainable_modules: list[str] = arg(
-        [], "--sft-type freeze: modules that train too, by name (e.g. lm_head embed_tokens).")
+        [], "--sft-type freeze: modules that train too, by name (e.g. lm_head embed_tokens).",
+        kept_on_resume=True)
