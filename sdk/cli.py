@@ -29,6 +29,7 @@ from sdk.config import (
 )
 from sdk.data.readers import cannot_read
 from sdk.errors import SdkError
+from sdk.eval.metrics import METHODS, METRICS
 from sdk.options import arguments_class, plugin_options, refuse_other_tuners_options
 from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
 from sdk.registry import Registry
@@ -567,19 +568,24 @@ def deploy(ctx: click.Context, config_file: str | None, **params: Any) -> None:
 @click.option("--predictions", required=True, type=click.Path(dir_okay=False),
               help="A predictions file (jsonl with response and label) from `sdk infer "
               "--dataset`.")
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
+              help="llama-factory: exactly LLaMA-Factory's and ChatGLM-6B's numbers (jieba "
+              "words as written for ROUGE, characters for BLEU-4); words: lower-cased words "
+              "for both (Chinese characters one by one for BLEU-4).")
 @json_flag
-def eval_predictions(predictions: str, as_json: bool) -> None:
-    """ROUGE-1/2/L and BLEU-4 (percent) of predictions against their labels, computed as the
-    ChatGLM fine-tuning eval does."""
+def eval_predictions(predictions: str, method: str, as_json: bool) -> None:
+    """ROUGE-1/2/L and BLEU-4 (percent) of predictions against their labels, by default as
+    LLaMA-Factory and the ChatGLM fine-tuning eval compute them."""
     from pathlib import Path
 
     from sdk.eval.predictions import evaluate_file
 
-    scores = evaluate_file(Path(predictions))
+    scores = evaluate_file(Path(predictions), method=method)
     if as_json:
         click.echo(json.dumps(scores))
     else:
-        print_table([{"metric": name, "score": f"{value:.4f}"} for name, value in scores.items()],
+        print_table([{"metric": "method", "score": method}]
+                    + [{"metric": name, "score": f"{scores[name]:.4f}"} for name in METRICS],
                     ("metric", "score"))
 
 

@@ -43,6 +43,7 @@ def test_tang_poems_runs_before_training_and_after(tmp_path):
         predictions = (work / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(predictions) == 2
         scores = json.loads((work / f"{name}.metrics.json").read_text())
+        assert scores.pop("method") == "llama-factory"
         assert set(scores) == METRICS and all(0 <= v <= 100 for v in scores.values())
     (checkpoint,) = work.glob("smollm2-135m-instruct/v*/checkpoint-1")
     assert (checkpoint / "adapter_model.safetensors").is_file()

@@ -109,7 +109,8 @@ def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path
     lines = complete.decode().splitlines()
     assert [json.loads(line)["query"] for line in lines] == QUESTIONS
     assert json.loads(metrics_file(path).read_text()) == scores
-    assert set(scores) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+    assert set(scores) == {"method", "rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+    assert scores["method"] == "llama-factory"
 
     # stopped while writing row 4: three whole lines and part of the fourth
     cut = len("\n".join(lines[:3])) + 1 + len(lines[3]) // 2

@@ -89,7 +89,8 @@ from pathlib import Path
 
 work, samples = Path(sys.argv[1]), int(sys.argv[2])
 before, after = (json.loads((work / f"{name}.metrics.json").read_text()) for name in ("before", "after"))
-print("\n== Test poems scored against the ground truth (percent)\n")
+print(f"\n== Test poems scored against the ground truth (percent, {before.pop('method')} method)\n")
+after.pop("method")
 print("| metric  | before | after  |\n|---------|--------|--------|")
 for name in before:
     print(f"| {name:<7} | {before[name]:6.2f} | {after[name]:6.2f} |")

@@ -1,16 +1,20 @@
-"""ROUGE-1/2/L and BLEU-4 of generated replies against their references, computed as the
-ChatGLM-6B fine-tuning evaluation does (ptuning/main.py ``compute_metrics``, also used by
-ChatGLM-Efficient-Tuning and LLaMA-Factory), so scores compare with the numbers those tools
-report:
+"""ROUGE-1/2/L and BLEU-4 of generated replies against their references.
 
-- ROUGE: ``rouge_chinese.Rouge().get_scores`` on the jieba words joined by spaces, F-scores.
-- BLEU-4: nltk ``sentence_bleu`` with ``SmoothingFunction().method3`` over characters for
-  Chinese (ChatGLM's ``list(text)``) and over words for other scripts.
-- Each pair's score is x100 and rounded to 4 decimals; a set's score is the mean of those.
+The default method, ``llama-factory``, is LLaMA-Factory's ``ComputeSimilarity``
+(src/llamafactory/train/sft/metric.py), itself ChatGLM-6B's ``compute_metrics``
+(ptuning/main.py), statement for statement, so a set's numbers are the ones those tools print
+for it, in any language:
 
-Words are jieba's segmentation (it keeps English words whole) lower-cased, whitespace left
-out. A pair where either side has no word scores 0, as in LLaMA-Factory (rouge_chinese
-refuses empty text).
+- ROUGE: ``rouge_chinese.Rouge().get_scores`` on ``" ".join(jieba.cut(text))``, F-scores;
+  case counts ("The" is not "the"). A pair where a side has no word scores 0 (LLaMA-Factory's
+  rule; ChatGLM-6B fails there).
+- BLEU-4: nltk ``sentence_bleu([list(label)], list(pred))`` with
+  ``SmoothingFunction().method3``: over characters, spaces included, in every script.
+- Each pair's score is x100 and rounded to 4 decimals; a set's score is their mean.
+
+``words`` is the same ROUGE on lower-cased words and BLEU-4 over words (Chinese characters
+one by one, whitespace left out): for English it scores words rather than letters and ignores
+case, as English ROUGE/BLEU tools usually do, but its numbers compare with no other tool's.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import logging
 import re
 from collections.abc import Iterable
 from functools import cache
+from statistics import fmean
 
 METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
-# CJK ideographs: BLEU counts them one character at a time, as ChatGLM's eval does.
+METHODS = ("llama-factory", "words")
+# CJK ideographs: the words method counts them one character at a time for BLEU.
 _CJK = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 
 
@@ -39,35 +45,40 @@ def words(text: str) -> list[str]:
 
 
 def bleu_units(text: str) -> list[str]:
-    """What BLEU counts: each Chinese character, each other word."""
+    """What the words method's BLEU counts: each Chinese character, each other word."""
     units: list[str] = []
     for word in words(text):
         units.extend(word if _CJK.search(word) else [word])
     return units
 
 
-def score_pair(response: str, label: str) -> dict[str, float]:
+def score_pair(response: str, label: str, method: str = "llama-factory") -> dict[str, float]:
     """The four scores (0-100) of one generated ``response`` against its reference."""
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     from rouge_chinese import Rouge
 
-    hypothesis, reference = words(response), words(label)
-    if hypothesis and reference:
-        rouge = Rouge().get_scores(" ".join(hypothesis), " ".join(reference))[0]
+    if method == "words":
+        hypothesis, reference = words(response), words(label)
+        bleu_hypothesis, bleu_reference = bleu_units(response), bleu_units(label)
+    else:
+        hypothesis, reference = list(_jieba().cut(response)), list(_jieba().cut(label))
+        bleu_hypothesis, bleu_reference = list(response), list(label)
+    hypothesis_text, reference_text = " ".join(hypothesis), " ".join(reference)
+    if hypothesis_text.split() and reference_text.split():
+        rouge = Rouge().get_scores(hypothesis_text, reference_text)[0]
         scores = {name: rouge[name]["f"] for name in ("rouge-1", "rouge-2", "rouge-l")}
     else:
         scores = {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
-    scores["bleu-4"] = sentence_bleu([bleu_units(label)], bleu_units(response),
+    scores["bleu-4"] = sentence_bleu([bleu_reference], bleu_hypothesis,
                                      smoothing_function=SmoothingFunction().method3)
     return {name: round(float(value) * 100, 4) for name, value in scores.items()}
 
 
-def average_scores(pairs: Iterable[tuple[str, str]]) -> dict[str, float]:
-    """The mean of each score over (response, label) pairs; 0 for no pairs."""
-    totals = dict.fromkeys(METRICS, 0.0)
-    count = 0
-    for response, label in pairs:
-        for name, value in score_pair(response, label).items():
-            totals[name] += value
-        count += 1
-    return {name: round(total / count, 4) if count else 0.0 for name, total in totals.items()}
+def average_scores(pairs: Iterable[tuple[str, str]],
+                   method: str = "llama-factory") -> dict[str, float | str]:
+    """``{"method": method, metric: mean of the pairs' scores}``, the metrics file's content;
+    each mean is 0 for no pairs."""
+    per_pair = [score_pair(response, label, method) for response, label in pairs]
+    return {"method": method,
+            **{name: fmean(scores[name] for scores in per_pair) if per_pair else 0.0
+               for name in METRICS}}

@@ -41,12 +41,13 @@ def read_pairs(path: Path, flag: str = "--predictions") -> list[tuple[str, str]]
     return pairs
 
 
-def evaluate_file(path: Path, flag: str = "--predictions") -> dict[str, float]:
-    """ROUGE-1/2/L and BLEU-4 (percent) of a predictions file."""
-    return average_scores(read_pairs(path, flag))
+def evaluate_file(path: Path, flag: str = "--predictions",
+                  method: str = "llama-factory") -> dict[str, float | str]:
+    """The method and the ROUGE-1/2/L and BLEU-4 (percent) of a predictions file."""
+    return average_scores(read_pairs(path, flag), method)
 
 
-def write_metrics(predictions: Path, scores: dict[str, float]) -> Path:
+def write_metrics(predictions: Path, scores: dict[str, float | str]) -> Path:
     """Write ``scores`` to the metrics file of ``predictions`` whole (through a rename)."""
     target = metrics_file(predictions)
     partial = target.with_name(target.name + ".partial")

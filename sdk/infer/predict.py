@@ -24,6 +24,7 @@ import click
 
 from sdk.config import InferArguments, SftArguments
 from sdk.errors import SdkError
+from sdk.eval.metrics import METRICS
 from sdk.eval.predictions import evaluate_file, write_metrics
 from sdk.options import arguments_class
 from sdk.registry import Registry
@@ -254,7 +255,7 @@ def check_settings(path: Path, settings: dict[str, Any], done: int) -> None:
 
 def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
             args: InferArguments, model: str,
-            go_on: str = CUT_LONG_PROMPTS) -> dict[str, float] | None:
+            go_on: str = CUT_LONG_PROMPTS) -> dict[str, float | str] | None:
     """Predict the rows ``path`` does not hold yet (``load`` is called only if there are
     any) with ``model`` (what the replies come from: a checkpoint, a model type), then score
     the file when every row has a reply to compare with; the scores are written to
@@ -284,8 +285,8 @@ def predict(rows: Sequence[PromptRow], path: Path, load: Callable[[], Loaded],
         return None
     scores = evaluate_file(path, "--predictions-file")
     target = write_metrics(path, scores)
-    shown = ", ".join(f"{name} {value:.2f}" for name, value in scores.items())
-    click.echo(f"[sdk] metrics: {shown} ({target})", err=True)
+    shown = ", ".join(f"{name} {scores[name]:.2f}" for name in METRICS)
+    click.echo(f"[sdk] metrics ({scores['method']}): {shown} ({target})", err=True)
     return scores
 
 
@@ -332,7 +333,7 @@ def data_arguments(args: InferArguments, registry: Registry) -> SftArguments:
                   if f.name in shared})
 
 
-def run_predict(args: InferArguments, registry: Registry) -> dict[str, float] | None:
+def run_predict(args: InferArguments, registry: Registry) -> dict[str, float | str] | None:
     """``sdk infer --dataset D`` / ``--val-dataset-from-run``."""
     from sdk.data.conversations import load_conversations
     from sdk.infer.load import checkpoint_or_export, load_for_inference
