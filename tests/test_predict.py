@@ -170,6 +170,7 @@ def test_infer_dataset_writes_predictions_and_metrics(run_cli, tiny_plugin_file,
                                               "Introduce yourself.", "Your name?"]
     assert all(row["label"] == "I am Tiny, made by the tests." for row in rows)
     assert all(isinstance(row["response"], str) for row in rows)
+    assert "[sdk] metrics (llama-factory): rouge-1 " in result.stderr
     evaluated = run_cli("eval", "--predictions", out, "--json")
     assert json.loads(evaluated.stdout) == json.loads(metrics_file(out).read_text())
 
