@@ -57,12 +57,14 @@ def score_pair(response: str, label: str, method: str = "llama-factory") -> dict
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     from rouge_chinese import Rouge
 
-    if method == "words":
+    if method == "llama-factory":
+        hypothesis, reference = list(_jieba().cut(response)), list(_jieba().cut(label))
+        bleu_hypothesis, bleu_reference = list(response), list(label)
+    elif method == "words":
         hypothesis, reference = words(response), words(label)
         bleu_hypothesis, bleu_reference = bleu_units(response), bleu_units(label)
     else:
-        hypothesis, reference = list(_jieba().cut(response)), list(_jieba().cut(label))
-        bleu_hypothesis, bleu_reference = list(response), list(label)
+        raise ValueError(f"Unknown metrics method {method!r}; one of {', '.join(METHODS)}.")
     hypothesis_text, reference_text = " ".join(hypothesis), " ".join(reference)
     if hypothesis_text.split() and reference_text.split():
         rouge = Rouge().get_scores(hypothesis_text, reference_text)[0]
