@@ -2,8 +2,8 @@
 
 The default method, ``llama-factory``, is LLaMA-Factory's ``ComputeSimilarity``
 (src/llamafactory/train/sft/metric.py), itself ChatGLM-6B's ``compute_metrics``
-(ptuning/main.py), statement for statement, so a set's numbers are the ones those tools print
-for it, in any language:
+(ptuning/main.py), statement for statement (ChatGLM-Efficient-Tuning's ``ComputeMetrics`` has
+the same ones), so a set's numbers are the ones those tools print for it, in any language:
 
 - ROUGE: ``rouge_chinese.Rouge().get_scores`` on ``" ".join(jieba.cut(text))``, F-scores;
   case counts ("The" is not "the"). A pair where a side has no word scores 0 (LLaMA-Factory's
