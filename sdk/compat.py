@@ -1,0 +1,420 @@
+"""Other tools' flags and config keys, read as ours: ms-swift 1.x/2.x (`swift sft`,
+`llm_sft.py`, `swift infer`) and LLaMA-Factory (its YAML configs and `llamafactory-cli train`
+flags, which ChatGLM-Efficient-Tuning shares).
+
+``ALIASES`` is the one table: each foreign name becomes our fields (its value translated),
+has no effect here (accepted with one line saying why) or is refused with the reason (it would
+change the result and cannot be honoured). ``translate`` applies it to a command line's or a
+config file's foreign keys before the arguments are built; ``resolve_names`` then maps ms-swift's
+model type spellings and LLaMA-Factory's model ids onto registered model types. `sdk sft --help`
+lists none of these; docs/compat.md is generated from the table (tests/test_compat.py checks it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from sdk.errors import SdkError
+
+SWIFT, LF = "ms-swift", "LLaMA-Factory"
+BOTH = f"{SWIFT}, {LF}"
+# pseudo-fields: a sample size applied to the final --dataset / --val-dataset entries
+TRAIN_SAMPLE, VAL_SAMPLE = "#train_sample", "#val_sample"
+
+
+class Ignored(Exception):
+    """The flag has no effect here; the text says why."""
+
+
+class Alias(NamedTuple):
+    tools: str
+    doc: str  # what it is here, for docs/compat.md
+    apply: Callable[[Any], dict[str, Any]]  # raises Ignored, or SdkError to refuse
+    commands: tuple[str, ...] = ("sft",)
+
+
+def truth(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise SdkError(f"expected true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
+def number(value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise SdkError(f"expected a whole number, got {value!r}") from None
+
+
+def rename(field: str, values: Mapping[str, Any] | None = None) -> Callable[[Any], dict]:
+    """The same setting under our name, with ``values`` (theirs, lower case -> ours)."""
+    def apply(value: Any) -> dict[str, Any]:
+        if values is not None and isinstance(value, str):
+            value = values.get(value.lower(), value)
+        return {field: value}
+    return apply
+
+
+def no_effect(why: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        raise Ignored(why)
+    return apply
+
+
+def refused(why: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        raise SdkError(why)
+    return apply
+
+
+def precision(dtype: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        if truth(value):
+            return {"dtype": dtype}
+        raise Ignored("false leaves the dtype to --dtype (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    return apply
+
+
+def flash_attention(value: Any) -> dict[str, Any]:
+    if str(value).lower() == "auto":
+        raise Ignored("--attn-impl auto picks flash_attention_2 where it can run")
+    return {"attn_impl": "flash_attention_2" if truth(value) else "sdpa"}
+
+
+def deepspeed(value: Any) -> dict[str, Any]:
+    named = re.fullmatch(r"default-(zero[23](?:_offload)?)", str(value))
+    return {"deepspeed": named[1] if named else value}
+
+
+def train_sample(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count < 0:
+        raise Ignored("-1 trains on every row, as here by default")
+    return {TRAIN_SAMPLE: count}
+
+
+def val_sample(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count < 0:
+        raise Ignored("-1 keeps every held-out row, as here by default")
+    return {VAL_SAMPLE: count}
+
+
+def self_cognition(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count <= 0:
+        raise Ignored("0 adds no self-cognition rows")
+    return {"#self_cognition": count}
+
+
+def mix_ratio(value: Any) -> dict[str, Any]:
+    if float(value) == 0:
+        raise Ignored("0 mixes in no general-purpose data")
+    raise SdkError("mixes ms-swift's own general-purpose datasets into the training data, "
+                   "which are not available here; add the datasets you want to --dataset "
+                   "(NAME#N samples N rows of one)")
+
+
+def revision(value: Any) -> dict[str, Any]:
+    if str(value) in ("master", "main"):
+        raise Ignored("the hub's default branch is what is downloaded")
+    raise SdkError(f"pins revision '{value}', and models are downloaded at their default "
+                   "branch here; download that revision into a folder and give it as "
+                   "--model-id-or-path")
+
+
+def strategy(flag: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        if str(value).lower() == "steps":
+            raise Ignored(f"runs here {flag} every N steps (--{flag.split()[0]}-steps)")
+        raise SdkError(f"'{value}': runs here {flag} every N steps only; leave it out and set "
+                       f"--{flag.split()[0]}-steps")
+    return apply
+
+
+def best_metric(value: Any) -> dict[str, Any]:
+    if str(value).lower() in ("loss", "eval_loss"):
+        raise Ignored("the best checkpoint is the one of lowest eval loss, as here always")
+    raise SdkError(f"'{value}': the best checkpoint here is the one of lowest eval loss")
+
+
+def dataset_seed(value: Any) -> dict[str, Any]:
+    return {"#dataset_seed": number(value)}
+
+
+def stage(value: Any) -> dict[str, Any]:
+    if str(value).lower() == "sft":
+        raise Ignored("supervised fine-tuning is what `sdk sft` does")
+    raise SdkError(f"'{value}': sdk sft trains supervised fine-tuning (stage: sft) only; "
+                   "pre-training, reward modelling, PPO, DPO and KTO are not supported")
+
+
+def eval_human(value: Any) -> dict[str, Any]:
+    if truth(value):
+        raise Ignored("without --dataset, sdk infer chats")
+    return {"val_dataset_from_run": True}
+
+
+def merge_and_save(value: Any) -> dict[str, Any]:
+    if not truth(value):
+        raise Ignored("false: the adapter is not merged")
+    print("[sdk] --merge_lora_and_save merges in memory (--merge-lora); to save the merged "
+          "model, run `sdk export --ckpt-dir DIR --merge-lora`.", file=sys.stderr)
+    return {"merge_lora": True}
+
+
+def quantization_method(value: Any) -> dict[str, Any]:
+    if str(value).lower() in ("bnb", "bitsandbytes"):
+        raise Ignored("--quantization-bit quantizes with bitsandbytes")
+    raise SdkError(f"'{value}': --quantization-bit quantizes with bitsandbytes (bnb) only")
+
+
+def finetuning_type(value: Any) -> dict[str, Any]:
+    return {"sft_type": TUNERS.get(str(value).lower(), value)}
+
+
+# Their tuner names -> ours (ms-swift's sft_type/train_type/tuner_type, LLaMA-Factory's and
+# ChatGLM-Efficient-Tuning's finetuning_type).
+TUNERS = {"p_tuning": "ptuning", "p-tuning": "ptuning", "prefix_tuning": "prefix",
+          "prompt_tuning": "prompt", "qlora": "qlora"}
+DTYPES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
+          "float16": "fp16", "fp32": "fp32", "float32": "fp32"}
+# Template names of ms-swift (template_type) and LLaMA-Factory (template) that are spelled
+# otherwise here; None: the model type's own template (their name covers a whole family).
+TEMPLATES: dict[str, str | None] = {
+    "auto": None, "llama": "llama2", "qwen2_5": "qwen2.5", "qwen1half": "qwen1.5",
+    "mistral": None, "intern": "internlm", "intern2": "internlm2", "glm4": "glm4",
+    "llama3_1": "llama3.1", "llama3_2": "llama3.2", "baichuan2": "baichuan2",
+}
+# LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
+# template does; ours are per generation.
+LF_TEMPLATES: dict[str, str | None] = {**TEMPLATES, "qwen": None}
+
+
+def template(names: Mapping[str, str | None]) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        return {"template": names.get(str(value).lower(), value)}
+    return apply
+
+
+SFT_AND_INFER = ("sft", "infer")
+ALIASES: dict[str, Alias] = {
+    # --- ms-swift
+    "template_type": Alias(SWIFT, "--template (AUTO: the model type's)", template(TEMPLATES),
+                           SFT_AND_INFER),
+    "model_revision": Alias(SWIFT, "master/main: no effect; another revision refused",
+                            revision, SFT_AND_INFER),
+    "dataset_test_ratio": Alias(SWIFT, "--split-dataset-ratio", rename("split_dataset_ratio")),
+    "lora_dropout_p": Alias(SWIFT, "--lora-dropout", rename("lora_dropout")),
+    "train_dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
+    "dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
+    "val_dataset_sample": Alias(SWIFT, "NAME#N on --val-dataset (-1: all rows)", val_sample),
+    "train_dataset_mix_ratio": Alias(SWIFT, "0: no effect; else refused", mix_ratio),
+    "self_cognition_sample": Alias(SWIFT, "self-cognition#N added to --dataset",
+                                   self_cognition),
+    "use_flash_attn": Alias(SWIFT, "--attn-impl flash_attention_2 (false: sdpa)",
+                            flash_attention, SFT_AND_INFER),
+    "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", deepspeed),
+    "train_type": Alias(SWIFT, "--sft-type", finetuning_type),
+    "tuner_type": Alias(SWIFT, "--sft-type", finetuning_type),
+    "evaluation_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
+    "eval_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
+    "save_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("save")),
+    "load_best_model_at_end": Alias(BOTH, "no effect (best_checkpoint.json is always kept)",
+                                    no_effect("the best checkpoint is always recorded "
+                                              "(best_checkpoint.json) and kept by rotation")),
+    "metric_for_best_model": Alias(BOTH, "loss: no effect; else refused", best_metric),
+    "fp16": Alias(BOTH, "--dtype fp16 (true)", precision("fp16"), SFT_AND_INFER),
+    "bf16": Alias(BOTH, "--dtype bf16 (true)", precision("bf16"), SFT_AND_INFER),
+    "preprocess_num_proc": Alias(SWIFT, "--dataset-num-proc", rename("dataset_num_proc")),
+    "save_only_model": Alias(BOTH, "--only-save-model", rename("only_save_model")),
+    "dataset_seed": Alias(SWIFT, "--seed (the data is sampled and split with it)",
+                          dataset_seed),
+    "eval_batch_size": Alias(SWIFT, "no effect (eval uses --batch-size)",
+                             no_effect("eval loss batches as training does (--batch-size)")),
+    "tuner_backend": Alias(SWIFT, "no effect (peft)", no_effect(
+        "every adapter here is trained with peft"), SFT_AND_INFER),
+    "tuner_bankend": Alias(SWIFT, "no effect (peft)", no_effect(
+        "every adapter here is trained with peft"), SFT_AND_INFER),
+    "check_dataset_strategy": Alias(SWIFT, "no effect (records are always checked)", no_effect(
+        "every record is checked; a bad one stops the run unless --skip-bad-records")),
+    "test_oom_error": Alias(SWIFT, "no effect", no_effect(
+        "sdk sft --dry-run reports the longest rows and the batches before training")),
+    "ignore_args_error": Alias(SWIFT, "no effect", no_effect(
+        "argument errors are always reported"), SFT_AND_INFER),
+    "ddp_backend": Alias(BOTH, "no effect (torchrun picks it)", no_effect(
+        "the launcher picks the backend (nccl on GPUs, gloo on CPUs)")),
+    "save_generation_config": Alias(SWIFT, "no effect", no_effect(
+        "the generation settings are the flags given"), ("infer",)),
+    "eval_human": Alias(SWIFT, "false: --val-dataset-from-run; true: chat", eval_human,
+                        ("infer",)),
+    "merge_lora_and_save": Alias(SWIFT, "--merge-lora (saving: sdk export --merge-lora)",
+                                 merge_and_save, ("infer",)),
+    "use_streamer": Alias(SWIFT, "--stream", rename("stream"), ("infer",)),
+    "show_dataset_sample": Alias(SWIFT, "no effect (every held-out row is predicted)",
+                                 no_effect("every held-out row is predicted"), ("infer",)),
+    # --- LLaMA-Factory (and ChatGLM-Efficient-Tuning)
+    "model_name_or_path": Alias(LF, "--model-id-or-path (a folder) or --model-type (a hub id "
+                                "of a registered model type)", rename("#model_name_or_path"),
+                                SFT_AND_INFER),
+    "stage": Alias(LF, "sft: no effect; other stages refused", stage),
+    "do_train": Alias(LF, "no effect", no_effect("sdk sft trains")),
+    "finetuning_type": Alias(LF, "--sft-type (p_tuning: ptuning)", finetuning_type),
+    "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
+                         rename("lora_target_modules")),
+    "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
+    "max_samples": Alias(LF, "NAME#N on each --dataset entry", train_sample),
+    "val_size": Alias(LF, "--split-dataset-ratio", rename("split_dataset_ratio")),
+    "dataset_dir": Alias(LF, "--dataset-info DIR/dataset_info.json",
+                         lambda value: {"dataset_info": os.path.join(str(value),
+                                                                     "dataset_info.json")}),
+    "per_device_train_batch_size": Alias(LF, "--batch-size", rename("batch_size")),
+    "per_device_eval_batch_size": Alias(LF, "no effect (eval uses --batch-size)", no_effect(
+        "eval loss batches as training does (--batch-size)")),
+    "overwrite_output_dir": Alias(LF, "no effect (each run gets a new folder)", no_effect(
+        "each run writes a new folder under --output-dir")),
+    "overwrite_cache": Alias(LF, "no effect", no_effect(
+        "the tokenized data is cached by its content and settings")),
+    "plot_loss": Alias(LF, "no effect (loss.png is always drawn)", no_effect(
+        "every run draws its loss curves (loss.png)")),
+    "ddp_timeout": Alias(LF, "no effect", no_effect("the launcher's default timeout is used")),
+    "preprocessing_num_workers": Alias(LF, "--dataset-num-proc", rename("dataset_num_proc")),
+    "quantization_method": Alias(LF, "bnb: no effect; else refused", quantization_method),
+    "template": Alias(LF, "--template (qwen: the model type's)", template(LF_TEMPLATES),
+                      SFT_AND_INFER),
+    "checkpoint_dir": Alias(LF, "--adapter (sft), --ckpt-dir (infer)",
+                            rename("adapter"), SFT_AND_INFER),
+    "adapter_name_or_path": Alias(LF, "--adapter (sft), --ckpt-dir (infer)",
+                                  rename("adapter"), SFT_AND_INFER),
+}
+# A config or command line with one of these keys is LLaMA-Factory's: its `template` names
+# are LLaMA-Factory's (`template` is also ours, so only then translated).
+LF_MARKERS = ("model_name_or_path", "stage", "finetuning_type", "cutoff_len", "do_train",
+              "lora_target", "dataset_dir")
+# sft's flags that sdk infer accepts with no effect: a script often passes them to both
+INFER_IGNORES = {"sft_type": "the checkpoint records its tuner",
+                 "quantization_bit": "a checkpoint loads as it was trained; a --model-type "
+                                     "loads unquantized"}
+
+
+def llama_factory(keys: Iterable[str]) -> bool:
+    return any(key in LF_MARKERS for key in keys)
+
+
+def foreign_keys(keys: Iterable[str], fields: Iterable[str], command: str) -> list[str]:
+    """Those of ``keys`` (a command line's or a config file's) that are another tool's names
+    for this command: not our fields, in ALIASES; LLaMA-Factory's ``template`` too when a
+    LLaMA-Factory key is among them."""
+    keys, fields = list(keys), set(fields)
+    lf = llama_factory(keys)
+    return [key for key in keys if (key == "template" and lf) or (
+        key not in fields and (command in getattr(ALIASES.get(key), "commands", ())
+                               or (command == "infer" and key in INFER_IGNORES)))]
+
+
+def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, Any]:
+    """Another tool's ``given`` names (foreign_keys) as our fields; prints one line per flag
+    without effect and one line naming the translated ones. A refused flag raises SdkError
+    naming ``where`` (the command line or a config file) and the reason."""
+    values: dict[str, Any] = {}
+    read, ignored = [], []
+    for name, value in given.items():
+        if command == "infer" and name in INFER_IGNORES:
+            ignored.append((name, INFER_IGNORES[name]))
+            continue
+        alias = ALIASES[name]
+        if command == "infer" and name in ("checkpoint_dir", "adapter_name_or_path"):
+            alias = alias._replace(apply=rename("ckpt_dir"))
+        try:
+            made = alias.apply(value)
+        except Ignored as why:
+            ignored.append((name, str(why)))
+            continue
+        except SdkError as error:
+            raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
+        values.update(made)
+        read.append(f"{name} {value} -> " + (", ".join(
+            f"{key.lstrip('#').replace('_', '-')} {shown or '(the default)'}"
+            for key, shown in made.items())
+            or "(the default)"))
+    for name, why in ignored:
+        print(f"[sdk] {name} has no effect here: {why}.", file=sys.stderr)
+    if read:
+        print(f"[sdk] read as sdk's options: {'; '.join(read)}.", file=sys.stderr)
+    return values
+
+
+def finish(values: dict[str, Any]) -> dict[str, Any]:
+    """The pseudo-fields of ``translate`` applied to the merged values: sample sizes on the
+    dataset entries, the dataset seed, self-cognition rows."""
+    extra = values.pop("#self_cognition", None)
+    if extra:
+        values["dataset"] = [*split(values.get("dataset")), f"self-cognition#{extra}"]
+    seed = values.pop("#dataset_seed", None)
+    if seed is not None and seed != values.get("seed", 42):
+        raise SdkError(f"dataset_seed {seed} differs from --seed {values.get('seed', 42)}: "
+                       "here one seed samples and splits the data and trains; give --seed "
+                       f"{seed} (or the same value to both).")
+    for pseudo, field in ((TRAIN_SAMPLE, "dataset"), (VAL_SAMPLE, "val_dataset")):
+        count = values.pop(pseudo, None)
+        if count is None:
+            continue
+        entries = split(values.get(field))
+        if not entries:
+            raise SdkError(f"a sample size ({count} rows) was given with no "
+                           f"--{field.replace('_', '-')} to take it from.")
+        values[field] = [entry if "#" in entry else f"{entry}#{count}" for entry in entries]
+    return values
+
+
+def split(value: Any) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def model_type_spelling(name: str, known: list[str]) -> str:
+    """ms-swift's model type spelling as ours: qwen1half -> qwen1.5, 2_5 -> 2.5, Mistral's
+    -v3 -> -v0.3; ``name`` unchanged when it is ours or nothing registered matches."""
+    if name in known:
+        return name
+    spelled = re.sub(r"(\d)_(\d)", r"\1.\2", name.replace("1half", "1.5"))
+    spelled = MODEL_TYPES.get(spelled, spelled)
+    spelled = re.sub(r"^(mistral-7b-instruct)-v(\d)$", r"\1-v0.\2", spelled)
+    return spelled if spelled in known else name
+
+
+# ms-swift model types that the rule does not reach
+MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1",
+               "internlm2_5-7b-chat": "internlm2.5-7b-chat"}
+
+
+def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` as
+    registered model types (``registry``: sdk.registry.Registry)."""
+    known = registry.names("models")
+    if values.get("model_type"):
+        values["model_type"] = model_type_spelling(values["model_type"], known)
+    path = values.pop("#model_name_or_path", None)
+    if path is None:
+        return values
+    if os.path.isdir(path) or path.startswith((".", "/", "~")):
+        values.setdefault("model_id_or_path", path)
+        return values
+    if values.get("model_type"):
+        values.setdefault("model_id_or_path", path)  # as with a folder: the type says the rest
+        return values
+    for spec in registry.specs("models"):
+        for repo in spec.hub_ids.values():
+            if repo.lower() == path.lower():
+                values["model_type"] = spec.model_type
+                return values
+    raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
+                   "type's hub id (`sdk models` lists the model types); add --model-type "
+                   "TYPE, or install the plugin of its family.")
