@@ -86,11 +86,6 @@ def flash_attention(value: Any) -> dict[str, Any]:
     return {"attn_impl": "flash_attention_2" if truth(value) else "sdpa"}
 
 
-def deepspeed(value: Any) -> dict[str, Any]:
-    named = re.fullmatch(r"default-(zero[23](?:_offload)?)", str(value))
-    return {"deepspeed": named[1] if named else value}
-
-
 def train_sample(value: Any) -> dict[str, Any]:
     count = number(value)
     if count < 0:
@@ -174,22 +169,22 @@ def quantization_method(value: Any) -> dict[str, Any]:
     raise SdkError(f"'{value}': --quantization-bit quantizes with bitsandbytes (bnb) only")
 
 
-def finetuning_type(value: Any) -> dict[str, Any]:
-    return {"sft_type": TUNERS.get(str(value).lower(), value)}
-
-
 # Their tuner names -> ours (ms-swift's sft_type/train_type/tuner_type, LLaMA-Factory's and
-# ChatGLM-Efficient-Tuning's finetuning_type).
+# ChatGLM-Efficient-Tuning's rename("sft_type")).
 TUNERS = {"p_tuning": "ptuning", "p-tuning": "ptuning", "prefix_tuning": "prefix",
           "prompt_tuning": "prompt", "qlora": "qlora"}
 DTYPES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
           "float16": "fp16", "fp32": "fp32", "float32": "fp32"}
+# Values of our own flags as the other tools spell them (ms-swift's --deepspeed default-zero2)
+THEIR_VALUES: dict[str, Mapping[str, str]] = {
+    "sft_type": TUNERS, "dtype": DTYPES, "bnb_4bit_comp_dtype": DTYPES,
+    "deepspeed": {"default-zero2": "zero2", "default-zero3": "zero3"}}
 # Template names of ms-swift (template_type) and LLaMA-Factory (template) that are spelled
 # otherwise here; None: the model type's own template (their name covers a whole family).
 TEMPLATES: dict[str, str | None] = {
     "auto": None, "llama": "llama2", "qwen2_5": "qwen2.5", "qwen1half": "qwen1.5",
-    "mistral": None, "intern": "internlm", "intern2": "internlm2", "glm4": "glm4",
-    "llama3_1": "llama3.1", "llama3_2": "llama3.2", "baichuan2": "baichuan2",
+    "mistral": None, "intern": "internlm", "intern2": "internlm2",
+    "llama3_1": "llama3.1", "llama3_2": "llama3.2",
 }
 # LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
 # template does; ours are per generation.
@@ -219,9 +214,9 @@ ALIASES: dict[str, Alias] = {
                                    self_cognition),
     "use_flash_attn": Alias(SWIFT, "--attn-impl flash_attention_2 (false: sdpa)",
                             flash_attention, SFT_AND_INFER),
-    "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", deepspeed),
-    "train_type": Alias(SWIFT, "--sft-type", finetuning_type),
-    "tuner_type": Alias(SWIFT, "--sft-type", finetuning_type),
+    "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", rename("deepspeed")),
+    "train_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
+    "tuner_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
     "evaluation_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
     "eval_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
     "save_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("save")),
@@ -264,7 +259,7 @@ ALIASES: dict[str, Alias] = {
                                 SFT_AND_INFER),
     "stage": Alias(LF, "sft: no effect; other stages refused", stage),
     "do_train": Alias(LF, "no effect", no_effect("sdk sft trains")),
-    "finetuning_type": Alias(LF, "--sft-type (p_tuning: ptuning)", finetuning_type),
+    "finetuning_type": Alias(LF, "--sft-type (p_tuning: ptuning)", rename("sft_type")),
     "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
                          rename("lora_target_modules")),
     "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
@@ -339,7 +334,7 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
         values.update(made)
         read.append(f"{name} {value} -> " + (", ".join(
-            f"{key.lstrip('#').replace('_', '-')} {shown or '(the default)'}"
+            f"{key.lstrip('#').replace('_', '-')} {'(the default)' if shown is None else shown}"
             for key, shown in made.items())
             or "(the default)"))
     for name, why in ignored:
@@ -352,6 +347,9 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
 def finish(values: dict[str, Any]) -> dict[str, Any]:
     """The pseudo-fields of ``translate`` applied to the merged values: sample sizes on the
     dataset entries, the dataset seed, self-cognition rows."""
+    for field, spellings in THEIR_VALUES.items():
+        if isinstance(values.get(field), str):
+            values[field] = spellings.get(values[field].lower(), values[field])
     extra = values.pop("#self_cognition", None)
     if extra:
         values["dataset"] = [*split(values.get("dataset")), f"self-cognition#{extra}"]
@@ -391,8 +389,7 @@ def model_type_spelling(name: str, known: list[str]) -> str:
 
 
 # ms-swift model types that the rule does not reach
-MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1",
-               "internlm2_5-7b-chat": "internlm2.5-7b-chat"}
+MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
 
 
 def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
@@ -418,3 +415,51 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
                    "type's hub id (`sdk models` lists the model types); add --model-type "
                    "TYPE, or install the plugin of its family.")
+
+
+def markdown() -> str:
+    """docs/compat.md: the tables above as a page (tests/test_compat.py checks it is current)."""
+    def table(header: str, rows: list[tuple[str, ...]]) -> list[str]:
+        cells = header.split("|")
+        return [f"| {' | '.join(cells)} |", "|" + "---|" * len(cells),
+                *(f"| {' | '.join(row)} |" for row in rows), ""]
+
+    lines = ["# Other tools' flags and config keys", "",
+             "Generated from `sdk/compat.py` (`python -c 'from sdk.compat import markdown; "
+             "print(markdown(), end=\"\")' > docs/compat.md`); `tests/test_compat.py` checks "
+             "that it is current.", "",
+             "`sdk sft` and `sdk infer` read these names as flags (`--name value`, `--name=value`; "
+             "a flag alone means true) and as keys of `--config` YAML/JSON files, next to their "
+             "own options, which keep the same name where the tools share one (`--sft_type`, "
+             "`--model_type`, `--dataset`, `--lora_rank`, `--learning_rate`, ...). `sdk sft "
+             "--help` lists only sdk's own. Each is translated (one line lists them), accepted "
+             "with no effect (one line each says why), or refused with the reason. "
+             "`--dry-run` shows the translated plan.", "",
+             "## Flags and keys", ""]
+    lines += table("name|tool|commands|here", [
+        (f"`{name}`", alias.tools, ", ".join(alias.commands), alias.doc)
+        for name, alias in sorted(ALIASES.items())])
+    lines += ["`sdk infer` also accepts `sdk sft`'s flags that a script passes to both:", ""]
+    lines += table("name|here", [(f"`{name}`", f"no effect: {why}")
+                                 for name, why in INFER_IGNORES.items()])
+    lines += ["## Values", "", "Their spellings of values of flags that sdk shares:", ""]
+    lines += table("flag|theirs|ours", [
+        (f"`{field}`", f"`{theirs}`", f"`{ours}`") for field, spellings in THEIR_VALUES.items()
+        for theirs, ours in spellings.items() if theirs != ours])
+    lines += ["## Template names", "",
+              "ms-swift's `template_type` and LLaMA-Factory's `template` (read as "
+              "LLaMA-Factory's when the file or command line has one of "
+              + ", ".join(f"`{key}`" for key in LF_MARKERS)
+              + "); a name not listed is ours as it is.", ""]
+    lines += table("theirs|ours", [
+        (f"`{theirs}`", f"`{ours}`" if ours else "the model type's own",
+         ) for theirs, ours in sorted(LF_TEMPLATES.items())])
+    lines += ["## Model types", "",
+              "ms-swift's spellings: `1half` is `1.5`, a digit, `_` and a digit are a "
+              "version (`qwen2_5` is `qwen2.5`, `llama3_1` is `llama3.1`), Mistral's `-vN` "
+              "is `-v0.N`; and:", ""]
+    lines += table("theirs|ours", [(f"`{theirs}`", f"`{ours}`")
+                                   for theirs, ours in sorted(MODEL_TYPES.items())])
+    lines += ["LLaMA-Factory's `model_name_or_path`: a folder is `--model-id-or-path` (give "
+              "`--model-type`); a hub id is the registered model type with that hub id."]
+    return "\n".join(lines) + "\n"
