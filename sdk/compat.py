@@ -149,6 +149,13 @@ def stage(value: Any) -> dict[str, Any]:
                    "pre-training, reward modelling, PPO, DPO and KTO are not supported")
 
 
+def do_train(value: Any) -> dict[str, Any]:
+    if truth(value):
+        return {"#do_train": True}
+    raise SdkError("false: sdk sft trains; to predict or evaluate a checkpoint without "
+                   "training, run `sdk infer --ckpt-dir DIR --dataset D`")
+
+
 def eval_human(value: Any) -> dict[str, Any]:
     if truth(value):
         raise Ignored("without --dataset, sdk infer chats")
@@ -246,6 +253,14 @@ ALIASES: dict[str, Alias] = {
         "the launcher picks the backend (nccl on GPUs, gloo on CPUs)")),
     "save_generation_config": Alias(SWIFT, "no effect", no_effect(
         "the generation settings are the flags given"), ("infer",)),
+    "custom_train_dataset_path": Alias(SWIFT, "added to --dataset", rename("+dataset")),
+    "custom_val_dataset_path": Alias(SWIFT, "added to --val-dataset", rename("+val_dataset")),
+    "lazy_tokenize": Alias(SWIFT, "no effect (tokenized once, cached)", no_effect(
+        "the data is tokenized once before training and cached")),
+    **{name: Alias(SWIFT, "no effect (held-out predictions decode greedily)", no_effect(
+        "sdk sft --predict-with-generate decodes greedily (the trained weights are the same); "
+        "sdk infer --dataset takes the decoding flags")) for name in (
+        "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")},
     "eval_human": Alias(SWIFT, "false: --val-dataset-from-run; true: chat", eval_human,
                         ("infer",)),
     "merge_lora_and_save": Alias(SWIFT, "--merge-lora (saving: sdk export --merge-lora)",
@@ -258,7 +273,11 @@ ALIASES: dict[str, Alias] = {
                                 "of a registered model type)", rename("#model_name_or_path"),
                                 SFT_AND_INFER),
     "stage": Alias(LF, "sft: no effect; other stages refused", stage),
-    "do_train": Alias(LF, "no effect", no_effect("sdk sft trains")),
+    "do_train": Alias(LF, "true: no effect; false refused", do_train),
+    "do_eval": Alias(LF, "no effect (eval loss runs on any held-out data)", no_effect(
+        "eval loss is computed whenever there is held-out data")),
+    "do_predict": Alias(LF, "--predict-with-generate (with do_train; alone refused)",
+                        rename("#do_predict")),
     "finetuning_type": Alias(LF, "--sft-type (p_tuning: ptuning)", rename("sft_type")),
     "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
                          rename("lora_target_modules")),
@@ -350,6 +369,24 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
     for field, spellings in THEIR_VALUES.items():
         if isinstance(values.get(field), str):
             values[field] = spellings.get(values[field].lower(), values[field])
+    if [name.upper() for name in values.get("lora_target_modules") or ()] in (
+            ["DEFAULT"], ["AUTO"]):  # ms-swift: the model type's own
+        values["lora_target_modules"] = []
+    for field in ("dataset", "val_dataset"):
+        if f"+{field}" in values:
+            values[field] = [*split(values.get(field)), *split(values.pop(f"+{field}"))]
+    predict = values.pop("#do_predict", None)
+    if predict is not None and truth(predict):
+        if "#do_train" not in values:
+            raise SdkError("do_predict without do_train predicts with a checkpoint and trains "
+                           "nothing: run `sdk infer --ckpt-dir DIR --dataset D` (sdk sft "
+                           "trains, then predicts its held-out rows with do_train).")
+        values["predict_with_generate"] = True
+    values.pop("#do_train", None)
+    pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
+    if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
+        values["init_lora_weights"] = "pissa"
+        values.setdefault("pissa_niter", int(pissa[1]))
     extra = values.pop("#self_cognition", None)
     if extra:
         values["dataset"] = [*split(values.get("dataset")), f"self-cognition#{extra}"]
@@ -394,8 +431,8 @@ MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
 
 def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` as
-    registered model types (``registry``: sdk.registry.Registry)."""
-    known = registry.names("models")
+    registered model types (``registry``: sdk.registry.Registry; None: folders only)."""
+    known = registry.names("models") if registry is not None else []
     if values.get("model_type"):
         values["model_type"] = model_type_spelling(values["model_type"], known)
     path = values.pop("#model_name_or_path", None)
@@ -407,7 +444,7 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     if values.get("model_type"):
         values.setdefault("model_id_or_path", path)  # as with a folder: the type says the rest
         return values
-    for spec in registry.specs("models"):
+    for spec in registry.specs("models") if registry is not None else ():
         for repo in spec.hub_ids.values():
             if repo.lower() == path.lower():
                 values["model_type"] = spec.model_type
@@ -446,6 +483,9 @@ def markdown() -> str:
     lines += table("flag|theirs|ours", [
         (f"`{field}`", f"`{theirs}`", f"`{ours}`") for field, spellings in THEIR_VALUES.items()
         for theirs, ours in spellings.items() if theirs != ours])
+    lines += ["`init_lora_weights pissa_niter_N` (peft's and ms-swift's): `--init-lora-weights "
+              "pissa --pissa-niter N`; `lora_target_modules DEFAULT` or `AUTO` (ms-swift's): "
+              "the model type's own targets.", ""]
     lines += ["## Template names", "",
               "ms-swift's `template_type` and LLaMA-Factory's `template` (read as "
               "LLaMA-Factory's when the file or command line has one of "

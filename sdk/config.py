@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -447,29 +446,29 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SdkError(f"Config file '{path}' should hold a mapping of option: value.")
     names = [f.name for f in dataclasses.fields(cls)]
-    data = {str(key).replace("-", "_"): value for key, value in data.items()}
-    foreign = compat.foreign_keys(data, names, command_of(cls))
-    translated = compat.translate({key: data.pop(key) for key in foreign}, command_of(cls),
+    field_of = {key: str(key).replace("-", "_") for key in data}  # dashes or underscores
+    foreign = compat.foreign_keys(field_of.values(), names, command_of(cls))
+    translated = compat.translate({field_of[key]: data.pop(key) for key in list(data)
+                                   if field_of[key] in foreign}, command_of(cls),
                                   f"Config file '{path}'")
-    field_of = {key: key for key in data}
     unknown = [unknown_key(str(key), names) for key in data if field_of[key] not in names]
     if unknown:  # all at once: a config of another tool has several
         raise SdkError(f"Config file '{path}': unknown option{'s' if len(unknown) > 1 else ''} "
                        f"{', '.join(unknown)}. `sdk {command_of(cls)} --help` lists the "
                        "options.")
     spellings: dict[str, list[str]] = {}
-    for key in [*data, *foreign]:
-        spellings.setdefault(field_of.get(key, key), []).append(f"'{key}'")
-    for key in foreign:  # another tool's name for one of ours given too: one would win
-        for made in translated:
-            if made in data:
-                spellings.setdefault(made, [f"'{made}'"]).append(f"'{key}'")
+    for key in data:
+        spellings.setdefault(field_of[key], []).append(f"'{key}'")
+    for made in translated:  # another tool's name for one of ours given too: one would win
+        if made in spellings:
+            spellings[made].append("another tool's name for it")
     twice = [" and ".join(keys) for keys in spellings.values() if len(keys) > 1]
     if twice:  # one would silently win
         raise SdkError(f"Config file '{path}' sets an option twice: {'; '.join(twice)}. "
                        "Keep one of each.")
     types = field_types(cls)
-    return {**translated, **{key: coerce(value, types[key], f"Config file '{path}', option '{key}'")
+    return {**translated, **{field_of[key]: coerce(value, types[field_of[key]],
+                                                   f"Config file '{path}', option '{key}'")
                              for key, value in data.items()}}
 
 
@@ -527,7 +526,7 @@ def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | No
     """Defaults < config file < command line. ``cli_values`` holds only flags that were given;
     ``foreign``: other tools' flags on the command line (sdk.compat), read as ours, which our
     own flags of the same setting must not contradict. With a ``registry``, other tools'
-    model names become model types."""
+    model names become model types (without one, only folders are understood)."""
     values = read_config_file(config_file, cls) if config_file else {}
     if foreign:
         cli_values = dict(cli_values)
@@ -542,13 +541,7 @@ def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | No
                            "one.")
         values.update(translated)
     values.update(cli_values)
-    values = compat.finish(values)
-    if registry is not None:
-        values = compat.resolve_names(values, registry)
-    pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
-    if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
-        values["init_lora_weights"] = "pissa"
-        values.setdefault("pissa_niter", int(pissa[1]))
+    values = compat.resolve_names(compat.finish(values), registry)
     types = field_types(cls)
     for name, value in values.items():
         values[name] = value = coerce(value, types[name], f"--{name.replace('_', '-')}")

@@ -106,8 +106,8 @@ def test_an_ms_swift_sft_sh_plans_as_it_means_and_trains(sft, identity_data, tin
     assert ("read as sdk's options: template_type AUTO -> template (the default); "
             "lora_dropout_p 0. -> lora-dropout 0.") in result.stderr
 
-    result = sft(*flags, "--train_dataset_sample", "2", "--dry-run", "--json")
-    assert planned(result)["dataset"] == [f"{identity_data}#2"]
+    sampled = compat.translate({"train_dataset_sample": "2"}, "sft", "The command line")
+    assert compat.finish({**sampled, "dataset": ["a", "b#5"]})["dataset"] == ["a#2", "b#5"]
 
     result = sft(*flags, "--max_steps", "1", "--dataset_test_ratio", "0")
     assert result.exit_code == 0, result.output
@@ -217,3 +217,24 @@ def test_help_lists_only_sdks_own_flags_and_the_alias_page_is_current(run_cli):
     page = Path(__file__).parent.parent / "docs" / "compat.md"
     assert page.read_text(encoding="utf-8") == compat.markdown(), (
         "docs/compat.md is not sdk/compat.py's tables: regenerate it (see its first lines)")
+
+
+def test_chatglm_efficient_tuning_commands_read_as_llama_factorys(sft, identity_data,
+                                                                   tiny_model_dir, tmp_path):
+    """Seed 000's training and prediction commands, model and data swapped for local ones."""
+    common = ["--model-type", TINY_MODEL_TYPE, "--model_name_or_path", tiny_model_dir,
+              "--dataset", identity_data, "--fp16"]
+    result = sft("--do_train", *common, "--finetuning_type", "p_tuning", "--output_dir",
+                 tmp_path / "out", "--per_device_train_batch_size", "4",
+                 "--gradient_accumulation_steps", "4", "--lr_scheduler_type", "cosine",
+                 "--logging_steps", "10", "--save_steps", "1000", "--learning_rate", "5e-5",
+                 "--num_train_epochs", "3.0", "--dry-run", "--json")
+    plan = planned(result)
+    assert (plan["sft_type"], plan["batch_size"], plan["dtype"]) == ("ptuning", 4, "fp16")
+
+    result = sft("--do_predict", *common, "--checkpoint_dir", tmp_path / "ckpt", "--output_dir",
+                 tmp_path / "predictions", "--per_device_eval_batch_size", "8",
+                 "--max_samples", "100000", "--predict_with_generate", "--dry-run")
+    assert result.exit_code == 1
+    assert "do_predict without do_train" in result.stderr
+    assert "`sdk infer --ckpt-dir DIR --dataset D`" in result.stderr
