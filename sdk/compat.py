@@ -27,7 +27,12 @@ TRAIN_SAMPLE, VAL_SAMPLE = "#train_sample", "#val_sample"
 
 
 class Ignored(Exception):
-    """The flag has no effect here; the text says why."""
+    """The flag has no effect here; the text says why. ``marks``: pseudo-fields that other
+    flags' checks read (finish)."""
+
+    def __init__(self, why: str, marks: dict[str, Any] | None = None) -> None:
+        super().__init__(why)
+        self.marks = marks or {}
 
 
 class Alias(NamedTuple):
@@ -151,7 +156,7 @@ def stage(value: Any) -> dict[str, Any]:
 
 def do_train(value: Any) -> dict[str, Any]:
     if truth(value):
-        return {"#do_train": True}
+        raise Ignored("sdk sft trains", {"#do_train": True})
     raise SdkError("false: sdk sft trains; to predict or evaluate a checkpoint without "
                    "training, run `sdk infer --ckpt-dir DIR --dataset D`")
 
@@ -348,6 +353,7 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             made = alias.apply(value)
         except Ignored as why:
             ignored.append((name, str(why)))
+            values.update(why.marks)
             continue
         except SdkError as error:
             raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
