@@ -444,7 +444,8 @@ def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
     config = read_config_file(config_file, arguments_class(known)) if config_file else {}
     previewed = arguments_class(known, core=PreviewArguments, kinds=("hubs", "formats"))
     names = {f.name for f in dataclasses.fields(previewed)}
-    values = {name: value for name, value in config.items() if name in names} | values
+    merged = compat.resolve_names(compat.finish(config | values), known)  # other tools' keys
+    values = {name: value for name, value in merged.items() if name in names}
     arguments = build_arguments(previewed, values)
     from sdk.data.preview import run_preview
 

@@ -154,6 +154,13 @@ def stage(value: Any) -> dict[str, Any]:
                    "pre-training, reward modelling, PPO, DPO and KTO are not supported")
 
 
+def val_size(value: Any) -> dict[str, Any]:
+    if float(value) >= 1:
+        raise SdkError(f"{value} holds out a number of rows, and --split-dataset-ratio is a "
+                       "fraction of the rows: give a val_size below 1")
+    return {"split_dataset_ratio": value}
+
+
 def do_train(value: Any) -> dict[str, Any]:
     if truth(value):
         raise Ignored("sdk sft trains", {"#do_train": True})
@@ -271,6 +278,11 @@ ALIASES: dict[str, Alias] = {
     "merge_lora_and_save": Alias(SWIFT, "--merge-lora (saving: sdk export --merge-lora)",
                                  merge_and_save, ("infer",)),
     "use_streamer": Alias(SWIFT, "--stream", rename("stream"), ("infer",)),
+    "infer_backend": Alias(SWIFT, "no effect (transformers generates)", no_effect(
+        "replies are generated with transformers"), ("infer",)),
+    "load_args_from_ckpt_dir": Alias(SWIFT, "no effect (always)", no_effect(
+        "a checkpoint's run arguments (model type, template, tuner) are always read"),
+        ("infer",)),
     "show_dataset_sample": Alias(SWIFT, "no effect (every held-out row is predicted)",
                                  no_effect("every held-out row is predicted"), ("infer",)),
     # --- LLaMA-Factory (and ChatGLM-Efficient-Tuning)
@@ -288,7 +300,8 @@ ALIASES: dict[str, Alias] = {
                          rename("lora_target_modules")),
     "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
     "max_samples": Alias(LF, "NAME#N on each --dataset entry", train_sample),
-    "val_size": Alias(LF, "--split-dataset-ratio", rename("split_dataset_ratio")),
+    "val_size": Alias(LF, "--split-dataset-ratio (a fraction; a row count refused)",
+                      val_size),
     "dataset_dir": Alias(LF, "--dataset-info DIR/dataset_info.json",
                          lambda value: {"dataset_info": os.path.join(str(value),
                                                                      "dataset_info.json")}),
@@ -315,6 +328,7 @@ ALIASES: dict[str, Alias] = {
 # are LLaMA-Factory's (`template` is also ours, so only then translated).
 LF_MARKERS = ("model_name_or_path", "stage", "finetuning_type", "cutoff_len", "do_train",
               "lora_target", "dataset_dir")
+LF_DATASET_INFO = os.path.join("data", "dataset_info.json")
 # sft's flags that sdk infer accepts with no effect: a script often passes them to both
 INFER_IGNORES = {"sft_type": "the checkpoint records its tuner",
                  "quantization_bit": "a checkpoint loads as it was trained; a --model-type "
@@ -340,7 +354,7 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
     """Another tool's ``given`` names (foreign_keys) as our fields; prints one line per flag
     without effect and one line naming the translated ones. A refused flag raises SdkError
     naming ``where`` (the command line or a config file) and the reason."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"#llama_factory": True} if llama_factory(given) else {}
     read, ignored = [], []
     for name, value in given.items():
         if command == "infer" and name in INFER_IGNORES:
@@ -389,6 +403,9 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
                            "trains, then predicts its held-out rows with do_train).")
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
+    if values.pop("#llama_factory", None) and values.get("dataset") \
+            and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
+        values["dataset_info"] = LF_DATASET_INFO  # LLaMA-Factory's default dataset_dir
     pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
     if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
         values["init_lora_weights"] = "pissa"
@@ -489,6 +506,9 @@ def markdown() -> str:
     lines += table("flag|theirs|ours", [
         (f"`{field}`", f"`{theirs}`", f"`{ours}`") for field, spellings in THEIR_VALUES.items()
         for theirs, ours in spellings.items() if theirs != ours])
+    lines += ["A LLaMA-Factory configuration or command line without `dataset_dir` reads its "
+              "dataset names from `data/dataset_info.json` when there is one, as "
+              "LLaMA-Factory does.", ""]
     lines += ["`init_lora_weights pissa_niter_N` (peft's and ms-swift's): `--init-lora-weights "
               "pissa --pissa-niter N`; `lora_target_modules DEFAULT` or `AUTO` (ms-swift's): "
               "the model type's own targets.", ""]

@@ -238,3 +238,31 @@ def test_chatglm_efficient_tuning_commands_read_as_llama_factorys(sft, identity_
     assert result.exit_code == 1
     assert "do_predict without do_train" in result.stderr
     assert "`sdk infer --ckpt-dir DIR --dataset D`" in result.stderr
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"deepspeed": "default-zero2", "sft_type": "p_tuning"},
+     {"deepspeed": "zero2", "sft_type": "ptuning"}),
+    ({"self_cognition_sample": "50", "dataset": ["a.jsonl"], "model_name": ["Tiny"],
+      "model_author": ["Tests"]}, {"dataset": ["a.jsonl", "self-cognition#50"]}),
+    ({"custom_train_dataset_path": "b.jsonl", "dataset": ["a.jsonl"], "lora_target_modules":
+      ["DEFAULT"]}, {"dataset": ["a.jsonl", "b.jsonl"], "lora_target_modules": []}),
+    ({"bf16": "true", "deepspeed_config_path": "ds.json", "preprocess_num_proc": "2"},
+     {"dtype": "bf16", "deepspeed": "ds.json", "dataset_num_proc": 2}),
+    ({"init_lora_weights": "pissa_niter_4"}, {"init_lora_weights": "pissa", "pissa_niter": 4}),
+])
+def test_ms_swift_values_read_as_ours(given, expected, plugin_set):
+    from sdk.config import build_arguments
+    from sdk.options import arguments_class
+
+    registry = plugin_set.registry
+    fields = {f for f in arguments_class(registry).__dataclass_fields__}
+    ours = {key: value for key, value in given.items() if key in fields}
+    foreign = {key: value for key, value in given.items() if key not in fields}
+    arguments = build_arguments(arguments_class(registry), ours, None,
+                                foreign, registry)
+    assert {key: getattr(arguments, key) for key in expected} == expected
+
+
+def test_a_llama_factory_val_size_that_counts_rows_is_refused(refused_sft):
+    assert "holds out a number of rows" in refused_sft("--val_size", "100")
