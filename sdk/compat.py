@@ -448,6 +448,14 @@ def model_type_spelling(name: str, known: list[str]) -> str:
     return spelled if spelled in known else name
 
 
+def hub_id(repo: str) -> str:
+    """A hub id compared case-insensitively, under its organization's current name."""
+    owner, slash, name = repo.lower().partition("/")
+    return f"{ORGANIZATIONS.get(owner, owner)}{slash}{name}"
+
+
+# Hub organizations renamed since the other tools' examples were written
+ORGANIZATIONS = {"thudm": "zai-org"}
 # ms-swift model types that the rule does not reach
 MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
 
@@ -464,17 +472,20 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     if os.path.isdir(path) or path.startswith((".", "/", "~")):
         values.setdefault("model_id_or_path", path)
         return values
-    if values.get("model_type"):
-        values.setdefault("model_id_or_path", path)  # as with a folder: the type says the rest
+    specs = registry.specs("models") if registry is not None else ()
+    matches = [spec.model_type for spec in specs
+               if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
+    chosen = values.get("model_type")
+    if chosen and chosen not in matches:
+        raise SdkError(f"model_name_or_path '{path}' is no folder here, nor a hub id of "
+                       f"--model-type {chosen}: give the folder of its weights, or leave out "
+                       "--model-type to pick the model type by its hub id.")
+    if matches:
+        values["model_type"] = chosen or matches[0]
         return values
-    for spec in registry.specs("models") if registry is not None else ():
-        for repo in spec.hub_ids.values():
-            if repo.lower() == path.lower():
-                values["model_type"] = spec.model_type
-                return values
     raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
-                   "type's hub id (`sdk models` lists the model types); add --model-type "
-                   "TYPE, or install the plugin of its family.")
+                   "type's hub id (`sdk models` lists the model types): download it and give "
+                   "its folder with --model-type TYPE, or install the plugin of its family.")
 
 
 def markdown() -> str:

@@ -170,6 +170,11 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
     hub_id = spec.hub_ids["huggingface"]
     assert compat.resolve_names({"#model_name_or_path": hub_id}, registry) == {
         "model_type": "qwen2.5-7b-instruct"}
+    assert compat.resolve_names({"#model_name_or_path": "THUDM/chatglm3-6b"}, registry) == {
+        "model_type": "chatglm3-6b"}  # the organization is zai-org now
+    with pytest.raises(SdkError, match="nor a hub id of --model-type qwen-7b-chat"):
+        compat.resolve_names({"#model_name_or_path": hub_id, "model_type": "qwen-7b-chat"},
+                             registry)
     # LLaMA-Factory's current examples fine-tune Qwen3, not registered yet
     with pytest.raises(SdkError, match="'Qwen/Qwen3-4B-Instruct-2507' is no folder here and "
                                        "no registered model type's hub id.*--model-type"):
