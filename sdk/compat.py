@@ -171,7 +171,7 @@ def do_train(value: Any) -> dict[str, Any]:
 def eval_human(value: Any) -> dict[str, Any]:
     if truth(value):
         raise Ignored("without --dataset, sdk infer chats")
-    return {"val_dataset_from_run": True}
+    return {"val_dataset_from_run": True, "#eval_human": False}
 
 
 def merge_and_save(value: Any) -> dict[str, Any]:
@@ -331,6 +331,11 @@ LF_MARKERS = ("model_name_or_path", "stage", "finetuning_type", "cutoff_len", "d
 LF_DATASET_INFO = os.path.join("data", "dataset_info.json")
 # sft's flags that sdk infer accepts with no effect: a script often passes them to both
 INFER_IGNORES = {"sft_type": "the checkpoint records its tuner",
+                 "dataset_test_ratio": "--val-dataset-from-run predicts the rows the run held "
+                                       "out",
+                 "dataset_seed": "--val-dataset-from-run predicts the rows the run held out",
+                 "max_length": "a reply ends at --max-new-tokens; a prompt too long for the "
+                               "model's window stops at its row (--truncate-long-prompts)",
                  "quantization_bit": "a checkpoint loads as it was trained; a --model-type "
                                      "loads unquantized"}
 
@@ -372,9 +377,10 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
         except SdkError as error:
             raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
         values.update(made)
+        shown = {key: made[key] for key in made if not key.startswith("#")} or made
         read.append(f"{name} {value} -> " + (", ".join(
             f"{key.lstrip('#').replace('_', '-')} {'(the default)' if shown is None else shown}"
-            for key, shown in made.items())
+            for key, shown in shown.items())
             or "(the default)"))
     for name, why in ignored:
         print(f"[sdk] {name} has no effect here: {why}.", file=sys.stderr)
@@ -406,6 +412,10 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
     if values.pop("#llama_factory", None) and values.get("dataset") \
             and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
         values["dataset_info"] = LF_DATASET_INFO  # LLaMA-Factory's default dataset_dir
+    if values.pop("#eval_human", True) is False and values.get("dataset"):
+        print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
+              f"{' '.join(split(values.pop('dataset')))}: those the run held out "
+              "(--val-dataset-from-run).", file=sys.stderr)
     pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
     if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
         values["init_lora_weights"] = "pissa"

@@ -214,6 +214,16 @@ def test_sdk_infer_takes_ms_swift_infer_flags(run_cli, tiny_plugin_file, finishe
     assert "[sdk] eval_human has no effect here" in result.stderr
     assert "use_streamer false -> stream false" in result.stderr
 
+    # seed 004's infer.sh: the held-out rows of the run's dataset, predicted
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt_dir", finished_lora_run,
+                     "--eval_human", "false", "--dataset", "alpaca-zh", "--dataset_test_ratio",
+                     "0.01", "--max_length", "2048", "--max_new_tokens", "2")
+    assert "eval_human false predicts the held-out rows of --dataset alpaca-zh" in \
+        result.stderr
+    assert "eval_human false -> val-dataset-from-run True." in result.stderr
+    assert "[sdk] dataset_test_ratio has no effect here" in result.stderr
+    assert result.exit_code == 1 and "held out no rows" in result.stderr  # this run's
+
 
 def test_help_lists_only_sdks_own_flags_and_the_alias_page_is_current(run_cli):
     result = run_cli("sft", "--help")
