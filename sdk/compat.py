@@ -278,7 +278,7 @@ ALIASES: dict[str, Alias] = {
     "merge_lora_and_save": Alias(SWIFT, "--merge-lora (saving: sdk export --merge-lora)",
                                  merge_and_save, ("infer",)),
     "use_streamer": Alias(SWIFT, "--stream", rename("stream"), ("infer",)),
-    "infer_backend": Alias(SWIFT, "no effect (transformers generates)", no_effect(
+    "infer_backend": Alias(BOTH, "no effect (transformers generates)", no_effect(
         "replies are generated with transformers"), ("infer",)),
     "load_args_from_ckpt_dir": Alias(SWIFT, "no effect (always)", no_effect(
         "a checkpoint's run arguments (model type, template, tuner) are always read"),
@@ -331,6 +331,7 @@ LF_MARKERS = ("model_name_or_path", "stage", "finetuning_type", "cutoff_len", "d
 LF_DATASET_INFO = os.path.join("data", "dataset_info.json")
 # sft's flags that sdk infer accepts with no effect: a script often passes them to both
 INFER_IGNORES = {"sft_type": "the checkpoint records its tuner",
+                 "finetuning_type": "the checkpoint records its tuner",
                  "dataset_test_ratio": "--val-dataset-from-run predicts the rows the run held "
                                        "out",
                  "dataset_seed": "--val-dataset-from-run predicts the rows the run held out",

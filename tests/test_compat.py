@@ -204,7 +204,8 @@ def test_config_keys_unknown_to_both_are_named_with_a_suggestion(sft, tmp_path):
             "learning_rate)") in result.stderr
 
 
-def test_sdk_infer_takes_ms_swift_infer_flags(run_cli, tiny_plugin_file, finished_lora_run):
+def test_sdk_infer_takes_other_tools_infer_flags(run_cli, tiny_plugin_file, finished_lora_run,
+                                                 tiny_model_dir, tmp_path):
     result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt_dir", finished_lora_run,
                      "--sft_type", "lora", "--use_streamer", "false", "--eval_human", "true",
                      "--query", "Who are you?", "--max_new_tokens", "2")
@@ -213,6 +214,17 @@ def test_sdk_infer_takes_ms_swift_infer_flags(run_cli, tiny_plugin_file, finishe
         result.stderr
     assert "[sdk] eval_human has no effect here" in result.stderr
     assert "use_streamer false -> stream false" in result.stderr
+
+    # LLaMA-Factory's examples/inference/llama3_lora_sft.yaml, model and adapter swapped
+    config = tmp_path / "llama3_lora_sft.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model_dir}\nadapter_name_or_path: "
+                      f"{finished_lora_run}\ntemplate: qwen\ninfer_backend: huggingface\n"
+                      "trust_remote_code: true\nfinetuning_type: lora\n")
+    result = run_cli("--plugin", tiny_plugin_file, "infer", "--config", config, "--query",
+                     "Who are you?", "--max_new_tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert "adapter_name_or_path" in result.stderr and "template qwen -> template" in \
+        result.stderr
 
     # seed 004's infer.sh: the held-out rows of the run's dataset, predicted
     result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt_dir", finished_lora_run,
