@@ -166,6 +166,9 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
                          "mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}.items():
         assert ours in known
         assert compat.resolve_names({"model_type": theirs}, registry)["model_type"] == ours
+    assert set(compat.MODEL_TYPES.values()) <= set(known)
+    templates = registry.names("templates")
+    assert {name for name in compat.LF_TEMPLATES.values() if name} <= set(templates)
     spec = registry.get("models", "qwen2.5-7b-instruct")
     hub_id = spec.hub_ids["huggingface"]
     assert compat.resolve_names({"#model_name_or_path": hub_id}, registry) == {
