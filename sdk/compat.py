@@ -56,6 +56,13 @@ def number(value: Any) -> int:
         raise SdkError(f"expected a whole number, got {value!r}") from None
 
 
+def fraction(value: Any) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise SdkError(f"expected a number, got {value!r}") from None
+
+
 def rename(field: str, values: Mapping[str, Any] | None = None) -> Callable[[Any], dict]:
     """The same setting under our name, with ``values`` (theirs, lower case -> ours)."""
     def apply(value: Any) -> dict[str, Any]:
@@ -113,7 +120,7 @@ def self_cognition(value: Any) -> dict[str, Any]:
 
 
 def mix_ratio(value: Any) -> dict[str, Any]:
-    if float(value) == 0:
+    if fraction(value) == 0:
         raise Ignored("0 mixes in no general-purpose data")
     raise SdkError("mixes ms-swift's own general-purpose datasets into the training data, "
                    "which are not available here; add the datasets you want to --dataset "
@@ -155,7 +162,7 @@ def stage(value: Any) -> dict[str, Any]:
 
 
 def val_size(value: Any) -> dict[str, Any]:
-    if float(value) >= 1:
+    if fraction(value) >= 1:
         raise SdkError(f"{value} holds out a number of rows, and --split-dataset-ratio is a "
                        "fraction of the rows: give a val_size below 1")
     return {"split_dataset_ratio": value}

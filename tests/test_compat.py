@@ -191,6 +191,8 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
     (["--evaluation_strategy", "epoch"], "every N steps only"),
     (["--metric_for_best_model", "rouge-l"], "lowest eval loss"),
     (["--dataset_seed", "7"], "dataset_seed 7 differs from --seed 42"),
+    (["--train_dataset_mix_ratio", "lots"], "ms-swift's train_dataset_mix_ratio expected a "
+                                            "number, got 'lots'."),
     (["--lora_dropout_p", "0.1", "--lora-dropout", "0.2"], "--lora-dropout 0.2 and another "
                                                            "tool's flag that means 0.1"),
 ])
