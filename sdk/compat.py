@@ -63,11 +63,9 @@ def fraction(value: Any) -> float:
         raise SdkError(f"expected a number, got {value!r}") from None
 
 
-def rename(field: str, values: Mapping[str, Any] | None = None) -> Callable[[Any], dict]:
-    """The same setting under our name, with ``values`` (theirs, lower case -> ours)."""
+def rename(field: str) -> Callable[[Any], dict]:
+    """The same setting under our name (its value: THEIR_VALUES, in finish)."""
     def apply(value: Any) -> dict[str, Any]:
-        if values is not None and isinstance(value, str):
-            value = values.get(value.lower(), value)
         return {field: value}
     return apply
 
@@ -75,12 +73,6 @@ def rename(field: str, values: Mapping[str, Any] | None = None) -> Callable[[Any
 def no_effect(why: str) -> Callable[[Any], dict]:
     def apply(value: Any) -> dict[str, Any]:
         raise Ignored(why)
-    return apply
-
-
-def refused(why: str) -> Callable[[Any], dict]:
-    def apply(value: Any) -> dict[str, Any]:
-        raise SdkError(why)
     return apply
 
 
@@ -138,9 +130,9 @@ def revision(value: Any) -> dict[str, Any]:
 def strategy(flag: str) -> Callable[[Any], dict]:
     def apply(value: Any) -> dict[str, Any]:
         if str(value).lower() == "steps":
-            raise Ignored(f"runs here {flag} every N steps (--{flag.split()[0]}-steps)")
+            raise Ignored(f"runs here {flag} every N steps (--{flag}-steps)")
         raise SdkError(f"'{value}': runs here {flag} every N steps only; leave it out and set "
-                       f"--{flag.split()[0]}-steps")
+                       f"--{flag}-steps")
     return apply
 
 
@@ -408,7 +400,8 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         values["lora_target_modules"] = []
     for field in ("dataset", "val_dataset"):
         if f"+{field}" in values:
-            values[field] = [*split(values.get(field)), *split(values.pop(f"+{field}"))]
+            values[field] = [*split_list(values.get(field)),
+                             *split_list(values.pop(f"+{field}"))]
     predict = values.pop("#do_predict", None)
     if predict is not None and truth(predict):
         if "#do_train" not in values:
@@ -422,7 +415,7 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         values["dataset_info"] = LF_DATASET_INFO  # LLaMA-Factory's default dataset_dir
     if values.pop("#eval_human", True) is False and values.get("dataset"):
         print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
-              f"{' '.join(split(values.pop('dataset')))}: those the run held out "
+              f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "
               "(--val-dataset-from-run).", file=sys.stderr)
     pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
     if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
@@ -430,7 +423,7 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         values.setdefault("pissa_niter", int(pissa[1]))
     extra = values.pop("#self_cognition", None)
     if extra:
-        values["dataset"] = [*split(values.get("dataset")), f"self-cognition#{extra}"]
+        values["dataset"] = [*split_list(values.get("dataset")), f"self-cognition#{extra}"]
     seed = values.pop("#dataset_seed", None)
     if seed is not None and seed != values.get("seed", 42):
         raise SdkError(f"dataset_seed {seed} differs from --seed {values.get('seed', 42)}: "
@@ -440,7 +433,7 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         count = values.pop(pseudo, None)
         if count is None:
             continue
-        entries = split(values.get(field))
+        entries = split_list(values.get(field))
         if not entries:
             raise SdkError(f"a sample size ({count} rows) was given with no "
                            f"--{field.replace('_', '-')} to take it from.")
@@ -448,11 +441,13 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def split(value: Any) -> list[str]:
-    if value is None:
+def split_list(values: Any) -> list[str]:
+    """A list flag's value (one text, a list, commas between values; None: none) as a list."""
+    if values is None:
         return []
-    items = [value] if isinstance(value, str) else value
-    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    if isinstance(values, str):
+        values = [values]
+    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
 
 
 def model_type_spelling(name: str, known: list[str]) -> str:

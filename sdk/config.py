@@ -421,12 +421,6 @@ def key_value_pairs(flag: str, values: list[str], example: str) -> dict[str, str
     return pairs
 
 
-def split_list(values: Any) -> list[str]:
-    if isinstance(values, str):
-        values = [values]
-    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
-
-
 def read_config_file(path: str, cls: type) -> dict[str, Any]:
     """Keys of a YAML/JSON config file, normalised to field names; unknown keys are errors."""
     import yaml
@@ -546,7 +540,7 @@ def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | No
     for name, value in values.items():
         values[name] = value = coerce(value, types[name], f"--{name.replace('_', '-')}")
         if base_type(types[name]) is list:
-            values[name] = split_list(value)
+            values[name] = compat.split_list(value)
     arguments = cls(**values)
     for f in dataclasses.fields(cls):
         check_value(f, getattr(arguments, f.name))
