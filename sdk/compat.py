@@ -410,9 +410,10 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
                            "trains, then predicts its held-out rows with do_train).")
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
+    # LLaMA-Factory's default dataset_dir
     if values.pop("#llama_factory", None) and values.get("dataset") \
             and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
-        values["dataset_info"] = LF_DATASET_INFO  # LLaMA-Factory's default dataset_dir
+        values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
     if values.pop("#eval_human", True) is False and values.get("dataset"):
         print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
               f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "

@@ -282,6 +282,9 @@ def test_chatglm_efficient_tuning_commands_read_as_llama_factorys(sft, identity_
     ({"bf16": "true", "deepspeed_config_path": "ds.json", "preprocess_num_proc": "2"},
      {"dtype": "bf16", "deepspeed": "ds.json", "dataset_num_proc": 2}),
     ({"init_lora_weights": "pissa_niter_4"}, {"init_lora_weights": "pissa", "pissa_niter": 4}),
+    ({"val_dataset_sample": "10", "val_dataset": ["v.jsonl"], "load_best_model_at_end": "true",
+      "quantization_method": "bnb", "quantization_bit": 4},
+     {"val_dataset": ["v.jsonl#10"], "quantization_bit": 4}),
 ])
 def test_ms_swift_values_read_as_ours(given, expected, plugin_set):
     from sdk.config import build_arguments
@@ -298,3 +301,14 @@ def test_ms_swift_values_read_as_ours(given, expected, plugin_set):
 
 def test_a_llama_factory_val_size_that_counts_rows_is_refused(refused_sft):
     assert "holds out a number of rows" in refused_sft("--val_size", "100")
+
+
+def test_llama_factory_reads_data_dataset_info_json_without_dataset_dir(tmp_path, monkeypatch):
+    from sdk.config import SftArguments, build_arguments
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    arguments = build_arguments(SftArguments, {"dataset": ["identity"]}, None,
+                                {"stage": "sft"})
+    assert arguments.dataset_info == str(tmp_path / "data" / "dataset_info.json")
