@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from sdk import __version__
+from sdk import __version__, compat
 from sdk.config import (
     OPTION_GROUPS,
     OTHER_TOOLS_FLAGS,
@@ -98,6 +98,7 @@ class SdkCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[HELP_SFT_TYPE] = chosen_tuner(args)  # --help is shown while parsing
+        args = self.take_foreign_flags(ctx, args)
         multi = {opt for p in self.get_params(ctx) if getattr(p, "multiple", False)
                  for opt in p.opts}
         split = []
@@ -116,6 +117,30 @@ class SdkCommand(click.Command):
                 current = None
             expanded.append(token)
         return super().parse_args(ctx, expanded)
+
+    def take_foreign_flags(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``args`` without the flags of other tools that this command reads (sdk.compat),
+        kept in ``ctx.meta[FOREIGN]`` by name: ``--flag``'s value is what follows up to the
+        next flag (several values: a list; none: true)."""
+        options = {opt for p in self.get_params(ctx) for opt in p.opts}
+        foreign: dict[str, Any] = {}
+        kept, current = [], None
+        for token in args:
+            if token.startswith("--"):
+                flag, equals, value = token.partition("=")
+                name = flag[2:].replace("-", "_")
+                current = None
+                if flag not in options and compat.foreign_keys([name], (), self.name or ""):
+                    foreign[name] = [value] if equals else []
+                    current = None if equals else name
+                    continue
+            elif current is not None:
+                foreign[current].append(token)
+                continue
+            kept.append(token)
+        ctx.meta[FOREIGN] = {name: (values[0] if len(values) == 1 else values or "true")
+                             for name, values in foreign.items()}
+        return kept
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The options under a heading per group, in OPTION_GROUPS' order; with ``--sft-type
@@ -146,6 +171,7 @@ class SdkCommand(click.Command):
 
 
 HELP_SFT_TYPE = "sdk.help_sft_type"
+FOREIGN = "sdk.foreign_flags"
 
 
 def chosen_tuner(args: Sequence[str]) -> str | None:
@@ -175,7 +201,7 @@ def flag(f: dataclasses.Field, annotation: Any) -> Flag:
     elif kind in (int, float):
         extra = {"type": kind}  # choices among numbers are checked by build_arguments
     elif f.metadata.get("choices"):
-        extra = {"type": click.Choice(f.metadata["choices"])}
+        extra = {"type": click.Choice(f.metadata["choices"], case_sensitive=False)}
     return Flag([*spellings(f.name), f.name], default=None, help=help_text,
                 group=f.metadata["group"], **extra)
 
@@ -419,7 +445,8 @@ def datasets_preview(ctx: click.Context, names: tuple[str, ...], count: int,
     config = read_config_file(config_file, arguments_class(known)) if config_file else {}
     previewed = arguments_class(known, core=PreviewArguments, kinds=("hubs", "formats"))
     names = {f.name for f in dataclasses.fields(previewed)}
-    values = {name: value for name, value in config.items() if name in names} | values
+    merged = compat.resolve_names(compat.finish(config | values), known)  # other tools' keys
+    values = {name: value for name, value in merged.items() if name in names}
     arguments = build_arguments(previewed, values)
     from sdk.data.preview import run_preview
 
@@ -512,7 +539,8 @@ def sft(ctx: click.Context, config_file: str | None, dry_run: bool, as_json: boo
     """Fine-tune a model: sdk sft --model-type T --dataset D [--sft-type lora|full]."""
     known = registry(ctx)
     values = given(params)
-    arguments = build_arguments(arguments_class(known), values, config_file)
+    arguments = build_arguments(arguments_class(known), values, config_file,
+                                ctx.meta.get(FOREIGN), known)
     refuse_other_tuners_options(values, known.get("tuners", arguments.sft_type), known)
     if as_json and not dry_run:
         raise SdkError("--json prints the plan of --dry-run; add --dry-run.")
@@ -541,7 +569,8 @@ def sft(ctx: click.Context, config_file: str | None, dry_run: bool, as_json: boo
 def infer(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     """Chat with a fine-tuned checkpoint (--ckpt-dir) or a model type (--model-type); with
     --dataset or --val-dataset-from-run, predict every row into a file and score it."""
-    arguments = build_arguments(InferArguments, given(params), config_file)
+    arguments = build_arguments(InferArguments, given(params), config_file,
+                                ctx.meta.get(FOREIGN), registry(ctx))
     if arguments.dataset or arguments.val_dataset_from_run:
         from sdk.infer.predict import run_predict
 

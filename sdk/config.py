@@ -14,13 +14,13 @@ import functools
 import json
 import math
 import os
-import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdk import compat
 from sdk.errors import SdkError
 
 # transformers' SchedulerType values, listed here so that checking them imports nothing heavy
@@ -421,12 +421,6 @@ def key_value_pairs(flag: str, values: list[str], example: str) -> dict[str, str
     return pairs
 
 
-def split_list(values: Any) -> list[str]:
-    if isinstance(values, str):
-        values = [values]
-    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
-
-
 def read_config_file(path: str, cls: type) -> dict[str, Any]:
     """Keys of a YAML/JSON config file, normalised to field names; unknown keys are errors."""
     import yaml
@@ -447,6 +441,10 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
         raise SdkError(f"Config file '{path}' should hold a mapping of option: value.")
     names = [f.name for f in dataclasses.fields(cls)]
     field_of = {key: str(key).replace("-", "_") for key in data}  # dashes or underscores
+    foreign = compat.foreign_keys(field_of.values(), names, command_of(cls))
+    translated = compat.translate({field_of[key]: data.pop(key) for key in list(data)
+                                   if field_of[key] in foreign}, command_of(cls),
+                                  f"Config file '{path}'")
     unknown = [unknown_key(str(key), names) for key in data if field_of[key] not in names]
     if unknown:  # all at once: a config of another tool has several
         raise SdkError(f"Config file '{path}': unknown option{'s' if len(unknown) > 1 else ''} "
@@ -455,14 +453,17 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     spellings: dict[str, list[str]] = {}
     for key in data:
         spellings.setdefault(field_of[key], []).append(f"'{key}'")
+    for made in translated:  # another tool's name for one of ours given too: one would win
+        if made in spellings:
+            spellings[made].append("another tool's name for it")
     twice = [" and ".join(keys) for keys in spellings.values() if len(keys) > 1]
     if twice:  # one would silently win
         raise SdkError(f"Config file '{path}' sets an option twice: {'; '.join(twice)}. "
                        "Keep one of each.")
     types = field_types(cls)
-    return {field_of[key]: coerce(value, types[field_of[key]],
-                                  f"Config file '{path}', option '{key}'")
-            for key, value in data.items()}
+    return {**translated, **{field_of[key]: coerce(value, types[field_of[key]],
+                                                   f"Config file '{path}', option '{key}'")
+                             for key, value in data.items()}}
 
 
 def unknown_key(key: str, names: list[str]) -> str:
@@ -514,18 +515,32 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         raise SdkError(f"{where}: expected {kind.__name__}, got {value!r}.") from None
 
 
-def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | None = None):
-    """Defaults < config file < command line. ``cli_values`` holds only flags that were given."""
+def build_arguments(cls: type, cli_values: dict[str, Any], config_file: str | None = None,
+                    foreign: dict[str, Any] | None = None, registry: Any = None):
+    """Defaults < config file < command line. ``cli_values`` holds only flags that were given;
+    ``foreign``: other tools' flags on the command line (sdk.compat), read as ours, which our
+    own flags of the same setting must not contradict. With a ``registry``, other tools'
+    model names become model types (without one, only folders are understood)."""
     values = read_config_file(config_file, cls) if config_file else {}
+    if foreign:
+        cli_values = dict(cli_values)
+        if "template" in cli_values and compat.llama_factory(foreign):
+            foreign["template"] = cli_values.pop("template")  # LLaMA-Factory's name
+        translated = compat.translate(foreign, command_of(cls), "The command line")
+        both = [key for key in translated if key in cli_values
+                and cli_values[key] != translated[key]]
+        if both:
+            raise SdkError(f"--{both[0].replace('_', '-')} {cli_values[both[0]]} and another "
+                           f"tool's flag that means {translated[both[0]]} are both given; keep "
+                           "one.")
+        values.update(translated)
     values.update(cli_values)
-    pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
-    if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
-        values["init_lora_weights"] = "pissa"
-        values.setdefault("pissa_niter", int(pissa[1]))
+    values = compat.resolve_names(compat.finish(values), registry)
     types = field_types(cls)
     for name, value in values.items():
+        values[name] = value = coerce(value, types[name], f"--{name.replace('_', '-')}")
         if base_type(types[name]) is list:
-            values[name] = split_list(value)
+            values[name] = compat.split_list(value)
     arguments = cls(**values)
     for f in dataclasses.fields(cls):
         check_value(f, getattr(arguments, f.name))

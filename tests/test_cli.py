@@ -146,16 +146,20 @@ def test_bad_config_files_are_named(tmp_path, text, message):
         build_arguments(SftArguments, {}, str(config))
 
 
-def test_a_llama_factory_config_gets_every_unknown_key_with_its_name_here(tmp_path):
+def test_a_llama_factory_config_reads_as_ours_and_names_its_unknown_keys(tmp_path):
     config = tmp_path / "llama_factory.yaml"
     config.write_text("model_name_or_path: /models/qwen\nstage: sft\nfinetuning_type: lora\n"
                       "cutoff_len: 1024\nbf16: true\ndataset: alpaca_zh\n")
+    arguments = build_arguments(SftArguments, {}, str(config))
+    assert (arguments.model_id_or_path, arguments.sft_type, arguments.max_length,
+            arguments.dtype, arguments.dataset) == ("/models/qwen", "lora", 1024, "bf16",
+                                                    ["alpaca_zh"])
+    config.write_text("cutoff_len: 1024\nlr: 1.0e-4\nmax_sample: 3\n")
     with pytest.raises(SdkError) as error:
         build_arguments(SftArguments, {}, str(config))
     assert str(error.value) == (
-        f"Config file '{config}': unknown options 'model_name_or_path' (here: model_id_or_path), "
-        "'stage', 'finetuning_type' (here: sft_type), 'cutoff_len' (here: max_length), 'bf16' "
-        "(here: dtype: bf16). `sdk sft --help` lists the options.")
+        f"Config file '{config}': unknown options 'lr' (here: learning_rate), 'max_sample' "
+        "(did you mean 'max_steps'?). `sdk sft --help` lists the options.")
 
 
 def test_a_bad_choice_names_the_flag():

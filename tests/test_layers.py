@@ -16,7 +16,7 @@ Layers = tuple[tuple[str, tuple[str, ...]], ...]  # (name, modules), lowest firs
 
 LAYERS: Layers = (
     ("core", ("sdk", "sdk.errors", "sdk.hookspecs", "sdk.specs", "sdk.config", "sdk.folders",
-              "sdk.catalogue")),
+              "sdk.catalogue", "sdk.compat")),
     ("registry", ("sdk.registry", "sdk.plugins", "sdk.options")),
     ("parts", ("sdk.templates.*", "sdk.data.*", "sdk.models.*", "sdk.runs.*", "sdk.eval.*",
                "sdk.hubs", "sdk.hubs.repo_id", "sdk.hubs.local", "sdk.hubs.huggingface",

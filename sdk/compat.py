@@ -1,0 +1,556 @@
+"""Other tools' flags and config keys, read as ours: ms-swift 1.x/2.x (`swift sft`,
+`llm_sft.py`, `swift infer`) and LLaMA-Factory (its YAML configs and `llamafactory-cli train`
+flags, which ChatGLM-Efficient-Tuning shares).
+
+``ALIASES`` is the one table: each foreign name becomes our fields (its value translated),
+has no effect here (accepted with one line saying why) or is refused with the reason (it would
+change the result and cannot be honoured). ``translate`` applies it to a command line's or a
+config file's foreign keys before the arguments are built; ``resolve_names`` then maps ms-swift's
+model type spellings and LLaMA-Factory's model ids onto registered model types. `sdk sft --help`
+lists none of these; docs/compat.md is generated from the table (tests/test_compat.py checks it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from sdk.errors import SdkError
+
+SWIFT, LF = "ms-swift", "LLaMA-Factory"
+BOTH = f"{SWIFT}, {LF}"
+# pseudo-fields: a sample size applied to the final --dataset / --val-dataset entries
+TRAIN_SAMPLE, VAL_SAMPLE = "#train_sample", "#val_sample"
+
+
+class Ignored(Exception):
+    """The flag has no effect here; the text says why. ``marks``: pseudo-fields that other
+    flags' checks read (finish)."""
+
+    def __init__(self, why: str, marks: dict[str, Any] | None = None) -> None:
+        super().__init__(why)
+        self.marks = marks or {}
+
+
+class Alias(NamedTuple):
+    tools: str
+    doc: str  # what it is here, for docs/compat.md
+    apply: Callable[[Any], dict[str, Any]]  # raises Ignored, or SdkError to refuse
+    commands: tuple[str, ...] = ("sft",)
+
+
+def truth(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise SdkError(f"expected true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
+def number(value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise SdkError(f"expected a whole number, got {value!r}") from None
+
+
+def fraction(value: Any) -> float:
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise SdkError(f"expected a number, got {value!r}") from None
+
+
+def rename(field: str) -> Callable[[Any], dict]:
+    """The same setting under our name (its value: THEIR_VALUES, in finish)."""
+    def apply(value: Any) -> dict[str, Any]:
+        return {field: value}
+    return apply
+
+
+def no_effect(why: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        raise Ignored(why)
+    return apply
+
+
+def precision(dtype: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        if truth(value):
+            return {"dtype": dtype}
+        raise Ignored("false leaves the dtype to --dtype (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    return apply
+
+
+def flash_attention(value: Any) -> dict[str, Any]:
+    if str(value).lower() == "auto":
+        raise Ignored("--attn-impl auto picks flash_attention_2 where it can run")
+    return {"attn_impl": "flash_attention_2" if truth(value) else "sdpa"}
+
+
+def train_sample(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count < 0:
+        raise Ignored("-1 trains on every row, as here by default")
+    return {TRAIN_SAMPLE: count}
+
+
+def val_sample(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count < 0:
+        raise Ignored("-1 keeps every held-out row, as here by default")
+    return {VAL_SAMPLE: count}
+
+
+def self_cognition(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count <= 0:
+        raise Ignored("0 adds no self-cognition rows")
+    return {"#self_cognition": count}
+
+
+def mix_ratio(value: Any) -> dict[str, Any]:
+    if fraction(value) == 0:
+        raise Ignored("0 mixes in no general-purpose data")
+    raise SdkError("mixes ms-swift's own general-purpose datasets into the training data, "
+                   "which are not available here; add the datasets you want to --dataset "
+                   "(NAME#N samples N rows of one)")
+
+
+def revision(value: Any) -> dict[str, Any]:
+    if str(value) in ("master", "main"):
+        raise Ignored("the hub's default branch is what is downloaded")
+    raise SdkError(f"pins revision '{value}', and models are downloaded at their default "
+                   "branch here; download that revision into a folder and give it as "
+                   "--model-id-or-path")
+
+
+def strategy(flag: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        if str(value).lower() == "steps":
+            raise Ignored(f"runs here {flag} every N steps (--{flag}-steps)")
+        raise SdkError(f"'{value}': runs here {flag} every N steps only; leave it out and set "
+                       f"--{flag}-steps")
+    return apply
+
+
+def best_metric(value: Any) -> dict[str, Any]:
+    if str(value).lower() in ("loss", "eval_loss"):
+        raise Ignored("the best checkpoint is the one of lowest eval loss, as here always")
+    raise SdkError(f"'{value}': the best checkpoint here is the one of lowest eval loss")
+
+
+def dataset_seed(value: Any) -> dict[str, Any]:
+    return {"#dataset_seed": number(value)}
+
+
+def stage(value: Any) -> dict[str, Any]:
+    if str(value).lower() == "sft":
+        raise Ignored("supervised fine-tuning is what `sdk sft` does")
+    raise SdkError(f"'{value}': sdk sft trains supervised fine-tuning (stage: sft) only; "
+                   "pre-training, reward modelling, PPO, DPO and KTO are not supported")
+
+
+def val_size(value: Any) -> dict[str, Any]:
+    if fraction(value) >= 1:
+        raise SdkError(f"{value} holds out a number of rows, and --split-dataset-ratio is a "
+                       "fraction of the rows: give a val_size below 1")
+    return {"split_dataset_ratio": value}
+
+
+def do_train(value: Any) -> dict[str, Any]:
+    if truth(value):
+        raise Ignored("sdk sft trains", {"#do_train": True})
+    raise SdkError("false: sdk sft trains; to predict or evaluate a checkpoint without "
+                   "training, run `sdk infer --ckpt-dir DIR --dataset D`")
+
+
+def eval_human(value: Any) -> dict[str, Any]:
+    if truth(value):
+        raise Ignored("without --dataset, sdk infer chats")
+    return {"val_dataset_from_run": True, "#eval_human": False}
+
+
+def merge_and_save(value: Any) -> dict[str, Any]:
+    if not truth(value):
+        raise Ignored("false: the adapter is not merged")
+    print("[sdk] --merge_lora_and_save merges in memory (--merge-lora); to save the merged "
+          "model, run `sdk export --ckpt-dir DIR --merge-lora`.", file=sys.stderr)
+    return {"merge_lora": True}
+
+
+def quantization_method(value: Any) -> dict[str, Any]:
+    if str(value).lower() in ("bnb", "bitsandbytes"):
+        raise Ignored("--quantization-bit quantizes with bitsandbytes")
+    raise SdkError(f"'{value}': --quantization-bit quantizes with bitsandbytes (bnb) only")
+
+
+# Their tuner names -> ours (ms-swift's sft_type/train_type/tuner_type, LLaMA-Factory's and
+# ChatGLM-Efficient-Tuning's rename("sft_type")).
+TUNERS = {"p_tuning": "ptuning", "p-tuning": "ptuning", "prefix_tuning": "prefix",
+          "prompt_tuning": "prompt", "qlora": "qlora"}
+DTYPES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
+          "float16": "fp16", "fp32": "fp32", "float32": "fp32"}
+# Values of our own flags as the other tools spell them (ms-swift's --deepspeed default-zero2)
+THEIR_VALUES: dict[str, Mapping[str, str]] = {
+    "sft_type": TUNERS, "dtype": DTYPES, "bnb_4bit_comp_dtype": DTYPES,
+    "deepspeed": {"default-zero2": "zero2", "default-zero3": "zero3"}}
+# Template names of ms-swift (template_type) and LLaMA-Factory (template) that are spelled
+# otherwise here; None: the model type's own template (their name covers a whole family).
+TEMPLATES: dict[str, str | None] = {
+    "auto": None, "llama": "llama2", "qwen2_5": "qwen2.5", "qwen1half": "qwen1.5",
+    "mistral": None, "intern": "internlm", "intern2": "internlm2",
+    "llama3_1": "llama3.1", "llama3_2": "llama3.2",
+}
+# LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
+# template does; ours are per generation.
+LF_TEMPLATES: dict[str, str | None] = {**TEMPLATES, "qwen": None}
+
+
+def template(names: Mapping[str, str | None]) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        return {"template": names.get(str(value).lower(), value)}
+    return apply
+
+
+SFT_AND_INFER = ("sft", "infer")
+ALIASES: dict[str, Alias] = {
+    # --- ms-swift
+    "template_type": Alias(SWIFT, "--template (AUTO: the model type's)", template(TEMPLATES),
+                           SFT_AND_INFER),
+    "model_revision": Alias(SWIFT, "master/main: no effect; another revision refused",
+                            revision, SFT_AND_INFER),
+    "dataset_test_ratio": Alias(SWIFT, "--split-dataset-ratio", rename("split_dataset_ratio")),
+    "lora_dropout_p": Alias(SWIFT, "--lora-dropout", rename("lora_dropout")),
+    "train_dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
+    "dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
+    "val_dataset_sample": Alias(SWIFT, "NAME#N on --val-dataset (-1: all rows)", val_sample),
+    "train_dataset_mix_ratio": Alias(SWIFT, "0: no effect; else refused", mix_ratio),
+    "self_cognition_sample": Alias(SWIFT, "self-cognition#N added to --dataset",
+                                   self_cognition),
+    "use_flash_attn": Alias(SWIFT, "--attn-impl flash_attention_2 (false: sdpa)",
+                            flash_attention, SFT_AND_INFER),
+    "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", rename("deepspeed")),
+    "train_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
+    "tuner_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
+    "evaluation_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
+    "eval_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
+    "save_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("save")),
+    "load_best_model_at_end": Alias(BOTH, "no effect (best_checkpoint.json is always kept)",
+                                    no_effect("the best checkpoint is always recorded "
+                                              "(best_checkpoint.json) and kept by rotation")),
+    "metric_for_best_model": Alias(BOTH, "loss: no effect; else refused", best_metric),
+    "fp16": Alias(BOTH, "--dtype fp16 (true)", precision("fp16"), SFT_AND_INFER),
+    "bf16": Alias(BOTH, "--dtype bf16 (true)", precision("bf16"), SFT_AND_INFER),
+    "preprocess_num_proc": Alias(SWIFT, "--dataset-num-proc", rename("dataset_num_proc")),
+    "save_only_model": Alias(BOTH, "--only-save-model", rename("only_save_model")),
+    "dataset_seed": Alias(SWIFT, "--seed (the data is sampled and split with it)",
+                          dataset_seed),
+    "eval_batch_size": Alias(SWIFT, "no effect (eval uses --batch-size)",
+                             no_effect("eval loss batches as training does (--batch-size)")),
+    "tuner_backend": Alias(SWIFT, "no effect (peft)", no_effect(
+        "every adapter here is trained with peft"), SFT_AND_INFER),
+    "tuner_bankend": Alias(SWIFT, "no effect (peft)", no_effect(
+        "every adapter here is trained with peft"), SFT_AND_INFER),
+    "check_dataset_strategy": Alias(SWIFT, "no effect (records are always checked)", no_effect(
+        "every record is checked; a bad one stops the run unless --skip-bad-records")),
+    "test_oom_error": Alias(SWIFT, "no effect", no_effect(
+        "sdk sft --dry-run reports the longest rows and the batches before training")),
+    "ignore_args_error": Alias(SWIFT, "no effect", no_effect(
+        "argument errors are always reported"), SFT_AND_INFER),
+    "ddp_backend": Alias(BOTH, "no effect (torchrun picks it)", no_effect(
+        "the launcher picks the backend (nccl on GPUs, gloo on CPUs)")),
+    "save_generation_config": Alias(SWIFT, "no effect", no_effect(
+        "the generation settings are the flags given"), ("infer",)),
+    "custom_train_dataset_path": Alias(SWIFT, "added to --dataset", rename("+dataset")),
+    "custom_val_dataset_path": Alias(SWIFT, "added to --val-dataset", rename("+val_dataset")),
+    "lazy_tokenize": Alias(SWIFT, "no effect (tokenized once, cached)", no_effect(
+        "the data is tokenized once before training and cached")),
+    **{name: Alias(SWIFT, "no effect (held-out predictions decode greedily)", no_effect(
+        "sdk sft --predict-with-generate decodes greedily (the trained weights are the same); "
+        "sdk infer --dataset takes the decoding flags")) for name in (
+        "do_sample", "temperature", "top_k", "top_p", "repetition_penalty")},
+    "eval_human": Alias(SWIFT, "false: --val-dataset-from-run; true: chat", eval_human,
+                        ("infer",)),
+    "merge_lora_and_save": Alias(SWIFT, "--merge-lora (saving: sdk export --merge-lora)",
+                                 merge_and_save, ("infer",)),
+    "use_streamer": Alias(SWIFT, "--stream", rename("stream"), ("infer",)),
+    "infer_backend": Alias(BOTH, "no effect (transformers generates)", no_effect(
+        "replies are generated with transformers"), ("infer",)),
+    "load_args_from_ckpt_dir": Alias(SWIFT, "no effect (always)", no_effect(
+        "a checkpoint's run arguments (model type, template, tuner) are always read"),
+        ("infer",)),
+    "show_dataset_sample": Alias(SWIFT, "no effect (every held-out row is predicted)",
+                                 no_effect("every held-out row is predicted"), ("infer",)),
+    # --- LLaMA-Factory (and ChatGLM-Efficient-Tuning)
+    "model_name_or_path": Alias(LF, "--model-id-or-path (a folder) or --model-type (a hub id "
+                                "of a registered model type)", rename("#model_name_or_path"),
+                                SFT_AND_INFER),
+    "stage": Alias(LF, "sft: no effect; other stages refused", stage),
+    "do_train": Alias(LF, "true: no effect; false refused", do_train),
+    "do_eval": Alias(LF, "no effect (eval loss runs on any held-out data)", no_effect(
+        "eval loss is computed whenever there is held-out data")),
+    "do_predict": Alias(LF, "--predict-with-generate (with do_train; alone refused)",
+                        rename("#do_predict")),
+    "finetuning_type": Alias(LF, "--sft-type (p_tuning: ptuning)", rename("sft_type")),
+    "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
+                         rename("lora_target_modules")),
+    "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
+    "max_samples": Alias(LF, "NAME#N on each --dataset entry", train_sample),
+    "val_size": Alias(LF, "--split-dataset-ratio (a fraction; a row count refused)",
+                      val_size),
+    "dataset_dir": Alias(LF, "--dataset-info DIR/dataset_info.json",
+                         lambda value: {"dataset_info": os.path.join(str(value),
+                                                                     "dataset_info.json")}),
+    "per_device_train_batch_size": Alias(LF, "--batch-size", rename("batch_size")),
+    "per_device_eval_batch_size": Alias(LF, "no effect (eval uses --batch-size)", no_effect(
+        "eval loss batches as training does (--batch-size)")),
+    "overwrite_output_dir": Alias(LF, "no effect (each run gets a new folder)", no_effect(
+        "each run writes a new folder under --output-dir")),
+    "overwrite_cache": Alias(LF, "no effect", no_effect(
+        "the tokenized data is cached by its content and settings")),
+    "plot_loss": Alias(LF, "no effect (loss.png is always drawn)", no_effect(
+        "every run draws its loss curves (loss.png)")),
+    "ddp_timeout": Alias(LF, "no effect", no_effect("the launcher's default timeout is used")),
+    "preprocessing_num_workers": Alias(LF, "--dataset-num-proc", rename("dataset_num_proc")),
+    "quantization_method": Alias(LF, "bnb: no effect; else refused", quantization_method),
+    "template": Alias(LF, "--template (qwen: the model type's)", template(LF_TEMPLATES),
+                      SFT_AND_INFER),
+    "checkpoint_dir": Alias(LF, "--adapter (sft), --ckpt-dir (infer)",
+                            rename("adapter"), SFT_AND_INFER),
+    "adapter_name_or_path": Alias(LF, "--adapter (sft), --ckpt-dir (infer)",
+                                  rename("adapter"), SFT_AND_INFER),
+}
+# A config or command line with one of these keys is LLaMA-Factory's: its `template` names
+# are LLaMA-Factory's (`template` is also ours, so only then translated).
+LF_MARKERS = ("model_name_or_path", "stage", "finetuning_type", "cutoff_len", "do_train",
+              "lora_target", "dataset_dir")
+LF_DATASET_INFO = os.path.join("data", "dataset_info.json")
+# sft's flags that sdk infer accepts with no effect: a script often passes them to both
+INFER_IGNORES = {"sft_type": "the checkpoint records its tuner",
+                 "finetuning_type": "the checkpoint records its tuner",
+                 "dataset_test_ratio": "--val-dataset-from-run predicts the rows the run held "
+                                       "out",
+                 "dataset_seed": "--val-dataset-from-run predicts the rows the run held out",
+                 "max_length": "a reply ends at --max-new-tokens; a prompt too long for the "
+                               "model's window stops at its row (--truncate-long-prompts)",
+                 "quantization_bit": "a checkpoint loads as it was trained; a --model-type "
+                                     "loads unquantized"}
+
+
+def llama_factory(keys: Iterable[str]) -> bool:
+    return any(key in LF_MARKERS for key in keys)
+
+
+def foreign_keys(keys: Iterable[str], fields: Iterable[str], command: str) -> list[str]:
+    """Those of ``keys`` (a command line's or a config file's) that are another tool's names
+    for this command: not our fields, in ALIASES; LLaMA-Factory's ``template`` too when a
+    LLaMA-Factory key is among them."""
+    keys, fields = list(keys), set(fields)
+    lf = llama_factory(keys)
+    return [key for key in keys if (key == "template" and lf) or (
+        key not in fields and (command in getattr(ALIASES.get(key), "commands", ())
+                               or (command == "infer" and key in INFER_IGNORES)))]
+
+
+def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, Any]:
+    """Another tool's ``given`` names (foreign_keys) as our fields; prints one line per flag
+    without effect and one line naming the translated ones. A refused flag raises SdkError
+    naming ``where`` (the command line or a config file) and the reason."""
+    values: dict[str, Any] = {"#llama_factory": True} if llama_factory(given) else {}
+    read, ignored = [], []
+    for name, value in given.items():
+        if command == "infer" and name in INFER_IGNORES:
+            ignored.append((name, INFER_IGNORES[name]))
+            continue
+        alias = ALIASES[name]
+        if command == "infer" and name in ("checkpoint_dir", "adapter_name_or_path"):
+            alias = alias._replace(apply=rename("ckpt_dir"))
+        try:
+            made = alias.apply(value)
+        except Ignored as why:
+            ignored.append((name, str(why)))
+            values.update(why.marks)
+            continue
+        except SdkError as error:
+            raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
+        values.update(made)
+        shown = {key: made[key] for key in made if not key.startswith("#")} or made
+        read.append(f"{name} {value} -> " + (", ".join(
+            f"{key.lstrip('#').replace('_', '-')} {'(the default)' if shown is None else shown}"
+            for key, shown in shown.items())
+            or "(the default)"))
+    for name, why in ignored:
+        print(f"[sdk] {name} has no effect here: {why}.", file=sys.stderr)
+    if read:
+        print(f"[sdk] read as sdk's options: {'; '.join(read)}.", file=sys.stderr)
+    return values
+
+
+def finish(values: dict[str, Any]) -> dict[str, Any]:
+    """The pseudo-fields of ``translate`` applied to the merged values: sample sizes on the
+    dataset entries, the dataset seed, self-cognition rows."""
+    for field, spellings in THEIR_VALUES.items():
+        if isinstance(values.get(field), str):
+            values[field] = spellings.get(values[field].lower(), values[field])
+    if [name.upper() for name in values.get("lora_target_modules") or ()] in (
+            ["DEFAULT"], ["AUTO"]):  # ms-swift: the model type's own
+        values["lora_target_modules"] = []
+    for field in ("dataset", "val_dataset"):
+        if f"+{field}" in values:
+            values[field] = [*split_list(values.get(field)),
+                             *split_list(values.pop(f"+{field}"))]
+    predict = values.pop("#do_predict", None)
+    if predict is not None and truth(predict):
+        if "#do_train" not in values:
+            raise SdkError("do_predict without do_train predicts with a checkpoint and trains "
+                           "nothing: run `sdk infer --ckpt-dir DIR --dataset D` (sdk sft "
+                           "trains, then predicts its held-out rows with do_train).")
+        values["predict_with_generate"] = True
+    values.pop("#do_train", None)
+    # LLaMA-Factory's default dataset_dir
+    if values.pop("#llama_factory", None) and values.get("dataset") \
+            and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
+        values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
+    if values.pop("#eval_human", True) is False and values.get("dataset"):
+        print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
+              f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "
+              "(--val-dataset-from-run).", file=sys.stderr)
+    pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
+    if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
+        values["init_lora_weights"] = "pissa"
+        values.setdefault("pissa_niter", int(pissa[1]))
+    extra = values.pop("#self_cognition", None)
+    if extra:
+        values["dataset"] = [*split_list(values.get("dataset")), f"self-cognition#{extra}"]
+    seed = values.pop("#dataset_seed", None)
+    if seed is not None and seed != values.get("seed", 42):
+        raise SdkError(f"dataset_seed {seed} differs from --seed {values.get('seed', 42)}: "
+                       "here one seed samples and splits the data and trains; give --seed "
+                       f"{seed} (or the same value to both).")
+    for pseudo, field in ((TRAIN_SAMPLE, "dataset"), (VAL_SAMPLE, "val_dataset")):
+        count = values.pop(pseudo, None)
+        if count is None:
+            continue
+        entries = split_list(values.get(field))
+        if not entries:
+            raise SdkError(f"a sample size ({count} rows) was given with no "
+                           f"--{field.replace('_', '-')} to take it from.")
+        values[field] = [entry if "#" in entry else f"{entry}#{count}" for entry in entries]
+    return values
+
+
+def split_list(values: Any) -> list[str]:
+    """A list flag's value (one text, a list, commas between values; None: none) as a list."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+
+
+def model_type_spelling(name: str, known: list[str]) -> str:
+    """ms-swift's model type spelling as ours: qwen1half -> qwen1.5, 2_5 -> 2.5, Mistral's
+    -v3 -> -v0.3; ``name`` unchanged when it is ours or nothing registered matches."""
+    if name in known:
+        return name
+    spelled = re.sub(r"(\d)_(\d)", r"\1.\2", name.replace("1half", "1.5"))
+    spelled = MODEL_TYPES.get(spelled, spelled)
+    spelled = re.sub(r"^(mistral-7b-instruct)-v(\d)$", r"\1-v0.\2", spelled)
+    return spelled if spelled in known else name
+
+
+def hub_id(repo: str) -> str:
+    """A hub id compared case-insensitively, under its organization's current name."""
+    owner, slash, name = repo.lower().partition("/")
+    return f"{ORGANIZATIONS.get(owner, owner)}{slash}{name}"
+
+
+# Hub organizations renamed since the other tools' examples were written
+ORGANIZATIONS = {"thudm": "zai-org"}
+# ms-swift model types that the rule does not reach
+MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
+
+
+def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` as
+    registered model types (``registry``: sdk.registry.Registry; None: folders only)."""
+    known = registry.names("models") if registry is not None else []
+    if values.get("model_type"):
+        values["model_type"] = model_type_spelling(values["model_type"], known)
+    path = values.pop("#model_name_or_path", None)
+    if path is None:
+        return values
+    if os.path.isdir(path) or path.startswith((".", "/", "~")):
+        values.setdefault("model_id_or_path", path)
+        return values
+    specs = registry.specs("models") if registry is not None else ()
+    matches = [spec.model_type for spec in specs
+               if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
+    chosen = values.get("model_type")
+    if chosen and chosen not in matches:
+        raise SdkError(f"model_name_or_path '{path}' is no folder here, nor a hub id of "
+                       f"--model-type {chosen}: give the folder of its weights, or leave out "
+                       "--model-type to pick the model type by its hub id.")
+    if matches:
+        values["model_type"] = chosen or matches[0]
+        return values
+    raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
+                   "type's hub id (`sdk models` lists the model types): download it and give "
+                   "its folder with --model-type TYPE, or install the plugin of its family.")
+
+
+def markdown() -> str:
+    """docs/compat.md: the tables above as a page (tests/test_compat.py checks it is current)."""
+    def table(header: str, rows: list[tuple[str, ...]]) -> list[str]:
+        cells = header.split("|")
+        return [f"| {' | '.join(cells)} |", "|" + "---|" * len(cells),
+                *(f"| {' | '.join(row)} |" for row in rows), ""]
+
+    lines = ["# Other tools' flags and config keys", "",
+             "Generated from `sdk/compat.py` (`python -c 'from sdk.compat import markdown; "
+             "print(markdown(), end=\"\")' > docs/compat.md`); `tests/test_compat.py` checks "
+             "that it is current.", "",
+             "`sdk sft` and `sdk infer` read these names as flags (`--name value`, `--name=value`; "
+             "a flag alone means true) and as keys of `--config` YAML/JSON files, next to their "
+             "own options, which keep the same name where the tools share one (`--sft_type`, "
+             "`--model_type`, `--dataset`, `--lora_rank`, `--learning_rate`, ...). `sdk sft "
+             "--help` lists only sdk's own. Each is translated (one line lists them), accepted "
+             "with no effect (one line each says why), or refused with the reason. "
+             "`--dry-run` shows the translated plan.", "",
+             "## Flags and keys", ""]
+    lines += table("name|tool|commands|here", [
+        (f"`{name}`", alias.tools, ", ".join(alias.commands), alias.doc)
+        for name, alias in sorted(ALIASES.items())])
+    lines += ["`sdk infer` also accepts `sdk sft`'s flags that a script passes to both:", ""]
+    lines += table("name|here", [(f"`{name}`", f"no effect: {why}")
+                                 for name, why in INFER_IGNORES.items()])
+    lines += ["## Values", "", "Their spellings of values of flags that sdk shares:", ""]
+    lines += table("flag|theirs|ours", [
+        (f"`{field}`", f"`{theirs}`", f"`{ours}`") for field, spellings in THEIR_VALUES.items()
+        for theirs, ours in spellings.items() if theirs != ours])
+    lines += ["A LLaMA-Factory configuration or command line without `dataset_dir` reads its "
+              "dataset names from `data/dataset_info.json` when there is one, as "
+              "LLaMA-Factory does.", ""]
+    lines += ["`init_lora_weights pissa_niter_N` (peft's and ms-swift's): `--init-lora-weights "
+              "pissa --pissa-niter N`; `lora_target_modules DEFAULT` or `AUTO` (ms-swift's): "
+              "the model type's own targets.", ""]
+    lines += ["## Template names", "",
+              "ms-swift's `template_type` and LLaMA-Factory's `template` (read as "
+              "LLaMA-Factory's when the file or command line has one of "
+              + ", ".join(f"`{key}`" for key in LF_MARKERS)
+              + "); a name not listed is ours as it is.", ""]
+    lines += table("theirs|ours", [
+        (f"`{theirs}`", f"`{ours}`" if ours else "the model type's own",
+         ) for theirs, ours in sorted(LF_TEMPLATES.items())])
+    lines += ["## Model types", "",
+              "ms-swift's spellings: `1half` is `1.5`, a digit, `_` and a digit are a "
+              "version (`qwen2_5` is `qwen2.5`, `llama3_1` is `llama3.1`), Mistral's `-vN` "
+              "is `-v0.N`; and:", ""]
+    lines += table("theirs|ours", [(f"`{theirs}`", f"`{ours}`")
+                                   for theirs, ours in sorted(MODEL_TYPES.items())])
+    lines += ["LLaMA-Factory's `model_name_or_path`: a folder is `--model-id-or-path` (give "
+              "`--model-type`); a hub id is the registered model type with that hub id."]
+    return "\n".join(lines) + "\n"
