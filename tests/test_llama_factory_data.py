@@ -1,0 +1,95 @@
+"""LLaMA-Factory's own data folder (first rows of its files, tests/data/llama_factory/) through
+--dataset-info, entry by entry, as `sdk datasets preview` shows it."""
+
+from pathlib import Path
+
+import pytest
+
+FOLDER = Path(__file__).parent / "data" / "llama_factory"
+
+
+@pytest.fixture
+def preview(run_cli):
+    def run(name, *flags, template="chatml"):
+        return run_cli("datasets", "preview", "--dataset-info", FOLDER, name,
+                       "--template", template, *flags)
+    return run
+
+
+def test_identity_placeholders_are_filled_from_the_model_name_and_author(preview):
+    result = preview("identity", "--model-name", "Ferret", "--model-author", "Acme", "-n", "1")
+    assert result.exit_code == 0, result.output
+    assert ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n[[Hello! I am Ferret, an "
+            "AI assistant developed by Acme. How can I assist you today?<|im_end|>]]"
+            in result.stdout)
+    assert "{{" not in result.stdout
+
+
+def test_two_names_are_chinese_then_english_and_identity_json_is_english(preview):
+    result = preview("identity", "--model-name", "雪貂", "Ferret", "--model-author", "测试",
+                     "Acme", "-n", "4")
+    assert result.exit_code == 0, result.output
+    assert "I am Ferret, an AI assistant developed by Acme" in result.stdout
+    assert "雪貂" not in result.stdout
+
+
+@pytest.mark.parametrize("flags, missing", [
+    ((), "--model-name"),
+    (("--model-name", "Ferret"), "--model-author"),
+])
+def test_identity_without_the_flags_is_refused_naming_dataset_and_flag(preview, flags,
+                                                                       missing):
+    result = preview("identity", *flags)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert (f"Dataset 'identity' in {FOLDER / 'dataset_info.json'} (its rows hold {{{{name}}}} "
+            f"/ {{{{author}}}} placeholders) needs {missing}: " in result.stderr)
+
+
+def test_kto_data_trains_only_the_desirable_replies_and_says_how_many_were_left_out(preview):
+    result = preview("kto_en_demo", "-n", "5")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("2 rows from kto_en_demo")
+    assert "Karenderia" not in result.stdout  # the third row's reply: kto_tag false
+    assert ("[sdk] kto_en_demo: 1 of 3 rows left out (its kto_tag column 'label' is false: "
+            "undesirable replies" in result.stderr)
+
+
+def test_a_kto_tag_that_is_not_true_or_false_is_refused(run_cli, tmp_path):
+    (tmp_path / "dataset_info.json").write_text(
+        '{"k": {"file_name": "k.json", "columns": {"kto_tag": "label"}}}', encoding="utf-8")
+    (tmp_path / "k.json").write_text('[{"instruction": "q", "output": "a", "label": "yes"}]',
+                                     encoding="utf-8")
+    result = run_cli("datasets", "preview", "--dataset-info", tmp_path, "k", "--template",
+                     "chatml")
+    assert result.exit_code == 1
+    assert "its kto_tag column 'label' holds 'yes'; each row needs true" in result.stderr
+
+
+def test_kto_data_trains_a_step_and_a_run_on_its_cached_rows_says_the_same(
+        run_cli, tiny_plugin_file, tiny_model_dir, tmp_path):
+    from conftest import TINY_MODEL_TYPE
+
+    sft = ("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+           "--model-id-or-path", tiny_model_dir, "--dataset-info", FOLDER, "--dataset",
+           "kto_en_demo", "--output-dir", tmp_path / "out", "--max-length", "256",
+           "--truncation-strategy", "truncation_left")
+    trained = run_cli(*sft, "--max-steps", "1", "--batch-size", "1")
+    assert trained.exit_code == 0, trained.output
+    again = run_cli(*sft, "--dry-run")  # reads the rows the run cached
+    assert again.exit_code == 0, again.output
+    assert "2 training rows" in trained.stderr
+    for result in (trained, again):
+        assert "[sdk] kto_en_demo: 1 of 3 rows left out" in result.stderr
+
+
+@pytest.mark.parametrize("name, message", [
+    ("dpo_en_demo", "is preference data (\"ranking\": true: chosen and rejected answers)"),
+    ("mllm_demo", "has images columns (multimodal data)"),
+    ("mllm_video_demo", "has videos columns (multimodal data)"),
+    ("c4_demo", "is pre-training text (a prompt column 'text' and no response column)"),
+])
+def test_what_supervised_fine_tuning_cannot_train_is_refused(preview, name, message):
+    result = preview(name)
+    assert result.exit_code == 1
+    assert f"Dataset '{name}' in {FOLDER / 'dataset_info.json'} {message}" in result.stderr
