@@ -51,7 +51,10 @@ def sdk_code_digest() -> str:
 def _messages_features() -> Any:
     from datasets import Features, List, Value
 
-    return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
+    # tool_calls and tools (JSON text, sdk/data/formats.py): null on a message without them
+    return Features({"messages": List({"role": Value("string"), "content": Value("string"),
+                                       "tool_calls": Value("string"),
+                                       "tools": Value("string")}),
                      "where": Value("string")})
 
 
@@ -181,8 +184,9 @@ def training_and_held_out(args: Any, registry: Registry,
 
 def _encode_batch(batch: dict[str, list], settings: EncodeSettings) -> dict[str, list]:
     columns: dict[str, list] = {name: [] for name in (*EXAMPLE_COLUMNS, *ROW_COLUMNS)}
-    for messages, where in zip(batch["messages"], batch["where"], strict=True):
-        encoded = encode_row(settings, messages, where)
+    for messages, where, source in zip(batch["messages"], batch["where"], batch["source"],
+                                       strict=True):
+        encoded = encode_row(settings, messages, f"{where} ({source})")
         columns["input_ids"].append(encoded.input_ids)
         columns["labels"].append(encoded.labels)
         columns["attention_mask"].append([1] * len(encoded.input_ids))

@@ -218,9 +218,10 @@ def _sharegpt(columns: dict[str, Any], tags: dict[str, Any]) -> Callable[[dict, 
         result: dict[str, Any] = {
             "conversations": [turn(m) for m in messages] if isinstance(messages, list)
             else messages}
-        system = _column(record, columns["system"])
-        if system is not None:
-            result["system"] = system
+        for field in ("system", "tools"):
+            value = _column(record, columns[field])
+            if value is not None:
+                result[field] = value
         return result
 
     return preprocess
