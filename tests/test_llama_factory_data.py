@@ -1,6 +1,7 @@
 """LLaMA-Factory's own data folder (first rows of its files, tests/data/llama_factory/) through
 --dataset-info, entry by entry, as `sdk datasets preview` shows it."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,95 @@ def test_what_supervised_fine_tuning_cannot_train_is_refused(preview, name, mess
     result = preview(name)
     assert result.exit_code == 1
     assert f"Dataset '{name}' in {FOLDER / 'dataset_info.json'} {message}" in result.stderr
+
+
+def test_glaive_tool_schemas_calls_and_results_render_as_qwen2_5_writes_them(preview):
+    result = preview("glaive_toolcall_en_demo", "-n", "1", template="qwen2.5")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("--- row 1 ---\n")[1].startswith(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+        "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:"
+        '\n<tools>\n{"type": "function", "function": {"name": "search_recipes", "description": '
+        '"Search for recipes based on ingredients", "parameters": {"type": "object", ')
+    # the function call is the trained reply; the tool's answer is prompt
+    assert ("<|im_start|>user\nI have chicken, bell peppers, and rice.<|im_end|>\n"
+            '<|im_start|>assistant\n[[<tool_call>\n{"name": "search_recipes", "arguments": '
+            '{"ingredients": ["chicken", "bell peppers", "rice"]}}\n</tool_call><|im_end|>]]\n'
+            '<|im_start|>user\n<tool_response>\n{"recipes": [{"name": "Chicken and Bell Pepper'
+            in result.stdout)
+    assert "</tool_response><|im_end|>\n<|im_start|>assistant\n[[I found two recipes" in (
+        result.stdout)
+
+
+def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template():
+    """The same text as transformers' apply_chat_template(messages, tools=...) with Qwen2.5's
+    official template, on the real Qwen2 tokenizer."""
+    from types import SimpleNamespace
+
+    from sft_plugin_qwen import QWEN2_5_JINJA, QWEN2_5_TEMPLATE
+    from transformers import AutoTokenizer
+
+    from conftest import TOKENIZERS
+    from sdk.data.conversations import load_conversations
+    from sdk.plugins import load_plugins
+    from sdk.templates.engine import Template
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
+    conversations = load_conversations(["glaive_toolcall_en_demo"], load_plugins().registry,
+                                       SimpleNamespace(dataset_info=str(FOLDER)))
+    assert [len(c) for c in conversations] == [8, 10]
+    for conversation in conversations:
+        tools = json.loads(conversation[0].get("tools", "null"))  # the second row has none
+        messages = [{key: json.loads(value) if key == "tool_calls" else value
+                     for key, value in message.items() if key != "tools"}
+                    for message in conversation]
+        official = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                 chat_template=QWEN2_5_JINJA)
+        assert Template(QWEN2_5_TEMPLATE).render(conversation) == official
+
+
+@pytest.mark.parametrize("template, kind", [
+    ("chatml", "a parts template"),
+    ("qwen", "a jinja template that never reads `tools`"),
+])
+def test_a_template_without_a_tool_format_refuses_tool_data(preview, template, kind):
+    result = preview("glaive_toolcall_en_demo", template=template)
+    assert result.exit_code == 1
+    assert (f"Row 1 of glaive_toolcall_en_demo cannot be rendered with template '{template}': "
+            f"it uses tools (schemas, calls or results), and template '{template}' has no tool "
+            f"format ({kind}), so they would be dropped" in result.stderr)
+
+
+def test_tool_data_goes_through_the_training_rows_cache(run_cli, tiny_plugin_file,
+                                                        tiny_model_dir, tmp_path):
+    from conftest import TINY_MODEL_TYPE
+
+    sft = ("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+           "--model-id-or-path", tiny_model_dir, "--dataset-info", FOLDER, "--dataset",
+           "glaive_toolcall_en_demo", "--output-dir", tmp_path / "out", "--dry-run")
+    result = run_cli(*sft, "--template", "qwen2.5")
+    assert result.exit_code == 0, result.output
+    refused = run_cli(*sft, "--template", "chatml")
+    assert refused.exit_code == 1
+    assert (f"{FOLDER / 'glaive_toolcall_en_demo.json'} (record 1) (--dataset "
+            "glaive_toolcall_en_demo): the row cannot be rendered with template 'chatml': it "
+            "uses tools" in refused.stderr)
+
+
+def test_tool_schemas_and_calls_survive_the_arrow_cache(tmp_path):
+    from sft_plugin_qwen import QWEN2_5_TEMPLATE
+
+    from sdk.config import SftArguments
+    from sdk.data.arrow import conversations_dataset
+    from sdk.data.conversations import load_conversations
+    from sdk.plugins import load_plugins
+    from sdk.templates.engine import Template
+
+    registry = load_plugins().registry
+    args = SftArguments(dataset_info=str(FOLDER), dataset=["glaive_toolcall_en_demo"])
+    rows = conversations_dataset(args.dataset, registry, args, None, tmp_path)["messages"]
+    template = Template(QWEN2_5_TEMPLATE)
+    read = load_conversations(args.dataset, registry, args)
+    assert [template.render(m) for m in rows] == [template.render(m) for m in read]
+    assert '<tools>\n{"type": "function"' in template.render(rows[0])
