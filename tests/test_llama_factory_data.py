@@ -115,12 +115,14 @@ def test_glaive_tool_schemas_calls_and_results_render_as_qwen2_5_writes_them(pre
         result.stdout)
 
 
-def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template():
-    """The same text as transformers' apply_chat_template(messages, tools=...) with Qwen2.5's
-    official template, on the real Qwen2 tokenizer."""
+@pytest.mark.parametrize("template, tokenizer_folder", [("qwen2.5", "qwen2"),
+                                                       ("llama3.1", "llama3")])
+def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template(template,
+                                                                     tokenizer_folder):
+    """The same text as transformers' apply_chat_template(messages, tools=...) with the
+    family's official template, on the real tokenizer."""
     from types import SimpleNamespace
 
-    from sft_plugin_qwen import QWEN2_5_JINJA, QWEN2_5_TEMPLATE
     from transformers import AutoTokenizer
 
     from conftest import TOKENIZERS
@@ -128,8 +130,10 @@ def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template():
     from sdk.plugins import load_plugins
     from sdk.templates.engine import Template
 
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "qwen2")
-    conversations = load_conversations(["glaive_toolcall_en_demo"], load_plugins().registry,
+    registry = load_plugins().registry
+    spec = registry.get("templates", template)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / tokenizer_folder)
+    conversations = load_conversations(["glaive_toolcall_en_demo"], registry,
                                        SimpleNamespace(dataset_info=str(FOLDER)))
     assert [len(c) for c in conversations] == [8, 10]
     for conversation in conversations:
@@ -138,8 +142,8 @@ def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template():
                      for key, value in message.items() if key != "tools"}
                     for message in conversation]
         official = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                                 chat_template=QWEN2_5_JINJA)
-        assert Template(QWEN2_5_TEMPLATE).render(conversation) == official
+                                                 chat_template=spec.jinja)
+        assert Template.for_tokenizer(spec, tokenizer).render(conversation) == official
 
 
 @pytest.mark.parametrize("template, kind", [
