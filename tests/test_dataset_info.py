@@ -125,6 +125,23 @@ def test_sharegpt_function_calls_are_tool_calls_and_observations_tool_results(re
         {"role": "assistant", "content": "21 °C."}]]
 
 
+def test_a_function_call_written_as_text_stays_a_reply_and_its_observation_a_user_turn(
+        registry, tmp_path):
+    call = "Action: weather\nAction Input: Paris"
+    write_json(tmp_path / "react.json", [{"conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": call},
+        {"from": "observation", "value": "21 °C"},
+        {"from": "gpt", "value": "21 °C."}]}])
+    info = write_info(tmp_path, {"react": {"file_name": "react.json",
+                                           "formatting": "sharegpt"}})
+    assert load(["react"], registry, info) == [[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": call},
+        {"role": "user", "content": "21 °C"},
+        {"role": "assistant", "content": "21 °C."}]]
+
+
 def test_a_folder_file_name_reads_its_data_files_in_order(registry, tmp_path):
     folder = tmp_path / "parts"
     write_json(folder / "b.json", [{"instruction": "b", "output": "2"}])

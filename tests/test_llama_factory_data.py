@@ -169,9 +169,8 @@ def test_tool_data_goes_through_the_training_rows_cache(run_cli, tiny_plugin_fil
     assert result.exit_code == 0, result.output
     refused = run_cli(*sft, "--template", "chatml")
     assert refused.exit_code == 1
-    assert (f"{FOLDER / 'glaive_toolcall_en_demo.json'} (record 1) (--dataset "
-            "glaive_toolcall_en_demo): the row cannot be rendered with template 'chatml': it "
-            "uses tools" in refused.stderr)
+    assert (f"{FOLDER / 'glaive_toolcall_en_demo.json'} (record 1): the row cannot be "
+            "rendered with template 'chatml': it uses tools" in refused.stderr)
 
 
 def test_tool_schemas_and_calls_survive_the_arrow_cache(tmp_path):

@@ -184,9 +184,8 @@ def training_and_held_out(args: Any, registry: Registry,
 
 def _encode_batch(batch: dict[str, list], settings: EncodeSettings) -> dict[str, list]:
     columns: dict[str, list] = {name: [] for name in (*EXAMPLE_COLUMNS, *ROW_COLUMNS)}
-    for messages, where, source in zip(batch["messages"], batch["where"], batch["source"],
-                                       strict=True):
-        encoded = encode_row(settings, messages, f"{where} ({source})")
+    for messages, where in zip(batch["messages"], batch["where"], strict=True):
+        encoded = encode_row(settings, messages, where)
         columns["input_ids"].append(encoded.input_ids)
         columns["labels"].append(encoded.labels)
         columns["attention_mask"].append([1] * len(encoded.input_ids))

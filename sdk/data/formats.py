@@ -69,8 +69,10 @@ def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
 
 
 # ShareGPT role tags as the common exports write them. A function call is the assistant's
-# turn (trained), written as OpenAI's tool_calls; an observation is the tool's answer (role
-# "tool"), as the official chat templates of tool-calling models take them.
+# turn (trained): JSON {name, arguments} (LLaMA-Factory) becomes OpenAI's tool_calls and the
+# observation after it the tool's answer (role "tool"), as the official chat templates of
+# tool-calling models take them; a call written as text (ReAct's "Action: ...") stays the
+# assistant's text and its observation a user turn.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
                   "system": "system", "function_call": "function_call", "observation": "tool",
@@ -87,14 +89,18 @@ def _json(text: Any, what: str) -> Any:
         raise ValueError(f"{what} is not valid JSON") from None
 
 
-def _tool_calls(value: Any, what: str) -> str:
+def _tool_calls(value: str) -> str | None:
     """A function-call turn ({name, arguments}, or a list of them) as OpenAI tool_calls, as
-    JSON text: a message holds only text, through Arrow too."""
-    calls = _json(value, what)
+    JSON text (a message holds only text, through Arrow too); None when it is not JSON calls
+    (a ReAct-style "Action: ..." text)."""
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError:
+        return None
     calls = calls if isinstance(calls, list) else [calls]
-    if not all(isinstance(call, Mapping) and isinstance(call.get("name"), str)
-               for call in calls):
-        raise ValueError(f"{what} should be a JSON object with name and arguments")
+    if not calls or not all(isinstance(call, Mapping) and isinstance(call.get("name"), str)
+                            for call in calls):
+        return None
     return json.dumps([{"type": "function", "function": {"name": call["name"],
                                                           "arguments": call.get("arguments")}}
                        for call in calls], ensure_ascii=False)
@@ -119,6 +125,7 @@ def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
     if not isinstance(turns, list) or not turns:
         raise ValueError("field 'conversations' should be a non-empty list")
     messages: Messages = []
+    called = False  # the last function call was JSON calls: its observation is their result
     for index, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise ValueError(f"conversations[{index}] should be an object with from and value")
@@ -131,8 +138,13 @@ def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
         if not isinstance(value, str):
             raise ValueError(f"conversations[{index}] ({tag}) has no text 'value'")
         if role == "function_call":
-            messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(
-                value, f"conversations[{index}] ({tag})")})
+            calls = _tool_calls(value)
+            called = calls is not None
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls}
+                            if called else {"role": "assistant", "content": value})
+        elif role == "tool":
+            # the answer to a call written as text comes back on the user's side
+            messages.append({"role": "tool" if called else "user", "content": value})
         else:
             messages.append({"role": role, "content": value})
     return messages_to_messages({"messages": _with_system(record, messages),
