@@ -189,3 +189,20 @@ def test_tool_schemas_and_calls_survive_the_arrow_cache(tmp_path):
     read = load_conversations(args.dataset, registry, args)
     assert [template.render(m) for m in rows] == [template.render(m) for m in read]
     assert '<tools>\n{"type": "function"' in template.render(rows[0])
+
+
+def test_an_alpaca_entry_keeps_its_tools_column(tmp_path):
+    from types import SimpleNamespace
+
+    from sdk.data.conversations import load_conversations
+    from sdk.plugins import load_plugins
+
+    tool = {"name": "now", "description": "The time", "parameters": {"type": "object"}}
+    (tmp_path / "dataset_info.json").write_text(
+        '{"a": {"file_name": "a.json", "columns": {"tools": "functions"}}}', encoding="utf-8")
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "Time?", "output": "Noon.",
+                                                  "functions": json.dumps([tool])}]),
+                                     encoding="utf-8")
+    [conversation] = load_conversations(["a"], load_plugins().registry,
+                                        SimpleNamespace(dataset_info=str(tmp_path)))
+    assert json.loads(conversation[0]["tools"]) == [{"type": "function", "function": tool}]

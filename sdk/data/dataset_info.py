@@ -28,7 +28,7 @@ from sdk.specs import DatasetSpec
 
 # LLaMA-Factory's defaults (data/README.md); ChatGLM-Efficient-Tuning uses the alpaca ones.
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output",
-                  "history": None, "system": None}
+                  "history": None, "system": None, "tools": None}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": None, "tools": None}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human",
                  "assistant_tag": "gpt", "observation_tag": "observation",
@@ -189,9 +189,9 @@ def _column(record: Mapping[str, Any], column: str | None) -> Any:
 
 
 def _alpaca(columns: dict[str, Any]) -> Callable[[dict, Any], dict]:
-    """prompt/query/response/history/system columns -> instruction/input/output/..."""
+    """prompt/query/response/history/system/tools columns -> instruction/input/output/..."""
     ours = {"instruction": "prompt", "input": "query", "output": "response",
-            "history": "history", "system": "system"}
+            "history": "history", "system": "system", "tools": "tools"}
 
     def preprocess(record: dict, args: Any = None) -> dict:
         result = {field: _column(record, columns[key]) for field, key in ours.items()}

@@ -49,10 +49,9 @@ def alpaca_to_messages(record: Mapping[str, Any]) -> Messages:
     instruction = _text(record, "instruction")
     extra = _text(record, "input", required=False)
     query = f"{instruction}\n{extra}" if extra else instruction
-    return _with_system(record, _history(record) + [
-        {"role": "user", "content": query},
-        {"role": "assistant", "content": _text(record, "output")},
-    ])
+    return messages_to_messages({"tools": record.get("tools"), "messages": _with_system(
+        record, _history(record) + [{"role": "user", "content": query},
+                                    {"role": "assistant", "content": _text(record, "output")}])})
 
 
 def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
