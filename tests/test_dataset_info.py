@@ -118,10 +118,11 @@ def test_sharegpt_function_calls_are_tool_calls_and_observations_tool_results(re
                  "observation_tag": "tool_result"}}})
     assert load(["agent"], registry, info) == [[
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": '[{"type": "function", "function": '
-                                                           '{"name": "weather", "arguments": '
-                                                           '{"city": "Paris"}}}]'},
-        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "", "tool_calls": '[{"type": "function", "id": '
+                                                           '"call00001", "function": {"name": '
+                                                           '"weather", "arguments": {"city": '
+                                                           '"Paris"}}}]'},
+        {"role": "tool", "content": '{"temp": 21}', "tool_call_id": "call00001"},
         {"role": "assistant", "content": "21 °C."}]]
 
 

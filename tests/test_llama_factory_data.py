@@ -115,8 +115,8 @@ def test_glaive_tool_schemas_calls_and_results_render_as_qwen2_5_writes_them(pre
         result.stdout)
 
 
-@pytest.mark.parametrize("template, tokenizer_folder", [("qwen2.5", "qwen2"),
-                                                       ("llama3.1", "llama3")])
+@pytest.mark.parametrize("template, tokenizer_folder", [
+    ("qwen2.5", "qwen2"), ("llama3.1", "llama3"), ("mistral-v0.3", "mistral-v0.3")])
 def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template(template,
                                                                      tokenizer_folder):
     """The same text as transformers' apply_chat_template(messages, tools=...) with the
@@ -144,6 +144,19 @@ def test_tool_data_renders_as_the_tokenizers_own_apply_chat_template(template,
         official = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                  chat_template=spec.jinja)
         assert Template.for_tokenizer(spec, tokenizer).render(conversation) == official
+
+
+def test_mistral_v0_3_places_the_schemas_before_the_last_user_turn_and_trains_the_call(
+        preview):
+    result = preview("glaive_toolcall_en_demo", "-n", "1", template="mistral-v0.3")
+    assert result.exit_code == 0, result.output
+    assert ('rice.[/INST][[[TOOL_CALLS] [{"name": "search_recipes", "arguments": '
+            '{"ingredients": ["chicken", "bell peppers", "rice"]}, "id": "call00001"}]</s>]]'
+            '[TOOL_RESULTS] {"content": {"recipes": ' in result.stdout)
+    assert '"call_id": "call00001"}[/TOOL_RESULTS] [[I found two recipes' in result.stdout
+    assert ('</s>]][AVAILABLE_TOOLS] [{"type": "function", "function": {"name": '
+            '"search_recipes"' in result.stdout)
+    assert result.stdout.count("[AVAILABLE_TOOLS]") == 1
 
 
 @pytest.mark.parametrize("template, kind", [

@@ -51,9 +51,10 @@ def sdk_code_digest() -> str:
 def _messages_features() -> Any:
     from datasets import Features, List, Value
 
-    # tool_calls and tools (JSON text, sdk/data/formats.py): null on a message without them
+    # tool use (sdk/data/formats.py): null on a message without it
     return Features({"messages": List({"role": Value("string"), "content": Value("string"),
                                        "tool_calls": Value("string"),
+                                       "tool_call_id": Value("string"),
                                        "tools": Value("string")}),
                      "where": Value("string")})
 

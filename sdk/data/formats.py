@@ -11,7 +11,8 @@ from sdk.hookspecs import hookimpl
 from sdk.specs import DataFormat
 
 # A message's role and text, and for tool use: an assistant's ``tool_calls`` and the
-# conversation's ``tools`` (on its first message), each as JSON text.
+# conversation's ``tools`` (on its first message), each as JSON text, and a tool result's
+# ``tool_call_id``.
 Messages = list[dict[str, str]]
 
 
@@ -88,10 +89,11 @@ def _json(text: Any, what: str) -> Any:
         raise ValueError(f"{what} is not valid JSON") from None
 
 
-def _tool_calls(value: str) -> str | None:
+def _tool_calls(value: str, first_id: int) -> str | None:
     """A function-call turn ({name, arguments}, or a list of them) as OpenAI tool_calls, as
     JSON text (a message holds only text, through Arrow too); None when it is not JSON calls
-    (a ReAct-style "Action: ..." text)."""
+    (a ReAct-style "Action: ..." text). The calls are numbered from ``first_id`` in ids of 9
+    letters and digits, the form Mistral's template requires."""
     try:
         calls = json.loads(value)
     except json.JSONDecodeError:
@@ -100,9 +102,9 @@ def _tool_calls(value: str) -> str | None:
     if not calls or not all(isinstance(call, Mapping) and isinstance(call.get("name"), str)
                             for call in calls):
         return None
-    return json.dumps([{"type": "function", "function": {"name": call["name"],
-                                                          "arguments": call.get("arguments")}}
-                       for call in calls], ensure_ascii=False)
+    return json.dumps([{"type": "function", "id": f"call{first_id + number:05d}",
+                        "function": {"name": call["name"], "arguments": call.get("arguments")}}
+                       for number, call in enumerate(calls)], ensure_ascii=False)
 
 
 def _tools(record: Mapping[str, Any]) -> str | None:
@@ -124,7 +126,9 @@ def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
     if not isinstance(turns, list) or not turns:
         raise ValueError("field 'conversations' should be a non-empty list")
     messages: Messages = []
+    pending: list[str] = []  # ids of the calls whose results come next
     called = False  # the last function call was JSON calls: its observation is their result
+    calls_made = 0
     for index, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise ValueError(f"conversations[{index}] should be an object with from and value")
@@ -137,13 +141,18 @@ def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
         if not isinstance(value, str):
             raise ValueError(f"conversations[{index}] ({tag}) has no text 'value'")
         if role == "function_call":
-            calls = _tool_calls(value)
+            calls = _tool_calls(value, calls_made + 1)
             called = calls is not None
+            pending = [call["id"] for call in json.loads(calls)] if called else []
+            calls_made += len(pending)
             messages.append({"role": "assistant", "content": "", "tool_calls": calls}
                             if called else {"role": "assistant", "content": value})
-        elif role == "tool":
-            # the answer to a call written as text comes back on the user's side
-            messages.append({"role": "tool" if called else "user", "content": value})
+        elif role == "tool" and called:
+            messages.append({"role": "tool", "content": value})
+            if pending:  # results answer the calls in order
+                messages[-1]["tool_call_id"] = pending.pop(0)
+        elif role == "tool":  # the answer to a call written as text: on the user's side
+            messages.append({"role": "user", "content": value})
         else:
             messages.append({"role": role, "content": value})
     return messages_to_messages({"messages": _with_system(record, messages),
@@ -171,6 +180,8 @@ def messages_to_messages(record: Mapping[str, Any]) -> Messages:
         if not isinstance(content, str):
             raise ValueError(f"messages[{index}] ({role}) has no text 'content'")
         result.append({"role": role, "content": content})
+        if role == "tool" and isinstance(message.get("tool_call_id"), str):
+            result[-1]["tool_call_id"] = message["tool_call_id"]
         if calls:
             if not isinstance(_json(calls, f"messages[{index}] tool_calls"), list):
                 raise ValueError(f"messages[{index}] tool_calls should be a list")

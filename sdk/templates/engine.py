@@ -219,19 +219,24 @@ class Template:
 
     def _tool_calls(self, messages: Sequence[Message], text: str,
                     tools: list | None) -> list[tuple[int, int, int]]:
-        """(message index, start, end) of every reply that calls tools: what rendering it adds
-        after the conversation before it and the reply's header (the generation prompt)."""
-        spans = []
+        """(message index, start, end) of every reply that calls tools: the text rendering it
+        adds after the conversation before it and the reply's header (the generation
+        prompt), found in the whole text (a template may place the schemas by what follows,
+        as Mistral v0.3 does before the last user turn)."""
+        spans, cursor = [], 0
         for index, message in enumerate(messages):
             if message["role"] != "assistant" or not message.get("tool_calls"):
                 continue
-            start = len(self._render_jinja(messages[:index], True, tools))
-            end = len(self._render_jinja(messages[:index + 1], False, tools).rstrip())
-            if not text.startswith(self._render_jinja(messages[:index + 1], False, tools)):
-                raise ValueError(f"template '{self.spec.name}' renders the conversation "
-                                 f"before message {index} differently once more follows, "
-                                 "so the tool call's loss cannot be placed")
-            spans.append((index, start, end))
+            before = self._render_jinja(messages[:index], True, tools)
+            through = self._render_jinja(messages[:index + 1], False, tools)
+            call = through[len(before):].rstrip() if through.startswith(before) else ""
+            start = text.find(call, cursor) if call else -1
+            if start < 0:
+                raise ValueError(f"template '{self.spec.name}' does not show the tool call of "
+                                 f"message {index} as it renders it alone, so its loss cannot "
+                                 "be placed")
+            cursor = start + len(call)
+            spans.append((index, start, cursor))
         return spans
 
     def _replies_by_sentinel(self, messages: Sequence[Message], add_generation_prompt: bool,
