@@ -219,3 +219,19 @@ def test_an_alpaca_entry_keeps_its_tools_column(tmp_path):
     [conversation] = load_conversations(["a"], load_plugins().registry,
                                         SimpleNamespace(dataset_info=str(tmp_path)))
     assert json.loads(conversation[0]["tools"]) == [{"type": "function", "function": tool}]
+
+
+def test_template_render_shows_openai_tool_messages(run_cli, tmp_path):
+    record = tmp_path / "tools.json"
+    record.write_text(json.dumps({
+        "tools": [{"name": "now", "description": "The time", "parameters": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "Time?"},
+                     {"role": "assistant", "tool_calls": [
+                         {"type": "function", "function": {"name": "now", "arguments": {}}}]},
+                     {"role": "tool", "content": "12:00"}]}), encoding="utf-8")
+    result = run_cli("template", "render", "qwen2.5", "--messages", record)
+    assert result.exit_code == 0, result.output
+    assert '<tools>\n{"type": "function", "function": {"name": "now"' in result.stdout
+    assert result.stdout.endswith(
+        '<|im_start|>assistant\n<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\n12:00\n</tool_response><|im_end|>\n")
