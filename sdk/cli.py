@@ -502,15 +502,16 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
         raise SdkError(f"Messages file '{messages}' is not valid JSON: {error}.{extra}") from None
     except UnicodeDecodeError as error:
         raise SdkError(f"Messages file '{messages}' is not valid JSON: {error}") from None
-    if isinstance(conversation, dict) and "messages" in conversation:  # a messages-format row
-        conversation = conversation["messages"]
-    elif isinstance(conversation, dict):  # a record of another format: alpaca, sharegpt...
+    if isinstance(conversation, list):  # the messages alone: read as a messages-format row
+        conversation = {"messages": conversation}  # (tool calls and results too)
+    if isinstance(conversation, dict):  # a record of any format: messages, alpaca, sharegpt...
         from sdk.data.conversations import detect_format
         from sdk.specs import resolve_callable
 
-        data_format = detect_format(f"Messages file '{messages}'", conversation, known,
-                                    'Give a JSON list of {"role": ..., "content": ...} '
-                                    "messages, or rename the record's fields.")
+        data_format = (known.get("formats", "messages") if "messages" in conversation else
+                       detect_format(f"Messages file '{messages}'", conversation, known,
+                                     'Give a JSON list of {"role": ..., "content": ...} '
+                                     "messages, or rename the record's fields."))
         try:
             convert = resolve_callable(data_format.to_messages)
             conversation = (convert(conversation, data_format.options())  # at their defaults

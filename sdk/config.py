@@ -150,10 +150,11 @@ class SftArguments(ModelArguments):
     eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
                                  "(default: --save-steps).", at_least=1, group="logging")
     model_name: list[str] = arg(
-        [], "Name for self-cognition data: one name, or a Chinese and an English one.",
-        group="data")
+        [], "Name for identity data ({{name}}: self-cognition, LLaMA-Factory's identity): "
+        "one name, or a Chinese and an English one.", group="data")
     model_author: list[str] = arg(
-        [], "Author for self-cognition data: one, or a Chinese and an English one.", group="data")
+        [], "Author for identity data ({{author}}): one, or a Chinese and an English one.",
+        group="data")
     output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.",
                           path="path", group="checkpoints")
     dataset_num_proc: int = arg(1, "Processes that tokenize the data (datasets' map).",

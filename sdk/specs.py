@@ -134,13 +134,15 @@ class DatasetSpec:
     (``train`` matches ``train.json``, ``data/train-0000.parquet``...) and ``subset`` a
     folder in it. ``--dataset-path NAME=PATH`` replaces both with a local copy.
     ``preprocess(record, args) -> record`` runs before format conversion, e.g. to fill
-    placeholders from command-line flags.
+    placeholders from command-line flags; it returns None for a record the dataset leaves
+    out on purpose, and ``left_out`` says why (said with how many were left out).
     """
 
     name: str
     files: tuple[str, ...] = ()
     format: str | None = None
     preprocess: CallableRef | None = None
+    left_out: str = ""
     hub_ids: Mapping[str, str] = field(default_factory=dict)
     revision: str = "main"
     split: str = "train"

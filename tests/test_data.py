@@ -188,3 +188,22 @@ def test_truncation_strategies(strategy, kept):
     assert len(examples) == 2 and stats.truncated == 1 and len(examples[0]["input_ids"]) == 40
     expected = full[:40] if kept == "start" else full[-40:]
     assert examples[0]["input_ids"] == expected
+
+
+def test_openai_messages_with_tools_keep_schemas_calls_and_results():
+    from sdk.data.formats import messages_to_messages
+
+    call = {"type": "function", "function": {"name": "now", "arguments": {}}}
+    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
+    assert messages_to_messages({"tools": [tool], "messages": [
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "12:00"},
+        {"role": "assistant", "content": "Noon."}]}) == [
+        {"role": "user", "content": "Time?", "tools": json.dumps([tool])},
+        {"role": "assistant", "content": "", "tool_calls": json.dumps([call])},
+        {"role": "tool", "content": "12:00"},
+        {"role": "assistant", "content": "Noon."}]
+    with pytest.raises(ValueError, match="messages\\[1\\] tool_calls should be a list"):
+        messages_to_messages({"messages": [{"role": "user", "content": "Time?"},
+                                           {"role": "assistant", "tool_calls": call}]})

@@ -102,8 +102,8 @@ def test_a_sharegpt_entry_with_default_tags_and_an_unknown_role(registry, tmp_pa
         load(["chat"], registry, info)
 
 
-def test_sharegpt_tool_calls_are_assistant_turns_and_observations_user_turns(registry,
-                                                                              tmp_path):
+def test_sharegpt_function_calls_are_tool_calls_and_observations_tool_results(registry,
+                                                                                tmp_path):
     call = '{"name": "weather", "arguments": {"city": "Paris"}}'
     write_json(tmp_path / "agent.json", [{"messages": [
         {"role": "user", "content": "Weather in Paris?"},
@@ -118,8 +118,28 @@ def test_sharegpt_tool_calls_are_assistant_turns_and_observations_user_turns(reg
                  "observation_tag": "tool_result"}}})
     assert load(["agent"], registry, info) == [[
         {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": '[{"type": "function", "id": '
+                                                           '"call00001", "function": {"name": '
+                                                           '"weather", "arguments": {"city": '
+                                                           '"Paris"}}}]'},
+        {"role": "tool", "content": '{"temp": 21}', "tool_call_id": "call00001"},
+        {"role": "assistant", "content": "21 °C."}]]
+
+
+def test_a_function_call_written_as_text_stays_a_reply_and_its_observation_a_user_turn(
+        registry, tmp_path):
+    call = "Action: weather\nAction Input: Paris"
+    write_json(tmp_path / "react.json", [{"conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": call},
+        {"from": "observation", "value": "21 °C"},
+        {"from": "gpt", "value": "21 °C."}]}])
+    info = write_info(tmp_path, {"react": {"file_name": "react.json",
+                                           "formatting": "sharegpt"}})
+    assert load(["react"], registry, info) == [[
+        {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": call},
-        {"role": "user", "content": '{"temp": 21}'},
+        {"role": "user", "content": "21 °C"},
         {"role": "assistant", "content": "21 °C."}]]
 
 

@@ -94,6 +94,10 @@ def test_rows_keep_system_history_query_and_label():
                                         "label": None}
     with pytest.raises(SdkError, match="Row 1 of the data does not end with a user message"):
         prompt_rows([[{"role": "assistant", "content": "Hello"}]])
+    with pytest.raises(SdkError, match="Row 1 of the data uses tools .*predict on rows without"):
+        prompt_rows([[{"role": "user", "content": "Time?", "tools": "[]"},
+                      {"role": "tool", "content": "12:00"},
+                      {"role": "user", "content": "So?"}]])
 
 
 def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path):

@@ -51,7 +51,11 @@ def sdk_code_digest() -> str:
 def _messages_features() -> Any:
     from datasets import Features, List, Value
 
-    return Features({"messages": List({"role": Value("string"), "content": Value("string")}),
+    # tool use (sdk/data/formats.py): null on a message without it
+    return Features({"messages": List({"role": Value("string"), "content": Value("string"),
+                                       "tool_calls": Value("string"),
+                                       "tool_call_id": Value("string"),
+                                       "tools": Value("string")}),
                      "where": Value("string")})
 
 
@@ -71,11 +75,14 @@ def _fingerprint(name: str, files: Sequence[str], args: Any, format_name: str | 
 
 
 def _generate(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
-              skip_bad: bool, skipped_file: str):
+              skip_bad: bool, notes_file: str):
     skipped: list[str] | None = [] if skip_bad else None
-    for where, messages in iter_dataset(source, registry, args, format_name, skipped):
+    notices: list[str] = []
+    for where, messages in iter_dataset(source, registry, args, format_name, skipped, notices):
         yield {"messages": messages, "where": where}
-    Path(skipped_file).write_text(json.dumps(skipped or []), encoding="utf-8")
+    # kept next to the cached rows: a run that reuses them says the same
+    Path(notes_file).write_text(json.dumps({"skipped": skipped or [], "notices": notices}),
+                                encoding="utf-8")
 
 
 def data_cache(output_dir: str) -> Path:
@@ -117,14 +124,14 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
         given_as.setdefault(tuple(str(Path(file).resolve()) for file in source.files),
                             []).append(name_and_count)
         fingerprint = _fingerprint(name, source.files, args, args.dataset_format)
-        skipped_file = folder / f"{fingerprint}.skipped.json"
+        notes_file = folder / f"{fingerprint}.notes.json"
         try:
             part = Dataset.from_generator(
                 _generate, features=_messages_features(), cache_dir=str(folder),
                 fingerprint=fingerprint,
                 gen_kwargs={"source": source, "registry": registry, "args": args,
                             "format_name": args.dataset_format, "skip_bad": skipped is not None,
-                            "skipped_file": str(skipped_file)})
+                            "notes_file": str(notes_file)})
         except DatasetGenerationError as error:
             cause = error.__cause__ or error.__context__
             if isinstance(cause, SdkError):  # a bad record: say which, not where datasets was
@@ -137,8 +144,12 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
                            "an empty file?") from None
         # before sampling: a column added to a selection would copy the rows it selects
         part = part.add_column("source", [f"{flag} {name_and_count}"] * len(part))
-        if skipped is not None and skipped_file.is_file():  # written when the rows were read
-            skipped += json.loads(skipped_file.read_text(encoding="utf-8"))
+        if notes_file.is_file():  # written when the rows were read
+            notes = json.loads(notes_file.read_text(encoding="utf-8"))
+            for notice in notes["notices"]:
+                click.echo(notice, err=True)
+            if skipped is not None:
+                skipped += notes["skipped"]
         if count is not None:
             if count > len(part):
                 click.echo(f"[sdk] {name_and_count}: {count} rows from {len(part)}, so rows "

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
+
 from sdk.config import key_value_pairs
 from sdk.data.readers import BadRecord, read_records
 from sdk.data.sources import dataset_source
@@ -100,9 +102,12 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
 
 
 def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name: str | None,
-                 skipped: list[str] | None) -> Iterator[tuple[str, Conversation]]:
+                 skipped: list[str] | None,
+                 notices: list[str] | None = None) -> Iterator[tuple[str, Conversation]]:
     """One dataset's conversations, each with where its record is (file:line), in file order,
-    read as they are needed; ``source`` from :func:`sdk.data.sources.dataset_source`."""
+    read as they are needed; ``source`` from :func:`sdk.data.sources.dataset_source`. How many
+    records its preprocess left out, and why, is said once they are all read: appended to
+    ``notices``, or printed when it is None."""
 
     def reject(where: str, reason: str, skipped_as: str = "") -> None:
         if skipped is None:
@@ -116,6 +121,7 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
     forced = format_name or source.format
     forced_format = registry.get("formats", forced) if forced else None
+    read = left_out = 0
     for file in source.files:
         # Detected per file: the files of a folder may come from different sources, each
         # in its own shape, as separate --dataset files may.
@@ -129,8 +135,12 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
                 continue
             if renames:
                 record = {renames.get(key, key): value for key, value in record.items()}
+            read += 1
             if preprocess is not None:
                 record = preprocess(record, args)
+                if record is None:
+                    left_out += 1
+                    continue
             if data_format is None:
                 data_format, detected_at = detect_format(where, record, registry), where
             try:
@@ -152,3 +162,10 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
                     reject(where, f"{error} (read as {data_format.name} format)")
                 continue
             yield where, messages
+    if left_out:
+        notice = (f"[sdk] {source.name}: {left_out} of {read} rows left out"
+                  f"{f' ({source.left_out})' if source.left_out else ''}.")
+        if notices is None:
+            click.echo(notice, err=True)
+        else:
+            notices.append(notice)

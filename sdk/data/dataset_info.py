@@ -6,6 +6,11 @@ data file or a folder of them), ``formatting`` ("alpaca", the default, or "share
 sharegpt, ``tags`` (the role and content keys and the role names). Each entry becomes a
 DatasetSpec whose ``preprocess`` renames the file's columns onto the built-in "alpaca" or
 "sharegpt" format's fields.
+
+Preference entries (``ranking``) are refused rather than trained on their chosen replies: a
+chosen reply is only the better of two, often not one worth imitating, and a DPO set's value
+is the pair. KTO entries (``kto_tag``) say of each reply whether it is desirable, so the
+desirable ones are trained and the others left out, with a notice of how many.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sdk.data.placeholders import fill_placeholders
 from sdk.data.readers import READERS, is_saved_dataset, load_json_file
 from sdk.errors import SdkError
 from sdk.specs import DatasetSpec
 
 # LLaMA-Factory's defaults (data/README.md); ChatGLM-Efficient-Tuning uses the alpaca ones.
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output",
-                  "history": None, "system": None}
+                  "history": None, "system": None, "tools": None}
 SHAREGPT_COLUMNS = {"messages": "conversations", "system": None, "tools": None}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human",
                  "assistant_tag": "gpt", "observation_tag": "observation",
@@ -97,6 +103,7 @@ def dataset_from_info(name: str, info_path: str | Path) -> DatasetSpec:
     if media:
         raise SdkError(f"{where} has {', '.join(media)} columns (multimodal data), which "
                        "this SDK does not train on.")
+    kto_tag = columns.get("kto_tag") or None
     if formatting == "alpaca":
         given = {key for key, column in columns.items() if column}
         prompt_only = given == {"prompt"}
@@ -105,10 +112,9 @@ def dataset_from_info(name: str, info_path: str | Path) -> DatasetSpec:
                            f"'{columns.get('prompt')}' and no response column); supervised "
                            "fine-tuning needs a response to learn. Use a pre-training tool, "
                            "or map columns.response to the answer column.")
-        preprocess, data_format = _alpaca(_merged(ALPACA_COLUMNS, columns)), "alpaca"
+        convert, data_format = _alpaca(_merged(ALPACA_COLUMNS, columns)), "alpaca"
     else:
-        preprocess = _sharegpt(_merged(SHAREGPT_COLUMNS, columns),
-                               _merged(SHAREGPT_TAGS, tags))
+        convert = _sharegpt(_merged(SHAREGPT_COLUMNS, columns), _merged(SHAREGPT_TAGS, tags))
         data_format = "sharegpt"
     # A hub entry's "folder" (or "subset", when the hub lays its configs out as folders)
     # narrows the repository's files; "split" picks among them.
@@ -117,8 +123,35 @@ def dataset_from_info(name: str, info_path: str | Path) -> DatasetSpec:
                        hub_ids=hub_ids, revision=entry.get("revision") or "main",
                        split=entry.get("split") or "train",
                        subset=entry.get("folder") or entry.get("subset"),
-                       format=data_format, preprocess=preprocess,
+                       format=data_format, preprocess=_prepared(convert, where, kto_tag),
+                       left_out=(f"its kto_tag column '{kto_tag}' is false: undesirable replies, "
+                                 "which supervised fine-tuning would teach; the desirable "
+                                 "ones are trained") if kto_tag else "",
                        description=f"{formatting} entry of {path}")
+
+
+def _prepared(convert: Callable[[dict, Any], dict], where: str,
+              kto_tag: str | None) -> Callable[[dict, Any], dict | None]:
+    """The entry's preprocess: identity placeholders filled, then its columns renamed; a KTO
+    row whose reply is undesirable is left out (None)."""
+    identity = f"{where} (its rows hold {{{{name}}}} / {{{{author}}}} placeholders)"
+
+    def preprocess(record: dict, args: Any = None) -> dict | None:
+        if kto_tag is not None and not _desirable(record.get(kto_tag), where, kto_tag):
+            return None
+        return convert(fill_placeholders(record, args, identity), args)
+
+    return preprocess
+
+
+def _desirable(tag: Any, where: str, column: str) -> bool:
+    """A KTO row's tag: true or false (also as CSV text)."""
+    if isinstance(tag, str) and tag.strip().lower() in ("true", "false"):
+        return tag.strip().lower() == "true"
+    if not isinstance(tag, bool):
+        raise SdkError(f"{where}: its kto_tag column '{column}' holds {tag!r}; each row needs "
+                       "true (a desirable reply) or false (an undesirable one).")
+    return tag
 
 
 def _merged(defaults: Mapping[str, str | None], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,9 +189,9 @@ def _column(record: Mapping[str, Any], column: str | None) -> Any:
 
 
 def _alpaca(columns: dict[str, Any]) -> Callable[[dict, Any], dict]:
-    """prompt/query/response/history/system columns -> instruction/input/output/..."""
+    """prompt/query/response/history/system/tools columns -> instruction/input/output/..."""
     ours = {"instruction": "prompt", "input": "query", "output": "response",
-            "history": "history", "system": "system"}
+            "history": "history", "system": "system", "tools": "tools"}
 
     def preprocess(record: dict, args: Any = None) -> dict:
         result = {field: _column(record, columns[key]) for field, key in ours.items()}
@@ -185,9 +218,10 @@ def _sharegpt(columns: dict[str, Any], tags: dict[str, Any]) -> Callable[[dict, 
         result: dict[str, Any] = {
             "conversations": [turn(m) for m in messages] if isinstance(messages, list)
             else messages}
-        system = _column(record, columns["system"])
-        if system is not None:
-            result["system"] = system
+        for field in ("system", "tools"):
+            value = _column(record, columns[field])
+            if value is not None:
+                result[field] = value
         return result
 
     return preprocess

@@ -3,12 +3,16 @@ ChatGLM prompt/query/response schema) and ShareGPT."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from sdk.hookspecs import hookimpl
 from sdk.specs import DataFormat
 
+# A message's role and text, and for tool use: an assistant's ``tool_calls`` and the
+# conversation's ``tools`` (on its first message), each as JSON text, and a tool result's
+# ``tool_call_id``.
 Messages = list[dict[str, str]]
 
 
@@ -46,10 +50,9 @@ def alpaca_to_messages(record: Mapping[str, Any]) -> Messages:
     instruction = _text(record, "instruction")
     extra = _text(record, "input", required=False)
     query = f"{instruction}\n{extra}" if extra else instruction
-    return _with_system(record, _history(record) + [
-        {"role": "user", "content": query},
-        {"role": "assistant", "content": _text(record, "output")},
-    ])
+    return messages_to_messages({"tools": record.get("tools"), "messages": _with_system(
+        record, _history(record) + [{"role": "user", "content": query},
+                                    {"role": "assistant", "content": _text(record, "output")}])})
 
 
 def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
@@ -65,22 +68,67 @@ def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
     ])
 
 
-# ShareGPT role tags as the common exports write them. A tool call is the assistant's turn
-# (its text is trained) and the tool's answer comes back on the user's side, as the
-# LLaMA-Factory / ms-swift agent data alternate them.
+# ShareGPT role tags as the common exports write them. A function call is the assistant's
+# turn (trained): JSON {name, arguments} (LLaMA-Factory) becomes OpenAI's tool_calls and the
+# observation after it the tool's answer (role "tool"), as the official chat templates of
+# tool-calling models take them; a call written as text (ReAct's "Action: ...") stays the
+# assistant's text and its observation a user turn.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
-                  "system": "system", "function_call": "assistant", "observation": "user",
-                  "tool": "user"}
+                  "system": "system", "function_call": "function_call", "observation": "tool",
+                  "tool": "tool"}
+
+
+def _json(text: Any, what: str) -> Any:
+    """A JSON value written as text (as LLaMA-Factory's files write tools and calls)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"{what} is not valid JSON") from None
+
+
+def _tool_calls(value: str, first_id: int) -> str | None:
+    """A function-call turn ({name, arguments}, or a list of them) as OpenAI tool_calls, as
+    JSON text (a message holds only text, through Arrow too); None when it is not JSON calls
+    (a ReAct-style "Action: ..." text). The calls are numbered from ``first_id`` in ids of 9
+    letters and digits, the form Mistral's template requires."""
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    calls = calls if isinstance(calls, list) else [calls]
+    if not calls or not all(isinstance(call, Mapping) and isinstance(call.get("name"), str)
+                            for call in calls):
+        return None
+    return json.dumps([{"type": "function", "id": f"call{first_id + number:05d}",
+                        "function": {"name": call["name"], "arguments": call.get("arguments")}}
+                       for number, call in enumerate(calls)], ensure_ascii=False)
+
+
+def _tools(record: Mapping[str, Any]) -> str | None:
+    """The record's tool schemas as OpenAI tools ({type: function, function: schema}), as
+    JSON text; None without any."""
+    tools = _json(record.get("tools") or None, "field 'tools'")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(tool, Mapping) for tool in tools):
+        raise ValueError("field 'tools' should be a list of function schemas")
+    return json.dumps([tool if "type" in tool else {"type": "function", "function": tool}
+                       for tool in tools], ensure_ascii=False) if tools else None
 
 
 def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
-    """ShareGPT: {conversations: [{from: human|gpt|system, value}, ...], system?}; turns may
-    also be written {role, content}."""
+    """ShareGPT: {conversations: [{from: human|gpt|system|function_call|observation, value}],
+    system?, tools?}; turns may also be written {role, content}."""
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise ValueError("field 'conversations' should be a non-empty list")
-    messages = []
+    messages: Messages = []
+    pending: list[str] = []  # ids of the calls whose results come next
+    called = False  # the last function call was JSON calls: its observation is their result
+    calls_made = 0
     for index, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise ValueError(f"conversations[{index}] should be an object with from and value")
@@ -92,11 +140,28 @@ def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
         value = turn.get("value", turn.get("content"))
         if not isinstance(value, str):
             raise ValueError(f"conversations[{index}] ({tag}) has no text 'value'")
-        messages.append({"role": role, "content": value})
-    return messages_to_messages({"messages": _with_system(record, messages)})
+        if role == "function_call":
+            calls = _tool_calls(value, calls_made + 1)
+            called = calls is not None
+            pending = [call["id"] for call in json.loads(calls)] if called else []
+            calls_made += len(pending)
+            messages.append({"role": "assistant", "content": "", "tool_calls": calls}
+                            if called else {"role": "assistant", "content": value})
+        elif role == "tool" and called:
+            messages.append({"role": "tool", "content": value})
+            if pending:  # results answer the calls in order
+                messages[-1]["tool_call_id"] = pending.pop(0)
+        elif role == "tool":  # the answer to a call written as text: on the user's side
+            messages.append({"role": "user", "content": value})
+        else:
+            messages.append({"role": role, "content": value})
+    return messages_to_messages({"messages": _with_system(record, messages),
+                                 "tools": record.get("tools")})
 
 
 def messages_to_messages(record: Mapping[str, Any]) -> Messages:
+    """OpenAI messages, also with tool calls and results; the record's ``tools`` (schemas)
+    travel on its first message."""
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("field 'messages' should be a non-empty list")
@@ -105,13 +170,26 @@ def messages_to_messages(record: Mapping[str, Any]) -> Messages:
         if not isinstance(message, Mapping):
             raise ValueError(f"messages[{index}] should be an object with role and content")
         role = message.get("role")
-        if role not in ("system", "user", "assistant"):
+        if role not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"messages[{index}] has role {role!r}; "
-                             "expected system, user or assistant")
+                             "expected system, user, assistant or tool")
         content = message.get("content")
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             raise ValueError(f"messages[{index}] ({role}) has no text 'content'")
         result.append({"role": role, "content": content})
+        if role == "tool" and isinstance(message.get("tool_call_id"), str):
+            result[-1]["tool_call_id"] = message["tool_call_id"]
+        if calls:
+            if not isinstance(_json(calls, f"messages[{index}] tool_calls"), list):
+                raise ValueError(f"messages[{index}] tool_calls should be a list")
+            result[-1]["tool_calls"] = (calls if isinstance(calls, str)
+                                        else json.dumps(calls, ensure_ascii=False))
+    tools = _tools(record)
+    if tools is not None:
+        result[0]["tools"] = tools
     return result
 
 

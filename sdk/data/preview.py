@@ -70,7 +70,13 @@ def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
     if skipped:
         click.echo(f"{len(skipped)} bad records skipped, first at: {'; '.join(skipped[:5])}")
     for number, messages in enumerate(conversations[:count], start=1):
-        click.echo(f"\n--- row {number} ---\n{marked(template, messages, args.loss_scope)}")
+        try:
+            text = marked(template, messages, args.loss_scope)
+        except ValueError as error:
+            raise SdkError(f"Row {number} of {', '.join(args.dataset)} cannot be rendered with "
+                           f"template '{template_spec.name}': {error}. Pick another --template "
+                           "or fix the data.") from None
+        click.echo(f"\n--- row {number} ---\n{text}")
     measured = conversations[:MEASURED_ROWS]
     if tokenizer is not None:
         lengths = [len(template.encode(tokenizer, m)[0]) for m in measured]

@@ -28,7 +28,7 @@ from sdk.eval.metrics import METRICS
 from sdk.eval.predictions import evaluate_file, write_metrics
 from sdk.options import arguments_class
 from sdk.registry import Registry
-from sdk.templates.engine import Template
+from sdk.templates.engine import Template, uses_tools
 
 Messages = list[dict[str, str]]
 Loaded = tuple[Any, Any, Template]  # model, tokenizer, template
@@ -63,6 +63,10 @@ def prompt_rows(conversations: Sequence[Sequence[dict[str, str]]]) -> list[Promp
     """Each conversation as a prompt (everything before its last reply) and that reply."""
     rows = []
     for number, conversation in enumerate(conversations, start=1):
+        if uses_tools(conversation):  # its prompt would lose the schemas and calls
+            raise SdkError(f"Row {number} of the data uses tools (schemas, calls or results), "
+                           "which predictions do not carry yet; predict on rows without "
+                           "tools.")
         messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
         label = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
         if not messages or messages[-1]["role"] != "user":

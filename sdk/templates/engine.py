@@ -20,7 +20,7 @@ IGNORE_INDEX = -100
 # Unicode's private use area, which no template writes and strip() leaves alone.
 SENTINEL = "\ue000sdk-reply-{}\ue001"
 SENTINEL_PATTERN = re.compile("\ue000sdk-reply-(\\d+)\ue001")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # The literal text parts of a parts template, and the {name} placeholders in them.
 PARTS = ("prefix", "system_format", "user_format", "assistant_prefix", "assistant_suffix",
          "turn_separator")
@@ -42,6 +42,24 @@ def check_messages(messages: Sequence[Message]) -> None:
             raise ValueError(f"message {index} ({role}) has no text 'content'")
         if role == "system" and index != 0:
             raise ValueError(f"message {index} is a system message; only the first may be")
+        for key in ("tool_calls", "tools"):
+            if message.get(key) is not None and not isinstance(message[key], str):
+                raise ValueError(f"message {index} has {key} that are not JSON text")
+
+
+def uses_tools(messages: Sequence[Message]) -> bool:
+    """Whether a conversation has tool schemas, tool calls or tool results."""
+    return any(m.get("tools") or m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
+def _for_jinja(message: Message) -> dict[str, Any]:
+    """A message as chat templates read it: tool calls as objects; no empty fields (Arrow
+    gives every message every field)."""
+    result = {key: value for key, value in message.items()
+              if value is not None and key != "tools"}
+    if "tool_calls" in result:
+        result["tool_calls"] = json.loads(result["tool_calls"])
+    return result
 
 
 def _raise_exception(message: str) -> None:
@@ -56,6 +74,15 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=64)
+def reads_tools(source: str) -> bool:
+    """Whether a jinja template reads ``tools``, i.e. has a tool format."""
+    import jinja2.meta
+
+    environment = compile_jinja(source).environment
+    return "tools" in jinja2.meta.find_undeclared_variables(environment.parse(source))
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,12 +148,20 @@ class Template:
                loss_scope: str = "all") -> Iterator[tuple[str, bool]]:
         """Yield (text, trained) pieces whose concatenation is the rendered conversation."""
         check_messages(messages)
+        tools = messages[0].get("tools")
+        if uses_tools(messages) and not (self.spec.jinja and reads_tools(self.spec.jinja)):
+            kind = "a jinja template that never reads `tools`" if self.spec.jinja else (
+                "a parts template")
+            raise ValueError(f"it uses tools (schemas, calls or results), and template "
+                             f"'{self.spec.name}' has no tool format ({kind}), so they would be "
+                             "dropped; pick a template with one, e.g. qwen2.5")
         if self.spec.default_system is not None and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.spec.default_system}, *messages]
         replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         trained = set(replies if loss_scope == "all" else replies[-1:])
         if self.spec.jinja is not None:
-            yield from self._jinja_pieces(messages, add_generation_prompt, trained)
+            yield from self._jinja_pieces(messages, add_generation_prompt, trained,
+                                          json.loads(tools) if tools else None)
         else:
             yield from self._part_pieces(messages, add_generation_prompt, trained)
 
@@ -147,23 +182,25 @@ class Template:
         if add_generation_prompt:
             yield self._fill(spec.assistant_prefix), False
 
-    def _render_jinja(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    def _render_jinja(self, messages: Sequence[Message], add_generation_prompt: bool,
+                      tools: list | None = None) -> str:
         import jinja2
 
-        try:
+        try:  # as transformers' apply_chat_template passes them
             return compile_jinja(self.spec.jinja).render(
-                messages=[dict(m) for m in messages],
+                messages=[_for_jinja(m) for m in messages], tools=tools,
                 add_generation_prompt=add_generation_prompt, **self.special_tokens)
         except jinja2.TemplateError as error:  # raise_exception (a refusal) is a ValueError
             raise broken_template(self.spec, f"failed to render: {error}") from None
 
     def _jinja_pieces(self, messages: Sequence[Message], add_generation_prompt: bool,
-                      trained: set[int]) -> Iterator[tuple[str, bool]]:
+                      trained: set[int], tools: list | None) -> Iterator[tuple[str, bool]]:
         """Render with the jinja template and place each trained reply, with the end-of-turn
         marker right after it, in the rendered text."""
-        text = self._render_jinja(messages, add_generation_prompt)
-        replies = (self._replies_by_sentinel(messages, add_generation_prompt, text)
+        text = self._render_jinja(messages, add_generation_prompt, tools)
+        replies = (self._replies_by_sentinel(messages, add_generation_prompt, text, tools)
                    or self._replies_by_search(messages, text))
+        replies = sorted(replies + self._tool_calls(messages, text, tools))
         suffix = self._fill(self.spec.assistant_suffix)
         spans = []
         for index, start, end in replies:
@@ -180,15 +217,38 @@ class Template:
             position = end
         yield text[position:], False
 
+    def _tool_calls(self, messages: Sequence[Message], text: str,
+                    tools: list | None) -> list[tuple[int, int, int]]:
+        """(message index, start, end) of every reply that calls tools: the text rendering it
+        adds after the conversation before it and the reply's header (the generation
+        prompt), found in the whole text (a template may place the schemas by what follows,
+        as Mistral v0.3 does before the last user turn)."""
+        spans, cursor = [], 0
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant" or not message.get("tool_calls"):
+                continue
+            before = self._render_jinja(messages[:index], True, tools)
+            through = self._render_jinja(messages[:index + 1], False, tools)
+            call = through[len(before):].rstrip() if through.startswith(before) else ""
+            start = text.find(call, cursor) if call else -1
+            if start < 0:
+                raise ValueError(f"template '{self.spec.name}' does not show the tool call of "
+                                 f"message {index} as it renders it alone, so its loss cannot "
+                                 "be placed")
+            cursor = start + len(call)
+            spans.append((index, start, cursor))
+        return spans
+
     def _replies_by_sentinel(self, messages: Sequence[Message], add_generation_prompt: bool,
-                             text: str) -> list[tuple[int, int, int]] | None:
+                             text: str, tools: list | None) -> list[tuple[int, int, int]] | None:
         """(message index, start, end) of every reply, found exactly: render again with each
         reply replaced by a unique marker, then put the replies back and check that this gives
         the real text. None when it does not (a template that changes the text of replies
         beyond stripping it)."""
-        marked = [dict(m, content=SENTINEL.format(i)) if m["role"] == "assistant" else dict(m)
+        marked = [dict(m, content=SENTINEL.format(i))
+                  if m["role"] == "assistant" and not m.get("tool_calls") else dict(m)
                   for i, m in enumerate(messages)]
-        marked_text = self._render_jinja(marked, add_generation_prompt)
+        marked_text = self._render_jinja(marked, add_generation_prompt, tools)
         for strip in (False, True):
             rebuilt, replies, position = "", [], 0
             for match in SENTINEL_PATTERN.finditer(marked_text):
@@ -210,7 +270,7 @@ class Template:
         cursor, replies = 0, []
         for index, message in enumerate(messages):
             content = message["content"].strip()
-            if message["role"] == "system" or not content:
+            if message["role"] == "system" or not content or message.get("tool_calls"):
                 continue  # a system prompt may be moved, e.g. into the last user turn
             start = text.find(content, cursor)
             if start < 0:

@@ -8,28 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from sdk import hookimpl
-from sdk.errors import SdkError
+from sdk.data.placeholders import fill_placeholders
 from sdk.specs import DatasetSpec
 
 DATA_FILE = Path(__file__).parent / "data" / "self_cognition.jsonl"
 
 
-def pick(values: list[str], tag: str, flag: str) -> str:
-    """One value serves both languages; two are Chinese then English (ms-swift's order)."""
-    if not values:
-        raise SdkError(f"The self-cognition dataset needs {flag}: the name to learn, e.g. "
-                       f"{flag} 'Ferret', or a Chinese and an English one: {flag} 雪貂 Ferret.")
-    if len(values) > 2:
-        raise SdkError(f"{flag} takes one value, or two (Chinese, English); got {len(values)}.")
-    return values[0] if tag == "zh" or len(values) == 1 else values[1]
-
-
-def fill_placeholders(record: dict[str, Any], args: Any) -> dict[str, Any]:
-    tag = record.get("tag", "en")
-    name = pick(args.model_name, tag, "--model-name")
-    author = pick(args.model_author, tag, "--model-author")
-    return {key: value.replace("{{NAME}}", name).replace("{{AUTHOR}}", author)
-            if isinstance(value, str) else value for key, value in record.items()}
+def fill_self_cognition(record: dict[str, Any], args: Any) -> dict[str, Any]:
+    return fill_placeholders(record, args, "The self-cognition dataset", record.get("tag", "en"))
 
 
 @hookimpl
@@ -38,7 +24,7 @@ def register_datasets(register):
         name="self-cognition",
         files=(str(DATA_FILE),),
         format="query-response",
-        preprocess=fill_placeholders,
+        preprocess=fill_self_cognition,
         license="Apache-2.0",
         description="100 identity Q&A (en+zh); needs --model-name and --model-author",
     ))
