@@ -298,7 +298,6 @@ ALIASES: dict[str, Alias] = {
     "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
                          rename("lora_target_modules")),
     "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
-    "max_samples": Alias(LF, "NAME#N on each --dataset entry", train_sample),
     "val_size": Alias(LF, "--split-dataset-ratio (a fraction; a row count refused)",
                       val_size),
     "dataset_dir": Alias(LF, "--dataset-info DIR/dataset_info.json",
@@ -377,11 +376,11 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
         except SdkError as error:
             raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
         values.update(made)
-        shown = {key: made[key] for key in made if not key.startswith("#")} or made
+        shown = {key: made[key] for key in made if not key.startswith("#")}
         read.append(f"{name} {value} -> " + (", ".join(
-            f"{key.lstrip('#').replace('_', '-')} {'(the default)' if shown is None else shown}"
+            f"{key.replace('_', '-')} {'(the default)' if shown is None else shown}"
             for key, shown in shown.items())
-            or "(the default)"))
+            or (alias.doc if made else "(the default)")))  # resolved later: say how
     for name, why in ignored:
         print(f"[sdk] {name} has no effect here: {why}.", file=sys.stderr)
     if read:

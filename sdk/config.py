@@ -139,6 +139,9 @@ class SftArguments(ModelArguments):
         [], "NAME=PATH: read the registered dataset NAME from a local file or folder instead "
         "of its hub repository (e.g. alpaca-zh=/data/alpaca_gpt4_data_zh.json).",
         path="name=path", group="data")
+    max_samples: int | None = arg(
+        None, "Use at most the first N rows of each --dataset entry (after NAME#N sampling), "
+        "as LLaMA-Factory's max_samples.", at_least=1, group="data")
     columns: list[str] = arg(
         [], "FIELD=OURS: rename record fields before the format is detected, e.g. "
         "question=instruction answer=output.", group="data")

@@ -132,7 +132,9 @@ def test_a_llama_factory_config_plans_as_it_means(sft, tiny_model_dir, tmp_path)
     plan = planned(result)
     assert plan["model_id_or_path"] == str(tiny_model_dir) and plan["template"] == "chatml"
     assert plan["sft_type"] == "lora" and plan["lora_target_modules"] == ["all"]
-    assert plan["dataset"] == ["identity#3"]
+    assert plan["dataset"] == ["identity"] and plan["max_samples"] == 3  # the first 3 rows
+    assert sum(source["rows"] for split in json.loads(result.stdout)["data"]["splits"]
+               for source in split["sources"]) == 3
     assert plan["dataset_info"] == str(data / "dataset_info.json")
     assert plan["split_dataset_ratio"] == 0.34 and plan["max_length"] == 2048
     assert plan["batch_size"] == 1 and plan["gradient_accumulation_steps"] == 8
@@ -312,3 +314,14 @@ def test_llama_factory_reads_data_dataset_info_json_without_dataset_dir(tmp_path
     arguments = build_arguments(SftArguments, {"dataset": ["identity"]}, None,
                                 {"stage": "sft"})
     assert arguments.dataset_info == str(tmp_path / "data" / "dataset_info.json")
+
+
+def test_max_samples_takes_the_first_rows_as_llama_factory_does(plugin_set, identity_data,
+                                                                tmp_path):
+    from sdk.config import SftArguments
+    from sdk.data.arrow import training_and_held_out
+
+    arguments = SftArguments(dataset=[str(identity_data)], max_samples=2,
+                             output_dir=str(tmp_path))
+    train, _ = training_and_held_out(arguments, plugin_set.registry, None)
+    assert train["where"] == [f"{identity_data}:1", f"{identity_data}:2"]

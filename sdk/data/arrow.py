@@ -155,6 +155,9 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
                 click.echo(f"[sdk] {name_and_count}: {count} rows from {len(part)}, so rows "
                            "repeat (every row once, the rest drawn again).", err=True)
             part = part.select(sample_indices(len(part), count, args.seed))
+        limit = getattr(args, "max_samples", None)
+        if limit is not None and limit < len(part):
+            part = part.select(range(limit))
         parts.append(part)
     for entries in given_as.values():
         if len(entries) > 1:  # used as given, but often a slip: one path written two ways

@@ -95,7 +95,7 @@ def load_conversations(names: Sequence[str], registry: Registry, args: Any,
                                                          skipped)]
         if count is not None:
             rows = [rows[i] for i in sample_indices(len(rows), count, seed)]
-        conversations += rows
+        conversations += rows[:getattr(args, "max_samples", None)]
     if not conversations:
         raise SdkError(f"No training records found in {', '.join(names)}.")
     return conversations
