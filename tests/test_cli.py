@@ -159,7 +159,7 @@ def test_a_llama_factory_config_reads_as_ours_and_names_its_unknown_keys(tmp_pat
         build_arguments(SftArguments, {}, str(config))
     assert str(error.value) == (
         f"Config file '{config}': unknown options 'lr' (here: learning_rate), 'max_sample' "
-        "(did you mean 'max_steps'?). `sdk sft --help` lists the options.")
+        "(did you mean 'max_samples'?). `sdk sft --help` lists the options.")
 
 
 def test_a_bad_choice_names_the_flag():
