@@ -57,12 +57,44 @@ END_OF_TURN = "<|user|>"
 # build_chat_input / build_single_message: [gMASK] sop, then per message
 # <|role|> + "\n" + the message (the " " stands for SentencePiece's word-start mark that
 # encoding the message on its own adds), then <|assistant|> to prompt a reply.
-# Added here: the end-of-turn marker after a final reply (see END_OF_TURN).
+# Added here: the end-of-turn marker after a final reply (see END_OF_TURN), and tools, which
+# that chat_template does not write, as ChatGLM3's own fine-tuning writes them
+# (THUDM/ChatGLM3 finetune_chatmodel_demo/preprocess_utils.py, format_conversation, commit
+# 174470a39343647e2780f8fd9d0edbf4786cdb23; the model's chat() reads the same back in
+# modeling_chatglm.py process_response):
+#   - the schemas: a first system message TOOL_DEFINITION_PREFIX "Answer the following
+#     questions as best as you can. You have access to the following tools:\n" +
+#     json.dumps(tools, indent=4, ensure_ascii=False), tools as plain function schemas
+#     (OpenAI's {"type": "function", "function": schema} unwrapped);
+#   - a call: build_single_message("assistant", name, "```python\n" +
+#     format_function_call("tool_call", arguments) + "\n```"), i.e. <|assistant|>name\n then
+#     tool_call(key=value, ...) with each value as Python writes a constant (astunparse:
+#     repr(value); ([v] | string)[1:-1] is that repr in jinja), one such message per call;
+#   - a result: build_single_message("observation", "", result).
+# A call is trained with the <|observation|> that follows it (the official labels are shifted
+# by one: each trained message's next token is trained), so a final call ends with it.
+CHATGLM3_TOOL_PROMPT = ("Answer the following questions as best as you can. You have access to "
+                        "the following tools:\n")
 CHATGLM3_JINJA = (
-    "{% for message in messages %}{% if loop.first %}[gMASK]sop<|{{ message['role'] }}|>\n"
-    " {{ message['content'] }}{% else %}<|{{ message['role'] }}|>\n"
-    " {{ message['content'] }}{% endif %}{% endfor %}"
-    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "[gMASK]sop"
+    "{% if tools %}{% set ns = namespace(schemas=[]) %}{% for tool in tools %}"
+    "{% set ns.schemas = ns.schemas + [tool.function if tool.function is defined else tool] %}"
+    "{% endfor %}<|system|>\n " + CHATGLM3_TOOL_PROMPT + "{{ ns.schemas | tojson(indent=4) }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}<|observation|>\n {{ message['content'] }}"
+    "{% elif message.tool_calls %}"
+    "{% if message['content'] %}<|assistant|>\n {{ message['content'] }}{% endif %}"
+    "{% for call in message.tool_calls %}"
+    "{% set call = call.function if call.function is defined else call %}"
+    "<|assistant|>{{ call.name }}\n ```python\ntool_call("
+    "{% for key, value in call.arguments.items() %}{{ key }}={{ ([value] | string)[1:-1] }}"
+    "{% if not loop.last %}, {% endif %}{% endfor %})\n```"
+    "{% endfor %}"
+    "{% else %}<|{{ message['role'] }}|>\n {{ message['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if messages[-1].tool_calls %}<|observation|>"
+    "{% elif messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
