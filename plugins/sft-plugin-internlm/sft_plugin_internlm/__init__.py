@@ -50,12 +50,48 @@ INTERNLM_TEMPLATE = TemplateSpec(
 )
 
 # InternLM2 / InternLM2.5: the chat_template of internlm/internlm2-chat-7b tokenizer_config.json
-# (ChatML after the bos token), verbatim: what apply_chat_template and serving engines render.
+# (ChatML after the bos token): what apply_chat_template and serving engines render.
+#   {{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' +
+#   message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}
+#   {{ '<|im_start|>assistant\n' }}{% endif %}
 # It adds no system turn; `build_inputs` in modeling_internlm2.py builds the same text.
+# That chat_template writes no tools. They follow InternLM2-Chat's documented function-call
+# format (InternLM/InternLM chat/chat_format.md, "Function Call", commit
+# 1182cbbb1660bcfafbfea96f3981ed193a562cfb), its whitespace as InternLM's own code writes it:
+#   - the schemas: a system turn "<|im_start|>system name=<|plugin|>\n" + the JSON list of the
+#     function schemas (OpenAI's {"type": "function", ...} unwrapped) + "<|im_end|>\n", after
+#     the first system turn if there is one, else first (lmdeploy's InternLM2Chat7B
+#     messages2prompt, InternLM/lmdeploy lmdeploy/model.py, commit a1b86d9a3541eb75c2ec726a8242e8
+#     345275189e); the JSON as lagent's Internlm2Protocol dumps it (InternLM/lagent
+#     lagent/agents/internlm2_agent.py: json.dumps(schemas, ensure_ascii=False, indent=4)),
+#     the layout the document shows;
+#   - a call: the reply's text, then per call "<|action_start|><|plugin|>\n" + {"name": ...,
+#     "parameters": arguments} as JSON + "<|action_end|>", then "<|im_end|>\n" (the document;
+#     lmdeploy writes the same);
+#   - a result: "<|im_start|>environment name=<|plugin|>\n" + the result + "<|im_end|>\n" (the
+#     document, and lagent's format_response: role environment, name plugin).
+# Without tools the text is the chat_template's (the tests render both).
 INTERNLM2_JINJA = (
-    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{{ bos_token }}"
+    "{% set ns = namespace(schemas=[]) %}"
+    "{% for tool in tools or [] %}"
+    "{% set ns.schemas = ns.schemas + [tool.function if tool.function is defined else tool] %}"
+    "{% endfor %}"
+    "{% set plugins = '<|im_start|>system name=<|plugin|>\n' + (ns.schemas | tojson(indent=4))"
+    " + '<|im_end|>\n' %}"
+    "{% for message in messages %}"
+    "{% if loop.first and tools and message['role'] != 'system' %}{{ plugins }}{% endif %}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>environment name=<|plugin|>\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% for call in message.tool_calls or [] %}"
+    "{% set call = call.function if call.function is defined else call %}"
+    "{{ '<|action_start|><|plugin|>\n{\"name\": ' + (call.name | tojson) + ', \"parameters\": '"
+    " + (call.arguments | tojson) + '}<|action_end|>' }}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% if loop.first and tools and message['role'] == 'system' %}{{ plugins }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 INTERNLM2_TEMPLATE = TemplateSpec(
     name="internlm2",

@@ -16,7 +16,6 @@ import re
 import pytest
 from sft_plugin_internlm import (
     INTERNLM2_CHAT_TEMPLATE,
-    INTERNLM2_JINJA,
     INTERNLM2_TEMPLATE,
     INTERNLM_SYSTEM,
     INTERNLM_TEMPLATE,
@@ -71,11 +70,6 @@ EXPECTED = {"internlm": (INTERNLM_EXPECTED, "<|Bot|>:"),
             "internlm2-chat": (INTERNLM2_CHAT_EXPECTED, "<|im_start|>assistant\n")}
 MODEL_TYPES_OF = {"internlm": ["internlm-chat-7b"],
                   "internlm2": ["internlm2-chat-7b", "internlm2-chat-20b", "internlm2.5-7b-chat"]}
-# "chat_template" as written (JSON-escaped) in internlm/internlm2-chat-7b tokenizer_config.json
-OFFICIAL_INTERNLM2_CHAT_TEMPLATE = json.loads(
-    r'''"{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"''')  # noqa: E501
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     """Qwen2's tokenizer with InternLM's <s>, </s> and <eoa> as single special tokens."""
@@ -104,10 +98,6 @@ def test_every_model_type_is_registered_with_its_template_and_hub_ids():
     assert registry.get("templates", "internlm") == INTERNLM_TEMPLATE
     assert registry.get("templates", "internlm2") == INTERNLM2_TEMPLATE
     assert registry.get("templates", "internlm2-chat") == INTERNLM2_CHAT_TEMPLATE
-
-
-def test_the_internlm2_template_is_the_tokenizers_chat_template():
-    assert INTERNLM2_JINJA == OFFICIAL_INTERNLM2_CHAT_TEMPLATE
 
 
 @pytest.mark.parametrize("template", EXPECTED)
