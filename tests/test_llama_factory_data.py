@@ -159,6 +159,26 @@ def test_mistral_v0_3_places_the_schemas_before_the_last_user_turn_and_trains_th
     assert result.stdout.count("[AVAILABLE_TOOLS]") == 1
 
 
+@pytest.mark.parametrize("template, schemas, call", [
+    ("chatglm3", "[gMASK]sop<|system|>\n Answer the following questions as best as you can. You "
+                 'have access to the following tools:\n[\n    {\n        "name": "search_recipes"',
+     "I have chicken, bell peppers, and rice.<|assistant|>[[search_recipes\n ```python\n"
+     "tool_call(ingredients=['chicken', 'bell peppers', 'rice'])\n```<|observation|>]]\n "
+     '{"recipes": '),
+    ("internlm2", '<s><|im_start|>system name=<|plugin|>\n[\n    {\n        "name": '
+                  '"search_recipes"',
+     "<|im_start|>assistant\n[[<|action_start|><|plugin|>\n{\"name\": \"search_recipes\", "
+     '"parameters": {"ingredients": ["chicken", "bell peppers", "rice"]}}<|action_end|>'
+     '<|im_end|>]]\n<|im_start|>environment name=<|plugin|>\n{"recipes": '),
+])
+def test_chatglm3_and_internlm2_write_the_schemas_and_train_the_call_in_their_own_format(
+        preview, template, schemas, call):
+    result = preview("glaive_toolcall_en_demo", "-n", "1", template=template)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("--- row 1 ---\n")[1].startswith(schemas)
+    assert call in result.stdout
+
+
 @pytest.mark.parametrize("template, kind", [
     ("chatml", "a parts template"),
     ("qwen", "a jinja template that never reads `tools`"),
