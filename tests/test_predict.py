@@ -24,6 +24,7 @@ from sdk.infer.predict import (
     prompt_rows,
     run_predict,
 )
+from sdk.templates.engine import Template
 from sdk.train.sft import run_sft
 
 QUESTIONS = ["Hi", "Who are you and what do you do all day?", "床前明月光",
@@ -94,10 +95,56 @@ def test_rows_keep_system_history_query_and_label():
                                         "label": None}
     with pytest.raises(SdkError, match="Row 1 of the data does not end with a user message"):
         prompt_rows([[{"role": "assistant", "content": "Hello"}]])
-    with pytest.raises(SdkError, match="Row 1 of the data uses tools .*predict on rows without"):
-        prompt_rows([[{"role": "user", "content": "Time?", "tools": "[]"},
-                      {"role": "tool", "content": "12:00"},
-                      {"role": "user", "content": "So?"}]])
+    with pytest.raises(SdkError, match="Row 1 of the data ends with a tool call, which "
+                                       "predictions cannot score as text yet"):
+        prompt_rows([[{"role": "user", "content": "Time?"},
+                      {"role": "assistant", "content": "", "tool_calls": CALLS}]])
+
+
+CALLS = json.dumps([{"type": "function", "id": "call00001",
+                     "function": {"name": "now", "arguments": {}}}])
+TOOL_ROW = [{"role": "user", "content": "Time?", "tool_call_id": None,
+             "tools": json.dumps([{"type": "function", "function": {"name": "now"}}])},
+            {"role": "assistant", "content": "", "tool_calls": CALLS},
+            {"role": "tool", "content": "12:00", "tool_call_id": "call00001"},
+            {"role": "assistant", "content": "It is noon."},
+            {"role": "user", "content": "Thanks!"},
+            {"role": "assistant", "content": "You are welcome."}]
+
+
+def test_a_tool_row_is_prompted_with_its_schemas_calls_and_results(loaded, plugin_set,
+                                                                    tmp_path):
+    """The prompt is the template's tool rendering (Qwen2.5's <tools>, <tool_call> and
+    <tool_response>), and the predictions file keeps the schemas and the calls; a template
+    without a tool format refuses the row before anything is generated."""
+    model, tokenizer, chatml = loaded
+    calls = counting_generate(model)
+    args = InferArguments(max_new_tokens=2)
+    rows = prompt_rows([conversations(1)[0], TOOL_ROW])
+    with pytest.raises(SdkError, match="Row 2 of the data cannot be prompted with template "
+                                       "'chatml': it uses tools .* has no tool format"):
+        predict(rows, tmp_path / "refused.jsonl", lambda: loaded, args, "tiny")
+    assert calls == []
+    template = Template.for_tokenizer(plugin_set.registry.get("templates", "qwen2.5"),
+                                      tokenizer)
+    prompts, original = [], template.tokenize_prompt
+    template.tokenize_prompt = lambda tokenizer, messages: (
+        prompts.append(messages) or original(tokenizer, messages))
+    path = tmp_path / "predictions.jsonl"
+    predict(rows[1:], path, lambda: (model, tokenizer, template), args, "tiny")
+    assert calls == [1]
+    # Arrow's empty fields (None) are left out
+    assert prompts == [[{key: value for key, value in message.items() if value is not None}
+                        for message in TOOL_ROW[:-1]]]
+    assert "<tool_response>\n12:00\n</tool_response>" in template.render(prompts[0], True)
+    written = json.loads(path.read_text(encoding="utf-8"))
+    assert written["tools"] == [{"type": "function", "function": {"name": "now"}}]
+    assert written["history"][:2] == [
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": "", "tool_calls": json.loads(CALLS)}]
+    assert (written["query"], written["label"]) == ("Thanks!", "You are welcome.")
+    predict(rows[1:], path, lambda: (model, tokenizer, template), args, "tiny")  # all there
+    assert calls == [1]
 
 
 def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path):

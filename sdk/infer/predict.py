@@ -1,9 +1,10 @@
 """Batch prediction: a reply for every row of a dataset, or for the rows a run held out, into a
 predictions file, and ROUGE/BLEU against the rows' own replies next to it.
 
-A predictions file has one JSON object a line: ``system`` and ``history`` (the messages before
-the query) when the row has them, ``query`` (the last user message), ``response`` (generated)
-and ``label`` (the row's reply; null when it has none). Lines are written whole, a batch at a
+A predictions file has one JSON object a line: ``tools`` (the tool schemas), ``system`` and
+``history`` (the messages before the query, tool calls and results included) when the row has
+them, ``query`` (the last user message), ``response`` (generated) and ``label`` (the row's
+reply; null when it has none). Lines are written whole, a batch at a
 time, and flushed, so a run that stops leaves complete rows and at most one cut line; run again
 with the same file, the cut line is dropped and only the missing rows are generated.
 """
@@ -31,6 +32,9 @@ from sdk.registry import Registry
 from sdk.templates.engine import Template, uses_tools
 
 Messages = list[dict[str, str]]
+# What a prompt keeps of a row's messages: tool calls and results, and the schemas on the first
+# message, so that a template with a tool format renders the prompt as it trained it.
+PROMPT_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "tools")
 Loaded = tuple[Any, Any, Template]  # model, tokenizer, template
 PREDICTIONS_DIR = "predictions"
 
@@ -45,7 +49,11 @@ class PromptRow:
     def fields(self) -> dict[str, Any]:
         """The row as written to a predictions file, without the response."""
         row: dict[str, Any] = {}
-        turns = self.prompt
+        turns = [{key: json.loads(value) if key == "tool_calls" else value
+                  for key, value in message.items()} for message in self.prompt]
+        tools = turns[0].pop("tools", None)
+        if tools:
+            row["tools"] = json.loads(tools)
         if turns[0]["role"] == "system":
             row["system"] = turns[0]["content"]
             turns = turns[1:]
@@ -63,12 +71,16 @@ def prompt_rows(conversations: Sequence[Sequence[dict[str, str]]]) -> list[Promp
     """Each conversation as a prompt (everything before its last reply) and that reply."""
     rows = []
     for number, conversation in enumerate(conversations, start=1):
-        if uses_tools(conversation):  # its prompt would lose the schemas and calls
-            raise SdkError(f"Row {number} of the data uses tools (schemas, calls or results), "
-                           "which predictions do not carry yet; predict on rows without "
-                           "tools.")
-        messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
-        label = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
+        messages = [{key: m[key] for key in PROMPT_FIELDS if m.get(key) is not None}
+                    for m in conversation]
+        reply = messages.pop() if messages[-1]["role"] == "assistant" else None
+        if reply is not None and reply.get("tool_calls"):
+            # a reply is scored as text, and a call's text is the template's rendering of it,
+            # whose special tokens the decoded reply leaves out
+            raise SdkError(f"Row {number} of the data ends with a tool call, which predictions "
+                           "cannot score as text yet: predict on rows whose last reply is "
+                           "text (tool calls and results before it are kept in the prompt).")
+        label = reply["content"] if reply is not None else None
         if not messages or messages[-1]["role"] != "user":
             raise SdkError(f"Row {number} of the data does not end with a user message (then, "
                            "optionally, the reply to compare with): there is nothing to answer.")
@@ -214,6 +226,7 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
     (``path``'s folder exists: ``check_settings`` made it); ``go_on`` says how to finish the
     file after a row that does not fit."""
     model, tokenizer, template = loaded
+    check_prompts(template, rows[first:], first + 1)
     started = time.monotonic()
     with path.open("a", encoding="utf-8") as out:
         for start in range(first, len(rows), args.batch_size):
@@ -230,6 +243,18 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
             done = start + len(batch)
             rate = (done - first) / max(time.monotonic() - started, 1e-9)
             click.echo(f"[sdk] predicted {done}/{len(rows)} rows ({rate:.2f} rows/s)", err=True)
+
+
+def check_prompts(template: Template, rows: Sequence[PromptRow], first_row: int) -> None:
+    """Refuse, before any reply is generated, a row the template cannot prompt (tools with a
+    template that has no tool format)."""
+    for number, row in enumerate(rows, first_row):
+        if uses_tools(row.prompt):
+            try:
+                template.render(row.prompt, add_generation_prompt=True)
+            except ValueError as error:
+                raise SdkError(f"Row {number} of the data cannot be prompted with template "
+                               f"'{template.spec.name}': {error}.") from None
 
 
 # What decides the replies besides the model and the rows: a file resumed with other values
