@@ -207,3 +207,24 @@ def test_openai_messages_with_tools_keep_schemas_calls_and_results():
     with pytest.raises(ValueError, match="messages\\[1\\] tool_calls should be a list"):
         messages_to_messages({"messages": [{"role": "user", "content": "Time?"},
                                            {"role": "assistant", "tool_calls": call}]})
+
+
+def test_call_arguments_written_as_json_text_are_read_as_an_object():
+    """OpenAI's API writes a call's arguments as JSON text; the templates read an object."""
+    from sdk.data.formats import messages_to_messages, sharegpt_to_messages
+
+    def call(arguments):
+        return {"type": "function", "function": {"name": "now", "arguments": arguments}}
+
+    messages = messages_to_messages({"messages": [
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": "", "tool_calls": [call('{"zone": "UTC"}')]}]})
+    assert json.loads(messages[1]["tool_calls"]) == [call({"zone": "UTC"})]
+    shared = sharegpt_to_messages({"conversations": [
+        {"from": "human", "value": "Time?"},
+        {"from": "function_call", "value": '{"name": "now", "arguments": "{\\"zone\\": 1}"}'}]})
+    assert json.loads(shared[1]["tool_calls"])[0]["function"]["arguments"] == {"zone": 1}
+    with pytest.raises(ValueError, match=r"messages\[1\] tool_calls\[0\] arguments should be "
+                                         "a JSON object"):
+        messages_to_messages({"messages": [{"role": "user", "content": "Time?"},
+                                           {"role": "assistant", "tool_calls": [call("[1]")]}]})

@@ -89,6 +89,18 @@ def _json(text: Any, what: str) -> Any:
         raise ValueError(f"{what} is not valid JSON") from None
 
 
+def _arguments(value: Any, what: str) -> Any:
+    """A call's arguments as an object: OpenAI's API writes them as JSON text, the chat
+    templates read them as an object (transformers asks for a dict; ChatGLM3's writes each
+    argument as key=value, InternLM2's the object within its call)."""
+    if not isinstance(value, str):
+        return value
+    arguments = _json(value, what)
+    if not isinstance(arguments, Mapping):
+        raise ValueError(f"{what} should be a JSON object")
+    return arguments
+
+
 def _tool_calls(value: str, first_id: int) -> str | None:
     """A function-call turn ({name, arguments}, or a list of them) as OpenAI tool_calls, as
     JSON text (a message holds only text, through Arrow too); None when it is not JSON calls
@@ -103,7 +115,8 @@ def _tool_calls(value: str, first_id: int) -> str | None:
                             for call in calls):
         return None
     return json.dumps([{"type": "function", "id": f"call{first_id + number:05d}",
-                        "function": {"name": call["name"], "arguments": call.get("arguments")}}
+                        "function": {"name": call["name"], "arguments": _arguments(
+                            call.get("arguments"), f"the arguments of call {call['name']!r}")}}
                        for number, call in enumerate(calls)], ensure_ascii=False)
 
 
@@ -183,10 +196,16 @@ def messages_to_messages(record: Mapping[str, Any]) -> Messages:
         if role == "tool" and isinstance(message.get("tool_call_id"), str):
             result[-1]["tool_call_id"] = message["tool_call_id"]
         if calls:
-            if not isinstance(_json(calls, f"messages[{index}] tool_calls"), list):
+            calls = _json(calls, f"messages[{index}] tool_calls")
+            if not isinstance(calls, list):
                 raise ValueError(f"messages[{index}] tool_calls should be a list")
-            result[-1]["tool_calls"] = (calls if isinstance(calls, str)
-                                        else json.dumps(calls, ensure_ascii=False))
+            for number, call in enumerate(calls):
+                function = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(function, Mapping) and "arguments" in function:
+                    calls[number] = {**call, "function": {**function, "arguments": _arguments(
+                        function["arguments"], f"messages[{index}] tool_calls[{number}] "
+                                               "arguments")}}
+            result[-1]["tool_calls"] = json.dumps(calls, ensure_ascii=False)
     tools = _tools(record)
     if tools is not None:
         result[0]["tools"] = tools
