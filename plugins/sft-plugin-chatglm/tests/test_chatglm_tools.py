@@ -132,3 +132,28 @@ def test_a_call_with_several_arguments_and_a_reply_text_renders_as_the_official_
         "<|user|>\n Weather?<|assistant|>\n Let me look.<|assistant|>weather\n ```python\n"
         "tool_call(city=\"Xi'an\", days=2, metric=True, hours=[6, 18], opt=None)\n```"
         "<|observation|>")
+
+
+def test_chatglm3s_own_chat_reads_the_trained_call_back_as_the_rows_call(tokenizers,
+                                                                         conversations):
+    """What the model learns to write is what the official chat() parses into a call
+    (modeling_chatglm.py process_response: name from the metadata line, parameters by
+    evaluating the tool_call(...) code)."""
+    from conftest import official_module
+
+    tokenizer, reference = tokenizers
+    template = Template.for_tokenizer(REGISTRY.get("templates", "chatglm3"), tokenizer)
+    conversation = conversations[0]
+    input_ids, labels = template.encode(tokenizer, conversation)
+    observation = reference.get_command("<|observation|>")
+    end = input_ids.index(observation)
+    start = next(i for i in range(end, 0, -1) if labels[i - 1] == IGNORE_INDEX)
+    # generation stops at <|observation|>, which chat() leaves out
+    output = reference.decode(input_ids[start:end])
+    model_class = official_module(REMOTE_CODE / "chatglm3-6b",
+                                  "modeling_chatglm").ChatGLMForConditionalGeneration
+    history = [{"role": "system", "content": "", "tools": schemas(conversation)}]
+    call, _ = model_class.process_response(None, output, history)
+    expected = json.loads(next(m for m in conversation if m.get("tool_calls"))["tool_calls"])
+    assert call == {"name": expected[0]["function"]["name"],
+                    "parameters": expected[0]["function"]["arguments"]}
