@@ -1,6 +1,8 @@
 """Other tools' flags and config keys, read as ours: ms-swift 1.x/2.x (`swift sft`,
-`llm_sft.py`, `swift infer`) and LLaMA-Factory (its YAML configs and `llamafactory-cli train`
-flags, which ChatGLM-Efficient-Tuning shares).
+`llm_sft.py`, `swift infer`), LLaMA-Factory (its YAML configs and `llamafactory-cli train`
+flags, which ChatGLM-Efficient-Tuning shares), Chinese-LLaMA-Alpaca-2's run_sft.sh
+(run_clm_sft_with_peft.py: transformers' Trainer flags and its own) and Chinese-Vicuna's
+finetune.py.
 
 ``ALIASES`` is the one table: each foreign name becomes our fields (its value translated),
 has no effect here (accepted with one line saying why) or is refused with the reason (it would
@@ -16,11 +18,13 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sdk.errors import SdkError
 
 SWIFT, LF = "ms-swift", "LLaMA-Factory"
+CLA2, VICUNA = "Chinese-LLaMA-Alpaca-2", "Chinese-Vicuna"
 BOTH = f"{SWIFT}, {LF}"
 # pseudo-fields: a sample size applied to the final --dataset / --val-dataset entries
 TRAIN_SAMPLE, VAL_SAMPLE = "#train_sample", "#val_sample"
@@ -153,11 +157,74 @@ def stage(value: Any) -> dict[str, Any]:
                    "pre-training, reward modelling, PPO, DPO and KTO are not supported")
 
 
-def val_size(value: Any) -> dict[str, Any]:
-    if fraction(value) >= 1:
-        raise SdkError(f"{value} holds out a number of rows, and --split-dataset-ratio is a "
-                       "fraction of the rows: give a val_size below 1")
-    return {"split_dataset_ratio": value}
+def held_out_rows(value: Any) -> dict[str, Any]:
+    """A held-out fraction below 1, a number of rows from 1 up: --split-dataset-ratio reads
+    both."""
+    share = fraction(value)
+    if share >= 1 and not share.is_integer():
+        raise SdkError("from 1 up counts rows: give a whole number, or a fraction below 1")
+    return {"split_dataset_ratio": share}
+
+
+def test_size(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count < 0:
+        raise SdkError("is a number of rows: give 0 or more")
+    if count == 0:
+        raise Ignored("0 holds out no rows, as here by default")
+    return {"split_dataset_ratio": count}
+
+
+def dataset_dir(value: Any) -> dict[str, Any]:
+    """LLaMA-Factory's folder (its dataset_info.json) or Chinese-LLaMA-Alpaca-2's (every .json
+    file in it is alpaca training data), told apart by what the folder holds."""
+    folder = str(value)
+    info = os.path.join(folder, "dataset_info.json")
+    if os.path.isfile(info):
+        return {"dataset_info": info}
+    files = sorted(entry.path for entry in os.scandir(folder) if entry.is_file()
+                   and entry.name.endswith(".json")) if os.path.isdir(folder) else []
+    if not files:
+        raise SdkError(f"'{folder}' holds neither a dataset_info.json (LLaMA-Factory's data "
+                       "folder) nor .json files (Chinese-LLaMA-Alpaca-2's): give the folder "
+                       "that holds your data")
+    return {"+dataset": files, "#dataset_files": True}
+
+
+def load_in_kbits(value: Any) -> dict[str, Any]:
+    bits = number(value)
+    if bits == 16:
+        raise Ignored("16 loads the model unquantized, as here by default")
+    if bits not in (4, 8):
+        raise SdkError("takes 4, 8 or 16")
+    return {"quantization_bit": bits}
+
+
+def full_finetuning(value: Any) -> dict[str, Any]:
+    if truth(value):
+        return {"sft_type": "full"}
+    raise Ignored("false trains LoRA adapters, as --sft-type lora does by default")
+
+
+def tracker(name: str) -> Callable[[Any], dict]:
+    def apply(value: Any) -> dict[str, Any]:
+        if truth(value):
+            return {"+report_to": name}
+        raise Ignored(f"false logs without {name}, as here by default")
+    return apply
+
+
+def remote_checkpoint(value: Any) -> dict[str, Any]:
+    raise SdkError(f"downloads the hub adapter '{value}' into --resume_from_checkpoint's "
+                   f"folder: download it (huggingface-cli download {value} --local-dir DIR) "
+                   "and give DIR as --adapter")
+
+
+def ignore_data_skip(value: Any) -> dict[str, Any]:
+    if not truth(value):
+        raise Ignored("a resumed run skips the batches it already trained on, as here always")
+    raise SdkError("true: a resumed run here always skips the batches it already trained on, "
+                   "so that it sees the data as the uninterrupted run would; leave it out")
 
 
 def do_train(value: Any) -> dict[str, Any]:
@@ -298,11 +365,12 @@ ALIASES: dict[str, Alias] = {
     "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
                          rename("lora_target_modules")),
     "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
-    "val_size": Alias(LF, "--split-dataset-ratio (a fraction; a row count refused)",
-                      val_size),
-    "dataset_dir": Alias(LF, "--dataset-info DIR/dataset_info.json",
-                         lambda value: {"dataset_info": os.path.join(str(value),
-                                                                     "dataset_info.json")}),
+    "val_size": Alias(LF, "--split-dataset-ratio (a fraction below 1, or from 1 up a number "
+                      "of rows)", held_out_rows),
+    "dataset_dir": Alias(f"{LF}, {CLA2}", "with a dataset_info.json: --dataset-info "
+                         "DIR/dataset_info.json (LLaMA-Factory's); else each .json file in it "
+                         "added to --dataset (Chinese-LLaMA-Alpaca-2's alpaca files)",
+                         dataset_dir),
     "per_device_train_batch_size": Alias(LF, "--batch-size", rename("batch_size")),
     "per_device_eval_batch_size": Alias(LF, "no effect (eval uses --batch-size)", no_effect(
         "eval loss batches as training does (--batch-size)")),
@@ -312,7 +380,8 @@ ALIASES: dict[str, Alias] = {
         "the tokenized data is cached by its content and settings")),
     "plot_loss": Alias(LF, "no effect (loss.png is always drawn)", no_effect(
         "every run draws its loss curves (loss.png)")),
-    "ddp_timeout": Alias(LF, "no effect", no_effect("the launcher's default timeout is used")),
+    "ddp_timeout": Alias(f"{LF}, {CLA2}", "no effect", no_effect(
+        "the launcher's default timeout is used")),
     "preprocessing_num_workers": Alias(LF, "--dataset-num-proc", rename("dataset_num_proc")),
     "quantization_method": Alias(LF, "bnb: no effect; else refused", quantization_method),
     "template": Alias(LF, "--template (qwen: the model type's)", template(LF_TEMPLATES),
@@ -321,6 +390,51 @@ ALIASES: dict[str, Alias] = {
                             rename("adapter"), SFT_AND_INFER),
     "adapter_name_or_path": Alias(LF, "--adapter (sft), --ckpt-dir (infer)",
                                   rename("adapter"), SFT_AND_INFER),
+    # --- Chinese-LLaMA-Alpaca-2's run_clm_sft_with_peft.py (transformers' Trainer flags and
+    # its own; the LLaMA-Factory names above that it shares read the same)
+    "tokenizer_name_or_path": Alias(CLA2, "no effect when it is the model's own tokenizer (its "
+                                    "folder, or the same tokenizer files); another refused",
+                                    rename("#tokenizer")),
+    "validation_file": Alias(CLA2, "added to --val-dataset", rename("+val_dataset")),
+    "validation_split_percentage": Alias(CLA2, "no effect (the SFT script does not read it)",
+                                         no_effect(
+        "run_clm_sft_with_peft.py does not read it either: its held-out rows are "
+        "--validation_file's (here --val-dataset; --split-dataset-ratio holds out a share)")),
+    "trainable": Alias(CLA2, "--lora-target-modules (a comma list)",
+                       rename("lora_target_modules")),
+    "modules_to_save": Alias(CLA2, "--lora-modules-to-save (a comma list)",
+                             rename("lora_modules_to_save")),
+    "torch_dtype": Alias(CLA2, "--dtype (float16: fp16, ...)", rename("dtype")),
+    "load_in_kbits": Alias(CLA2, "--quantization-bit 4 or 8 (16: no effect)", load_in_kbits),
+    "quant_type": Alias(CLA2, "--bnb-4bit-quant-type", rename("bnb_4bit_quant_type")),
+    "double_quant": Alias(CLA2, "--bnb-4bit-use-double-quant",
+                          rename("bnb_4bit_use_double_quant")),
+    "use_flash_attention_2": Alias(CLA2, "--attn-impl flash_attention_2 (false: sdpa)",
+                                   flash_attention),
+    "full_finetuning": Alias(CLA2, "--sft-type full (false: no effect)", full_finetuning),
+    "peft_path": Alias(CLA2, "--adapter (trains on with its own rank and targets, as "
+                       "the script does)", rename("adapter")),
+    "max_seq_length": Alias(CLA2, "--max-length", rename("max_length")),
+    "logging_strategy": Alias(CLA2, "steps: no effect; else refused", strategy("logging")),
+    "logging_first_step": Alias(CLA2, "no effect (step 1 is always logged)", no_effect(
+        "the first step's loss is always logged")),
+    "ddp_find_unused_parameters": Alias(CLA2, "no effect (the Trainer decides; speed only)",
+                                        no_effect(
+        "DDP's search for unused parameters changes the speed, not the result; transformers' "
+        "Trainer decides it (off with gradient checkpointing)")),
+    # --- Chinese-Vicuna's finetune.py (its other settings are constants in the script, not
+    # flags: batch 128, 3 epochs, lr 3e-4, 256 tokens, LoRA r 8 on q_proj,v_proj, 8-bit)
+    "data_path": Alias(VICUNA, "added to --dataset", rename("+dataset")),
+    "test_size": Alias(VICUNA, "--split-dataset-ratio N: N rows held out (finetune.py holds "
+                       "out 200 when it is not given; here none)", test_size),
+    "wandb": Alias(VICUNA, "--report-to wandb (the wandb package must be installed)",
+                   tracker("wandb")),
+    "output_path": Alias(VICUNA, "--output-dir", rename("output_dir")),
+    "model_path": Alias(VICUNA, "as LLaMA-Factory's model_name_or_path",
+                        rename("#model_name_or_path")),
+    "lora_remote_checkpoint": Alias(VICUNA, "refused (download it, give --adapter)",
+                                    remote_checkpoint),
+    "ignore_data_skip": Alias(VICUNA, "false: no effect; true refused", ignore_data_skip),
 }
 # A config or command line with one of these keys is LLaMA-Factory's: its `template` names
 # are LLaMA-Factory's (`template` is also ours, so only then translated).
@@ -397,7 +511,7 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
     if [name.upper() for name in values.get("lora_target_modules") or ()] in (
             ["DEFAULT"], ["AUTO"]):  # ms-swift: the model type's own
         values["lora_target_modules"] = []
-    for field in ("dataset", "val_dataset"):
+    for field in ("dataset", "val_dataset", "report_to"):
         if f"+{field}" in values:
             values[field] = [*split_list(values.get(field)),
                              *split_list(values.pop(f"+{field}"))]
@@ -409,9 +523,10 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
                            "trains, then predicts its held-out rows with do_train).")
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
-    # LLaMA-Factory's default dataset_dir
+    # LLaMA-Factory's default dataset_dir (not when the data is a folder's .json files)
     if values.pop("#llama_factory", None) and values.get("dataset") \
-            and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
+            and not values.pop("#dataset_files", None) and not values.get("dataset_info") \
+            and os.path.isfile(LF_DATASET_INFO):
         values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
     if values.pop("#eval_human", True) is False and values.get("dataset"):
         print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
@@ -480,6 +595,9 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     if values.get("model_type"):
         values["model_type"] = model_type_spelling(values["model_type"], known)
     path = values.pop("#model_name_or_path", None)
+    tokenizer = values.pop("#tokenizer", None)
+    if tokenizer is not None:
+        check_tokenizer(str(tokenizer), values.get("model_id_or_path") or path)
     if path is None:
         return values
     if os.path.isdir(path) or path.startswith((".", "/", "~")):
@@ -499,6 +617,44 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
                    "type's hub id (`sdk models` lists the model types): download it and give "
                    "its folder with --model-type TYPE, or install the plugin of its family.")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                   "merges.txt", "vocab.txt", "special_tokens_map.json", "added_tokens.json")
+
+
+def check_tokenizer(tokenizer: str, model: str | None) -> None:
+    """Chinese-LLaMA-Alpaca-2's --tokenizer_name_or_path: the model's own tokenizer (its
+    folder, its hub id, or a folder of the same tokenizer files) has no effect; another is
+    refused, as the run, its checkpoints and `sdk infer` read the model folder's tokenizer."""
+    if model is not None and same_tokenizer(tokenizer, model):
+        print("[sdk] tokenizer_name_or_path has no effect here: it is the model's own "
+              "tokenizer.", file=sys.stderr)
+        return
+    raise SdkError(
+        f"Chinese-LLaMA-Alpaca-2's tokenizer_name_or_path '{tokenizer}' is not the tokenizer of "
+        f"the model {model or '(none given)'}: the run, its checkpoints and `sdk infer` read "
+        "the model folder's tokenizer. Put the tokenizer's files into a copy of the model's "
+        "folder and give that folder: a vocabulary that fits the model's embeddings trains "
+        "as it is; a larger one (Chinese-LLaMA-2's 55296 tokens on LLaMA-2's 32000) needs the "
+        "embeddings resized and trained (--modules_to_save embed_tokens,lm_head) first, which "
+        "sdk does not do.")
+
+
+def same_tokenizer(tokenizer: str, model: str) -> bool:
+    if tokenizer == model:
+        return True
+    if not (os.path.isdir(tokenizer) and os.path.isdir(model)):
+        return False
+    if os.path.samefile(tokenizer, model):
+        return True
+
+    def files(folder: str) -> dict[str, bytes]:
+        return {name: (Path(folder) / name).read_bytes() for name in TOKENIZER_FILES
+                if (Path(folder) / name).is_file()}
+
+    theirs = files(tokenizer)
+    return bool(theirs) and theirs == files(model)
 
 
 def markdown() -> str:
