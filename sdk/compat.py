@@ -689,6 +689,19 @@ def markdown() -> str:
     lines += ["A LLaMA-Factory configuration or command line without `dataset_dir` reads its "
               "dataset names from `data/dataset_info.json` when there is one, as "
               "LLaMA-Factory does.", ""]
+    lines += ["Chinese-LLaMA-Alpaca-2's run_sft.sh passes transformers' Trainer flags: those "
+              "that are sdk's too (`--seed`, `--max_steps`, `--learning_rate`, `--deepspeed "
+              "FILE`, ...) are ours, and those LLaMA-Factory shares (`model_name_or_path`, "
+              "`do_train`, `do_eval`, `fp16`, `per_device_train_batch_size`, "
+              "`overwrite_output_dir`, `preprocessing_num_workers`, `evaluation_strategy`, "
+              "`save_strategy`) read as above. With `--peft_path` the adapter trains on with its "
+              "own rank, targets and modules to save, as the script does. Chinese-Vicuna's "
+              "finetune.py fixes its other settings in code, not flags (a batch of 128 as 4 x 32 "
+              "accumulated, 3 epochs, learning rate 3e-4, 256 tokens, LoRA r 8, alpha 16, "
+              "dropout 0.05 on q_proj and v_proj, an 8-bit base): give those you want as sdk's "
+              "flags (`--batch-size 4 --gradient-accumulation-steps 32 --num-train-epochs 3 "
+              "--learning-rate 3e-4 --max-length 256 --lora-alpha 16 --lora-dropout 0.05 "
+              "--lora-target-modules q_proj v_proj --quantization-bit 8`).", ""]
     lines += ["`init_lora_weights pissa_niter_N` (peft's and ms-swift's): `--init-lora-weights "
               "pissa --pissa-niter N`; `lora_target_modules DEFAULT` or `AUTO` (ms-swift's): "
               "the model type's own targets.", ""]

@@ -36,7 +36,8 @@ RUN_SFT_SH = """
     --validation_file {validation} --peft_path {peft} --gradient_checkpointing
     --ddp_find_unused_parameters False
 """
-# the repository's scripts/training/ds_zero2_no_offload.json
+# scripts/training/ds_zero2_no_offload.json as the Chinese-LLaMA-Alpaca projects' docs quote it
+# (fp16's min_loss_scale 1e-10 included)
 DS_ZERO2_NO_OFFLOAD = {
     "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 100,
              "initial_scale_power": 16, "hysteresis": 2, "min_loss_scale": 1e-10},
@@ -101,6 +102,16 @@ def plan_of(result) -> dict:
 def test_chinese_llama_alpaca_2_run_sft_sh_plans_as_it_means(sft, run_sft_sh, tmp_path,
                                                              tiny_model_dir, finished_lora_run):
     adapter = finished_lora_run / "checkpoint-2"
+    # the repository's DeepSpeed file sets a value that DeepSpeed no longer takes: named
+    deepspeed = tmp_path / "ds_zero2_no_offload.json"
+    result = sft(*run_sft_sh(peft=adapter), "--dry-run")
+    assert result.exit_code == 1
+    assert (f"--deepspeed {deepspeed}: DeepSpeed " in result.stderr and "does not take its "
+            "fp16.min_loss_scale 1e-10 (Input should be a valid integer") in result.stderr
+    shipped = json.loads(deepspeed.read_text())
+    shipped["fp16"]["min_loss_scale"] = 1
+    deepspeed.write_text(json.dumps(shipped))
+
     result = sft(*run_sft_sh(peft=adapter), "--dry-run", "--json")
     shown = plan_of(result)
     plan = shown["plan"]["arguments"]
@@ -113,7 +124,7 @@ def test_chinese_llama_alpaca_2_run_sft_sh_plans_as_it_means(sft, run_sft_sh, tm
     assert plan["lora_modules_to_save"] == ["embed_tokens", "lm_head"]
     assert (plan["dtype"], plan["max_length"], plan["seed"], plan["max_steps"]) == (
         "fp16", 512, 12345, 100)
-    assert plan["deepspeed"] == str(tmp_path / "ds_zero2_no_offload.json")
+    assert plan["deepspeed"] == str(deepspeed)
     assert plan["output_dir"] == str(tmp_path / "output_dir")
     rows = {split["split"]: sum(source["rows"] for source in split["sources"])
             for split in shown["data"]["splits"]}
