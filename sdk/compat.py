@@ -492,7 +492,9 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
         values.update(made)
         shown = {key: made[key] for key in made if not key.startswith("#")}
         read.append(f"{name} {value} -> " + (", ".join(
-            f"{key.replace('_', '-')} {'(the default)' if shown is None else shown}"
+            f"{key.lstrip('+').replace('_', '-')}{' (added)' if key[0] == '+' else ''} "
+            + ("(the default)" if shown is None else " ".join(map(str, shown))
+               if isinstance(shown, list) else str(shown))
             for key, shown in shown.items())
             or (alias.doc if made else "(the default)")))  # resolved later: say how
     for name, why in ignored:

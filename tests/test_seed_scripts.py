@@ -135,6 +135,8 @@ def test_chinese_llama_alpaca_2_run_sft_sh_plans_as_it_means(sft, run_sft_sh, tm
                  "evaluation_strategy", "per_device_eval_batch_size"):
         assert f"[sdk] {flag} has no effect here: " in result.stderr, flag
     assert "torch_dtype float16 -> dtype float16" in result.stderr
+    assert (f"dataset_dir {data} -> dataset (added) {data / 'part1.json'} "
+            f"{data / 'part2.json'};") in result.stderr
 
 
 def test_run_sft_sh_trains_a_new_adapter(sft, run_sft_sh, tmp_path):
@@ -162,12 +164,12 @@ def test_a_tokenizer_other_than_the_models_is_refused(sft, run_sft_sh, tmp_path,
     for name in compat.TOKENIZER_FILES:
         if (tiny_model_dir / name).is_file():
             shutil.copy(tiny_model_dir / name, same)
-    result = sft(*run_sft_sh(tokenizer=same), "--dry-run", "--json")
+    result = sft(*run_sft_sh(tokenizer=same, deepspeed=False), "--dry-run", "--json")
     assert plan_of(result)["plan"]["arguments"]["model_id_or_path"] == str(tiny_model_dir)
     assert "tokenizer_name_or_path has no effect here: it is the model's own" in result.stderr
 
     (same / "tokenizer_config.json").write_text("{}")  # another tokenizer
-    result = sft(*run_sft_sh(tokenizer=same), "--dry-run")
+    result = sft(*run_sft_sh(tokenizer=same, deepspeed=False), "--dry-run")
     assert result.exit_code == 1
     assert "tokenizer_name_or_path" in result.stderr and "is not the tokenizer of the model" \
         in result.stderr and "--modules_to_save embed_tokens,lm_head" in result.stderr
