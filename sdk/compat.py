@@ -526,9 +526,9 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
     # LLaMA-Factory's default dataset_dir (not when the data is a folder's .json files)
-    if values.pop("#llama_factory", None) and values.get("dataset") \
-            and not values.pop("#dataset_files", None) and not values.get("dataset_info") \
-            and os.path.isfile(LF_DATASET_INFO):
+    folder_files = values.pop("#dataset_files", None)
+    if values.pop("#llama_factory", None) and values.get("dataset") and not folder_files \
+            and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
         values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
     if values.pop("#eval_human", True) is False and values.get("dataset"):
         print(f"[sdk] eval_human false predicts the held-out rows of --dataset "

@@ -203,14 +203,26 @@ def test_chinese_vicuna_finetune_py_holds_out_a_number_of_rows(sft, tiny_model_d
         assert plan_of(result)["plan"]["arguments"]["report_to"] == ["wandb"]
 
 
-def test_other_values_of_the_seeds_flags(plugin_set):
+def test_other_values_of_the_seeds_flags(plugin_set, tmp_path, monkeypatch):
     from sdk.config import build_arguments
     from sdk.options import arguments_class
 
-    def built(**foreign):
+    def built(ours: dict | None = None, **foreign):
         registry = plugin_set.registry
-        return build_arguments(arguments_class(registry), {"dataset": ["a.json"]}, None,
-                               foreign, registry)
+        ours = {"dataset": ["a.json"]} if ours is None else ours
+        return build_arguments(arguments_class(registry), ours, None, foreign, registry)
+
+    # a folder of .json files is the data even where LLaMA-Factory's data/ would be read
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text("{}")
+    alpaca(tmp_path / "data" / "extra.json", 1)
+    folder = tmp_path / "sft_data"
+    folder.mkdir()
+    alpaca(folder / "a.json", 1)
+    monkeypatch.chdir(tmp_path)
+    arguments = built({}, dataset_dir=str(folder), stage="sft")
+    assert arguments.dataset == [str(folder / "a.json")] and arguments.dataset_info is None
+    assert built({}, dataset_dir="data").dataset_info == "data/dataset_info.json"
 
     assert built(val_size="100").split_dataset_ratio == 100
     assert built(val_size="0.1").split_dataset_ratio == 0.1
