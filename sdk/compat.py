@@ -166,7 +166,7 @@ def held_out_rows(value: Any) -> dict[str, Any]:
     return {"split_dataset_ratio": share}
 
 
-def test_size(value: Any) -> dict[str, Any]:
+def held_out_count(value: Any) -> dict[str, Any]:
     count = number(value)
     if count < 0:
         raise SdkError("is a number of rows: give 0 or more")
@@ -206,12 +206,10 @@ def full_finetuning(value: Any) -> dict[str, Any]:
     raise Ignored("false trains LoRA adapters, as --sft-type lora does by default")
 
 
-def tracker(name: str) -> Callable[[Any], dict]:
-    def apply(value: Any) -> dict[str, Any]:
-        if truth(value):
-            return {"+report_to": name}
-        raise Ignored(f"false logs without {name}, as here by default")
-    return apply
+def wandb(value: Any) -> dict[str, Any]:
+    if truth(value):
+        return {"+report_to": "wandb"}
+    raise Ignored("false logs without wandb, as here by default")
 
 
 def remote_checkpoint(value: Any) -> dict[str, Any]:
@@ -426,9 +424,9 @@ ALIASES: dict[str, Alias] = {
     # flags: batch 128, 3 epochs, lr 3e-4, 256 tokens, LoRA r 8 on q_proj,v_proj, 8-bit)
     "data_path": Alias(VICUNA, "added to --dataset", rename("+dataset")),
     "test_size": Alias(VICUNA, "--split-dataset-ratio N: N rows held out (finetune.py holds "
-                       "out 200 when it is not given; here none)", test_size),
+                       "out 200 when it is not given; here none)", held_out_count),
     "wandb": Alias(VICUNA, "--report-to wandb (the wandb package must be installed)",
-                   tracker("wandb")),
+                   wandb),
     "output_path": Alias(VICUNA, "--output-dir", rename("output_dir")),
     "model_path": Alias(VICUNA, "as LLaMA-Factory's model_name_or_path",
                         rename("#model_name_or_path")),
