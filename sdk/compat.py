@@ -393,6 +393,18 @@ ALIASES: dict[str, Alias] = {
     "tokenizer_name_or_path": Alias(CLA2, "no effect when it is the model's own tokenizer (its "
                                     "folder, or the same tokenizer files); another refused",
                                     rename("#tokenizer")),
+    "tokenizer_name": Alias(CLA2, "as tokenizer_name_or_path", rename("#tokenizer")),
+    "use_fast_tokenizer": Alias(CLA2, "no effect (the model's own tokenizer)", no_effect(
+        "the model folder's tokenizer is loaded as its files define it")),
+    "cache_dir": Alias(CLA2, "no effect (the hub's own cache)", no_effect(
+        "downloads go to the hub's cache (HF_HOME, MODELSCOPE_CACHE)")),
+    "use_auth_token": Alias(CLA2, "no effect (--hub-token, else the login's token)",
+                            no_effect("the hub's saved login token is used (or --hub-token)")),
+    "data_cache_dir": Alias(CLA2, "no effect (the script does not read it)", no_effect(
+        "run_clm_sft_with_peft.py passes none on either; the tokenized data is cached under "
+        "--output-dir")),
+    "keep_linebreaks": Alias(CLA2, "no effect (text files only)", no_effect(
+        "it applies to plain-text files, and the data here are .json records")),
     "validation_file": Alias(CLA2, "added to --val-dataset", rename("+val_dataset")),
     "validation_split_percentage": Alias(CLA2, "no effect (the SFT script does not read it)",
                                          no_effect(

@@ -134,6 +134,7 @@ def test_chinese_llama_alpaca_2_run_sft_sh_plans_as_it_means(sft, run_sft_sh, tm
                  "ddp_find_unused_parameters", "overwrite_output_dir", "save_strategy",
                  "evaluation_strategy", "per_device_eval_batch_size"):
         assert f"[sdk] {flag} has no effect here: " in result.stderr, flag
+    assert plan["gradient_checkpointing"] is True  # a flag alone: true
     assert "torch_dtype float16 -> dtype float16" in result.stderr
     assert (f"dataset_dir {data} -> dataset (added) {data / 'part1.json'} "
             f"{data / 'part2.json'};") in result.stderr
@@ -246,6 +247,15 @@ def test_other_values_of_the_seeds_flags(plugin_set, tmp_path, monkeypatch):
 ])
 def test_what_the_seeds_cannot_have_is_refused(refused_sft, flags, message):
     assert message in refused_sft(*flags)
+
+
+def test_run_clm_sft_with_peft_flags_without_effect_say_so(capsys):
+    flags = {"use_fast_tokenizer": "false", "cache_dir": "/tmp/hf", "use_auth_token": "true",
+             "data_cache_dir": "cache", "keep_linebreaks": "true", "load_in_kbits": "16"}
+    assert compat.translate(flags, "sft", "The command line") == {}
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" has no effect here: ")[0] for line in lines] == [
+        f"[sdk] {flag}" for flag in flags]
 
 
 def test_a_dataset_dir_without_data_is_refused(tmp_path):
