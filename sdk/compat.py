@@ -481,9 +481,10 @@ def foreign_keys(keys: Iterable[str], fields: Iterable[str], command: str) -> li
 def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, Any]:
     """Another tool's ``given`` names (foreign_keys) as our fields; prints one line per flag
     without effect and one line naming the translated ones. A refused flag raises SdkError
-    naming ``where`` (the command line or a config file) and the reason."""
+    naming ``where`` (the command line or a config file) and the reason, and so do two that
+    set one option to different values (fp16 and torch_dtype bfloat16)."""
     values: dict[str, Any] = {"#llama_factory": True} if llama_factory(given) else {}
-    read, ignored = [], []
+    read, ignored, set_by = [], [], {}
     for name, value in given.items():
         if command == "infer" and name in INFER_IGNORES:
             ignored.append((name, INFER_IGNORES[name]))
@@ -499,7 +500,15 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             continue
         except SdkError as error:
             raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
-        values.update(made)
+        for key, setting in made.items():
+            if key.startswith("+"):  # several flags add to one list
+                values[key] = [*split_list(values.get(key)), *split_list(setting)]
+                continue
+            if key in values and spelled(key, values[key]) != spelled(key, setting):
+                raise SdkError(f"{where}: {set_by[key]} and {name} both set "
+                               f"--{key.lstrip('#').replace('_', '-')}, to "
+                               f"{values[key]} and {setting}; keep one.")
+            values[key], set_by[key] = setting, name
         shown = {key: made[key] for key in made if not key.startswith("#")}
         read.append(f"{name} {value} -> " + (", ".join(
             f"{key.lstrip('+').replace('_', '-')}{' (added)' if key[0] == '+' else ''} "
@@ -512,6 +521,12 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
     if read:
         print(f"[sdk] read as sdk's options: {'; '.join(read)}.", file=sys.stderr)
     return values
+
+
+def spelled(field: str, value: Any) -> str:
+    """``value`` of ``field`` as sdk spells it (THEIR_VALUES), to compare two tools' flags."""
+    text = str(value).lower()
+    return (THEIR_VALUES.get(field) or {}).get(text, text)
 
 
 def finish(values: dict[str, Any]) -> dict[str, Any]:

@@ -232,6 +232,8 @@ def test_other_values_of_the_seeds_flags(plugin_set, tmp_path, monkeypatch):
     assert built(load_in_kbits="16").quantization_bit is None
     assert built(full_finetuning="true").sft_type == "full"
     assert built(preprocessing_num_workers="8").dataset_num_proc == 8
+    assert built({}, data_path="b.json", custom_train_dataset_path="c.json").dataset == [
+        "b.json", "c.json"]  # two tools' flags that add data: both added
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -240,6 +242,8 @@ def test_other_values_of_the_seeds_flags(plugin_set, tmp_path, monkeypatch):
                                        "a whole number of rows"),
     (["--test_size", "-1"], "Chinese-Vicuna's test_size is a number of rows"),
     (["--load_in_kbits", "2"], "Chinese-LLaMA-Alpaca-2's load_in_kbits takes 4, 8 or 16"),
+    (["--bf16", "--torch_dtype", "float16"], "The command line: bf16 and torch_dtype both set "
+                                             "--dtype, to bf16 and float16; keep one."),
     (["--logging_strategy", "epoch"], "every N steps only"),
     (["--ignore_data_skip", "True"], "always skips the batches it already trained on"),
     (["--lora_remote_checkpoint", "Facico/Chinese-Vicuna-lora-7b-3epoch-belle-and-guanaco"],
