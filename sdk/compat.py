@@ -1,6 +1,8 @@
 """Other tools' flags and config keys, read as ours: ms-swift 1.x/2.x (`swift sft`,
-`llm_sft.py`, `swift infer`) and LLaMA-Factory (its YAML configs and `llamafactory-cli train`
-flags, which ChatGLM-Efficient-Tuning shares).
+`llm_sft.py`, `swift infer`), LLaMA-Factory (its YAML configs and `llamafactory-cli train`
+flags, which ChatGLM-Efficient-Tuning shares), Chinese-LLaMA-Alpaca-2's run_sft.sh
+(run_clm_sft_with_peft.py: transformers' Trainer flags and its own) and Chinese-Vicuna's
+finetune.py.
 
 ``ALIASES`` is the one table: each foreign name becomes our fields (its value translated),
 has no effect here (accepted with one line saying why) or is refused with the reason (it would
@@ -16,11 +18,13 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sdk.errors import SdkError
 
 SWIFT, LF = "ms-swift", "LLaMA-Factory"
+CLA2, VICUNA = "Chinese-LLaMA-Alpaca-2", "Chinese-Vicuna"
 BOTH = f"{SWIFT}, {LF}"
 # pseudo-fields: a sample size applied to the final --dataset / --val-dataset entries
 TRAIN_SAMPLE, VAL_SAMPLE = "#train_sample", "#val_sample"
@@ -153,11 +157,72 @@ def stage(value: Any) -> dict[str, Any]:
                    "pre-training, reward modelling, PPO, DPO and KTO are not supported")
 
 
-def val_size(value: Any) -> dict[str, Any]:
-    if fraction(value) >= 1:
-        raise SdkError(f"{value} holds out a number of rows, and --split-dataset-ratio is a "
-                       "fraction of the rows: give a val_size below 1")
-    return {"split_dataset_ratio": value}
+def held_out_rows(value: Any) -> dict[str, Any]:
+    """A held-out fraction below 1, a number of rows from 1 up: --split-dataset-ratio reads
+    both."""
+    share = fraction(value)
+    if share >= 1 and not share.is_integer():
+        raise SdkError("from 1 up counts rows: give a whole number, or a fraction below 1")
+    return {"split_dataset_ratio": share}
+
+
+def held_out_count(value: Any) -> dict[str, Any]:
+    count = number(value)
+    if count < 0:
+        raise SdkError("is a number of rows: give 0 or more")
+    if count == 0:
+        raise Ignored("0 holds out no rows, as here by default")
+    return {"split_dataset_ratio": count}
+
+
+def dataset_dir(value: Any) -> dict[str, Any]:
+    """LLaMA-Factory's folder (its dataset_info.json) or Chinese-LLaMA-Alpaca-2's (every .json
+    file in it is alpaca training data), told apart by what the folder holds."""
+    folder = str(value)
+    info = os.path.join(folder, "dataset_info.json")
+    if os.path.isfile(info):
+        return {"dataset_info": info}
+    files = sorted(entry.path for entry in os.scandir(folder) if entry.is_file()
+                   and entry.name.endswith(".json")) if os.path.isdir(folder) else []
+    if not files:
+        raise SdkError(f"'{folder}' holds neither a dataset_info.json (LLaMA-Factory's data "
+                       "folder) nor .json files (Chinese-LLaMA-Alpaca-2's): give the folder "
+                       "that holds your data")
+    return {"+dataset": files, "#dataset_files": True}
+
+
+def load_in_kbits(value: Any) -> dict[str, Any]:
+    bits = number(value)
+    if bits == 16:
+        raise Ignored("16 loads the model unquantized, as here by default")
+    if bits not in (4, 8):
+        raise SdkError("takes 4, 8 or 16")
+    return {"quantization_bit": bits}
+
+
+def full_finetuning(value: Any) -> dict[str, Any]:
+    if truth(value):
+        return {"sft_type": "full"}
+    raise Ignored("false trains LoRA adapters, as --sft-type lora does by default")
+
+
+def wandb(value: Any) -> dict[str, Any]:
+    if truth(value):
+        return {"+report_to": "wandb"}
+    raise Ignored("false logs without wandb, as here by default")
+
+
+def remote_checkpoint(value: Any) -> dict[str, Any]:
+    raise SdkError(f"downloads the hub adapter '{value}' into --resume_from_checkpoint's "
+                   f"folder: download it (huggingface-cli download {value} --local-dir DIR) "
+                   "and give DIR as --adapter")
+
+
+def ignore_data_skip(value: Any) -> dict[str, Any]:
+    if not truth(value):
+        raise Ignored("a resumed run skips the batches it already trained on, as here always")
+    raise SdkError("true: a resumed run here always skips the batches it already trained on, "
+                   "so that it sees the data as the uninterrupted run would; leave it out")
 
 
 def do_train(value: Any) -> dict[str, Any]:
@@ -298,11 +363,12 @@ ALIASES: dict[str, Alias] = {
     "lora_target": Alias(LF, "--lora-target-modules (all: every linear layer)",
                          rename("lora_target_modules")),
     "cutoff_len": Alias(LF, "--max-length", rename("max_length")),
-    "val_size": Alias(LF, "--split-dataset-ratio (a fraction; a row count refused)",
-                      val_size),
-    "dataset_dir": Alias(LF, "--dataset-info DIR/dataset_info.json",
-                         lambda value: {"dataset_info": os.path.join(str(value),
-                                                                     "dataset_info.json")}),
+    "val_size": Alias(LF, "--split-dataset-ratio (a fraction below 1, or from 1 up a number "
+                      "of rows)", held_out_rows),
+    "dataset_dir": Alias(f"{LF}, {CLA2}", "with a dataset_info.json: --dataset-info "
+                         "DIR/dataset_info.json (LLaMA-Factory's); else each .json file in it "
+                         "added to --dataset (Chinese-LLaMA-Alpaca-2's alpaca files)",
+                         dataset_dir),
     "per_device_train_batch_size": Alias(LF, "--batch-size", rename("batch_size")),
     "per_device_eval_batch_size": Alias(LF, "no effect (eval uses --batch-size)", no_effect(
         "eval loss batches as training does (--batch-size)")),
@@ -312,7 +378,8 @@ ALIASES: dict[str, Alias] = {
         "the tokenized data is cached by its content and settings")),
     "plot_loss": Alias(LF, "no effect (loss.png is always drawn)", no_effect(
         "every run draws its loss curves (loss.png)")),
-    "ddp_timeout": Alias(LF, "no effect", no_effect("the launcher's default timeout is used")),
+    "ddp_timeout": Alias(f"{LF}, {CLA2}", "no effect", no_effect(
+        "the launcher's default timeout is used")),
     "preprocessing_num_workers": Alias(LF, "--dataset-num-proc", rename("dataset_num_proc")),
     "quantization_method": Alias(LF, "bnb: no effect; else refused", quantization_method),
     "template": Alias(LF, "--template (qwen: the model type's)", template(LF_TEMPLATES),
@@ -321,6 +388,63 @@ ALIASES: dict[str, Alias] = {
                             rename("adapter"), SFT_AND_INFER),
     "adapter_name_or_path": Alias(LF, "--adapter (sft), --ckpt-dir (infer)",
                                   rename("adapter"), SFT_AND_INFER),
+    # --- Chinese-LLaMA-Alpaca-2's run_clm_sft_with_peft.py (transformers' Trainer flags and
+    # its own; the LLaMA-Factory names above that it shares read the same)
+    "tokenizer_name_or_path": Alias(CLA2, "no effect when it is the model's own tokenizer (its "
+                                    "folder, or the same tokenizer files); another refused",
+                                    rename("#tokenizer")),
+    "tokenizer_name": Alias(CLA2, "as tokenizer_name_or_path", rename("#tokenizer")),
+    "use_fast_tokenizer": Alias(CLA2, "no effect (the model's own tokenizer)", no_effect(
+        "the model folder's tokenizer is loaded as its files define it")),
+    "cache_dir": Alias(CLA2, "no effect (the hub's own cache)", no_effect(
+        "downloads go to the hub's cache (HF_HOME, MODELSCOPE_CACHE)")),
+    "use_auth_token": Alias(CLA2, "no effect (--hub-token, else the login's token)",
+                            no_effect("the hub's saved login token is used (or --hub-token)")),
+    "data_cache_dir": Alias(CLA2, "no effect (the script does not read it)", no_effect(
+        "run_clm_sft_with_peft.py passes none on either; the tokenized data is cached under "
+        "--output-dir")),
+    "keep_linebreaks": Alias(CLA2, "no effect (text files only)", no_effect(
+        "it applies to plain-text files, and the data here are .json records")),
+    "validation_file": Alias(CLA2, "added to --val-dataset", rename("+val_dataset")),
+    "validation_split_percentage": Alias(CLA2, "no effect (the SFT script does not read it)",
+                                         no_effect(
+        "run_clm_sft_with_peft.py does not read it either: its held-out rows are "
+        "--validation_file's (here --val-dataset; --split-dataset-ratio holds out a share)")),
+    "trainable": Alias(CLA2, "--lora-target-modules (a comma list)",
+                       rename("lora_target_modules")),
+    "modules_to_save": Alias(CLA2, "--lora-modules-to-save (a comma list)",
+                             rename("lora_modules_to_save")),
+    "torch_dtype": Alias(CLA2, "--dtype (float16: fp16, ...)", rename("dtype")),
+    "load_in_kbits": Alias(CLA2, "--quantization-bit 4 or 8 (16: no effect)", load_in_kbits),
+    "quant_type": Alias(CLA2, "--bnb-4bit-quant-type", rename("bnb_4bit_quant_type")),
+    "double_quant": Alias(CLA2, "--bnb-4bit-use-double-quant",
+                          rename("bnb_4bit_use_double_quant")),
+    "use_flash_attention_2": Alias(CLA2, "--attn-impl flash_attention_2 (false: sdpa)",
+                                   flash_attention),
+    "full_finetuning": Alias(CLA2, "--sft-type full (false: no effect)", full_finetuning),
+    "peft_path": Alias(CLA2, "--adapter (trains on with its own rank and targets, as "
+                       "the script does)", rename("adapter")),
+    "max_seq_length": Alias(CLA2, "--max-length", rename("max_length")),
+    "logging_strategy": Alias(CLA2, "steps: no effect; else refused", strategy("logging")),
+    "logging_first_step": Alias(CLA2, "no effect (step 1 is always logged)", no_effect(
+        "the first step's loss is always logged")),
+    "ddp_find_unused_parameters": Alias(CLA2, "no effect (the Trainer decides; speed only)",
+                                        no_effect(
+        "DDP's search for unused parameters changes the speed, not the result; transformers' "
+        "Trainer decides it (off with gradient checkpointing)")),
+    # --- Chinese-Vicuna's finetune.py (its other settings are constants in the script, not
+    # flags: batch 128, 3 epochs, lr 3e-4, 256 tokens, LoRA r 8 on q_proj,v_proj, 8-bit)
+    "data_path": Alias(VICUNA, "added to --dataset", rename("+dataset")),
+    "test_size": Alias(VICUNA, "--split-dataset-ratio N: N rows held out (finetune.py holds "
+                       "out 200 when it is not given; here none)", held_out_count),
+    "wandb": Alias(VICUNA, "--report-to wandb (the wandb package must be installed)",
+                   wandb),
+    "output_path": Alias(VICUNA, "--output-dir", rename("output_dir")),
+    "model_path": Alias(VICUNA, "as LLaMA-Factory's model_name_or_path",
+                        rename("#model_name_or_path")),
+    "lora_remote_checkpoint": Alias(VICUNA, "refused (download it, give --adapter)",
+                                    remote_checkpoint),
+    "ignore_data_skip": Alias(VICUNA, "false: no effect; true refused", ignore_data_skip),
 }
 # A config or command line with one of these keys is LLaMA-Factory's: its `template` names
 # are LLaMA-Factory's (`template` is also ours, so only then translated).
@@ -357,9 +481,10 @@ def foreign_keys(keys: Iterable[str], fields: Iterable[str], command: str) -> li
 def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, Any]:
     """Another tool's ``given`` names (foreign_keys) as our fields; prints one line per flag
     without effect and one line naming the translated ones. A refused flag raises SdkError
-    naming ``where`` (the command line or a config file) and the reason."""
+    naming ``where`` (the command line or a config file) and the reason, and so do two that
+    set one option to different values (fp16 and torch_dtype bfloat16)."""
     values: dict[str, Any] = {"#llama_factory": True} if llama_factory(given) else {}
-    read, ignored = [], []
+    read, ignored, set_by = [], [], {}
     for name, value in given.items():
         if command == "infer" and name in INFER_IGNORES:
             ignored.append((name, INFER_IGNORES[name]))
@@ -375,10 +500,20 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             continue
         except SdkError as error:
             raise SdkError(f"{where}: {alias.tools}'s {name} {error}.") from None
-        values.update(made)
+        for key, setting in made.items():
+            if key.startswith("+"):  # several flags add to one list
+                values[key] = [*split_list(values.get(key)), *split_list(setting)]
+                continue
+            if key in values and spelled(key, values[key]) != spelled(key, setting):
+                raise SdkError(f"{where}: {set_by[key]} and {name} both set "
+                               f"--{key.lstrip('#').replace('_', '-')}, to "
+                               f"{values[key]} and {setting}; keep one.")
+            values[key], set_by[key] = setting, name
         shown = {key: made[key] for key in made if not key.startswith("#")}
         read.append(f"{name} {value} -> " + (", ".join(
-            f"{key.replace('_', '-')} {'(the default)' if shown is None else shown}"
+            f"{key.lstrip('+').replace('_', '-')}{' (added)' if key[0] == '+' else ''} "
+            + ("(the default)" if shown is None else " ".join(map(str, shown))
+               if isinstance(shown, list) else str(shown))
             for key, shown in shown.items())
             or (alias.doc if made else "(the default)")))  # resolved later: say how
     for name, why in ignored:
@@ -386,6 +521,12 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
     if read:
         print(f"[sdk] read as sdk's options: {'; '.join(read)}.", file=sys.stderr)
     return values
+
+
+def spelled(field: str, value: Any) -> str:
+    """``value`` of ``field`` as sdk spells it (THEIR_VALUES), to compare two tools' flags."""
+    text = str(value).lower()
+    return (THEIR_VALUES.get(field) or {}).get(text, text)
 
 
 def finish(values: dict[str, Any]) -> dict[str, Any]:
@@ -397,7 +538,7 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
     if [name.upper() for name in values.get("lora_target_modules") or ()] in (
             ["DEFAULT"], ["AUTO"]):  # ms-swift: the model type's own
         values["lora_target_modules"] = []
-    for field in ("dataset", "val_dataset"):
+    for field in ("dataset", "val_dataset", "report_to"):
         if f"+{field}" in values:
             values[field] = [*split_list(values.get(field)),
                              *split_list(values.pop(f"+{field}"))]
@@ -409,8 +550,9 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
                            "trains, then predicts its held-out rows with do_train).")
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
-    # LLaMA-Factory's default dataset_dir
-    if values.pop("#llama_factory", None) and values.get("dataset") \
+    # LLaMA-Factory's default dataset_dir (not when the data is a folder's .json files)
+    folder_files = values.pop("#dataset_files", None)
+    if values.pop("#llama_factory", None) and values.get("dataset") and not folder_files \
             and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
         values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
     if values.pop("#eval_human", True) is False and values.get("dataset"):
@@ -480,6 +622,9 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     if values.get("model_type"):
         values["model_type"] = model_type_spelling(values["model_type"], known)
     path = values.pop("#model_name_or_path", None)
+    tokenizer = values.pop("#tokenizer", None)
+    if tokenizer is not None:
+        check_tokenizer(str(tokenizer), values.get("model_id_or_path") or path)
     if path is None:
         return values
     if os.path.isdir(path) or path.startswith((".", "/", "~")):
@@ -499,6 +644,44 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
                    "type's hub id (`sdk models` lists the model types): download it and give "
                    "its folder with --model-type TYPE, or install the plugin of its family.")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                   "merges.txt", "vocab.txt", "special_tokens_map.json", "added_tokens.json")
+
+
+def check_tokenizer(tokenizer: str, model: str | None) -> None:
+    """Chinese-LLaMA-Alpaca-2's --tokenizer_name_or_path: the model's own tokenizer (its
+    folder, its hub id, or a folder of the same tokenizer files) has no effect; another is
+    refused, as the run, its checkpoints and `sdk infer` read the model folder's tokenizer."""
+    if model is not None and same_tokenizer(tokenizer, model):
+        print("[sdk] tokenizer_name_or_path has no effect here: it is the model's own "
+              "tokenizer.", file=sys.stderr)
+        return
+    raise SdkError(
+        f"Chinese-LLaMA-Alpaca-2's tokenizer_name_or_path '{tokenizer}' is not the tokenizer of "
+        f"the model {model or '(none given)'}: the run, its checkpoints and `sdk infer` read "
+        "the model folder's tokenizer. Put the tokenizer's files into a copy of the model's "
+        "folder and give that folder: a vocabulary that fits the model's embeddings trains "
+        "as it is; a larger one (Chinese-LLaMA-2's 55296 tokens on LLaMA-2's 32000) needs the "
+        "embeddings resized and trained (--modules_to_save embed_tokens,lm_head) first, which "
+        "sdk does not do.")
+
+
+def same_tokenizer(tokenizer: str, model: str) -> bool:
+    if tokenizer == model:
+        return True
+    if not (os.path.isdir(tokenizer) and os.path.isdir(model)):
+        return False
+    if os.path.samefile(tokenizer, model):
+        return True
+
+    def files(folder: str) -> dict[str, bytes]:
+        return {name: (Path(folder) / name).read_bytes() for name in TOKENIZER_FILES
+                if (Path(folder) / name).is_file()}
+
+    theirs = files(tokenizer)
+    return bool(theirs) and theirs == files(model)
 
 
 def markdown() -> str:
@@ -533,6 +716,19 @@ def markdown() -> str:
     lines += ["A LLaMA-Factory configuration or command line without `dataset_dir` reads its "
               "dataset names from `data/dataset_info.json` when there is one, as "
               "LLaMA-Factory does.", ""]
+    lines += ["Chinese-LLaMA-Alpaca-2's run_sft.sh passes transformers' Trainer flags: those "
+              "that are sdk's too (`--seed`, `--max_steps`, `--learning_rate`, `--deepspeed "
+              "FILE`, ...) are ours, and those LLaMA-Factory shares (`model_name_or_path`, "
+              "`do_train`, `do_eval`, `fp16`, `per_device_train_batch_size`, "
+              "`overwrite_output_dir`, `preprocessing_num_workers`, `evaluation_strategy`, "
+              "`save_strategy`) read as above. With `--peft_path` the adapter trains on with its "
+              "own rank, targets and modules to save, as the script does. Chinese-Vicuna's "
+              "finetune.py fixes its other settings in code, not flags (a batch of 128 as 4 x 32 "
+              "accumulated, 3 epochs, learning rate 3e-4, 256 tokens, LoRA r 8, alpha 16, "
+              "dropout 0.05 on q_proj and v_proj, an 8-bit base): give those you want as sdk's "
+              "flags (`--batch-size 4 --gradient-accumulation-steps 32 --num-train-epochs 3 "
+              "--learning-rate 3e-4 --max-length 256 --lora-alpha 16 --lora-dropout 0.05 "
+              "--lora-target-modules q_proj v_proj --quantization-bit 8`).", ""]
     lines += ["`init_lora_weights pissa_niter_N` (peft's and ms-swift's): `--init-lora-weights "
               "pissa --pissa-niter N`; `lora_target_modules DEFAULT` or `AUTO` (ms-swift's): "
               "the model type's own targets.", ""]

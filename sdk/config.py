@@ -148,7 +148,8 @@ class SftArguments(ModelArguments):
     val_dataset: list[str] = arg([], "Held-out datasets to compute eval loss on (like "
                                  "--dataset).", path="datasets", group="data")
     split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "
-                                     "the training rows for eval loss.", at_least=0, below=1,
+                                     "the training rows (below 1), or this many rows (a whole "
+                                     "number from 1), for eval loss.", at_least=0,
                                      group="data")
     eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
                                  "(default: --save-steps).", at_least=1, group="logging")

@@ -301,10 +301,6 @@ def test_ms_swift_values_read_as_ours(given, expected, plugin_set):
     assert {key: getattr(arguments, key) for key in expected} == expected
 
 
-def test_a_llama_factory_val_size_that_counts_rows_is_refused(refused_sft):
-    assert "holds out a number of rows" in refused_sft("--val_size", "100")
-
-
 def test_llama_factory_reads_data_dataset_info_json_without_dataset_dir(tmp_path, monkeypatch):
     from sdk.config import SftArguments, build_arguments
 

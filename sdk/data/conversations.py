@@ -63,10 +63,14 @@ def sample_indices(size: int, count: int, seed: int) -> list[int]:
 
 def split_indices(size: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, held out) row indices: a seeded shuffle, then ``ratio`` of the rows (at least
-    one) apart."""
+    one) apart; from 1 up, ``ratio`` is a number of rows (as LLaMA-Factory's val_size and
+    Chinese-Vicuna's test_size count them)."""
     if ratio <= 0:
         return list(range(size)), []
-    held_out = max(1, round(size * ratio))
+    if ratio >= 1 and not float(ratio).is_integer():
+        raise SdkError(f"--split-dataset-ratio {ratio}: give a fraction below 1 or a whole "
+                       "number of rows.")
+    held_out = int(ratio) if ratio >= 1 else max(1, round(size * ratio))
     if held_out >= size:
         raise SdkError(f"--split-dataset-ratio {ratio} leaves no training rows out of "
                        f"{size}; lower it or pass --val-dataset.")

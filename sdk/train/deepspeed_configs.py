@@ -93,6 +93,33 @@ def check_deepspeed(args: Any) -> None:
     if args.quantization_bit and zero_stage(config) == 3:
         raise SdkError(f"{FLAG} {args.deepspeed}: ZeRO-3 cannot shard a "
                        f"{args.quantization_bit}-bit base model. Use zero2 for QLoRA.")
+    if MS_SWIFT_NAMES.get(args.deepspeed, args.deepspeed) not in BUILT_IN:
+        check_sections(args.deepspeed, config)
+
+
+def check_sections(path: str, config: dict[str, Any]) -> None:
+    """A file's fp16, bf16 and ZeRO sections as the installed DeepSpeed reads them, so that a
+    value it no longer takes is named before loading rather than by a pydantic traceback when
+    training starts (Chinese-LLaMA-Alpaca's ds_zero2_no_offload.json sets fp16 min_loss_scale
+    1e-10, which DeepSpeed 0.19 takes only as a whole number)."""
+    import deepspeed
+    from pydantic import ValidationError
+
+    try:
+        from deepspeed.runtime.precision_config import get_bfloat16_config, get_float16_config
+        from deepspeed.runtime.zero.config import get_zero_config
+    except ImportError:  # another layout: DeepSpeed checks the file when training starts
+        return
+    for section, read in (("fp16", get_float16_config), ("bf16", get_bfloat16_config),
+                          ("zero_optimization", get_zero_config)):
+        try:
+            read(config)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            key = ".".join(map(str, (section, *problem["loc"])))
+            raise SdkError(f"{FLAG} {path}: DeepSpeed {deepspeed.__version__} does not take its "
+                           f"{key} {problem.get('input')!r} ({problem['msg']}); change it in "
+                           "the file.") from None
 
 
 def single_process_rendezvous() -> None:
