@@ -306,8 +306,6 @@ ALIASES: dict[str, Alias] = {
     "per_device_train_batch_size": Alias(LF, "--batch-size", rename("batch_size")),
     "per_device_eval_batch_size": Alias(LF, "no effect (eval uses --batch-size)", no_effect(
         "eval loss batches as training does (--batch-size)")),
-    "overwrite_output_dir": Alias(LF, "no effect (each run gets a new folder)", no_effect(
-        "each run writes a new folder under --output-dir")),
     "overwrite_cache": Alias(LF, "no effect", no_effect(
         "the tokenized data is cached by its content and settings")),
     "plot_loss": Alias(LF, "no effect (loss.png is always drawn)", no_effect(
@@ -359,6 +357,8 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
     without effect and one line naming the translated ones. A refused flag raises SdkError
     naming ``where`` (the command line or a config file) and the reason."""
     values: dict[str, Any] = {"#llama_factory": True} if llama_factory(given) else {}
+    if values and command == "sft":  # LLaMA-Factory writes its run into output_dir as given
+        values["#output_dir_as_run"] = True
     read, ignored = [], []
     for name, value in given.items():
         if command == "infer" and name in INFER_IGNORES:
@@ -409,6 +409,8 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
                            "trains, then predicts its held-out rows with do_train).")
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
+    if values.pop("#output_dir_as_run", None):
+        values.setdefault("output_dir_as_run", True)
     # LLaMA-Factory's default dataset_dir
     if values.pop("#llama_factory", None) and values.get("dataset") \
             and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
@@ -532,7 +534,12 @@ def markdown() -> str:
         for theirs, ours in spellings.items() if theirs != ours])
     lines += ["A LLaMA-Factory configuration or command line without `dataset_dir` reads its "
               "dataset names from `data/dataset_info.json` when there is one, as "
-              "LLaMA-Factory does.", ""]
+              "LLaMA-Factory does.", "",
+              "A LLaMA-Factory configuration or command line writes its run into `output_dir` "
+              "as given (`--output-dir-as-run`: `checkpoint-N` in it), not into "
+              "`OUTPUT_DIR/<model-type>/v<N>-<time>/`; a folder that holds anything is refused "
+              "unless `overwrite_output_dir` (which deletes the previous run's files only) or "
+              "`resume_from_checkpoint`.", ""]
     lines += ["`init_lora_weights pissa_niter_N` (peft's and ms-swift's): `--init-lora-weights "
               "pissa --pissa-niter N`; `lora_target_modules DEFAULT` or `AUTO` (ms-swift's): "
               "the model type's own targets.", ""]

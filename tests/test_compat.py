@@ -139,7 +139,9 @@ def test_a_llama_factory_config_plans_as_it_means(sft, tiny_model_dir, tmp_path)
     assert plan["split_dataset_ratio"] == 0.34 and plan["max_length"] == 2048
     assert plan["batch_size"] == 1 and plan["gradient_accumulation_steps"] == 8
     assert plan["only_save_model"] is False and plan["num_train_epochs"] == 3.0
-    for key in ("stage", "do_train", "overwrite_cache", "plot_loss", "overwrite_output_dir",
+    assert plan["output_dir"] == str(tmp_path / "saves") and plan["output_dir_as_run"]
+    assert plan["overwrite_output_dir"] is True  # ours too (tests/test_output_dir.py)
+    for key in ("stage", "do_train", "overwrite_cache", "plot_loss",
                 "ddp_timeout", "per_device_eval_batch_size", "eval_strategy"):
         assert f"[sdk] {key} has no effect here: " in result.stderr, key
 

@@ -40,6 +40,9 @@ OVERRULED = (
     Overruled(("eval_steps",),
               lambda args: not args.val_dataset and not args.split_dataset_ratio,
               "there is no held-out data to evaluate (--val-dataset, --split-dataset-ratio)"),
+    Overruled(("overwrite_output_dir",), lambda args: not args.output_dir_as_run,
+              "each run writes a new folder under --output-dir (without "
+              "--output-dir-as-run)"),
 )
 
 
