@@ -226,7 +226,8 @@ ALIASES: dict[str, Alias] = {
     "lora_dropout_p": Alias(SWIFT, "--lora-dropout", rename("lora_dropout")),
     "train_dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
     "dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
-    "val_dataset_sample": Alias(SWIFT, "NAME#N on --val-dataset (-1: all rows)", val_sample),
+    "val_dataset_sample": Alias(SWIFT, "NAME#N on --val-dataset, else --held-out-sample N "
+                                "(-1: all rows)", val_sample),
     "train_dataset_mix_ratio": Alias(SWIFT, "0: no effect; else refused", mix_ratio),
     "self_cognition_sample": Alias(SWIFT, "self-cognition#N added to --dataset",
                                    self_cognition),
@@ -436,6 +437,14 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         if count is None:
             continue
         entries = split_list(values.get(field))
+        if not entries and field == "val_dataset":  # ms-swift: N of the held-out split
+            if not fraction(values.get("split_dataset_ratio") or 0):
+                raise SdkError(f"val_dataset_sample {count} samples the held-out rows, and "
+                               "none are held out: ms-swift holds out dataset_test_ratio 0.01 "
+                               "by default, sdk 0; give --dataset_test_ratio "
+                               "(--split-dataset-ratio) or --val-dataset.")
+            values["held_out_sample"] = count
+            continue
         if not entries:
             raise SdkError(f"a sample size ({count} rows) was given with no "
                            f"--{field.replace('_', '-')} to take it from.")

@@ -150,6 +150,10 @@ class SftArguments(ModelArguments):
     split_dataset_ratio: float = arg(0.0, "Without --val-dataset, hold out this fraction of "
                                      "the training rows for eval loss.", at_least=0, below=1,
                                      group="data")
+    held_out_sample: int | None = arg(
+        None, "Evaluate on N rows (drawn under --seed) of those --split-dataset-ratio holds "
+        "out; the others are neither trained nor evaluated on (ms-swift's "
+        "val_dataset_sample).", at_least=1, group="data")
     eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
                                  "(default: --save-steps).", at_least=1, group="logging")
     model_name: list[str] = arg(

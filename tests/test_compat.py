@@ -327,3 +327,37 @@ def test_max_samples_takes_the_first_rows_as_llama_factory_does(plugin_set, iden
                              output_dir=str(tmp_path))
     train, _ = training_and_held_out(arguments, plugin_set.registry, None)
     assert train["where"] == [f"{identity_data}:1", f"{identity_data}:2"]
+
+
+def test_val_dataset_sample_without_val_dataset_samples_the_held_out_split(
+        sft, refused_sft, plugin_set, tiny_model_dir, tmp_path):
+    """ms-swift holds out dataset_test_ratio of the data, then keeps val_dataset_sample rows
+    of those (the others neither train nor evaluate)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"query": f"Question {i}?", "response": "Yes."}) + "\n"
+                            for i in range(10)))
+    result = sft("--model_type", TINY_MODEL_TYPE, "--model_id_or_path", tiny_model_dir,
+                 "--dataset", data, "--dataset_test_ratio", "0.5", "--val_dataset_sample", "2",
+                 "--output_dir", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "val_dataset_sample 2 -> NAME#N on --val-dataset, else --held-out-sample" in \
+        result.stderr
+    assert ("held out: 0.5 of it (--split-dataset-ratio), of which 2 rows sampled "
+            "(--held-out-sample)") in result.stdout
+    assert "  train: 5 rows" in result.stdout and "  held-out: 2 rows" in result.stdout
+
+    assert "none are held out: ms-swift holds out dataset_test_ratio 0.01 by default" in \
+        refused_sft("--val_dataset_sample", "2")
+
+    from sdk.config import SftArguments
+    from sdk.data.arrow import training_and_held_out
+
+    def split(**sample):
+        arguments = SftArguments(dataset=[str(data)], split_dataset_ratio=0.5,
+                                 output_dir=str(tmp_path), **sample)
+        return training_and_held_out(arguments, plugin_set.registry, None)
+
+    train, held_out = split()
+    sampled_train, sampled = split(held_out_sample=2)
+    assert sampled_train["where"] == train["where"]  # the same training rows
+    assert len(sampled) == 2 and set(sampled["where"]) < set(held_out["where"])

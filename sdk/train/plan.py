@@ -75,8 +75,7 @@ class Plan:
         lines = [f"model type: {args.model_type}"
                  + (f" ({args.model_id_or_path})" if args.model_id_or_path else ""),
                  f"template: {args.template}", f"tuner: {args.sft_type}",
-                 f"data: {', '.join(args.dataset)}"
-                 + (f"; held out: {', '.join(args.val_dataset)}" if args.val_dataset else ""),
+                 f"data: {', '.join(args.dataset)}{held_out_text(args)}",
                  f"run folder: {self.run_dir}" + (f" (resuming {self.resume_from})"
                                                   if self.resume_from else " (not created yet)"),
                  f"push to: {self.push_to or 'nowhere (no --push-to-hub)'}"]
@@ -84,6 +83,16 @@ class Plan:
         lines += [f"  {name.ljust(width)}  {format_value(choice.value)}  ({choice.why})"
                   for name, choice in self.choices.items()]
         return "\n".join(lines)
+
+
+def held_out_text(args: SftArguments) -> str:
+    if args.val_dataset:
+        return f"; held out: {', '.join(args.val_dataset)}"
+    if not args.split_dataset_ratio:
+        return ""
+    sampled = (f", of which {args.held_out_sample} rows sampled (--held-out-sample)"
+               if args.held_out_sample else "")
+    return f"; held out: {args.split_dataset_ratio} of it (--split-dataset-ratio){sampled}"
 
 
 def format_value(value: Any) -> str:
