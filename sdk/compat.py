@@ -1,6 +1,6 @@
 """Other tools' flags and config keys, read as ours: ms-swift 1.x/2.x (`swift sft`,
-`llm_sft.py`, `swift infer`) and LLaMA-Factory (its YAML configs and `llamafactory-cli train`
-flags, which ChatGLM-Efficient-Tuning shares).
+`llm_sft.py`, `swift infer`) with 3.x's renamings, and LLaMA-Factory (its YAML configs and
+`llamafactory-cli train` flags, which ChatGLM-Efficient-Tuning shares).
 
 ``ALIASES`` is the one table: each foreign name becomes our fields (its value translated),
 has no effect here (accepted with one line saying why) or is refused with the reason (it would
@@ -196,6 +196,7 @@ DTYPES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
 # Values of our own flags as the other tools spell them (ms-swift's --deepspeed default-zero2)
 THEIR_VALUES: dict[str, Mapping[str, str]] = {
     "sft_type": TUNERS, "dtype": DTYPES, "bnb_4bit_comp_dtype": DTYPES,
+    "attn_impl": {"flash_attn": "flash_attention_2"},
     "deepspeed": {"default-zero2": "zero2", "default-zero3": "zero3"}}
 # Template names of ms-swift (template_type) and LLaMA-Factory (template) that are spelled
 # otherwise here; None: the model type's own template (their name covers a whole family).
@@ -236,6 +237,14 @@ ALIASES: dict[str, Alias] = {
     "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", rename("deepspeed")),
     "train_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
     "tuner_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
+    # ms-swift 3.x
+    "model": Alias(SWIFT, "--model-id-or-path (a folder) or --model-type (a hub id of a "
+                   "registered model type)", rename("#model"), SFT_AND_INFER),
+    "torch_dtype": Alias(SWIFT, "--dtype", rename("dtype"), SFT_AND_INFER),
+    "target_modules": Alias(SWIFT, "--lora-target-modules (all-linear: every linear layer)",
+                            rename("lora_target_modules")),
+    "adapters": Alias(SWIFT, "--adapter (sft), --ckpt-dir (infer)", rename("adapter"),
+                      SFT_AND_INFER),
     "evaluation_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
     "eval_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
     "save_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("save")),
@@ -366,7 +375,7 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             ignored.append((name, INFER_IGNORES[name]))
             continue
         alias = ALIASES[name]
-        if command == "infer" and name in ("checkpoint_dir", "adapter_name_or_path"):
+        if command == "infer" and name in ("checkpoint_dir", "adapter_name_or_path", "adapters"):
             alias = alias._replace(apply=rename("ckpt_dir"))
         try:
             made = alias.apply(value)
@@ -478,36 +487,72 @@ def hub_id(repo: str) -> str:
     return f"{ORGANIZATIONS.get(owner, owner)}{slash}{name}"
 
 
+# ms-swift's hub datasets bundled here under another name (its self-cognition rows)
+DATASETS = {"swift/self-cognition": "self-cognition"}
 # Hub organizations renamed since the other tools' examples were written
 ORGANIZATIONS = {"thudm": "zai-org"}
 # ms-swift model types that the rule does not reach
 MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
 
 
+def their_names(values: dict[str, Any], registry: Any) -> None:
+    """ms-swift 3.x's template names (qwen2_5) given as --template, and hub ids of registered
+    datasets (AI-ModelScope/alpaca-gpt4-data-zh#500, swift/self-cognition) as --dataset
+    entries, as ours; a name registered here is ours as it is."""
+    name = values.get("template")
+    if isinstance(name, str) and name not in registry.names("templates"):
+        spelled = TEMPLATES.get(name.lower(), re.sub(r"(\d)_(\d)", r"\1.\2", name))
+        if spelled is None or spelled in registry.names("templates"):
+            values["template"] = spelled
+    hub_names = {hub_id(repo): spec.name for spec in registry.specs("datasets")
+                 for repo in spec.hub_ids.values()} | DATASETS
+    for field in ("dataset", "val_dataset"):
+        if field not in values:
+            continue
+        entries = []
+        for entry in split_list(values[field]):
+            base, hash_sign, count = entry.partition("#")
+            ours = hub_names.get(hub_id(base)) if "/" in base and not os.path.exists(base) \
+                else None
+            entries.append(f"{ours}{hash_sign}{count}" if ours else entry)
+        values[field] = entries
+
+
 def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
-    """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` as
-    registered model types (``registry``: sdk.registry.Registry; None: folders only)."""
+    """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` (ms-swift
+    3.x's ``model``) as registered model types (``registry``: sdk.registry.Registry; None:
+    folders only)."""
     known = registry.names("models") if registry is not None else []
     if values.get("model_type"):
         values["model_type"] = model_type_spelling(values["model_type"], known)
-    path = values.pop("#model_name_or_path", None)
-    if path is None:
+    if registry is not None:
+        their_names(values, registry)
+    given = [key for key in ("#model_name_or_path", "#model") if key in values]
+    if not given:
         return values
+    name, path = given[0][1:], values.pop(given[0])
+    if len(given) > 1:
+        raise SdkError(f"model_name_or_path '{path}' and model '{values['#model']}' are both "
+                       "given; keep one.")
     if os.path.isdir(path) or path.startswith((".", "/", "~")):
         values.setdefault("model_id_or_path", path)
         return values
     specs = registry.specs("models") if registry is not None else ()
-    matches = [spec.model_type for spec in specs
-               if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
+    found = [spec for spec in specs
+             if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
+    matches = [spec.model_type for spec in found]
     chosen = values.get("model_type")
+    if chosen and chosen not in known and any(chosen.lower().startswith(spec.family)
+                                              for spec in found):
+        chosen = None  # ms-swift 3.x's model_type names the family (qwen2_5, llama3_1)
     if chosen and chosen not in matches:
-        raise SdkError(f"model_name_or_path '{path}' is no folder here, nor a hub id of "
+        raise SdkError(f"{name} '{path}' is no folder here, nor a hub id of "
                        f"--model-type {chosen}: give the folder of its weights, or leave out "
                        "--model-type to pick the model type by its hub id.")
     if matches:
         values["model_type"] = chosen or matches[0]
         return values
-    raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
+    raise SdkError(f"{name} '{path}' is no folder here and no registered model "
                    "type's hub id (`sdk models` lists the model types): download it and give "
                    "its folder with --model-type TYPE, or install the plugin of its family.")
 
@@ -556,7 +601,9 @@ def markdown() -> str:
               "ms-swift's `template_type` and LLaMA-Factory's `template` (read as "
               "LLaMA-Factory's when the file or command line has one of "
               + ", ".join(f"`{key}`" for key in LF_MARKERS)
-              + "); a name not listed is ours as it is.", ""]
+              + "), and ms-swift 3.x's `template` when no template here has that name; a "
+              "name not listed is ours as it is (or, ms-swift 3.x's, with a digit, `_` and a digit "
+              "read as a version: `llama3_2` is `llama3.2`).", ""]
     lines += table("theirs|ours", [
         (f"`{theirs}`", f"`{ours}`" if ours else "the model type's own",
          ) for theirs, ours in sorted(LF_TEMPLATES.items())])
@@ -566,6 +613,13 @@ def markdown() -> str:
               "is `-v0.N`; and:", ""]
     lines += table("theirs|ours", [(f"`{theirs}`", f"`{ours}`")
                                    for theirs, ours in sorted(MODEL_TYPES.items())])
-    lines += ["LLaMA-Factory's `model_name_or_path`: a folder is `--model-id-or-path` (give "
-              "`--model-type`); a hub id is the registered model type with that hub id."]
+    lines += ["LLaMA-Factory's `model_name_or_path` and ms-swift 3.x's `model`: a folder is "
+              "`--model-id-or-path` (give `--model-type`); a hub id is the registered model "
+              "type with that hub id (ms-swift 3.x's `model_type`, a family such as `qwen2_5`, "
+              "may be given with it).", "", "## Datasets", "",
+              "A `--dataset` / `--val-dataset` entry that is a hub id of a registered dataset "
+              "(`AI-ModelScope/alpaca-gpt4-data-zh#500`) is that dataset (`alpaca-zh#500`); "
+              "and:", ""]
+    lines += table("theirs|ours", [(f"`{theirs}`", f"`{ours}`")
+                                   for theirs, ours in sorted(DATASETS.items())])
     return "\n".join(lines) + "\n"

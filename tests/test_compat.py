@@ -182,6 +182,15 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
     with pytest.raises(SdkError, match="nor a hub id of --model-type qwen-7b-chat"):
         compat.resolve_names({"#model_name_or_path": hub_id, "model_type": "qwen-7b-chat"},
                              registry)
+    # ms-swift 3.x: --model a hub id, --model_type its family, its template and dataset names
+    assert compat.resolve_names({"#model": hub_id, "model_type": "qwen2_5", "template":
+                                 "qwen2_5", "dataset": ["AI-ModelScope/alpaca-gpt4-data-zh#500",
+                                                        "swift/self-cognition#5"]},
+                                registry) == {"model_type": "qwen2.5-7b-instruct",
+                                              "template": "qwen2.5",
+                                              "dataset": ["alpaca-zh#500", "self-cognition#5"]}
+    assert compat.translate({"adapters": "output/v0/checkpoint-5"}, "infer", "The command "
+                            "line") == {"ckpt_dir": "output/v0/checkpoint-5"}
     # LLaMA-Factory's current examples fine-tune Qwen3, not registered yet
     with pytest.raises(SdkError, match="'Qwen/Qwen3-4B-Instruct-2507' is no folder here and "
                                        "no registered model type's hub id.*--model-type"):
@@ -286,6 +295,8 @@ def test_chatglm_efficient_tuning_commands_read_as_llama_factorys(sft, identity_
     ({"bf16": "true", "deepspeed_config_path": "ds.json", "preprocess_num_proc": "2"},
      {"dtype": "bf16", "deepspeed": "ds.json", "dataset_num_proc": 2}),
     ({"init_lora_weights": "pissa_niter_4"}, {"init_lora_weights": "pissa", "pissa_niter": 4}),
+    ({"attn_impl": "flash_attn", "torch_dtype": "bfloat16", "target_modules": "all-linear"},
+     {"attn_impl": "flash_attention_2", "dtype": "bf16", "lora_target_modules": ["all-linear"]}),
     ({"val_dataset_sample": "10", "val_dataset": ["v.jsonl"], "load_best_model_at_end": "true",
       "quantization_method": "bnb", "quantization_bit": 4},
      {"val_dataset": ["v.jsonl#10"], "quantization_bit": 4}),
@@ -361,3 +372,34 @@ def test_val_dataset_sample_without_val_dataset_samples_the_held_out_split(
     sampled_train, sampled = split(held_out_sample=2)
     assert sampled_train["where"] == train["where"]  # the same training rows
     assert len(sampled) == 2 and set(sampled["where"]) < set(held_out["where"])
+
+
+# ms-swift 3.x's examples/train/lora_sft.sh (its README's quick start), model and data swapped
+# for local ones; 3.x renamed flags and values (--model, --tuner_type, --torch_dtype,
+# --target_modules all-linear, hub dataset ids with #N)
+SWIFT3_LORA_SFT_SH = """
+    --tuner_type lora --torch_dtype bfloat16 --num_train_epochs 1
+    --per_device_train_batch_size 1 --per_device_eval_batch_size 1 --learning_rate 1e-4
+    --lora_rank 8 --lora_alpha 32 --target_modules all-linear --gradient_accumulation_steps 16
+    --eval_steps 50 --save_steps 50 --save_total_limit 2 --logging_steps 5 --max_length 2048
+    --warmup_ratio 0.05 --dataloader_num_workers 4 --model_author swift
+    --model_name swift-robot
+""".split()
+
+
+def test_an_ms_swift_3_lora_sft_sh_plans_as_it_means(sft, identity_data, tiny_model_dir,
+                                                      tmp_path):
+    result = sft("--model", tiny_model_dir, "--model_type", TINY_MODEL_TYPE,
+                 "--dataset", f"{identity_data}#3", "swift/self-cognition#5",
+                 *SWIFT3_LORA_SFT_SH, "--system", "You are a helpful assistant.",
+                 "--output_dir", tmp_path / "output", "--split_dataset_ratio", "0.25",
+                 "--dataset_num_proc", "1", "--template", "qwen2_5", "--attn_impl",
+                 "sdpa", "--dry-run", "--json")
+    plan = planned(result)
+    assert plan["model_id_or_path"] == str(tiny_model_dir) and plan["dtype"] == "bf16"
+    assert plan["sft_type"] == "lora" and plan["lora_target_modules"] == ["all-linear"]
+    assert plan["dataset"] == [f"{identity_data}#3", "self-cognition#5"]
+    assert plan["template"] == "qwen2.5" and plan["attn_impl"] == "sdpa"
+    assert plan["system"] == "You are a helpful assistant."
+    assert (plan["model_name"], plan["model_author"]) == (["swift-robot"], ["swift"])
+    assert (plan["split_dataset_ratio"], plan["dataloader_num_workers"]) == (0.25, 4)
