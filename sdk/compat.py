@@ -42,6 +42,13 @@ class Alias(NamedTuple):
     commands: tuple[str, ...] = ("sft",)
 
 
+def say(line: str) -> None:
+    """``line`` on stderr, by one process only: under torchrun every process reads the same
+    command line, and rank 0 speaks for them (RANK, else LOCAL_RANK; none: not launched)."""
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+        print(line, file=sys.stderr)
+
+
 def truth(value: Any) -> bool:
     text = str(value).strip().lower()
     if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -176,8 +183,8 @@ def eval_human(value: Any) -> dict[str, Any]:
 def merge_and_save(value: Any) -> dict[str, Any]:
     if not truth(value):
         raise Ignored("false: the adapter is not merged")
-    print("[sdk] --merge_lora_and_save merges in memory (--merge-lora); to save the merged "
-          "model, run `sdk export --ckpt-dir DIR --merge-lora`.", file=sys.stderr)
+    say("[sdk] --merge_lora_and_save merges in memory (--merge-lora); to save the merged "
+        "model, run `sdk export --ckpt-dir DIR --merge-lora`.")
     return {"merge_lora": True}
 
 
@@ -392,9 +399,9 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             for key, shown in shown.items())
             or (alias.doc if made else "(the default)")))  # resolved later: say how
     for name, why in ignored:
-        print(f"[sdk] {name} has no effect here: {why}.", file=sys.stderr)
+        say(f"[sdk] {name} has no effect here: {why}.")
     if read:
-        print(f"[sdk] read as sdk's options: {'; '.join(read)}.", file=sys.stderr)
+        say(f"[sdk] read as sdk's options: {'; '.join(read)}.")
     return values
 
 
@@ -426,9 +433,9 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
             and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
         values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
     if values.pop("#eval_human", True) is False and values.get("dataset"):
-        print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
-              f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "
-              "(--val-dataset-from-run).", file=sys.stderr)
+        say(f"[sdk] eval_human false predicts the held-out rows of --dataset "
+            f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "
+            "(--val-dataset-from-run).")
     pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
     if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
         values["init_lora_weights"] = "pissa"

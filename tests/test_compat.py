@@ -403,3 +403,22 @@ def test_an_ms_swift_3_lora_sft_sh_plans_as_it_means(sft, identity_data, tiny_mo
     assert plan["system"] == "You are a helpful assistant."
     assert (plan["model_name"], plan["model_author"]) == (["swift-robot"], ["swift"])
     assert (plan["split_dataset_ratio"], plan["dataloader_num_workers"]) == (0.25, 4)
+
+
+@pytest.mark.parametrize("environment, printed", [
+    ({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "1", "LOCAL_RANK": "1"}, False),
+    ({"RANK": "2", "LOCAL_RANK": "0"}, False), ({"LOCAL_RANK": "1"}, False)])
+def test_under_torchrun_only_rank_0_says_how_other_tools_flags_were_read(
+        environment, printed, monkeypatch, capsys):
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    values = compat.translate({"lora_dropout_p": "0.1", "tuner_backend": "peft"}, "sft",
+                              "The command line")
+    assert values == {"lora_dropout": "0.1"}  # every process reads them alike
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ([
+        "[sdk] tuner_backend has no effect here: every adapter here is trained with peft.",
+        "[sdk] read as sdk's options: lora_dropout_p 0.1 -> lora-dropout 0.1."] if printed
+        else [])
