@@ -59,6 +59,7 @@ def test_a_llama_factory_run_is_written_into_output_dir_and_never_overwritten_si
     assert result.exit_code == 0, result.output
     assert "--overwrite-output-dir deletes the previous run's checkpoint-1, " in result.stdout
     assert "and keeps notes.txt" in result.stdout
+    assert f"run folder: {output} (there already)" in result.stdout
     # resume_from_checkpoint: the folder's newest checkpoint, the run continues in it
     result = run_cli(*sft, "--resume_from_checkpoint", output, "--max-steps", "2",
                      "--dry-run", "--json")
@@ -66,6 +67,10 @@ def test_a_llama_factory_run_is_written_into_output_dir_and_never_overwritten_si
     plan = json.loads(result.stdout)["plan"]
     assert (plan["run_folder"], plan["resume_from"]) == (str(output),
                                                          str(output / "checkpoint-1"))
+    result = run_cli(*sft, "--resume-from-checkpoint", "auto", "--max-steps", "2",
+                     "--dry-run", "--json")  # auto: the folder itself, not <model-type>/v<N>
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plan"]["resume_from"] == str(output / "checkpoint-1")
     assert folder_digest(output) == before
 
 

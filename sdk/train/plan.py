@@ -76,8 +76,9 @@ class Plan:
                  + (f" ({args.model_id_or_path})" if args.model_id_or_path else ""),
                  f"template: {args.template}", f"tuner: {args.sft_type}",
                  f"data: {', '.join(args.dataset)}{held_out_text(args)}",
-                 f"run folder: {self.run_dir}" + (f" (resuming {self.resume_from})"
-                                                  if self.resume_from else " (not created yet)"),
+                 f"run folder: {self.run_dir}" + (
+                     f" (resuming {self.resume_from})" if self.resume_from else
+                     " (there already)" if os.path.isdir(self.run_dir) else " (not created yet)"),
                  f"push to: {self.push_to or 'nowhere (no --push-to-hub)'}"]
         width = max(len(name) for name in self.choices)
         lines += [f"  {name.ljust(width)}  {format_value(choice.value)}  ({choice.why})"
