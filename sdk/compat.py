@@ -149,6 +149,12 @@ def best_metric(value: Any) -> dict[str, Any]:
     raise SdkError(f"'{value}': the best checkpoint here is the one of lowest eval loss")
 
 
+def versioned(value: Any) -> dict[str, Any]:
+    if truth(value):
+        raise Ignored("each run writes a new folder, OUTPUT_DIR/<model-type>/v<N>-<time>/")
+    return {"output_dir_as_run": True}
+
+
 def dataset_seed(value: Any) -> dict[str, Any]:
     return {"#dataset_seed": number(value)}
 
@@ -244,7 +250,10 @@ ALIASES: dict[str, Alias] = {
     "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", rename("deepspeed")),
     "train_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
     "tuner_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
+    "add_output_dir_suffix": Alias(SWIFT, "true: no effect; false: --output-dir-as-run",
+                                   versioned),
     # ms-swift 3.x
+    "add_version": Alias(SWIFT, "true: no effect; false: --output-dir-as-run", versioned),
     "model": Alias(SWIFT, "--model-id-or-path (a folder) or --model-type (a hub id of a "
                    "registered model type)", rename("#model"), SFT_AND_INFER),
     "torch_dtype": Alias(SWIFT, "--dtype", rename("dtype"), SFT_AND_INFER),

@@ -297,6 +297,8 @@ def test_chatglm_efficient_tuning_commands_read_as_llama_factorys(sft, identity_
     ({"init_lora_weights": "pissa_niter_4"}, {"init_lora_weights": "pissa", "pissa_niter": 4}),
     ({"attn_impl": "flash_attn", "torch_dtype": "bfloat16", "target_modules": "all-linear"},
      {"attn_impl": "flash_attention_2", "dtype": "bf16", "lora_target_modules": ["all-linear"]}),
+    ({"add_version": "false"}, {"output_dir_as_run": True}),
+    ({"add_output_dir_suffix": "true"}, {"output_dir_as_run": False}),
     ({"val_dataset_sample": "10", "val_dataset": ["v.jsonl"], "load_best_model_at_end": "true",
       "quantization_method": "bnb", "quantization_bit": 4},
      {"val_dataset": ["v.jsonl#10"], "quantization_bit": 4}),
