@@ -40,9 +40,9 @@ def test_a_llama_factory_run_is_written_into_output_dir_and_never_overwritten_si
     assert (output / "checkpoint-1" / "sft_args.json").is_file()
     assert (output / "sft_args.json").is_file() and (output / "logging.jsonl").is_file()
     assert not (output / TINY_MODEL_TYPE).exists()
-    result = run_cli("--plugin", tiny_plugin_file, "infer", "--ckpt-dir", output, "--query",
-                     "Who are you?", "--max-new-tokens", "2")
-    assert result.exit_code == 0, result.output
+    from sdk.infer.load import checkpoint_or_export
+
+    assert checkpoint_or_export(str(output)) == output / "checkpoint-1"  # sdk infer --ckpt-dir
 
     # the same config again: refused, nothing touched
     (output / "notes.txt").write_text("mine")
@@ -60,17 +60,14 @@ def test_a_llama_factory_run_is_written_into_output_dir_and_never_overwritten_si
     assert "--overwrite-output-dir deletes the previous run's checkpoint-1, " in result.stdout
     assert "and keeps notes.txt" in result.stdout
     assert f"run folder: {output} (there already)" in result.stdout
-    # resume_from_checkpoint: the folder's newest checkpoint, the run continues in it
-    result = run_cli(*sft, "--resume_from_checkpoint", output, "--max-steps", "2",
+    # resume_from_checkpoint: the folder's newest checkpoint (auto: of the folder itself, not
+    # of <model-type>/v<N>), the run continues in it
+    result = run_cli(*sft, "--resume-from-checkpoint", "auto", "--max-steps", "2",
                      "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)["plan"]
     assert (plan["run_folder"], plan["resume_from"]) == (str(output),
                                                          str(output / "checkpoint-1"))
-    result = run_cli(*sft, "--resume-from-checkpoint", "auto", "--max-steps", "2",
-                     "--dry-run", "--json")  # auto: the folder itself, not <model-type>/v<N>
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["plan"]["resume_from"] == str(output / "checkpoint-1")
     assert folder_digest(output) == before
 
 
