@@ -534,6 +534,18 @@ def their_names(values: dict[str, Any], registry: Any) -> None:
         values[field] = entries
 
 
+def refuse_family(model_type: str | None, known: list[str]) -> None:
+    """ms-swift 3.x's --model_type names a family (qwen2_5); here one model of it."""
+    if not model_type or not known or model_type in known:
+        return
+    family = re.sub(r"(\d)_(\d)", r"\1.\2", model_type.replace("1half", "1.5"))
+    members = [name for name in known if name.startswith(f"{family}-")]
+    if members:
+        raise SdkError(f"--model-type {model_type} names a family (ms-swift 3.x's model_type), "
+                       f"and here one model: give one of {', '.join(members)} (`sdk models`), "
+                       "or --model with its hub id.")
+
+
 def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
     """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` (ms-swift
     3.x's ``model``) as registered model types (``registry``: sdk.registry.Registry; None:
@@ -545,12 +557,14 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
         their_names(values, registry)
     given = [key for key in ("#model_name_or_path", "#model") if key in values]
     if not given:
+        refuse_family(values.get("model_type"), known)
         return values
     name, path = given[0][1:], values.pop(given[0])
     if len(given) > 1:
         raise SdkError(f"model_name_or_path '{path}' and model '{values['#model']}' are both "
                        "given; keep one.")
     if os.path.isdir(path) or path.startswith((".", "/", "~")):
+        refuse_family(values.get("model_type"), known)
         values.setdefault("model_id_or_path", path)
         return values
     specs = registry.specs("models") if registry is not None else ()
@@ -632,7 +646,8 @@ def markdown() -> str:
     lines += ["LLaMA-Factory's `model_name_or_path` and ms-swift 3.x's `model`: a folder is "
               "`--model-id-or-path` (give `--model-type`); a hub id is the registered model "
               "type with that hub id (ms-swift 3.x's `model_type`, a family such as `qwen2_5`, "
-              "may be given with it).", "", "## Datasets", "",
+              "may be given with it; without a hub id it is refused, naming the family's "
+              "model types).", "", "## Datasets", "",
               "A `--dataset` / `--val-dataset` entry that is a hub id of a registered dataset "
               "(`AI-ModelScope/alpaca-gpt4-data-zh#500`) is that dataset (`alpaca-zh#500`); "
               "and:", ""]

@@ -189,6 +189,10 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
                                 registry) == {"model_type": "qwen2.5-7b-instruct",
                                               "template": "qwen2.5",
                                               "dataset": ["alpaca-zh#500", "self-cognition#5"]}
+    with pytest.raises(SdkError, match="--model-type qwen2_5 names a family .* give one of "
+                                       "qwen2.5-0.5b-instruct, "):
+        compat.resolve_names({"#model": "/models/Qwen2.5-7B-Instruct", "model_type": "qwen2_5"},
+                             registry)
     assert compat.translate({"adapters": "output/v0/checkpoint-5"}, "infer", "The command "
                             "line") == {"ckpt_dir": "output/v0/checkpoint-5"}
     # LLaMA-Factory's current examples fine-tune Qwen3, not registered yet
