@@ -35,6 +35,18 @@ from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
 from sdk.registry import Registry
 
 
+class Choice(click.Choice):
+    """A flag's values, any case; other tools' spellings of them (compat.THEIR_VALUES, e.g.
+    ms-swift's --attn_impl flash_attn) read as ours, and --help lists only ours."""
+
+    def __init__(self, choices: Sequence[str], theirs: dict[str, str]) -> None:
+        super().__init__(choices, case_sensitive=False)
+        self.theirs = theirs
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return super().convert(self.theirs.get(str(value).lower(), value), param, ctx)
+
+
 class Flag(click.Option):
     """An option spelled ``--flag-name`` and ``--flag_name``; help shows the dashed one, under
     the heading of its ``group`` (OPTION_GROUPS)."""
@@ -201,7 +213,7 @@ def flag(f: dataclasses.Field, annotation: Any) -> Flag:
     elif kind in (int, float):
         extra = {"type": kind}  # choices among numbers are checked by build_arguments
     elif f.metadata.get("choices"):
-        extra = {"type": click.Choice(f.metadata["choices"], case_sensitive=False)}
+        extra = {"type": Choice(f.metadata["choices"], compat.THEIR_VALUES.get(f.name, {}))}
     return Flag([*spellings(f.name), f.name], default=None, help=help_text,
                 group=f.metadata["group"], **extra)
 

@@ -1,8 +1,8 @@
 """Other tools' flags and config keys, read as ours: ms-swift 1.x/2.x (`swift sft`,
-`llm_sft.py`, `swift infer`), LLaMA-Factory (its YAML configs and `llamafactory-cli train`
-flags, which ChatGLM-Efficient-Tuning shares), Chinese-LLaMA-Alpaca-2's run_sft.sh
-(run_clm_sft_with_peft.py: transformers' Trainer flags and its own) and Chinese-Vicuna's
-finetune.py.
+`llm_sft.py`, `swift infer`) with 3.x's renamings, LLaMA-Factory (its YAML configs and
+`llamafactory-cli train` flags, which ChatGLM-Efficient-Tuning shares), Chinese-LLaMA-Alpaca-2's
+run_sft.sh (run_clm_sft_with_peft.py: transformers' Trainer flags and its own) and
+Chinese-Vicuna's finetune.py.
 
 ``ALIASES`` is the one table: each foreign name becomes our fields (its value translated),
 has no effect here (accepted with one line saying why) or is refused with the reason (it would
@@ -44,6 +44,13 @@ class Alias(NamedTuple):
     doc: str  # what it is here, for docs/compat.md
     apply: Callable[[Any], dict[str, Any]]  # raises Ignored, or SdkError to refuse
     commands: tuple[str, ...] = ("sft",)
+
+
+def say(line: str) -> None:
+    """``line`` on stderr, by one process only: under torchrun every process reads the same
+    command line, and rank 0 speaks for them (RANK, else LOCAL_RANK; none: not launched)."""
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+        print(line, file=sys.stderr)
 
 
 def truth(value: Any) -> bool:
@@ -146,6 +153,12 @@ def best_metric(value: Any) -> dict[str, Any]:
     raise SdkError(f"'{value}': the best checkpoint here is the one of lowest eval loss")
 
 
+def versioned(value: Any) -> dict[str, Any]:
+    if truth(value):
+        raise Ignored("each run writes a new folder, OUTPUT_DIR/<model-type>/v<N>-<time>/")
+    return {"output_dir_as_run": True}
+
+
 def dataset_seed(value: Any) -> dict[str, Any]:
     return {"#dataset_seed": number(value)}
 
@@ -241,8 +254,8 @@ def eval_human(value: Any) -> dict[str, Any]:
 def merge_and_save(value: Any) -> dict[str, Any]:
     if not truth(value):
         raise Ignored("false: the adapter is not merged")
-    print("[sdk] --merge_lora_and_save merges in memory (--merge-lora); to save the merged "
-          "model, run `sdk export --ckpt-dir DIR --merge-lora`.", file=sys.stderr)
+    say("[sdk] --merge_lora_and_save merges in memory (--merge-lora); to save the merged "
+        "model, run `sdk export --ckpt-dir DIR --merge-lora`.")
     return {"merge_lora": True}
 
 
@@ -261,6 +274,7 @@ DTYPES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
 # Values of our own flags as the other tools spell them (ms-swift's --deepspeed default-zero2)
 THEIR_VALUES: dict[str, Mapping[str, str]] = {
     "sft_type": TUNERS, "dtype": DTYPES, "bnb_4bit_comp_dtype": DTYPES,
+    "attn_impl": {"flash_attn": "flash_attention_2"},
     "deepspeed": {"default-zero2": "zero2", "default-zero3": "zero3"}}
 # Template names of ms-swift (template_type) and LLaMA-Factory (template) that are spelled
 # otherwise here; None: the model type's own template (their name covers a whole family).
@@ -291,7 +305,8 @@ ALIASES: dict[str, Alias] = {
     "lora_dropout_p": Alias(SWIFT, "--lora-dropout", rename("lora_dropout")),
     "train_dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
     "dataset_sample": Alias(SWIFT, "NAME#N on --dataset (-1: all rows)", train_sample),
-    "val_dataset_sample": Alias(SWIFT, "NAME#N on --val-dataset (-1: all rows)", val_sample),
+    "val_dataset_sample": Alias(SWIFT, "NAME#N on --val-dataset, else --held-out-sample N "
+                                "(-1: all rows)", val_sample),
     "train_dataset_mix_ratio": Alias(SWIFT, "0: no effect; else refused", mix_ratio),
     "self_cognition_sample": Alias(SWIFT, "self-cognition#N added to --dataset",
                                    self_cognition),
@@ -300,6 +315,18 @@ ALIASES: dict[str, Alias] = {
     "deepspeed_config_path": Alias(SWIFT, "--deepspeed FILE", rename("deepspeed")),
     "train_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
     "tuner_type": Alias(SWIFT, "--sft-type", rename("sft_type")),
+    "add_output_dir_suffix": Alias(SWIFT, "true: no effect; false: --output-dir-as-run",
+                                   versioned),
+    # ms-swift 3.x
+    "add_version": Alias(SWIFT, "true: no effect; false: --output-dir-as-run", versioned),
+    "model": Alias(SWIFT, "--model-id-or-path (a folder) or --model-type (a hub id of a "
+                   "registered model type)", rename("#model"), SFT_AND_INFER),
+    "torch_dtype": Alias(f"{SWIFT}, {CLA2}", "--dtype (float16: fp16, ...)", rename("dtype"),
+                         SFT_AND_INFER),
+    "target_modules": Alias(SWIFT, "--lora-target-modules (all-linear: every linear layer)",
+                            rename("lora_target_modules")),
+    "adapters": Alias(SWIFT, "--adapter (sft), --ckpt-dir (infer)", rename("adapter"),
+                      SFT_AND_INFER),
     "evaluation_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
     "eval_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("eval")),
     "save_strategy": Alias(BOTH, "steps: no effect; else refused", strategy("save")),
@@ -372,8 +399,6 @@ ALIASES: dict[str, Alias] = {
     "per_device_train_batch_size": Alias(LF, "--batch-size", rename("batch_size")),
     "per_device_eval_batch_size": Alias(LF, "no effect (eval uses --batch-size)", no_effect(
         "eval loss batches as training does (--batch-size)")),
-    "overwrite_output_dir": Alias(LF, "no effect (each run gets a new folder)", no_effect(
-        "each run writes a new folder under --output-dir")),
     "overwrite_cache": Alias(LF, "no effect", no_effect(
         "the tokenized data is cached by its content and settings")),
     "plot_loss": Alias(LF, "no effect (loss.png is always drawn)", no_effect(
@@ -414,7 +439,6 @@ ALIASES: dict[str, Alias] = {
                        rename("lora_target_modules")),
     "modules_to_save": Alias(CLA2, "--lora-modules-to-save (a comma list)",
                              rename("lora_modules_to_save")),
-    "torch_dtype": Alias(CLA2, "--dtype (float16: fp16, ...)", rename("dtype")),
     "load_in_kbits": Alias(CLA2, "--quantization-bit 4 or 8 (16: no effect)", load_in_kbits),
     "quant_type": Alias(CLA2, "--bnb-4bit-quant-type", rename("bnb_4bit_quant_type")),
     "double_quant": Alias(CLA2, "--bnb-4bit-use-double-quant",
@@ -484,13 +508,15 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
     naming ``where`` (the command line or a config file) and the reason, and so do two that
     set one option to different values (fp16 and torch_dtype bfloat16)."""
     values: dict[str, Any] = {"#llama_factory": True} if llama_factory(given) else {}
+    if values and command == "sft":  # LLaMA-Factory writes its run into output_dir as given
+        values["#output_dir_as_run"] = True
     read, ignored, set_by = [], [], {}
     for name, value in given.items():
         if command == "infer" and name in INFER_IGNORES:
             ignored.append((name, INFER_IGNORES[name]))
             continue
         alias = ALIASES[name]
-        if command == "infer" and name in ("checkpoint_dir", "adapter_name_or_path"):
+        if command == "infer" and name in ("checkpoint_dir", "adapter_name_or_path", "adapters"):
             alias = alias._replace(apply=rename("ckpt_dir"))
         try:
             made = alias.apply(value)
@@ -517,9 +543,9 @@ def translate(given: Mapping[str, Any], command: str, where: str) -> dict[str, A
             for key, shown in shown.items())
             or (alias.doc if made else "(the default)")))  # resolved later: say how
     for name, why in ignored:
-        print(f"[sdk] {name} has no effect here: {why}.", file=sys.stderr)
+        say(f"[sdk] {name} has no effect here: {why}.")
     if read:
-        print(f"[sdk] read as sdk's options: {'; '.join(read)}.", file=sys.stderr)
+        say(f"[sdk] read as sdk's options: {'; '.join(read)}.")
     return values
 
 
@@ -550,15 +576,17 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
                            "trains, then predicts its held-out rows with do_train).")
         values["predict_with_generate"] = True
     values.pop("#do_train", None)
+    if values.pop("#output_dir_as_run", None):
+        values.setdefault("output_dir_as_run", True)
     # LLaMA-Factory's default dataset_dir (not when the data is a folder's .json files)
     folder_files = values.pop("#dataset_files", None)
     if values.pop("#llama_factory", None) and values.get("dataset") and not folder_files \
             and not values.get("dataset_info") and os.path.isfile(LF_DATASET_INFO):
         values["dataset_info"] = os.path.abspath(LF_DATASET_INFO)
     if values.pop("#eval_human", True) is False and values.get("dataset"):
-        print(f"[sdk] eval_human false predicts the held-out rows of --dataset "
-              f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "
-              "(--val-dataset-from-run).", file=sys.stderr)
+        say(f"[sdk] eval_human false predicts the held-out rows of --dataset "
+            f"{' '.join(split_list(values.pop('dataset')))}: those the run held out "
+            "(--val-dataset-from-run).")
     pissa = re.fullmatch(r"pissa_niter_(\d+)", str(values.get("init_lora_weights")))
     if pissa:  # peft's and ms-swift's spelling of PiSSA with a fast SVD
         values["init_lora_weights"] = "pissa"
@@ -576,6 +604,14 @@ def finish(values: dict[str, Any]) -> dict[str, Any]:
         if count is None:
             continue
         entries = split_list(values.get(field))
+        if not entries and field == "val_dataset":  # ms-swift: N of the held-out split
+            if not fraction(values.get("split_dataset_ratio") or 0):
+                raise SdkError(f"val_dataset_sample {count} samples the held-out rows, and "
+                               "none are held out: ms-swift holds out dataset_test_ratio 0.01 "
+                               "by default, sdk 0; give --dataset_test_ratio "
+                               "(--split-dataset-ratio) or --val-dataset.")
+            values["held_out_sample"] = count
+            continue
         if not entries:
             raise SdkError(f"a sample size ({count} rows) was given with no "
                            f"--{field.replace('_', '-')} to take it from.")
@@ -609,39 +645,90 @@ def hub_id(repo: str) -> str:
     return f"{ORGANIZATIONS.get(owner, owner)}{slash}{name}"
 
 
+# ms-swift's hub datasets bundled here under another name (its self-cognition rows)
+DATASETS = {"swift/self-cognition": "self-cognition"}
 # Hub organizations renamed since the other tools' examples were written
 ORGANIZATIONS = {"thudm": "zai-org"}
 # ms-swift model types that the rule does not reach
 MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
 
 
+def their_names(values: dict[str, Any], registry: Any) -> None:
+    """ms-swift 3.x's template names (qwen2_5) given as --template, and hub ids of registered
+    datasets (AI-ModelScope/alpaca-gpt4-data-zh#500, swift/self-cognition) as --dataset
+    entries, as ours; a name registered here is ours as it is."""
+    name = values.get("template")
+    if isinstance(name, str) and name not in registry.names("templates"):
+        spelled = TEMPLATES.get(name.lower(), re.sub(r"(\d)_(\d)", r"\1.\2", name))
+        if spelled is None or spelled in registry.names("templates"):
+            values["template"] = spelled
+    hub_names = {hub_id(repo): spec.name for spec in registry.specs("datasets")
+                 for repo in spec.hub_ids.values()} | DATASETS
+    for field in ("dataset", "val_dataset"):
+        if field not in values:
+            continue
+        entries = []
+        for entry in split_list(values[field]):
+            base, hash_sign, count = entry.partition("#")
+            ours = hub_names.get(hub_id(base)) if "/" in base and not os.path.exists(base) \
+                else None
+            entries.append(f"{ours}{hash_sign}{count}" if ours else entry)
+        values[field] = entries
+
+
+def refuse_family(model_type: str | None, known: list[str]) -> None:
+    """ms-swift 3.x's --model_type names a family (qwen2_5); here one model of it."""
+    if not model_type or not known or model_type in known:
+        return
+    family = re.sub(r"(\d)_(\d)", r"\1.\2", model_type.replace("1half", "1.5"))
+    members = [name for name in known if name.startswith(f"{family}-")]
+    if members:
+        raise SdkError(f"--model-type {model_type} names a family (ms-swift 3.x's model_type), "
+                       f"and here one model: give one of {', '.join(members)} (`sdk models`), "
+                       "or --model with its hub id.")
+
+
 def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
-    """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` as
-    registered model types (``registry``: sdk.registry.Registry; None: folders only)."""
+    """ms-swift's model type spellings and LLaMA-Factory's ``model_name_or_path`` (ms-swift
+    3.x's ``model``) as registered model types (``registry``: sdk.registry.Registry; None:
+    folders only)."""
     known = registry.names("models") if registry is not None else []
     if values.get("model_type"):
         values["model_type"] = model_type_spelling(values["model_type"], known)
-    path = values.pop("#model_name_or_path", None)
+    if registry is not None:
+        their_names(values, registry)
     tokenizer = values.pop("#tokenizer", None)
     if tokenizer is not None:
-        check_tokenizer(str(tokenizer), values.get("model_id_or_path") or path)
-    if path is None:
+        check_tokenizer(str(tokenizer), values.get("model_id_or_path")
+                        or values.get("#model_name_or_path") or values.get("#model"))
+    given = [key for key in ("#model_name_or_path", "#model") if key in values]
+    if not given:
+        refuse_family(values.get("model_type"), known)
         return values
+    name, path = given[0][1:], values.pop(given[0])
+    if len(given) > 1:
+        raise SdkError(f"model_name_or_path '{path}' and model '{values['#model']}' are both "
+                       "given; keep one.")
     if os.path.isdir(path) or path.startswith((".", "/", "~")):
+        refuse_family(values.get("model_type"), known)
         values.setdefault("model_id_or_path", path)
         return values
     specs = registry.specs("models") if registry is not None else ()
-    matches = [spec.model_type for spec in specs
-               if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
+    found = [spec for spec in specs
+             if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
+    matches = [spec.model_type for spec in found]
     chosen = values.get("model_type")
+    if chosen and chosen not in known and any(chosen.lower().startswith(spec.family)
+                                              for spec in found):
+        chosen = None  # ms-swift 3.x's model_type names the family (qwen2_5, llama3_1)
     if chosen and chosen not in matches:
-        raise SdkError(f"model_name_or_path '{path}' is no folder here, nor a hub id of "
+        raise SdkError(f"{name} '{path}' is no folder here, nor a hub id of "
                        f"--model-type {chosen}: give the folder of its weights, or leave out "
                        "--model-type to pick the model type by its hub id.")
     if matches:
         values["model_type"] = chosen or matches[0]
         return values
-    raise SdkError(f"model_name_or_path '{path}' is no folder here and no registered model "
+    raise SdkError(f"{name} '{path}' is no folder here and no registered model "
                    "type's hub id (`sdk models` lists the model types): download it and give "
                    "its folder with --model-type TYPE, or install the plugin of its family.")
 
@@ -715,7 +802,12 @@ def markdown() -> str:
         for theirs, ours in spellings.items() if theirs != ours])
     lines += ["A LLaMA-Factory configuration or command line without `dataset_dir` reads its "
               "dataset names from `data/dataset_info.json` when there is one, as "
-              "LLaMA-Factory does.", ""]
+              "LLaMA-Factory does.", "",
+              "A LLaMA-Factory configuration or command line writes its run into `output_dir` "
+              "as given (`--output-dir-as-run`: `checkpoint-N` in it), not into "
+              "`OUTPUT_DIR/<model-type>/v<N>-<time>/`; a folder that holds anything is refused "
+              "unless `overwrite_output_dir` (which deletes the previous run's files only) or "
+              "`resume_from_checkpoint`.", ""]
     lines += ["Chinese-LLaMA-Alpaca-2's run_sft.sh passes transformers' Trainer flags: those "
               "that are sdk's too (`--seed`, `--max_steps`, `--learning_rate`, `--deepspeed "
               "FILE`, ...) are ours, and those LLaMA-Factory shares (`model_name_or_path`, "
@@ -736,7 +828,9 @@ def markdown() -> str:
               "ms-swift's `template_type` and LLaMA-Factory's `template` (read as "
               "LLaMA-Factory's when the file or command line has one of "
               + ", ".join(f"`{key}`" for key in LF_MARKERS)
-              + "); a name not listed is ours as it is.", ""]
+              + "), and ms-swift 3.x's `template` when no template here has that name; a "
+              "name not listed is ours as it is (or, ms-swift 3.x's, with a digit, `_` and a digit "
+              "read as a version: `llama3_2` is `llama3.2`).", ""]
     lines += table("theirs|ours", [
         (f"`{theirs}`", f"`{ours}`" if ours else "the model type's own",
          ) for theirs, ours in sorted(LF_TEMPLATES.items())])
@@ -746,6 +840,14 @@ def markdown() -> str:
               "is `-v0.N`; and:", ""]
     lines += table("theirs|ours", [(f"`{theirs}`", f"`{ours}`")
                                    for theirs, ours in sorted(MODEL_TYPES.items())])
-    lines += ["LLaMA-Factory's `model_name_or_path`: a folder is `--model-id-or-path` (give "
-              "`--model-type`); a hub id is the registered model type with that hub id."]
+    lines += ["LLaMA-Factory's `model_name_or_path` and ms-swift 3.x's `model`: a folder is "
+              "`--model-id-or-path` (give `--model-type`); a hub id is the registered model "
+              "type with that hub id (ms-swift 3.x's `model_type`, a family such as `qwen2_5`, "
+              "may be given with it; without a hub id it is refused, naming the family's "
+              "model types).", "", "## Datasets", "",
+              "A `--dataset` / `--val-dataset` entry that is a hub id of a registered dataset "
+              "(`AI-ModelScope/alpaca-gpt4-data-zh#500`) is that dataset (`alpaca-zh#500`); "
+              "and:", ""]
+    lines += table("theirs|ours", [(f"`{theirs}`", f"`{ours}`")
+                                   for theirs, ours in sorted(DATASETS.items())])
     return "\n".join(lines) + "\n"

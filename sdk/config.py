@@ -151,6 +151,10 @@ class SftArguments(ModelArguments):
                                      "the training rows (below 1), or this many rows (a whole "
                                      "number from 1), for eval loss.", at_least=0,
                                      group="data")
+    held_out_sample: int | None = arg(
+        None, "Evaluate on N rows (drawn under --seed) of those --split-dataset-ratio holds "
+        "out; the others are neither trained nor evaluated on (ms-swift's "
+        "val_dataset_sample).", at_least=1, group="data")
     eval_steps: int | None = arg(None, "Eval every N steps when there is held-out data "
                                  "(default: --save-steps).", at_least=1, group="logging")
     model_name: list[str] = arg(
@@ -159,8 +163,18 @@ class SftArguments(ModelArguments):
     model_author: list[str] = arg(
         [], "Author for identity data ({{author}}): one, or a Chinese and an English one.",
         group="data")
-    output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/.",
-                          path="path", group="checkpoints")
+    output_dir: str = arg("output", "Runs go to OUTPUT_DIR/<model-type>/v<N>-<time>/ "
+                          "(--output-dir-as-run: into OUTPUT_DIR itself).", path="path",
+                          group="checkpoints")
+    output_dir_as_run: bool = arg(
+        False, "Write the run into --output-dir itself (checkpoint-N in it), as HF Trainer and "
+        "LLaMA-Factory do (a LLaMA-Factory config or command line sets it); a folder that "
+        "holds anything is refused unless --overwrite-output-dir or --resume-from-checkpoint.",
+        group="checkpoints")
+    overwrite_output_dir: bool = arg(
+        False, "With --output-dir-as-run: train a new run in a folder that holds a previous "
+        "one; the previous run's files (checkpoints, log, sft_args.json) are deleted, other "
+        "files kept.", group="checkpoints")
     dataset_num_proc: int = arg(1, "Processes that tokenize the data (datasets' map).",
                                 at_least=1, group="performance")
     skip_bad_records: bool = arg(False, "Leave out records that cannot be read or converted "
@@ -245,7 +259,8 @@ class SftArguments(ModelArguments):
                                 group="checkpoints")
     resume_from_checkpoint: str | None = arg(
         None, "Resume an interrupted run: a checkpoint folder, or auto for the newest complete "
-        "checkpoint of the newest run of this model type under --output-dir.", path="path",
+        "checkpoint of the newest run of this model type under --output-dir (of --output-dir "
+        "itself with --output-dir-as-run).", path="path",
         group="checkpoints")
     neftune_noise_alpha: float | None = arg(
         None, "NEFTune: add uniform noise of this scale to the input embeddings while "

@@ -139,7 +139,9 @@ def test_a_llama_factory_config_plans_as_it_means(sft, tiny_model_dir, tmp_path)
     assert plan["split_dataset_ratio"] == 0.34 and plan["max_length"] == 2048
     assert plan["batch_size"] == 1 and plan["gradient_accumulation_steps"] == 8
     assert plan["only_save_model"] is False and plan["num_train_epochs"] == 3.0
-    for key in ("stage", "do_train", "overwrite_cache", "plot_loss", "overwrite_output_dir",
+    assert plan["output_dir"] == str(tmp_path / "saves") and plan["output_dir_as_run"]
+    assert plan["overwrite_output_dir"] is True  # ours too (tests/test_output_dir.py)
+    for key in ("stage", "do_train", "overwrite_cache", "plot_loss",
                 "ddp_timeout", "per_device_eval_batch_size", "eval_strategy"):
         assert f"[sdk] {key} has no effect here: " in result.stderr, key
 
@@ -180,6 +182,19 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
     with pytest.raises(SdkError, match="nor a hub id of --model-type qwen-7b-chat"):
         compat.resolve_names({"#model_name_or_path": hub_id, "model_type": "qwen-7b-chat"},
                              registry)
+    # ms-swift 3.x: --model a hub id, --model_type its family, its template and dataset names
+    assert compat.resolve_names({"#model": hub_id, "model_type": "qwen2_5", "template":
+                                 "qwen2_5", "dataset": ["AI-ModelScope/alpaca-gpt4-data-zh#500",
+                                                        "swift/self-cognition#5"]},
+                                registry) == {"model_type": "qwen2.5-7b-instruct",
+                                              "template": "qwen2.5",
+                                              "dataset": ["alpaca-zh#500", "self-cognition#5"]}
+    with pytest.raises(SdkError, match="--model-type qwen2_5 names a family .* give one of "
+                                       "qwen2.5-0.5b-instruct, "):
+        compat.resolve_names({"#model": "/models/Qwen2.5-7B-Instruct", "model_type": "qwen2_5"},
+                             registry)
+    assert compat.translate({"adapters": "output/v0/checkpoint-5"}, "infer", "The command "
+                            "line") == {"ckpt_dir": "output/v0/checkpoint-5"}
     # LLaMA-Factory's current examples fine-tune Qwen3, not registered yet
     with pytest.raises(SdkError, match="'Qwen/Qwen3-4B-Instruct-2507' is no folder here and "
                                        "no registered model type's hub id.*--model-type"):
@@ -284,6 +299,10 @@ def test_chatglm_efficient_tuning_commands_read_as_llama_factorys(sft, identity_
     ({"bf16": "true", "deepspeed_config_path": "ds.json", "preprocess_num_proc": "2"},
      {"dtype": "bf16", "deepspeed": "ds.json", "dataset_num_proc": 2}),
     ({"init_lora_weights": "pissa_niter_4"}, {"init_lora_weights": "pissa", "pissa_niter": 4}),
+    ({"attn_impl": "flash_attn", "torch_dtype": "bfloat16", "target_modules": "all-linear"},
+     {"attn_impl": "flash_attention_2", "dtype": "bf16", "lora_target_modules": ["all-linear"]}),
+    ({"add_version": "false"}, {"output_dir_as_run": True}),
+    ({"add_output_dir_suffix": "true"}, {"output_dir_as_run": False}),
     ({"val_dataset_sample": "10", "val_dataset": ["v.jsonl"], "load_best_model_at_end": "true",
       "quantization_method": "bnb", "quantization_bit": 4},
      {"val_dataset": ["v.jsonl#10"], "quantization_bit": 4}),
@@ -321,3 +340,87 @@ def test_max_samples_takes_the_first_rows_as_llama_factory_does(plugin_set, iden
                              output_dir=str(tmp_path))
     train, _ = training_and_held_out(arguments, plugin_set.registry, None)
     assert train["where"] == [f"{identity_data}:1", f"{identity_data}:2"]
+
+
+def test_val_dataset_sample_without_val_dataset_samples_the_held_out_split(
+        sft, refused_sft, plugin_set, tiny_model_dir, tmp_path):
+    """ms-swift holds out dataset_test_ratio of the data, then keeps val_dataset_sample rows
+    of those (the others neither train nor evaluate)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"query": f"Question {i}?", "response": "Yes."}) + "\n"
+                            for i in range(10)))
+    result = sft("--model_type", TINY_MODEL_TYPE, "--model_id_or_path", tiny_model_dir,
+                 "--dataset", data, "--dataset_test_ratio", "0.5", "--val_dataset_sample", "2",
+                 "--output_dir", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "val_dataset_sample 2 -> NAME#N on --val-dataset, else --held-out-sample" in \
+        result.stderr
+    assert ("held out: 0.5 of it (--split-dataset-ratio), of which 2 rows sampled "
+            "(--held-out-sample)") in result.stdout
+    assert "  train: 5 rows" in result.stdout and "  held-out: 2 rows" in result.stdout
+
+    assert "none are held out: ms-swift holds out dataset_test_ratio 0.01 by default" in \
+        refused_sft("--val_dataset_sample", "2")
+
+    from sdk.config import SftArguments
+    from sdk.data.arrow import training_and_held_out
+
+    def split(**sample):
+        arguments = SftArguments(dataset=[str(data)], split_dataset_ratio=0.5,
+                                 output_dir=str(tmp_path), **sample)
+        return training_and_held_out(arguments, plugin_set.registry, None)
+
+    train, held_out = split()
+    sampled_train, sampled = split(held_out_sample=2)
+    assert sampled_train["where"] == train["where"]  # the same training rows
+    assert len(sampled) == 2 and set(sampled["where"]) < set(held_out["where"])
+
+
+# ms-swift 3.x's examples/train/lora_sft.sh (its README's quick start), model and data swapped
+# for local ones; 3.x renamed flags and values (--model, --tuner_type, --torch_dtype,
+# --target_modules all-linear, hub dataset ids with #N)
+SWIFT3_LORA_SFT_SH = """
+    --tuner_type lora --torch_dtype bfloat16 --num_train_epochs 1
+    --per_device_train_batch_size 1 --per_device_eval_batch_size 1 --learning_rate 1e-4
+    --lora_rank 8 --lora_alpha 32 --target_modules all-linear --gradient_accumulation_steps 16
+    --eval_steps 50 --save_steps 50 --save_total_limit 2 --logging_steps 5 --max_length 2048
+    --warmup_ratio 0.05 --dataloader_num_workers 4 --model_author swift
+    --model_name swift-robot
+""".split()
+
+
+def test_an_ms_swift_3_lora_sft_sh_plans_as_it_means(sft, identity_data, tiny_model_dir,
+                                                      tmp_path):
+    result = sft("--model", tiny_model_dir, "--model_type", TINY_MODEL_TYPE,
+                 "--dataset", f"{identity_data}#3", "swift/self-cognition#5",
+                 *SWIFT3_LORA_SFT_SH, "--system", "You are a helpful assistant.",
+                 "--output_dir", tmp_path / "output", "--split_dataset_ratio", "0.25",
+                 "--dataset_num_proc", "1", "--template", "qwen2_5", "--attn_impl",
+                 "sdpa", "--dry-run", "--json")
+    plan = planned(result)
+    assert plan["model_id_or_path"] == str(tiny_model_dir) and plan["dtype"] == "bf16"
+    assert plan["sft_type"] == "lora" and plan["lora_target_modules"] == ["all-linear"]
+    assert plan["dataset"] == [f"{identity_data}#3", "self-cognition#5"]
+    assert plan["template"] == "qwen2.5" and plan["attn_impl"] == "sdpa"
+    assert plan["system"] == "You are a helpful assistant."
+    assert (plan["model_name"], plan["model_author"]) == (["swift-robot"], ["swift"])
+    assert (plan["split_dataset_ratio"], plan["dataloader_num_workers"]) == (0.25, 4)
+
+
+@pytest.mark.parametrize("environment, printed", [
+    ({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"RANK": "1", "LOCAL_RANK": "1"}, False),
+    ({"RANK": "2", "LOCAL_RANK": "0"}, False), ({"LOCAL_RANK": "1"}, False)])
+def test_under_torchrun_only_rank_0_says_how_other_tools_flags_were_read(
+        environment, printed, monkeypatch, capsys):
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    values = compat.translate({"lora_dropout_p": "0.1", "tuner_backend": "peft"}, "sft",
+                              "The command line")
+    assert values == {"lora_dropout": "0.1"}  # every process reads them alike
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ([
+        "[sdk] tuner_backend has no effect here: every adapter here is trained with peft.",
+        "[sdk] read as sdk's options: lora_dropout_p 0.1 -> lora-dropout 0.1."] if printed
+        else [])

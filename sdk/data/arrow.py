@@ -173,7 +173,8 @@ def conversations_dataset(names: Sequence[str], registry: Registry, args: Any,
 def training_and_held_out(args: Any, registry: Registry,
                           skipped: list[str] | None) -> tuple[Any, Any | None]:
     """A run's training rows and its held-out rows (None when it holds none out): the
-    ``--val-dataset`` entries, else a seeded ``--split-dataset-ratio`` of ``--dataset``."""
+    ``--val-dataset`` entries, else a seeded ``--split-dataset-ratio`` of ``--dataset`` (of
+    which ``--held-out-sample`` rows, as ms-swift's val_dataset_sample)."""
     folder = data_cache(args.output_dir)
     conversations = conversations_dataset(args.dataset, registry, args, skipped, folder)
     if args.val_dataset:
@@ -183,6 +184,9 @@ def training_and_held_out(args: Any, registry: Registry,
                                           args.seed)
     if not held_rows:
         return conversations, None
+    if args.held_out_sample is not None and args.held_out_sample < len(held_rows):
+        held_rows = [held_rows[i] for i in sample_indices(len(held_rows),
+                                                          args.held_out_sample, args.seed)]
     return conversations.select(train_rows), conversations.select(held_rows)
 
 

@@ -1,11 +1,13 @@
-"""Run folders (``<output>/<model-type>/v<N>-<YYYYMMDD-HHMMSS>/``), the files that make a
-checkpoint self-describing, and the one definition of a complete checkpoint."""
+"""Run folders (``<output>/<model-type>/v<N>-<YYYYMMDD-HHMMSS>/``, or ``--output-dir`` itself
+with ``--output-dir-as-run``), the files that make a checkpoint self-describing, and the one
+definition of a complete checkpoint."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,11 @@ LOG_FILE = "logging.jsonl"
 # Checkpoints are written here and renamed into the run folder once complete
 # (sdk/train/trainer.py); whatever is left here was cut short.
 PARTIAL_DIR = ".partial"
+# What a run writes into its folder besides checkpoint-N: the log, best_checkpoint.json
+# (runs/best.py), loss.png (train/plot.py), predictions/ (infer/predict.py), tensorboard's runs/
+# (tests/test_output_dir.py checks the names); what --overwrite-output-dir replaces.
+RUN_FILES = (ARGS_FILE, LOG_FILE, LOG_FILE + ".partial", PARTIAL_DIR, "best_checkpoint.json",
+             "loss.png", "predictions", "runs")
 _VERSION = re.compile(r"^v(\d+)-")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -34,6 +41,48 @@ def new_run_dir(output_dir: str | Path, model_type: str) -> Path:
         run_dir = parent / f"v{next_version(parent)}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir()
     return run_dir
+
+
+def previous_run(folder: Path) -> tuple[list[Path], list[Path]]:
+    """What ``folder`` holds: a previous run's files (RUN_FILES, checkpoint-N) and the rest."""
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    run = [p for p in entries if p.name in RUN_FILES or _CHECKPOINT.match(p.name)]
+    return run, [p for p in entries if p not in run]
+
+
+def refuse_previous_run(folder: Path) -> None:
+    """``folder`` (--output-dir-as-run) holds nothing a new run could overwrite, else an
+    SdkError naming what is there and the two ways on (HF Trainer's and LLaMA-Factory's)."""
+    run, other = previous_run(folder)
+    if not run and not other:
+        return
+    named = ", ".join(p.name for p in (run or other)[:4]) + (
+        ", ..." if len(run or other) > 4 else "")
+    held = f"holds a previous run ({named})" if run else f"is not empty ({named})"
+    raise SdkError(f"--output-dir '{folder}' {held}, and the run is written into it as given "
+                   "(--output-dir-as-run, LLaMA-Factory's output_dir). Pass "
+                   "overwrite_output_dir (--overwrite-output-dir) to train a new run there (the "
+                   "previous run's files are replaced, other files kept), "
+                   f"resume_from_checkpoint {folder} (--resume-from-checkpoint) to continue it, "
+                   "or give another output_dir.")
+
+
+def claim_run_dir(folder: Path, overwrite: bool) -> list[str]:
+    """Make ``folder`` the run folder (--output-dir-as-run), created if needed; with
+    ``overwrite`` a previous run's files in it are deleted (their names returned), every other
+    file is kept; without, a folder holding anything is refused (refuse_previous_run)."""
+    if folder.exists() and not folder.is_dir():
+        raise SdkError(f"--output-dir '{folder}' is a file; give a folder.")
+    if not overwrite:
+        refuse_previous_run(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    replaced = previous_run(folder)[0]
+    for path in replaced:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return [p.name for p in replaced]
 
 
 def next_version(parent: Path) -> int:

@@ -40,6 +40,13 @@ OVERRULED = (
     Overruled(("eval_steps",),
               lambda args: not args.val_dataset and not args.split_dataset_ratio,
               "there is no held-out data to evaluate (--val-dataset, --split-dataset-ratio)"),
+    Overruled(("held_out_sample",),
+              lambda args: bool(args.val_dataset) or not args.split_dataset_ratio,
+              "it samples the rows --split-dataset-ratio holds out of --dataset, and it holds "
+              "none out (with --val-dataset, NAME#N samples an entry)"),
+    Overruled(("overwrite_output_dir",), lambda args: not args.output_dir_as_run,
+              "each run writes a new folder under --output-dir (without "
+              "--output-dir-as-run)"),
 )
 
 

@@ -27,7 +27,7 @@ from sdk.models.loader import (
 from sdk.options import option_names, run_arguments
 from sdk.registry import Registry
 from sdk.runs.checkpoint_files import refuse_nonfinite_weights
-from sdk.runs.run_dir import next_version
+from sdk.runs.run_dir import next_version, previous_run, refuse_previous_run
 from sdk.specs import ModelSpec, TemplateSpec, Tuner, resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.deepspeed_configs import check_deepspeed, saved_name
@@ -75,15 +75,25 @@ class Plan:
         lines = [f"model type: {args.model_type}"
                  + (f" ({args.model_id_or_path})" if args.model_id_or_path else ""),
                  f"template: {args.template}", f"tuner: {args.sft_type}",
-                 f"data: {', '.join(args.dataset)}"
-                 + (f"; held out: {', '.join(args.val_dataset)}" if args.val_dataset else ""),
-                 f"run folder: {self.run_dir}" + (f" (resuming {self.resume_from})"
-                                                  if self.resume_from else " (not created yet)"),
+                 f"data: {', '.join(args.dataset)}{held_out_text(args)}",
+                 f"run folder: {self.run_dir}" + (
+                     f" (resuming {self.resume_from})" if self.resume_from else
+                     " (there already)" if os.path.isdir(self.run_dir) else " (not created yet)"),
                  f"push to: {self.push_to or 'nowhere (no --push-to-hub)'}"]
         width = max(len(name) for name in self.choices)
         lines += [f"  {name.ljust(width)}  {format_value(choice.value)}  ({choice.why})"
                   for name, choice in self.choices.items()]
         return "\n".join(lines)
+
+
+def held_out_text(args: SftArguments) -> str:
+    if args.val_dataset:
+        return f"; held out: {', '.join(args.val_dataset)}"
+    if not args.split_dataset_ratio:
+        return ""
+    sampled = (f", of which {args.held_out_sample} rows sampled (--held-out-sample)"
+               if args.held_out_sample else "")
+    return f"; held out: {args.split_dataset_ratio} of it (--split-dataset-ratio){sampled}"
 
 
 def format_value(value: Any) -> str:
@@ -195,6 +205,11 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
         args = dataclasses.replace(args, resume_from_checkpoint=str(resumed))
         require_writable(resumed.parent, "--resume-from-checkpoint's run folder")
         run_dir = str(resumed.parent)
+    elif args.output_dir_as_run:
+        require_writable(args.output_dir, "--output-dir")
+        if not args.overwrite_output_dir:
+            refuse_previous_run(Path(args.output_dir))
+        run_dir = args.output_dir
     else:  # now, not after the data is read and the model loaded
         require_writable(args.output_dir, "--output-dir")
         parent = Path(args.output_dir) / args.model_type
@@ -205,6 +220,8 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     choices = automatic_choices(args, spec, tuner, given_bits, given_dropout,
                                 checkpointing_forced)
+    if args.output_dir_as_run and not resumed:
+        choices["run_folder"] = given_folder_choice(args)
     choices["resume"] = Choice(
         str(resumed) if resumed else None,
         "a fresh run" if not resumed else
@@ -212,6 +229,18 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
         if resume_given == "auto" else f"--resume-from-checkpoint {resume_given}")
     return Plan(args, run_dir, str(resumed) if resumed else None,
                 destination.where() if destination else None, choices, notes)
+
+
+def given_folder_choice(args: SftArguments) -> Choice:
+    """--output-dir-as-run: the folder as given, and with --overwrite-output-dir what of a
+    previous run there the run deletes and what it keeps."""
+    replaced, kept = previous_run(Path(args.output_dir))
+    why = "--output-dir as given (--output-dir-as-run: LLaMA-Factory's output_dir)"
+    if replaced:
+        why += (f"; --overwrite-output-dir deletes the previous run's "
+                f"{', '.join(p.name for p in replaced)}")
+        why += f" and keeps {', '.join(p.name for p in kept)}" if kept else ""
+    return Choice(args.output_dir, why)
 
 
 def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,

@@ -27,12 +27,15 @@ from sdk.runs.run_dir import (
 FLAG = "--resume-from-checkpoint"
 def resume_checkpoint(args: SftArguments) -> Path | None:
     """The complete checkpoint that ``--resume-from-checkpoint`` names (a checkpoint or run
-    folder, or ``auto``: the newest run of ``--model-type`` under ``--output-dir``), checked
-    against this run's arguments; None without the flag. Reads no model."""
+    folder, or ``auto``: the newest run of ``--model-type`` under ``--output-dir``, or
+    ``--output-dir`` itself with ``--output-dir-as-run``), checked against this run's
+    arguments; None without the flag. Reads no model."""
     given = args.resume_from_checkpoint
     if not given:
         return None
-    if given == "auto":
+    if given == "auto" and args.output_dir_as_run:
+        checkpoint = find_checkpoint(args.output_dir, f"{FLAG} auto: --output-dir")
+    elif given == "auto":
         run = newest_run(args.output_dir, args.model_type)
         if run is None:
             raise SdkError(f"{FLAG} auto: there is no run of {args.model_type} under "

@@ -32,7 +32,15 @@ from sdk.models.rope import applied_factor
 from sdk.registry import Registry
 from sdk.runs.best import best_checkpoint
 from sdk.runs.checkpoint_files import check_adapter_fits
-from sdk.runs.run_dir import PARTIAL_DIR, checkpoint_step, checkpoints, new_run_dir, write_args
+from sdk.runs.run_dir import (
+    ARGS_FILE,
+    PARTIAL_DIR,
+    checkpoint_step,
+    checkpoints,
+    claim_run_dir,
+    new_run_dir,
+    write_args,
+)
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 from sdk.train.deepspeed_configs import (
@@ -204,8 +212,7 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
     main = is_main_process()
 
     # A resumed run continues in its own folder: later checkpoints and log lines go there.
-    run_dir = resumed.parent if resumed else shared_run_dir(
-        lambda: new_run_dir(args.output_dir, args.model_type))
+    run_dir = resumed.parent if resumed else shared_run_dir(lambda: make_run_dir(args))
     # absolute: `sdk infer --ckpt-dir` and --val-dataset-from-run work from any folder
     portable = absolute_paths(args, lambda name: is_dataset_name(name, registry, args))
     saved = {**saved_arguments(portable), "sdk_version": __version__}
@@ -216,8 +223,12 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
             trainer.add_callback(callback)
     except BaseException:
         if main and not resumed:
-            # nothing was written yet; do not leave a run with no model
-            shutil.rmtree(run_dir, ignore_errors=True)
+            # nothing was written yet; do not leave a run with no model (a folder given as
+            # the run's may hold other files: only if empty)
+            if not args.output_dir_as_run:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif not any(run_dir.iterdir()):
+                run_dir.rmdir()
         raise
     if resumed and main:
         keep_log_until(run_dir, checkpoint_step(resumed))
@@ -226,7 +237,10 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
                        "interrupted run", err=True)
         click.echo(f"[sdk] resuming {run_dir} from {resumed.name}", err=True)
     elif main:
-        with disk_full_said(run_dir, "nothing, the new run folder was removed"):
+        staging, kept = ((run_dir / ARGS_FILE, f"{run_dir}'s other files")
+                         if args.output_dir_as_run else
+                         (run_dir, "nothing, the new run folder was removed"))
+        with disk_full_said(staging, kept):
             write_args(run_dir, saved)
         click.echo(f"[sdk] run folder: {run_dir}", err=True)
     if destination is not None:  # after the Trainer's own callbacks: sees finished checkpoints
@@ -263,6 +277,20 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
         predict_held_out(model, tokenizer, data.settings.template, data.held_out, last,
                          args)
     return SftResult(run_dir, last, trainer.model)
+
+
+def make_run_dir(args: SftArguments) -> Path:
+    """The run folder, created (by the main process alone): a new version under
+    --output-dir, or with --output-dir-as-run --output-dir itself, a previous run's files in
+    it deleted with --overwrite-output-dir (said)."""
+    if not args.output_dir_as_run:
+        return new_run_dir(args.output_dir, args.model_type)
+    run_dir = Path(args.output_dir)
+    replaced = claim_run_dir(run_dir, args.overwrite_output_dir)
+    if replaced:
+        click.echo(f"[sdk] --overwrite-output-dir: deleted the previous run's "
+                   f"{', '.join(replaced)} in {run_dir}", err=True)
+    return run_dir
 
 
 def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
