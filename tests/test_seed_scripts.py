@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, only_run
+from conftest import TINY_MODEL_TYPE
 from sdk import compat
 from sdk.errors import SdkError
 
@@ -126,12 +126,14 @@ def test_chinese_llama_alpaca_2_run_sft_sh_plans_as_it_means(sft, run_sft_sh, tm
         "fp16", 512, 12345, 100)
     assert plan["deepspeed"] == str(deepspeed)
     assert plan["output_dir"] == str(tmp_path / "output_dir")
+    # HF Trainer's output_dir: the run goes into it as given
+    assert plan["output_dir_as_run"] is True and plan["overwrite_output_dir"] is True
     rows = {split["split"]: sum(source["rows"] for source in split["sources"])
             for split in shown["data"]["splits"]}
     assert rows == {"train": 5, "held-out": 2}, shown["data"]["splits"]
     for flag in ("tokenizer_name_or_path", "validation_split_percentage", "do_eval",
                  "logging_strategy", "logging_first_step", "ddp_timeout",
-                 "ddp_find_unused_parameters", "overwrite_output_dir", "save_strategy",
+                 "ddp_find_unused_parameters", "save_strategy",
                  "evaluation_strategy", "per_device_eval_batch_size"):
         assert f"[sdk] {flag} has no effect here: " in result.stderr, flag
     assert plan["gradient_checkpointing"] is True  # a flag alone: true
@@ -147,7 +149,7 @@ def test_run_sft_sh_trains_a_new_adapter(sft, run_sft_sh, tmp_path):
     (tests/test_distributed.py trains with it)."""
     result = sft(*run_sft_sh(steps=1, deepspeed=False))
     assert result.exit_code == 0, result.output
-    run = only_run(tmp_path / "output_dir")
+    run = tmp_path / "output_dir"  # HF Trainer's output_dir, used as given
     saved = json.loads((run / "sft_args.json").read_text())
     assert saved["lora_modules_to_save"] == ["embed_tokens", "lm_head"]
     assert len(saved["dataset"]) == 2 and len(saved["val_dataset"]) == 1
