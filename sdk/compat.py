@@ -742,8 +742,7 @@ def check_tokenizer(tokenizer: str, model: str | None) -> None:
     folder, its hub id, or a folder of the same tokenizer files) has no effect; another is
     refused, as the run, its checkpoints and `sdk infer` read the model folder's tokenizer."""
     if model is not None and same_tokenizer(tokenizer, model):
-        print("[sdk] tokenizer_name_or_path has no effect here: it is the model's own "
-              "tokenizer.", file=sys.stderr)
+        say("[sdk] tokenizer_name_or_path has no effect here: it is the model's own tokenizer.")
         return
     raise SdkError(
         f"Chinese-LLaMA-Alpaca-2's tokenizer_name_or_path '{tokenizer}' is not the tokenizer of "
