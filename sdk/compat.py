@@ -416,7 +416,8 @@ ALIASES: dict[str, Alias] = {
     # --- Chinese-LLaMA-Alpaca-2's run_clm_sft_with_peft.py (transformers' Trainer flags and
     # its own; the LLaMA-Factory names above that it shares read the same)
     "tokenizer_name_or_path": Alias(CLA2, "no effect when it is the model's own tokenizer (its "
-                                    "folder, or the same tokenizer files); another refused",
+                                    "folder, or the same tokenizer files); another: "
+                                    "--tokenizer-id-or-path (it must fit the embeddings)",
                                     rename("#tokenizer")),
     "tokenizer_name": Alias(CLA2, "as tokenizer_name_or_path", rename("#tokenizer")),
     "use_fast_tokenizer": Alias(CLA2, "no effect (the model's own tokenizer)", no_effect(
@@ -699,8 +700,9 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
         their_names(values, registry)
     tokenizer = values.pop("#tokenizer", None)
     if tokenizer is not None:
-        check_tokenizer(str(tokenizer), values.get("model_id_or_path")
-                        or values.get("#model_name_or_path") or values.get("#model"))
+        values.update(other_tokenizer(str(tokenizer), values.get("model_id_or_path")
+                                      or values.get("#model_name_or_path")
+                                      or values.get("#model")))
     given = [key for key in ("#model_name_or_path", "#model") if key in values]
     if not given:
         refuse_family(values.get("model_type"), known)
@@ -737,21 +739,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "merges.txt", "vocab.txt", "special_tokens_map.json", "added_tokens.json")
 
 
-def check_tokenizer(tokenizer: str, model: str | None) -> None:
+def other_tokenizer(tokenizer: str, model: str | None) -> dict[str, Any]:
     """Chinese-LLaMA-Alpaca-2's --tokenizer_name_or_path: the model's own tokenizer (its
     folder, its hub id, or a folder of the same tokenizer files) has no effect; another is
-    refused, as the run, its checkpoints and `sdk infer` read the model folder's tokenizer."""
+    --tokenizer-id-or-path (which checks that its vocabulary fits the model's embeddings)."""
     if model is not None and same_tokenizer(tokenizer, model):
         say("[sdk] tokenizer_name_or_path has no effect here: it is the model's own tokenizer.")
-        return
-    raise SdkError(
-        f"Chinese-LLaMA-Alpaca-2's tokenizer_name_or_path '{tokenizer}' is not the tokenizer of "
-        f"the model {model or '(none given)'}: the run, its checkpoints and `sdk infer` read "
-        "the model folder's tokenizer. Put the tokenizer's files into a copy of the model's "
-        "folder and give that folder: a vocabulary that fits the model's embeddings trains "
-        "as it is; a larger one (Chinese-LLaMA-2's 55296 tokens on LLaMA-2's 32000) needs the "
-        "embeddings resized and trained (--modules_to_save embed_tokens,lm_head) first, which "
-        "sdk does not do.")
+        return {}
+    return {"tokenizer_id_or_path": tokenizer}
 
 
 def same_tokenizer(tokenizer: str, model: str) -> bool:

@@ -127,6 +127,10 @@ class ModelArguments:
 
 @dataclass
 class SftArguments(ModelArguments):
+    tokenizer_id_or_path: str | None = arg(
+        None, "Train with this tokenizer folder instead of the model's (e.g. an extended "
+        "vocabulary); it must fit the model's embeddings. Checkpoints keep it.", path="path",
+        group="model", kept_on_resume=True)
     sft_type: str = arg("lora", "Tuner (see `sdk tuners`).", group="tuner")
     dataset: list[str] = arg([], "Dataset names (see `sdk datasets`) or .json/.jsonl files; "
                              "NAME#N samples N rows (deterministic under --seed).",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE
+from conftest import TINY_MODEL_TYPE, TOKENIZERS
 from sdk import compat
 from sdk.errors import SdkError
 
@@ -159,8 +159,8 @@ def test_run_sft_sh_trains_a_new_adapter(sft, run_sft_sh, tmp_path):
     assert config["r"] == 8 and config["lora_alpha"] == 32
 
 
-def test_a_tokenizer_other_than_the_models_is_refused(sft, run_sft_sh, tmp_path,
-                                                      tiny_model_dir):
+def test_a_tokenizer_other_than_the_models_trains_when_it_fits(sft, run_sft_sh, tmp_path,
+                                                                tiny_model_dir):
     # the same tokenizer files in another folder: the model's own
     same = tmp_path / "chinese_tokenizer"
     same.mkdir()
@@ -168,14 +168,38 @@ def test_a_tokenizer_other_than_the_models_is_refused(sft, run_sft_sh, tmp_path,
         if (tiny_model_dir / name).is_file():
             shutil.copy(tiny_model_dir / name, same)
     result = sft(*run_sft_sh(tokenizer=same, deepspeed=False), "--dry-run", "--json")
-    assert plan_of(result)["plan"]["arguments"]["model_id_or_path"] == str(tiny_model_dir)
+    arguments = plan_of(result)["plan"]["arguments"]
+    assert arguments["model_id_or_path"] == str(tiny_model_dir)
+    assert arguments["tokenizer_id_or_path"] is None
     assert "tokenizer_name_or_path has no effect here: it is the model's own" in result.stderr
 
-    (same / "tokenizer_config.json").write_text("{}")  # another tokenizer
-    result = sft(*run_sft_sh(tokenizer=same, deepspeed=False), "--dry-run")
+    # Llama-2's 32000 tokens fit the tiny model's embeddings (Qwen2's vocabulary): the run
+    # tokenizes with it and its checkpoints keep it
+    llama2 = TOKENIZERS / "llama2"
+    result = sft(*run_sft_sh(tokenizer=llama2, steps=1, deepspeed=False))
+    assert result.exit_code == 0, result.output
+    checkpoint = tmp_path / "output_dir" / "checkpoint-1"
+    saved = json.loads((tmp_path / "output_dir" / "sft_args.json").read_text())
+    assert saved["tokenizer_id_or_path"] == str(llama2)
+    from transformers import AutoTokenizer
+
+    kept, theirs = (AutoTokenizer.from_pretrained(folder) for folder in (checkpoint, llama2))
+    text = "Give three tips for staying healthy. 你好"
+    assert kept(text).input_ids == theirs(text).input_ids and len(kept) == len(theirs) == 32000
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_refused_before_the_model_loads(
+        sft, run_sft_sh, tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    larger = AutoTokenizer.from_pretrained(tiny_model_dir)
+    larger.add_tokens(["<new_word>"])
+    larger.save_pretrained(tmp_path / "chinese_tokenizer")
+    result = sft(*run_sft_sh(tokenizer=tmp_path / "chinese_tokenizer", deepspeed=False))
     assert result.exit_code == 1
-    assert "tokenizer_name_or_path" in result.stderr and "is not the tokenizer of the model" \
-        in result.stderr and "--modules_to_save embed_tokens,lm_head" in result.stderr
+    assert (f"has {len(larger)} tokens and the model's embeddings have {len(larger) - 1} rows"
+            in result.stderr and "--lora-modules-to-save embed_tokens lm_head" in result.stderr)
+    assert "loading" not in result.stderr and not (tmp_path / "output_dir").exists()
 
 
 def test_chinese_vicuna_finetune_py_holds_out_a_number_of_rows(sft, tiny_model_dir, tmp_path):

@@ -204,18 +204,41 @@ def load_model(spec: ModelSpec, args: Any, registry: Any) -> tuple[Any, Any]:
 
 def load_tokenizer(spec: ModelSpec, args: Any, registry: Any) -> Any:
     """The model type's tokenizer alone: a hub download leaves the weight files out, and a
-    converted family converts its tokenizer only."""
+    converted family converts its tokenizer only. With --tokenizer-id-or-path, that folder's
+    tokenizer, refused when its vocabulary is larger than the model's (config.json)."""
     options = replace(load_options(spec, args, registry), weights=False)
-    return resolve_callable(spec.tokenizer_loader or tokenizer_from_folder)(spec, options)
+    other = getattr(args, "tokenizer_id_or_path", None)
+    if not other:
+        return resolve_callable(spec.tokenizer_loader or tokenizer_from_folder)(spec, options)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(other, trust_remote_code=options.trust_remote_code)
+    config = model_folder(spec, options) / "config.json"
+    if config.is_file():  # else checked against the embeddings once the model has loaded
+        check_tokenizer_fits(tokenizer, folder_config(config.parent).get("vocab_size"), other)
+    return tokenizer
+
+
+def check_tokenizer_fits(tokenizer: Any, vocab_size: Any, folder: str) -> None:
+    """A token id past the model's embeddings has no row to look up: refuse the tokenizer."""
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+        raise SdkError(
+            f"--tokenizer-id-or-path '{folder}' has {len(tokenizer)} tokens and the model's "
+            f"embeddings have {vocab_size} rows: its new tokens have no embedding. Train "
+            "from a model whose embeddings were resized to that vocabulary (Chinese-LLaMA-2 "
+            "for Chinese-LLaMA-Alpaca-2's tokenizer); resizing them here and training them "
+            "(--lora-modules-to-save embed_tokens lm_head) is not done by sdk.")
 
 
 def tokenizer_alone(spec: ModelSpec, args: Any) -> bool:
     """Whether the tokenizer can be read without the weights: a model type whose plugin has
     its own loader and no tokenizer_loader finds its files only as it loads the model, unless
-    --model-id-or-path is a folder with a transformers tokenizer."""
-    return bool(spec.tokenizer_loader or not spec.loader or (
-        args.model_id_or_path
-        and (Path(args.model_id_or_path) / "tokenizer_config.json").is_file()))
+    --model-id-or-path is a folder with a transformers tokenizer (or --tokenizer-id-or-path
+    gives one)."""
+    return bool(spec.tokenizer_loader or not spec.loader
+                or getattr(args, "tokenizer_id_or_path", None) or (
+                    args.model_id_or_path
+                    and (Path(args.model_id_or_path) / "tokenizer_config.json").is_file()))
 
 
 def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:

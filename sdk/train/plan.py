@@ -176,6 +176,11 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     checkpointing_forced = args.offload_activations and not args.gradient_checkpointing
     if args.offload_activations:  # what is offloaded is what checkpointing keeps
         args = dataclasses.replace(args, gradient_checkpointing=True)
+    if args.tokenizer_id_or_path and not (
+            Path(args.tokenizer_id_or_path) / "tokenizer_config.json").is_file():
+        raise SdkError(f"--tokenizer-id-or-path '{args.tokenizer_id_or_path}' is not a tokenizer "
+                       "folder (no tokenizer_config.json in it): give the folder its "
+                       "save_pretrained wrote.")
     if args.adapter and not Path(args.adapter).is_dir():
         raise SdkError(f"--adapter '{args.adapter}' is not a folder; give the folder a peft "
                        "adapter was saved to (a checkpoint of `sdk sft`).")

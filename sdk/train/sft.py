@@ -27,7 +27,13 @@ from sdk.data.sources import is_dataset_name
 from sdk.errors import SdkError
 from sdk.folders import disk_full_said
 from sdk.hubs.push import push_destination
-from sdk.models.loader import load_model, load_tokenizer, tokenizer_alone, torch_dtype
+from sdk.models.loader import (
+    check_tokenizer_fits,
+    load_model,
+    load_tokenizer,
+    tokenizer_alone,
+    torch_dtype,
+)
 from sdk.models.rope import applied_factor
 from sdk.registry import Registry
 from sdk.runs.best import best_checkpoint
@@ -185,11 +191,17 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
     resumed = Path(plan.resume_from) if plan.resume_from else None
     destination = push_destination(args, registry)
     rows = read_conversations(args, registry)
-    data = None
+    data = tokenizer = None
     if tokenizer_alone(spec, args):
-        data = prepared_data(plan, registry, rows, load_tokenizer(spec, args, registry))
+        tokenizer = load_tokenizer(spec, args, registry)
+        data = prepared_data(plan, registry, rows, tokenizer)
         gate(data, args)
-    model, tokenizer = load_model(spec, args, registry)
+    model, model_tokenizer = load_model(spec, args, registry)
+    if args.tokenizer_id_or_path:  # trained with, and saved into every checkpoint
+        check_tokenizer_fits(tokenizer, model.get_input_embeddings().num_embeddings,
+                             args.tokenizer_id_or_path)
+    else:
+        tokenizer = model_tokenizer
     if args.rope_scaling:  # saved with the run: its checkpoints reload with the same positions
         args = dataclasses.replace(args, rope_factor=applied_factor(
             model.config, args.rope_scaling, args.model_type))
