@@ -26,6 +26,10 @@ PARTS = ("prefix", "system_format", "user_format", "assistant_prefix", "assistan
          "turn_separator")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 LOSS_SCOPES = ("all", "last")
+# How a jinja template may show a reply's text: as written, stripped, or (reasoning templates
+# such as DeepSeek-R1's and Qwen3's) only what follows an inline </think>.
+REPLY_VIEWS = (lambda text: text, str.strip, lambda text: text.split("</think>")[-1],
+               lambda text: text.split("</think>")[-1].strip())
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -202,8 +206,9 @@ class Template:
                    or self._replies_by_search(messages, text))
         replies = sorted(replies + self._tool_calls(messages, text, tools))
         suffix = self._fill(self.spec.assistant_suffix)
-        spans = []
+        spans, previous = [], 0
         for index, start, end in replies:
+            start, previous = self._reasoning_start(messages[index], text, previous, start), end
             if index not in trained:
                 continue
             marker = text.find(suffix, end) if suffix else -1
@@ -216,6 +221,18 @@ class Template:
             yield text[start:end], True
             position = end
         yield text[position:], False
+
+    @staticmethod
+    def _reasoning_start(message: Message, text: str, previous: int, start: int) -> int:
+        """Where a reply's text begins, its reasoning included when the template shows it
+        (between the previous reply and this one's content): the reasoning is part of what the
+        model generates, so it trains with the reply. ``start`` when the template drops it."""
+        reasoning = message.get("reasoning_content") or ""
+        for candidate in (reasoning, reasoning.strip()):
+            found = text.rfind(candidate, previous, start) if candidate.strip() else -1
+            if found >= 0:
+                return found
+        return start
 
     def _tool_calls(self, messages: Sequence[Message], text: str,
                     tools: list | None) -> list[tuple[int, int, int]]:
@@ -244,20 +261,19 @@ class Template:
         """(message index, start, end) of every reply, found exactly: render again with each
         reply replaced by a unique marker, then put the replies back and check that this gives
         the real text. None when it does not (a template that changes the text of replies
-        beyond stripping it)."""
+        beyond stripping it or dropping the reasoning written before ``</think>``)."""
         marked = [dict(m, content=SENTINEL.format(i))
                   if m["role"] == "assistant" and not m.get("tool_calls") else dict(m)
                   for i, m in enumerate(messages)]
         marked_text = self._render_jinja(marked, add_generation_prompt, tools)
-        for strip in (False, True):
+        for shown in REPLY_VIEWS:
             rebuilt, replies, position = "", [], 0
             for match in SENTINEL_PATTERN.finditer(marked_text):
                 index = int(match.group(1))
-                content = messages[index]["content"]
+                content = shown(messages[index]["content"])
                 rebuilt += marked_text[position:match.start()]
-                replies.append((index, len(rebuilt),
-                                len(rebuilt) + len(content.strip() if strip else content)))
-                rebuilt += content.strip() if strip else content
+                replies.append((index, len(rebuilt), len(rebuilt) + len(content)))
+                rebuilt += content
                 position = match.end()
             rebuilt += marked_text[position:]
             if rebuilt == text and len({i for i, _, _ in replies}) == len(replies):
