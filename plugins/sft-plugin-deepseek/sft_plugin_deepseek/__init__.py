@@ -14,14 +14,18 @@ models/templates/deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja). Both tokenizer
 vocabulary, 128000/128001 in Llama 3's). The template keeps only what follows ``</think>`` in
 every reply and reads no ``reasoning_content``.
 
-Reasoning data: the last message of a conversation, when it is a reply with
-``reasoning_content``, renders as the distills emit it after their generation prompt:
-``<｜Assistant｜><think>\\n{reasoning}\\n</think>\\n\\n{content}<｜end▁of▁sentence｜>`` (the same
-text as ms-swift's and LLaMA-Factory's deepseek-r1 training formats). The template that renders
-it (``TRAINING_JINJA``) is the official one with that branch added, so a conversation without
-reasoning renders exactly as the official template does, and earlier replies lose their
-reasoning as the official template drops it. What follows the generation prompt's
-``<think>\\n`` is trained: the reasoning, ``</think>``, the answer and the end-of-sentence token.
+Reasoning data: the official template drops everything before ``</think>`` from every reply,
+the last one included, and reads no ``reasoning_content``, so it cannot render a reply that is to
+be trained with its reasoning. The registered template (``TRAINING_JINJA``) is the official one
+with one branch added for the last message of a conversation, when it is a reply: with
+``reasoning_content`` it renders as the distills emit it after their generation prompt,
+``<｜Assistant｜><think>\n{reasoning}\n</think>\n\n{content}<｜end▁of▁sentence｜>``; with
+reasoning written inline (``<think>...</think>`` in its content, ms-swift's data) its content is
+kept as written, as ms-swift's and LLaMA-Factory's deepseek-r1 templates keep the last
+response's thinking. Everything else renders exactly as the official template does: earlier
+replies lose their reasoning, prompts end with ``<｜Assistant｜><think>\n``. The loss covers what
+the last reply adds to that generation prompt: the reasoning, ``</think>``, the answer and the
+end-of-sentence token (inline reasoning: with the ``<think>`` line it is written with).
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ OFFICIAL_JINJA = (files(__name__) / "deepseek-r1.jinja").read_text(encoding="utf
 # Where the official template writes a reply without tool calls.
 OFFICIAL_REPLY = ("{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}"
                   "{% endif %}")
-REASONING_REPLY = ("{% if loop.last and message['reasoning_content'] %}{% set content = "
+# The last reply keeps its reasoning: reasoning_content as the distills write it, else its
+# content as written (inline <think>...</think>, as ms-swift and LLaMA-Factory train it).
+REASONING_REPLY = ("{% if loop.last %}{% if message['reasoning_content'] %}{% set content = "
                    "'<think>\\n' + message['reasoning_content'] + '\\n</think>\\n\\n' + content %}"
-                   "{% endif %}")
+                   "{% else %}{% set content = message['content'] %}{% endif %}{% endif %}")
 TRAINING_JINJA = OFFICIAL_JINJA.replace(OFFICIAL_REPLY, OFFICIAL_REPLY + REASONING_REPLY)
 
 TOKENS = {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>"}

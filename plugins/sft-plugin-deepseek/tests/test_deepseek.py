@@ -35,6 +35,12 @@ REASONING = [
      "content": "**20**"},
 ]
 LAST_REPLY = "First 5, then\n5*4 = 20.\n</think>\n\n**20**" + EOS
+# The same conversation with the reasoning written into the replies (ms-swift's data).
+INLINE = [dict(m, content=f"<think>\n{m['reasoning_content']}\n</think>\n\n{m['content']}")
+          if "reasoning_content" in m else m for m in REASONING]
+for message in INLINE:
+    message.pop("reasoning_content", None)
+NOT_SPECIAL = {"<｜User｜>", "<｜Assistant｜>", "<|EOT|>", "<think>", "</think>"}
 
 
 def distill_tokenizer(base: str):
@@ -48,6 +54,7 @@ def distill_tokenizer(base: str):
         if token["id"] in DISTILL_TOKENS[base]:
             vocab.pop(token["content"], None)
             token["content"] = DISTILL_TOKENS[base][token["id"]]
+            token["special"] = token["content"] not in NOT_SPECIAL
             vocab[token["content"]] = token["id"]
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)),
                                    bos_token=BOS, eos_token=EOS, chat_template=OFFICIAL_JINJA)
@@ -94,43 +101,55 @@ def test_render_equals_the_official_chat_template(render_cli, tokenizers, model_
         assert expected.endswith("<｜Assistant｜><think>\n")
 
 
-def test_the_last_reply_renders_its_reasoning_as_the_model_emits_it(tokenizers):
+# (messages, how the earlier reply shows, what opens the trained last reply)
+FORMS = {"reasoning_content": (REASONING, "5", ""), "inline": (INLINE, "\n\n5", "<think>\n")}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_last_reply_renders_its_reasoning_as_the_model_emits_it(tokenizers, form):
     """The generation prompt for the last question followed by what the distill writes after
-    it; the earlier reply loses its reasoning as the official template drops it."""
+    it; the earlier reply loses its reasoning as the official template drops it (all that
+    precedes </think>)."""
+    messages, earlier, _ = FORMS[form]
     official = tokenizers["qwen2"].apply_chat_template
-    text = Template(SPEC).render(REASONING)
-    assert text == official(REASONING[:-1], tokenize=False, add_generation_prompt=True) + LAST_REPLY
-    assert "2 plus 3" not in text
-    assert text == (BOS + "You are a careful solver.<｜User｜>What is 2+3?<｜Assistant｜>5" + EOS +
+    text = Template(SPEC).render(messages)
+    assert text == official(messages[:-1], tokenize=False, add_generation_prompt=True) + LAST_REPLY
+    assert text == (BOS + "You are a careful solver.<｜User｜>What is 2+3?<｜Assistant｜>" +
+                    earlier + EOS +
                     "<｜User｜>And times 4?<｜Assistant｜><think>\n" + LAST_REPLY)
-    # the official template alone would drop the last reasoning too
-    assert "<think>" not in official(REASONING, tokenize=False)
+    # the official template alone drops the last reply's reasoning too
+    assert "<think>" not in official(messages, tokenize=False)
 
 
 @pytest.mark.parametrize("base", list(DISTILL_TOKENS))
-def test_training_ids_equal_the_tokenizers_and_the_reasoning_trains(tokenizers, base):
+@pytest.mark.parametrize("form", FORMS)
+def test_training_ids_equal_the_tokenizers_and_the_reasoning_trains(tokenizers, base, form):
+    """What follows the generation prompt trains (inline reasoning: with the <think> line it
+    is written with); the earlier reply trains without its reasoning."""
+    messages, earlier, opened = FORMS[form]
     tokenizer = tokenizers[base]
     template = Template.for_tokenizer(SPEC, tokenizer)
-    for scope, replies in [("last", [LAST_REPLY]), ("all", ["5" + EOS, LAST_REPLY])]:
-        input_ids, labels = template.encode(tokenizer, REASONING, loss_scope=scope)
-        rendered = template.render(REASONING)
+    rendered = template.render(messages)
+    last = opened + LAST_REPLY
+    for scope, replies in [("last", [last]), ("all", [earlier + EOS, last])]:
+        input_ids, labels = template.encode(tokenizer, messages, loss_scope=scope)
         assert input_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
         assert trained_spans(tokenizer, input_ids, labels) == replies
-    assert marked(template, REASONING, "last").endswith(
-        "<｜Assistant｜><think>\n[[" + LAST_REPLY + "]]")
+    assert marked(template, messages, "last").endswith(f"[[{last}]]")
 
 
 def test_preview_shows_a_reasoning_conversation_as_the_template_renders_it(run_cli, tmp_path):
     data = tmp_path / "r1.jsonl"
     messages = [{"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
-                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+                {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "<think>\nSay bye.\n</think>\n\nBye!"}]
     data.write_text(json.dumps({"messages": messages}) + "\n", encoding="utf-8")
     result = run_cli("datasets", "preview", "--dataset", str(data), "--template", "deepseek-r1",
                      "--loss-scope", "all")
     assert result.exit_code == 0, result.output
     assert (f"{BOS}<｜User｜>Hi<｜Assistant｜>[[\n\nHello!{EOS}]]<｜User｜>Bye<｜Assistant｜>"
-            f"[[Bye!{EOS}]]") in result.output
+            f"[[<think>\nSay bye.\n</think>\n\nBye!{EOS}]]") in result.output
 
 
 def test_a_tiny_qwen2_distill_trains_and_reloads_with_the_template(tmp_path, tokenizers):
@@ -141,7 +160,7 @@ def test_a_tiny_qwen2_distill_trains_and_reloads_with_the_template(tmp_path, tok
                                 bos_token_id=151646, eos_token_id=151643)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n"
-                            for m in (REASONING, CONVERSATIONS["chinese"]) * 2), encoding="utf-8")
+                            for m in (INLINE, CONVERSATIONS["chinese"]) * 2), encoding="utf-8")
     trained = train_and_reload(load_plugins().registry, "deepseek-r1-distill-qwen-1.5b",
                                model_dir, data, tmp_path / "output")
     assert trained.saved["template"] == "deepseek-r1"
