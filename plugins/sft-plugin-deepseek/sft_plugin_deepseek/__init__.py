@@ -1,6 +1,6 @@
 """DeepSeek-R1 distills: DeepSeek-R1-Distill-Qwen 1.5B/7B/14B/32B (Qwen2ForCausalLM, built on
-Qwen2.5) and DeepSeek-R1-Distill-Llama 8B/70B (LlamaForCausalLM, on Llama 3.1 8B and Llama 3.3
-70B Instruct), all native to transformers.
+Qwen2.5) and DeepSeek-R1-Distill-Llama 8B/70B (LlamaForCausalLM, on Llama-3.1-8B and
+Llama-3.3-70B-Instruct), all native to transformers.
 
 Hub ids: ms-swift's ``Model('deepseek-ai/...', 'deepseek-ai/...')`` pairs
 (modelscope/ms-swift, swift/llm/model/model/deepseek.py): the same repository id on both hubs.
@@ -11,19 +11,18 @@ byte: one text for the Qwen and the Llama distills (deepseek-ai/DeepSeek-R1-Dist
 ``<think>\\n``; a line-broken copy is ggml-org/llama.cpp
 models/templates/deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja). Both tokenizers write the same
 ``<｜begin▁of▁sentence｜>`` / ``<｜end▁of▁sentence｜>`` texts (ids 151646/151643 in the Qwen2.5
-vocabulary, 128000/128001 in Llama 3's). The template keeps only what follows ``</think>`` in
-every reply and reads no ``reasoning_content``.
+vocabulary, 128000/128001 in Llama 3's).
 
 Reasoning data: the official template drops everything before ``</think>`` from every reply,
 the last one included, and reads no ``reasoning_content``, so it cannot render a reply that is to
 be trained with its reasoning. The registered template (``TRAINING_JINJA``) is the official one
 with one branch added for the last message of a conversation, when it is a reply: with
 ``reasoning_content`` it renders as the distills emit it after their generation prompt,
-``<｜Assistant｜><think>\n{reasoning}\n</think>\n\n{content}<｜end▁of▁sentence｜>``; with
+``<｜Assistant｜><think>\\n{reasoning}\\n</think>\\n\\n{content}<｜end▁of▁sentence｜>``; with
 reasoning written inline (``<think>...</think>`` in its content, ms-swift's data) its content is
 kept as written, as ms-swift's and LLaMA-Factory's deepseek-r1 templates keep the last
 response's thinking. Everything else renders exactly as the official template does: earlier
-replies lose their reasoning, prompts end with ``<｜Assistant｜><think>\n``. The loss covers what
+replies lose their reasoning, prompts end with ``<｜Assistant｜><think>\\n``. The loss covers what
 the last reply adds to that generation prompt: the reasoning, ``</think>``, the answer and the
 end-of-sentence token (inline reasoning: with the ``<think>`` line it is written with).
 """
