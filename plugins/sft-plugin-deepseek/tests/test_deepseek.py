@@ -11,7 +11,14 @@ in Llama 3's reserved slots): the vocabularies the distills were built from."""
 import json
 
 import pytest
-from sft_plugin_deepseek import MODELS, OFFICIAL_JINJA, TEMPLATES
+from sft_plugin_deepseek import (
+    MODELS,
+    OFFICIAL_JINJA,
+    OFFICIAL_REPLY,
+    REASONING_REPLY,
+    TEMPLATES,
+    TRAINING_JINJA,
+)
 
 from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model, train_and_reload, trained_spans
 from sdk.data.preview import marked
@@ -76,6 +83,20 @@ def test_every_model_type_is_registered_with_hub_ids_and_the_deepseek_r1_templat
         assert spec.config_model_types == (architecture,)
         assert model_type == f"deepseek-r1-distill-{size.lower()}"
     assert sorted({a for _, a in MODELS.values()}) == ["llama", "qwen2"]
+
+
+def test_the_template_is_the_official_one_with_only_the_last_reply_branch_added():
+    assert SPEC.jinja == TRAINING_JINJA != OFFICIAL_JINJA
+    assert OFFICIAL_JINJA.count(OFFICIAL_REPLY) == 1
+    assert TRAINING_JINJA.replace(REASONING_REPLY, "", 1) == OFFICIAL_JINJA
+
+
+def test_tool_use_is_refused_since_the_official_template_reads_no_tools():
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "", "tool_calls": json.dumps(
+                    [{"type": "function", "function": {"name": "w", "arguments": "{}"}}])}]
+    with pytest.raises(ValueError, match="template 'deepseek-r1' has no tool format"):
+        Template(SPEC).render(messages)
 
 
 def test_the_distill_tokens_sit_at_the_distills_ids(tokenizers):
