@@ -26,6 +26,11 @@ PARTS = ("prefix", "system_format", "user_format", "assistant_prefix", "assistan
          "turn_separator")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 LOSS_SCOPES = ("all", "last")
+# How a jinja template may show a reply's text: as written, stripped, or (reasoning templates
+# such as DeepSeek-R1's and Qwen3's, for earlier turns) only what follows an inline </think>.
+REPLY_VIEWS = (lambda text: text, str.strip, lambda text: text.split("</think>")[-1],
+               lambda text: text.split("</think>")[-1].lstrip("\n"),
+               lambda text: text.split("</think>")[-1].strip())
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -202,8 +207,9 @@ class Template:
                    or self._replies_by_search(messages, text))
         replies = sorted(replies + self._tool_calls(messages, text, tools))
         suffix = self._fill(self.spec.assistant_suffix)
-        spans = []
+        spans, previous = [], 0
         for index, start, end in replies:
+            start, previous = self._reasoning_start(messages[index], text, previous, start), end
             if index not in trained:
                 continue
             marker = text.find(suffix, end) if suffix else -1
@@ -216,6 +222,18 @@ class Template:
             yield text[start:end], True
             position = end
         yield text[position:], False
+
+    @staticmethod
+    def _reasoning_start(message: Message, text: str, previous: int, start: int) -> int:
+        """Where a reply's text begins, its reasoning included when the template shows it
+        (between the previous reply and this one's content): the reasoning is part of what the
+        model generates, so it trains with the reply. ``start`` when the template drops it."""
+        reasoning = message.get("reasoning_content") or ""
+        for candidate in (reasoning, reasoning.strip()):
+            found = text.rfind(candidate, previous, start) if candidate.strip() else -1
+            if found >= 0:
+                return found
+        return start
 
     def _tool_calls(self, messages: Sequence[Message], text: str,
                     tools: list | None) -> list[tuple[int, int, int]]:
@@ -242,26 +260,25 @@ class Template:
     def _replies_by_sentinel(self, messages: Sequence[Message], add_generation_prompt: bool,
                              text: str, tools: list | None) -> list[tuple[int, int, int]] | None:
         """(message index, start, end) of every reply, found exactly: render again with each
-        reply replaced by a unique marker, then put the replies back and check that this gives
-        the real text. None when it does not (a template that changes the text of replies
-        beyond stripping it)."""
+        reply replaced by a unique marker, then put each reply back as the template shows it
+        (REPLY_VIEWS: the view that the real text continues with) and check that this gives
+        the real text. None when it does not (a template that changes replies otherwise)."""
         marked = [dict(m, content=SENTINEL.format(i))
                   if m["role"] == "assistant" and not m.get("tool_calls") else dict(m)
                   for i, m in enumerate(messages)]
-        marked_text = self._render_jinja(marked, add_generation_prompt, tools)
-        for strip in (False, True):
-            rebuilt, replies, position = "", [], 0
-            for match in SENTINEL_PATTERN.finditer(marked_text):
-                index = int(match.group(1))
-                content = messages[index]["content"]
-                rebuilt += marked_text[position:match.start()]
-                replies.append((index, len(rebuilt),
-                                len(rebuilt) + len(content.strip() if strip else content)))
-                rebuilt += content.strip() if strip else content
-                position = match.end()
-            rebuilt += marked_text[position:]
-            if rebuilt == text and len({i for i, _, _ in replies}) == len(replies):
-                return replies
+        pieces = SENTINEL_PATTERN.split(self._render_jinja(marked, add_generation_prompt, tools))
+        rebuilt, replies = pieces[0], []
+        for number, literal in zip(pieces[1::2], pieces[2::2], strict=True):
+            index = int(number)
+            shown = next((view(messages[index]["content"]) for view in REPLY_VIEWS
+                          if text.startswith(view(messages[index]["content"]) + literal,
+                                             len(rebuilt))), None)
+            if shown is None:
+                return None
+            replies.append((index, len(rebuilt), len(rebuilt) + len(shown)))
+            rebuilt += shown + literal
+        if rebuilt == text and len({i for i, _, _ in replies}) == len(replies):
+            return replies
         return None
 
     def _replies_by_search(self, messages: Sequence[Message],
