@@ -97,8 +97,13 @@ def load_text_model(spec: ModelSpec, options: Any) -> tuple[Any, Any]:
 
         stretch_rope(config, options.rope_scaling, options.rope_factor, options.context_length,
                      str(folder))
-    return load_pretrained(folder, options,
-                           model_kwargs={"config": config, "key_mapping": LANGUAGE_MODEL_KEYS})
+    model, tokenizer = load_pretrained(
+        folder, options, model_kwargs={"config": config, "key_mapping": LANGUAGE_MODEL_KEYS})
+    # transformers saves a model under the names it was loaded from: without this, a merged
+    # export or a full fine-tune's checkpoint would be a gemma3_text model whose weights carry
+    # the image-text checkpoint's names, which no text model loads
+    model._weight_conversions = []
+    return model, tokenizer
 
 
 @hookimpl
