@@ -17,6 +17,7 @@ from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS, train_and_reload, tra
 from sdk.config import InferArguments, SftArguments
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.train.packed_attention import KERNEL
 from sdk.train.packing import packing_collator, why_not_packed
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
@@ -143,6 +144,29 @@ def tiny_gemma(tokenizer, folder, version: str):
     return model.eval(), folder
 
 
+def test_a_gemma3_image_text_checkpoint_loads_as_its_language_model(tokenizer, tmp_path):
+    """Same logits on text as the image-text model; saved, it is a gemma3_text folder under the
+    text model's own names, which loads as it is (as Gemma 3 1B does)."""
+    from sft_plugin_gemma import load_text_model
+
+    from sdk.models.loader import LoadOptions
+
+    spec = load_plugins().registry.get("models", "gemma3-12b-it")
+    official, folder = tiny_gemma(tokenizer, tmp_path / "official", "3")
+    model, _ = load_text_model(spec, LoadOptions(model_dir=str(folder)))
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    model.save_pretrained(tmp_path / "text")
+    assert json.loads((tmp_path / "text" / "config.json").read_text())["model_type"] == \
+        "gemma3_text"
+    tokenizer.save_pretrained(tmp_path / "text")
+    again, _ = load_text_model(spec, LoadOptions(model_dir=str(tmp_path / "text")))
+    input_ids = torch.tensor([list(range(40, 60))])
+    with torch.no_grad():
+        expected = official(input_ids=input_ids).logits
+        torch.testing.assert_close(model.eval()(input_ids=input_ids).logits, expected)
+        torch.testing.assert_close(again.eval()(input_ids=input_ids).logits, expected)
+
+
 @pytest.mark.parametrize("version", ["2", "3"])
 def test_packed_samples_keep_their_logits_with_soft_caps_and_sliding_windows(tokenizer,
                                                                              tmp_path, version):
@@ -185,6 +209,10 @@ def test_a_tiny_gemma_trains_packed_reloads_and_exports_merged(tokenizer, tmp_pa
                                lora_dropout=0.0)
     assert trained.saved["packing"] is True
     assert "packing off" not in capsys.readouterr().err
+    # Gemma 2 has no SDPA (it would drop the soft-cap): eager, with transformers' packed mask;
+    # Gemma 3 moved from SDPA to the per-sample kernel, the probe passing with it
+    attention = trained.result.model.get_base_model().config._attn_implementation
+    assert attention == ("eager" if version == "2" else KERNEL)
     adapter = json.loads((trained.result.checkpoint / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == set(LORA_TARGETS)
 
