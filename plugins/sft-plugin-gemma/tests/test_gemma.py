@@ -71,6 +71,22 @@ def test_every_model_type_is_registered_with_hub_ids_and_its_template():
         assert registry.get("templates", name) == SPECS[name]
 
 
+def test_ms_swift_and_llama_factory_names_are_read_as_ours():
+    from sdk.compat import resolve_names
+
+    registry = load_plugins().registry
+    for theirs, ours in [("gemma2-27b-instruct", "gemma2-27b-it"),  # ms-swift 2.x
+                         ("gemma2-2b-it", "gemma2-2b-it")]:
+        assert resolve_names({"model_type": theirs}, registry)["model_type"] == ours
+    for theirs, ours in [("gemma", "gemma"), ("gemma3", "gemma3"),  # LLaMA-Factory
+                         ("gemma3_text", "gemma3")]:  # ms-swift 3.x
+        assert resolve_names({"template": theirs}, registry)["template"] == ours
+    for key in ("#model", "#model_name_or_path"):  # ms-swift 3.x's, LLaMA-Factory's
+        for model_type in MODELS:
+            hub_id = registry.get("models", model_type).hub_ids["huggingface"]
+            assert resolve_names({key: hub_id}, registry)["model_type"] == model_type
+
+
 @pytest.mark.parametrize("model_type,template", [("gemma2-9b-it", "gemma"),
                                                  ("gemma3-27b-it", "gemma3")])
 @pytest.mark.parametrize("name", CONVERSATIONS)
