@@ -281,7 +281,8 @@ THEIR_VALUES: dict[str, Mapping[str, str]] = {
 TEMPLATES: dict[str, str | None] = {
     "auto": None, "llama": "llama2", "qwen2_5": "qwen2.5", "qwen1half": "qwen1.5",
     "mistral": None, "intern": "internlm", "intern2": "internlm2",
-    "llama3_1": "llama3.1", "llama3_2": "llama3.2", "gemma3_text": "gemma3",
+    "llama3_1": "llama3.1", "llama3_2": "llama3.2", "gemma2": None, "gemma3_text": "gemma3",
+    "gemma3_vision": "gemma3",
 }
 # LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
 # template does; ours are per generation.

@@ -78,8 +78,9 @@ def test_ms_swift_and_llama_factory_names_are_read_as_ours():
     for theirs, ours in [("gemma2-27b-instruct", "gemma2-27b-it"),  # ms-swift 2.x
                          ("gemma2-2b-it", "gemma2-2b-it")]:
         assert resolve_names({"model_type": theirs}, registry)["model_type"] == ours
-    for theirs, ours in [("gemma", "gemma"), ("gemma3", "gemma3"),  # LLaMA-Factory
-                         ("gemma3_text", "gemma3")]:  # ms-swift 3.x
+    # LLaMA-Factory's gemma2 serves Gemma 2 and Gemma 3 1B: the model type's own template
+    for theirs, ours in [("gemma", "gemma"), ("gemma3", "gemma3"), ("gemma2", None),
+                         ("gemma3_text", "gemma3"), ("gemma3_vision", "gemma3")]:  # ms-swift
         assert resolve_names({"template": theirs}, registry)["template"] == ours
     for key in ("#model", "#model_name_or_path"):  # ms-swift 3.x's, LLaMA-Factory's
         for model_type in MODELS:
