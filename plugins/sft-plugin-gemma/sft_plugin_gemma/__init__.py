@@ -44,6 +44,7 @@ GEMMA3_TEXT = "gemma3_text"  # 1B, and what a 4B/12B/27B text model exports to
 # the Hub's files say language_model.model.*, transformers 5's own saves model.language_model.*.
 LANGUAGE_MODEL_KEYS = {r"^language_model\.model\.": "model.",
                        r"^model\.language_model\.": "model."}
+IMAGE_KEYS = r"^(model\.)?(vision_tower|multi_modal_projector)\."
 
 
 def official_jinja(name: str) -> str:
@@ -97,8 +98,17 @@ def load_text_model(spec: ModelSpec, options: Any) -> tuple[Any, Any]:
 
         stretch_rope(config, options.rope_scaling, options.rope_factor, options.context_length,
                      str(folder))
-    model, tokenizer = load_pretrained(
-        folder, options, model_kwargs={"config": config, "key_mapping": LANGUAGE_MODEL_KEYS})
+    from transformers import Gemma3ForCausalLM
+
+    # the vision tower's and projector's weights are left unread on purpose: not a line each
+    # in transformers' load report (hundreds for a real checkpoint)
+    ignored = Gemma3ForCausalLM._keys_to_ignore_on_load_unexpected
+    Gemma3ForCausalLM._keys_to_ignore_on_load_unexpected = [IMAGE_KEYS]
+    try:
+        model, tokenizer = load_pretrained(
+            folder, options, model_kwargs={"config": config, "key_mapping": LANGUAGE_MODEL_KEYS})
+    finally:
+        Gemma3ForCausalLM._keys_to_ignore_on_load_unexpected = ignored
     # transformers saves a model under the names it was loaded from: without this, a merged
     # export or a full fine-tune's checkpoint would be a gemma3_text model whose weights carry
     # the image-text checkpoint's names, which no text model loads

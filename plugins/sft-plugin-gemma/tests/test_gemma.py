@@ -6,6 +6,7 @@ pass the packing probe, train LoRA packed, reload to the same logits and export 
 image-text checkpoint trains as its language model alone."""
 
 import json
+import logging
 import math
 import re
 
@@ -162,16 +163,26 @@ def tiny_gemma(tokenizer, folder, version: str):
 
 
 def test_a_gemma3_image_text_checkpoint_loads_as_its_language_model(tokenizer, tmp_path):
-    """Same logits on text as the image-text model; saved, it is a gemma3_text folder under the
-    text model's own names, which loads as it is (as Gemma 3 1B does)."""
+    """Same logits on text as the image-text model, the vision tower left unread without a
+    report line per weight; saved, it is a gemma3_text folder under the text model's own
+    names, which loads as it is (as Gemma 3 1B does)."""
     from sft_plugin_gemma import load_text_model
 
     from sdk.models.loader import LoadOptions
 
     spec = load_plugins().registry.get("models", "gemma3-12b-it")
     official, folder = tiny_gemma(tokenizer, tmp_path / "official", "3")
-    model, _ = load_text_model(spec, LoadOptions(model_dir=str(folder)))
+    report = logging.getLogger("transformers.modeling_utils")
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    report.addHandler(handler)
+    try:
+        model, _ = load_text_model(spec, LoadOptions(model_dir=str(folder)))
+    finally:
+        report.removeHandler(handler)
     assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert not any("vision_tower" in record for record in records), records
     model.save_pretrained(tmp_path / "text")
     assert json.loads((tmp_path / "text" / "config.json").read_text())["model_type"] == \
         "gemma3_text"
