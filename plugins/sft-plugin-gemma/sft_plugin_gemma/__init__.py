@@ -9,16 +9,17 @@ swift/llm/model/model/gemma.py registers the same ModelScope ids).
 
 The chat templates are the official ones, kept byte for byte in this package (NAME.jinja):
 
-- ``gemma.jinja``: the ``chat_template`` of google/gemma-2-2b-it / 9b-it / 27b-it
-  tokenizer_config.json (the Gemma 1.1 text, unchanged): a system message is refused
-  ("System role not supported"), roles must alternate, the assistant's role is ``model``,
-  every text is trimmed. Taken from microsoft/onnxruntime-extensions
-  test/data/gemma/tokenizer_config.json (commit 319f8d2c).
-- ``gemma3.jinja``: the ``chat_template`` of google/gemma-3-4b-it tokenizer_config.json
-  (shared by 1b-it, 12b-it and 27b-it): a system message is folded into the first user turn
-  (its text and a blank line), image parts become ``<start_of_image>``. Taken from
-  microsoft/onnxruntime-extensions test/data/models/gemma-3/tokenizer_config.json (commit
-  319f8d2c; the same text as its test/data/gemma-3-chat/chat_template.json).
+- ``gemma.jinja``: the ``chat_template`` of the Gemma 2 -it tokenizer_config.json (Gemma 1.1's
+  text, unchanged): a system message is refused ("System role not supported"), roles must
+  alternate, the assistant's role is ``model``, every text is trimmed. Taken from
+  microsoft/onnxruntime-extensions test/data/gemma/tokenizer_config.json (commit 319f8d2c);
+  oxide-lab/Oxide-Lab src-tauri/src/core/templates/gemma2.rs quotes the same text as gemma2's.
+- ``gemma3.jinja``: the ``chat_template`` of google/gemma-3-4b-it tokenizer_config.json: a
+  system message is folded into the first user turn (its text and a blank line), image parts
+  become ``<start_of_image>``. Taken from microsoft/onnxruntime-extensions
+  test/data/models/gemma-3/tokenizer_config.json (commit 319f8d2c; the same text as its
+  test/data/gemma-3-chat/chat_template.json). The 1B, 12B and 27B repositories are taken to
+  carry the same text (LLaMA-Factory renders all four alike), not checked against their files.
 
 Without a system message both render the same text. Gemma's tokenizer is not redistributable
 offline (the weights' terms gate it), so the tests hold rendering to these texts.
