@@ -281,7 +281,8 @@ THEIR_VALUES: dict[str, Mapping[str, str]] = {
 TEMPLATES: dict[str, str | None] = {
     "auto": None, "llama": "llama2", "qwen2_5": "qwen2.5", "qwen1half": "qwen1.5",
     "mistral": None, "intern": "internlm", "intern2": "internlm2",
-    "llama3_1": "llama3.1", "llama3_2": "llama3.2",
+    "llama3_1": "llama3.1", "llama3_2": "llama3.2", "gemma2": None, "gemma3_text": "gemma3",
+    "gemma3_vision": "gemma3",
 }
 # LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
 # template does; ours are per generation.
@@ -651,7 +652,9 @@ DATASETS = {"swift/self-cognition": "self-cognition"}
 # Hub organizations renamed since the other tools' examples were written
 ORGANIZATIONS = {"thudm": "zai-org"}
 # ms-swift model types that the rule does not reach
-MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1"}
+MODEL_TYPES = {"mixtral-moe-7b-instruct": "mixtral-8x7b-instruct-v0.1",
+               "gemma2-2b-instruct": "gemma2-2b-it", "gemma2-9b-instruct": "gemma2-9b-it",
+               "gemma2-27b-instruct": "gemma2-27b-it"}
 
 
 def their_names(values: dict[str, Any], registry: Any) -> None:

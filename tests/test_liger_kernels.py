@@ -64,6 +64,8 @@ def test_on_cuda_a_family_liger_has_no_kernels_for_is_refused_before_loading():
                                        "chatglm3-6b"):
         check_liger_kernels(("chatglm",), "chatglm3-6b")
     check_liger_kernels(("qwen2",), "qwen2-7b-instruct")
+    check_liger_kernels(("gemma2",), "gemma2-9b-it")
+    check_liger_kernels(("gemma3_text", "gemma3"), "gemma3-4b-it")
     check_liger_kernels((), "third-party-type")  # declares no architecture: checked on load
 
 

@@ -1,5 +1,5 @@
-"""``--use-liger-kernel``: liger-kernel's Triton RMSNorm, SwiGLU and rotary-embedding kernels
-in place of the model's own.
+"""``--use-liger-kernel``: liger-kernel's Triton RMSNorm, SwiGLU (GeGLU for Gemma) and
+rotary-embedding kernels in place of the model's own.
 
 Each keeps less for the backward than the PyTorch code it replaces (the SwiGLU kernel keeps
 the gate and up projections and recomputes their product; the RMSNorm kernel keeps its bf16
@@ -56,6 +56,20 @@ def apply_liger_kernels(model: Any) -> str:
                        "the flag out.")
     # liger also swaps the RoPE function and the RMSNorm and MLP classes of transformers'
     # module for the architecture: models of it built later in the process get the kernels too
+    # each architecture's function takes the keywords that fit it (Gemma's MLP is GeGLU: geglu,
+    # and its RMSNorm scales by 1 + weight, which liger's Gemma functions patch as such)
     _apply_liger_kernel_to_instance(model=network, rope=True, rms_norm=True, swiglu=True,
-                                    cross_entropy=False, fused_linear_cross_entropy=False)
-    return f"liger-kernel's RMSNorm, SwiGLU and RoPE kernels in the {model_type} model"
+                                    geglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    return (f"liger-kernel's RMSNorm, {mlp_kernel(model_type)} and RoPE kernels in the "
+            f"{model_type} model")
+
+
+def mlp_kernel(model_type: str) -> str:
+    """The MLP kernel liger swaps into ``model_type`` models: GeGLU (Gemma) or SwiGLU."""
+    import inspect
+
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
+    return "GeGLU" if "geglu" in inspect.signature(apply).parameters else "SwiGLU"
