@@ -1,11 +1,13 @@
 """Mistral plugin: registrations, the official templates (render, ids, loss masks) against the
 real Mistral tokenizers, and a few training steps on tiny random Mistral / Mixtral models."""
 
+import hashlib
 import json
 import re
 
 import pytest
 from sft_plugin_mistral import (
+    MISTRAL_NEMO_JINJA,
     MISTRAL_V01_JINJA,
     MISTRAL_V02_JINJA,
     MISTRAL_V03_JINJA,
@@ -36,6 +38,9 @@ TOKENIZER_OF = {
     "mistral-7b-instruct-v0.2": ("mistral-v0.1", MISTRAL_V02_JINJA),
     "mistral-7b-instruct-v0.3": ("mistral-v0.3", MISTRAL_V03_JINJA),
     "mixtral-8x7b-instruct-v0.1": ("mistral-v0.1", MISTRAL_V02_JINJA),
+    # Nemo's Tekken tokenizer cannot be had offline: v0.3's stands in (the same <s>, </s>,
+    # [INST] and [/INST] control tokens), so its ids here are v0.3's, not Tekken's
+    "mistral-nemo-instruct-2407": ("mistral-v0.3", MISTRAL_NEMO_JINJA),
 }
 NO_SYSTEM = {"mistral-7b-instruct-v0.1"}  # the v0.1 template has no system role
 
@@ -80,7 +85,8 @@ def tokenizers():
 def test_every_model_type_is_registered_with_its_template_and_hub_ids():
     registry = load_plugins().registry
     assert set(MODELS) == {"mistral-7b-instruct-v0.1", "mistral-7b-instruct-v0.2",
-                           "mistral-7b-instruct-v0.3", "mixtral-8x7b-instruct-v0.1"}
+                           "mistral-7b-instruct-v0.3", "mistral-nemo-instruct-2407",
+                           "mixtral-8x7b-instruct-v0.1"}
     for model_type in MODELS:
         spec = registry.get("models", model_type)
         assert re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", model_type)
@@ -105,15 +111,25 @@ def test_the_v01_template_is_the_one_shipped_with_the_v01_tokenizer():
     assert MISTRAL_V01_JINJA == shipped
 
 
-# The expected strings of llama.cpp tests/test-chat-template.cpp for these two official
-# templates (bos_token "" and eos_token "</s>"; the reply "   I am an assistant   " keeps its
-# spaces in v0.2 and is trimmed in v0.3; v0.3 moves the system prompt into the last user turn).
+def test_the_nemo_template_is_llama_cpps_copy_of_the_official_one():
+    # sha256 of ggerganov/llama.cpp models/templates/mistralai-Mistral-Nemo-Instruct-2407.jinja
+    # (commit 7b5e0803), the chat_template of mistralai/Mistral-Nemo-Instruct-2407
+    assert hashlib.sha256(MISTRAL_NEMO_JINJA.encode()).hexdigest() == (
+        "e4676cb56dffea7782fd3e2b577cfaf1e123537e6ef49b3ec7caa6c095c62272")
+
+
+# The expected strings of llama.cpp tests/test-chat-template.cpp for these official templates
+# (bos_token "" and eos_token "</s>"; the reply "   I am an assistant   " keeps its spaces in
+# v0.2 and Nemo and is trimmed in v0.3; v0.3 and Nemo move the system prompt into the last user
+# turn, and Nemo puts no space around [INST] / [/INST]).
 @pytest.mark.parametrize("name, expected", [
     ("mistral-v0.2", " [INST] You are a helpful assistant\n\nHello [/INST] Hi there</s> [INST] "
                      "Who are you [/INST]    I am an assistant   </s> [INST] Another question "
                      "[/INST]"),
     ("mistral-v0.3", "[INST] Hello[/INST] Hi there</s>[INST] Who are you[/INST] I am an "
                      "assistant</s>[INST] You are a helpful assistant\n\nAnother question[/INST]"),
+    ("mistral-nemo", "[INST]Hello[/INST]Hi there</s>[INST]Who are you[/INST]   I am an assistant   "
+                     "</s>[INST]You are a helpful assistant\n\nAnother question[/INST]"),
 ])
 def test_official_templates_render_as_llama_cpp_records_them(name, expected):
     template = Template(TEMPLATE_SPECS[name], {"bos_token": "", "eos_token": "</s>"})
