@@ -1,5 +1,5 @@
-"""Mistral-7B-Instruct v0.1 / v0.2 / v0.3, Mistral-Nemo-Instruct-2407 and
-Mixtral-8x7B-Instruct-v0.1.
+"""Mistral-7B-Instruct v0.1 / v0.2 / v0.3, Mistral-Nemo-Instruct-2407,
+Mistral-Small-24B-Instruct-2501 and Mixtral-8x7B-Instruct-v0.1.
 
 All are native to transformers (MistralForCausalLM, MixtralForCausalLM), so they load
 with the generic loader; no remote code. Each template is the model's official Hugging Face
@@ -250,6 +250,39 @@ MISTRAL_NEMO_JINJA = r"""{%- if messages[0]["role"] == "system" %}
 {%- endfor %}
 """  # noqa: E501
 
+# Mistral-Small-24B-Instruct-2501 (Mistral Small 3, Tekken "V7": [SYSTEM_PROMPT] control tokens):
+# the chat_template of mistralai/Mistral-Small-24B-Instruct-2501's tokenizer_config.json, as
+# quoted in floneum/floneum models/kalosm-llama/src/chat_template.rs
+# (test_mistral_small_chat_template, whose expected output the tests quote; sha256 pinned), the
+# model card's "Basic Instruct Template (V7-Tekken)":
+# <s>[SYSTEM_PROMPT]<system prompt>[/SYSTEM_PROMPT][INST]<user message>[/INST]<reply></s>.
+# Without a system message it writes Mistral's default one, dated today (strftime_now).
+MISTRAL_SMALL_2501_JINJA = r"""{%- set today = strftime_now("%Y-%m-%d") %}
+{%- set default_system_message = "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French startup headquartered in Paris.\nYour knowledge base was last updated on 2023-10-01. The current date is " + today + ".\n\nWhen you're not sure about some information, you say that you don't have the information and don't make up anything.\nIf the user's question is not clear, ambiguous, or does not provide enough context for you to accurately answer the question, you do not try to answer it right away and you rather ask the user to clarify their request (e.g. \"What are some good restaurants around me?\" => \"Where are you?\" or \"When is the next flight to Tokyo\" => \"Where do you travel from?\")" %}
+
+{{- bos_token }}
+
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = default_system_message %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}
+
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+        {{- '[INST]' + message['content'] + '[/INST]' }}
+    {%- elif message['role'] == 'system' %}
+        {{- '[SYSTEM_PROMPT]' + message['content'] + '[/SYSTEM_PROMPT]' }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- message['content'] + eos_token }}
+    {%- else %}
+        {{- raise_exception('Only user, system and assistant roles are supported!') }}
+    {%- endif %}
+{%- endfor %}"""  # noqa: E501
+
 TEMPLATES = (
     TemplateSpec(name="mistral-v0.1", jinja=MISTRAL_V01_JINJA, assistant_suffix=EOS,
                  special_tokens=SPECIAL_TOKENS, stop_words=(EOS,),
@@ -266,6 +299,10 @@ TEMPLATES = (
                  special_tokens=SPECIAL_TOKENS, stop_words=(EOS,),
                  description="Mistral-Nemo-Instruct-2407 (Tekken): <s>[INST]q[/INST]a</s> ; system "
                              "in the last user turn"),
+    TemplateSpec(name="mistral-small-2501", jinja=MISTRAL_SMALL_2501_JINJA, assistant_suffix=EOS,
+                 special_tokens=SPECIAL_TOKENS, stop_words=(EOS,),
+                 description="Mistral-Small-24B-Instruct-2501 (V7-Tekken): <s>[SYSTEM_PROMPT]s"
+                             "[/SYSTEM_PROMPT][INST]q[/INST]a</s> ; default system dated today"),
 )
 
 # --- models ----------------------------------------------------------------------------------
@@ -286,6 +323,11 @@ MODELS = {
                                    "mistralai/Mistral-Nemo-Instruct-2407", "mistral-nemo",
                                    "mistral", "Mistral Nemo 12B Instruct 2407, Tekken 131k vocab, "
                                    "128k context (Apache-2.0)"),
+    "mistral-small-24b-instruct-2501": ("mistralai/Mistral-Small-24B-Instruct-2501",
+                                        "mistralai/Mistral-Small-24B-Instruct-2501",
+                                        "mistral-small-2501", "mistral",
+                                        "Mistral Small 3 24B Instruct 2501, Tekken 131k vocab, "
+                                        "32k context (Apache-2.0)"),
     "mixtral-8x7b-instruct-v0.1": ("AI-ModelScope/Mixtral-8x7B-Instruct-v0.1",
                                    "mistralai/Mixtral-8x7B-Instruct-v0.1", "mistral-v0.2",
                                    "mixtral",
