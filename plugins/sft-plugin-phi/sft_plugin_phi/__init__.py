@@ -59,12 +59,14 @@ TEMPLATES = (
                  description="Phi-4-mini-instruct: <|user|>q<|end|><|assistant|>a<|end|>"),
 )
 
-# model_type: (template, ModelScope id, Hugging Face id, description)
+# model_type: (template, ModelScope id, Hugging Face id, description). Phi-4 is "phi4-14b", not
+# "phi4": ms-swift 3.x's --model_type phi4 names the family (phi-4 and Phi-4-mini), and so
+# reads as one here (sdk.compat) only when no model type has that very name.
 MODELS = {
     "phi3.5-mini-instruct": ("phi3.5", "LLM-Research/Phi-3.5-mini-instruct",
                              "microsoft/Phi-3.5-mini-instruct",
                              "Phi-3.5-mini-instruct 3.8B, 128k context (MIT)"),
-    "phi4": ("phi4", "LLM-Research/phi-4", "microsoft/phi-4", "Phi-4 14B (MIT)"),
+    "phi4-14b": ("phi4", "LLM-Research/phi-4", "microsoft/phi-4", "Phi-4 14B (MIT)"),
     "phi4-mini-instruct": ("phi4-mini", "LLM-Research/Phi-4-mini-instruct",
                            "microsoft/Phi-4-mini-instruct",
                            "Phi-4-mini-instruct 3.8B, 200k vocabulary (MIT)"),

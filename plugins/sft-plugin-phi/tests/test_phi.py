@@ -13,6 +13,8 @@ import pytest
 from sft_plugin_phi import MODELS, TEMPLATES
 
 from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model, train_and_reload, trained_text
+from sdk import compat
+from sdk.errors import SdkError
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
 
@@ -62,7 +64,7 @@ def tokenizers():
 
 def test_every_model_type_is_a_native_phi3_with_hub_ids_and_its_template():
     registry = load_plugins().registry
-    assert set(MODELS) == {"phi3.5-mini-instruct", "phi4", "phi4-mini-instruct"}
+    assert set(MODELS) == {"phi3.5-mini-instruct", "phi4-14b", "phi4-mini-instruct"}
     for model_type in MODELS:
         spec = registry.get("models", model_type)
         assert spec.family == "phi" and spec.config_model_types == ("phi3",)
@@ -73,6 +75,16 @@ def test_every_model_type_is_a_native_phi3_with_hub_ids_and_its_template():
             spec.hub_ids["modelscope"].split("/")[1].lower()
         assert spec.lora_target_modules == ("qkv_proj",)
         assert not spec.requires_remote_code and not spec.requires
+
+
+def test_ms_swift_3s_phi4_family_resolves_by_the_hub_id():
+    registry = load_plugins().registry
+    for hub_id, ours in [("microsoft/Phi-4-mini-instruct", "phi4-mini-instruct"),
+                         ("LLM-Research/phi-4", "phi4-14b")]:
+        assert compat.resolve_names({"model_type": "phi4", "#model": hub_id},
+                                    registry)["model_type"] == ours
+    with pytest.raises(SdkError, match="phi4-14b, phi4-mini-instruct"):
+        compat.resolve_names({"model_type": "phi4"}, registry)
 
 
 @pytest.mark.parametrize("model_type", list(MODELS))
