@@ -248,9 +248,11 @@ def test_a_tiny_glm4_trains_packed_reloads_and_exports_merged(tmp_path, identity
     """GLM-4-0414's architecture, transformers' Glm4ForCausalLM (partial rotary, fused
     gate_up_proj, the extra post-attention / post-MLP norms), loaded as published."""
     import torch
-    from transformers import AutoModelForCausalLM, Glm4Config, Glm4ForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Glm4Config, Glm4ForCausalLM
 
-    tokenizer = stand_in_tokenizer("glm4-0414")
+    # a small vocabulary keeps it quick: Llama 2's with GLM's special tokens
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "llama2")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL["glm4-0414"]})
     model_dir = save_tiny_model(Glm4ForCausalLM, Glm4Config, tokenizer, tmp_path / "tiny-glm4",
                                 head_dim=8,
                                 eos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),

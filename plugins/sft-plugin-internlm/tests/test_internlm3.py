@@ -5,8 +5,8 @@ dynamic rope scaling; the official parameter names; tokenizer.model with the rem
 tokenizer's tokenizer_config.json) trains LoRA packed, reloads to the same logits and exports
 a merged model that loads without remote code.
 
-InternLM3's own tokenizer.model cannot be had offline here: InternLM2's (sentencepiece, the same
-kind) stands in, so the ids are InternLM2's vocabulary's."""
+InternLM3's own tokenizer.model cannot be had offline here: Mistral v0.1's (sentencepiece, the
+same kind, and small, which keeps the test quick) stands in."""
 
 import json
 import shutil
@@ -14,7 +14,7 @@ import shutil
 import pytest
 from sft_plugin_internlm import INTERNLM2_TEMPLATE, INTERNLM3_SPEC
 
-from conftest import CONVERSATIONS, REMOTE_CODE, TINY_SIZE, train_and_reload
+from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS, train_and_reload
 from sdk.plugins import load_plugins
 
 OFFICIAL_CONFIG = {  # internlm/internlm3-8b-instruct config.json, at TINY_SIZE
@@ -44,10 +44,9 @@ def official_folder(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("internlm3-8b-instruct")
-    source = REMOTE_CODE / "internlm2-chat-7b"
-    shutil.copy(source / "tokenizer.model", folder / "tokenizer.model")
+    shutil.copy(TOKENIZERS / "mistral-v0.1" / "tokenizer.model", folder / "tokenizer.model")
     (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
-    config = {**OFFICIAL_CONFIG, "vocab_size": 92544}  # the stand-in tokenizer's
+    config = {**OFFICIAL_CONFIG, "vocab_size": 32000}  # the stand-in tokenizer's
     (folder / "config.json").write_text(json.dumps(config))
     torch.manual_seed(0)
     # the official modeling_internlm3.py names its parameters as Llama does
