@@ -108,6 +108,16 @@ def test_phi3_5_leaves_an_empty_system_prompt_out_and_ends_a_conversation_with_e
         "<|user|>\n床前明月光<|end|>\n<|assistant|>\n疑是地上霜。<|end|>\n<|endoftext|>")
 
 
+def test_phi4_mini_refuses_tools_rather_than_dropping_them():
+    # its tool format reads a `tools` string on the system message, which sdk messages do not
+    # carry to templates: rendered, the schemas would silently vanish
+    tools = '[{"type": "function", "function": {"name": "f", "parameters": {}}}]'
+    messages = [{"role": "system", "content": "Be brief.", "tools": tools},
+                {"role": "user", "content": "Hi"}]
+    with pytest.raises(ValueError, match="template 'phi4-mini' has no tool format"):
+        Template(SPECS["phi4-mini"]).render(messages)
+
+
 @pytest.mark.parametrize("template", list(STAND_INS))
 @pytest.mark.parametrize("name", ["multi turn", "chinese"])
 def test_training_ids_equal_the_tokenizers_and_only_replies_train(tokenizers, template, name):
