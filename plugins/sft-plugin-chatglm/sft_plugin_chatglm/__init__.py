@@ -1,4 +1,5 @@
-"""ChatGLM2, ChatGLM3 and GLM-4 (Zhipu AI / THUDM) chat models and their chat formats.
+"""ChatGLM2, ChatGLM3, GLM-4 and GLM-4-0414 (Zhipu AI / THUDM) chat models and their chat
+formats.
 
 Registering is cheap: nothing here imports torch or transformers.
 """
@@ -114,6 +115,31 @@ GLM4_JINJA = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
+# GLM-4-0414 (GLM-4-9B-0414, GLM-4-32B-0414; Glm4ForCausalLM): the official chat_template of
+# zai-org/GLM-4-32B-0414's tokenizer_config.json writes all system messages first, then the
+# others ("{%- for msg in messages %}{%- if msg.role == 'system' %}<|system|>\n{{ msg.content }}"
+# ... "{%- for message in messages if message.role != 'system' %}" ... "{%- if role ==
+# 'user' %}<|user|>\n{{ content }}{%- elif role == 'assistant' and not meta %}<|assistant|>\n
+# {{ content }}" ... "{% if add_generation_prompt %}<|assistant|>{% endif %}"), as quoted in
+# SillyTavern/SillyTavern pull request 3906 and, for the same 0414 series, in the GGUF
+# conversion log of GLM-Z1-Rumination-32B-0414 (ikawrakow/ik_llama.cpp discussions); unlike
+# glm-4-9b-chat's it keeps a message whose content is empty. Its byte-exact text could not be
+# had offline here: this is that loop without its tools branch and the assistant `metadata`
+# (sdk messages carry neither, so neither renders), plus the end-of-turn marker after a final
+# reply (see END_OF_TURN), as ms-swift's glm4_0414 template trains it (GLM4_0414TemplateMeta:
+# ChatGLM4TemplateMeta's suffix with the [gMASK]<sop> prefix).
+GLM4_0414_JINJA = (
+    "[gMASK]<sop>"
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "<|system|>\n{{ message['content'] }}{% endif %}{% endfor %}"
+    "{% for message in messages if message['role'] != 'system' %}"
+    "{% if message['role'] == 'user' %}<|user|>\n{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}"
+    "{% endif %}{% endfor %}"
+    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
 TEMPLATES = (
     TemplateSpec(
         name="chatglm2",
@@ -139,6 +165,14 @@ TEMPLATES = (
         assistant_suffix=END_OF_TURN,
         stop_words=("<|observation|>", "<|endoftext|>"),
         description="GLM-4: [gMASK]<sop><|system|>/<|user|>/<|assistant|> role tokens",
+    ),
+    TemplateSpec(
+        name="glm4-0414",
+        jinja=GLM4_0414_JINJA,
+        special_tokens={"eos_token": "<|endoftext|>"},
+        assistant_suffix=END_OF_TURN,
+        stop_words=("<|observation|>", "<|endoftext|>"),
+        description="GLM-4-0414: [gMASK]<sop><|system|>\\n.../<|user|>\\n.../<|assistant|>\\n...",
     ),
 )
 
@@ -175,8 +209,16 @@ NATIVE_MODELS = {
     "glm4-9b-chat-hf": ("ZhipuAI/glm-4-9b-chat-hf", "zai-org/glm-4-9b-chat-hf", "glm4",
                         "GLM-4-9B-Chat in the transformers-native GlmForCausalLM layout"),
 }
-# transformers' GlmAttention: the projections of ChatGLM's fused query_key_value, ms-swift's
-# default LoRA target for ChatGLM.
+# GLM-4-0414: transformers' own Glm4ForCausalLM (config model_type "glm4"), loaded as
+# published. Ids: ms-swift swift/llm/model/model/glm.py (LLMModelType.glm4_0414).
+GLM4_0414_MODELS = {
+    "glm4-9b-0414": ("ZhipuAI/GLM-4-9B-0414", "zai-org/GLM-4-9B-0414",
+                     "GLM-4-9B-0414 chat (Glm4ForCausalLM, MIT)"),
+    "glm4-32b-0414": ("ZhipuAI/GLM-4-32B-0414", "zai-org/GLM-4-32B-0414",
+                      "GLM-4-32B-0414 chat (Glm4ForCausalLM, MIT)"),
+}
+# transformers' GlmAttention / Glm4Attention: the projections of ChatGLM's fused
+# query_key_value, ms-swift's default LoRA target for ChatGLM.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 
 
@@ -208,6 +250,16 @@ def model_specs() -> list[ModelSpec]:
             config_model_types=("glm", "chatglm") if glm4 else ("glm",),
             loader="sft_plugin_chatglm.native:load_glm4" if glm4 else None,
             tokenizer_loader="sft_plugin_chatglm.native:load_glm4_tokenizer" if glm4 else None,
+            description=description,
+        ))
+    for model_type, (modelscope, huggingface, description) in GLM4_0414_MODELS.items():
+        specs.append(ModelSpec(
+            model_type=model_type,
+            family="chatglm",
+            template="glm4-0414",
+            hub_ids={"huggingface": huggingface, "modelscope": modelscope},
+            lora_target_modules=LORA_TARGETS,
+            config_model_types=("glm4",),
             description=description,
         ))
     return specs

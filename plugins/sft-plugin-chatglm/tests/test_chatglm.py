@@ -14,6 +14,7 @@ import pytest
 from sft_plugin_chatglm import (
     CHATGLM3_JINJA,
     CONVERTED_MODELS,
+    GLM4_0414_MODELS,
     GLM4_JINJA,
     NATIVE_MODELS,
     TEMPLATES,
@@ -31,7 +32,7 @@ from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, compile_jinja
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
-ALL_MODELS = {**CONVERTED_MODELS, **NATIVE_MODELS}
+ALL_MODELS = {**CONVERTED_MODELS, **NATIVE_MODELS, **GLM4_0414_MODELS}
 
 # llama.cpp's expected outputs for the official ChatGLM3 and GLM-4 templates are quoted below
 # (with add_generation_prompt).
@@ -104,6 +105,15 @@ EXPECTED = {
     ("glm4-9b-chat", "multi", False): (
         "[gMASK]<sop><|user|>\nHi<|assistant|>\nHello!<|user|>\n床前明月光<|assistant|>\n"
         "疑是地上霜。<|user|>"),
+    # GLM-4-0414: the same text as GLM-4's for these (the official 0414 loop writes
+    # "<|role|>\n" + content too); complete conversations end with the end-of-turn "<|user|>".
+    ("glm4-9b-0414", "llama.cpp", True): (
+        "[gMASK]<sop><|system|>\nYou are a helpful assistant<|user|>\nHello<|assistant|>\n"
+        "Hi there<|user|>\nWho are you<|assistant|>\n   I am an assistant   <|user|>\n"
+        "Another question<|assistant|>"),
+    ("glm4-32b-0414", "multi", False): (
+        "[gMASK]<sop><|user|>\nHi<|assistant|>\nHello!<|user|>\n床前明月光<|assistant|>\n"
+        "疑是地上霜。<|user|>"),
     ("glm4-9b-chat-hf", "chinese", False): (
         "[gMASK]<sop><|system|>\n你是一个诗人。<|user|>\n床前明月光<|assistant|>\n疑是地上霜。<|user|>"),
     ("glm4-9b-chat-hf", "chinese", True): (
@@ -118,7 +128,8 @@ SPECIAL = {
     "chatglm3": ["[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "</s>"],
     "glm4": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"],
 }
-END = {"chatglm2": "</s>", "chatglm3": "<|user|>", "glm4": "<|user|>"}
+SPECIAL["glm4-0414"] = SPECIAL["glm4"]
+END = {"chatglm2": "</s>", "chatglm3": "<|user|>", "glm4": "<|user|>", "glm4-0414": "<|user|>"}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +142,7 @@ def stand_in_tokenizer(template_name):
 
     # SentencePiece (Llama-2) for ChatGLM2/3, whose tokenizers are SentencePiece models; BPE
     # (Qwen2) for GLM-4, whose tokenizer is a tiktoken BPE.
-    folder = "qwen2" if template_name == "glm4" else "llama2"
+    folder = "qwen2" if template_name.startswith("glm4") else "llama2"
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / folder)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[template_name]})
     return tokenizer
@@ -177,6 +188,9 @@ def test_an_empty_system_prompt_is_left_out_by_glm4_as_officially():
     messages = [{"role": "system", "content": ""}, *SINGLE]
     assert Template(SPECS["glm4"]).render(messages, add_generation_prompt=True) == (
         "[gMASK]<sop><|user|>\nWho are you?<|assistant|>")
+    # GLM-4-0414's template writes every system message, empty or not
+    assert Template(SPECS["glm4-0414"]).render(messages, add_generation_prompt=True) == (
+        "[gMASK]<sop><|system|>\n<|user|>\nWho are you?<|assistant|>")
 
 
 @pytest.mark.parametrize("template_name", sorted(SPECS))
@@ -227,3 +241,32 @@ def test_a_tiny_native_glm_trains_saves_and_reloads(tmp_path, identity_data, reg
     assert trained.template.render(SINGLE, add_generation_prompt=True) == (
         Template(SPECS["glm4"]).render(SINGLE, add_generation_prompt=True))
     assert trained.inputs["input_ids"][0, 0] == trained.tokenizer.convert_tokens_to_ids("[gMASK]")
+
+
+def test_a_tiny_glm4_trains_packed_reloads_and_exports_merged(tmp_path, identity_data, registry,
+                                                              run_cli):
+    """GLM-4-0414's architecture, transformers' Glm4ForCausalLM (partial rotary, fused
+    gate_up_proj, the extra post-attention / post-MLP norms), loaded as published."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Glm4Config, Glm4ForCausalLM
+
+    # a small vocabulary keeps it quick: Llama 2's with GLM's special tokens
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "llama2")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL["glm4-0414"]})
+    model_dir = save_tiny_model(Glm4ForCausalLM, Glm4Config, tokenizer, tmp_path / "tiny-glm4",
+                                head_dim=8,
+                                eos_token_id=tokenizer.convert_tokens_to_ids("<|user|>"),
+                                pad_token_id=tokenizer.pad_token_id)
+    trained = train_and_reload(registry, "glm4-9b-0414", model_dir, identity_data,
+                               tmp_path / "out", lora_dropout=0.0)
+    assert trained.saved["packing"] is True  # the packing probe passed
+    assert trained.saved["template"] == "glm4-0414"
+    assert type(trained.model.get_base_model()).__name__ == "Glm4ForCausalLM"
+    exported = run_cli("export", "--ckpt-dir", trained.result.run_dir, "--merge-lora", "true",
+                       "--output-dir", tmp_path / "merged")
+    assert exported.exit_code == 0, exported.output
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert type(merged).__name__ == "Glm4ForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**trained.inputs).logits,
+                                   trained.model(**trained.inputs).logits, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
-"""InternLM (v1), InternLM2 and InternLM2.5 chat models. Their official checkpoints (remote
-code) are converted on load to transformers' Llama architecture (native.py): no remote code
-runs. Nothing here imports torch or transformers."""
+"""InternLM (v1), InternLM2, InternLM2.5 and InternLM3 chat models. The official v1 / v2
+checkpoints (remote code) are converted on load to transformers' Llama architecture (native.py);
+InternLM3's load as they are, transformers knowing its config (below): no remote code runs.
+Nothing here imports torch or transformers."""
 
 from __future__ import annotations
 
@@ -160,9 +161,32 @@ def model_specs() -> list[ModelSpec]:
     return specs
 
 
+# InternLM3-8B-Instruct needs no conversion: transformers knows its config.json (model_type
+# "internlm3": InternLM3Config reads its `qkv_bias` / `bias` and dynamic rope scaling) and
+# builds LlamaForCausalLM for it, whose parameter names are the official remote code's
+# (modeling_internlm3.py: embed_tokens, self_attn.q_proj/k_proj/v_proj/o_proj,
+# mlp.gate_proj/up_proj/down_proj, lm_head), so its weights load as they are and its adapters
+# also fit the official code. transformers builds the fast tokenizer from tokenizer.model
+# (sentencepiece). The chat format is InternLM2's: ms-swift registers internlm3 with
+# TemplateType.internlm2 (swift/llm/model/model/internlm.py, LLMModelType.internlm3; ids from
+# the same entry). The chat_template text of internlm3-8b-instruct's own tokenizer_config.json
+# could not be had offline here to compare byte for byte.
+INTERNLM3_SPEC = ModelSpec(
+    model_type="internlm3-8b-instruct",
+    family=FAMILY,
+    template="internlm2",
+    hub_ids={"modelscope": "Shanghai_AI_Laboratory/internlm3-8b-instruct",
+             "huggingface": "internlm/internlm3-8b-instruct"},
+    lora_target_modules=("q_proj", "k_proj", "v_proj"),
+    config_model_types=("internlm3",),
+    requires=("sentencepiece",),
+    description="InternLM3-8B-Instruct (transformers' internlm3 config, Llama modules)",
+)
+
+
 @hookimpl
 def register_models(register):
-    for spec in model_specs():
+    for spec in (*model_specs(), INTERNLM3_SPEC):
         register(spec)
 
 

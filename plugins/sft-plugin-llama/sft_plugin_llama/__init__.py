@@ -1,4 +1,4 @@
-"""Llama model types: Llama-2-chat, Llama-3 / 3.1 / 3.2 Instruct, Chinese-LLaMA-2 and
+"""Llama model types: Llama-2-chat, Llama-3 / 3.1 / 3.2 / 3.3 Instruct, Chinese-LLaMA-2 and
 Chinese-Alpaca-2 (hfl). All are LlamaForCausalLM, native to transformers.
 
 Hub ids are the ``Model('<ModelScope id>', '<Hugging Face id>')`` pairs of ms-swift
@@ -12,6 +12,9 @@ The chat templates are the official ones, kept byte for byte in this package (NA
   (= /work/shared/data/tokenizers/llama3/chat_template.jinja).
 - ``llama3.1.jinja``: meta-llama/Llama-3.1-8B-Instruct tokenizer_config.json (shared by 3.1 70B,
   405B and 3.3 70B): a system block with "Cutting Knowledge Date" and a fixed "26 Jul 2024".
+  Llama-3.3-70B-Instruct's template is the same text byte for byte: compared with llama.cpp's
+  copy of it (ye-NX/llama.cpp, a llama.cpp fork, models/templates/
+  meta-llama-Llama-3.3-70B-Instruct.jinja, commit b354d7c9; the test pins its sha256).
 - ``llama3.2.jinja``: meta-llama/Llama-3.2-1B-Instruct / 3B-Instruct tokenizer_config.json:
   as 3.1 without builtin tools, and today's date through ``strftime_now``.
   Both 3.x texts were taken from microsoft/onnxruntime-extensions
@@ -85,6 +88,9 @@ MODELS = {
     "llama3.1-405b-instruct": ("llama3.1", "LLM-Research/Meta-Llama-3.1-405B-Instruct",
                                "meta-llama/Meta-Llama-3.1-405B-Instruct", ("*.pth",),
                                "Llama 3.1 405B Instruct"),
+    "llama3.3-70b-instruct": ("llama3.1", "LLM-Research/Llama-3.3-70B-Instruct",
+                              "meta-llama/Llama-3.3-70B-Instruct", ("*.pth",),
+                              "Llama 3.3 70B Instruct"),
     "llama3.2-1b-instruct": ("llama3.2", "LLM-Research/Llama-3.2-1B-Instruct",
                              "meta-llama/Llama-3.2-1B-Instruct", ("*.pth",),
                              "Llama 3.2 1B Instruct"),

@@ -2,6 +2,7 @@
 render like the official chat templates (through `sdk template render`), encode to the
 tokenizer's own ids and train only the replies; a tiny Llama trains and reloads."""
 
+import hashlib
 import json
 import re
 from datetime import datetime
@@ -70,11 +71,21 @@ def test_render_equals_the_official_chat_template(render_cli, tokenizers, model_
     assert render_cli(model_type, messages, generation_prompt) == expected
 
 
+def test_llama3_3_has_the_llama3_1_template_byte_for_byte():
+    # sha256 of llama.cpp's models/templates/meta-llama-Llama-3.3-70B-Instruct.jinja (the
+    # chat_template of meta-llama/Llama-3.3-70B-Instruct), fork ye-NX/llama.cpp commit b354d7c9
+    official = "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"
+    assert hashlib.sha256(SPECS["llama3.1"].jinja.encode()).hexdigest() == official
+    assert MODELS["llama3.3-70b-instruct"][0] == "llama3.1"
+
+
 def test_llama3_1_and_3_2_add_the_dated_system_block(render_cli):
-    """The format of meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-1B-Instruct's
-    tokenizer_config.json: 3.1 dates every prompt 26 Jul 2024, 3.2 dates it today."""
+    """The format of meta-llama/Llama-3.1-8B-Instruct (and 3.3-70B-Instruct) and
+    Llama-3.2-1B-Instruct's tokenizer_config.json: 3.1 and 3.3 date every prompt 26 Jul 2024,
+    3.2 dates it today."""
     messages = [{"role": "user", "content": "Hi"}]
     for model_type, date in [("llama3.1-70b-instruct", "26 Jul 2024"),
+                             ("llama3.3-70b-instruct", "26 Jul 2024"),
                              ("llama3.2-3b-instruct", datetime.now().strftime("%d %b %Y"))]:
         assert render_cli(model_type, messages, True) == (
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"

@@ -1,11 +1,15 @@
 """Mistral plugin: registrations, the official templates (render, ids, loss masks) against the
 real Mistral tokenizers, and a few training steps on tiny random Mistral / Mixtral models."""
 
+import hashlib
 import json
 import re
+from datetime import datetime
 
 import pytest
 from sft_plugin_mistral import (
+    MISTRAL_NEMO_JINJA,
+    MISTRAL_SMALL_2501_JINJA,
     MISTRAL_V01_JINJA,
     MISTRAL_V02_JINJA,
     MISTRAL_V03_JINJA,
@@ -36,7 +40,13 @@ TOKENIZER_OF = {
     "mistral-7b-instruct-v0.2": ("mistral-v0.1", MISTRAL_V02_JINJA),
     "mistral-7b-instruct-v0.3": ("mistral-v0.3", MISTRAL_V03_JINJA),
     "mixtral-8x7b-instruct-v0.1": ("mistral-v0.1", MISTRAL_V02_JINJA),
+    # Nemo's Tekken tokenizer cannot be had offline: v0.3's stands in (the same <s>, </s>,
+    # [INST] and [/INST] control tokens), so its ids here are v0.3's, not Tekken's
+    "mistral-nemo-instruct-2407": ("mistral-v0.3", MISTRAL_NEMO_JINJA),
+    # likewise for Mistral Small 3's (Tekken V7), with its [SYSTEM_PROMPT] control tokens added
+    "mistral-small-24b-instruct-2501": ("mistral-v0.3", MISTRAL_SMALL_2501_JINJA),
 }
+ADDED_TOKENS = {"mistral-small-24b-instruct-2501": ["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]}
 NO_SYSTEM = {"mistral-7b-instruct-v0.1"}  # the v0.1 template has no system role
 
 CONVERSATIONS = {
@@ -68,6 +78,8 @@ def tokenizers():
         if model_type not in loaded:
             folder, jinja = TOKENIZER_OF[model_type]
             tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / folder)
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": ADDED_TOKENS.get(model_type, [])})
             tokenizer.chat_template = jinja
             loaded[model_type] = tokenizer
         return loaded[model_type]
@@ -80,14 +92,16 @@ def tokenizers():
 def test_every_model_type_is_registered_with_its_template_and_hub_ids():
     registry = load_plugins().registry
     assert set(MODELS) == {"mistral-7b-instruct-v0.1", "mistral-7b-instruct-v0.2",
-                           "mistral-7b-instruct-v0.3", "mixtral-8x7b-instruct-v0.1"}
+                           "mistral-7b-instruct-v0.3", "mistral-nemo-instruct-2407",
+                           "mistral-small-24b-instruct-2501", "mixtral-8x7b-instruct-v0.1"}
     for model_type in MODELS:
         spec = registry.get("models", model_type)
         assert re.fullmatch(r"[a-z0-9.]+(-[a-z0-9.]+)*", model_type)
         assert spec.family == "mistral"
         assert registry.get("templates", spec.template) is TEMPLATE_SPECS[spec.template]
         assert spec.hub_ids["huggingface"].startswith("mistralai/")
-        assert spec.hub_ids["modelscope"].split("/")[0] in {"AI-ModelScope", "LLM-Research"}
+        assert spec.hub_ids["modelscope"].split("/")[0] in {"AI-ModelScope", "LLM-Research",
+                                                            "mistralai"}
         assert spec.hub_ids["huggingface"].split("/")[1].lower() == \
             spec.hub_ids["modelscope"].split("/")[1].lower()
         assert spec.lora_target_modules == ("q_proj", "k_proj", "v_proj")
@@ -105,15 +119,50 @@ def test_the_v01_template_is_the_one_shipped_with_the_v01_tokenizer():
     assert MISTRAL_V01_JINJA == shipped
 
 
-# The expected strings of llama.cpp tests/test-chat-template.cpp for these two official
-# templates (bos_token "" and eos_token "</s>"; the reply "   I am an assistant   " keeps its
-# spaces in v0.2 and is trimmed in v0.3; v0.3 moves the system prompt into the last user turn).
+def test_the_nemo_template_is_llama_cpps_copy_of_the_official_one():
+    # sha256 of ggerganov/llama.cpp models/templates/mistralai-Mistral-Nemo-Instruct-2407.jinja
+    # (commit 7b5e0803), the chat_template of mistralai/Mistral-Nemo-Instruct-2407
+    assert hashlib.sha256(MISTRAL_NEMO_JINJA.encode()).hexdigest() == (
+        "e4676cb56dffea7782fd3e2b577cfaf1e123537e6ef49b3ec7caa6c095c62272")
+
+
+def test_the_small_2501_template_writes_the_default_system_prompt_dated_today(render_cli):
+    # sha256 of the template as floneum/floneum models/kalosm-llama/src/chat_template.rs quotes
+    # it, and that test's expected output (there checked against transformers)
+    assert hashlib.sha256(MISTRAL_SMALL_2501_JINJA.encode()).hexdigest() == (
+        "3934d199bfe5b6fab5cba1b5f8ee475e8d5738ac315f21cb09545b4e665cc005")
+    messages = [{"role": "user", "content": "Hello, how are you?"},
+                {"role": "assistant", "content": "I'm doing great. How can I help you today?"},
+                {"role": "user", "content": "I'd like to show off how chat templating works!"}]
+    today = datetime.now().strftime("%Y-%m-%d")
+    assert render_cli("mistral-small-24b-instruct-2501", messages) == (
+        "<s>[SYSTEM_PROMPT]You are Mistral Small 3, a Large Language Model (LLM) created by "
+        "Mistral AI, a French startup headquartered in Paris.\nYour knowledge base was last "
+        f"updated on 2023-10-01. The current date is {today}.\n\nWhen you're not sure about "
+        "some information, you say that you don't have the information and don't make up "
+        "anything.\nIf the user's question is not clear, ambiguous, or does not provide enough "
+        "context for you to accurately answer the question, you do not try to answer it right "
+        "away and you rather ask the user to clarify their request (e.g. \"What are some good "
+        "restaurants around me?\" => \"Where are you?\" or \"When is the next flight to "
+        "Tokyo\" => \"Where do you travel from?\")[/SYSTEM_PROMPT][INST]Hello, how are you?"
+        "[/INST]I'm doing great. How can I help you today?</s>[INST]I'd like to show off how "
+        "chat templating works![/INST]")
+    assert render_cli("mistral-small-24b-instruct-2501", CONVERSATIONS["with system"], True) == (
+        "<s>[SYSTEM_PROMPT]You are Ferret.[/SYSTEM_PROMPT][INST]Who are you?[/INST]")
+
+
+# The expected strings of llama.cpp tests/test-chat-template.cpp for these official templates
+# (bos_token "" and eos_token "</s>"; the reply "   I am an assistant   " keeps its spaces in
+# v0.2 and Nemo and is trimmed in v0.3; v0.3 and Nemo move the system prompt into the last user
+# turn, and Nemo puts no space around [INST] / [/INST]).
 @pytest.mark.parametrize("name, expected", [
     ("mistral-v0.2", " [INST] You are a helpful assistant\n\nHello [/INST] Hi there</s> [INST] "
                      "Who are you [/INST]    I am an assistant   </s> [INST] Another question "
                      "[/INST]"),
     ("mistral-v0.3", "[INST] Hello[/INST] Hi there</s>[INST] Who are you[/INST] I am an "
                      "assistant</s>[INST] You are a helpful assistant\n\nAnother question[/INST]"),
+    ("mistral-nemo", "[INST]Hello[/INST]Hi there</s>[INST]Who are you[/INST]   I am an assistant   "
+                     "</s>[INST]You are a helpful assistant\n\nAnother question[/INST]"),
 ])
 def test_official_templates_render_as_llama_cpp_records_them(name, expected):
     template = Template(TEMPLATE_SPECS[name], {"bos_token": "", "eos_token": "</s>"})
