@@ -680,6 +680,15 @@ def their_names(values: dict[str, Any], registry: Any) -> None:
         values[field] = entries
 
 
+def names_family(model_type: str, spec: Any) -> bool:
+    """Whether ms-swift 3.x's ``model_type`` (qwen2_5, llama3_1, glm4_0414) names the family of
+    ``spec`` (a ModelSpec): it starts with the plugin's family, or each of its parts is one of
+    the model type's (glm4_0414: glm4-9b-0414)."""
+    parts = set(re.split(r"[-._]", spec.model_type))
+    name = model_type.lower()
+    return name.startswith(spec.family) or set(re.split(r"[-._]", name)) <= parts
+
+
 def refuse_family(model_type: str | None, known: list[str]) -> None:
     """ms-swift 3.x's --model_type names a family (qwen2_5); here one model of it."""
     if not model_type or not known or model_type in known:
@@ -723,9 +732,8 @@ def resolve_names(values: dict[str, Any], registry: Any) -> dict[str, Any]:
              if any(hub_id(repo) == hub_id(path) for repo in spec.hub_ids.values())]
     matches = [spec.model_type for spec in found]
     chosen = values.get("model_type")
-    if chosen and chosen not in known and any(chosen.lower().startswith(spec.family)
-                                              for spec in found):
-        chosen = None  # ms-swift 3.x's model_type names the family (qwen2_5, llama3_1)
+    if chosen and chosen not in known and any(names_family(chosen, spec) for spec in found):
+        chosen = None
     if chosen and chosen not in matches:
         raise SdkError(f"{name} '{path}' is no folder here, nor a hub id of "
                        f"--model-type {chosen}: give the folder of its weights, or leave out "

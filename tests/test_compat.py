@@ -189,6 +189,9 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
                                 registry) == {"model_type": "qwen2.5-7b-instruct",
                                               "template": "qwen2.5",
                                               "dataset": ["alpaca-zh#500", "self-cognition#5"]}
+    # a family whose plugin is named otherwise (chatglm's glm4_0414)
+    assert compat.resolve_names({"#model": "ZhipuAI/GLM-4-9B-0414", "model_type": "glm4_0414"},
+                                registry) == {"model_type": "glm4-9b-0414"}
     with pytest.raises(SdkError, match="--model-type qwen2_5 names a family .* give one of "
                                        "qwen2.5-0.5b-instruct, "):
         compat.resolve_names({"#model": "/models/Qwen2.5-7B-Instruct", "model_type": "qwen2_5"},
