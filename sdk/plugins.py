@@ -8,12 +8,16 @@ or whose hook raises, is recorded with its error; the others keep working.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
 import os
+import re
+import sys
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +86,13 @@ class PluginSet:
                                      load_error="; ".join(mistakes) or None)
         self._registry = None
 
-    def record_failure(self, name: str, source: str, error: BaseException) -> None:
+    def record_failure(self, name: str, source: str, error: BaseException,
+                       folder: Path | None = None) -> None:
         if self.manager.get_plugin(name) is not None:  # pluggy rejected it half-way
             self.manager.unregister(name=name)
-        self.info[name] = PluginInfo(name=name, source=source, load_error=describe(error))
+        where = raised_at(error, folder) if folder else ""
+        self.info[name] = PluginInfo(name=name, source=source,
+                                     load_error=where + describe(error))
 
     def load_builtins(self) -> None:
         from sdk import __version__
@@ -122,7 +129,7 @@ class PluginSet:
                 module_spec.loader.exec_module(module)
                 self.register(module, name, "file")
             except Exception as error:
-                self.record_failure(name, "file", error)
+                self.record_failure(name, "file", error, file.resolve().parent)
 
     @property
     def registry(self) -> Registry:
@@ -139,11 +146,13 @@ class PluginSet:
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 plugin_name = self.manager.get_name(impl.plugin)
                 info = self.info[plugin_name]
-                register = _registrar(registry, kind, plugin_name, info)
+                folder = Path(inspect.getfile(impl.function)).resolve().parent
+                register = _registrar(registry, kind, plugin_name, info, folder)
                 try:
                     impl.function(*[register for _ in impl.argnames])
                 except Exception as error:
-                    info.registration_errors.append(f"{hook_name} raised {describe(error)}")
+                    info.registration_errors.append(
+                        f"{raised_at(error, folder)}{hook_name} raised {describe(error)}")
         for kind, names in registry.conflicts.items():
             for name, owners in names.items():
                 for owner in owners:
@@ -170,15 +179,21 @@ SPEC_TYPES = {"models": ModelSpec, "datasets": DatasetSpec, "templates": Templat
               "tuners": Tuner, "hubs": Hub, "formats": DataFormat}
 
 
-def _registrar(registry: Registry, kind: str, plugin_name: str,
-               info: PluginInfo) -> Callable[..., None]:
+def _registrar(registry: Registry, kind: str, plugin_name: str, info: PluginInfo,
+               folder: Path) -> Callable[..., None]:
     def register(spec: Any, override: bool = False) -> None:
         expected = SPEC_TYPES[kind]
         if not isinstance(spec, expected):
             info.registration_errors.append(
                 f"register_{kind} got a {type(spec).__name__}; it takes {expected.__name__}")
             return
-        registry.add(kind, spec, plugin_name, override)
+        if kind == "datasets" and spec.files:
+            # bundled files belong to the plugin, wherever the user runs sdk from
+            spec = dataclasses.replace(spec, files=tuple(str(folder / Path(file).expanduser())
+                                                         for file in spec.files))
+        caller = sys._getframe(1)  # the plugin's line that called register
+        registry.add(kind, spec, plugin_name, override,
+                     f"{caller.f_code.co_filename}:{caller.f_lineno}")
         info.registered.setdefault(kind, []).append(spec.name)
 
     return register
@@ -225,8 +240,28 @@ def check_plugin_file(file: Path, named_by: str) -> None:
         raise SdkError(f"{where} is not a Python file; name the plugin's .py file.")
 
 
+UNKNOWN_FIELD = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+
+
 def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """The error in one line; a spec given a field it lacks also names its closest field."""
+    match = UNKNOWN_FIELD.search(str(error)) if isinstance(error, TypeError) else None
+    spec_class = next((c for c in SPEC_TYPES.values() if match and c.__name__ == match[1]),
+                      None)
+    if spec_class is None:
+        return f"{type(error).__name__}: {error}"
+    fields = [f.name for f in dataclasses.fields(spec_class)]
+    close = difflib.get_close_matches(match[2], fields, n=1)
+    return (f"TypeError: {match[1]} has no field '{match[2]}'; " +
+            (f"did you mean '{close[0]}'?" if close else f"its fields: {', '.join(fields)}"))
+
+
+def raised_at(error: BaseException, folder: Path) -> str:
+    """``FILE:LINE: `` of the last line of the plugin's own code (files under ``folder``)
+    that the error went through, so that a plugin author sees the call to fix."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if Path(frame.filename).resolve().is_relative_to(folder)]
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
 
 
 def load_plugins(plugin_files: Iterable[str] = ()) -> PluginSet:

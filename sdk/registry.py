@@ -24,6 +24,7 @@ class Entry:
     spec: Any
     plugin: str
     override: bool = False
+    where: str = ""  # FILE:LINE of the plugin's register call, for messages that blame it
 
 
 @dataclass
@@ -39,12 +40,13 @@ class Registry:
     # (kind, name, the plugin whose override=True won, the plugin it replaced)
     overrides: list[tuple[str, str, str, str]] = field(default_factory=list)
 
-    def add(self, kind: str, spec: Any, plugin: str, override: bool = False) -> None:
+    def add(self, kind: str, spec: Any, plugin: str, override: bool = False,
+            where: str = "") -> None:
         name = spec.name
         known = self.entries[kind]
         existing = known.get(name)
         if existing is None or (override and not existing.override):
-            known[name] = Entry(spec, plugin, override)
+            known[name] = Entry(spec, plugin, override, where)
             self.conflicts[kind].pop(name, None)
             if existing is not None:
                 self.overrides.append((kind, name, plugin, existing.plugin))
@@ -78,9 +80,42 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         return self.entry(kind, name).spec
 
+    def referenced(self, kind: str, name: str, by: tuple[str, str], field: str) -> Any:
+        """The spec ``name`` of ``kind`` that the registered spec ``by`` (kind, name) names in
+        its ``field``. If none is registered, the error blames the plugin that registered
+        ``by``, not a flag the user never gave."""
+        owner = self.entries[by[0]].get(by[1])
+        if (owner is None or getattr(owner.spec, field) != name or name in self.entries[kind]
+                or name in self.conflicts[kind]):
+            return self.get(kind, name)
+        raise SdkError(f"{KINDS[by[0]][0]} '{by[1]}' of plugin {owner.plugin} has {field}="
+                       f"'{name}' ({owner.where}), but {missing(kind, name, self.names(kind))} "
+                       f"Fix the plugin (`sdk plugins check` checks it), or give {KINDS[kind][1]}.")
+
     def specs(self, kind: str) -> list[Any]:
         """Every registered spec of ``kind`` (one per name, whichever wins)."""
         return [entry.spec for entry in self.entries[kind].values()]
+
+
+def model_template(registry: Registry, spec: Any, chosen: str | None) -> Any:
+    """The ``--template`` given (``chosen``), else the one the model type's plugin names."""
+    if chosen:
+        return registry.get("templates", chosen)
+    return registry.referenced("templates", spec.template, ("models", spec.name), "template")
+
+
+def missing(kind: str, name: str, known: list[str]) -> str:
+    """Why no plugin's ``name`` of ``kind`` is at hand, with the closest registered name."""
+    from sdk.catalogue import provider
+
+    noun = KINDS[kind][0]
+    plugin = provider(kind, name)
+    if plugin is not None:
+        return (f"{noun} '{name}' is provided by {plugin}, which is not installed: "
+                f"pip install {plugin}.")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"no plugin registers a {noun} '{name}'.{hint}"
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:

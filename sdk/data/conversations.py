@@ -123,8 +123,9 @@ def iter_dataset(source: DatasetSpec, registry: Registry, args: Any, format_name
                               "FIELD=OURS, e.g. question=instruction (the record's field, then "
                               "the name a format reads)")
     preprocess = resolve_callable(source.preprocess) if source.preprocess else None
-    forced = format_name or source.format
-    forced_format = registry.get("formats", forced) if forced else None
+    forced_format = (registry.get("formats", format_name) if format_name else
+                     registry.referenced("formats", source.format, ("datasets", source.name),
+                                         "format") if source.format else None)
     read = left_out = 0
     for file in source.files:
         # Detected per file: the files of a folder may come from different sources, each

@@ -13,7 +13,7 @@ from sdk.config import ModelArguments, PreviewArguments
 from sdk.data.conversations import load_conversations
 from sdk.data.report import Distribution
 from sdk.errors import SdkError
-from sdk.registry import Registry
+from sdk.registry import Registry, model_template
 from sdk.templates.engine import Template
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
@@ -51,7 +51,7 @@ def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
     if not (args.model_type or args.template):
         raise SdkError("Give --model-type (token lengths, the model's template) or --template.")
     spec = registry.get("models", args.model_type) if args.model_type else None
-    template_spec = registry.get("templates", args.template or spec.template)
+    template_spec = model_template(registry, spec, args.template)
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
     skipped: list[str] | None = [] if args.skip_bad_records else None

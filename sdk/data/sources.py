@@ -55,10 +55,24 @@ def dataset_source(name: str, registry: Registry, args: Any = None) -> DatasetSp
         files = local_files(local_copies[name], spec.split, spec.subset,
                             f"--dataset-path {name}={local_copies[name]}")
     elif spec.files or not spec.hub_ids:
+        check_bundled_files(spec, registry)
         return spec
     else:
         files = download(spec, registry, args)
     return dataclasses.replace(spec, files=files, hub_ids={})
+
+
+def check_bundled_files(spec: DatasetSpec, registry: Registry) -> None:
+    """A registered dataset's files are the plugin's: a missing one is the plugin's fault."""
+    entry = registry.entries["datasets"].get(spec.name)
+    if entry is None or entry.spec is not spec:  # from --dataset-info, or a path
+        return
+    for file in spec.files:
+        if not on_disk(Path(file)):
+            raise SdkError(f"Dataset '{spec.name}' of plugin {entry.plugin} ({entry.where}) "
+                           f"lists '{file}' in its files, which does not exist. Fix the plugin (a "
+                           "relative path is read from the plugin's folder; a package ships "
+                           "its data files as package-data), or reinstall it.")
 
 
 def is_dataset_name(name: str, registry: Registry, args: Any = None) -> bool:

@@ -17,7 +17,7 @@ from sdk.errors import SdkError
 from sdk.models.loader import load_model, model_types_for_folder, torch_dtype
 from sdk.models.native import DEQUANTIZED_BASE
 from sdk.models.rope import quiet_window_reminder
-from sdk.registry import Registry
+from sdk.registry import Registry, model_template
 from sdk.runs.checkpoint_files import ADAPTER_CONFIG, check_checkpoint
 from sdk.runs.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
 from sdk.specs import resolve_callable
@@ -112,7 +112,7 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
             str(checkpoint), trust_remote_code=base_args.trust_remote_code)
     elif args.model_type:
         spec = registry.get("models", args.model_type)
-        template_spec = registry.get("templates", args.template or spec.template)
+        template_spec = model_template(registry, spec, args.template)
         system = args.system
         model, tokenizer = load_model(spec, args, registry)
     else:

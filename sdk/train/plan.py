@@ -25,7 +25,7 @@ from sdk.models.loader import (
     torch_dtype,
 )
 from sdk.options import option_names, run_arguments
-from sdk.registry import Registry
+from sdk.registry import Registry, model_template
 from sdk.runs.checkpoint_files import refuse_nonfinite_weights
 from sdk.runs.run_dir import next_version, previous_run, refuse_previous_run
 from sdk.specs import ModelSpec, TemplateSpec, Tuner, resolve_callable
@@ -131,7 +131,7 @@ def check_optimizer(name: str | None) -> None:
 
 def template_of(args: SftArguments, spec: ModelSpec, registry: Registry) -> TemplateSpec:
     """The run's chat template, with --system as its default system prompt."""
-    template_spec = registry.get("templates", args.template or spec.template)
+    template_spec = model_template(registry, spec, args.template)
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
     return template_spec
