@@ -4,6 +4,7 @@ inside the commands that train or generate."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -348,11 +349,14 @@ def cli(plugin: tuple[str, ...]) -> None:
     """Supervised fine-tuning of chat LLMs, built from plugins."""
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @json_flag
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
-    """Every plugin: where it came from, its version, what it registered, its error."""
+    """Every plugin: where it came from, its version, what it registered, its error;
+    `sdk plugins check` validates what they registered."""
+    if ctx.invoked_subcommand is not None:
+        return
     plugin_info = plugin_set(ctx)
     registry(ctx, warn=False)
     rows = [info.as_dict() for info in plugin_info.info.values()]
@@ -367,6 +371,36 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"    registers {registered}")
         if row["error"]:
             click.echo(f"    ERROR: {row['error']}")
+
+
+@plugins.command("check")
+@click.argument("names", nargs=-1)
+@click.option("--plugin", "files", multiple=True, type=click.Path(),
+              help="Load this plugin file and check it (alone, unless NAMES are given too).")
+@click.pass_context
+def plugins_check(ctx: click.Context, names: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """Check plugins (all, or those named as `sdk plugins` names them): spec fields,
+    cross-references, dataset files, templates rendering a standard conversation set, LoRA
+    targets. Prints one line per problem and exits 1, or a summary."""
+    from sdk.plugin_check import check_plugins
+
+    plugin_info = plugin_set(ctx)
+    plugin_info.load_files(files, "--plugin")
+    chosen = [*names, *map(str, files)] or list(plugin_info.info)
+    for name in chosen:
+        if name not in plugin_info.info:
+            close = difflib.get_close_matches(name, plugin_info.info, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise SdkError(f"No plugin is named '{name}'.{hint} `sdk plugins` lists them.")
+    problems = check_plugins(plugin_info, chosen)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        ctx.exit(1)
+    counted = sum(len(names) for name in chosen
+                  for names in plugin_info.info[name].registered.values())
+    click.echo(f"{len(chosen)} plugin{'s' * (len(chosen) != 1)} checked, {counted} "
+               "registrations: no problems.")
 
 
 def listing(kind: str, columns: Sequence[str], describe: Callable[[Any], dict[str, Any]],

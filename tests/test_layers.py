@@ -18,9 +18,9 @@ LAYERS: Layers = (
     ("core", ("sdk", "sdk.errors", "sdk.hookspecs", "sdk.specs", "sdk.config", "sdk.folders",
               "sdk.catalogue", "sdk.compat")),
     ("registry", ("sdk.registry", "sdk.plugins", "sdk.options")),
-    ("parts", ("sdk.templates.*", "sdk.data.*", "sdk.models.*", "sdk.runs.*", "sdk.eval.*",
-               "sdk.hubs", "sdk.hubs.repo_id", "sdk.hubs.local", "sdk.hubs.huggingface",
-               "sdk.hubs.modelscope")),
+    ("parts", ("sdk.plugin_check", "sdk.templates.*", "sdk.data.*", "sdk.models.*",
+               "sdk.runs.*", "sdk.eval.*", "sdk.hubs", "sdk.hubs.repo_id", "sdk.hubs.local",
+               "sdk.hubs.huggingface", "sdk.hubs.modelscope")),
     ("tuners", ("sdk.tuners.*",)),
     # what uses a checkpoint: below training, which ends by predicting and pushing
     ("checkpoint users", ("sdk.infer.*", "sdk.export", "sdk.hubs.push",
