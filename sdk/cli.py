@@ -33,7 +33,7 @@ from sdk.errors import SdkError
 from sdk.eval.metrics import METHODS, METRICS
 from sdk.options import arguments_class, plugin_options, refuse_other_tuners_options
 from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
-from sdk.registry import Registry
+from sdk.registry import Registry, model_template
 
 
 class Choice(click.Choice):
@@ -531,9 +531,7 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
     if bool(name) == bool(model_type):
         raise SdkError("Give a template NAME or --model-type, one of the two.")
     known = registry(ctx)
-    if model_type:
-        name = known.get("models", model_type).template
-    spec = known.get("templates", name)
+    spec = model_template(known, known.get("models", model_type) if model_type else None, name)
     try:
         with open(messages, encoding="utf-8") as handle:
             conversation = json.load(handle)
