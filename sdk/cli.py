@@ -430,7 +430,9 @@ def models(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     rows = [{"model_type": s.model_type, "family": s.family, "template": s.template,
              "hub_ids": dict(s.hub_ids), "description": s.description,
              "converted_to": s.converted_to or None, "unsupported": s.unsupported or None,
-             "loads": loads_as(s),
+             "loads": loads_as(s), "lora_target_modules": list(s.lora_target_modules),
+             "config_model_types": list(s.config_model_types), "requires": list(s.requires),
+             "requires_remote_code": s.requires_remote_code,
              "plugin": known.entries["models"][name].plugin, "installed": True}
             for name in known.names("models") for s in [known.get("models", name)]]
     columns = ["model_type", "family", "template", "loads", "hub_ids", "plugin"]
@@ -452,9 +454,17 @@ def loads_as(spec: Any) -> str:
     return f"converted to {spec.converted_to}" if spec.converted_to else "as published"
 
 
-listing("templates", ("name", "description", "plugin"),
-        lambda s: {"name": s.name, "description": s.description,
-                   "default_system": s.default_system},
+def template_row(spec: Any) -> dict[str, Any]:
+    from sdk.templates.engine import reads_reasoning, reads_tools, stop_words
+
+    return {"name": spec.name, "description": spec.description,
+            "default_system": spec.default_system,
+            "stop_words": stop_words(spec, spec.special_tokens),
+            "tools": bool(spec.jinja) and reads_tools(spec.jinja),
+            "reasoning": bool(spec.jinja) and reads_reasoning(spec.jinja)}
+
+
+listing("templates", ("name", "description", "plugin"), template_row,
         "Chat templates (--template).")
 @cli.group(invoke_without_command=True)
 @json_flag

@@ -90,6 +90,12 @@ def reads_tools(source: str) -> bool:
     return "tools" in jinja2.meta.find_undeclared_variables(environment.parse(source))
 
 
+def reads_reasoning(source: str) -> bool:
+    """Whether a jinja template shows a reply's reasoning: its ``reasoning_content``, or the
+    part of its text before an inline ``</think>``."""
+    return "reasoning_content" in source or "</think>" in source
+
+
 @functools.lru_cache(maxsize=64)
 def compile_jinja(source: str) -> Any:
     """The template compiled as transformers compiles chat templates (same environment
@@ -102,6 +108,12 @@ def compile_jinja(source: str) -> Any:
     environment.filters["tojson"] = _tojson
     environment.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
     return environment.from_string(source)
+
+
+def fill(part: str, special_tokens: Mapping[str, str], content: str = "") -> str:
+    for name, value in special_tokens.items():
+        part = part.replace("{" + name + "}", value)
+    return part.replace("{content}", content)
 
 
 def broken_template(spec: TemplateSpec, problem: str) -> SdkError:
@@ -145,9 +157,7 @@ class Template:
         return cls(spec, {name: value for name, value in tokens.items() if value})
 
     def _fill(self, part: str, content: str = "") -> str:
-        for name, value in self.special_tokens.items():
-            part = part.replace("{" + name + "}", value)
-        return part.replace("{content}", content)
+        return fill(part, self.special_tokens, content)
 
     def pieces(self, messages: Sequence[Message], add_generation_prompt: bool = False,
                loss_scope: str = "all") -> Iterator[tuple[str, bool]]:
@@ -330,6 +340,10 @@ class Template:
         return input_ids, labels
 
     def stop_words(self) -> list[str]:
-        words = [self._fill(word) for word in self.spec.stop_words]
-        suffix = self._fill(self.spec.assistant_suffix)
-        return [w for w in dict.fromkeys([suffix, *words]) if w]
+        return stop_words(self.spec, self.special_tokens)
+
+
+def stop_words(spec: TemplateSpec, special_tokens: Mapping[str, str]) -> list[str]:
+    """Where generation stops: the end-of-turn marker, then the spec's other stop words."""
+    words = [fill(word, special_tokens) for word in (spec.assistant_suffix, *spec.stop_words)]
+    return [w for w in dict.fromkeys(words) if w]
