@@ -32,7 +32,7 @@ from sdk.data.readers import cannot_read
 from sdk.errors import SdkError
 from sdk.eval.metrics import METHODS, METRICS
 from sdk.options import arguments_class, plugin_options, refuse_other_tuners_options
-from sdk.plugins import PLUGINS_ENV_VAR, PluginSet, load_plugins
+from sdk.plugins import NO_THIRD_PARTY_ENV_VAR, PLUGINS_ENV_VAR, PluginSet, load_plugins
 from sdk.registry import Registry, model_template
 
 
@@ -299,7 +299,8 @@ def plugin_set(ctx: click.Context) -> PluginSet:
     root = ctx.find_root()
     if "plugins" not in root.meta:
         try:
-            root.meta["plugins"] = load_plugins(root.params.get("plugin") or ())
+            root.meta["plugins"] = load_plugins(root.params.get("plugin") or (),
+                                                third_party=not root.params.get("no_third_party"))
         except SdkError as error:
             raise click.ClickException(str(error)) from None
     return root.meta["plugins"]
@@ -343,9 +344,14 @@ json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 @click.group(cls=SdkGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sft-sdk")
-@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False),
-              help=f"Load a plugin from a .py file (also: {PLUGINS_ENV_VAR}).")
-def cli(plugin: tuple[str, ...]) -> None:
+@click.option("--plugin", multiple=True, type=click.Path(),
+              help=f"Load a plugin from a .py file or package folder (also: {PLUGINS_ENV_VAR}).")
+@click.option("--no-third-party-plugins", "no_third_party", is_flag=True,
+              envvar=NO_THIRD_PARTY_ENV_VAR,
+              help="Load only the built-in and first-party plugins (and --plugin files): "
+              "whether another installed plugin breaks a command. "
+              f"Also: {NO_THIRD_PARTY_ENV_VAR}=1.")
+def cli(plugin: tuple[str, ...], no_third_party: bool) -> None:
     """Supervised fine-tuning of chat LLMs, built from plugins."""
 
 

@@ -33,6 +33,7 @@ from sdk.specs import DataFormat, DatasetSpec, Hub, ModelSpec, TemplateSpec, Tun
 
 ENTRY_POINT_GROUP = "sft_sdk"
 PLUGINS_ENV_VAR = "SFT_SDK_PLUGINS"
+NO_THIRD_PARTY_ENV_VAR = "SFT_SDK_NO_THIRD_PARTY_PLUGINS"
 BUILTIN_MODULES = (
     "sdk.templates.builtin",
     "sdk.data.formats",
@@ -101,10 +102,17 @@ class PluginSet:
             self.register(importlib.import_module(module_name), module_name, "builtin",
                           __version__)
 
-    def load_entry_points(self) -> None:
+    def load_entry_points(self, third_party: bool = True) -> None:
+        """Installed plugins; without ``third_party`` only the first-party ones
+        (registry.toml), to tell whether an outside plugin breaks a command."""
+        from sdk.catalogue import first_party_plugins
+
+        first_party = {plugin["name"] for plugin in first_party_plugins()}
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = entry_point.dist
             name = dist.name if dist is not None else entry_point.name
+            if not third_party and name not in first_party:
+                continue
             if name in self.info:
                 name = f"{name}:{entry_point.name}"
             try:  # a broken plugin must not take the others down
@@ -123,13 +131,11 @@ class PluginSet:
             self.loaded_files.add(file.resolve())
             name = str(file)
             try:
-                module_spec = importlib.util.spec_from_file_location(
-                    f"sft_sdk_file_plugin_{file.stem}", file)
-                module = importlib.util.module_from_spec(module_spec)
-                module_spec.loader.exec_module(module)
-                self.register(module, name, "file")
+                module = import_file(file)
+                self.register(module, name, "file", str(getattr(module, "__version__", "")))
             except Exception as error:
-                self.record_failure(name, "file", error, file.resolve().parent)
+                self.record_failure(name, "file", error,
+                                    file.resolve() if file.is_dir() else file.resolve().parent)
 
     @property
     def registry(self) -> Registry:
@@ -227,13 +233,35 @@ def hook_mistakes(plugin: object) -> list[str]:
     return mistakes
 
 
+def import_file(file: Path) -> Any:
+    """The module of a plugin file, or of a package folder (whose relative imports work: it
+    is in sys.modules under its own name while it runs)."""
+    package = file.is_dir()
+    module_name = f"sft_sdk_file_plugin_{file.resolve().name if package else file.stem}"
+    module_spec = importlib.util.spec_from_file_location(
+        module_name, file / "__init__.py" if package else file,
+        submodule_search_locations=[str(file)] if package else None)
+    module = importlib.util.module_from_spec(module_spec)
+    if package:
+        sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
 def check_plugin_file(file: Path, named_by: str) -> None:
-    """A plugin file is a .py file: Python imports nothing else from a path."""
+    """A plugin file is a .py file or a package folder: Python imports nothing else."""
     where = f"Plugin file '{file}' ({named_by})"
     if file.is_dir():
-        raise SdkError(f"{where} is a folder; name the plugin's .py file (several: separated by "
-                       f"'{os.pathsep}'). A plugin package is installed with pip instead (entry "
-                       f"point group {ENTRY_POINT_GROUP}).")
+        if (file / "__init__.py").is_file():
+            return
+        raise SdkError(f"{where} is a folder without __init__.py; name the plugin's .py file or "
+                       f"package folder (several: separated by '{os.pathsep}'). A plugin "
+                       f"distribution is installed with pip instead (entry point group "
+                       f"{ENTRY_POINT_GROUP}).")
     if not file.is_file():
         raise SdkError(f"{where} does not exist. Give the path of a .py file.")
     if file.suffix != ".py":
@@ -264,12 +292,14 @@ def raised_at(error: BaseException, folder: Path) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
 
 
-def load_plugins(plugin_files: Iterable[str] = ()) -> PluginSet:
-    """The plugin set a command runs with: built-ins, entry points, env var files, ``files``."""
+def load_plugins(plugin_files: Iterable[str] = (), third_party: bool = True) -> PluginSet:
+    """The plugin set a command runs with: built-ins, entry points, env var files, ``files``.
+    Without ``third_party``: built-ins, first-party plugins and ``files`` only."""
     plugins = PluginSet()
     plugins.load_builtins()
-    plugins.load_entry_points()
-    env_files = [p for p in os.environ.get(PLUGINS_ENV_VAR, "").split(os.pathsep) if p]
-    plugins.load_files(env_files, PLUGINS_ENV_VAR)
+    plugins.load_entry_points(third_party)
+    if third_party:
+        env_files = [p for p in os.environ.get(PLUGINS_ENV_VAR, "").split(os.pathsep) if p]
+        plugins.load_files(env_files, PLUGINS_ENV_VAR)
     plugins.load_files(plugin_files, "--plugin")
     return plugins

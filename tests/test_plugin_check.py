@@ -183,3 +183,77 @@ def test_run_time_errors_blame_the_plugin_not_a_flag(field, run_cli, tmp_path):
     assert blamed.format(path=path) in result.output
     assert not_said not in result.output
     assert "Fix the plugin" in result.output
+
+
+def test_listings_show_what_a_plugin_registered(run_cli, tmp_path):
+    path = plugin(tmp_path, """
+        __version__ = "1.2.3"
+
+        @hookimpl
+        def register_templates(register):
+            register(TemplateSpec(name="acme", jinja="{% for m in messages %}{{ m.content }}"
+                                  "{% if tools %}{{ tools }}{% endif %}<end>{% endfor %}",
+                                  assistant_suffix="<end>", stop_words=("<user>",)))
+
+        @hookimpl
+        def register_models(register):
+            register(ModelSpec(model_type="acme", family="acme", template="acme",
+                               hub_ids={"huggingface": "acme/acme"}, requires=("acme_lib",),
+                               lora_target_modules=("q_proj",), config_model_types=("acme",),
+                               requires_remote_code=True))
+        """)
+    models = json.loads(run_cli("--plugin", path, "models", "--json").stdout)
+    model = next(m for m in models if m["model_type"] == "acme")
+    assert (model["lora_target_modules"], model["config_model_types"], model["requires"],
+            model["requires_remote_code"]) == (["q_proj"], ["acme"], ["acme_lib"], True)
+    templates = json.loads(run_cli("--plugin", path, "templates", "--json").stdout)
+    template = next(t for t in templates if t["name"] == "acme")
+    assert (template["stop_words"], template["tools"], template["reasoning"]) == (
+        ["<end>", "<user>"], True, False)
+    chatml = next(t for t in templates if t["name"] == "chatml")
+    assert (chatml["tools"], chatml["reasoning"]) == (False, False)
+    plugins = json.loads(run_cli("--plugin", path, "plugins", "--json").stdout)
+    assert next(p for p in plugins if p["name"] == str(path))["version"] == "1.2.3"
+
+
+def test_plugin_package_folder_with_relative_imports(run_cli, tmp_path):
+    package = tmp_path / "sft_plugin_acme"
+    package.mkdir()
+    (package / "specs.py").write_text(
+        "from sdk.specs import TemplateSpec\nACME = TemplateSpec(name='acme')\n")
+    (package / "__init__.py").write_text(
+        "from sdk import hookimpl\nfrom .specs import ACME\n__version__ = '0.1'\n\n"
+        "@hookimpl\ndef register_templates(register):\n    register(ACME)\n")
+    result = run_cli("--plugin", package, "plugins", "check", str(package))
+    assert result.exit_code == 0, result.output
+    plugins = json.loads(run_cli("--plugin", package, "plugins", "--json").stdout)
+    row = next(p for p in plugins if p["name"] == str(package))
+    assert (row["version"], row["registered"], row["error"]) == (
+        "0.1", {"templates": ["acme"]}, None)
+
+
+def test_no_third_party_plugins_leaves_out_outside_plugins(run_cli, tmp_path, monkeypatch):
+    # an installed third-party distribution (its dist-info on sys.path) and an env var file
+    (tmp_path / "acme_ep.py").write_text(
+        "from sdk import hookimpl\nfrom sdk.specs import TemplateSpec\n\n@hookimpl\n"
+        "def register_templates(register):\n    register(TemplateSpec(name='acme-ep'))\n")
+    info = tmp_path / "acme_ep-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ep\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sft_sdk]\nacme = acme_ep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env_file = plugin(tmp_path, """
+        @hookimpl
+        def register_templates(register):
+            register(TemplateSpec(name="acme-env"))
+        """)
+    monkeypatch.setenv("SFT_SDK_PLUGINS", str(env_file))
+
+    def names(*flags):
+        return {t["name"] for t in json.loads(run_cli(*flags, "templates", "--json").stdout)}
+
+    assert {"acme-ep", "acme-env", "chatml", "qwen2.5"} <= names()
+    without = names("--no-third-party-plugins")
+    assert {"chatml", "qwen2.5"} <= without and not {"acme-ep", "acme-env"} & without
+    monkeypatch.setenv("SFT_SDK_NO_THIRD_PARTY_PLUGINS", "1")
+    assert names() == without
