@@ -11,8 +11,9 @@ import pytest
 from sdk.config import SftArguments, build_arguments
 from sdk.errors import SdkError
 
-LIGHT_COMMANDS = [["--help"], ["plugins"], ["models"], ["templates"], ["datasets"],
-                  ["tuners"], ["hubs"], ["sft", "--help"], ["datasets", "preview", "--help"]]
+LIGHT_COMMANDS = [["--help"], ["plugins"], ["plugins", "check"], ["models"], ["templates"],
+                  ["datasets"], ["tuners"], ["hubs"], ["sft", "--help"],
+                  ["datasets", "preview", "--help"]]
 
 
 @pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=" ".join)
