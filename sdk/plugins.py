@@ -2,8 +2,9 @@
 
 Sources, in load order: the built-in modules below, every installed distribution with an
 entry point in the ``sft_sdk`` group, the files named by ``SFT_SDK_PLUGINS`` (separated by
-the OS path separator) and the files given with ``--plugin``. A plugin that fails to import,
-or whose hook raises, is recorded with its error; the others keep working.
+the OS path separator) and the files given with ``--plugin`` (a .py file or a package folder).
+A plugin that fails to import, or whose hook raises, is recorded with its error; the others
+keep working.
 """
 
 from __future__ import annotations
