@@ -22,6 +22,9 @@ BROKEN = {
             register(TemplateSpec(name="acme", assistant_sufix="<end>"))
         """, ":8: register_templates raised TypeError: TemplateSpec has no field "
              "'assistant_sufix'; did you mean 'assistant_suffix'?"),
+    "typo in a spec made at import": ("""
+        ACME = ModelSpec(model_type="acme", family="acme", templat="chatml")
+        """, ":6: TypeError: ModelSpec has no field 'templat'; did you mean 'template'?"),
     "unknown template": ("""
         @hookimpl
         def register_models(register):
