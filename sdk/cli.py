@@ -406,7 +406,7 @@ def plugins_check(ctx: click.Context, names: tuple[str, ...], files: tuple[str, 
     counted = sum(len(names) for name in chosen
                   for names in plugin_info.info[name].registered.values())
     click.echo(f"{len(chosen)} plugin{'s' * (len(chosen) != 1)} checked, {counted} "
-               "registrations: no problems.")
+               f"registration{'s' * (counted != 1)}: no problems.")
 
 
 def listing(kind: str, columns: Sequence[str], describe: Callable[[Any], dict[str, Any]],

@@ -37,15 +37,24 @@ def check_plugins(plugins: PluginSet, names: list[str]) -> list[str]:
     problems = []
     for name in names:
         info = plugins.info[name]
-        problems += [f"{name}: {error}" for error in info.errors]
+        problems += [named(name, info.source, error) for error in info.errors]
         for kind, registered in info.registered.items():
             for item in registered:
                 entry = registry.entries[kind].get(item)
                 if entry is None or entry.plugin != name:
                     continue  # another plugin's override=True replaced it, or a conflict
-                problems += [f"{entry.where}: {name}: {KINDS[kind][0]} '{item}': {problem}"
+                problems += [named(name, info.source,
+                                   f"{entry.where}: {KINDS[kind][0]} '{item}': {problem}")
                              for problem in spec_problems(kind, entry.spec, registry)]
     return problems
+
+
+def named(plugin: str, source: str, problem: str) -> str:
+    """The problem with its plugin's name first, unless the problem begins with the plugin
+    file's own path (a file plugin's name)."""
+    if source == "file" and problem.startswith(str(Path(plugin).resolve()) + ":"):
+        return problem
+    return f"{plugin}: {problem}"
 
 
 def spec_problems(kind: str, spec: Any, registry: Registry) -> Iterator[str]:
@@ -92,19 +101,14 @@ def template_problems(spec: Any, registry: Registry) -> Iterator[str]:
         yield str(error).split(". Fix it in")[0]
         return
     for conversation in (*CONVERSATIONS, WITH_SYSTEM):
-        try:
-            pieces = list(template.pieces(conversation))
+        try:  # pieces() also finds each reply in the text, to train it
+            list(template.pieces(conversation))
         except (SdkError, ValueError, TypeError, KeyError) as error:
             if conversation is WITH_SYSTEM and spec.jinja and type(error) is ValueError:
                 continue  # the template's own refusal (raise_exception) of a system prompt
             yield (f"does not render a {len(conversation)}-message conversation: "
                    f"{type(error).__name__}: {error}")
-            continue
-        trained = "".join(text for text, is_trained in pieces if is_trained)
-        for reply in (m["content"] for m in conversation if m["role"] == "assistant"):
-            if reply not in trained:
-                yield (f"does not train the reply {reply!r} of a {len(conversation)}-message "
-                       "conversation (the assistant parts hold no {content}?)")
+            break  # the longer ones fail the same way
 
 
 CHECKS: dict[str, Callable[[Any, Registry], Iterator[str]]] = {

@@ -112,7 +112,7 @@ def test_clean_plugin_passes_with_a_summary(run_cli, tmp_path):
     assert result.output == "1 plugin checked, 2 registrations: no problems.\n"
 
 
-def test_template_whose_parts_lack_content_is_caught(run_cli, tmp_path):
+def test_template_that_leaves_out_the_replies_is_caught(run_cli, tmp_path):
     path = plugin(tmp_path, """
         @hookimpl
         def register_templates(register):
