@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,11 +86,13 @@ class Registry:
         its ``field``. If none is registered, the error blames the plugin that registered
         ``by``, not a flag the user never gave."""
         owner = self.entries[by[0]].get(by[1])
-        if (owner is None or getattr(owner.spec, field) != name or name in self.entries[kind]
-                or name in self.conflicts[kind]):
+        value = getattr(owner.spec, field, None) if owner else None
+        names = value if isinstance(value, Mapping) else (value,)  # hub_ids: its keys
+        if name not in names or name in self.entries[kind] or name in self.conflicts[kind]:
             return self.get(kind, name)
+        shown = dict(value) if isinstance(value, Mapping) else value
         raise SdkError(f"{KINDS[by[0]][0]} '{by[1]}' of plugin {owner.plugin} has {field}="
-                       f"'{name}' ({owner.where}), but {missing(kind, name, self.names(kind))} "
+                       f"{shown!r} ({owner.where}), but {missing(kind, name, self.names(kind))} "
                        f"Fix the plugin (`sdk plugins check` checks it), or give {KINDS[kind][1]}.")
 
     def specs(self, kind: str) -> list[Any]:

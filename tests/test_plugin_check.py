@@ -167,6 +167,13 @@ RUN_TIME = {
             register(DatasetSpec(name="acme-data", files=(__file__,), format="alpacca"))
         """, ("datasets", "preview", "acme-data", "--template", "chatml"),
         "dataset 'acme-data' of plugin {path} has format='alpacca'", "(--dataset-format)"),
+    "hub": ("""
+        @hookimpl
+        def register_datasets(register):
+            register(DatasetSpec(name="acme-data", hub_ids={"hugginface": "acme/data"}))
+        """, ("datasets", "preview", "acme-data", "--template", "chatml"),
+        "dataset 'acme-data' of plugin {path} has hub_ids={{'hugginface': 'acme/data'}}",
+        "(--hub)"),
     "file": ("""
         @hookimpl
         def register_datasets(register):
@@ -260,3 +267,18 @@ def test_no_third_party_plugins_leaves_out_outside_plugins(run_cli, tmp_path, mo
     assert {"chatml", "qwen2.5"} <= without and not {"acme-ep", "acme-env"} & without
     monkeypatch.setenv("SFT_SDK_NO_THIRD_PARTY_PLUGINS", "1")
     assert names() == without
+
+
+def test_model_hub_ids_on_no_registered_hub_blame_the_plugin(run_cli, tmp_path):
+    path = plugin(tmp_path, """
+        @hookimpl
+        def register_models(register):
+            register(ModelSpec(model_type="acme", family="acme", template="chatml",
+                               hub_ids={"hugginface": "acme/acme"}))
+        """)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n")
+    result = run_cli("--plugin", path, "datasets", "preview", data, "--model-type", "acme")
+    assert result.exit_code == 1
+    assert (f"Its hub_ids name 'hugginface', which no plugin registers as a hub: fix plugin "
+            f"{path} ({path}:8).") in result.output

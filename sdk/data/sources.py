@@ -101,7 +101,7 @@ def download(spec: DatasetSpec, registry: Registry, args: Any) -> tuple[str, ...
     """The data files of the dataset's repository on ``--hub`` (else the first hub it has)."""
     preferred = hub_name(args)
     chosen = preferred if preferred in spec.hub_ids else next(iter(spec.hub_ids))
-    hub = registry.get("hubs", chosen)
+    hub = registry.referenced("hubs", chosen, ("datasets", spec.name), "hub_ids")
     repo_id = spec.hub_ids[chosen]
     where = f"Dataset '{spec.name}' ({chosen} dataset {repo_id})"
     try:

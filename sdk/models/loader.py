@@ -248,9 +248,14 @@ def load_options(spec: ModelSpec, args: Any, registry: Any) -> LoadOptions:
     def download(model_spec: ModelSpec, weights: bool = True) -> Path:
         repo_id = model_spec.hub_ids.get(hub.name)
         if not repo_id:
+            unknown = [name for name in model_spec.hub_ids if name not in registry.entries["hubs"]]
+            owner = registry.entries["models"].get(model_spec.model_type)
+            blame = (f" Its hub_ids name {', '.join(map(repr, unknown))}, which no plugin "
+                     f"registers as a hub: fix plugin {owner.plugin} ({owner.where})."
+                     if unknown and owner else "")
             raise SdkError(f"Model type '{model_spec.model_type}' has no id on hub "
-                           f"'{hub.name}' (it has: {', '.join(model_spec.hub_ids) or 'none'}). "
-                           "Pick another --hub or pass --model-id-or-path DIR.")
+                           f"'{hub.name}' (it has: {', '.join(model_spec.hub_ids) or 'none'})."
+                           f"{blame} Pick another --hub or pass --model-id-or-path DIR.")
         return Path(resolve_callable(hub.download)(
             repo_id, model_spec.revision,
             (*model_spec.ignore_patterns, *(() if weights else WEIGHT_PATTERNS)),
