@@ -385,9 +385,11 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
               help="Load this plugin file and check it (alone, unless NAMES are given too).")
 @click.pass_context
 def plugins_check(ctx: click.Context, names: tuple[str, ...], files: tuple[str, ...]) -> None:
-    """Check plugins (all, or those named as `sdk plugins` names them): spec fields,
-    cross-references, dataset files, templates rendering a standard conversation set, LoRA
-    targets. Prints one line per problem and exits 1, or a summary."""
+    """Validate what plugins registered (all, or NAMES as `sdk plugins` names them).
+
+    Spec fields, cross-references (templates, formats, hubs), dataset files, templates
+    rendering a standard conversation set, LoRA targets, config_model_types. Prints one line
+    per problem and exits 1, else a summary."""
     from sdk.plugin_check import check_plugins
 
     plugin_info = plugin_set(ctx)
