@@ -70,6 +70,10 @@ def model_problems(spec: Any, registry: Registry) -> Iterator[str]:
         yield from names_problems(field, getattr(spec, field))
     if not spec.lora_target_modules:
         yield "lora_target_modules is empty; give module names, or leave it out (all-linear)"
+    for name in spec.lora_target_modules:
+        if isinstance(name, str) and re.search(r"[\s,]", name):
+            yield (f"lora_target_modules has {name!r}; a module name has no spaces or commas "
+                   "(one name per tuple item)")
     for name in spec.config_model_types:
         if isinstance(name, str) and not CONFIG_MODEL_TYPE.fullmatch(name):
             yield (f"config_model_types has '{name}', which no config.json has as its model_type "

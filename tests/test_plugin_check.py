@@ -46,6 +46,13 @@ BROKEN = {
                                hub_ids={"huggingface": "acme/acme"},
                                lora_target_modules="q_proj"))
         """, "lora_target_modules is the string 'q_proj'; give a tuple: ('q_proj',)"),
+    "LoRA targets joined by a comma": ("""
+        @hookimpl
+        def register_models(register):
+            register(ModelSpec(model_type="acme", family="acme", template="chatml",
+                               hub_ids={"huggingface": "acme/acme"},
+                               lora_target_modules=("q_proj, v_proj",)))
+        """, "lora_target_modules has 'q_proj, v_proj'; a module name has no spaces or commas"),
     "config_model_types malformed": ("""
         @hookimpl
         def register_models(register):
