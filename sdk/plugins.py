@@ -2,8 +2,10 @@
 
 Sources, in load order: the built-in modules below, every installed distribution with an
 entry point in the ``sft_sdk`` group, the files named by ``SFT_SDK_PLUGINS`` (separated by
-the OS path separator) and the files given with ``--plugin``. A plugin that fails to import,
-or whose hook raises, is recorded with its error; the others keep working.
+the OS path separator) and the files given with ``--plugin``. ``SFT_SDK_LOAD_PLUGINS`` (names
+separated by commas; set but empty: none) limits which installed ones load, to tell whether a
+fault is a plugin's. A plugin that fails to import, or whose hook raises, is recorded with its
+error; the others keep working.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sdk.specs import DataFormat, DatasetSpec, Hub, ModelSpec, TemplateSpec, Tun
 
 ENTRY_POINT_GROUP = "sft_sdk"
 PLUGINS_ENV_VAR = "SFT_SDK_PLUGINS"
+LOAD_ENV_VAR = "SFT_SDK_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "sdk.templates.builtin",
     "sdk.data.formats",
@@ -95,9 +98,13 @@ class PluginSet:
                           __version__)
 
     def load_entry_points(self) -> None:
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        wanted = installed_plugins_to_load(entry_points)
+        for entry_point in entry_points:
             dist = entry_point.dist
             name = dist.name if dist is not None else entry_point.name
+            if wanted is not None and name not in wanted:
+                continue
             if name in self.info:
                 name = f"{name}:{entry_point.name}"
             try:  # a broken plugin must not take the others down
@@ -223,6 +230,22 @@ def check_plugin_file(file: Path, named_by: str) -> None:
         raise SdkError(f"{where} does not exist. Give the path of a .py file.")
     if file.suffix != ".py":
         raise SdkError(f"{where} is not a Python file; name the plugin's .py file.")
+
+
+def installed_plugins_to_load(
+        entry_points: Iterable[importlib.metadata.EntryPoint]) -> set[str] | None:
+    """The installed plugins ``SFT_SDK_LOAD_PLUGINS`` names (None when it is not set)."""
+    value = os.environ.get(LOAD_ENV_VAR)
+    if value is None:
+        return None
+    wanted = {name.strip() for name in value.split(",") if name.strip()}
+    installed = {ep.dist.name if ep.dist is not None else ep.name for ep in entry_points}
+    unknown = sorted(wanted - installed)
+    if unknown:
+        raise SdkError(f"{LOAD_ENV_VAR} names {', '.join(unknown)}, not an installed plugin. "
+                       f"Installed: {', '.join(sorted(installed)) or 'none'}; set it empty to "
+                       "load none.")
+    return wanted
 
 
 def describe(error: BaseException) -> str:

@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from sdk.errors import SdkError
 from sdk.plugins import load_plugins
 
 
@@ -188,3 +189,19 @@ def test_the_same_file_named_twice_is_loaded_once(tmp_path, monkeypatch):
     assert result.stdout.count("once") == 1 and "Traceback" not in result.stderr
 
 
+
+
+def test_load_plugins_variable_limits_the_installed_plugins(monkeypatch):
+    def installed() -> set[str]:
+        return {name for name, info in load_plugins().info.items()
+                if info.source == "entry point"}
+
+    assert "sft-plugin-smollm" in installed() and len(installed()) > 1
+    monkeypatch.setenv("SFT_SDK_LOAD_PLUGINS", "")
+    assert installed() == set()
+    monkeypatch.setenv("SFT_SDK_LOAD_PLUGINS", " sft-plugin-smollm,")
+    assert installed() == {"sft-plugin-smollm"}
+    monkeypatch.setenv("SFT_SDK_LOAD_PLUGINS", "sft-plugin-smollm,sft-plugin-nope")
+    with pytest.raises(SdkError, match=r"SFT_SDK_LOAD_PLUGINS names sft-plugin-nope, not an "
+                                       r"installed plugin\. Installed: .*sft-plugin-smollm"):
+        load_plugins()
