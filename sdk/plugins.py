@@ -26,12 +26,11 @@ import pluggy
 from sdk import hookspecs
 from sdk.errors import SdkError
 from sdk.options import plugin_options
-from sdk.registry import KINDS, Registry
+from sdk.registry import KINDS, LOAD_ENV_VAR, Registry
 from sdk.specs import DataFormat, DatasetSpec, Hub, ModelSpec, TemplateSpec, Tuner
 
 ENTRY_POINT_GROUP = "sft_sdk"
 PLUGINS_ENV_VAR = "SFT_SDK_PLUGINS"
-LOAD_ENV_VAR = "SFT_SDK_LOAD_PLUGINS"
 BUILTIN_MODULES = (
     "sdk.templates.builtin",
     "sdk.data.formats",

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from sdk.errors import SdkError
+
+# Names the installed plugins to load (sdk/plugins.py); the others are installed but left out.
+LOAD_ENV_VAR = "SFT_SDK_LOAD_PLUGINS"
 
 # kind -> (what one item is called in messages, the flag that names it)
 KINDS: dict[str, tuple[str, str]] = {
@@ -83,12 +88,22 @@ class Registry:
         return [entry.spec for entry in self.entries[kind].values()]
 
 
+def is_installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     from sdk.catalogue import provider
 
     noun, flag = KINDS[kind]
     plugin = provider(kind, name)
     if plugin is not None:
+        if LOAD_ENV_VAR in os.environ and is_installed(plugin):
+            return f"{name} is provided by {plugin}, installed but left out by {LOAD_ENV_VAR}."
         return f"{name} is provided by {plugin}: pip install {plugin}"
     message = f"Unknown {noun} '{name}' ({flag})."
     scored = sorted(((difflib.SequenceMatcher(None, name, k).ratio(), k) for k in known),

@@ -201,6 +201,9 @@ def test_load_plugins_variable_limits_the_installed_plugins(monkeypatch):
     assert installed() == set()
     monkeypatch.setenv("SFT_SDK_LOAD_PLUGINS", " sft-plugin-smollm,")
     assert installed() == {"sft-plugin-smollm"}
+    with pytest.raises(SdkError, match=r"^qwen2\.5-0\.5b-instruct is provided by sft-plugin-qwen, "
+                                       r"installed but left out by SFT_SDK_LOAD_PLUGINS\.$"):
+        load_plugins().registry.get("models", "qwen2.5-0.5b-instruct")
     monkeypatch.setenv("SFT_SDK_LOAD_PLUGINS", "sft-plugin-smollm,sft-plugin-nope")
     with pytest.raises(SdkError, match=r"SFT_SDK_LOAD_PLUGINS names sft-plugin-nope, not an "
                                        r"installed plugin\. Installed: .*sft-plugin-smollm"):
