@@ -99,19 +99,51 @@ CHATGLM3_JINJA = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# GLM-4-9B-Chat: the chat_template of THUDM/glm-4-9b-chat tokenizer_config.json
-#   [gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}...tool prompt...
-#   {% endif %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n
-#   {{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>
-#   {% endif %}
-# without its tools branch (sdk messages carry no 'tools', so that branch never renders), plus
-# the end-of-turn marker after a final reply (see END_OF_TURN). A message with empty content
-# is left out, as in the official template.
+# GLM-4-9B-Chat: the chat_template of THUDM/glm-4-9b-chat tokenizer_config.json, as quoted in
+# full by ShishirPatil/gorilla berkeley-function-call-leaderboard/bfcl_eval/model_handler/
+# local_inference/glm.py (commit 8baf21262876a16558adcf8880eaad145a0b85d3; the tests render that
+# text, plugins/sft-plugin-chatglm/tests/official_glm4.py):
+#   [gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n
+#   GLM4_TOOL_PROMPT{% set tools = item['tools'] %}{% for tool in tools %}{% if tool['type'] ==
+#   'function' %}\n\n## {{ tool['function']['name'] }}\n\n{{ tool['function'] |
+#   tojson(indent=4) }}\n在调用上述函数时，请使用 Json 格式表示调用的参数。{% elif ... (python,
+#   simple_browser, cogview: Zhipu's built-in tools) %}{% endif %}{% endfor %}{% endif %}
+#   {% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n{{ item['content'] }}
+#   {% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}
+# Verbatim here: the prefix, the tool prompt, each function schema's text (written after a block
+# tag, so that trim_blocks drops the same first "\n" of "\n\n## " as it does in the official
+# template under transformers), and the message loop; a message with empty content is left out.
+# The official template reads tools from a message (`item['tools']`); sdk passes them as the
+# `tools` variable, so they are written first, as a first system message carrying them and no
+# content renders (the shape GLM-4's basic_demo/openai_api_server.py builds; that file was not
+# re-read for this). Only function tools are written (the built-in ones have no schema in sdk
+# data); a plain schema counts as one. A call is rendered as the official template renders an
+# assistant message {"metadata": name, "content": arguments}, a result as an "observation"
+# message, one message per call (LLaMA-Factory's glm4 template and ms-swift's glm4 agent
+# template write the same: "<|assistant|>" name "\n" arguments, "<|observation|>\n" result);
+# arguments given as an object are written as LLaMA-Factory's GLM4ToolUtils writes them
+# (json.dumps(arguments, ensure_ascii=False), i.e. tojson). Added here: the
+# end-of-turn marker after a final reply (see END_OF_TURN) and, after a final call,
+# <|observation|>, where generation of a call stops; a call is trained with it, as ChatGLM3's.
+GLM4_TOOL_PROMPT = ("你是一个名为 ChatGLM 的人工智能助手。"
+                    "你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+                    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具")
 GLM4_JINJA = (
-    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}"
-    "<|{{ item['role'] }}|>{{ item['metadata'] }}\n{{ item['content'] }}"
-    "{% endif %}{% endfor %}"
-    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "[gMASK]<sop>"
+    "{% if tools %}<|system|>\n" + GLM4_TOOL_PROMPT + "{% for tool in tools %}"
+    "{% set function = tool.function if tool.function is defined else tool %}"
+    "\n\n## {{ function['name'] }}\n\n{{ function | tojson(indent=4) }}\n"
+    "在调用上述函数时，请使用 Json 格式表示调用的参数。{% endfor %}{% endif %}"
+    "{% for item in messages %}{% if item['content'] %}"
+    "<|{{ 'observation' if item['role'] == 'tool' else item['role'] }}|>{{ item['metadata'] }}"
+    "\n{{ item['content'] }}{% endif %}"
+    "{% for call in item.tool_calls or [] %}"
+    "{% set call = call.function if call.function is defined else call %}"
+    "<|assistant|>{{ call.name }}\n"
+    "{{ call.arguments if call.arguments is string else call.arguments | tojson }}"
+    "{% endfor %}{% endfor %}"
+    "{% if messages[-1].tool_calls %}<|observation|>"
+    "{% elif messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
