@@ -156,19 +156,46 @@ GLM4_JINJA = (
 # SillyTavern/SillyTavern pull request 3906 and, for the same 0414 series, in the GGUF
 # conversion log of GLM-Z1-Rumination-32B-0414 (ikawrakow/ik_llama.cpp discussions); unlike
 # glm-4-9b-chat's it keeps a message whose content is empty. Its byte-exact text could not be
-# had offline here: this is that loop without its tools branch and the assistant `metadata`
-# (sdk messages carry neither, so neither renders), plus the end-of-turn marker after a final
-# reply (see END_OF_TURN), as ms-swift's glm4_0414 template trains it (GLM4_0414TemplateMeta:
-# ChatGLM4TemplateMeta's suffix with the [gMASK]<sop> prefix).
+# had offline here: this is that loop without the assistant `metadata` (sdk messages carry
+# none), plus the end-of-turn marker after a final reply (see END_OF_TURN), as ms-swift's
+# glm4_0414 template trains it (GLM4_0414TemplateMeta: ChatGLM4TemplateMeta's suffix with the
+# [gMASK]<sop> prefix).
+# Tools, as the GLM-4-32B-0414 model card writes them (its README.md, section "Function Call",
+# read here from a stored copy; zai-org/GLM-4-32B-0414 on Hugging Face): the schemas are a system
+# message built in Python by its build_system_prompt, "# 可用工具" then for each function
+# "\n\n## {name}\n\n" + json.dumps(function, ensure_ascii=False, indent=4) +
+# "\n在调用上述函数时，请使用 Json 格式表示调用的参数。" (verbatim here, and written first, as that
+# card's first message); a call is {"role": "assistant", "metadata": name, "content":
+# json.dumps(arguments, ensure_ascii=False)}, one per call, and a result {"role":
+# "observation", "content": result}. Those messages render through the template's loop, whose
+# branches for them are quoted verbatim from GLM-Z1-Rumination-32B-0414's template (the GGUF
+# log above): "{%- elif role == 'assistant' and meta %}<|assistant|>{{ meta }} \n{{ ... }}"
+# (a space before the "\n") and "{%- elif role == 'observation' %}<|observation|>\n{{ ... }}".
+# The same 0414 template's own `tools` branch was not found verbatim, so it is not what this
+# follows. As for glm4, a final call is followed by <|observation|>, and trained with it.
+GLM4_0414_TOOL_PROMPT = "# 可用工具"
 GLM4_0414_JINJA = (
     "[gMASK]<sop>"
+    "{% if tools %}<|system|>\n" + GLM4_0414_TOOL_PROMPT + "{% for tool in tools %}"
+    "{% set function = tool.function if tool.function is defined else tool %}"
+    # an expression, not text after a block tag: trim_blocks would drop the first "\n"
+    "{{ '\n\n## ' ~ function['name'] ~ '\n\n' }}{{ function | tojson(indent=4) }}"
+    "\n在调用上述函数时，请使用 Json 格式表示调用的参数。{% endfor %}{% endif %}"
     "{% for message in messages %}{% if message['role'] == 'system' %}"
     "<|system|>\n{{ message['content'] }}{% endif %}{% endfor %}"
     "{% for message in messages if message['role'] != 'system' %}"
     "{% if message['role'] == 'user' %}<|user|>\n{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}"
-    "{% endif %}{% endfor %}"
-    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "{% elif message['role'] == 'tool' %}<|observation|>\n{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if message['content'] or not message.tool_calls %}"
+    "<|assistant|>\n{{ message['content'] }}{% endif %}"
+    "{% for call in message.tool_calls or [] %}"
+    "{% set call = call.function if call.function is defined else call %}"
+    "<|assistant|>{{ call.name }} \n"
+    "{{ call.arguments if call.arguments is string else call.arguments | tojson }}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if messages[-1].tool_calls %}<|observation|>"
+    "{% elif messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 

@@ -7,6 +7,8 @@ local_inference/glm.py, GLMHandler._format_prompt, commit
 8baf21262876a16558adcf8880eaad145a0b85d3. The real tokenizer is not available offline, so this
 text stands in for it: the tests render it with transformers' own jinja renderer."""
 
+import json
+
 OFFICIAL_GLM4_CHAT_TEMPLATE = (
     "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>"
     "\n你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发"
@@ -38,3 +40,36 @@ OFFICIAL_GLM4_CHAT_TEMPLATE = (
     "ontent'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% en"
     "dif %}"
 )
+
+# GLM-4-0414: NOT verbatim, for want of its tokenizer_config.json offline; rebuilt from the
+# parts quoted above GLM4_0414_JINJA in sft_plugin_chatglm: the system loop (SillyTavern pull
+# request 3906) and the message loop of GLM-Z1-Rumination-32B-0414's template (a GGUF conversion
+# log in ikawrakow/ik_llama.cpp discussions), with `content` where that Z1 model writes
+# `visible` (its reply after `</think>`), as the GLM-4-32B-0414 quote does.
+RECONSTRUCTED_GLM4_0414_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{%- for msg in messages %}{%- if msg.role == 'system' %}<|system|>\n"
+    "{{ msg.content }}{%- endif %}{%- endfor %}"
+    "{%- for message in messages if message.role != 'system' %}"
+    "{%- set role = message['role'] %}{%- set content = message['content'] %}"
+    "{%- set meta = message.get(\"metadata\", \"\") %}"
+    "{%- if role == 'user' %}<|user|>\n{{ content }}"
+    "{%- elif role == 'assistant' and not meta %}<|assistant|>\n{{ content }}"
+    "{%- elif role == 'assistant' and meta %}<|assistant|>{{ meta }} \n{{ content }}"
+    "{%- elif role == 'observation' %}<|observation|>\n{{ content }}"
+    "{%- endif %}{%- endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_system_prompt(tools):
+    """Verbatim from the GLM-4-32B-0414 model card (README.md, "Function Call"): the system
+    message that carries the tool schemas."""
+    if tools is None:
+        tools = []
+    value = "# 可用工具"
+    contents = []
+    for tool in tools:
+        content = f"\n\n## {tool['function']['name']}\n\n{json.dumps(tool['function'], ensure_ascii=False, indent=4)}"  # noqa: E501
+        content += "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+        contents.append(content)
+    value += "".join(contents)
+    return value
