@@ -156,8 +156,8 @@ GLM4_JINJA = (
 # SillyTavern/SillyTavern pull request 3906 and, for the same 0414 series, in the GGUF
 # conversion log of GLM-Z1-Rumination-32B-0414 (ikawrakow/ik_llama.cpp discussions); unlike
 # glm-4-9b-chat's it keeps a message whose content is empty. Its byte-exact text could not be
-# had offline here: this is that loop without the assistant `metadata` (sdk messages carry
-# none), plus the end-of-turn marker after a final reply (see END_OF_TURN), as ms-swift's
+# had offline here: this is that loop (its assistant-with-`metadata` branch writes tool calls,
+# below), plus the end-of-turn marker after a final reply (see END_OF_TURN), as ms-swift's
 # glm4_0414 template trains it (GLM4_0414TemplateMeta: ChatGLM4TemplateMeta's suffix with the
 # [gMASK]<sop> prefix).
 # Tools, as the GLM-4-32B-0414 model card writes them (its README.md, section "Function Call",
