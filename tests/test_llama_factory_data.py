@@ -165,13 +165,19 @@ def test_mistral_v0_3_places_the_schemas_before_the_last_user_turn_and_trains_th
      "I have chicken, bell peppers, and rice.<|assistant|>[[search_recipes\n ```python\n"
      "tool_call(ingredients=['chicken', 'bell peppers', 'rice'])\n```<|observation|>]]\n "
      '{"recipes": '),
+    ("glm4", "[gMASK]<sop><|system|>\n你是一个名为 ChatGLM 的人工智能助手。",
+     "rice.<|assistant|>[[search_recipes\n"
+     '{"ingredients": ["chicken", "bell peppers", "rice"]}<|observation|>]]\n{"recipes": '),
+    ("glm4-0414", "[gMASK]<sop><|system|>\n# 可用工具\n\n## search_recipes\n\n{\n",
+     "rice.<|assistant|>[[search_recipes \n"
+     '{"ingredients": ["chicken", "bell peppers", "rice"]}<|observation|>]]\n{"recipes": '),
     ("internlm2", '<s><|im_start|>system name=<|plugin|>\n[\n    {\n        "name": '
                   '"search_recipes"',
      "<|im_start|>assistant\n[[<|action_start|><|plugin|>\n{\"name\": \"search_recipes\", "
      '"parameters": {"ingredients": ["chicken", "bell peppers", "rice"]}}<|action_end|>'
      '<|im_end|>]]\n<|im_start|>environment name=<|plugin|>\n{"recipes": '),
 ])
-def test_chatglm3_and_internlm2_write_the_schemas_and_train_the_call_in_their_own_format(
+def test_chatglm3_glm4s_and_internlm2_write_the_schemas_and_train_the_call_in_their_format(
         preview, template, schemas, call):
     result = preview("glaive_toolcall_en_demo", "-n", "1", template=template)
     assert result.exit_code == 0, result.output

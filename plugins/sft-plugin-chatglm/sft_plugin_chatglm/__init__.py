@@ -99,19 +99,51 @@ CHATGLM3_JINJA = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# GLM-4-9B-Chat: the chat_template of THUDM/glm-4-9b-chat tokenizer_config.json
-#   [gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}...tool prompt...
-#   {% endif %}{% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n
-#   {{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>
-#   {% endif %}
-# without its tools branch (sdk messages carry no 'tools', so that branch never renders), plus
-# the end-of-turn marker after a final reply (see END_OF_TURN). A message with empty content
-# is left out, as in the official template.
+# GLM-4-9B-Chat: the chat_template of THUDM/glm-4-9b-chat tokenizer_config.json, as quoted in
+# full by ShishirPatil/gorilla berkeley-function-call-leaderboard/bfcl_eval/model_handler/
+# local_inference/glm.py (commit 8baf21262876a16558adcf8880eaad145a0b85d3; the tests render that
+# text, plugins/sft-plugin-chatglm/tests/official_glm4.py):
+#   [gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n
+#   GLM4_TOOL_PROMPT{% set tools = item['tools'] %}{% for tool in tools %}{% if tool['type'] ==
+#   'function' %}\n\n## {{ tool['function']['name'] }}\n\n{{ tool['function'] |
+#   tojson(indent=4) }}\n在调用上述函数时，请使用 Json 格式表示调用的参数。{% elif ... (python,
+#   simple_browser, cogview: Zhipu's built-in tools) %}{% endif %}{% endfor %}{% endif %}
+#   {% if item['content'] %}<|{{ item['role'] }}|>{{ item['metadata'] }}\n{{ item['content'] }}
+#   {% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}
+# Verbatim here: the prefix, the tool prompt, each function schema's text (written after a block
+# tag, so that trim_blocks drops the same first "\n" of "\n\n## " as it does in the official
+# template under transformers), and the message loop; a message with empty content is left out.
+# The official template reads tools from a message (`item['tools']`); sdk passes them as the
+# `tools` variable, so they are written first, as a first system message carrying them and no
+# content renders (the shape GLM-4's basic_demo/openai_api_server.py builds; that file was not
+# re-read for this). Only function tools are written (the built-in ones have no schema in sdk
+# data); a plain schema counts as one. A call is rendered as the official template renders an
+# assistant message {"metadata": name, "content": arguments}, a result as an "observation"
+# message, one message per call (LLaMA-Factory's glm4 template and ms-swift's glm4 agent
+# template write the same: "<|assistant|>" name "\n" arguments, "<|observation|>\n" result);
+# arguments given as an object are written as LLaMA-Factory's GLM4ToolUtils writes them
+# (json.dumps(arguments, ensure_ascii=False), i.e. tojson). Added here: the
+# end-of-turn marker after a final reply (see END_OF_TURN) and, after a final call,
+# <|observation|>, where generation of a call stops; a call is trained with it, as ChatGLM3's.
+GLM4_TOOL_PROMPT = ("你是一个名为 ChatGLM 的人工智能助手。"
+                    "你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+                    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具")
 GLM4_JINJA = (
-    "[gMASK]<sop>{% for item in messages %}{% if item['content'] %}"
-    "<|{{ item['role'] }}|>{{ item['metadata'] }}\n{{ item['content'] }}"
-    "{% endif %}{% endfor %}"
-    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "[gMASK]<sop>"
+    "{% if tools %}<|system|>\n" + GLM4_TOOL_PROMPT + "{% for tool in tools %}"
+    "{% set function = tool.function if tool.function is defined else tool %}"
+    "\n\n## {{ function['name'] }}\n\n{{ function | tojson(indent=4) }}\n"
+    "在调用上述函数时，请使用 Json 格式表示调用的参数。{% endfor %}{% endif %}"
+    "{% for item in messages %}{% if item['content'] %}"
+    "<|{{ 'observation' if item['role'] == 'tool' else item['role'] }}|>{{ item['metadata'] }}"
+    "\n{{ item['content'] }}{% endif %}"
+    "{% for call in item.tool_calls or [] %}"
+    "{% set call = call.function if call.function is defined else call %}"
+    "<|assistant|>{{ call.name }}\n"
+    "{{ call.arguments if call.arguments is string else call.arguments | tojson }}"
+    "{% endfor %}{% endfor %}"
+    "{% if messages[-1].tool_calls %}<|observation|>"
+    "{% elif messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
@@ -124,19 +156,46 @@ GLM4_JINJA = (
 # SillyTavern/SillyTavern pull request 3906 and, for the same 0414 series, in the GGUF
 # conversion log of GLM-Z1-Rumination-32B-0414 (ikawrakow/ik_llama.cpp discussions); unlike
 # glm-4-9b-chat's it keeps a message whose content is empty. Its byte-exact text could not be
-# had offline here: this is that loop without its tools branch and the assistant `metadata`
-# (sdk messages carry neither, so neither renders), plus the end-of-turn marker after a final
-# reply (see END_OF_TURN), as ms-swift's glm4_0414 template trains it (GLM4_0414TemplateMeta:
-# ChatGLM4TemplateMeta's suffix with the [gMASK]<sop> prefix).
+# had offline here: this is that loop (its assistant-with-`metadata` branch writes tool calls,
+# below), plus the end-of-turn marker after a final reply (see END_OF_TURN), as ms-swift's
+# glm4_0414 template trains it (GLM4_0414TemplateMeta: ChatGLM4TemplateMeta's suffix with the
+# [gMASK]<sop> prefix).
+# Tools, as the GLM-4-32B-0414 model card writes them (its README.md, section "Function Call",
+# read here from a stored copy; zai-org/GLM-4-32B-0414 on Hugging Face): the schemas are a system
+# message built in Python by its build_system_prompt, "# 可用工具" then for each function
+# "\n\n## {name}\n\n" + json.dumps(function, ensure_ascii=False, indent=4) +
+# "\n在调用上述函数时，请使用 Json 格式表示调用的参数。" (verbatim here, and written first, as that
+# card's first message); a call is {"role": "assistant", "metadata": name, "content":
+# json.dumps(arguments, ensure_ascii=False)}, one per call, and a result {"role":
+# "observation", "content": result}. Those messages render through the template's loop, whose
+# branches for them are quoted verbatim from GLM-Z1-Rumination-32B-0414's template (the GGUF
+# log above): "{%- elif role == 'assistant' and meta %}<|assistant|>{{ meta }} \n{{ ... }}"
+# (a space before the "\n") and "{%- elif role == 'observation' %}<|observation|>\n{{ ... }}".
+# The same 0414 template's own `tools` branch was not found verbatim, so it is not what this
+# follows. As for glm4, a final call is followed by <|observation|>, and trained with it.
+GLM4_0414_TOOL_PROMPT = "# 可用工具"
 GLM4_0414_JINJA = (
     "[gMASK]<sop>"
+    "{% if tools %}<|system|>\n" + GLM4_0414_TOOL_PROMPT + "{% for tool in tools %}"
+    "{% set function = tool.function if tool.function is defined else tool %}"
+    # an expression, not text after a block tag: trim_blocks would drop the first "\n"
+    "{{ '\n\n## ' ~ function['name'] ~ '\n\n' }}{{ function | tojson(indent=4) }}"
+    "\n在调用上述函数时，请使用 Json 格式表示调用的参数。{% endfor %}{% endif %}"
     "{% for message in messages %}{% if message['role'] == 'system' %}"
     "<|system|>\n{{ message['content'] }}{% endif %}{% endfor %}"
     "{% for message in messages if message['role'] != 'system' %}"
     "{% if message['role'] == 'user' %}<|user|>\n{{ message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'] }}"
-    "{% endif %}{% endfor %}"
-    "{% if messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
+    "{% elif message['role'] == 'tool' %}<|observation|>\n{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if message['content'] or not message.tool_calls %}"
+    "<|assistant|>\n{{ message['content'] }}{% endif %}"
+    "{% for call in message.tool_calls or [] %}"
+    "{% set call = call.function if call.function is defined else call %}"
+    "<|assistant|>{{ call.name }} \n"
+    "{{ call.arguments if call.arguments is string else call.arguments | tojson }}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if messages[-1].tool_calls %}<|observation|>"
+    "{% elif messages[-1]['role'] == 'assistant' %}" + END_OF_TURN + "{% endif %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
