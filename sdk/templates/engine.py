@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import difflib
 import functools
 import json
@@ -26,6 +27,7 @@ PARTS = ("prefix", "system_format", "user_format", "assistant_prefix", "assistan
          "turn_separator")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 LOSS_SCOPES = ("all", "last")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -36,6 +38,10 @@ def check_messages(messages: Sequence[Message]) -> None:
         if not isinstance(message, Mapping):
             raise ValueError(f"message {index} is not an object with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
+        reasoning = message.get("reasoning_content")
+        if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+            raise ValueError(f"message {index} ({role}) has a reasoning_content that is not "
+                             "an assistant's text")
         if role not in ROLES:
             raise ValueError(f"message {index} has role {role!r}; expected one of {ROLES}")
         if not isinstance(content, str):
@@ -60,6 +66,20 @@ def _for_jinja(message: Message) -> dict[str, Any]:
     if "tool_calls" in result:
         result["tool_calls"] = json.loads(result["tool_calls"])
     return result
+
+
+def split_reasoning(message: Message) -> Message:
+    """A reply whose content opens with its reasoning (``<think>R</think>answer``) as the
+    reasoning templates read it (Qwen3's: the text before ``</think>`` after any ``<think>``,
+    newlines trimmed; the answer after it, leading newlines trimmed); other messages as they
+    are."""
+    content = message["content"]
+    if (message["role"] != "assistant" or message.get("reasoning_content") is not None
+            or THINK_CLOSE not in content):
+        return message
+    reasoning = content.split(THINK_CLOSE)[0].rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
+    return {**message, "content": content.split(THINK_CLOSE)[-1].lstrip("\n"),
+            "reasoning_content": reasoning}
 
 
 def _raise_exception(message: str) -> None:
@@ -97,6 +117,14 @@ def compile_jinja(source: str) -> Any:
     environment.filters["tojson"] = _tojson
     environment.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
     return environment.from_string(source)
+
+
+def with_thinking(spec: TemplateSpec, enable_thinking: bool | None) -> TemplateSpec:
+    """``spec`` passing ``enable_thinking`` to its jinja (--enable-thinking); None: as it is."""
+    if enable_thinking is None:
+        return spec
+    return dataclasses.replace(spec, variables={**spec.variables,
+                                                "enable_thinking": enable_thinking})
 
 
 def broken_template(spec: TemplateSpec, problem: str) -> SdkError:
@@ -189,7 +217,8 @@ class Template:
         try:  # as transformers' apply_chat_template passes them
             return compile_jinja(self.spec.jinja).render(
                 messages=[_for_jinja(m) for m in messages], tools=tools,
-                add_generation_prompt=add_generation_prompt, **self.special_tokens)
+                add_generation_prompt=add_generation_prompt,
+                **{**self.special_tokens, **self.spec.variables})
         except jinja2.TemplateError as error:  # raise_exception (a refusal) is a ValueError
             raise broken_template(self.spec, f"failed to render: {error}") from None
 
@@ -206,6 +235,8 @@ class Template:
         for index, start, end in replies:
             if index not in trained:
                 continue
+            if self.spec.reasoning:
+                start = self._reply_start(messages, index, start, text, tools)
             marker = text.find(suffix, end) if suffix else -1
             if marker >= 0 and not text[end:marker].strip():
                 end = marker + len(suffix)
@@ -216,6 +247,16 @@ class Template:
             yield text[start:end], True
             position = end
         yield text[position:], False
+
+    def _reply_start(self, messages: Sequence[Message], index: int, start: int, text: str,
+                     tools: list | None) -> int:
+        """Where a reasoning template's reply ``index`` starts to be trained: at the end of
+        the generation prompt for the conversation before it, when the text continues that
+        prompt (its <think> block, reasoning or empty, is then what the model writes); else
+        (--enable-thinking false: the prompt holds an empty block, the data has reasoning;
+        an earlier turn whose reasoning the template drops) at the reply's answer."""
+        prompt = self._render_jinja(messages[:index], True, tools)
+        return len(prompt) if text.startswith(prompt) and len(prompt) <= start else start
 
     def _tool_calls(self, messages: Sequence[Message], text: str,
                     tools: list | None) -> list[tuple[int, int, int]]:
@@ -245,6 +286,8 @@ class Template:
         reply replaced by a unique marker, then put the replies back and check that this gives
         the real text. None when it does not (a template that changes the text of replies
         beyond stripping it)."""
+        if self.spec.reasoning:  # the answer is what stays of a reply's content
+            messages = [split_reasoning(m) for m in messages]
         marked = [dict(m, content=SENTINEL.format(i))
                   if m["role"] == "assistant" and not m.get("tool_calls") else dict(m)
                   for i, m in enumerate(messages)]
