@@ -282,6 +282,9 @@ TEMPLATES: dict[str, str | None] = {
     "auto": None, "llama": "llama2", "qwen2_5": "qwen2.5", "qwen1half": "qwen1.5",
     "mistral": None, "intern": "internlm", "intern2": "internlm2",
     "llama3_1": "llama3.1", "llama3_2": "llama3.2",
+    # Qwen3-2507: LLaMA-Factory's qwen3_nothink, ms-swift's qwen3_nothinking / qwen3_thinking
+    "qwen3_nothink": "qwen3-instruct-2507", "qwen3_nothinking": "qwen3-instruct-2507",
+    "qwen3_thinking": "qwen3-thinking-2507",
 }
 # LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
 # template does; ours are per generation.

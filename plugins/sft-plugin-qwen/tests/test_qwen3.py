@@ -238,6 +238,14 @@ def test_datasets_preview_shows_a_reasoning_row_as_the_template_renders_it(run_c
             in result.stdout)
 
 
+def test_other_tools_qwen3_template_names():
+    from sdk.compat import LF_TEMPLATES, TEMPLATES, template
+
+    assert template(LF_TEMPLATES)("qwen3_nothink") == {"template": "qwen3-instruct-2507"}
+    assert template(TEMPLATES)("qwen3_thinking") == {"template": "qwen3-thinking-2507"}
+    assert template(TEMPLATES)("qwen3") == {"template": "qwen3"}
+
+
 def test_enable_thinking_is_a_run_setting():
     from sdk.train.plan import template_of
 
