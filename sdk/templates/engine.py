@@ -272,6 +272,10 @@ class Template:
             through = self._render_jinja(messages[:index + 1], False, tools)
             call = through[len(before):].rstrip() if through.startswith(before) else ""
             start = text.find(call, cursor) if call else -1
+            if start < 0 and self.spec.reasoning and THINK_CLOSE in call:
+                # rendered last, the call had a <think> block that an earlier turn drops
+                call = call.split(THINK_CLOSE)[-1].lstrip("\n")
+                start = text.find(call, cursor) if call else -1
             if start < 0:
                 raise ValueError(f"template '{self.spec.name}' does not show the tool call of "
                                  f"message {index} as it renders it alone, so its loss cannot "

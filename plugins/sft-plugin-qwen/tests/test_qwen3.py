@@ -199,6 +199,23 @@ def test_earlier_turns_train_their_answer_as_rendered_without_reasoning(tokenize
         "<think>\nDouble.\n</think>\n\n4.<|im_end|>"]
 
 
+def test_a_tool_call_turn_and_a_reasoned_answer_after_it(tokenizer):
+    tools = [{"type": "function", "function": {"name": "now", "description": "The time",
+                                               "parameters": {"type": "object"}}}]
+    call = {"type": "function", "function": {"name": "now", "arguments": {}}}
+    official = [{"role": "user", "content": "Time?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "12:00"},
+                {"role": "assistant", "content": "Noon.", "reasoning_content": "Read it."}]
+    messages = messages_to_messages({"messages": official, "tools": tools})
+    bound = Template.for_tokenizer(QWEN3_TEMPLATE, tokenizer)
+    assert bound.render(messages) == tokenizer.apply_chat_template(
+        official, tools=tools, tokenize=False, chat_template=QWEN3_TEMPLATE.jinja)
+    assert trained_spans(tokenizer, *bound.encode(tokenizer, messages)) == [
+        '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call><|im_end|>',
+        "<think>\nRead it.\n</think>\n\nNoon.<|im_end|>"]
+
+
 # --- reasoning data -----------------------------------------------------------------------------
 
 def test_reasoning_fields_are_read_into_reasoning_content():
