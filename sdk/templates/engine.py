@@ -69,10 +69,10 @@ def _for_jinja(message: Message) -> dict[str, Any]:
 
 
 def split_reasoning(message: Message) -> Message:
-    """A reply whose content opens with its reasoning (``<think>R</think>answer``) as the
-    reasoning templates read it (Qwen3's: the text before ``</think>`` after any ``<think>``,
-    newlines trimmed; the answer after it, leading newlines trimmed); other messages as they
-    are."""
+    """A reply whose content opens with its reasoning (``<think>R</think>answer``) with the
+    two apart, as Qwen3's template splits it (the reasoning: the text before ``</think>``
+    after any ``<think>``, newlines trimmed; the answer: after it, leading newlines trimmed);
+    other messages as they are."""
     content = message["content"]
     if (message["role"] != "assistant" or message.get("reasoning_content") is not None
             or THINK_CLOSE not in content):
@@ -227,7 +227,11 @@ class Template:
         """Render with the jinja template and place each trained reply, with the end-of-turn
         marker right after it, in the rendered text."""
         text = self._render_jinja(messages, add_generation_prompt, tools)
+        split = [split_reasoning(m) for m in messages]
         replies = (self._replies_by_sentinel(messages, add_generation_prompt, text, tools)
+                   # a reply opening with <think>...</think>, read as the template may split it
+                   or (split != list(messages) and self._replies_by_sentinel(
+                       split, add_generation_prompt, text, tools))
                    or self._replies_by_search(messages, text))
         replies = sorted(replies + self._tool_calls(messages, text, tools))
         suffix = self._fill(self.spec.assistant_suffix)
@@ -272,7 +276,7 @@ class Template:
             through = self._render_jinja(messages[:index + 1], False, tools)
             call = through[len(before):].rstrip() if through.startswith(before) else ""
             start = text.find(call, cursor) if call else -1
-            if start < 0 and self.spec.reasoning and THINK_CLOSE in call:
+            if start < 0 and THINK_CLOSE in call:
                 # rendered last, the call had a <think> block that an earlier turn drops
                 call = call.split(THINK_CLOSE)[-1].lstrip("\n")
                 start = text.find(call, cursor) if call else -1
@@ -290,8 +294,6 @@ class Template:
         reply replaced by a unique marker, then put the replies back and check that this gives
         the real text. None when it does not (a template that changes the text of replies
         beyond stripping it)."""
-        if self.spec.reasoning:  # the answer is what stays of a reply's content
-            messages = [split_reasoning(m) for m in messages]
         marked = [dict(m, content=SENTINEL.format(i))
                   if m["role"] == "assistant" and not m.get("tool_calls") else dict(m)
                   for i, m in enumerate(messages)]

@@ -110,7 +110,10 @@ QWEN2_5_JINJA = r"""{%- if tools %}
 #   /no_think are plain user text to the template (the model was trained to obey them).
 # - qwen3-instruct-2507.jinja: Qwen/Qwen3-4B-Instruct-2507 tokenizer_config.json (blob
 #   9a14ebd4cf742ee5f21f0fcc2e57ba987622e7f1, nam2350/consultai models/Qwen3-4B at 91f6881f):
-#   the same text without the enable_thinking switch.
+#   the same text without the enable_thinking switch. It still writes an empty <think></think>
+#   before the last reply (unslothai/unsloth pull request 3110 reports the same), which the model
+#   never writes after its generation prompt: not a `reasoning` template, so that block stays
+#   context and the answer alone is trained.
 # - qwen3-thinking-2507.jinja: Qwen/Qwen3-4B-Thinking-2507 tokenizer_config.json as quoted in
 #   akougkas/warpio-cli warpio-docs/ai-docs/model_cards/qwen3:4b.md (commit 8dde6d21, its
 #   262144-token config): the same text, the generation prompt opening <think>.
@@ -145,7 +148,7 @@ QWEN3_TEMPLATE = qwen_template(
     reasoning=True)
 QWEN3_INSTRUCT_2507_TEMPLATE = qwen_template(
     "qwen3-instruct-2507", official_jinja("qwen3-instruct-2507"),
-    "Qwen3-Instruct-2507 (non-thinking): Qwen3's template without enable_thinking", reasoning=True)
+    "Qwen3-Instruct-2507 (non-thinking): Qwen3's template without enable_thinking")
 QWEN3_THINKING_2507_TEMPLATE = qwen_template(
     "qwen3-thinking-2507", official_jinja("qwen3-thinking-2507"),
     "Qwen3-Thinking-2507: Qwen3's template, the generation prompt opens <think>", reasoning=True)
