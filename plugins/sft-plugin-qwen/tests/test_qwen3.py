@@ -265,6 +265,13 @@ def test_other_tools_qwen3_template_names():
     assert template(TEMPLATES)("qwen3") == {"template": "qwen3"}
 
 
+def test_a_prediction_prompt_keeps_earlier_reasoning():
+    from sdk.infer.predict import prompt_rows
+
+    row = prompt_rows([CONVERSATIONS["earlier reasoning dropped"]])[0]
+    assert row.prompt[1] == REASONED[1] and row.label == "<think>Double.</think>4."
+
+
 def test_enable_thinking_is_a_run_setting():
     from sdk.train.plan import template_of
 
