@@ -272,6 +272,18 @@ def test_a_prediction_prompt_keeps_earlier_reasoning():
     assert row.prompt[1] == REASONED[1] and row.label == "<think>Double.</think>4."
 
 
+def test_an_exported_chat_template_defaults_to_the_runs_enable_thinking(tokenizer):
+    from sdk.templates.to_jinja import to_jinja
+
+    messages = CONVERSATIONS["no reasoning, /no_think"][:2]
+    exported = to_jinja(Template(with_thinking(QWEN3_TEMPLATE, False)))
+    for extra, thinking in (({}, False), ({"enable_thinking": True}, True)):
+        assert tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=exported,
+            **extra) == Template(with_thinking(QWEN3_TEMPLATE, thinking)).render(messages, True)
+    assert to_jinja(Template(QWEN3_TEMPLATE)) == QWEN3_TEMPLATE.jinja
+
+
 def test_enable_thinking_is_a_run_setting():
     from sdk.train.plan import template_of
 
@@ -302,9 +314,10 @@ def tiny_qwen3(tokenizer, folder: Path, moe: bool, **settings) -> Path:
 
 
 @pytest.mark.parametrize("model_type, moe", [("qwen3-0.6b", False), ("qwen3-30b-a3b", True)])
-def test_tiny_qwen3_trains_packed_reloads_and_merges(tokenizer, identity_data, tmp_path,
-                                                     registry, model_type, moe):
+def test_tiny_qwen3_trains_packed_reloads_and_exports_merged(tokenizer, identity_data, tmp_path,
+                                                             registry, run_cli, model_type, moe):
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sdk.train.packing import why_not_packed
 
@@ -317,13 +330,20 @@ def test_tiny_qwen3_trains_packed_reloads_and_merges(tokenizer, identity_data, t
     assert set(adapter["target_modules"]) == set(registry.get("models", model_type)
                                                  .lora_target_modules)
     # --enable-thinking false, kept by the run: the prompt ends in the empty think block
-    assert tokenizer.decode(trained.inputs["input_ids"][0]).endswith(
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    merged = trained.model.merge_and_unload()
+    prompt = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert tokenizer.decode(trained.inputs["input_ids"][0]).endswith(prompt)
+    out = tmp_path / "merged"
+    result = run_cli("export", "--ckpt-dir", trained.result.run_dir, "--merge-lora",
+                     "--output-dir", out)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    exported = AutoTokenizer.from_pretrained(out)  # its chat template defaults to the run's
+    assert exported.apply_chat_template([{"role": "user", "content": "Who are you?"}],
+                                        tokenize=False, add_generation_prompt=True).endswith(prompt)
     length = trained.inputs["input_ids"].shape[1]
     with torch.no_grad():
         torch.testing.assert_close(merged(**trained.inputs).logits[:, -length:],
-                                   trained.result.model.eval()(**trained.inputs).logits,
+                                   trained.model(**trained.inputs).logits[:, -length:],
                                    rtol=1e-5, atol=1e-5)
 
 
