@@ -347,6 +347,43 @@ def test_tiny_qwen3_trains_packed_reloads_and_exports_merged(tokenizer, identity
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_lora_reaches_qwen3_moe_experts_by_their_weight_names(tokenizer, tmp_path, registry):
+    """transformers keeps the experts as fused 3-D weights: --lora-target-modules names them
+    (experts.gate_up_proj / experts.down_proj) and they get LoRA through peft's
+    target_parameters; the adapter reloads and merges to the same logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from conftest import AnyTunerArguments
+    from sdk.tuners.lora import with_lora
+
+    folder = tiny_qwen3(tokenizer, tmp_path / "moe", True)
+    args = AnyTunerArguments(lora_target_modules=[
+        "q_proj", "experts.gate_up_proj", "experts.down_proj"], init_lora_weights="gaussian")
+    model = with_lora(AutoModelForCausalLM.from_pretrained(folder), args,
+                      registry.get("models", "qwen3-30b-a3b"))
+    trainable = {name.split(".lora_")[0].rsplit(".", 1)[-1]
+                 for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"q_proj", "experts", "base_layer"}  # peft's wrappers of the 2 weights
+    assert set(model.peft_config["default"].target_parameters) == {
+        "experts.gate_up_proj", "experts.down_proj"}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapter an effect to compare
+                parameter.normal_(0, 0.5)
+    model.eval().save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([tokenizer("Hello world, 你好")["input_ids"]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(folder)
+        assert not torch.allclose(base(input_ids=ids).logits, tuned, atol=1e-4)
+        reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, tuned)
+        torch.testing.assert_close(reloaded.merge_and_unload()(input_ids=ids).logits, tuned,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_qwen3_moe_router_loss_is_the_models_own(tokenizer, tmp_path):
     """With output_router_logits (off in the published configs) transformers adds
     router_aux_loss_coef x the load-balancing loss to the loss: the run then keeps the model's
