@@ -210,8 +210,9 @@ def releases_2507(models: dict[str, str], kind: str) -> dict[str, str]:
 
 
 # Every linear layer of a Qwen3 block (attention and the dense MLP). In the MoE, transformers
-# keeps each layer's experts as fused 3-D parameters (Qwen3MoeExperts.gate_up_proj/down_proj),
-# not nn.Linear: LoRA on attention only, the router (mlp.gate) and experts stay frozen.
+# keeps each layer's experts as fused 3-D weights (Qwen3MoeExperts.gate_up_proj/down_proj),
+# not nn.Linear: LoRA on attention by default; `--lora-target-modules ... experts.gate_up_proj
+# experts.down_proj` adds the experts (through peft's target_parameters).
 QWEN3_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QWEN3_MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
