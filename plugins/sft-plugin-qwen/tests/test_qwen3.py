@@ -332,6 +332,8 @@ def test_tiny_qwen3_trains_packed_reloads_and_exports_merged(tokenizer, identity
     # --enable-thinking false, kept by the run: the prompt ends in the empty think block
     prompt = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert tokenizer.decode(trained.inputs["input_ids"][0]).endswith(prompt)
+    if moe:  # merging attention LoRA is the dense case; experts: the test after this one
+        return
     out = tmp_path / "merged"
     result = run_cli("export", "--ckpt-dir", trained.result.run_dir, "--merge-lora",
                      "--output-dir", out)
