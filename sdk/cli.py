@@ -540,11 +540,15 @@ def template() -> None:
               "list under \"messages\").")
 @click.option("--add-generation-prompt", "--add_generation_prompt", "add_generation_prompt",
               cls=Flag, is_flag=True, help="End with the opening of an assistant turn.")
+@click.option("--enable-thinking", "--enable_thinking", "enable_thinking", cls=Flag,
+              type=click.BOOL, help="true|false: passed to the template as enable_thinking "
+              "(as `sdk sft --enable-thinking`); default: not passed.")
 @click.pass_context
 def template_render(ctx: click.Context, name: str | None, model_type: str | None,
-                    messages: str, add_generation_prompt: bool) -> None:
+                    messages: str, add_generation_prompt: bool,
+                    enable_thinking: bool | None) -> None:
     """Print exactly the text a template makes of the messages in a file."""
-    from sdk.templates.engine import Template
+    from sdk.templates.engine import Template, with_thinking
 
     if bool(name) == bool(model_type):
         raise SdkError("Give a template NAME or --model-type, one of the two.")
@@ -582,7 +586,8 @@ def template_render(ctx: click.Context, name: str | None, model_type: str | None
             raise SdkError(f"Messages file '{messages}': {error} (read as {data_format.name} "
                            "format).") from None
     try:
-        text = Template(spec).render(conversation, add_generation_prompt)
+        text = Template(with_thinking(spec, enable_thinking)).render(conversation,
+                                                                     add_generation_prompt)
     except (ValueError, TypeError, AttributeError) as error:
         raise SdkError(f"Messages file '{messages}': {error}. Expected a JSON list of "
                        '{"role": ..., "content": ...} objects.') from None

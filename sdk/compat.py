@@ -283,6 +283,9 @@ TEMPLATES: dict[str, str | None] = {
     "mistral": None, "intern": "internlm", "intern2": "internlm2",
     "llama3_1": "llama3.1", "llama3_2": "llama3.2", "gemma2": None, "gemma3_text": "gemma3",
     "gemma3_vision": "gemma3",
+    # Qwen3-2507: LLaMA-Factory's qwen3_nothink, ms-swift's qwen3_nothinking / qwen3_thinking
+    "qwen3_nothink": "qwen3-instruct-2507", "qwen3_nothinking": "qwen3-instruct-2507",
+    "qwen3_thinking": "qwen3-thinking-2507",
 }
 # LLaMA-Factory's `qwen` template renders each Qwen generation as that generation's chat
 # template does; ours are per generation.

@@ -98,6 +98,11 @@ class ModelArguments:
         group="model")
     template: str | None = arg(None, "Chat template (default: the model type's).", group="model")
     system: str | None = arg(None, "System prompt (default: the template's).", group="model")
+    enable_thinking: bool | None = arg(
+        None, "true|false: passed to the chat template as enable_thinking, as "
+        "apply_chat_template(enable_thinking=...) does (qwen3: false writes an empty <think> "
+        "block into the generation prompt, so a reply's answer alone is trained and "
+        "generated). Default: not passed (the template's own default).", group="model")
     dtype: str = arg("auto", "Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU.",
                      ("auto", "bf16", "fp16", "fp32"), group="model")
     trust_remote_code: bool = arg(False, "Allow model repositories to run their own code.",
@@ -392,10 +397,10 @@ def fields_of(cls: type, name: str, names: Sequence[str], doc: str,
 # --help lists nothing it would ignore.
 PreviewArguments = fields_of(
     SftArguments, "PreviewArguments",
-    ("model_type", "model_id_or_path", "template", "system", "trust_remote_code", "hub",
-     "hub_token", "dataset", "dataset_format", "dataset_info", "dataset_path", "columns",
-     "model_name", "model_author", "skip_bad_records", "max_length", "truncation_strategy",
-     "loss_scope", "seed"),
+    ("model_type", "model_id_or_path", "template", "system", "enable_thinking",
+     "trust_remote_code", "hub", "hub_token", "dataset", "dataset_format", "dataset_info",
+     "dataset_path", "columns", "model_name", "model_author", "skip_bad_records", "max_length",
+     "truncation_strategy", "loss_scope", "seed"),
     "What `sdk datasets preview` reads: the data and template as `sdk sft` would.",
     regroup={"seed": "data"})  # a preview's seed only picks the rows of NAME#N
 

@@ -89,6 +89,12 @@ class TemplateSpec:
     ``special_tokens`` fills ``bos_token`` / ``eos_token`` when no tokenizer is at hand.
     ``add_special_tokens``: encode with the tokenizer's own special tokens, for formats whose
     prefix is ids the tokenizer adds rather than text (ChatGLM2's ``[gMASK]`` ``sop``).
+    ``reasoning``: a jinja template that writes a reply's reasoning (``reasoning_content``, or a
+    ``<think>...</think>`` opening its content) as a ``<think>`` block before it (Qwen3): the
+    trained text of a reply then starts where the generation prompt ends, so the block (empty
+    when the data has no reasoning) is trained as the model writes it. ``variables``: extra
+    jinja variables, as ``apply_chat_template(..., **variables)`` passes them
+    (``enable_thinking``; set by ``--enable-thinking``).
     """
 
     name: str
@@ -104,6 +110,8 @@ class TemplateSpec:
     default_system: str | None = None
     stop_words: tuple[str, ...] = ()
     description: str = ""
+    reasoning: bool = False
+    variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -198,10 +198,14 @@ def test_model_names_of_other_tools_resolve_to_registered_model_types(plugin_set
                              registry)
     assert compat.translate({"adapters": "output/v0/checkpoint-5"}, "infer", "The command "
                             "line") == {"ckpt_dir": "output/v0/checkpoint-5"}
-    # LLaMA-Factory's current examples fine-tune Qwen3, not registered yet
-    with pytest.raises(SdkError, match="'Qwen/Qwen3-4B-Instruct-2507' is no folder here and "
-                                       "no registered model type's hub id.*--model-type"):
-        compat.resolve_names({"#model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507"}, registry)
+    # LLaMA-Factory's current examples: Qwen3-4B-Instruct-2507 with its qwen3_nothink template
+    assert compat.resolve_names({"#model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507",
+                                 "template": "qwen3_nothink"}, registry) == {
+        "model_type": "qwen3-4b-instruct-2507", "template": "qwen3-instruct-2507"}
+    with pytest.raises(SdkError, match="'Qwen/Qwen3-Next-80B-A3B-Instruct' is no folder here "
+                                       "and no registered model type's hub id.*--model-type"):
+        compat.resolve_names({"#model_name_or_path": "Qwen/Qwen3-Next-80B-A3B-Instruct"},
+                             registry)
 
 
 @pytest.mark.parametrize("flags, message", [

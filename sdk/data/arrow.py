@@ -51,11 +51,12 @@ def sdk_code_digest() -> str:
 def _messages_features() -> Any:
     from datasets import Features, List, Value
 
-    # tool use (sdk/data/formats.py): null on a message without it
+    # tool use and reasoning (sdk/data/formats.py): null on a message without them
     return Features({"messages": List({"role": Value("string"), "content": Value("string"),
                                        "tool_calls": Value("string"),
                                        "tool_call_id": Value("string"),
-                                       "tools": Value("string")}),
+                                       "tools": Value("string"),
+                                       "reasoning_content": Value("string")}),
                      "where": Value("string")})
 
 

@@ -12,8 +12,35 @@ from sdk.specs import DataFormat
 
 # A message's role and text, and for tool use: an assistant's ``tool_calls`` and the
 # conversation's ``tools`` (on its first message), each as JSON text, and a tool result's
-# ``tool_call_id``.
+# ``tool_call_id``; an assistant's separate reasoning as ``reasoning_content``.
 Messages = list[dict[str, str]]
+# Where rows keep a reply's reasoning apart from its text: ``reasoning_content`` (OpenAI-style
+# APIs of reasoning models, DeepSeek's and Qwen's, and the key Qwen3's chat template reads),
+# ``thinking`` (ms-swift and LLaMA-Factory data); on a message or ShareGPT turn, or on an alpaca
+# or query/response record for its reply.
+REASONING_KEYS = ("reasoning_content", "thinking")
+
+
+def _reasoning(holder: Mapping[str, Any], where: str) -> str | None:
+    """The reasoning that ``holder`` (a message or record) keeps under one of REASONING_KEYS."""
+    found = [key for key in REASONING_KEYS if holder.get(key) is not None]
+    if len(found) > 1:
+        raise ValueError(f"{where} has both {found[0]!r} and {found[1]!r}; keep one")
+    if not found:
+        return None
+    value = holder[found[0]]
+    if not isinstance(value, str):
+        raise ValueError(f"{where} field '{found[0]}' should be text, got "
+                         f"{type(value).__name__}")
+    return value
+
+
+def _with_reasoning(record: Mapping[str, Any], messages: Messages) -> Messages:
+    """A record-level reasoning field put on its last reply."""
+    reasoning = _reasoning(record, "the record")
+    if reasoning is not None:
+        messages[-1]["reasoning_content"] = reasoning
+    return messages
 
 
 def _text(record: Mapping[str, Any], key: str, required: bool = True) -> str:
@@ -51,8 +78,9 @@ def alpaca_to_messages(record: Mapping[str, Any]) -> Messages:
     extra = _text(record, "input", required=False)
     query = f"{instruction}\n{extra}" if extra else instruction
     return messages_to_messages({"tools": record.get("tools"), "messages": _with_system(
-        record, _history(record) + [{"role": "user", "content": query},
-                                    {"role": "assistant", "content": _text(record, "output")}])})
+        record, _with_reasoning(record, _history(record) + [
+            {"role": "user", "content": query},
+            {"role": "assistant", "content": _text(record, "output")}]))})
 
 
 def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
@@ -62,10 +90,10 @@ def query_response_to_messages(record: Mapping[str, Any]) -> Messages:
     query = "\n".join(part for part in parts if part)
     if not query:
         raise ValueError("field 'query' (or 'prompt') is missing or empty")
-    return _with_system(record, _history(record) + [
+    return _with_system(record, _with_reasoning(record, _history(record) + [
         {"role": "user", "content": query},
         {"role": "assistant", "content": _text(record, "response")},
-    ])
+    ]))
 
 
 # ShareGPT role tags as the common exports write them. A function call is the assistant's
@@ -168,6 +196,9 @@ def sharegpt_to_messages(record: Mapping[str, Any]) -> Messages:
             messages.append({"role": "user", "content": value})
         else:
             messages.append({"role": role, "content": value})
+            reasoning = _reasoning(turn, f"conversations[{index}]")
+            if reasoning is not None:
+                messages[-1]["reasoning_content"] = reasoning
     return messages_to_messages({"messages": _with_system(record, messages),
                                  "tools": record.get("tools")})
 
@@ -193,6 +224,12 @@ def messages_to_messages(record: Mapping[str, Any]) -> Messages:
         if not isinstance(content, str):
             raise ValueError(f"messages[{index}] ({role}) has no text 'content'")
         result.append({"role": role, "content": content})
+        reasoning = _reasoning(message, f"messages[{index}]")
+        if reasoning is not None:
+            if role != "assistant":
+                raise ValueError(f"messages[{index}] ({role}) has reasoning; only an "
+                                 "assistant's reply may")
+            result[-1]["reasoning_content"] = reasoning
         if role == "tool" and isinstance(message.get("tool_call_id"), str):
             result[-1]["tool_call_id"] = message["tool_call_id"]
         if calls:

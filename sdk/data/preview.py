@@ -14,7 +14,7 @@ from sdk.data.conversations import load_conversations
 from sdk.data.report import Distribution
 from sdk.errors import SdkError
 from sdk.registry import Registry, model_template
-from sdk.templates.engine import Template
+from sdk.templates.engine import Template, with_thinking
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 MEASURED_ROWS = 10_000  # enough for the shape of the distribution, fast on any dataset
@@ -54,6 +54,7 @@ def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
     template_spec = model_template(registry, spec, args.template)
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
+    template_spec = with_thinking(template_spec, args.enable_thinking)
     skipped: list[str] | None = [] if args.skip_bad_records else None
     conversations = load_conversations(args.dataset, registry, args, args.dataset_format,
                                        skipped)

@@ -21,7 +21,7 @@ from sdk.registry import Registry, model_template
 from sdk.runs.checkpoint_files import ADAPTER_CONFIG, check_checkpoint
 from sdk.runs.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
 from sdk.specs import resolve_callable
-from sdk.templates.engine import Template
+from sdk.templates.engine import Template, with_thinking
 from sdk.tuners import check_requires
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -87,6 +87,8 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
             raise SdkError(whole_model_rope_refusal(checkpoint, saved["model_type"]))
         template_spec = registry.get("templates", args.template or saved["template"])
         system = args.system if args.system is not None else saved.get("system")
+        thinking = (args.enable_thinking if args.enable_thinking is not None
+                    else saved.get("enable_thinking"))
         trained_from = saved.get("model_id_or_path")
         if (not args.model_id_or_path and isinstance(trained_from, str)
                 and not Path(trained_from).is_absolute() and not Path(trained_from).is_dir()):
@@ -114,6 +116,7 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
         spec = registry.get("models", args.model_type)
         template_spec = model_template(registry, spec, args.template)
         system = args.system
+        thinking = args.enable_thinking
         model, tokenizer = load_model(spec, args, registry)
     else:
         given = (" (--model-id-or-path gives the weights; --model-type says what they are)."
@@ -126,7 +129,7 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
         model = model.to("cuda")
     model.eval()
     quiet_window_reminder(model.config)
-    template = Template.for_tokenizer(template_spec, tokenizer)
+    template = Template.for_tokenizer(with_thinking(template_spec, thinking), tokenizer)
     return model, tokenizer, template if system is None else with_system(template, system)
 
 

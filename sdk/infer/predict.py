@@ -32,9 +32,9 @@ from sdk.registry import Registry
 from sdk.templates.engine import Template, uses_tools
 
 Messages = list[dict[str, str]]
-# What a prompt keeps of a row's messages: tool calls and results, and the schemas on the first
-# message, so that a template with a tool format renders the prompt as it trained it.
-PROMPT_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "tools")
+# What a prompt keeps of a row's messages: tool calls and results, the schemas on the first
+# message and earlier replies' reasoning, so that a template renders the prompt as it trained it.
+PROMPT_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "tools", "reasoning_content")
 Loaded = tuple[Any, Any, Template]  # model, tokenizer, template
 PREDICTIONS_DIR = "predictions"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import difflib
 import functools
 import json
@@ -31,6 +32,7 @@ LOSS_SCOPES = ("all", "last")
 REPLY_VIEWS = (lambda text: text, str.strip, lambda text: text.split("</think>")[-1],
                lambda text: text.split("</think>")[-1].lstrip("\n"),
                lambda text: text.split("</think>")[-1].strip())
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -41,6 +43,10 @@ def check_messages(messages: Sequence[Message]) -> None:
         if not isinstance(message, Mapping):
             raise ValueError(f"message {index} is not an object with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
+        reasoning = message.get("reasoning_content")
+        if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+            raise ValueError(f"message {index} ({role}) has a reasoning_content that is not "
+                             "an assistant's text")
         if role not in ROLES:
             raise ValueError(f"message {index} has role {role!r}; expected one of {ROLES}")
         if not isinstance(content, str):
@@ -65,6 +71,20 @@ def _for_jinja(message: Message) -> dict[str, Any]:
     if "tool_calls" in result:
         result["tool_calls"] = json.loads(result["tool_calls"])
     return result
+
+
+def split_reasoning(message: Message) -> Message:
+    """A reply whose content opens with its reasoning (``<think>R</think>answer``) with the
+    two apart, as Qwen3's template splits it (the reasoning: the text before ``</think>``
+    after any ``<think>``, newlines trimmed; the answer: after it, leading newlines trimmed);
+    other messages as they are."""
+    content = message["content"]
+    if (message["role"] != "assistant" or message.get("reasoning_content") is not None
+            or THINK_CLOSE not in content):
+        return message
+    reasoning = content.split(THINK_CLOSE)[0].rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
+    return {**message, "content": content.split(THINK_CLOSE)[-1].lstrip("\n"),
+            "reasoning_content": reasoning}
 
 
 def _raise_exception(message: str) -> None:
@@ -114,6 +134,14 @@ def fill(part: str, special_tokens: Mapping[str, str], content: str = "") -> str
     for name, value in special_tokens.items():
         part = part.replace("{" + name + "}", value)
     return part.replace("{content}", content)
+
+
+def with_thinking(spec: TemplateSpec, enable_thinking: bool | None) -> TemplateSpec:
+    """``spec`` passing ``enable_thinking`` to its jinja (--enable-thinking); None: as it is."""
+    if enable_thinking is None:
+        return spec
+    return dataclasses.replace(spec, variables={**spec.variables,
+                                                "enable_thinking": enable_thinking})
 
 
 def broken_template(spec: TemplateSpec, problem: str) -> SdkError:
@@ -204,7 +232,8 @@ class Template:
         try:  # as transformers' apply_chat_template passes them
             return compile_jinja(self.spec.jinja).render(
                 messages=[_for_jinja(m) for m in messages], tools=tools,
-                add_generation_prompt=add_generation_prompt, **self.special_tokens)
+                add_generation_prompt=add_generation_prompt,
+                **{**self.special_tokens, **self.spec.variables})
         except jinja2.TemplateError as error:  # raise_exception (a refusal) is a ValueError
             raise broken_template(self.spec, f"failed to render: {error}") from None
 
@@ -213,7 +242,11 @@ class Template:
         """Render with the jinja template and place each trained reply, with the end-of-turn
         marker right after it, in the rendered text."""
         text = self._render_jinja(messages, add_generation_prompt, tools)
+        split = [split_reasoning(m) for m in messages]
         replies = (self._replies_by_sentinel(messages, add_generation_prompt, text, tools)
+                   # a reply opening with <think>...</think>, read as the template may split it
+                   or (split != list(messages) and self._replies_by_sentinel(
+                       split, add_generation_prompt, text, tools))
                    or self._replies_by_search(messages, text))
         replies = sorted(replies + self._tool_calls(messages, text, tools))
         suffix = self._fill(self.spec.assistant_suffix)
@@ -222,6 +255,8 @@ class Template:
             start, previous = self._reasoning_start(messages[index], text, previous, start), end
             if index not in trained:
                 continue
+            if self.spec.reasoning:
+                start = self._reply_start(messages, index, start, text, tools)
             marker = text.find(suffix, end) if suffix else -1
             if marker >= 0 and not text[end:marker].strip():
                 end = marker + len(suffix)
@@ -244,6 +279,15 @@ class Template:
             if found >= 0:
                 return found
         return start
+    def _reply_start(self, messages: Sequence[Message], index: int, start: int, text: str,
+                     tools: list | None) -> int:
+        """Where a reasoning template's reply ``index`` starts to be trained: at the end of
+        the generation prompt for the conversation before it, when the text continues that
+        prompt (its <think> block, reasoning or empty, is then what the model writes); else
+        (--enable-thinking false: the prompt holds an empty block, the data has reasoning;
+        an earlier turn whose reasoning the template drops) at the reply's answer."""
+        prompt = self._render_jinja(messages[:index], True, tools)
+        return len(prompt) if text.startswith(prompt) and len(prompt) <= start else start
 
     def _tool_calls(self, messages: Sequence[Message], text: str,
                     tools: list | None) -> list[tuple[int, int, int]]:
@@ -259,6 +303,10 @@ class Template:
             through = self._render_jinja(messages[:index + 1], False, tools)
             call = through[len(before):].rstrip() if through.startswith(before) else ""
             start = text.find(call, cursor) if call else -1
+            if start < 0 and THINK_CLOSE in call:
+                # rendered last, the call had a <think> block that an earlier turn drops
+                call = call.split(THINK_CLOSE)[-1].lstrip("\n")
+                start = text.find(call, cursor) if call else -1
             if start < 0:
                 raise ValueError(f"template '{self.spec.name}' does not show the tool call of "
                                  f"message {index} as it renders it alone, so its loss cannot "

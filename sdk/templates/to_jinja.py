@@ -82,13 +82,14 @@ def parts_jinja(template: Template) -> str:
 
 def jinja_with_defaults(template: Template) -> str:
     """The spec's jinja, after lines that set what the engine gives it and a tokenizer may
-    not: the spec's special tokens (only where the template uses them) and the default
-    system prompt."""
+    not: the spec's special tokens (only where the template uses them), its variables (the
+    run's --enable-thinking: the exported model's default, which a caller's own
+    ``enable_thinking`` still overrides) and the default system prompt."""
     source = template.spec.jinja
+    given = {**template.special_tokens, **template.spec.variables}
     lines = [f"{{%- if {name} is not defined %}}{{%- set {name} = {literal(value)} %}}"
              "{%- endif %}"
-             for name, value in template.special_tokens.items()
-             if re.search(rf"\b{re.escape(name)}\b", source)]
+             for name, value in given.items() if re.search(rf"\b{re.escape(name)}\b", source)]
     lines += default_system_lines(template)
     # trim_blocks drops the newline after the last line, so the source starts a line of its
     # own, as it does in the spec (lstrip_blocks depends on that).

@@ -29,7 +29,7 @@ from sdk.registry import Registry, model_template
 from sdk.runs.checkpoint_files import refuse_nonfinite_weights
 from sdk.runs.run_dir import next_version, previous_run, refuse_previous_run
 from sdk.specs import ModelSpec, TemplateSpec, Tuner, resolve_callable
-from sdk.templates.engine import Template
+from sdk.templates.engine import Template, with_thinking
 from sdk.train.deepspeed_configs import check_deepspeed, saved_name
 from sdk.train.distributed import is_main_process, world_size
 from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
@@ -130,11 +130,12 @@ def check_optimizer(name: str | None) -> None:
 
 
 def template_of(args: SftArguments, spec: ModelSpec, registry: Registry) -> TemplateSpec:
-    """The run's chat template, with --system as its default system prompt."""
+    """The run's chat template, with --system as its default system prompt and
+    --enable-thinking passed to it."""
     template_spec = model_template(registry, spec, args.template)
     if args.system is not None:
         template_spec = dataclasses.replace(template_spec, default_system=args.system)
-    return template_spec
+    return with_thinking(template_spec, args.enable_thinking)
 
 
 def resolve_plan(args: SftArguments, registry: Registry) -> Plan:

@@ -44,6 +44,23 @@ def target_modules(requested: list[str] | None, spec: ModelSpec) -> str | list[s
     return names
 
 
+def parameter_targets(model: Any, names: str | list[str]) -> tuple[str | list[str], list[str]]:
+    """``names`` split into modules and weights: a name that ends no module's path but a
+    weight's (transformers keeps a MoE's experts as fused 3-D weights, not nn.Linear) goes to
+    peft's ``target_parameters``."""
+    if isinstance(names, str):
+        return names, []
+    modules = [name for name, _ in model.named_modules()]
+    weights = [name for name, _ in model.named_parameters()]
+
+    def ends(paths: list[str], name: str) -> bool:
+        return any(path == name or path.endswith("." + name) for path in paths)
+
+    parameters = [name for name in names if name not in ("weight", "bias")
+                  and not ends(modules, name) and ends(weights, name)]
+    return [name for name in names if name not in parameters], parameters
+
+
 def with_adapters(model: Any, config: Any) -> Any:
     """peft's model with the adapters of ``config``; targets that name no module of the model
     are an error naming --lora-target-modules and the names it has."""
@@ -235,12 +252,21 @@ def with_lora(model: Any, args: Any, spec: ModelSpec, **variant: bool) -> Any:
 
     if args.adapter:  # its own config (rank, targets, DoRA...) decides
         return continue_adapter(ready_for_adapters(model, args), args.adapter)
+    modules, parameters = parameter_targets(model, target_modules(args.lora_target_modules,
+                                                                  spec))
+    dropout = lora_dropout(args)
+    if parameters and dropout:
+        if args.lora_dropout is not None:
+            raise SdkError(f"--lora-target-modules {' '.join(parameters)} name weights, which "
+                           "peft's LoRA takes without dropout: give --lora-dropout 0.")
+        dropout = 0.0  # the default's 0.05 for the linear layers would be refused too
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=args.lora_rank,
         lora_alpha=args.lora_alpha,
-        lora_dropout=lora_dropout(args),
-        target_modules=target_modules(args.lora_target_modules, spec),
+        lora_dropout=dropout,
+        target_modules=modules,
+        **({"target_parameters": parameters} if parameters else {}),
         **modules_to_save(model, args),
         **init_setting(args),
         **variant,

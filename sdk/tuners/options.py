@@ -13,10 +13,14 @@ class AdapterOptions:
     lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
     lora_dropout: float | None = arg(
         None, "LoRA dropout (default: 0.05; 0 with --init-lora-weights pissa or olora, whose "
-        "adapters start with part of the base weights, which dropout would drop).",
+        "adapters start with part of the base weights, which dropout would drop, and when "
+        "--lora-target-modules names weights, which peft's LoRA takes without dropout).",
         at_least=0, below=1)
     lora_target_modules: list[str] = arg(
-        [], "Modules that get LoRA: names, or ALL for every linear layer.", kept_on_resume=True)
+        [], "Modules that get LoRA: names, or ALL for every linear layer; a name that is no "
+        "module's but a weight's (a MoE's fused experts, e.g. experts.gate_up_proj "
+        "experts.down_proj in Qwen3-MoE) gets it through peft's target_parameters.",
+        kept_on_resume=True)
     lora_modules_to_save: list[str] = arg(
         [], "LoRA family: modules trained in full and saved with the adapter (e.g. "
         "embed_tokens lm_head); tied embeddings stay tied.", kept_on_resume=True)

@@ -1,5 +1,7 @@
 """Qwen chat models: Qwen (v1), Qwen1.5, Qwen2 and Qwen2.5, all as Qwen2ForCausalLM (Qwen v1
-and its GPTQ Int4/Int8 checkpoints converted on load, native.py: no remote code runs).
+and its GPTQ Int4/Int8 checkpoints converted on load, native.py: no remote code runs); Qwen3
+dense (Qwen3ForCausalLM) and MoE (Qwen3MoeForCausalLM), with the 2507 Instruct and Thinking
+releases.
 
 Hub ids come from ms-swift (swift/llm/model/model/qwen.py: ``Model('<modelscope id>',
 '<hugging face id>')``); none of these models has a revision other than ``main`` there.
@@ -7,6 +9,8 @@ Registering is cheap: nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
+
+from importlib.resources import files
 
 from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
@@ -92,16 +96,43 @@ QWEN2_5_JINJA = r"""{%- if tools %}
 {%- endif %}
 """  # noqa: E501  (official text, kept verbatim)
 
+# Qwen3's official chat templates, kept byte for byte in this package (NAME.jinja). The Hugging
+# Face model repos keep tokenizer_config.json as a plain git blob, so the blob id below names
+# the exact file (git hash-object of it); the copies read are public mirrors of those repos.
+# - qwen3.jinja: Qwen/Qwen3-1.7B tokenizer_config.json (blob
+#   417d038a63fa3de29cfde265caedae14d1a58d92, mirrored in nam2350/consultai models/Qwen3-1.7B
+#   at 91f6881f), the hybrid-thinking template
+#   of every Qwen3 dense and MoE model (the same text as Qwen/Qwen3-8B at commit
+#   895c8d171bc03c30e113cd7a28c02494b5e068b7): `enable_thinking` false writes an empty
+#   <think></think> into the generation prompt; earlier turns' reasoning is dropped (only the
+#   replies after the last user query keep theirs); a reply's reasoning comes from its
+#   `reasoning_content` or from a <think>...</think> at the start of its content. /think and
+#   /no_think are plain user text to the template (the model was trained to obey them).
+# - qwen3-instruct-2507.jinja: Qwen/Qwen3-4B-Instruct-2507 tokenizer_config.json (blob
+#   9a14ebd4cf742ee5f21f0fcc2e57ba987622e7f1, nam2350/consultai models/Qwen3-4B at 91f6881f):
+#   the same text without the enable_thinking switch. It still writes an empty <think></think>
+#   before the last reply (unslothai/unsloth pull request 3110 reports the same), which the model
+#   never writes after its generation prompt: not a `reasoning` template, so that block stays
+#   context and the answer alone is trained.
+# - qwen3-thinking-2507.jinja: Qwen/Qwen3-4B-Thinking-2507 tokenizer_config.json as quoted in
+#   akougkas/warpio-cli warpio-docs/ai-docs/model_cards/qwen3:4b.md (commit 8dde6d21, its
+#   262144-token config): the same text, the generation prompt opening <think>.
+def official_jinja(name: str) -> str:
+    return (files(__name__) / f"{name}.jinja").read_text(encoding="utf-8")
+
+
 # Qwen has no BOS; the chat models end a turn with <|im_end|> and a document with <|endoftext|>.
 SPECIAL_TOKENS = {"eos_token": "<|im_end|>"}
 STOP_WORDS = ("<|endoftext|>", "<|im_start|>")
 
 
-def qwen_template(name: str, jinja: str, description: str) -> TemplateSpec:
-    """Qwen's ChatML templates differ only in their text (default system prompt, tools)."""
+def qwen_template(name: str, jinja: str, description: str,
+                  reasoning: bool = False) -> TemplateSpec:
+    """Qwen's ChatML templates differ only in their text (default system prompt, tools,
+    <think> blocks)."""
     return TemplateSpec(name=name, jinja=jinja, assistant_suffix="<|im_end|>",
                         special_tokens=SPECIAL_TOKENS, stop_words=STOP_WORDS,
-                        description=description)
+                        description=description, reasoning=reasoning)
 
 
 QWEN_TEMPLATE = qwen_template(
@@ -111,7 +142,18 @@ QWEN1_5_TEMPLATE = qwen_template(
 QWEN2_5_TEMPLATE = qwen_template(
     "qwen2.5", QWEN2_5_JINJA,
     "Qwen2.5-Instruct ChatML with tool calls, default system 'You are Qwen, ...'")
-TEMPLATES = (QWEN_TEMPLATE, QWEN1_5_TEMPLATE, QWEN2_5_TEMPLATE)
+QWEN3_TEMPLATE = qwen_template(
+    "qwen3", official_jinja("qwen3"),
+    "Qwen3 hybrid thinking: <think> blocks, --enable-thinking, earlier reasoning dropped",
+    reasoning=True)
+QWEN3_INSTRUCT_2507_TEMPLATE = qwen_template(
+    "qwen3-instruct-2507", official_jinja("qwen3-instruct-2507"),
+    "Qwen3-Instruct-2507 (non-thinking): Qwen3's template without enable_thinking")
+QWEN3_THINKING_2507_TEMPLATE = qwen_template(
+    "qwen3-thinking-2507", official_jinja("qwen3-thinking-2507"),
+    "Qwen3-Thinking-2507: Qwen3's template, the generation prompt opens <think>", reasoning=True)
+TEMPLATES = (QWEN_TEMPLATE, QWEN1_5_TEMPLATE, QWEN2_5_TEMPLATE, QWEN3_TEMPLATE,
+             QWEN3_INSTRUCT_2507_TEMPLATE, QWEN3_THINKING_2507_TEMPLATE)
 
 # --- Models -------------------------------------------------------------------------------------
 
@@ -150,6 +192,29 @@ QWEN2 = {f"qwen2-{size.lower()}-instruct": f"Qwen/Qwen2-{size}-Instruct"
          for size in ("0.5B", "1.5B", "7B", "72B")}
 QWEN2_5 = {f"qwen2.5-{size.lower()}-instruct": f"Qwen/Qwen2.5-{size}-Instruct"
            for size in ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")}
+# Qwen3 (ms-swift's qwen.py, Model('Qwen/Qwen3-8B', 'Qwen/Qwen3-8B') and so on: the same id
+# on both hubs). The base checkpoints carry the same chat template as the hybrid ones.
+QWEN3_DENSE_SIZES = ("0.6B", "1.7B", "4B", "8B", "14B", "32B")
+QWEN3 = {f"qwen3-{size.lower()}": f"Qwen/Qwen3-{size}" for size in QWEN3_DENSE_SIZES}
+QWEN3_BASE = {f"qwen3-{size.lower()}-base": f"Qwen/Qwen3-{size}-Base"
+              for size in QWEN3_DENSE_SIZES if size != "32B"}  # no 32B base was released
+QWEN3_MOE = {"qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B", "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
+             "qwen3-30b-a3b-base": "Qwen/Qwen3-30B-A3B-Base"}
+QWEN3_2507 = {"qwen3-4b-{}-2507": "Qwen/Qwen3-4B-{}-2507"}
+QWEN3_MOE_2507 = {"qwen3-30b-a3b-{}-2507": "Qwen/Qwen3-30B-A3B-{}-2507",
+                  "qwen3-235b-a22b-{}-2507": "Qwen/Qwen3-235B-A22B-{}-2507"}
+
+
+def releases_2507(models: dict[str, str], kind: str) -> dict[str, str]:
+    return {name.format(kind.lower()): repo.format(kind) for name, repo in models.items()}
+
+
+# Every linear layer of a Qwen3 block (attention and the dense MLP). In the MoE, transformers
+# keeps each layer's experts as fused 3-D weights (Qwen3MoeExperts.gate_up_proj/down_proj),
+# not nn.Linear: LoRA on attention by default; `--lora-target-modules ... experts.gate_up_proj
+# experts.down_proj` adds the experts (through peft's target_parameters).
+QWEN3_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QWEN3_MOE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 # (models, template, lora targets, config.json model_type, remote code, description of the
 # generation). Qwen v1's remote code names its config "qwen" (the folder a user gives is the
@@ -164,6 +229,18 @@ FAMILIES = (
     (QWEN1_5, "qwen1.5", ATTENTION, "qwen2", False, "Qwen1.5 chat, Qwen2ForCausalLM"),
     (QWEN2, "qwen", ATTENTION, "qwen2", False, "Qwen2 instruct, Qwen2ForCausalLM"),
     (QWEN2_5, "qwen2.5", ATTENTION, "qwen2", False, "Qwen2.5 instruct, Qwen2ForCausalLM"),
+    (QWEN3, "qwen3", QWEN3_TARGETS, "qwen3", False, "Qwen3 hybrid thinking, Qwen3ForCausalLM"),
+    (QWEN3_BASE, "qwen3", QWEN3_TARGETS, "qwen3", False, "Qwen3 base, Qwen3ForCausalLM"),
+    (QWEN3_MOE, "qwen3", QWEN3_MOE_TARGETS, "qwen3_moe", False,
+     "Qwen3 MoE hybrid thinking, Qwen3MoeForCausalLM"),
+    (releases_2507(QWEN3_2507, "Instruct"), "qwen3-instruct-2507", QWEN3_TARGETS, "qwen3", False,
+     "Qwen3 2507 instruct (no thinking), Qwen3ForCausalLM"),
+    (releases_2507(QWEN3_MOE_2507, "Instruct"), "qwen3-instruct-2507", QWEN3_MOE_TARGETS,
+     "qwen3_moe", False, "Qwen3 MoE 2507 instruct (no thinking), Qwen3MoeForCausalLM"),
+    (releases_2507(QWEN3_2507, "Thinking"), "qwen3-thinking-2507", QWEN3_TARGETS, "qwen3", False,
+     "Qwen3 2507 thinking, Qwen3ForCausalLM"),
+    (releases_2507(QWEN3_MOE_2507, "Thinking"), "qwen3-thinking-2507", QWEN3_MOE_TARGETS,
+     "qwen3_moe", False, "Qwen3 MoE 2507 thinking, Qwen3MoeForCausalLM"),
 )
 
 
