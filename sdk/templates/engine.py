@@ -250,9 +250,8 @@ class Template:
                    or self._replies_by_search(messages, text))
         replies = sorted(replies + self._tool_calls(messages, text, tools))
         suffix = self._fill(self.spec.assistant_suffix)
-        spans, previous = [], 0
+        spans = []
         for index, start, end in replies:
-            start, previous = self._reasoning_start(messages[index], text, previous, start), end
             if index not in trained:
                 continue
             if self.spec.reasoning:
@@ -268,17 +267,6 @@ class Template:
             position = end
         yield text[position:], False
 
-    @staticmethod
-    def _reasoning_start(message: Message, text: str, previous: int, start: int) -> int:
-        """Where a reply's text begins, its reasoning included when the template shows it
-        (between the previous reply and this one's content): the reasoning is part of what the
-        model generates, so it trains with the reply. ``start`` when the template drops it."""
-        reasoning = message.get("reasoning_content") or ""
-        for candidate in (reasoning, reasoning.strip()):
-            found = text.rfind(candidate, previous, start) if candidate.strip() else -1
-            if found >= 0:
-                return found
-        return start
     def _reply_start(self, messages: Sequence[Message], index: int, start: int, text: str,
                      tools: list | None) -> int:
         """Where a reasoning template's reply ``index`` starts to be trained: at the end of

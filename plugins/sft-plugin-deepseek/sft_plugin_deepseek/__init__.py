@@ -49,6 +49,7 @@ TOKENS = {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁
 TEMPLATES = (
     TemplateSpec(name="deepseek-r1", jinja=TRAINING_JINJA, assistant_suffix=TOKENS["eos_token"],
                  special_tokens=TOKENS, stop_words=(TOKENS["eos_token"],),
+                 reasoning=True,
                  description="DeepSeek-R1 distills: <｜User｜>/<｜Assistant｜>, earlier reasoning "
                              "dropped, <think> opened by the generation prompt"),
 )
