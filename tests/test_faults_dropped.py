@@ -143,7 +143,8 @@ def test_skipped_records_of_another_format_say_so(plugin_set, tmp_path):
 
 
 @pytest.mark.parametrize("make, what", [
-    (lambda folder: folder, "is a folder; name the plugin's .py file"),
+    (lambda folder: folder, "is a folder without __init__.py; name the plugin's .py file or "
+                            "package folder"),
     (lambda folder: folder / "plugin.yaml", "is not a Python file; name the plugin's .py file."),
 ])
 def test_a_plugins_path_that_is_no_python_file_says_what_it_is(run_cli, tmp_path, monkeypatch,
