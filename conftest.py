@@ -24,9 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from sdk.cli import cli
-from sdk.config import SftArguments, with_options
 from sdk.templates.engine import IGNORE_INDEX
-from sdk.tuners.options import AdaloraOptions, FreezeOptions, LoraOptions, PtuningOptions
 
 REPO = Path(__file__).resolve().parent
 SHARED = REPO.parent / "shared"
@@ -34,10 +32,6 @@ TOKENIZERS = SHARED / "data" / "tokenizers"
 # The official code and real tokenizers of the remote-code families (README inside).
 REMOTE_CODE = SHARED / "data" / "remote_code"
 TINY_MODEL_TYPE = "tiny-qwen2-chat"
-# SftArguments with every built-in tuner's options, as `sdk sft` reads its flags: run_sft keeps
-# the run's tuner's
-AnyTunerArguments = with_options(SftArguments, LoraOptions, AdaloraOptions, PtuningOptions,
-                                 FreezeOptions)
 
 # The standard conversations that the plugin suites render and encode; a suite keeps its own
 # extra cases and picks the ones its format supports.
@@ -161,65 +155,11 @@ def trained_text(tokenizer, input_ids, labels) -> str:
                              if label != IGNORE_INDEX])
 
 
-def trained_spans(tokenizer, input_ids, labels) -> list[str]:
-    """The runs of consecutive tokens that carry loss (label != -100), each decoded alone."""
-    spans, run = [], []
-    for token_id, label in zip(input_ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            run.append(token_id)
-        elif run:
-            spans.append(tokenizer.decode(run))
-            run = []
-    return spans + ([tokenizer.decode(run)] if run else [])
-
-
-class Reloaded(NamedTuple):
-    """What train_and_reload gives back to a test's own assertions."""
-
-    result: Any  # run_sft's result: run_dir, checkpoint, the trained model
-    saved: dict  # the checkpoint's sft_args.json
-    model: Any  # the model reloaded with load_for_inference
-    tokenizer: Any
-    template: Any
-    inputs: Any  # the encoded probe: a single-turn generation prompt
-
-
 def only_run(output: Path, model_type: str = TINY_MODEL_TYPE) -> Path:
     """The one run folder of ``model_type`` (the tiny model type unless given) under ``output``."""
     runs = list((output / model_type).glob("v*-*"))
     assert len(runs) == 1, runs
     return runs[0]
-
-
-def train_and_reload(registry, model_type: str, model_dir: Path, dataset: Path, output_dir: Path,
-                     **overrides) -> Reloaded:
-    """Train a tiny model 2 steps, reload its run; assert same logits as trained, not as base."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from sdk.config import InferArguments
-    from sdk.infer.load import load_for_inference
-    from sdk.train.sft import run_sft
-
-    settings = dict(model_type=model_type, model_id_or_path=str(model_dir), dataset=[str(dataset)],
-                    max_steps=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2,
-                    output_dir=str(output_dir), learning_rate=1e-2)
-    result = run_sft(AnyTunerArguments(**{**settings, **overrides}), registry)
-    saved = json.loads((result.checkpoint / "sft_args.json").read_text())
-    model, tokenizer, template = load_for_inference(InferArguments(ckpt_dir=str(result.run_dir)),
-                                                    registry)
-    inputs = template.tokenize_prompt(tokenizer, CONVERSATIONS["single turn"])
-
-    def logits(network):
-        with torch.no_grad():
-            # the input's own positions: prompt/p-tuning put logits of virtual tokens first
-            length = inputs["input_ids"].shape[1]
-            return network(**inputs.to(network.device)).logits[:, -length:].float()
-
-    torch.testing.assert_close(logits(model), logits(result.model.eval()), rtol=1e-5, atol=1e-5)
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    assert not torch.allclose(logits(base), logits(model), atol=1e-4)
-    return Reloaded(result, saved, model, tokenizer, template, inputs)
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

@@ -3,7 +3,8 @@ trained (found by trying the CLI the way ms-swift and LLaMA-Factory users would)
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments
+from conftest import TINY_MODEL_TYPE
+from sdk.testing import AnyTunerArguments
 
 
 @pytest.mark.parametrize("content", ["", "\n\n", "[]"])

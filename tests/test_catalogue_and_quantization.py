@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from conftest import TINY_MODEL_TYPE
 from sdk.catalogue import first_party_plugins
 from sdk.errors import SdkError
 from sdk.plugins import PluginSet
+from sdk.testing import AnyTunerArguments, train_and_reload
 
 
 def test_a_model_type_of_a_plugin_that_is_not_installed_names_the_plugin():

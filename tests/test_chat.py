@@ -7,12 +7,13 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_MODEL_TYPE, TOKENIZERS, AnyTunerArguments
+from conftest import TINY_MODEL_TYPE, TOKENIZERS
 from sdk.config import InferArguments
 from sdk.infer.chat import finish_reply, generate, generation_options
 from sdk.infer.load import load_for_inference
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import Template
+from sdk.testing import AnyTunerArguments
 from sdk.train.sft import run_sft
 
 USER = [{"role": "user", "content": "Who are you?"}]

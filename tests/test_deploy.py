@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, train_and_reload
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE
 from sdk.config import DeployArguments, InferArguments
 from sdk.infer.chat import generate
 from sdk.infer.deploy import listening_socket, served_model_name
 from sdk.infer.load import load_for_inference
 from sdk.infer.openai_api import Served, Server
+from sdk.testing import train_and_reload
 
 USER = CONVERSATIONS["single turn"]
 ERROR_KEYS = {"message", "type", "param", "code"}

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, only_run
+from conftest import TINY_MODEL_TYPE, only_run
 from sdk.errors import SdkError
+from sdk.testing import AnyTunerArguments
 from sdk.train.distributed import torchrun_command
 from sdk.train.sft import run_sft
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE
 from sdk.config import InferArguments
 from sdk.infer.chat import generate
 from sdk.infer.load import checkpoint_or_export
+from sdk.testing import AnyTunerArguments, train_and_reload
 from sdk.train.sft import run_sft
 
 

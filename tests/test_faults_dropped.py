@@ -7,9 +7,10 @@ import textwrap
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, folder_digest, only_run
+from conftest import TINY_MODEL_TYPE, folder_digest, only_run
 from sdk.config import SftArguments
 from sdk.plugins import load_plugins
+from sdk.testing import AnyTunerArguments
 from sdk.train.ignored_flags import ignored_flags
 
 

@@ -26,6 +26,8 @@ LAYERS: Layers = (
     ("checkpoint users", ("sdk.infer.*", "sdk.export", "sdk.hubs.push",
                           "sdk.hubs.push_callback", "sdk.hubs.card")),
     ("training", ("sdk.train.*",)),
+    # the conformance kit: checks that train and reload, for plugins' tests
+    ("kit", ("sdk.testing",)),
     ("cli", ("sdk.cli", "sdk.__main__")),
 )
 

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments
+from conftest import TINY_MODEL_TYPE
 from sdk.templates.engine import IGNORE_INDEX
+from sdk.testing import AnyTunerArguments
 from sdk.train.accuracy import count_correct
 from sdk.train.loss import choose_loss, eval_loss_and_counts, logits_from_output_layer, token_loss
 from sdk.train.sft import run_sft

@@ -7,7 +7,8 @@ import textwrap
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments
+from conftest import TINY_MODEL_TYPE
+from sdk.testing import AnyTunerArguments
 from sdk.train.sft import run_sft
 
 

@@ -11,10 +11,11 @@ import shutil
 import pytest
 import torch
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE
 from sdk.config import SftArguments
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import IGNORE_INDEX, Template
+from sdk.testing import AnyTunerArguments, train_and_reload
 from sdk.train.batching import TokenBudgetBatches
 from sdk.train.budget import fill_batches
 from sdk.train.packed_attention import (

@@ -4,7 +4,8 @@ import json
 import re
 import textwrap
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, only_run
+from conftest import TINY_MODEL_TYPE, only_run
+from sdk.testing import AnyTunerArguments
 
 HEAD_TUNER = """
     from dataclasses import dataclass

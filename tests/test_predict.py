@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments
+from conftest import TINY_MODEL_TYPE
 from sdk.config import InferArguments
 from sdk.data.conversations import split_indices
 from sdk.errors import SdkError
@@ -25,6 +25,7 @@ from sdk.infer.predict import (
     run_predict,
 )
 from sdk.templates.engine import Template
+from sdk.testing import AnyTunerArguments
 from sdk.train.sft import run_sft
 
 QUESTIONS = ["Hi", "Who are you and what do you do all day?", "床前明月光",

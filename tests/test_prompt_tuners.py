@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, train_and_reload
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE
 from sdk.errors import SdkError
+from sdk.testing import train_and_reload
 
 STEPS = 4
 

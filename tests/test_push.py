@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, folder_digest
+from conftest import TINY_MODEL_TYPE, folder_digest
 from sdk.errors import SdkError
 from sdk.hubs.card import model_card
 from sdk.hubs.push import TRAINING_STATE
 from sdk.plugins import load_plugins
+from sdk.testing import AnyTunerArguments
 from sdk.train.sft import run_sft
 
 MODEL_TYPE = "tiny-pushable"

@@ -4,10 +4,11 @@ the factor, and reloads (adapter on a freshly loaded base) with the same positio
 import pytest
 import torch
 
-from conftest import CONVERSATIONS, TINY_MODEL_TYPE, TOKENIZERS, save_tiny_model, train_and_reload
+from conftest import CONVERSATIONS, TINY_MODEL_TYPE, TOKENIZERS, save_tiny_model
 from sdk.errors import SdkError
 from sdk.models.loader import LoadOptions, load_pretrained
 from sdk.models.rope import stretch_rope
+from sdk.testing import train_and_reload
 
 
 @pytest.fixture(scope="module")

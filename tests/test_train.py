@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from conftest import TINY_MODEL_TYPE
 from sdk.config import InferArguments
+from sdk.testing import AnyTunerArguments, train_and_reload
 from sdk.train.sft import run_sft
 
 

@@ -8,8 +8,9 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE, AnyTunerArguments, train_and_reload
+from conftest import TINY_MODEL_TYPE
 from sdk.errors import SdkError
+from sdk.testing import AnyTunerArguments, train_and_reload
 
 
 @pytest.mark.parametrize("sft_type, adapter_setting", [

@@ -14,9 +14,10 @@ import pytest
 from sft_plugin_baichuan import BAICHUAN2_TEMPLATE, BAICHUAN_TEMPLATE, MODELS
 
 from conftest import CONVERSATIONS as STANDARD
-from conftest import TOKENIZERS, trained_spans
+from conftest import TOKENIZERS
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import trained_spans
 
 CONVERSATIONS = {name: STANDARD[name]
                  for name in ("single turn", "with system", "multi turn", "chinese")}

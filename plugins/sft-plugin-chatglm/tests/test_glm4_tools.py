@@ -16,10 +16,11 @@ from official_glm4 import (
     build_system_prompt,
 )
 
-from conftest import TOKENIZERS, trained_spans
+from conftest import TOKENIZERS
 from sdk.data.conversations import load_conversations
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import trained_spans
 
 DATA = Path(__file__).parents[3] / "tests" / "data" / "llama_factory"
 REGISTRY = load_plugins().registry

@@ -20,10 +20,11 @@ from sft_plugin_deepseek import (
     TRAINING_JINJA,
 )
 
-from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model, train_and_reload, trained_spans
+from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model
 from sdk.data.preview import marked
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import train_and_reload, trained_spans
 
 SPEC = TEMPLATES[0]
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"

@@ -14,10 +14,11 @@ import pytest
 import torch
 from sft_plugin_gemma import LORA_TARGETS, MODELS, TEMPLATES
 
-from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS, train_and_reload, trained_spans
+from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS
 from sdk.config import InferArguments, SftArguments
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import train_and_reload, trained_spans
 from sdk.train.packed_attention import KERNEL
 from sdk.train.packing import packing_collator, why_not_packed
 

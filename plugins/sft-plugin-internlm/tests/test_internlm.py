@@ -23,9 +23,10 @@ from sft_plugin_internlm import (
 )
 
 from conftest import CONVERSATIONS as STANDARD
-from conftest import TOKENIZERS, save_tiny_model, train_and_reload, trained_spans
+from conftest import TOKENIZERS, save_tiny_model
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import train_and_reload, trained_spans
 
 CONVERSATIONS = {
     **{name: STANDARD[name] for name in ("single turn", "with system", "multi turn", "chinese")},

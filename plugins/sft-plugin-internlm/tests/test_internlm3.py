@@ -14,8 +14,9 @@ import shutil
 import pytest
 from sft_plugin_internlm import INTERNLM2_TEMPLATE, INTERNLM3_SPEC
 
-from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS, train_and_reload
+from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS
 from sdk.plugins import load_plugins
+from sdk.testing import train_and_reload
 
 OFFICIAL_CONFIG = {  # internlm/internlm3-8b-instruct config.json, at TINY_SIZE
     "architectures": ["InternLM3ForCausalLM"],

@@ -23,11 +23,12 @@ from official_internlm import (
 )
 from sft_plugin_internlm import INTERNLM_SYSTEM, native
 
-from conftest import CONVERSATIONS, TOKENIZER_CORPUS, load_converted, trained_spans
+from conftest import CONVERSATIONS, TOKENIZER_CORPUS, load_converted
 from sdk.errors import SdkError
 from sdk.models.native import native_folder
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import trained_spans
 
 REGISTRY = load_plugins().registry
 # checkpoint name: (official folder, model type, config.json settings over the tiny sizes)

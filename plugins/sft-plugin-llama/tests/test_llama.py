@@ -10,15 +10,10 @@ from datetime import datetime
 import pytest
 from sft_plugin_llama import CHINESE_ALPACA_2_SYSTEM, MODELS, TEMPLATES
 
-from conftest import (
-    CONVERSATIONS,
-    TOKENIZERS,
-    save_tiny_model,
-    train_and_reload,
-    trained_spans,
-)
+from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import train_and_reload, trained_spans
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
 # template name -> (tokenizer folder, text between a reply and its end-of-turn marker)

@@ -22,12 +22,12 @@ from conftest import (
     LLAMA_CPP_CONVERSATION,
     TOKENIZERS,
     save_tiny_model,
-    train_and_reload,
     trained_text,
 )
 from conftest import CONVERSATIONS as STANDARD
 from sdk.plugins import load_plugins
 from sdk.templates.engine import IGNORE_INDEX, Template
+from sdk.testing import train_and_reload
 
 TEMPLATE_SPECS = {spec.name: spec for spec in TEMPLATES}
 

@@ -12,11 +12,12 @@ import re
 import pytest
 from sft_plugin_phi import MODELS, TEMPLATES
 
-from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model, train_and_reload, trained_text
+from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model, trained_text
 from sdk import compat
 from sdk.errors import SdkError
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import train_and_reload
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
 # template -> (stand-in tokenizer folder, added tokens that strip the whitespace after them)

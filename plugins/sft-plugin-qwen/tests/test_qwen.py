@@ -18,16 +18,11 @@ from sft_plugin_qwen import (
     QWEN_V1,
 )
 
-from conftest import (
-    CHINESE_SECOND_TURN,
-    TOKENIZERS,
-    save_tiny_model,
-    train_and_reload,
-    trained_text,
-)
+from conftest import CHINESE_SECOND_TURN, TOKENIZERS, save_tiny_model, trained_text
 from conftest import CONVERSATIONS as STANDARD
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
+from sdk.testing import train_and_reload
 
 QWEN2_TOKENIZER = TOKENIZERS / "qwen2"
 TEMPLATES = {"qwen": QWEN_TEMPLATE, "qwen1.5": QWEN1_5_TEMPLATE, "qwen2.5": QWEN2_5_TEMPLATE}

@@ -16,11 +16,12 @@ from sft_plugin_qwen import (
     QWEN3_THINKING_2507_TEMPLATE,
 )
 
-from conftest import TOKENIZERS, save_tiny_model, train_and_reload, trained_spans
+from conftest import TOKENIZERS, save_tiny_model
 from sdk.config import SftArguments
 from sdk.data.formats import alpaca_to_messages, messages_to_messages, sharegpt_to_messages
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, with_thinking
+from sdk.testing import train_and_reload, trained_spans
 
 TEMPLATES = {spec.name: spec for spec in (QWEN3_TEMPLATE, QWEN3_INSTRUCT_2507_TEMPLATE,
                                           QWEN3_THINKING_2507_TEMPLATE)}
@@ -357,7 +358,7 @@ def test_lora_reaches_qwen3_moe_experts_by_their_weight_names(tokenizer, tmp_pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from conftest import AnyTunerArguments
+    from sdk.testing import AnyTunerArguments
     from sdk.tuners.lora import with_lora
 
     folder = tiny_qwen3(tokenizer, tmp_path / "moe", True)
