@@ -17,7 +17,7 @@ from conftest import CONVERSATIONS as STANDARD
 from conftest import TOKENIZERS
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
-from sdk.testing import trained_spans
+from sdk.testing import assert_trained_spans
 
 CONVERSATIONS = {name: STANDARD[name]
                  for name in ("single turn", "with system", "multi turn", "chinese")}
@@ -99,21 +99,19 @@ def test_render_equals_the_official_format(render_cli, template, name, generatio
 def test_only_the_replies_and_their_end_marker_are_trained(tokenizer, spec, replies, last_only):
     template = Template(spec)  # Baichuan's </s> from the spec, not Qwen2's eos
     messages = CONVERSATIONS["multi turn"]
-    input_ids, labels = template.encode(tokenizer, messages)
+    assert_trained_spans(template, tokenizer, messages, replies)
+    assert_trained_spans(template, tokenizer, messages, last_only, loss_scope="last")
+    input_ids, _ = template.encode(tokenizer, messages)
     rendered = template.render(messages)
-    assert input_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
     for token in ("<reserved_102>", "<reserved_106>", "</s>"):
         if token in rendered:  # one id each, as in Baichuan's vocabulary
             assert tokenizer.convert_tokens_to_ids(token) in input_ids
-    assert trained_spans(tokenizer, input_ids, labels) == replies
-    _, last = template.encode(tokenizer, messages, loss_scope="last")
-    assert trained_spans(tokenizer, input_ids, last) == last_only
 
 
 def test_chinese_reply_and_system_prompt_are_placed(tokenizer):
     for spec in (BAICHUAN_TEMPLATE, BAICHUAN2_TEMPLATE):
-        input_ids, labels = Template(spec).encode(tokenizer, CONVERSATIONS["chinese"])
-        assert trained_spans(tokenizer, input_ids, labels) == ["疑是地上霜。</s>"]
+        assert_trained_spans(Template(spec), tokenizer, CONVERSATIONS["chinese"],
+                             ["疑是地上霜。</s>"])
 
 
 def test_stop_words_end_a_reply():

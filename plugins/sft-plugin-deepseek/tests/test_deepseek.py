@@ -24,7 +24,7 @@ from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model
 from sdk.data.preview import marked
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
-from sdk.testing import train_and_reload, trained_spans
+from sdk.testing import assert_trained_spans, train_and_reload
 
 SPEC = TEMPLATES[0]
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -151,12 +151,9 @@ def test_training_ids_equal_the_tokenizers_and_the_reasoning_trains(tokenizers, 
     messages, earlier, opened = FORMS[form]
     tokenizer = tokenizers[base]
     template = Template.for_tokenizer(SPEC, tokenizer)
-    rendered = template.render(messages)
     last = opened + LAST_REPLY
     for scope, replies in [("last", [last]), ("all", [earlier + EOS, last])]:
-        input_ids, labels = template.encode(tokenizer, messages, loss_scope=scope)
-        assert input_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        assert trained_spans(tokenizer, input_ids, labels) == replies
+        assert_trained_spans(template, tokenizer, messages, replies, loss_scope=scope)
     assert marked(template, messages, "last").endswith(f"[[{last}]]")
 
 
