@@ -25,11 +25,11 @@ from conftest import (
     LLAMA_CPP_CONVERSATION,
     TOKENIZERS,
     save_tiny_model,
-    train_and_reload,
     trained_text,
 )
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, compile_jinja
+from sdk.testing import train_and_reload
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
 ALL_MODELS = {**CONVERTED_MODELS, **NATIVE_MODELS, **GLM4_0414_MODELS}
