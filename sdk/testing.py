@@ -148,13 +148,14 @@ class Reloaded(NamedTuple):
     inputs: Any  # the encoded probe: a single-turn generation prompt
 
 
-def train_and_reload(registry: Registry, model_type: str, model_dir: Path, dataset: Path,
+def train_and_reload(registry: Registry, model_type: str, model_dir: Path, dataset: str | Path,
                      output_dir: Path, **overrides: Any) -> Reloaded:
     """The LoRA round trip of a model type: train the tiny model in ``model_dir`` (a random
-    model of the type's architecture with its tokenizer) 2 steps on ``dataset``, reload the run
+    model of the type's architecture with its tokenizer) 2 steps on ``dataset`` (a file or a
+    registered name, as ``--dataset`` takes it) into ``output_dir``, reload the run
     as `sdk infer` does, and assert the reloaded model's logits equal the trained model's and
     differ from the base model's. ``overrides`` are further `sdk sft` arguments (another tuner:
-    ``tuner_backend``/``sft_type`` and its options)."""
+    ``sft_type`` and its options)."""
     import torch
     from transformers import AutoModelForCausalLM
 
