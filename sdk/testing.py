@@ -33,7 +33,7 @@ AnyTunerArguments = with_options(SftArguments, LoraOptions, AdaloraOptions, Ptun
 @pytest.fixture(scope="session")
 def sdk_registry() -> Registry:
     """Everything installed plugins register (built-ins, first-party and entry-point plugins,
-    and files named in SDK_PLUGINS)."""
+    and files named in SFT_SDK_PLUGINS)."""
     return load_plugins().registry
 
 
