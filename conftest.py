@@ -290,6 +290,22 @@ def tiny_plugin_file(tiny_model_dir, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def glaive_conversations() -> list:
+    """LLaMA-Factory's glaive_toolcall_en_demo (tests/data/llama_factory) as sdk reads it: the
+    first row with tool schemas, calls and results, the second with none of them."""
+    from types import SimpleNamespace
+
+    from sdk.data.conversations import load_conversations
+    from sdk.plugins import load_plugins
+
+    rows = load_conversations(["glaive_toolcall_en_demo"], load_plugins().registry,
+                              SimpleNamespace(dataset_info=str(REPO / "tests" / "data" /
+                                                               "llama_factory")))
+    assert rows[0][0].get("tools") and not rows[1][0].get("tools")
+    return rows
+
+
 @pytest.fixture
 def plugin_set(tiny_plugin_file):
     """Built-ins, installed plugins and the tiny model plugin, as `sdk --plugin` loads them."""

@@ -4,19 +4,15 @@ the ids and the trained call turns are those of ChatGLM3's own fine-tuning code
 from the official tokenizer's build_single_message; a prompt is its build_chat_input."""
 
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from official_chatglm import official_tokenizer
 from sft_plugin_chatglm import CHATGLM3_TOOL_PROMPT, native
 
 from conftest import REMOTE_CODE
-from sdk.data.conversations import load_conversations
 from sdk.plugins import load_plugins
 from sdk.templates.engine import IGNORE_INDEX, Template
 
-DATA = Path(__file__).parents[3] / "tests" / "data" / "llama_factory"
 REGISTRY = load_plugins().registry
 
 
@@ -29,14 +25,6 @@ def tokenizers(tmp_path_factory):
     native.write_tokenizer(REMOTE_CODE / "chatglm3-6b", folder, 3)
     return (PreTrainedTokenizerFast.from_pretrained(str(folder)),
             official_tokenizer(REMOTE_CODE / "chatglm3-6b"))
-
-
-@pytest.fixture(scope="module")
-def conversations():
-    rows = load_conversations(["glaive_toolcall_en_demo"], REGISTRY,
-                              SimpleNamespace(dataset_info=str(DATA)))
-    assert rows[0][0].get("tools") and not rows[1][0].get("tools")
-    return rows
 
 
 def schemas(conversation):
@@ -82,11 +70,11 @@ def official_encoding(reference, conversation):
 
 
 def test_tool_rows_have_chatglm3s_official_ids_and_train_its_call_turns(tokenizers,
-                                                                         conversations):
+                                                                         glaive_conversations):
     tokenizer, reference = tokenizers
     template = Template.for_tokenizer(REGISTRY.get("templates", "chatglm3"), tokenizer)
     observation = reference.get_command("<|observation|>")
-    for conversation in conversations:
+    for conversation in glaive_conversations:
         input_ids, labels = template.encode(tokenizer, conversation)
         expected_ids, expected_labels = official_encoding(reference, conversation)
         # the sdk ends a conversation with its end-of-turn marker, the official code with eos
@@ -105,10 +93,10 @@ def test_tool_rows_have_chatglm3s_official_ids_and_train_its_call_turns(tokenize
 
 
 def test_the_prompt_before_a_call_is_build_chat_input_with_a_system_message_carrying_tools(
-        tokenizers, conversations):
+        tokenizers, glaive_conversations):
     tokenizer, reference = tokenizers
     template = Template.for_tokenizer(REGISTRY.get("templates", "chatglm3"), tokenizer)
-    conversation = conversations[0]
+    conversation = glaive_conversations[0]
     call = next(i for i, m in enumerate(conversation) if m.get("tool_calls"))
     prompt = template.tokenize_prompt(tokenizer, conversation[:call])["input_ids"][0].tolist()
     history = [{"role": "system", "content": CHATGLM3_TOOL_PROMPT.rstrip("\n"),
@@ -135,7 +123,7 @@ def test_a_call_with_several_arguments_and_a_reply_text_renders_as_the_official_
 
 
 def test_chatglm3s_own_chat_reads_the_trained_call_back_as_the_rows_call(tokenizers,
-                                                                         conversations):
+                                                                         glaive_conversations):
     """What the model learns to write is what the official chat() parses into a call
     (modeling_chatglm.py process_response: name from the metadata line, parameters by
     evaluating the tool_call(...) code)."""
@@ -143,7 +131,7 @@ def test_chatglm3s_own_chat_reads_the_trained_call_back_as_the_rows_call(tokeniz
 
     tokenizer, reference = tokenizers
     template = Template.for_tokenizer(REGISTRY.get("templates", "chatglm3"), tokenizer)
-    conversation = conversations[0]
+    conversation = glaive_conversations[0]
     input_ids, labels = template.encode(tokenizer, conversation)
     observation = reference.get_command("<|observation|>")
     end = input_ids.index(observation)

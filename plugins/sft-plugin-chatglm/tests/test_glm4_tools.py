@@ -6,8 +6,6 @@ GLM-4-0414: the model card's system message), a call as an assistant message who
 the function name, a result as an observation."""
 
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from official_glm4 import (
@@ -17,23 +15,13 @@ from official_glm4 import (
 )
 
 from conftest import TOKENIZERS
-from sdk.data.conversations import load_conversations
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
 from sdk.testing import trained_spans
 
-DATA = Path(__file__).parents[3] / "tests" / "data" / "llama_factory"
 REGISTRY = load_plugins().registry
 CHAT_TEMPLATES = {"glm4": OFFICIAL_GLM4_CHAT_TEMPLATE,
                   "glm4-0414": RECONSTRUCTED_GLM4_0414_CHAT_TEMPLATE}
-
-
-@pytest.fixture(scope="module")
-def conversations():
-    rows = load_conversations(["glaive_toolcall_en_demo"], REGISTRY,
-                              SimpleNamespace(dataset_info=str(DATA)))
-    assert rows[0][0].get("tools") and not rows[1][0].get("tools")
-    return rows
 
 
 def official_messages(template, conversation):
@@ -70,10 +58,10 @@ def official_text(template, conversation, add_generation_prompt=False):
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
-def test_tool_rows_render_as_the_official_template_but_the_final_end_of_turn(conversations,
+def test_tool_rows_render_as_the_official_template_but_the_final_end_of_turn(glaive_conversations,
                                                                              name):
     template = Template(REGISTRY.get("templates", name))
-    for conversation in conversations:
+    for conversation in glaive_conversations:
         # sdk ends a conversation whose last message is a reply with its end-of-turn marker
         assert conversation[-1]["role"] == "assistant"
         assert template.render(conversation) == official_text(name, conversation) + "<|user|>"
@@ -123,7 +111,7 @@ def test_a_call_with_text_several_calls_and_plain_schemas_render_as_official_mes
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
-def test_call_turns_are_trained_with_their_observation_and_results_are_not(conversations,
+def test_call_turns_are_trained_with_their_observation_and_results_are_not(glaive_conversations,
                                                                            name):
     from transformers import AutoTokenizer
 
@@ -132,7 +120,7 @@ def test_call_turns_are_trained_with_their_observation_and_results_are_not(conve
     tokenizer.add_special_tokens({"additional_special_tokens": [
         "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]})
     template = Template(REGISTRY.get("templates", name))
-    conversation = conversations[0]
+    conversation = glaive_conversations[0]
     input_ids, labels = template.encode(tokenizer, conversation)
     replies = [m["content"] for m in conversation if m["role"] == "assistant" and m["content"]]
     spans = trained_spans(tokenizer, input_ids, labels)

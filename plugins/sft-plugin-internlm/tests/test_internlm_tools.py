@@ -5,31 +5,19 @@ converted tokenizer are the official slow tokenizer's (shared/data/remote_code),
 <|action_start|>, <|plugin|>, ... as their single official ids."""
 
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from official_internlm import official_tokenizer
 from sft_plugin_internlm import INTERNLM2_JINJA, INTERNLM_SYSTEM, native
 
 from conftest import CONVERSATIONS, REMOTE_CODE
-from sdk.data.conversations import load_conversations
 from sdk.plugins import load_plugins
 from sdk.templates.engine import IGNORE_INDEX, Template, compile_jinja
 
-DATA = Path(__file__).parents[3] / "tests" / "data" / "llama_factory"
 REGISTRY = load_plugins().registry
 # "chat_template" of internlm/internlm2-chat-7b tokenizer_config.json
 OFFICIAL_CHAT_TEMPLATE = json.loads(
     (REMOTE_CODE / "internlm2-chat-7b" / "tokenizer_config.json").read_text())["chat_template"]
-
-
-@pytest.fixture(scope="module")
-def conversations():
-    rows = load_conversations(["glaive_toolcall_en_demo"], REGISTRY,
-                              SimpleNamespace(dataset_info=str(DATA)))
-    assert rows[0][0].get("tools") and not rows[1][0].get("tools")
-    return rows
 
 
 def documented(conversation, system=None):
@@ -59,15 +47,15 @@ def documented(conversation, system=None):
 
 @pytest.mark.parametrize("template, system", [("internlm2", None),
                                               ("internlm2-chat", INTERNLM_SYSTEM)])
-def test_tool_rows_render_in_the_documented_function_call_format(conversations, template,
+def test_tool_rows_render_in_the_documented_function_call_format(glaive_conversations, template,
                                                                  system):
     spec = REGISTRY.get("templates", template)
-    for conversation in conversations:
+    for conversation in glaive_conversations:
         assert Template(spec).render(conversation) == documented(conversation, system)
     assert ('<|im_start|>assistant\n<|action_start|><|plugin|>\n{"name": "search_recipes", '
             '"parameters": {"ingredients": ["chicken", "bell peppers", "rice"]}}<|action_end|>'
             '<|im_end|>\n<|im_start|>environment name=<|plugin|>\n{"recipes": ') in (
-        Template(spec).render(conversations[0]))
+        Template(spec).render(glaive_conversations[0]))
 
 
 def test_the_schemas_follow_a_given_system_turn():
@@ -90,7 +78,7 @@ def test_without_tools_the_text_is_the_official_chat_template(name):
             OFFICIAL_CHAT_TEMPLATE).render(**arguments)
 
 
-def test_the_ids_are_the_official_tokenizers_and_the_call_turn_is_trained(conversations,
+def test_the_ids_are_the_official_tokenizers_and_the_call_turn_is_trained(glaive_conversations,
                                                                           tmp_path):
     from transformers import PreTrainedTokenizerFast
 
@@ -98,7 +86,7 @@ def test_the_ids_are_the_official_tokenizers_and_the_call_turn_is_trained(conver
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
     reference = official_tokenizer(REMOTE_CODE / "internlm2-chat-7b")
     template = Template.for_tokenizer(REGISTRY.get("templates", "internlm2"), tokenizer)
-    conversation = conversations[0]
+    conversation = glaive_conversations[0]
     input_ids, labels = template.encode(tokenizer, conversation)
     text = template.render(conversation)
     assert input_ids == reference(text, add_special_tokens=False)["input_ids"]
