@@ -75,10 +75,11 @@ def assert_template_parity(template: TemplateSpec | Template, tokenizer: Any,
                 list(messages), tokenize=False, add_generation_prompt=generation_prompt,
                 chat_template=chat_template)
             text = ours.render(messages, add_generation_prompt=generation_prompt)
-            assert text == official, (
-                f"template '{ours.spec.name}' (add_generation_prompt={generation_prompt}) "
-                f"renders\n{text!r}\nbut apply_chat_template gives\n{official!r}\n"
-                f"for {list(messages)}")
+            if text != official:  # raised as written: pytest's rewriting re-indents an assert's
+                raise AssertionError(  # message by verbosity (this module is a pytest plugin)
+                    f"template '{ours.spec.name}' (add_generation_prompt={generation_prompt}) "
+                    f"renders\n{text!r}\nbut apply_chat_template gives\n{official!r}\n"
+                    f"for {list(messages)}")
 
 
 def trained_spans(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
