@@ -188,3 +188,25 @@ def train_and_reload(registry: Registry, model_type: str, model_dir: Path, datas
         f"'{model_type}' reloaded from {result.run_dir} gives the base model's logits: the "
         "trained weights were not saved or not loaded")
     return Reloaded(result, saved, model, tokenizer, template, inputs)
+
+
+def export_merged(registry: Registry, trained: Reloaded, output_dir: Path) -> Any:
+    """`sdk export --merge-lora` (run_export) of a :func:`train_and_reload` run into
+    ``output_dir``; assert that the merged folder, loaded by transformers alone (no remote
+    code, no sdk), gives the reloaded adapter's logits on the probe. The merged model is
+    returned for the test's own checks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sdk.config import ExportArguments
+    from sdk.export import run_export
+
+    run_export(ExportArguments(ckpt_dir=str(trained.result.run_dir), merge_lora=True,
+                               output_dir=str(output_dir)), registry)
+    merged = AutoModelForCausalLM.from_pretrained(output_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            merged(**trained.inputs).logits, trained.model(**trained.inputs).logits, rtol=1e-5,
+            atol=1e-5, msg=lambda detail: f"the merged export in {output_dir} gives other "
+            f"logits than the adapter it merged: {detail}")
+    return merged
