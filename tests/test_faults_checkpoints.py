@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL_TYPE, folder_digest
+from sdk.errors import SdkError
 from sdk.runs.checkpoint_files import check_checkpoint
 
 
@@ -256,3 +257,21 @@ def test_a_damaged_adapter_to_train_on_is_refused(run_cli, tiny_plugin_file, ide
                      "--output-dir", tmp_path / "out")
     assert_refused(result, checkpoint, file, reason, lora_run_copy / "checkpoint-1")
     assert not list((tmp_path / "out").glob("*/v*"))  # no run folder
+
+
+def test_an_unchanged_checkpoint_is_read_once_and_a_changed_one_again(lora_run_copy,
+                                                                      monkeypatch):
+    """export and `infer --dataset` resolve --ckpt-dir, then load it: its weights are read
+    once, and a file damaged after that is still refused."""
+    from sdk.runs import checkpoint_files
+
+    reads: list[Path] = []
+    monkeypatch.setattr(checkpoint_files, "refuse_nonfinite_weights", reads.append)
+    checkpoint = lora_run_copy / "checkpoint-2"
+    check_checkpoint(checkpoint)
+    check_checkpoint(checkpoint)
+    assert reads == [checkpoint]
+    damaged, file, reason = damage(lora_run_copy, "truncated weights")
+    assert damaged == checkpoint
+    with pytest.raises(SdkError, match=reason):
+        check_checkpoint(checkpoint)

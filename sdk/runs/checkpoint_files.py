@@ -58,9 +58,31 @@ _LORA_A = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_(?:embedding_)?A(?:\.
 _LORA_B = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_(?:embedding_)?B(?:\.weight)?$")
 
 
+# The folders check_checkpoint passed in this process, with their files' (name, inode, size,
+# mtime) then: a command resolves its checkpoint in more than one layer (export, then the
+# inference loader), and the check reads every weight, so an unchanged folder passes once.
+_PASSED: dict[tuple[Path, bool], frozenset] = {}
+
+
+def files_state(folder: Path) -> frozenset:
+    return frozenset((path.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                     for path in folder.iterdir() if path.is_file()
+                     for stat in (path.stat(),))
+
+
 def check_checkpoint(folder: Path, resuming: bool = False) -> None:
     """Refuse a checkpoint (or export) folder with a damaged file; ``resuming`` also requires
     trainer_state.json and checks the training state a resume reads."""
+    if not folder.is_dir():
+        return check_files(folder, resuming)
+    key, state = (folder.resolve(), resuming), files_state(folder)
+    if _PASSED.get(key) == state:
+        return
+    check_files(folder, resuming)
+    _PASSED[key] = state
+
+
+def check_files(folder: Path, resuming: bool) -> None:
     if resuming and not (folder / TRAINER_STATE).is_file():
         raise damaged_checkpoint(folder / TRAINER_STATE, "missing; a resume restores the "
                                  "step, epoch and learning-rate schedule from it")
