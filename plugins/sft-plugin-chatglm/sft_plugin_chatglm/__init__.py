@@ -147,32 +147,20 @@ GLM4_JINJA = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# GLM-4-0414 (GLM-4-9B-0414, GLM-4-32B-0414; Glm4ForCausalLM): the official chat_template of
-# zai-org/GLM-4-32B-0414's tokenizer_config.json writes all system messages first, then the
-# others ("{%- for msg in messages %}{%- if msg.role == 'system' %}<|system|>\n{{ msg.content }}"
-# ... "{%- for message in messages if message.role != 'system' %}" ... "{%- if role ==
-# 'user' %}<|user|>\n{{ content }}{%- elif role == 'assistant' and not meta %}<|assistant|>\n
-# {{ content }}" ... "{% if add_generation_prompt %}<|assistant|>{% endif %}"), as quoted in
-# SillyTavern/SillyTavern pull request 3906 and, for the same 0414 series, in the GGUF
-# conversion log of GLM-Z1-Rumination-32B-0414 (ikawrakow/ik_llama.cpp discussions); unlike
-# glm-4-9b-chat's it keeps a message whose content is empty. Its byte-exact text could not be
-# had offline here: this is that loop (its assistant-with-`metadata` branch writes tool calls,
-# below), plus the end-of-turn marker after a final reply (see END_OF_TURN), as ms-swift's
-# glm4_0414 template trains it (GLM4_0414TemplateMeta: ChatGLM4TemplateMeta's suffix with the
-# [gMASK]<sop> prefix).
-# Tools, as the GLM-4-32B-0414 model card writes them (its README.md, section "Function Call",
-# read here from a stored copy; zai-org/GLM-4-32B-0414 on Hugging Face): the schemas are a system
-# message built in Python by its build_system_prompt, "# 可用工具" then for each function
-# "\n\n## {name}\n\n" + json.dumps(function, ensure_ascii=False, indent=4) +
-# "\n在调用上述函数时，请使用 Json 格式表示调用的参数。" (verbatim here, and written first, as that
-# card's first message); a call is {"role": "assistant", "metadata": name, "content":
-# json.dumps(arguments, ensure_ascii=False)}, one per call, and a result {"role":
-# "observation", "content": result}. Those messages render through the template's loop, whose
-# branches for them are quoted verbatim from GLM-Z1-Rumination-32B-0414's template (the GGUF
-# log above): "{%- elif role == 'assistant' and meta %}<|assistant|>{{ meta }} \n{{ ... }}"
-# (a space before the "\n") and "{%- elif role == 'observation' %}<|observation|>\n{{ ... }}".
-# The same 0414 template's own `tools` branch was not found verbatim, so it is not what this
-# follows. As for glm4, a final call is followed by <|observation|>, and trained with it.
+# GLM-4-0414 (GLM-4-9B-0414, GLM-4-32B-0414; Glm4ForCausalLM): the text of the official
+# chat_template of GLM-4-9B-0414's tokenizer_config.json (verbatim in tests/official_glm4.py,
+# from xorbitsai/inference xinference/model/llm/llm_family.json, entry "glm4-0414", commit
+# 7ecec16b; the same bytes as enapt/SwarmLLM's glm4_gguf_shipped.jinja, commit d237054e; sha256
+# pinned there): `tools` as one system message ("# 可用工具", then per function
+# "\n\n## {name}\n\n" + its JSON, indent 4, + "\n在调用上述函数时，请使用 Json 格式表示
+# 调用的参数。"), then all system messages, then the others; an empty content is kept (unlike
+# glm-4-9b-chat). The official text reads calls as assistant messages with `metadata` (the
+# name; "<|assistant|>name \n" then the arguments) and results as role "observation"; this
+# template reads OpenAI's `tool_calls` and role "tool" into those same texts. It adds the
+# end-of-turn marker after a final reply (see END_OF_TURN), as ms-swift's glm4_0414 template
+# trains it
+# (GLM4_0414TemplateMeta: ChatGLM4TemplateMeta's suffix with the [gMASK]<sop> prefix); a final
+# call is followed by <|observation|>, and trained with it, as for glm4.
 GLM4_0414_TOOL_PROMPT = "# 可用工具"
 GLM4_0414_JINJA = (
     "[gMASK]<sop>"

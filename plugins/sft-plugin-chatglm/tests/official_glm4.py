@@ -1,13 +1,12 @@
-"""The official chat template of GLM-4-9B-Chat, verbatim, for the parity tests. Test support,
-not collected (no test_ prefix).
+"""The official chat templates of GLM-4-9B-Chat and GLM-4-0414, verbatim, for the parity tests.
+Test support, not collected (no test_ prefix).
 
-Source: the "chat_template" of THUDM/glm-4-9b-chat tokenizer_config.json, quoted in full (as the
-JSON string) in ShishirPatil/gorilla berkeley-function-call-leaderboard/bfcl_eval/model_handler/
-local_inference/glm.py, GLMHandler._format_prompt, commit
-8baf21262876a16558adcf8880eaad145a0b85d3. The real tokenizer is not available offline, so this
-text stands in for it: the tests render it with transformers' own jinja renderer."""
-
-import json
+GLM-4-9B-Chat's source: the "chat_template" of THUDM/glm-4-9b-chat tokenizer_config.json, quoted
+in full (as the JSON string) in ShishirPatil/gorilla berkeley-function-call-leaderboard/bfcl_eval/
+model_handler/local_inference/glm.py, GLMHandler._format_prompt, commit
+8baf21262876a16558adcf8880eaad145a0b85d3; GLM-4-0414's: see OFFICIAL_GLM4_0414_CHAT_TEMPLATE. The
+real tokenizers are not available offline, so these texts stand in for them: the tests render
+them with transformers' own jinja renderer."""
 
 OFFICIAL_GLM4_CHAT_TEMPLATE = (
     "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>"
@@ -41,35 +40,26 @@ OFFICIAL_GLM4_CHAT_TEMPLATE = (
     "dif %}"
 )
 
-# GLM-4-0414: NOT verbatim, for want of its tokenizer_config.json offline; rebuilt from the
-# parts quoted above GLM4_0414_JINJA in sft_plugin_chatglm: the system loop (SillyTavern pull
-# request 3906) and the message loop of GLM-Z1-Rumination-32B-0414's template (a GGUF conversion
-# log in ikawrakow/ik_llama.cpp discussions), with `content` where that Z1 model writes
-# `visible` (its reply after `</think>`), as the GLM-4-32B-0414 quote does.
-RECONSTRUCTED_GLM4_0414_CHAT_TEMPLATE = (
-    "[gMASK]<sop>{%- for msg in messages %}{%- if msg.role == 'system' %}<|system|>\n"
-    "{{ msg.content }}{%- endif %}{%- endfor %}"
+# GLM-4-0414: the chat_template of GLM-4-9B-0414's tokenizer_config.json, verbatim (sha256
+# pinned in test_glm4_tools.py), as two projects hold it byte for byte alike:
+# xorbitsai/inference xinference/model/llm/llm_family.json, entry "glm4-0414" (zai-org/
+# GLM-4-9B-0414, GLM-4-32B-0414), commit 7ecec16b63383e18e4af790c4b522fb7d79f7e77 (added in
+# c9b4453b, "support glm4-0414"); and enapt/SwarmLLM src/inference/chat_template/fixtures/
+# glm4_gguf_shipped.jinja, commit d237054e2992d7c8a652b25584786bfc1466983b (the template a GGUF
+# of glm-4-9b-0414 carries, which llama.cpp's converter copies from tokenizer_config.json).
+OFFICIAL_GLM4_0414_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{%- if tools -%}<|system|>\n# 可用工具\n{% for tool in tools %}"
+    "{%- set function = tool.function if tool.get(\"function\") else tool %}"
+    "\n\n## {{ function.name }}\n\n{{ function | tojson(indent=4, ensure_ascii=False) }}"
+    "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+    "{%- endfor %}{%- endif -%}{%- for msg in messages %}"
+    "{%- if msg.role == 'system' %}<|system|>\n{{ msg.content }}{%- endif %}{%- endfor %}"
     "{%- for message in messages if message.role != 'system' %}"
     "{%- set role = message['role'] %}{%- set content = message['content'] %}"
     "{%- set meta = message.get(\"metadata\", \"\") %}"
     "{%- if role == 'user' %}<|user|>\n{{ content }}"
     "{%- elif role == 'assistant' and not meta %}<|assistant|>\n{{ content }}"
     "{%- elif role == 'assistant' and meta %}<|assistant|>{{ meta }} \n{{ content }}"
-    "{%- elif role == 'observation' %}<|observation|>\n{{ content }}"
-    "{%- endif %}{%- endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    "{%- elif role == 'observation' %}<|observation|>\n{{ content }}{%- endif %}"
+    "{%- endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-def build_system_prompt(tools):
-    """Verbatim from the GLM-4-32B-0414 model card (README.md, "Function Call"): the system
-    message that carries the tool schemas."""
-    if tools is None:
-        tools = []
-    value = "# 可用工具"
-    contents = []
-    for tool in tools:
-        content = f"\n\n## {tool['function']['name']}\n\n{json.dumps(tool['function'], ensure_ascii=False, indent=4)}"  # noqa: E501
-        content += "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
-        contents.append(content)
-    value += "".join(contents)
-    return value

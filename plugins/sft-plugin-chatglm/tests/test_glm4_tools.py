@@ -1,39 +1,33 @@
 """GLM-4's and GLM-4-0414's tool formats on LLaMA-Factory's glaive_toolcall rows
-(tests/data/llama_factory): the text is the chat template's (official_glm4.py: glm-4-9b-chat's
-verbatim, GLM-4-0414's rebuilt from quoted parts), rendered by transformers' jinja renderer from
-the messages those templates read: the schemas (glm-4-9b-chat: on a message's `tools`;
-GLM-4-0414: the model card's system message), a call as an assistant message whose metadata is
-the function name, a result as an observation."""
+(tests/data/llama_factory): the text is the official chat template's (official_glm4.py, both
+verbatim), rendered by transformers' jinja renderer from the messages those templates read: the
+schemas (glm-4-9b-chat: on a message's `tools`; GLM-4-0414: apply_chat_template's `tools`), a
+call as an assistant message whose metadata is the function name, a result as an observation."""
 
+import hashlib
 import json
 
 import pytest
-from official_glm4 import (
-    OFFICIAL_GLM4_CHAT_TEMPLATE,
-    RECONSTRUCTED_GLM4_0414_CHAT_TEMPLATE,
-    build_system_prompt,
-)
+from official_glm4 import OFFICIAL_GLM4_0414_CHAT_TEMPLATE, OFFICIAL_GLM4_CHAT_TEMPLATE
 
-from conftest import TOKENIZERS
+from conftest import CONVERSATIONS, TOKENIZERS
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
 from sdk.testing import trained_spans
 
 REGISTRY = load_plugins().registry
 CHAT_TEMPLATES = {"glm4": OFFICIAL_GLM4_CHAT_TEMPLATE,
-                  "glm4-0414": RECONSTRUCTED_GLM4_0414_CHAT_TEMPLATE}
+                  "glm4-0414": OFFICIAL_GLM4_0414_CHAT_TEMPLATE}
 
 
 def official_messages(template, conversation):
-    """The conversation as the official template reads it: the schemas first (glm4: on a
-    system message without content; glm4-0414: as the model card's system message), each call
-    an assistant message {metadata: name, content: the arguments as JSON}, each result an
-    observation."""
+    """The conversation as the official template reads it: glm4's schemas first, on a system
+    message without content (glm4-0414 takes them as `tools`); each call an assistant message
+    {metadata: name, content: the arguments as JSON}, each result an observation."""
     messages = []
-    if conversation[0].get("tools"):
-        tools = json.loads(conversation[0]["tools"])
-        messages.append({"role": "system", "content": "", "tools": tools} if template == "glm4"
-                        else {"role": "system", "content": build_system_prompt(tools)})
+    if conversation[0].get("tools") and template == "glm4":
+        messages.append({"role": "system", "content": "",
+                         "tools": json.loads(conversation[0]["tools"])})
     for message in conversation:
         if message["role"] == "tool":
             messages.append({"role": "observation", "content": message["content"]})
@@ -51,10 +45,24 @@ def official_messages(template, conversation):
 def official_text(template, conversation, add_generation_prompt=False):
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template([official_messages(template, conversation)],
+    tools = json.loads(conversation[0].get("tools") or "null") if template == "glm4-0414" else None
+    rendered, _ = render_jinja_template([official_messages(template, conversation)], tools=tools,
                                         chat_template=CHAT_TEMPLATES[template],
                                         add_generation_prompt=add_generation_prompt)
     return rendered[0]
+
+
+def test_glm4_0414_renders_the_conversations_as_its_verbatim_template_but_the_final_end():
+    assert hashlib.sha256(OFFICIAL_GLM4_0414_CHAT_TEMPLATE.encode()).hexdigest() == (
+        "854b703e44ca06bdb196cc471c728d15dbab61e744fe6cdce980086b61646ed1")
+    template = Template(REGISTRY.get("templates", "glm4-0414"))
+    for messages in CONVERSATIONS.values():
+        for generation_prompt in (False, True):
+            expected = official_text("glm4-0414", messages, generation_prompt)
+            if messages[-1]["role"] == "assistant":  # sdk's end-of-turn after a final reply
+                expected = expected.removesuffix("<|assistant|>") + "<|user|>" + (
+                    "<|assistant|>" if generation_prompt else "")
+            assert template.render(messages, add_generation_prompt=generation_prompt) == expected
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
