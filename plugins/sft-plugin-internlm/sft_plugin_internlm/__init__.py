@@ -169,8 +169,9 @@ def model_specs() -> list[ModelSpec]:
 # also fit the official code. transformers builds the fast tokenizer from tokenizer.model
 # (sentencepiece). The chat format is InternLM2's: ms-swift registers internlm3 with
 # TemplateType.internlm2 (swift/llm/model/model/internlm.py, LLMModelType.internlm3; ids from
-# the same entry). The chat_template text of internlm3-8b-instruct's own tokenizer_config.json
-# could not be had offline here to compare byte for byte.
+# the same entry), and the chat_template of internlm3-8b-instruct's tokenizer_config.json is
+# byte for byte internlm2-chat-7b's (as xorbitsai/inference's llm_family.json holds it, entry
+# "internlm3-instruct", commit 7ecec16b; tests/test_internlm3.py pins its sha256).
 INTERNLM3_SPEC = ModelSpec(
     model_type="internlm3-8b-instruct",
     family=FAMILY,

@@ -1,5 +1,6 @@
 """InternLM3-8B-Instruct: registered as a native type (transformers' internlm3 config, built as
-Llama), with InternLM2's chat format; a tiny checkpoint in the official layout (config.json as
+Llama), with InternLM2's chat format (its verbatim chat_template renders as the internlm2
+template under apply_chat_template); a tiny checkpoint in the official layout (config.json as
 internlm/internlm3-8b-instruct writes it: InternLM3ForCausalLM with auto_map, qkv_bias, bias,
 dynamic rope scaling; the official parameter names; tokenizer.model with the remote-code
 tokenizer's tokenizer_config.json) trains LoRA packed, reloads to the same logits and exports
@@ -8,15 +9,16 @@ a merged model that loads without remote code.
 InternLM3's own tokenizer.model cannot be had offline here: Mistral v0.1's (sentencepiece, the
 same kind, and small, which keeps the test quick) stands in."""
 
+import hashlib
 import json
 import shutil
 
 import pytest
 from sft_plugin_internlm import INTERNLM2_TEMPLATE, INTERNLM3_SPEC
 
-from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS
+from conftest import CONVERSATIONS, REMOTE_CODE, TINY_SIZE, TOKENIZERS
 from sdk.plugins import load_plugins
-from sdk.testing import export_merged, train_and_reload
+from sdk.testing import assert_template_parity, export_merged, train_and_reload
 
 OFFICIAL_CONFIG = {  # internlm/internlm3-8b-instruct config.json, at TINY_SIZE
     "architectures": ["InternLM3ForCausalLM"],
@@ -31,6 +33,15 @@ OFFICIAL_CONFIG = {  # internlm/internlm3-8b-instruct config.json, at TINY_SIZE
                                        "num_attention_heads", "num_key_value_heads",
                                        "max_position_embeddings")},
 }
+# The chat_template of internlm/internlm3-8b-instruct's tokenizer_config.json, verbatim, as
+# xorbitsai/inference holds it: xinference/model/llm/llm_family.json, entry "internlm3-instruct"
+# (internlm/internlm3-8b-instruct), commit 7ecec16b63383e18e4af790c4b522fb7d79f7e77 (added in
+# 0ee8d142, "Support internlm3").
+OFFICIAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 TOKENIZER_CONFIG = {  # the remote-code tokenizer's: transformers builds a fast one instead
     "auto_map": {"AutoTokenizer": ["tokenization_internlm3.InternLM3Tokenizer", None]},
     "tokenizer_class": "InternLM3Tokenizer", "bos_token": "<s>", "eos_token": "</s>",
@@ -67,6 +78,17 @@ def test_internlm3_is_native_with_the_internlm2_format(render_cli):
     assert render_cli("internlm3-8b-instruct", CONVERSATIONS["with system"], True) == (
         "<s><|im_start|>system\nYou are Ferret.<|im_end|>\n<|im_start|>user\nWho are you?"
         "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_the_template_renders_as_internlm3s_verbatim_chat_template(official_folder):
+    assert hashlib.sha256(OFFICIAL_CHAT_TEMPLATE.encode()).hexdigest() == (
+        "49aa7cb516942cc5a17d45ed2939828e3b5e4188dc487a3c4b64a570e5b5111f")
+    # byte for byte internlm2-chat-7b's, the template internlm2 is already checked against
+    internlm2 = json.loads((REMOTE_CODE / "internlm2-chat-7b" / "tokenizer_config.json")
+                           .read_text(encoding="utf-8"))["chat_template"]
+    assert OFFICIAL_CHAT_TEMPLATE == internlm2
+    assert_template_parity(INTERNLM2_TEMPLATE, official_folder, CONVERSATIONS.values(),
+                           chat_template=OFFICIAL_CHAT_TEMPLATE)
 
 
 def test_the_official_layout_trains_packed_reloads_and_exports_merged(
