@@ -114,9 +114,12 @@ QWEN2_5_JINJA = r"""{%- if tools %}
 #   before the last reply (unslothai/unsloth pull request 3110 reports the same), which the model
 #   never writes after its generation prompt: not a `reasoning` template, so that block stays
 #   context and the answer alone is trained.
-# - qwen3-thinking-2507.jinja: Qwen/Qwen3-4B-Thinking-2507 tokenizer_config.json as quoted in
-#   akougkas/warpio-cli warpio-docs/ai-docs/model_cards/qwen3:4b.md (commit 8dde6d21, its
-#   262144-token config): the same text, the generation prompt opening <think>.
+# - qwen3-thinking-2507.jinja: the chat_template of the Qwen3 Thinking-2507 releases (4B,
+#   30B-A3B, 235B-A22B), as xorbitsai/inference keeps it for them (xinference/model/llm/
+#   llm_family.json, entry "Qwen3-Thinking", commit 7ecec16b63383e18e4af790c4b522fb7d79f7e77;
+#   added in f17ae7af, "Support Qwen3-Thinking"), the same bytes as Qwen/Qwen3-4B-Thinking-2507
+#   tokenizer_config.json quoted in akougkas/warpio-cli warpio-docs/ai-docs/model_cards/
+#   qwen3:4b.md (commit 8dde6d21): Instruct-2507's text, the generation prompt opening <think>.
 def official_jinja(name: str) -> str:
     return (files(__name__) / f"{name}.jinja").read_text(encoding="utf-8")
 
