@@ -1,15 +1,77 @@
-"""--use-liger-kernel on a CUDA GPU (liger-kernel's kernels are Triton): the same loss and
-adapter gradients as the model's own modules, with less memory kept for the backward. On a
-machine without CUDA the flag is refused (tests/test_bad_input.py)."""
+"""--use-liger-kernel: the plan names liger-kernel's function for each family's architecture and
+refuses one liger has no kernels for, on any machine, before the model loads; on a CUDA GPU
+(liger-kernel's kernels are Triton) the same loss and adapter gradients as the model's own
+modules, with less memory kept for the backward. On a machine without CUDA the flag is refused
+(tests/test_bad_input.py)."""
+
+import importlib.util
 
 import pytest
 import torch
 
+from sdk.config import SftArguments
 from sdk.errors import SdkError
-from sdk.train.liger_kernels import apply_liger_kernels, check_liger_kernels
+from sdk.train import liger_kernels
+from sdk.train.liger_kernels import LIGER_FUNCTIONS, apply_liger_kernels, check_liger_kernels
+from sdk.train.plan import resolve_plan
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="liger-kernel's Triton kernels run on CUDA")
+on_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                             reason="liger-kernel's Triton kernels run on CUDA")
+
+# model type: the function liger-kernel's own table (MODEL_TYPE_TO_APPLY_LIGER_FN, 0.8.5) gives
+# its architecture, one model type a layout
+PLANNED = {
+    "qwen3-8b": "apply_liger_kernel_to_qwen3",
+    "qwen3-4b-thinking-2507": "apply_liger_kernel_to_qwen3",
+    "qwen3-30b-a3b": "apply_liger_kernel_to_qwen3_moe",
+    "qwen3-30b-a3b-instruct-2507": "apply_liger_kernel_to_qwen3_moe",
+    "gemma2-9b-it": "apply_liger_kernel_to_gemma2",
+    "gemma3-1b-it": "apply_liger_kernel_to_gemma3_text",
+    "gemma3-4b-it": "apply_liger_kernel_to_gemma3_text",  # loaded as its text model
+    "phi3.5-mini-instruct": "apply_liger_kernel_to_phi3",
+    "phi4-14b": "apply_liger_kernel_to_phi3",
+    "glm4-9b-0414": "apply_liger_kernel_to_glm4",
+    "internlm3-8b-instruct": "apply_liger_kernel_to_llama",  # built as LlamaForCausalLM
+    "deepseek-r1-distill-qwen-7b": "apply_liger_kernel_to_qwen2",
+    "deepseek-r1-distill-llama-8b": "apply_liger_kernel_to_llama",
+    "mistral-nemo-instruct-2407": "apply_liger_kernel_to_mistral",
+    "qwen-7b-chat": "apply_liger_kernel_to_qwen2",  # converted to Qwen2 on load
+}
+
+
+def liger_plan(registry, model_type: str, tmp_path):
+    return resolve_plan(SftArguments(model_type=model_type, dataset=["self-cognition"],
+                                     output_dir=str(tmp_path), use_liger_kernel=True), registry)
+
+
+@pytest.mark.parametrize("model_type", sorted(PLANNED))
+def test_the_plan_names_ligers_function_for_the_architecture(model_type, monkeypatch,
+                                                              tmp_path, sdk_registry):
+    monkeypatch.setattr(liger_kernels, "check_machine", lambda: None)  # as on a CUDA machine
+    assert sdk_registry.get("models", model_type)  # a registered model type
+    choice = liger_plan(sdk_registry, model_type, tmp_path).as_dict()["choices"]["liger_kernel"]
+    assert choice["value"] == PLANNED[model_type]
+
+
+@pytest.mark.parametrize("model_type, architectures", [
+    ("chatglm3-6b", "glm"), ("glm4-9b-chat", "glm, chatglm"), ("glm4-9b-chat-hf", "glm")])
+def test_a_family_liger_has_no_kernels_for_is_refused_on_any_machine(model_type, architectures,
+                                                                     tmp_path, sdk_registry):
+    with pytest.raises(SdkError, match=f"liger-kernel has no kernels for --model-type "
+                                       f"{model_type} \\({architectures} models\\)"):
+        liger_plan(sdk_registry, model_type, tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None,
+                    reason="liger-kernel is not installed")
+def test_each_function_is_the_one_installed_liger_keeps_for_the_architecture():
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    for model_type, name in LIGER_FUNCTIONS.items():
+        # liger lists no internlm3: transformers builds it with Llama's modules
+        own = MODEL_TYPE_TO_APPLY_LIGER_FN["llama" if model_type == "internlm3" else model_type]
+        assert own.__name__ == name
+        assert liger_kernels.installed_function(name) is own
 
 
 def lora_qwen2(seed: int):
@@ -38,6 +100,7 @@ def loss_gradients_and_kept_bytes(model, tokens: torch.Tensor):
     return loss.item(), gradients, kept
 
 
+@on_cuda
 def test_on_cuda_liger_kernels_keep_losses_and_gradients_in_less_memory(monkeypatch):
     from transformers.models.qwen2 import modeling_qwen2
 
@@ -59,16 +122,20 @@ def test_on_cuda_liger_kernels_keep_losses_and_gradients_in_less_memory(monkeypa
     assert patched[2] < 0.9 * own[2]
 
 
+@on_cuda
 def test_on_cuda_a_family_liger_has_no_kernels_for_is_refused_before_loading():
     with pytest.raises(SdkError, match="liger-kernel has no kernels for --model-type "
                                        "chatglm3-6b"):
         check_liger_kernels(("chatglm",), "chatglm3-6b")
-    check_liger_kernels(("qwen2",), "qwen2-7b-instruct")
-    check_liger_kernels(("gemma2",), "gemma2-9b-it")
-    check_liger_kernels(("gemma3_text", "gemma3"), "gemma3-4b-it")
-    check_liger_kernels((), "third-party-type")  # declares no architecture: checked on load
+    assert check_liger_kernels(("qwen2",), "qwen2-7b-instruct") == "apply_liger_kernel_to_qwen2"
+    assert check_liger_kernels(("gemma2",), "gemma2-9b-it") == "apply_liger_kernel_to_gemma2"
+    assert check_liger_kernels(("gemma3_text", "gemma3"), "gemma3-4b-it") == (
+        "apply_liger_kernel_to_gemma3_text")
+    # declares no architecture: checked on load
+    assert check_liger_kernels((), "third-party-type") is None
 
 
+@on_cuda
 def test_on_cuda_a_packed_run_with_liger_kernels_stays_packed(plugin_set, identity_data,
                                                              tmp_path, capsys):
     # the model loads on the CPU; the packing probe must run it where liger's kernels run

@@ -76,6 +76,18 @@ def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
     assert result.exit_code == 1 and "--json prints the plan of --dry-run" in result.stderr
 
 
+def test_the_json_plan_says_how_ligers_function_is_found(sft, identity_data, no_model_load,
+                                                         monkeypatch):
+    monkeypatch.setattr("sdk.train.liger_kernels.check_machine", lambda: None)  # as on CUDA
+    result = sft("--dataset", identity_data, "--use-liger-kernel", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    choice = json.loads(result.stdout)["plan"]["choices"]["liger_kernel"]
+    # the tiny model type declares no architecture (config_model_types): its loaded model's
+    # is looked up (a family's are named before: tests/test_liger_kernels.py)
+    assert choice == {"value": "by the model's architecture, when it loads",
+                      "why": f"--use-liger-kernel: {TINY_MODEL_TYPE} declares no architecture"}
+
+
 def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_path):
     plan = resolve_plan(SftArguments(
         model_type=TINY_MODEL_TYPE, dataset=[str(identity_data)],

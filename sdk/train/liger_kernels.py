@@ -11,6 +11,7 @@ liger's fused linear cross-entropy on CUDA).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from typing import Any
 
@@ -18,16 +19,43 @@ from sdk.errors import SdkError
 
 FLAG = "--use-liger-kernel"
 
+# liger-kernel's function for each architecture (config.json's model_type) of the families
+# here that it has kernels for: the entries of liger_kernel.transformers.monkey_patch's
+# MODEL_TYPE_TO_APPLY_LIGER_FN (liger-kernel 0.8.5) for those types, by name, so that the plan
+# names the function and refuses a type without kernels on any machine, before the model loads
+# (liger imports Triton, which a CPU machine need not have). tests/test_liger_kernels.py checks
+# each name against the installed liger's own table.
+LIGER_FUNCTIONS = {
+    "llama": "apply_liger_kernel_to_llama",
+    # transformers builds InternLM3 as LlamaForCausalLM (its auto mapping): Llama's modules
+    "internlm3": "apply_liger_kernel_to_llama",
+    "mistral": "apply_liger_kernel_to_mistral",
+    "mixtral": "apply_liger_kernel_to_mixtral",
+    "qwen2": "apply_liger_kernel_to_qwen2",
+    "qwen3": "apply_liger_kernel_to_qwen3",
+    "qwen3_moe": "apply_liger_kernel_to_qwen3_moe",
+    "gemma2": "apply_liger_kernel_to_gemma2",
+    "gemma3_text": "apply_liger_kernel_to_gemma3_text",
+    "gemma3": "apply_liger_kernel_to_gemma3",
+    "phi3": "apply_liger_kernel_to_phi3",
+    "glm4": "apply_liger_kernel_to_glm4",
+}
 
-def supported_model_types() -> set[str]:
-    """The ``model_type`` values liger-kernel has kernels for (it imports Triton)."""
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
-    return set(MODEL_TYPE_TO_APPLY_LIGER_FN)
+def liger_function(config_model_types: tuple[str, ...], model_type: str) -> str | None:
+    """The name of liger's function for the model type's architecture (the first of its
+    ``config_model_types`` that has one); None where it declares none (checked on load)."""
+    if not config_model_types:
+        return None
+    for config_model_type in config_model_types:
+        if config_model_type in LIGER_FUNCTIONS:
+            return LIGER_FUNCTIONS[config_model_type]
+    raise SdkError(f"{FLAG}: liger-kernel has no kernels for --model-type {model_type} "
+                   f"({', '.join(config_model_types)} models). Leave the flag out.")
 
 
-def check_liger_kernels(config_model_types: tuple[str, ...], model_type: str) -> None:
-    """The kernels can run here and have a version for the model type (before it loads)."""
+def check_machine() -> None:
+    """The kernels can run here: a CUDA GPU and liger-kernel installed."""
     import torch
 
     if not torch.cuda.is_available():
@@ -35,15 +63,29 @@ def check_liger_kernels(config_model_types: tuple[str, ...], model_type: str) ->
                        "Triton. Leave the flag out on this machine.")
     if importlib.util.find_spec("liger_kernel") is None:
         raise SdkError(f"{FLAG} needs liger-kernel: pip install liger-kernel")
-    unsupported = set(config_model_types) - supported_model_types()
-    if config_model_types and unsupported == set(config_model_types):
-        raise SdkError(f"{FLAG}: liger-kernel has no kernels for --model-type {model_type} "
-                       f"({', '.join(sorted(unsupported))} models). Leave the flag out.")
+
+
+def check_liger_kernels(config_model_types: tuple[str, ...], model_type: str) -> str | None:
+    """liger's function for the model type (``liger_function``) where the kernels can run,
+    before the model loads."""
+    function = liger_function(config_model_types, model_type)
+    check_machine()
+    return function
+
+
+def installed_function(name: str) -> Any:
+    """liger's function ``name`` as the installed liger-kernel exports it."""
+    import liger_kernel.transformers
+
+    function = getattr(liger_kernel.transformers, name, None)
+    if function is None:
+        raise SdkError(f"{FLAG}: the installed liger-kernel has no {name}; "
+                       "pip install -U liger-kernel")
+    return function
 
 
 def apply_liger_kernels(model: Any) -> str:
     """Swap the kernels into ``model`` (peft-wrapped or not) in place; says what was done."""
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance
     from transformers.trainer_utils import unwrap_peft_model
 
     # At its first call, liger looks for its optional backends (CuTe DSL, Ascend) and warns for
@@ -51,25 +93,18 @@ def apply_liger_kernels(model: Any) -> str:
     logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
     network = unwrap_peft_model(model)
     model_type = network.config.model_type
-    if model_type not in supported_model_types():
+    if model_type not in LIGER_FUNCTIONS:
         raise SdkError(f"{FLAG}: liger-kernel has no kernels for {model_type} models. Leave "
                        "the flag out.")
+    apply = installed_function(LIGER_FUNCTIONS[model_type])
     # liger also swaps the RoPE function and the RMSNorm and MLP classes of transformers'
-    # module for the architecture: models of it built later in the process get the kernels too
-    # each architecture's function takes the keywords that fit it (Gemma's MLP is GeGLU: geglu,
-    # and its RMSNorm scales by 1 + weight, which liger's Gemma functions patch as such)
-    _apply_liger_kernel_to_instance(model=network, rope=True, rms_norm=True, swiglu=True,
-                                    geglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
-    return (f"liger-kernel's RMSNorm, {mlp_kernel(model_type)} and RoPE kernels in the "
-            f"{model_type} model")
-
-
-def mlp_kernel(model_type: str) -> str:
-    """The MLP kernel liger swaps into ``model_type`` models: GeGLU (Gemma) or SwiGLU."""
-    import inspect
-
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-    apply = MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
-    return "GeGLU" if "geglu" in inspect.signature(apply).parameters else "SwiGLU"
+    # module for the architecture: models of it built later in the process get the kernels too.
+    # Each function takes the keywords that fit its architecture (Gemma's MLP is GeGLU: geglu,
+    # and its RMSNorm scales by 1 + weight, which liger's Gemma functions patch as such); its
+    # losses stay off (they default to on), so the loss is --loss-impl's
+    wanted = dict(rope=True, rms_norm=True, swiglu=True, geglu=True, cross_entropy=False,
+                  fused_linear_cross_entropy=False)
+    accepted = inspect.signature(apply).parameters
+    apply(model=network, **{key: value for key, value in wanted.items() if key in accepted})
+    kernel = "GeGLU" if "geglu" in accepted else "SwiGLU"
+    return f"liger-kernel's RMSNorm, {kernel} and RoPE kernels in the {model_type} model"

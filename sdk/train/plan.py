@@ -199,9 +199,9 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
                        f"--sft-type {tuner.name} on the unquantized model.")
     check_trackers(args.report_to)
     check_optimizer(args.optim)
-    if args.use_liger_kernel:
-        check_liger_kernels((spec.converted_to,) if spec.converted_to else spec.config_model_types,
-                            args.model_type)
+    liger = check_liger_kernels(
+        (spec.converted_to,) if spec.converted_to else spec.config_model_types,
+        args.model_type) if args.use_liger_kernel else None
     if args.deepspeed:
         check_deepspeed(args)
         args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
@@ -225,7 +225,7 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     registry.get("hubs", args.hub)
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     choices = automatic_choices(args, spec, tuner, given_bits, given_dropout,
-                                checkpointing_forced)
+                                checkpointing_forced, liger)
     if args.output_dir_as_run and not resumed:
         choices["run_folder"] = given_folder_choice(args)
     choices["resume"] = Choice(
@@ -251,8 +251,9 @@ def given_folder_choice(args: SftArguments) -> Choice:
 
 def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
                       given_bits: int | None, given_dropout: float | None,
-                      checkpointing_forced: bool) -> dict[str, Choice]:
-    """What each setting that depends on the machine, the model type or the tuner picked."""
+                      checkpointing_forced: bool, liger: str | None) -> dict[str, Choice]:
+    """What each setting that depends on the machine, the model type or the tuner picked
+    (``liger``: liger-kernel's function for the model type, with --use-liger-kernel)."""
     import torch
 
     dtype = torch_dtype(args.dtype)
@@ -290,8 +291,13 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
         packing = Choice(True, "--packing: a batch's rows joined into one, if the model (and "
                          "tuner) passes the packing probe once loaded; else padded, said then")
     choices["packing"] = packing
-    choices["liger_kernel"] = Choice(bool(args.use_liger_kernel), "--use-liger-kernel"
-                                     if args.use_liger_kernel else "off unless --use-liger-kernel")
+    if not args.use_liger_kernel:
+        choices["liger_kernel"] = Choice(False, "off unless --use-liger-kernel")
+    else:
+        choices["liger_kernel"] = Choice(
+            liger or "by the model's architecture, when it loads",
+            f"--use-liger-kernel: liger-kernel's function for {args.model_type}'s architecture"
+            if liger else f"--use-liger-kernel: {args.model_type} declares no architecture")
     if given_bits is not None:
         why = "--quantization-bit"
     elif args.quantization_bit:
