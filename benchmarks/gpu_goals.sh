@@ -1,13 +1,14 @@
 #!/bin/bash
 # Issue 9's GPU goals, qwen2.5-7b, in one device call of under 10 minutes (benchmarks/README.md,
-# "On a GPU machine"): the CUDA-only tests, then the rows of the GPU table against the seed
-# recipe while time is left, and last --deepspeed zero2, never yet run on CUDA. (The 128k-token
+# "On a GPU machine"): the CUDA-only tests, issue 22's Qwen3-8B LoRA row, then the rows of the
+# GPU table against the seed recipe while time is left, and last --deepspeed zero2, never yet run on CUDA. (The 128k-token
 # QLoRA row: `git show bb685cf:benchmarks/gpu_goals.sh`.) It needs the wheels in .whl/ and,
 # where ../shared is absent, a copy of its bench/ and data/tokenizers/qwen2 in .bench-shared/.
 # Each run's last JSON line goes to $OUT/results.jsonl, progress to $OUT/log.txt.
 START=$(date +%s)
 DEADLINE=${DEADLINE:-560}  # seconds: a call may run 600
 ARCH=${ARCH:-qwen2.5-7b}  # ARCH=tiny: a dry run of the script on a CPU
+QWEN3_ARCH=${QWEN3_ARCH:-qwen3-8b}  # issue 22's row; QWEN3_ARCH=qwen3-tiny on a CPU
 OUT=${OUT:-/tmp/gpu-goals}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt
@@ -52,6 +53,13 @@ ROWS="--fixed_len 0 --max-len 1024"
 
 run cuda_tests 90 python3 -m pytest -q -s -p no:cacheprovider tests/test_packing.py tests/test_liger_kernels.py -k cuda
 grep "kept for the backward" /tmp/cuda_tests.out >> "$LOG"
+
+# Issue 22: Qwen3-8B LoRA (liger's Qwen3 kernels, 4096 tokens a step, no dropout) against the
+# seed recipe on the same architecture; its random folder built first, outside the timed run.
+run qwen3_build 150 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import train_throughput
+print(train_throughput.random_model_folder('$QWEN3_ARCH'))"
+run qwen3_8b_lora_4k_liger 200 python3 benchmarks/train_throughput.py --arch "$QWEN3_ARCH" \
+  --mode lora --steps 12 --warmup 3 --max-tokens-per-batch 4096 --liger-kernel --lora-dropout 0
 run build 150 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import train_throughput
 print(train_throughput.random_model_folder('$ARCH'))"
 ln -sfn "/tmp/sdk-bench-$ARCH" "/tmp/rand-$ARCH"  # the baseline's QLoRA folder: the same model

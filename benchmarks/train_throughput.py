@@ -4,10 +4,12 @@
     python benchmarks/train_throughput.py --arch qwen2.5-7b --mode lora        # GPU
     python benchmarks/train_throughput.py --arch qwen2.5-7b --mode qlora       # GPU, bitsandbytes
     python benchmarks/train_throughput.py --arch qwen2.5-7b --longest          # QLoRA, one row
+    python benchmarks/train_throughput.py --arch qwen3-8b --mode lora          # GPU (issue 22)
 
 The baseline is ../shared/bench/hf_baseline.py (transformers Trainer + peft, dynamic padding),
-run as it is. Ours is `sdk sft`'s training setup with its default settings (the tuner's
-`prepare`, `build_trainer`: packing, `--loss-impl auto`, checkpoints), given the batch size,
+run as it is (for an architecture its table lacks, EXTRA_ARCHS, a copy that lists it). Ours is
+`sdk sft`'s training setup with its default settings (the tuner's `prepare`, `build_trainer`:
+packing, `--loss-impl auto`, checkpoints), given the batch size,
 steps and gradient checkpointing of the baseline. Both train the architecture the baseline defines,
 randomly initialised (speed does not depend on the weights), on the rows of its synthetic data
 generator with its seed, each in a fresh process. Real tokens are the tokens of the rows trained
@@ -34,14 +36,37 @@ BASELINE = REPO.parent / "shared" / "bench" / "hf_baseline.py"
 TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "qwen2"
 LONGEST_LADDER = [4096 * 2**i for i in range(6)]  # 4k ... 128k tokens
 GIB = 2**30
+# Architectures hf_baseline.py's ARCH table lacks, in its layout (model_type, hidden, layers,
+# heads, kv_heads, intermediate, vocab, tie): Qwen3-8B as Qwen/Qwen3-8B's config.json gives it
+# (head_dim 128, Qwen3Config's default), and a tiny Qwen3 for a dry run of its row on a CPU.
+EXTRA_ARCHS = {
+    "qwen3-8b": ("qwen3", 4096, 36, 32, 8, 12288, 151936, False),
+    "qwen3-tiny": ("qwen3", 256, 4, 4, 2, 704, 32000, True),
+}
 
 
 def baseline_module() -> Any:
-    """hf_baseline.py as a module: its architectures and its data generator."""
+    """hf_baseline.py as a module: its architectures (and EXTRA_ARCHS) and its data generator."""
     sys.path.insert(0, str(BASELINE.parent))
     import hf_baseline
 
+    hf_baseline.ARCH.update(EXTRA_ARCHS)
     return hf_baseline
+
+
+def baseline_script(arch: str) -> Path:
+    """hf_baseline.py, or for an architecture of EXTRA_ARCHS a copy of it whose ARCH table
+    also lists that one (the seed recipe otherwise run as it is)."""
+    if arch not in EXTRA_ARCHS:
+        return BASELINE
+    source = BASELINE.read_text()
+    table = "ARCH = {\n"
+    if table not in source:
+        raise SystemExit(f"{BASELINE} has no '{table.strip()}' table to add {arch} to")
+    row = f"    {arch!r}: {EXTRA_ARCHS[arch]!r},\n"
+    copy = Path(tempfile.gettempdir()) / f"hf_baseline_{arch}.py"
+    copy.write_text(source.replace(table, table + row, 1))
+    return copy
 
 
 def random_model_folder(arch: str) -> Path:
@@ -197,7 +222,8 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
     shared = ["--arch", options.arch, "--mode", options.mode, "--batch", str(options.batch),
               "--steps", str(options.steps), "--warmup", str(options.warmup),
               "--samples", str(options.samples), "--fixed_len", str(fixed_len)]
-    baseline = [sys.executable, str(BASELINE), *shared, "--max_len", str(options.max_len)]
+    baseline = [sys.executable, str(baseline_script(options.arch)), *shared, "--max_len",
+                str(options.max_len)]
     ours = [sys.executable, __file__, "--side", "ours", *shared, "--max-len",
             str(options.max_len), *(["--offload"] if options.offload else []),
             *(["--no-packing"] if options.no_packing else []),
@@ -248,7 +274,8 @@ def longest(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="tiny", help="an architecture of hf_baseline.py")
+    parser.add_argument("--arch", default="tiny", help="an architecture of hf_baseline.py, "
+                        f"or {', '.join(EXTRA_ARCHS)}")
     parser.add_argument("--mode", default="lora", choices=["lora", "qlora"])
     parser.add_argument("--batch", type=int, help="rows a step (default: 4 on GPU, 8 on CPU)")
     parser.add_argument("--steps", type=int, help="steps (default: 30 on GPU, 12 on CPU)")
