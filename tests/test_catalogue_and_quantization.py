@@ -1,11 +1,12 @@
 """registry.toml install hints, `sdk models --all`, and QLoRA (4/8-bit bitsandbytes bases)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL_TYPE
+from conftest import TINY_MODEL_TYPE, TINY_SIZE, TOKENIZERS
 from sdk.catalogue import first_party_plugins
 from sdk.errors import SdkError
 from sdk.plugins import PluginSet
@@ -78,3 +79,62 @@ def test_qlora_keeps_the_unquantized_layers_in_the_loaded_dtype(plugin_set, tiny
     assert first.dtype == torch.bfloat16
     assert all(parameter.grad is not None for name, parameter in model.named_parameters()
                if parameter.requires_grad)
+
+
+# The new families' architectures, each a tiny random model under its plugin's LoRA targets:
+# (model type, config.json model_type, the config's other settings). Gemma 2 and InternLM3
+# (Llama's modules, as the tiny model above) quantize as Gemma 3 and Qwen3 do.
+QLORA_ARCHITECTURES = [
+    ("qwen3-8b", "qwen3", {}),
+    ("qwen3-30b-a3b", "qwen3_moe", {"num_experts": 4, "num_experts_per_tok": 2,
+                                    "moe_intermediate_size": 32}),
+    ("gemma3-1b-it", "gemma3_text", {}),
+    ("phi4-14b", "phi3", {}),  # fused qkv_proj and gate_up_proj
+    ("glm4-9b-0414", "glm4", {}),  # fused gate_up_proj
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(TOKENIZERS / "mistral-v0.1").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model_type, architecture, settings", QLORA_ARCHITECTURES)
+def test_qlora_puts_each_familys_lora_targets_on_4_bit_layers(sdk_registry, tokenizer_folder,
+                                                               tmp_path, model_type,
+                                                               architecture, settings):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sdk.models.loader import LoadOptions, load_pretrained, unquantized_experts_notice
+    from sdk.specs import resolve_callable
+
+    folder = shutil.copytree(tokenizer_folder, tmp_path / model_type)
+    config = AutoConfig.for_model(architecture, vocab_size=32000, pad_token_id=0, head_dim=8,
+                                  **TINY_SIZE, **settings)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    model, _ = load_pretrained(folder, LoadOptions(dtype="fp32", quantization_bit=4))
+    spec = sdk_registry.get("models", model_type)
+    args = AnyTunerArguments(model_type=model_type, sft_type="qlora", dataset=["unused"],
+                             dtype="fp32", quantization_bit=4)
+    model = resolve_callable(sdk_registry.get("tuners", "qlora").prepare)(model, args, spec)
+    bases = {name.rsplit(".", 1)[-1]: type(module.base_layer).__name__
+             for name, module in model.named_modules() if hasattr(module, "base_layer")}
+    assert bases == dict.fromkeys(spec.lora_target_modules, "Linear4bit")
+    model.train()
+    row = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=row, labels=row).loss.backward()
+    assert all(parameter.grad is not None for parameter in model.parameters()
+               if parameter.requires_grad)
+    notice = unquantized_experts_notice(model, 4)
+    if architecture == "qwen3_moe":  # its experts are weights, not linear layers
+        # 2 layers x 4 experts x (gate and up 2 x 32 x 32 + down 32 x 32)
+        assert notice == ("--quantization-bit 4: bitsandbytes quantizes linear layers only; the "
+                          "24,576 weights of the fused MoE experts stay float32 (QLoRA saves "
+                          "little memory on this model)")
+    else:
+        assert notice is None

@@ -57,6 +57,20 @@ def quantization_config(options: LoadOptions) -> Any:
         bnb_4bit_compute_dtype=torch_dtype(compute))
 
 
+def unquantized_experts_notice(model: Any, bits: int) -> str | None:
+    """What a ``bits``-bit bitsandbytes load left unquantized, where that is much: the fused
+    MoE expert weights (3-d parameters, e.g. Qwen3-MoE's experts.gate_up_proj), which are not
+    linear layers, the only ones bitsandbytes quantizes."""
+    experts = [parameter for parameter in model.parameters() if parameter.dim() == 3]
+    if not experts:
+        return None
+    count = sum(parameter.numel() for parameter in experts)
+    return (f"--quantization-bit {bits}: bitsandbytes quantizes linear layers only; the "
+            f"{count:,} weights of the fused MoE experts stay "
+            f"{str(experts[0].dtype).removeprefix('torch.')} "
+            "(QLoRA saves little memory on this model)")
+
+
 def check_quantization(options: LoadOptions) -> None:
     if options.quantization_bit and importlib.util.find_spec("bitsandbytes") is None:
         raise SdkError("--quantization-bit needs bitsandbytes: pip install bitsandbytes")

@@ -33,6 +33,7 @@ from sdk.models.loader import (
     load_tokenizer,
     tokenizer_alone,
     torch_dtype,
+    unquantized_experts_notice,
 )
 from sdk.models.rope import applied_factor
 from sdk.registry import Registry
@@ -197,6 +198,10 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
         data = prepared_data(plan, registry, rows, tokenizer)
         gate(data, args)
     model, model_tokenizer = load_model(spec, args, registry)
+    quantization_notice = args.quantization_bit and unquantized_experts_notice(
+        model, args.quantization_bit)
+    if quantization_notice and is_main_process():
+        click.echo(f"[sdk] {quantization_notice}", err=True)
     if args.tokenizer_id_or_path:  # trained with, and saved into every checkpoint
         check_tokenizer_fits(tokenizer, model.get_input_embeddings().num_embeddings,
                              args.tokenizer_id_or_path)
