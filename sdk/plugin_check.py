@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib.util
 import re
 from collections.abc import Callable, Iterator
@@ -38,24 +39,15 @@ def check_plugins(plugins: PluginSet, names: list[str]) -> list[str]:
     problems = []
     for name in names:
         info = plugins.info[name]
-        problems += [named(name, info.source, error) for error in info.errors]
+        problems += [info.blamed(error) for error in info.errors]
         for kind, registered in info.registered.items():
             for item in registered:
                 entry = registry.entries[kind].get(item)
                 if entry is None or entry.plugin != name:
                     continue  # another plugin's override=True replaced it, or a conflict
-                problems += [named(name, info.source,
-                                   f"{entry.where}: {KINDS[kind][0]} '{item}': {problem}")
+                problems += [info.blamed(f"{entry.where}: {KINDS[kind][0]} '{item}': {problem}")
                              for problem in spec_problems(kind, entry.spec, registry)]
     return problems
-
-
-def named(plugin: str, source: str, problem: str) -> str:
-    """The problem with its plugin's name first, unless the problem begins with the plugin
-    file's own path (a file plugin's name)."""
-    if source == "file" and problem.startswith(str(Path(plugin).resolve()) + ":"):
-        return problem
-    return f"{plugin}: {problem}"
 
 
 def spec_problems(kind: str, spec: Any, registry: Registry) -> Iterator[str]:
@@ -173,7 +165,8 @@ def callable_problems(field: str, ref: CallableRef | None) -> Iterator[str]:
     yield f"{field} '{ref}': module '{module}' defines no '{name}'; {hint}"
 
 
-def top_level_names(source_file: str) -> set[str] | None:
+@functools.cache  # plugins name a few modules many times (every model type's loader)
+def top_level_names(source_file: str) -> frozenset[str] | None:
     """The names a module's source binds at its top level (functions, classes, assignments,
     imports, in if/try/with blocks too); None where its source cannot tell: no Python source,
     a star import, or a module-level ``__getattr__``."""
@@ -201,4 +194,4 @@ def top_level_names(source_file: str) -> set[str] | None:
         # the statements inside if/try/with/for blocks bind top-level names too
         for block in ("body", "orelse", "finalbody", "handlers"):
             statements += getattr(node, block, [])
-    return None if "__getattr__" in names else names
+    return None if "__getattr__" in names else frozenset(names)
