@@ -21,7 +21,7 @@ from sdk.config import SftArguments
 from sdk.data.formats import alpaca_to_messages, messages_to_messages, sharegpt_to_messages
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, with_thinking
-from sdk.testing import export_merged, train_and_reload, trained_spans
+from sdk.testing import assert_template_parity, export_merged, train_and_reload, trained_spans
 
 TEMPLATES = {spec.name: spec for spec in (QWEN3_TEMPLATE, QWEN3_INSTRUCT_2507_TEMPLATE,
                                           QWEN3_THINKING_2507_TEMPLATE)}
@@ -117,17 +117,13 @@ def test_qwen3_tokenizer_has_the_think_tokens(tokenizer):
 
 
 @pytest.mark.parametrize("thinking", THINKING)
-@pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_render_equals_apply_chat_template(tokenizer, template, name, thinking):
-    spec = with_thinking(TEMPLATES[template], THINKING[thinking])
-    extra = {} if THINKING[thinking] is None else {"enable_thinking": THINKING[thinking]}
-    messages = CONVERSATIONS[name]
-    for generation_prompt, shown in ((False, messages), (True, messages[:-1])):
-        expected = tokenizer.apply_chat_template(
-            shown, tokenize=False, add_generation_prompt=generation_prompt,
-            chat_template=spec.jinja, **extra)
-        assert Template(spec).render(shown, generation_prompt) == expected
+def test_render_equals_apply_chat_template(tokenizer, template, thinking):
+    # each conversation as trained (to its last reply) and as prompted (before it)
+    conversations = [shown for messages in CONVERSATIONS.values()
+                     for shown in (messages, messages[:-1])]
+    assert_template_parity(with_thinking(TEMPLATES[template], THINKING[thinking]), tokenizer,
+                           conversations, chat_template=TEMPLATES[template].jinja)
 
 
 @pytest.mark.parametrize("thinking", ["not given", "false"])
