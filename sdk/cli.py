@@ -29,10 +29,16 @@ from sdk.config import (
     read_config_file,
 )
 from sdk.data.readers import cannot_read
-from sdk.errors import SdkError
+from sdk.errors import SdkError, UnknownName
 from sdk.eval.metrics import METHODS, METRICS
 from sdk.options import arguments_class, plugin_options, refuse_other_tuners_options
-from sdk.plugins import NO_THIRD_PARTY_ENV_VAR, PLUGINS_ENV_VAR, PluginSet, load_plugins
+from sdk.plugins import (
+    NO_THIRD_PARTY_ENV_VAR,
+    PLUGINS_ENV_VAR,
+    PluginInfo,
+    PluginSet,
+    load_plugins,
+)
 from sdk.registry import Registry, model_template
 
 
@@ -106,7 +112,7 @@ class SdkCommand(click.Command):
         """The option names of the ``options_of`` command, its plugins' options included."""
         names = set(field_types(self.options_of[1]))
         if ctx is not None and self.options_of[0] == "sft":
-            names |= set(plugin_options(registry(ctx, warn=False))[0])
+            names |= set(plugin_options(registry(ctx))[0])
         return names
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -252,7 +258,7 @@ class PluginOptionsCommand(SdkCommand):
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
         if "plugin_flags" not in ctx.meta:
-            options, _ = plugin_options(registry(ctx, warn=False))
+            options, _ = plugin_options(registry(ctx))
             flags = []
             for option in options.values():
                 if option.kind not in self.option_kinds:
@@ -271,8 +277,15 @@ def given(params: dict[str, Any]) -> dict[str, Any]:
             for k, v in params.items() if v is not None and v != ()}
 
 
+# A command that did its work while a plugin failed to load ends with this status (not 0, so
+# that scripts and CI notice; not 1, the status of a command that failed).
+PLUGIN_ERROR_EXIT = 3
+
+
 class SdkGroup(click.Group):
-    """Adds plugin commands, and turns SdkError into a clean message and exit status 1."""
+    """Adds plugin commands; prints a line per broken plugin before any command runs; turns
+    SdkError into a clean message and exit status 1; a broken plugin makes a command that
+    succeeded exit with PLUGIN_ERROR_EXIT."""
 
     def _with_plugin_commands(self, ctx: click.Context) -> None:
         plugins = plugin_set(ctx)
@@ -289,10 +302,16 @@ class SdkGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        broken = report_plugins(ctx)
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+        except UnknownName as error:
+            raise click.ClickException(str(error) + may_be_why(error, broken)) from None
         except SdkError as error:
             raise click.ClickException(str(error)) from None
+        if broken:
+            ctx.exit(PLUGIN_ERROR_EXIT)
+        return result
 
 
 def plugin_set(ctx: click.Context) -> PluginSet:
@@ -306,17 +325,40 @@ def plugin_set(ctx: click.Context) -> PluginSet:
     return root.meta["plugins"]
 
 
-def registry(ctx: click.Context, warn: bool = True) -> Registry:
+def registry(ctx: click.Context) -> Registry:
+    return plugin_set(ctx).registry
+
+
+def report_plugins(ctx: click.Context) -> list[PluginInfo]:
+    """Print the registrations another plugin replaced, the names two plugins register, and
+    a line for each plugin that failed to load (its hooks are run now, to find those that
+    raise); give back the latter."""
     plugins = plugin_set(ctx)
-    result = plugins.registry
-    if warn and not ctx.find_root().meta.get("warned"):
-        ctx.find_root().meta["warned"] = True
-        for notice in result.override_notices():
-            click.echo(notice, err=True)
-        for info in plugins.failures():
-            click.echo(f"warning: plugin {info.name}: {'; '.join(info.errors)} "
-                       "(`sdk plugins` lists all plugins)", err=True)
-    return result
+    for notice in plugins.registry.override_notices():
+        click.echo(notice, err=True)
+    for info in plugins.info.values():
+        for conflict in info.conflicts:
+            click.echo(f"warning: plugin {info.name}: {conflict}", err=True)
+    broken = plugins.failures()
+    for info in broken:
+        click.echo(info.failure_line(), err=True)
+    return broken
+
+
+def may_be_why(error: UnknownName, broken: list[PluginInfo]) -> str:
+    """What to add to an unknown name's message when a plugin failed to load."""
+    if not broken:
+        return ""
+    from sdk.catalogue import provider
+
+    names = [info.name for info in broken]
+    owner = provider(error.kind, error.name)
+    if owner in names:
+        return f" {owner} is installed but failed to load (see above): fix or reinstall it."
+    if len(names) == 1:
+        return f" Plugin {names[0]} failed to load (see above); it may be what registers it."
+    return (f" Plugins {', '.join(names)} failed to load (see above); one of them may be what "
+            "registers it.")
 
 
 def cell(value: Any) -> str:
@@ -364,7 +406,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     plugin_info = plugin_set(ctx)
-    registry(ctx, warn=False)
+    registry(ctx)  # runs the hooks: what each registered, and the errors they raise
     rows = [info.as_dict() for info in plugin_info.info.values()]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -3,7 +3,9 @@ first uses it. Light: nothing here imports torch or transformers, or the plugin'
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
 import importlib.util
 import re
 from collections.abc import Callable, Iterator
@@ -37,24 +39,15 @@ def check_plugins(plugins: PluginSet, names: list[str]) -> list[str]:
     problems = []
     for name in names:
         info = plugins.info[name]
-        problems += [named(name, info.source, error) for error in info.errors]
+        problems += [info.blamed(error) for error in info.errors]
         for kind, registered in info.registered.items():
             for item in registered:
                 entry = registry.entries[kind].get(item)
                 if entry is None or entry.plugin != name:
                     continue  # another plugin's override=True replaced it, or a conflict
-                problems += [named(name, info.source,
-                                   f"{entry.where}: {KINDS[kind][0]} '{item}': {problem}")
+                problems += [info.blamed(f"{entry.where}: {KINDS[kind][0]} '{item}': {problem}")
                              for problem in spec_problems(kind, entry.spec, registry)]
     return problems
-
-
-def named(plugin: str, source: str, problem: str) -> str:
-    """The problem with its plugin's name first, unless the problem begins with the plugin
-    file's own path (a file plugin's name)."""
-    if source == "file" and problem.startswith(str(Path(plugin).resolve()) + ":"):
-        return problem
-    return f"{plugin}: {problem}"
 
 
 def spec_problems(kind: str, spec: Any, registry: Registry) -> Iterator[str]:
@@ -148,7 +141,8 @@ def names_problems(field: str, value: Any) -> Iterator[str]:
 
 
 def callable_problems(field: str, ref: CallableRef | None) -> Iterator[str]:
-    """A ``"module:function"`` whose module cannot be found; it is found, not imported."""
+    """A ``"module:function"`` whose module cannot be found, or whose module's source defines
+    no such name; the module is found and its source read, not imported."""
     if ref is None or callable(ref):
         return
     module, colon, attribute = ref.partition(":") if isinstance(ref, str) else ("", "", "")
@@ -156,8 +150,48 @@ def callable_problems(field: str, ref: CallableRef | None) -> Iterator[str]:
         yield f"{field} is {ref!r}; give a callable or 'module:function'"
         return
     try:
-        found = importlib.util.find_spec(module) is not None
+        found = importlib.util.find_spec(module)
     except (ImportError, ValueError):
-        found = False
-    if not found:
+        found = None
+    if found is None:
         yield f"{field} '{ref}' names module '{module}', which cannot be imported"
+        return
+    name = attribute.split(".")[0]  # "module:Class.method": the class
+    defined = top_level_names(found.origin) if found.has_location else None
+    if defined is None or name in defined:
+        return
+    close = difflib.get_close_matches(name, sorted(defined), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"its file is {found.origin}"
+    yield f"{field} '{ref}': module '{module}' defines no '{name}'; {hint}"
+
+
+@functools.cache  # plugins name a few modules many times (every model type's loader)
+def top_level_names(source_file: str) -> frozenset[str] | None:
+    """The names a module's source binds at its top level (functions, classes, assignments,
+    imports, in if/try/with blocks too); None where its source cannot tell: no Python source,
+    a star import, or a module-level ``__getattr__``."""
+    try:
+        tree = ast.parse(Path(source_file).read_bytes(), source_file)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    statements = list(tree.body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue  # what its body binds is not the module's
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With)):
+            targets = (node.targets if isinstance(node, ast.Assign) else
+                       [item.optional_vars for item in node.items if item.optional_vars]
+                       if isinstance(node, ast.With) else [node.target])
+            names |= {n.id for target in targets for n in ast.walk(target)
+                      if isinstance(n, ast.Name)}
+        # the statements inside if/try/with/for blocks bind top-level names too
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            statements += getattr(node, block, [])
+    return None if "__getattr__" in names else frozenset(names)

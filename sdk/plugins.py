@@ -4,7 +4,7 @@ Sources, in load order: the built-in modules below, every installed distribution
 entry point in the ``sft_sdk`` group, the files named by ``SFT_SDK_PLUGINS`` (separated by
 the OS path separator) and the files given with ``--plugin`` (a .py file or a package folder).
 A plugin that fails to import, or whose hook raises, is recorded with its error; the others
-keep working.
+keep working, and every command says so (``failure_line``).
 """
 
 from __future__ import annotations
@@ -54,12 +54,22 @@ class PluginInfo:
     registered: dict[str, list[str]] = field(default_factory=dict)
     load_error: str | None = None
     command_error: str | None = None
-    # set anew each time the registry is collected: hook exceptions and name conflicts
+    # set anew each time the registry is collected: hook exceptions, wrong specs...
     registration_errors: list[str] = field(default_factory=list)
+    # ...and names another plugin registers too (which stop a command only if it uses them)
+    conflicts: list[str] = field(default_factory=list)
+    # where the plugin's own code is (a folder, or a module's file): errors name its file:line
+    root: Path | None = None
+    leave_out: str = ""  # how to run without it, for its users
+
+    @property
+    def load_errors(self) -> list[str]:
+        """What went wrong loading the plugin: it works in part, or not at all."""
+        return [e for e in (self.load_error, self.command_error) if e] + self.registration_errors
 
     @property
     def errors(self) -> list[str]:
-        return [e for e in (self.load_error, self.command_error) if e] + self.registration_errors
+        return self.load_errors + self.conflicts
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +79,22 @@ class PluginInfo:
             "registered": self.registered,
             "error": "; ".join(self.errors) or None,
         }
+
+    def blamed(self, problem: str) -> str:
+        """The problem with the plugin's name first, unless the problem begins with the plugin
+        file's own path (a file plugin's name)."""
+        if self.source == "file" and problem.startswith(str(Path(self.name).resolve()) + ":"):
+            return problem
+        return f"{self.name}: {problem}"
+
+    def failure_line(self) -> str:
+        """The stderr line every command prints for a plugin with errors: the plugin, what
+        went wrong where, and what to do."""
+        check = ("sdk plugins check " + ("--plugin " if self.source == "file" else "")
+                 + self.name)
+        without = f"; to run without it: {self.leave_out}" if self.leave_out else ""
+        return (f"error: plugin {self.blamed('; '.join(self.load_errors))} (to fix it: "
+                f"`{check}` lists its problems{without})")
 
 
 class PluginSet:
@@ -81,27 +107,25 @@ class PluginSet:
         self.loaded_files: set[Path] = set()
         self._registry: Registry | None = None
 
-    def register(self, plugin: object, name: str, source: str, version: str = "") -> None:
-        self.manager.register(plugin, name=name)
-        mistakes = hook_mistakes(plugin)
-        self.info[name] = PluginInfo(name=name, source=source, version=version,
-                                     load_error="; ".join(mistakes) or None)
+    def register(self, plugin: object, info: PluginInfo) -> None:
+        self.manager.register(plugin, name=info.name)
+        info.load_error = "; ".join(hook_mistakes(plugin)) or None
+        self.info[info.name] = info
         self._registry = None
 
-    def record_failure(self, name: str, source: str, error: BaseException,
-                       folder: Path | None = None) -> None:
-        if self.manager.get_plugin(name) is not None:  # pluggy rejected it half-way
-            self.manager.unregister(name=name)
-        where = raised_at(error, folder) if folder else ""
-        self.info[name] = PluginInfo(name=name, source=source,
-                                     load_error=where + describe(error))
+    def record_failure(self, info: PluginInfo, error: BaseException) -> None:
+        if self.manager.get_plugin(info.name) is not None:  # pluggy rejected it half-way
+            self.manager.unregister(name=info.name)
+        where = raised_at(error, info.root) if info.root else ""
+        info.load_error = where + describe(error)
+        self.info[info.name] = info
 
     def load_builtins(self) -> None:
         from sdk import __version__
 
         for module_name in BUILTIN_MODULES:
-            self.register(importlib.import_module(module_name), module_name, "builtin",
-                          __version__)
+            self.register(importlib.import_module(module_name),
+                          PluginInfo(module_name, "builtin", __version__))
 
     def load_entry_points(self, third_party: bool = True) -> None:
         """Installed plugins; without ``third_party`` only the first-party ones
@@ -114,13 +138,16 @@ class PluginSet:
             name = dist.name if dist is not None else entry_point.name
             if not third_party and name not in first_party:
                 continue
+            leave_out = f"`pip uninstall {name}`" + (
+                "" if name in first_party else " or `sdk --no-third-party-plugins`")
             if name in self.info:
                 name = f"{name}:{entry_point.name}"
+            info = PluginInfo(name, "entry point", dist.version if dist else "",
+                              root=module_root(entry_point.module), leave_out=leave_out)
             try:  # a broken plugin must not take the others down
-                self.register(entry_point.load(), name, "entry point",
-                              dist.version if dist else "")
+                self.register(entry_point.load(), info)
             except Exception as error:
-                self.record_failure(name, "entry point", error)
+                self.record_failure(info, error)
 
     def load_files(self, paths: Iterable[str], named_by: str) -> None:
         """Import each plugin file; ``named_by`` (the flag or variable) is named in errors."""
@@ -130,13 +157,17 @@ class PluginSet:
             if file.resolve() in self.loaded_files:
                 continue  # named twice (flag and environment): load it once
             self.loaded_files.add(file.resolve())
-            name = str(file)
+            info = PluginInfo(str(file), "file",
+                              root=file.resolve() if file.is_dir() else file.resolve().parent,
+                              leave_out=f"leave out --plugin {file}" if named_by == "--plugin"
+                              else f"take it out of {PLUGINS_ENV_VAR}, or `sdk "
+                              "--no-third-party-plugins`")
             try:
                 module = import_file(file)
-                self.register(module, name, "file", str(getattr(module, "__version__", "")))
+                info.version = str(getattr(module, "__version__", ""))
+                self.register(module, info)
             except Exception as error:
-                self.record_failure(name, "file", error,
-                                    file.resolve() if file.is_dir() else file.resolve().parent)
+                self.record_failure(info, error)
 
     @property
     def registry(self) -> Registry:
@@ -148,7 +179,7 @@ class PluginSet:
     def _collect(self) -> Registry:
         registry = Registry()
         for info in self.info.values():
-            info.registered, info.registration_errors = {}, []
+            info.registered, info.registration_errors, info.conflicts = {}, [], []
         for hook_name, kind in REGISTRATION_HOOKS.items():
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 plugin_name = self.manager.get_name(impl.plugin)
@@ -159,12 +190,13 @@ class PluginSet:
                     impl.function(*[register for _ in impl.argnames])
                 except Exception as error:
                     info.registration_errors.append(
-                        f"{raised_at(error, folder)}{hook_name} raised {describe(error)}")
+                        f"{raised_at(error, info.root or folder)}{hook_name} raised "
+                        f"{describe(error)}")
         for kind, names in registry.conflicts.items():
             for name, owners in names.items():
                 for owner in owners:
                     others = " and ".join(o for o in owners if o != owner)
-                    self.info[owner].registration_errors.append(
+                    self.info[owner].conflicts.append(
                         f"{KINDS[kind][0]} '{name}' is also registered by {others}")
         for plugin, error in plugin_options(registry)[1]:
             self.info[plugin].registration_errors.append(error)
@@ -179,7 +211,8 @@ class PluginSet:
                     f"register_commands raised {describe(error)}")
 
     def failures(self) -> list[PluginInfo]:
-        return [info for info in self.info.values() if info.errors]
+        """The plugins that failed to load, in part or in whole."""
+        return [info for info in self.info.values() if info.load_errors]
 
 
 SPEC_TYPES = {"models": ModelSpec, "datasets": DatasetSpec, "templates": TemplateSpec,
@@ -285,12 +318,31 @@ def describe(error: BaseException) -> str:
             (f"did you mean '{close[0]}'?" if close else f"its fields: {', '.join(fields)}"))
 
 
-def raised_at(error: BaseException, folder: Path) -> str:
-    """``FILE:LINE: `` of the last line of the plugin's own code (files under ``folder``)
-    that the error went through, so that a plugin author sees the call to fix."""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if Path(frame.filename).resolve().is_relative_to(folder)]
-    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+def raised_at(error: BaseException, root: Path) -> str:
+    """``FILE:LINE: `` of the last line of the plugin's own code (``root``: a file, or the
+    files under a folder) that the error went through, so that a plugin author sees the call
+    to fix; for a syntax error, the line that does not parse."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        places = [(error.filename, error.lineno)]
+    else:
+        places = [(frame.filename, frame.lineno)
+                  for frame in traceback.extract_tb(error.__traceback__)]
+    places = [(file, line) for file, line in places if Path(file).resolve().is_relative_to(root)]
+    return f"{places[-1][0]}:{places[-1][1]}: " if places else ""
+
+
+def module_root(module: str) -> Path | None:
+    """Where an installed plugin's own code is: its top-level package's folder, or its
+    module's file (not site-packages, which holds everyone's code)."""
+    try:
+        spec = importlib.util.find_spec(module.split(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(spec.origin).resolve() if spec.has_location else None
 
 
 def load_plugins(plugin_files: Iterable[str] = (), third_party: bool = True) -> PluginSet:

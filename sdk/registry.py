@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk.errors import SdkError
+from sdk.errors import SdkError, UnknownName
 
 # kind -> (what one item is called in messages, the flag that names it)
 KINDS: dict[str, tuple[str, str]] = {
@@ -75,7 +75,7 @@ class Registry:
                 "or have the one that should win register it with override=True."
             )
         if name not in self.entries[kind]:
-            raise SdkError(unknown_name_message(kind, name, self.names(kind)))
+            raise UnknownName(unknown_name_message(kind, name, self.names(kind)), kind, name)
         return self.entries[kind][name]
 
     def get(self, kind: str, name: str) -> Any:
@@ -91,9 +91,10 @@ class Registry:
         if name not in names or name in self.entries[kind] or name in self.conflicts[kind]:
             return self.get(kind, name)
         shown = dict(value) if isinstance(value, Mapping) else value
-        raise SdkError(f"{KINDS[by[0]][0]} '{by[1]}' of plugin {owner.plugin} has {field}="
-                       f"{shown!r} ({owner.where}), but {missing(kind, name, self.names(kind))} "
-                       f"Fix the plugin (`sdk plugins check` checks it), or give {KINDS[kind][1]}.")
+        raise UnknownName(f"{KINDS[by[0]][0]} '{by[1]}' of plugin {owner.plugin} has {field}="
+                          f"{shown!r} ({owner.where}), but {missing(kind, name, self.names(kind))} "
+                          f"Fix the plugin (`sdk plugins check` checks it), or give "
+                          f"{KINDS[kind][1]}.", kind, name)
 
     def specs(self, kind: str) -> list[Any]:
         """Every registered spec of ``kind`` (one per name, whichever wins)."""

@@ -65,15 +65,17 @@ def assert_template_parity(template: TemplateSpec | Template, tokenizer: Any,
                            chat_template: str | None = None) -> None:
     """Assert the template (a spec, e.g. ``template_spec(sdk_registry, NAME)``, or a Template)
     renders each conversation, with and without a generation prompt, to the text of
-    ``tokenizer.apply_chat_template``. ``tokenizer`` is a tokenizer or its folder;
-    ``chat_template`` replaces the tokenizer's own (an official template kept elsewhere)."""
+    ``tokenizer.apply_chat_template``, which is given the spec's variables too
+    (``with_thinking(spec, False)``: enable_thinking=False). ``tokenizer`` is a tokenizer or its
+    folder; ``chat_template`` replaces the tokenizer's own (an official template kept
+    elsewhere)."""
     tokenizer = load_tokenizer(tokenizer)
     ours = bound(template, tokenizer)
     for messages in conversations:
         for generation_prompt in (False, True):
             official = tokenizer.apply_chat_template(
                 list(messages), tokenize=False, add_generation_prompt=generation_prompt,
-                chat_template=chat_template)
+                chat_template=chat_template, **ours.spec.variables)
             text = ours.render(messages, add_generation_prompt=generation_prompt)
             if text != official:  # raised as written: pytest's rewriting re-indents an assert's
                 raise AssertionError(  # message by verbosity (this module is a pytest plugin)

@@ -85,6 +85,13 @@ BROKEN = {
                                loader="acme_missing.load:load"))
         """, "loader 'acme_missing.load:load' names module 'acme_missing.load', which cannot "
              "be imported"),
+    "callable that its module lacks": ("""
+        @hookimpl
+        def register_models(register):
+            register(ModelSpec(model_type="acme", family="acme", template="chatml",
+                               loader="sdk.models.loader:load_from_hubb"))
+        """, "loader 'sdk.models.loader:load_from_hubb': module 'sdk.models.loader' defines no "
+             "'load_from_hubb'; did you mean 'load_from_hub'?"),
 }
 
 

@@ -60,9 +60,15 @@ def test_a_broken_plugin_is_reported_and_the_rest_keep_working(run_cli, tmp_path
     good = template_plugin(tmp_path, "good", name="still-here")
     args = ["--plugin", broken_import, "--plugin", broken_hook, "--plugin", good]
     listing = run_cli(*args, "templates")
-    assert listing.exit_code == 0
+    assert listing.exit_code == 3  # listed, but not as if all were well
     assert "still-here" in listing.stdout and "smollm2" in listing.stdout
-    assert "No module named 'no_such_module_here'" in listing.stderr
+    assert listing.stderr.splitlines() == [
+        f"error: plugin {broken_import}:3: ModuleNotFoundError: No module named "
+        f"'no_such_module_here' (to fix it: `sdk plugins check --plugin {broken_import}` lists "
+        f"its problems; to run without it: leave out --plugin {broken_import})",
+        f"error: plugin {broken_hook}:7: register_templates raised RuntimeError: oops in hook "
+        f"(to fix it: `sdk plugins check --plugin {broken_hook}` lists its problems; to run "
+        f"without it: leave out --plugin {broken_hook})"]
     report = run_cli(*args, "plugins", "--json")
     errors = {row["name"]: row["error"] for row in json.loads(report.stdout)}
     assert "ModuleNotFoundError" in errors[str(broken_import)]
@@ -81,7 +87,7 @@ def test_a_broken_plugin_is_reported_and_the_rest_keep_working(run_cli, tmp_path
 def test_a_hook_that_would_never_be_called_is_reported(run_cli, tmp_path, body, error):
     plugin = plugin_file(tmp_path, "mistaken", body)
     listing = run_cli("--plugin", plugin, "templates")
-    assert listing.exit_code == 0 and f"warning: plugin {plugin}: {error}" in listing.stderr
+    assert listing.exit_code == 3 and f"error: plugin {plugin}: {error} (" in listing.stderr
     report = run_cli("--plugin", plugin, "plugins", "--json")
     errors = {row["name"]: row["error"] for row in json.loads(report.stdout)}
     assert errors[str(plugin)].startswith(error)
@@ -98,6 +104,10 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(run_cli, tmp_p
     assert result.exit_code == 1
     assert "registered by both" in result.stderr
     assert str(first) in result.stderr and str(second) in result.stderr
+    listing = run_cli("--plugin", first, "--plugin", second, "templates")  # not using it
+    assert listing.exit_code == 0 and "chatml" in listing.stdout
+    assert f"warning: plugin {first}: template 'dup' is also registered by {second}\n" in (
+        listing.stderr)
 
 
 def test_override_replaces_a_registration(run_cli, tmp_path):
@@ -172,7 +182,7 @@ def test_bad_plugins_are_reported_without_a_traceback(tmp_path, body, error):
     bad = tmp_path / "bad.py"
     bad.write_text(body)
     listing = sdk_subprocess("--plugin", bad, "models")
-    assert listing.returncode == 0, listing.stderr
+    assert listing.returncode == 3, listing.stderr
     assert "smollm2-135m-instruct" in listing.stdout
     assert error in listing.stderr and "Traceback" not in listing.stderr
 
@@ -186,3 +196,56 @@ def test_the_same_file_named_twice_is_loaded_once(tmp_path, monkeypatch):
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("once") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_command_that_works_without_a_broken_plugin_still_fails(run_cli, tmp_path):
+    broken = plugin_file(tmp_path, "typo", """
+        @hookimpl
+        def register_templates(register):
+            register(TemplateSpec(name="acme", assistant_sufix="<end>"))
+    """)
+    line = (f"error: plugin {broken}:6: register_templates raised TypeError: TemplateSpec has "
+            "no field 'assistant_sufix'; did you mean 'assistant_suffix'? (to fix it: `sdk "
+            f"plugins check --plugin {broken}` lists its problems; to run without it: leave out "
+            f"--plugin {broken})\n")
+    messages = tmp_path / "m.json"
+    messages.write_text('[{"role": "user", "content": "hi"}]')
+    render = ("template", "render", "chatml", "--messages", messages)
+    rendered, clean = run_cli("--plugin", broken, *render), run_cli(*render)
+    assert (rendered.exit_code, rendered.stderr) == (3, line)
+    assert rendered.stdout == clean.stdout and clean.exit_code == 0  # its work done all the same
+    unknown = run_cli("--plugin", broken, "template", "render", "acme", "--messages", messages)
+    assert (unknown.exit_code, unknown.stderr) == (1, line + (
+        "Error: Unknown template 'acme' (--template). `sdk templates` lists the installed ones. "
+        f"Plugin {broken} failed to load (see above); it may be what registers it.\n"))
+
+
+def test_an_installed_plugin_that_fails_to_load_names_its_distribution(run_cli, tmp_path,
+                                                                        monkeypatch):
+    (tmp_path / "acme_ep.py").write_text("import json\nimport acme_missing_dependency\n")
+    info = tmp_path / "acme_ep-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ep\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sft_sdk]\nacme = acme_ep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    listing = run_cli("models")
+    assert listing.exit_code == 3 and "smollm2-135m-instruct" in listing.stdout
+    assert listing.stderr == (
+        f"error: plugin acme-ep: {tmp_path / 'acme_ep.py'}:2: ModuleNotFoundError: No module "
+        "named 'acme_missing_dependency' (to fix it: `sdk plugins check acme-ep` lists its "
+        "problems; to run without it: `pip uninstall acme-ep` or `sdk "
+        "--no-third-party-plugins`)\n")
+    without = run_cli("--no-third-party-plugins", "models")
+    assert (without.exit_code, without.stderr, without.stdout) == (0, "", listing.stdout)
+
+
+def test_an_unknown_name_of_a_first_party_plugin_that_failed_to_load_says_so():
+    from sdk.cli import may_be_why
+    from sdk.errors import UnknownName
+    from sdk.plugins import PluginInfo
+
+    error = UnknownName("qwen2.5-7b-instruct is provided by sft-plugin-qwen: pip install "
+                        "sft-plugin-qwen", "models", "qwen2.5-7b-instruct")
+    assert may_be_why(error, [PluginInfo("sft-plugin-qwen", "entry point")]) == (
+        " sft-plugin-qwen is installed but failed to load (see above): fix or reinstall it.")
+    assert may_be_why(error, []) == ""

@@ -12,7 +12,7 @@ from typing import Any
 from sdk.config import key_value_pairs
 from sdk.data.dataset_info import dataset_from_info, did_you_mean, info_file, read_dataset_info
 from sdk.data.readers import READERS, cannot_read, is_saved_dataset
-from sdk.errors import SdkError
+from sdk.errors import SdkError, UnknownName
 from sdk.hubs import default_hub
 from sdk.hubs.repo_id import is_repo_id
 from sdk.options import hub_keywords
@@ -45,12 +45,12 @@ def dataset_source(name: str, registry: Registry, args: Any = None) -> DatasetSp
     else:
         try:
             registry.get("datasets", name)  # raises: unknown name, with suggestions
-        except SdkError as error:
+        except UnknownName as error:
             if not dataset_info:
                 raise
-            raise SdkError(f"{error} Nor is it defined in --dataset-info "
-                           f"{info_file(dataset_info)}.{did_you_mean(name, info_names)}"
-                           ) from None
+            raise UnknownName(f"{error} Nor is it defined in --dataset-info "
+                              f"{info_file(dataset_info)}.{did_you_mean(name, info_names)}",
+                              error.kind, name) from None
     if name in local_copies:
         files = local_files(local_copies[name], spec.split, spec.subset,
                             f"--dataset-path {name}={local_copies[name]}")

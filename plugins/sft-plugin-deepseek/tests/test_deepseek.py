@@ -1,7 +1,7 @@
 """DeepSeek-R1 distills: every model type is registered; the deepseek-r1 template renders as the
-official chat template (`sdk template render` = apply_chat_template), renders and trains the last
-reply's reasoning as the distills emit it after their generation prompt, drops earlier reasoning
-as the official template does, encodes to the tokenizer's own ids; a tiny Qwen2 trains with it.
+official chat template (sdk.testing's parity check), renders and trains the last reply's
+reasoning as the distills emit it after their generation prompt, drops earlier reasoning as the
+official template does, encodes to the tokenizer's own ids; a tiny Qwen2 trains with it.
 
 No distill tokenizer can be had offline, so the tokenizers here are the shared Qwen2.5 and Llama 3
 ones with the distills' special tokens written over the same ids (DeepSeek-R1-Distill-Qwen's
@@ -24,7 +24,7 @@ from conftest import CONVERSATIONS, TOKENIZERS, save_tiny_model
 from sdk.data.preview import marked
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
-from sdk.testing import assert_trained_spans, train_and_reload
+from sdk.testing import assert_template_parity, assert_trained_spans, train_and_reload
 
 SPEC = TEMPLATES[0]
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -106,21 +106,23 @@ def test_the_distill_tokens_sit_at_the_distills_ids(tokenizers):
             assert tokenizers[base].convert_tokens_to_ids(text) == token_id
 
 
+EARLIER_REASONING_INLINE = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+    {"role": "user", "content": "Bye"}]
+
+
 @pytest.mark.parametrize("model_type,base", [("deepseek-r1-distill-qwen-7b", "qwen2"),
                                              ("deepseek-r1-distill-llama-8b", "llama3")])
-@pytest.mark.parametrize("name", [*CONVERSATIONS, "reasoning inline"])
-@pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_chat_template(render_cli, tokenizers, model_type, base, name,
-                                                  generation_prompt):
-    messages = CONVERSATIONS.get(name) or [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
-        {"role": "user", "content": "Bye"}]
-    expected = tokenizers[base].apply_chat_template(messages, tokenize=False,
-                                                    add_generation_prompt=generation_prompt)
-    assert render_cli(model_type, messages, generation_prompt) == expected
-    if generation_prompt and messages[-1]["role"] == "user":
-        assert expected.endswith("<｜Assistant｜><think>\n")
+def test_render_equals_the_official_chat_template(tokenizers, model_type, base):
+    registry = load_plugins().registry
+    spec = registry.get("templates", registry.get("models", model_type).template)
+    conversations = [*CONVERSATIONS.values(), EARLIER_REASONING_INLINE]
+    assert_template_parity(spec, tokenizers[base], conversations)
+    for messages in conversations:
+        if messages[-1]["role"] == "user":
+            prompt = Template.for_tokenizer(spec, tokenizers[base]).render(messages, True)
+            assert prompt.endswith("<｜Assistant｜><think>\n")
 
 
 # (messages, how the earlier reply shows, what opens the trained last reply)

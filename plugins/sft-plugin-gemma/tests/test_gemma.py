@@ -1,9 +1,10 @@
-"""Gemma plugin: the model types and templates are registered; `sdk template render` renders as
-transformers' apply_chat_template does with the official Gemma 2 / Gemma 3 templates (and as
-Gemma's documented turn format); training ids are the tokenizer's own; tiny random Gemma 2 and
-Gemma 3 models (soft-capping, sliding windows shorter than a sample, tied and scaled embeddings)
-pass the packing probe, train LoRA packed, reload to the same logits and export merged; a Gemma 3
-image-text checkpoint trains as its language model alone."""
+"""Gemma plugin: the model types and templates are registered; the templates render as
+transformers' apply_chat_template does with the official Gemma 2 / Gemma 3 templates
+(sdk.testing's parity check; `sdk template render` refuses Gemma 2's system prompt as the official
+template does) and as Gemma's documented turn format; training ids are the tokenizer's own; tiny
+random Gemma 2 and Gemma 3 models (soft-capping, sliding windows shorter than a sample, tied and
+scaled embeddings) pass the packing probe, train LoRA packed, reload to the same logits and export
+merged; a Gemma 3 image-text checkpoint trains as its language model alone."""
 
 import json
 import logging
@@ -15,10 +16,15 @@ import torch
 from sft_plugin_gemma import LORA_TARGETS, MODELS, TEMPLATES
 
 from conftest import CONVERSATIONS, TINY_SIZE, TOKENIZERS
-from sdk.config import InferArguments, SftArguments
+from sdk.config import SftArguments
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
-from sdk.testing import assert_trained_spans, train_and_reload
+from sdk.testing import (
+    assert_template_parity,
+    assert_trained_spans,
+    export_merged,
+    train_and_reload,
+)
 from sdk.train.packed_attention import KERNEL
 from sdk.train.packing import packing_collator, why_not_packed
 
@@ -31,27 +37,26 @@ PAIR = [{"role": "user", "content": "Who are you?"},
         {"role": "assistant", "content": "I am Tiny, made by the tests."}]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def stand_in(**tokens):
     """Gemma's tokenizer is not redistributable: Llama 2's (sentencepiece too) with Gemma's
-    turn markers as special tokens."""
+    turn markers as special tokens, and ``tokens`` (bos_token=...)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZERS / "llama2")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>",
-                                                                "<end_of_turn>"]})
+    tokenizer.add_special_tokens({**tokens, "additional_special_tokens": ["<start_of_turn>",
+                                                                          "<end_of_turn>"]})
     return tokenizer
 
 
-def official_render(template: str, messages, generation_prompt: bool) -> str:
-    """What apply_chat_template renders with the official template and Gemma's <bos>."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+@pytest.fixture(scope="module")
+def tokenizer():
+    return stand_in()
 
-    rendered, _ = render_jinja_template(conversations=[messages],
-                                        chat_template=SPECS[template].jinja,
-                                        add_generation_prompt=generation_prompt,
-                                        bos_token="<bos>", eos_token="<eos>")
-    return rendered[0]
+
+@pytest.fixture(scope="module")
+def gemma_tokens_tokenizer():
+    """The stand-in with Gemma's own <bos> and <eos>, which the templates write."""
+    return stand_in(bos_token="<bos>", eos_token="<eos>")
 
 
 def test_every_model_type_is_registered_with_hub_ids_and_its_template():
@@ -90,24 +95,30 @@ def test_ms_swift_and_llama_factory_names_are_read_as_ours():
             assert resolve_names({key: hub_id}, registry)["model_type"] == model_type
 
 
-@pytest.mark.parametrize("model_type,template", [("gemma2-9b-it", "gemma"),
-                                                 ("gemma3-27b-it", "gemma3")])
-@pytest.mark.parametrize("name", CONVERSATIONS)
-@pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_chat_template(render_cli, run_cli, tmp_path, model_type,
-                                                  template, name, generation_prompt):
+@pytest.mark.parametrize("template,conversations", [("gemma", NO_SYSTEM),
+                                                    ("gemma3", list(CONVERSATIONS))])
+def test_render_equals_the_official_chat_template(gemma_tokens_tokenizer, template,
+                                                  conversations):
+    assert_template_parity(SPECS[template], gemma_tokens_tokenizer,
+                           [CONVERSATIONS[name] for name in conversations],
+                           chat_template=SPECS[template].jinja)
+
+
+@pytest.mark.parametrize("name", [name for name in CONVERSATIONS if name not in NO_SYSTEM])
+def test_gemma2_refuses_a_system_prompt_as_the_official_template_does(
+        gemma_tokens_tokenizer, run_cli, tmp_path, name):
     messages = CONVERSATIONS[name]
-    if template == "gemma" and name not in NO_SYSTEM:
+    for generation_prompt in (False, True):
         with pytest.raises(Exception, match="System role not supported"):
-            official_render(template, messages, generation_prompt)
+            gemma_tokens_tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt,
+                chat_template=SPECS["gemma"].jinja)
         path = tmp_path / "system.json"
         path.write_text(json.dumps(messages, ensure_ascii=False), encoding="utf-8")
-        refused = run_cli("template", "render", "--model-type", model_type, "--messages", path)
+        refused = run_cli("template", "render", "--model-type", "gemma2-9b-it", "--messages",
+                          path, *(["--add-generation-prompt"] if generation_prompt else []))
         assert refused.exit_code != 0 and "System role not supported" in refused.output
         assert "Traceback" not in refused.output
-        return
-    assert render_cli(model_type, messages, generation_prompt) == official_render(
-        template, messages, generation_prompt)
 
 
 def test_the_turn_format_is_gemmas():
@@ -218,12 +229,8 @@ def test_packed_samples_keep_their_logits_with_soft_caps_and_sliding_windows(tok
 
 @pytest.mark.parametrize("model_type,data", [("gemma2-2b-it", "multi turn"),
                                              ("gemma3-4b-it", "chinese")])
-def test_a_tiny_gemma_trains_packed_reloads_and_exports_merged(tokenizer, tmp_path, run_cli,
-                                                               capsys, model_type, data):
-    from transformers import AutoModelForCausalLM
-
-    from sdk.infer.load import load_for_inference
-
+def test_a_tiny_gemma_trains_packed_reloads_and_exports_merged(tokenizer, tmp_path, capsys,
+                                                               model_type, data):
     registry = load_plugins().registry
     version = model_type[len("gemma")]
     _, folder = tiny_gemma(tokenizer, tmp_path / "tiny", version)
@@ -242,10 +249,7 @@ def test_a_tiny_gemma_trains_packed_reloads_and_exports_merged(tokenizer, tmp_pa
     adapter = json.loads((trained.result.checkpoint / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == set(LORA_TARGETS)
 
-    exported = run_cli("export", "--ckpt-dir", trained.result.run_dir, "--merge-lora", "true",
-                       "--output-dir", tmp_path / "merged")
-    assert exported.exit_code == 0, exported.output
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    merged = export_merged(registry, trained, tmp_path / "merged")
     # Gemma 3's image-text checkpoint trained and exported as its text model
     assert type(merged).__name__ == ("Gemma2ForCausalLM" if version == "2"
                                      else "Gemma3ForCausalLM")
@@ -253,8 +257,3 @@ def test_a_tiny_gemma_trains_packed_reloads_and_exports_merged(tokenizer, tmp_pa
     assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
     if version == "3":
         assert merged.model.embed_tokens.embed_scale == math.sqrt(TINY_GEMMA["hidden_size"])
-    model, _, _ = load_for_inference(InferArguments(ckpt_dir=str(trained.result.run_dir)),
-                                     registry)
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**trained.inputs).logits,
-                                   model(**trained.inputs).logits, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
-"""Mistral plugin: registrations, the official templates (render, ids, loss masks) against the
-real Mistral tokenizers, and a few training steps on tiny random Mistral / Mixtral models."""
+"""Mistral plugin: registrations, the official templates (render with sdk.testing's parity
+check, ids, loss masks) against the real Mistral tokenizers, and a few training steps on tiny
+random Mistral / Mixtral models."""
 
 import hashlib
 import json
@@ -27,7 +28,7 @@ from conftest import (
 from conftest import CONVERSATIONS as STANDARD
 from sdk.plugins import load_plugins
 from sdk.templates.engine import IGNORE_INDEX, Template
-from sdk.testing import train_and_reload
+from sdk.testing import assert_template_parity, train_and_reload
 
 TEMPLATE_SPECS = {spec.name: spec for spec in TEMPLATES}
 
@@ -171,14 +172,12 @@ def test_official_templates_render_as_llama_cpp_records_them(name, expected):
 
 # --- rendering, ids and loss masks against the real tokenizers -------------------------------
 
-@pytest.mark.parametrize("model_type, name", cases())
-@pytest.mark.parametrize("generation_prompt", [False, True])
-def test_template_render_equals_the_tokenizers_chat_template(render_cli, tokenizers, model_type,
-                                                             name, generation_prompt):
-    messages = CONVERSATIONS[name]
-    expected = tokenizers(model_type).apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt)
-    assert render_cli(model_type, messages, generation_prompt) == expected
+@pytest.mark.parametrize("model_type", MODELS)
+def test_the_model_types_template_renders_as_the_tokenizers_chat_template(tokenizers,
+                                                                          model_type):
+    template = load_plugins().registry.get("models", model_type).template
+    assert_template_parity(TEMPLATE_SPECS[template], tokenizers(model_type),
+                           conversations_for(model_type).values())
 
 
 def test_the_v01_template_refuses_a_system_prompt(run_cli, tmp_path):

@@ -1,6 +1,7 @@
-"""Phi plugin: registrations; the official templates render through `sdk template render` as
-transformers renders the official text, encode to the tokenizer's ids and train only the
-replies; a tiny random Phi3 trains LoRA packed, reloads to the same logits and exports merged.
+"""Phi plugin: registrations; the official templates render as transformers renders the
+official text (sdk.testing's parity check; `sdk template render` for Phi-3.5's empty system
+prompt), encode to the tokenizer's ids and train only the replies; a tiny random Phi3 trains
+LoRA packed, reloads to the same logits and exports merged.
 
 No Phi tokenizer can be had offline, so the tests use stand-ins with the same special tokens:
 Phi-3.5-mini's is Llama 2's vocabulary with Phi's added tokens (as the real one is), Phi-4's
@@ -17,7 +18,7 @@ from sdk import compat
 from sdk.errors import SdkError
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
-from sdk.testing import export_merged, train_and_reload
+from sdk.testing import assert_template_parity, export_merged, train_and_reload
 
 SPECS = {spec.name: spec for spec in TEMPLATES}
 # template -> (stand-in tokenizer folder, added tokens that strip the whitespace after them)
@@ -76,6 +77,8 @@ def test_every_model_type_is_a_native_phi3_with_hub_ids_and_its_template():
             spec.hub_ids["modelscope"].split("/")[1].lower()
         assert spec.lora_target_modules == ("qkv_proj",)
         assert not spec.requires_remote_code and not spec.requires
+    # the templates the parity test below checks are those of every model type
+    assert {registry.get("models", m).template for m in MODELS} == set(STAND_INS)
 
 
 def test_ms_swift_3s_phi4_family_resolves_by_the_hub_id():
@@ -88,19 +91,12 @@ def test_ms_swift_3s_phi4_family_resolves_by_the_hub_id():
         compat.resolve_names({"model_type": "phi4"}, registry)
 
 
-@pytest.mark.parametrize("model_type", list(MODELS))
-@pytest.mark.parametrize("name", CONVERSATIONS)
-@pytest.mark.parametrize("generation_prompt", [False, True])
-def test_render_equals_the_official_chat_template(render_cli, tokenizers, model_type, name,
-                                                  generation_prompt):
-    template = MODELS[model_type][0]
-    messages = CONVERSATIONS[name]
-    expected = tokenizers[template].apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt,
-        chat_template=SPECS[template].jinja)
-    assert render_cli(model_type, messages, generation_prompt) == expected
-    if name == "multi turn with system" and generation_prompt:
-        assert expected == MULTI_TURN_WITH_SYSTEM[template]
+@pytest.mark.parametrize("template", list(STAND_INS))
+def test_render_equals_the_official_chat_template(tokenizers, template):
+    assert_template_parity(SPECS[template], tokenizers[template], CONVERSATIONS.values(),
+                           chat_template=SPECS[template].jinja)
+    assert Template(SPECS[template]).render(CONVERSATIONS["multi turn with system"], True) == (
+        MULTI_TURN_WITH_SYSTEM[template])
 
 
 def test_phi3_5_leaves_an_empty_system_prompt_out_and_ends_a_conversation_with_eos(render_cli):

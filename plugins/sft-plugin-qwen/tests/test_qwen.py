@@ -22,7 +22,7 @@ from conftest import CHINESE_SECOND_TURN, TOKENIZERS, save_tiny_model, trained_t
 from conftest import CONVERSATIONS as STANDARD
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template
-from sdk.testing import train_and_reload
+from sdk.testing import assert_template_parity, train_and_reload
 
 QWEN2_TOKENIZER = TOKENIZERS / "qwen2"
 TEMPLATES = {"qwen": QWEN_TEMPLATE, "qwen1.5": QWEN1_5_TEMPLATE, "qwen2.5": QWEN2_5_TEMPLATE}
@@ -176,23 +176,18 @@ def test_qwen_v1_prompt_equals_make_context():
     assert template.render(messages[:3]) == prompt + "Hello!<|im_end|>\n"
 
 
-# --- rendering through the CLI, like the tokenizer --------------------------------------------
+# --- rendering, like the tokenizer -------------------------------------------------------------
 
-@pytest.mark.parametrize("generation_prompt", [False, True])
-@pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_template_render_equals_apply_chat_template(render_cli, tokenizer, template, name,
-                                                    generation_prompt):
-    messages = CONVERSATIONS[name]
-    expected = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt,
-        chat_template=TEMPLATES[template].jinja)
-    if template == "qwen1.5" or (template == "qwen" and messages[0]["role"] == "system"):
-        # Only the default system differs from the tokenizer's own template.
-        assert expected == tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt)
+def test_render_equals_apply_chat_template(registry, tokenizer, template):
     for model_type in MODEL_TYPE_PER_TEMPLATE[template]:
-        assert render_cli(model_type, messages, generation_prompt) == expected
+        assert registry.get("models", model_type).template == template
+    assert_template_parity(TEMPLATES[template], tokenizer, CONVERSATIONS.values(),
+                           chat_template=TEMPLATES[template].jinja)
+    # Only the default system differs from the tokenizer's own template.
+    same = [m for m in CONVERSATIONS.values()
+            if template == "qwen1.5" or (template == "qwen" and m[0]["role"] == "system")]
+    assert_template_parity(TEMPLATES[template], tokenizer, same)
 
 
 # --- ids and loss masks -------------------------------------------------------------------------

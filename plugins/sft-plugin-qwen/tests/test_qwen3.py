@@ -21,7 +21,7 @@ from sdk.config import SftArguments
 from sdk.data.formats import alpaca_to_messages, messages_to_messages, sharegpt_to_messages
 from sdk.plugins import load_plugins
 from sdk.templates.engine import Template, with_thinking
-from sdk.testing import train_and_reload, trained_spans
+from sdk.testing import assert_template_parity, export_merged, train_and_reload, trained_spans
 
 TEMPLATES = {spec.name: spec for spec in (QWEN3_TEMPLATE, QWEN3_INSTRUCT_2507_TEMPLATE,
                                           QWEN3_THINKING_2507_TEMPLATE)}
@@ -117,17 +117,13 @@ def test_qwen3_tokenizer_has_the_think_tokens(tokenizer):
 
 
 @pytest.mark.parametrize("thinking", THINKING)
-@pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_render_equals_apply_chat_template(tokenizer, template, name, thinking):
-    spec = with_thinking(TEMPLATES[template], THINKING[thinking])
-    extra = {} if THINKING[thinking] is None else {"enable_thinking": THINKING[thinking]}
-    messages = CONVERSATIONS[name]
-    for generation_prompt, shown in ((False, messages), (True, messages[:-1])):
-        expected = tokenizer.apply_chat_template(
-            shown, tokenize=False, add_generation_prompt=generation_prompt,
-            chat_template=spec.jinja, **extra)
-        assert Template(spec).render(shown, generation_prompt) == expected
+def test_render_equals_apply_chat_template(tokenizer, template, thinking):
+    # each conversation as trained (to its last reply) and as prompted (before it)
+    conversations = [shown for messages in CONVERSATIONS.values()
+                     for shown in (messages, messages[:-1])]
+    assert_template_parity(with_thinking(TEMPLATES[template], THINKING[thinking]), tokenizer,
+                           conversations, chat_template=TEMPLATES[template].jinja)
 
 
 @pytest.mark.parametrize("thinking", ["not given", "false"])
@@ -316,9 +312,8 @@ def tiny_qwen3(tokenizer, folder: Path, moe: bool, **settings) -> Path:
 
 @pytest.mark.parametrize("model_type, moe", [("qwen3-0.6b", False), ("qwen3-30b-a3b", True)])
 def test_tiny_qwen3_trains_packed_reloads_and_exports_merged(tokenizer, identity_data, tmp_path,
-                                                             registry, run_cli, model_type, moe):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                                                             registry, capsys, model_type, moe):
+    from transformers import AutoTokenizer
 
     from sdk.train.packing import why_not_packed
 
@@ -335,19 +330,12 @@ def test_tiny_qwen3_trains_packed_reloads_and_exports_merged(tokenizer, identity
     assert tokenizer.decode(trained.inputs["input_ids"][0]).endswith(prompt)
     if moe:  # merging attention LoRA is the dense case; experts: the test after this one
         return
-    out = tmp_path / "merged"
-    result = run_cli("export", "--ckpt-dir", trained.result.run_dir, "--merge-lora",
-                     "--output-dir", out)
-    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
-    merged = AutoModelForCausalLM.from_pretrained(out)
-    exported = AutoTokenizer.from_pretrained(out)  # its chat template defaults to the run's
+    capsys.readouterr()  # what training printed
+    export_merged(registry, trained, tmp_path / "merged")
+    assert "warning" not in capsys.readouterr().err
+    exported = AutoTokenizer.from_pretrained(tmp_path / "merged")  # its chat template: the run's
     assert exported.apply_chat_template([{"role": "user", "content": "Who are you?"}],
                                         tokenize=False, add_generation_prompt=True).endswith(prompt)
-    length = trained.inputs["input_ids"].shape[1]
-    with torch.no_grad():
-        torch.testing.assert_close(merged(**trained.inputs).logits[:, -length:],
-                                   trained.model(**trained.inputs).logits[:, -length:],
-                                   rtol=1e-5, atol=1e-5)
 
 
 def test_lora_reaches_qwen3_moe_experts_by_their_weight_names(tokenizer, tmp_path, registry):
