@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,11 +22,8 @@ def test_listing_commands_import_neither_torch_nor_transformers(args):
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') "
             "if m in sys.modules]\n"
             "assert not heavy, heavy")
-    started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
-    assert elapsed < 5  # a loose bound against accidental heavy imports; the README has timings
 
 
 def test_loading_libraries_after_sdk_prints_no_kernel_warnings():
@@ -81,13 +77,15 @@ def test_an_unknown_flag_is_a_usage_error_with_a_suggestion(run_cli):
     assert "--learning-rate" in result.stderr
 
 
-def test_a_missing_dataset_file_fails_before_the_model_loads(run_cli, tmp_path):
-    started = time.perf_counter()
+def test_a_missing_dataset_file_fails_before_the_model_loads(run_cli, tmp_path, monkeypatch):
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the data was read")
+
+    monkeypatch.setattr("sdk.train.sft.load_model", load_model)
     result = run_cli("sft", "--model-type", "smollm2-135m-instruct",
                      "--dataset", tmp_path / "missing.jsonl")
     assert result.exit_code == 1
     assert "missing.jsonl' does not exist" in result.stderr
-    assert time.perf_counter() - started < 5
 
 
 def test_a_record_without_the_fields_its_format_needs_names_file_and_line(run_cli, tmp_path):
