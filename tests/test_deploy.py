@@ -227,7 +227,7 @@ def test_bad_requests_get_openai_errors(served, body, status, param, words):
 
 def test_unknown_paths_and_methods_get_openai_errors(served):
     url, _ = served
-    for path, method, status in [("/v1/completions", "POST", 404),
+    for path, method, status in [("/v1/embeddings", "POST", 404),
                                  ("/v1/chat/completions", "GET", 405)]:
         got, answer = call(url, path, {"messages": USER}, method)
         assert got == status and set(answer["error"]) == ERROR_KEYS

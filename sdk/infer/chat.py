@@ -51,10 +51,16 @@ def generation_options(template: Template, tokenizer: Any,
 
 
 def finish_reply(reply: str, stop_strings: list[str]) -> str:
+    return cut_at_stop(reply, stop_strings).strip()
+
+
+def cut_at_stop(text: str, stop_strings: list[str]) -> str:
+    """``text`` before its first stop string, as generated (a raw completion keeps its
+    whitespace)."""
     for word in stop_strings:
-        reply = reply.split(word)[0]
+        text = text.split(word)[0]
     # a reply cut at --max-new-tokens inside a character decodes its start as U+FFFD
-    return reply.rstrip("\ufffd").strip()
+    return text.rstrip("\ufffd")
 
 
 def positions_taken(model: Any, prompt_tokens: int) -> int:
