@@ -34,11 +34,11 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 @contextmanager
-def serving(loaded: Served):
-    """``loaded`` served as `sdk deploy` serves it, from a background thread; gives its base
-    URL and the server."""
+def serving(loaded: Served, **options: Any):
+    """``loaded`` served as `sdk deploy` serves it (``options``: Server's), from a background
+    thread; gives its base URL and the server."""
     sock = listening_socket("127.0.0.1", 0)
-    server = Server(loaded, log_level="warning")
+    server = Server(loaded, log_level="warning", **options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
