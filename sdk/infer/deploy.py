@@ -82,19 +82,28 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
                        "--num-beams.")
     name = served_model_name(args)
     key = api_key(args)
+    if args.infer_backend == "vllm":
+        from sdk.infer.vllm_backend import check_vllm
+
+        check_vllm(args)
     sock = listening_socket(args.host, args.port)
     from transformers import set_seed
 
     from sdk.infer.openai_api import Served, Server
 
     set_seed(args.seed)
-    model, tokenizer, template = load_for_inference(args, registry)
+    if args.infer_backend == "vllm":
+        from sdk.infer.vllm_serving import served_by_vllm
+
+        served = served_by_vllm(args, registry, name)
+    else:
+        served = Served(*load_for_inference(args, registry), args, name)
     host, port = sock.getsockname()[:2]
     if open_to_others(args.host) and key is None:
         click.echo(f"[sdk] --host {args.host} without --api-key: anyone who reaches port "
                    f"{port} can use the model; give --api-key (or ${API_KEY_VARIABLE}) on a "
                    "network you do not trust.", err=True)
-    Server(Served(model, tokenizer, template, args, name), api_key=key,
+    Server(served, api_key=key,
            cors_origins=args.cors_origins, ready=(
                f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
                "/v1/chat/completions, /v1/completions; /health, /metrics"

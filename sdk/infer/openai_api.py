@@ -457,12 +457,16 @@ class Served:
             options.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
         return Reply(self, inputs.to(self.model.device), options, stop_strings, request.seed)
 
+    def window(self) -> int | None:
+        """The model's window (positions for a prompt and its reply), if known."""
+        return context_window(self.model.config)
+
     def room_for_reply(self, prompt_tokens: int, asked: int | None,
                        param: str = "messages") -> int:
         """How many tokens a reply may have after a prompt of ``prompt_tokens``: at most
         what fits the model's window (past it a model answers garbage). A prompt that
         leaves no room, or ``asked`` tokens that do not fit, is a 400 as in vLLM."""
-        window = context_window(self.model.config)
+        window = self.window()
         if window is None:
             return asked or self.defaults.max_new_tokens
         if prompt_tokens >= window or (asked and prompt_tokens + asked > window):
