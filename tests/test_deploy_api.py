@@ -15,7 +15,7 @@ from test_deploy import serving
 
 from conftest import TINY_MODEL_TYPE
 from sdk.config import DeployArguments
-from sdk.infer.deploy import served_model_name
+from sdk.infer.deploy import api_key, open_to_others, served_model_name
 from sdk.infer.load import load_for_inference
 from sdk.infer.openai_api import ApiError, ChatCompletionRequest, Served
 
@@ -243,3 +243,14 @@ def test_metrics_count_requests_tokens_and_latency(server):
     assert grew("sft_sdk_request_duration_seconds_count", endpoint=chat) == 2
     assert after[("sft_sdk_requests_in_flight", ())] == 1  # the /metrics request itself
     assert after[("sft_sdk_generations", (("state", "waiting"),))] == 0
+
+
+def test_the_key_comes_from_the_flag_else_the_environment(monkeypatch):
+    monkeypatch.setenv("SFT_SDK_API_KEY", "from-env")
+    assert api_key(DeployArguments()) == "from-env"
+    assert api_key(DeployArguments(api_key="from-flag")) == "from-flag"
+    monkeypatch.delenv("SFT_SDK_API_KEY")
+    assert api_key(DeployArguments()) is None
+    # the warning without a key is for addresses other machines reach
+    assert [open_to_others(host) for host in ("0.0.0.0", "192.168.1.5", "127.0.0.1", "::1",
+                                              "localhost")] == [True, True, False, False, False]
