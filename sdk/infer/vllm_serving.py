@@ -76,7 +76,7 @@ class VllmServed(Served):
         room = self.room_for_reply(int(inputs["input_ids"].shape[1]), request.reply_tokens,
                                    param)
         stop_ids, stop_strings = stop_tokens(self.template, self.tokenizer)
-        stop_strings = [*stop_strings, *request.stop]
+        stop_strings = [*stop_strings, *(request.stop or [])]
         params = sampling_params(decoding, stop_ids, stop_strings,
                                  min(decoding.max_new_tokens, room), request.seed)
         return VllmReply(self, inputs, params, stop_strings, request.seed)
