@@ -6,6 +6,7 @@ sdk's glue (threads, streaming, stop words, usage), not vLLM."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from types import ModuleType, SimpleNamespace
@@ -134,3 +135,35 @@ def test_the_vllm_server_glue_answers_as_the_transformers_server(tiny_plugin_fil
                             events[-2]["usage"], completion["choices"]))
     assert answers[0] == answers[1]
     assert len(engine.closed) == 3  # every vLLM stream was closed (an unfinished one: aborted)
+
+
+def test_the_offline_vllm_glue_replies_as_batch_prediction_does(tiny_plugin_file, monkeypatch):
+    from sdk.config import InferArguments
+    from sdk.infer.load import load_for_inference
+    from sdk.infer.predict import generate_batch
+    from sdk.infer.vllm_backend import VllmEngine
+    from sdk.plugins import load_plugins
+
+    args = InferArguments(model_type=TINY_MODEL_TYPE, max_new_tokens=5, infer_backend="vllm")
+    model, tokenizer, template = load_for_inference(args, load_plugins(
+        [str(tiny_plugin_file)]).registry)
+    engine = StandInEngine(model, tokenizer)
+
+    def generate(prompts, params, lora_request=None):  # LLM.generate: every output at once
+        async def last(prompt):
+            return [output async for output in engine.generate(prompt, params, "id")][-1]
+
+        return [asyncio.run(last(prompt)) for prompt in prompts]
+
+    vllm = ModuleType("vllm")
+    vllm.SamplingParams = lambda **fields: SimpleNamespace(**fields)
+    vllm.LLM = lambda **arguments: SimpleNamespace(generate=generate, arguments=arguments)
+    inputs = ModuleType("vllm.inputs")
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+
+    prompts = [[{"role": "user", "content": "Hello"}], [{"role": "user", "content": "Bye now"}]]
+    by_vllm = VllmEngine(VllmSource("model", "model"), template, tokenizer, args)
+    assert by_vllm.replies(template, prompts, args) == generate_batch(
+        model, tokenizer, template, prompts, args)
