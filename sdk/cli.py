@@ -511,6 +511,7 @@ def template_row(spec: Any) -> dict[str, Any]:
             "default_system": spec.default_system,
             "stop_words": stop_words(spec, spec.special_tokens),
             "tools": bool(spec.jinja) and reads_tools(spec.jinja),
+            "tool_calls": spec.tool_calls is not None,
             "reasoning": bool(spec.jinja) and reads_reasoning(spec.jinja)}
 
 

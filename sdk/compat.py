@@ -275,7 +275,9 @@ DTYPES = {"auto": "auto", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
 THEIR_VALUES: dict[str, Mapping[str, str]] = {
     "sft_type": TUNERS, "dtype": DTYPES, "bnb_4bit_comp_dtype": DTYPES,
     "attn_impl": {"flash_attn": "flash_attention_2"},
-    "deepspeed": {"default-zero2": "zero2", "default-zero3": "zero3"}}
+    "deepspeed": {"default-zero2": "zero2", "default-zero3": "zero3"},
+    # ms-swift's pt and LLaMA-Factory's huggingface: transformers' generate
+    "infer_backend": {"pt": "transformers", "huggingface": "transformers"}}
 # Template names of ms-swift (template_type) and LLaMA-Factory (template) that are spelled
 # otherwise here; None: the model type's own template (their name covers a whole family).
 TEMPLATES: dict[str, str | None] = {
@@ -373,8 +375,6 @@ ALIASES: dict[str, Alias] = {
     "merge_lora_and_save": Alias(SWIFT, "--merge-lora (saving: sdk export --merge-lora)",
                                  merge_and_save, ("infer",)),
     "use_streamer": Alias(SWIFT, "--stream", rename("stream"), ("infer",)),
-    "infer_backend": Alias(BOTH, "no effect (transformers generates)", no_effect(
-        "replies are generated with transformers"), ("infer",)),
     "load_args_from_ckpt_dir": Alias(SWIFT, "no effect (always)", no_effect(
         "a checkpoint's run arguments (model type, template, tuner) are always read"),
         ("infer",)),

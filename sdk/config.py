@@ -321,6 +321,11 @@ class GenerationArguments(ModelArguments):
                            "before generating (faster; a 4/8-bit base is loaded unquantized).",
                            group="model")
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32, group="generation")
+    infer_backend: str = arg(
+        "transformers", "What generates: transformers (any device), or vllm (a CUDA GPU, "
+        "`pip install vllm`): the base model with the checkpoint's LoRA adapter, or an "
+        "export, served by vLLM with sdk's template.", ("transformers", "vllm"),
+        group="performance")
 
 
 @dataclass
@@ -357,6 +362,13 @@ class DeployArguments(GenerationArguments):
     served_model_name: str | None = arg(
         None, "The model name clients send and /v1/models lists (default: the --ckpt-dir "
         "run's folder name, else the --model-type).", group="server")
+    api_key: str | None = arg(
+        None, "Answer /v1 requests only with this key as a bearer token (the OpenAI client's "
+        "api_key; default: $SFT_SDK_API_KEY, else none). /health and /metrics stay open.",
+        secret=True, group="server")
+    cors_origins: list[str] = arg(
+        [], "Web origins whose pages may call the API from a browser (CORS), e.g. "
+        "https://app.example.com, or * for any; default: none.", group="server")
 
 
 @dataclass

@@ -29,7 +29,7 @@ CALLABLE_FIELDS = {
     "models": ("loader", "tokenizer_loader"), "datasets": ("preprocess",),
     "formats": ("detect", "to_messages"), "tuners": ("prepare", "load", "callbacks",
                                                      "check_arguments"),
-    "hubs": ("download", "push", "find_token", "check_repo_id"), "templates": (),
+    "hubs": ("download", "push", "find_token", "check_repo_id"), "templates": ("tool_calls",),
 }
 
 

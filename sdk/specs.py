@@ -94,7 +94,12 @@ class TemplateSpec:
     trained text of a reply then starts where the generation prompt ends, so the block (empty
     when the data has no reasoning) is trained as the model writes it. ``variables``: extra
     jinja variables, as ``apply_chat_template(..., **variables)`` passes them
-    (``enable_thinking``; set by ``--enable-thinking``).
+    (``enable_thinking``; set by ``--enable-thinking``). ``tool_calls``: how a reply calls
+    tools in this template's format, ``tool_calls(text) -> (content, calls)``: ``text`` is the
+    reply with its special tokens (up to its end-of-turn marker), ``calls`` OpenAI's function
+    calls ``{"name", "arguments"}`` (arguments: JSON text), empty when the reply calls none;
+    `sdk deploy` answers requests with ``tools`` only for a template that has it
+    (sdk/templates/tool_calls.py has the shared formats).
     """
 
     name: str
@@ -112,6 +117,7 @@ class TemplateSpec:
     description: str = ""
     reasoning: bool = False
     variables: Mapping[str, Any] = field(default_factory=dict)
+    tool_calls: CallableRef | None = None
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 @contextmanager
-def serving(loaded: Served):
-    """``loaded`` served as `sdk deploy` serves it, from a background thread; gives its base
-    URL and the server."""
+def serving(loaded: Served, **options: Any):
+    """``loaded`` served as `sdk deploy` serves it (``options``: Server's), from a background
+    thread; gives its base URL and the server."""
     sock = listening_socket("127.0.0.1", 0)
-    server = Server(loaded, log_level="warning")
+    server = Server(loaded, log_level="warning", **options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -227,7 +227,7 @@ def test_bad_requests_get_openai_errors(served, body, status, param, words):
 
 def test_unknown_paths_and_methods_get_openai_errors(served):
     url, _ = served
-    for path, method, status in [("/v1/completions", "POST", 404),
+    for path, method, status in [("/v1/embeddings", "POST", 404),
                                  ("/v1/chat/completions", "GET", 405)]:
         got, answer = call(url, path, {"messages": USER}, method)
         assert got == status and set(answer["error"]) == ERROR_KEYS

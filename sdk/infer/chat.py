@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from threading import Thread
 from typing import Any, TextIO
 
@@ -51,10 +51,16 @@ def generation_options(template: Template, tokenizer: Any,
 
 
 def finish_reply(reply: str, stop_strings: list[str]) -> str:
+    return cut_at_stop(reply, stop_strings).strip()
+
+
+def cut_at_stop(text: str, stop_strings: list[str]) -> str:
+    """``text`` before its first stop string, as generated (a raw completion keeps its
+    whitespace)."""
     for word in stop_strings:
-        reply = reply.split(word)[0]
+        text = text.split(word)[0]
     # a reply cut at --max-new-tokens inside a character decodes its start as U+FFFD
-    return reply.rstrip("\ufffd").strip()
+    return text.rstrip("\ufffd")
 
 
 def positions_taken(model: Any, prompt_tokens: int) -> int:
@@ -162,14 +168,30 @@ def run_infer(args: InferArguments, registry: Registry) -> None:
                    "(beam search picks the reply at the end, so it cannot stream).", err=True)
         args = dataclasses.replace(args, stream=False)
     set_seed(args.seed)
-    model, tokenizer, template = load_for_inference(args, registry)
+    if args.infer_backend == "vllm":
+        from sdk.infer.vllm_backend import VllmEngine
+
+        if args.stream:
+            click.echo("[sdk] --infer-backend vllm: replies are printed when complete.",
+                       err=True)
+            args = dataclasses.replace(args, stream=False)
+        engine = VllmEngine.load(args, registry)
+        template = engine.template
+
+        def answer(template: Template, messages: Messages) -> str:
+            return engine.replies(template, [messages], args)[0]
+    else:
+        model, tokenizer, template = load_for_inference(args, registry)
+
+        def answer(template: Template, messages: Messages) -> str:
+            return generate(model, tokenizer, template, messages, args,
+                            sys.stdout if args.stream else None)
     if args.query is not None:
-        reply = generate(model, tokenizer, template, [{"role": "user", "content": args.query}],
-                         args, sys.stdout if args.stream else None)
+        reply = answer(template, [{"role": "user", "content": args.query}])
         if not args.stream:
             click.echo(reply)
         return
-    chat(model, tokenizer, template, args)
+    chat(template, args, answer)
 
 
 CHAT_HELP = """\
@@ -190,8 +212,10 @@ def terminal_prompt(text: str) -> str:
     return ""
 
 
-def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -> None:
-    """A multi-turn conversation on stdin/stdout; the commands of CHAT_HELP between turns."""
+def chat(template: Template, args: InferArguments,
+         answer: Callable[[Template, Messages], str]) -> None:
+    """A multi-turn conversation on stdin/stdout, each reply ``answer``'s (streamed to stdout
+    by it with --stream); the commands of CHAT_HELP between turns."""
     click.echo("Chat: type a message; 'help' lists the commands, 'exit' quits.", err=True)
     history: Messages = []
     while True:
@@ -225,8 +249,7 @@ def chat(model: Any, tokenizer: Any, template: Template, args: InferArguments) -
             messages = history + [{"role": "user", "content": line}]
             sys.stdout.write(terminal_prompt(">>> "))
             try:
-                reply = generate(model, tokenizer, template, messages, args,
-                                 sys.stdout if args.stream else None)
+                reply = answer(template, messages)
             except SdkError as error:
                 click.echo(f"\n({error} 'clear' forgets the conversation so far.)", err=True)
                 continue

@@ -4,16 +4,21 @@ API (sdk/infer/openai_api.py) with uvicorn."""
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
+import os
 import signal
 import socket
 from pathlib import Path
+
+import click
 
 from sdk.config import DeployArguments
 from sdk.errors import SdkError
 from sdk.infer.load import checkpoint_or_export, is_export, load_for_inference
 from sdk.registry import Registry
 
-SERVER_PACKAGES = ("fastapi", "uvicorn")
+SERVER_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")
+API_KEY_VARIABLE = "SFT_SDK_API_KEY"
 
 
 def check_server_packages() -> None:
@@ -56,23 +61,53 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_key(args: DeployArguments) -> str | None:
+    """--api-key, else $SFT_SDK_API_KEY (kept out of the command line, where `ps` shows it to
+    every user of the machine)."""
+    return args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+
+
+def open_to_others(host: str) -> bool:
+    """Whether ``host`` is reachable from other machines (not a loopback address)."""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: localhost, or a machine's name that others resolve
+        return host != "localhost"
+
+
 def run_deploy(args: DeployArguments, registry: Registry) -> None:
     check_server_packages()
     if args.num_beams > 1:
         raise SdkError("sdk deploy streams replies and beam search cannot: leave out "
                        "--num-beams.")
     name = served_model_name(args)
+    key = api_key(args)
+    if args.infer_backend == "vllm":
+        from sdk.infer.vllm_backend import check_vllm
+
+        check_vllm(args)
     sock = listening_socket(args.host, args.port)
     from transformers import set_seed
 
     from sdk.infer.openai_api import Served, Server
 
     set_seed(args.seed)
-    model, tokenizer, template = load_for_inference(args, registry)
+    if args.infer_backend == "vllm":
+        from sdk.infer.vllm_serving import served_by_vllm
+
+        served = served_by_vllm(args, registry, name)
+    else:
+        served = Served(*load_for_inference(args, registry), args, name)
     host, port = sock.getsockname()[:2]
-    Server(Served(model, tokenizer, template, args, name), ready=(
-        f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
-        "/v1/chat/completions); Ctrl-C stops")).run(sockets=[sock])
+    if open_to_others(args.host) and key is None:
+        click.echo(f"[sdk] --host {args.host} without --api-key: anyone who reaches port "
+                   f"{port} can use the model; give --api-key (or ${API_KEY_VARIABLE}) on a "
+                   "network you do not trust.", err=True)
+    Server(served, api_key=key,
+           cors_origins=args.cors_origins, ready=(
+               f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
+               "/v1/chat/completions, /v1/completions; /health, /metrics"
+               f"{'; API key required' if key else ''}); Ctrl-C stops")).run(sockets=[sock])
     # Stopped. Exiting with torch loaded takes seconds: a Ctrl-C meanwhile ends it at once, as
     # during the stop, not with a KeyboardInterrupt from wherever the exit has got to.
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,7 +20,7 @@ from sdk.models.rope import quiet_window_reminder
 from sdk.registry import Registry, model_template
 from sdk.runs.checkpoint_files import ADAPTER_CONFIG, check_checkpoint
 from sdk.runs.run_dir import ARGS_FILE, find_checkpoint, read_saved_arguments
-from sdk.specs import resolve_callable
+from sdk.specs import TemplateSpec, resolve_callable
 from sdk.templates.engine import Template, with_thinking
 from sdk.tuners import check_requires
 
@@ -85,10 +85,7 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
         check_requires(tuner)
         if not tuner.trains_adapters and (args.rope_scaling or args.rope_factor):
             raise SdkError(whole_model_rope_refusal(checkpoint, saved["model_type"]))
-        template_spec = registry.get("templates", args.template or saved["template"])
-        system = args.system if args.system is not None else saved.get("system")
-        thinking = (args.enable_thinking if args.enable_thinking is not None
-                    else saved.get("enable_thinking"))
+        choice = template_choice(args, registry, saved)
         trained_from = saved.get("model_id_or_path")
         if (not args.model_id_or_path and isinstance(trained_from, str)
                 and not Path(trained_from).is_absolute() and not Path(trained_from).is_dir()):
@@ -114,23 +111,47 @@ def load_for_inference(args: GenerationArguments, registry: Registry) -> tuple[A
             str(checkpoint), trust_remote_code=base_args.trust_remote_code)
     elif args.model_type:
         spec = registry.get("models", args.model_type)
-        template_spec = model_template(registry, spec, args.template)
-        system = args.system
-        thinking = args.enable_thinking
+        choice = template_choice(args, registry)
         model, tokenizer = load_model(spec, args, registry)
     else:
-        given = (" (--model-id-or-path gives the weights; --model-type says what they are)."
-                 + model_types_for_folder(args.model_id_or_path, registry)
-                 if args.model_id_or_path else ".")
-        raise SdkError(f"Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type{given}")
+        raise nothing_to_load(args, registry)
     import torch
 
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
     quiet_window_reminder(model.config)
-    template = Template.for_tokenizer(with_thinking(template_spec, thinking), tokenizer)
-    return model, tokenizer, template if system is None else with_system(template, system)
+    return model, tokenizer, bound_template(choice, tokenizer)
+
+
+def nothing_to_load(args: GenerationArguments, registry: Registry) -> SdkError:
+    given = (" (--model-id-or-path gives the weights; --model-type says what they are)."
+             + model_types_for_folder(args.model_id_or_path, registry)
+             if args.model_id_or_path else ".")
+    return SdkError(f"Give --ckpt-dir (a checkpoint from `sdk sft`) or --model-type{given}")
+
+
+# The template spec, system prompt and enable_thinking that a model is prompted with
+TemplateChoice = tuple[TemplateSpec, str | None, bool | None]
+
+
+def template_choice(args: GenerationArguments, registry: Registry,
+                    saved: dict[str, Any] | None = None) -> TemplateChoice:
+    """--template, --system and --enable-thinking, else what the checkpoint was trained
+    with (``saved``: its run arguments), else the --model-type's template."""
+    saved = saved or {}
+    spec = (registry.get("templates", args.template or saved["template"]) if saved
+            else model_template(registry, registry.get("models", args.model_type), args.template))
+    system = args.system if args.system is not None else saved.get("system")
+    thinking = (args.enable_thinking if args.enable_thinking is not None
+                else saved.get("enable_thinking"))
+    return spec, system, thinking
+
+
+def bound_template(choice: TemplateChoice, tokenizer: Any) -> Template:
+    spec, system, thinking = choice
+    template = Template.for_tokenizer(with_thinking(spec, thinking), tokenizer)
+    return template if system is None else with_system(template, system)
 
 
 def with_system(template: Template, system: str) -> Template:

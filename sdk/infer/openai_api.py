@@ -1,9 +1,12 @@
-"""The HTTP API of `sdk deploy`: OpenAI's ``GET /v1/models`` and ``POST /v1/chat/completions``
-(whole, or streamed as server-sent events) over one loaded model, one generation at a time.
+"""The HTTP API of `sdk deploy`: OpenAI's ``GET /v1/models``, ``POST /v1/chat/completions``
+(tool calls included) and ``POST /v1/completions`` (whole, or streamed as server-sent events)
+over one loaded model, one generation at a time; ``GET /health`` and ``GET /metrics``
+(Prometheus) beside them; an API key and CORS when asked for.
 
 Replies are what `sdk infer` answers (the same prompt encoding, decoding options, stop words
 and trimming: sdk/infer/chat.py); a streamed reply holds back text that a stop word may still
-cut, so its chunks joined are the whole reply. Errors are OpenAI's JSON
+cut, so its chunks joined are the whole reply. A completion is the model's own continuation of
+the prompt text (no template, whitespace kept). Errors are OpenAI's JSON
 ``{"error": {"message", "type", "param", "code"}}``.
 
 `Server` stops it as a supervisor expects: the first SIGTERM or Ctrl-C ends every generation
@@ -14,24 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import json
 import os
+import secrets
 import signal
+import string
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import click
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
@@ -39,23 +47,30 @@ from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 from sdk.config import GenerationArguments
 from sdk.infer.chat import (
     StreamedReply,
+    cut_at_stop,
     finish_reply,
     generation_options,
     positions_taken,
     stop_tokens,
 )
+from sdk.infer.server_metrics import Measured, ServerMetrics
 from sdk.models.rope import context_window
+from sdk.specs import resolve_callable
 from sdk.templates.engine import Template
 
 # Temperatures below this are greedy decoding (as in vLLM): dividing the logits by less
 # overflows them, and sampling from the overflow fails (on a GPU, with a device-side assert).
 GREEDY_BELOW = 1e-5
-ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
+ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
+               404: "invalid_request_error",
                405: "invalid_request_error", 415: "invalid_request_error", 500: "server_error",
                503: "server_error"}
 # How long a stopping server waits for its connections to close before it cuts them: the
 # generations have ended at their next token, so this is only for clients slow to send or read.
 GRACE_SECONDS = 3
+
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -85,8 +100,11 @@ def error_body(status: int, message: str, param: str | None = None,
 
 
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    # None: an assistant message that only calls tools (checked after the fields above)
+    content: str | None = Field(None, validate_default=True)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -100,19 +118,26 @@ class Message(BaseModel):
             return "".join(part["text"] for part in content)
         return content
 
+    @field_validator("content")
+    @classmethod
+    def some_content(cls, content: str | None, info: ValidationInfo) -> str | None:
+        if content is None and not (info.data.get("role") == "assistant"
+                                    and info.data.get("tool_calls")):
+            raise ValueError("Field required (only an assistant message that calls tools may "
+                             "leave it out)")
+        return content
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields of OpenAI's chat completion request that apply; ``top_k`` and
+class SamplingRequest(BaseModel):
+    """The fields that chat completions and completions share; ``top_k`` and
     ``repetition_penalty`` are extensions (as in vLLM). Other fields are ignored."""
 
     model: str | None = None
-    messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
@@ -138,13 +163,22 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("a stop string cannot be empty")
         return words
 
+    @property
+    def reply_tokens(self) -> int | None:
+        """The most tokens the reply may have, if the request says."""
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
     def decoding(self, defaults: GenerationArguments) -> GenerationArguments:
         """The server's decoding flags with this request's settings. A temperature of 0 (below
         GREEDY_BELOW) is greedy decoding, any other samples; without one, the server's
         --do-sample holds."""
         changes: dict[str, Any] = {}
-        if self.max_completion_tokens or self.max_tokens:
-            changes["max_new_tokens"] = self.max_completion_tokens or self.max_tokens
+        if self.reply_tokens:
+            changes["max_new_tokens"] = self.reply_tokens
         if self.temperature is not None:
             changes["do_sample"] = self.temperature >= GREEDY_BELOW
             if changes["do_sample"]:
@@ -156,6 +190,84 @@ class ChatCompletionRequest(BaseModel):
         if self.repetition_penalty is not None:
             changes["repetition_penalty"] = self.repetition_penalty
         return dataclasses.replace(defaults, **changes)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """OpenAI's chat completion request. ``tools`` reach the template (which shows them to
+    the model) and the reply's calls are read back as the template writes them;
+    ``tool_choice`` "none" leaves the tools out."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none"] | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def no_forced_call(cls, choice: Any) -> Any:
+        if isinstance(choice, dict):
+            raise ValueError("a named function cannot be forced (the server does not constrain "
+                             "what the model writes); give 'auto' or 'none'")
+        return choice
+
+    @field_validator("response_format")
+    @classmethod
+    def text_format(cls, response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+        kind = (response_format or {}).get("type", "text")
+        if kind != "text":
+            raise ValueError(f"type {kind!r} is not supported: the server does not constrain "
+                             "what the model writes, so it cannot promise JSON. Leave "
+                             "response_format out (or give type 'text') and ask for JSON in "
+                             "the messages")
+        return response_format
+
+    @property
+    def reply_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the tools reach the model, and its reply is read for calls."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The messages as sdk's templates take them (tool calls, results and schemas as
+        JSON text: sdk/data/formats.py reads OpenAI's shapes)."""
+        from sdk.data.formats import messages_to_messages
+
+        try:
+            return messages_to_messages({
+                "messages": [message.model_dump(exclude_none=True) for message in self.messages],
+                "tools": self.tools if self.calls_tools else None})
+        except ValueError as error:
+            raise ApiError(400, str(error), "messages") from None
+
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's (legacy) completion request: the model continues each prompt as it is."""
+
+    prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("logprobs", "suffix", "best_of")
+    @classmethod
+    def not_honoured(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not (info.field_name == "best_of" and value == 1):
+            raise ValueError("not supported by this server; leave it out")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def some_text(cls, prompt: str | list[str]) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not prompts or "" in prompts:
+            raise ValueError("give the text to continue (a string, or a list of strings); an "
+                             "empty one has nothing to continue")
+        return prompts
 
 
 def request_error(error: ValidationError) -> ApiError:
@@ -182,20 +294,23 @@ class EndsEarly(StoppingCriteria):
                           device=input_ids.device)
 
 
-def settled_text(raw: str, stop_strings: list[str]) -> str:
+def settled_text(raw: str, stop_strings: list[str], trimmed: bool = True) -> str:
     """The start of ``finish_reply(raw + anything)`` that more text cannot change: the text
-    before a stop word, less an ending that may begin one, without surrounding whitespace."""
+    before a stop word, less an ending that may begin one, without surrounding whitespace
+    (``trimmed``; else as generated, as a completion is)."""
     if any(word in raw for word in stop_strings):
-        return finish_reply(raw, stop_strings)
+        return finish_reply(raw, stop_strings) if trimmed else cut_at_stop(raw, stop_strings)
     hold = max((size for word in stop_strings for size in range(1, len(word))
                 if raw.endswith(word[:size])), default=0)
-    return raw[:len(raw) - hold].strip()
+    ready = raw[:len(raw) - hold]
+    return ready.strip() if trimmed else ready
 
 
 @dataclasses.dataclass
 class Reply:
     """One generation: iterating gives the reply's text as it grows (pieces joined: the
-    reply `sdk infer` gives); afterwards ``text``, ``finish_reason`` and the token counts are
+    reply `sdk infer` gives; not ``trimmed``: the text as generated, up to a stop string);
+    afterwards ``text``, ``finish_reason``, the generated ``tokens`` and the token counts are
     set. Generations run one at a time (``lock``)."""
 
     served: Served
@@ -203,15 +318,21 @@ class Reply:
     options: dict[str, Any]
     stop_strings: list[str]
     seed: int | None
+    trimmed: bool = True
     text: str = ""
     finish_reason: str = "length"
-    completion_tokens: int = 0
+    tokens: list[int] = dataclasses.field(default_factory=list)
     # set: end the generation at the next token (its reader has gone, or the server stops)
     gone: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
+
+    @property
+    def completion_tokens(self) -> int:
+        """Every generated token, the end token too (as vLLM counts)."""
+        return len(self.tokens)
 
     def __iter__(self) -> Iterator[str]:
         served, gone = self.served, self.gone
@@ -225,7 +346,7 @@ class Reply:
             try:
                 for piece in pieces:
                     raw += piece
-                    ready = settled_text(raw, self.stop_strings)
+                    ready = settled_text(raw, self.stop_strings, self.trimmed)
                     if len(ready) > len(sent):
                         yield ready[len(sent):]
                         sent = ready
@@ -234,12 +355,11 @@ class Reply:
                 pieces.close()
             if served.stopping.is_set():
                 raise server_stopping()
-            self.text = finish_reply(raw, self.stop_strings)
+            self.text = (finish_reply if self.trimmed else cut_at_stop)(raw, self.stop_strings)
             if len(self.text) > len(sent):
                 yield self.text[len(sent):]
-            new_tokens = streamed.output[0, self.prompt_tokens:].tolist()
-        self.completion_tokens = len(new_tokens)
-        ended = bool(new_tokens) and new_tokens[-1] in served.stop_ids
+            self.tokens = streamed.output[0, self.prompt_tokens:].tolist()
+        ended = bool(self.tokens) and self.tokens[-1] in served.stop_ids
         if ended or any(word in raw for word in self.stop_strings):
             self.finish_reason = "stop"
 
@@ -261,18 +381,35 @@ class Served:
     # set: the server stops; generations end at their next token, and no other one starts
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+    waiting: int = 0  # requests waiting for the lock
+    waiting_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    metrics: ServerMetrics = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.queue_stats)
 
     @property
     def stop_ids(self) -> list[int]:
         return stop_tokens(self.template, self.tokenizer)[0]
 
     @contextmanager
+    def counting_wait(self) -> Iterator[None]:
+        with self.waiting_lock:
+            self.waiting += 1
+        try:
+            yield
+        finally:
+            with self.waiting_lock:
+                self.waiting -= 1
+
+    @contextmanager
     def turn(self) -> Iterator[None]:
         """Holds ``lock`` (one generation at a time); a request still waiting for it when the
         server stops is a 503."""
-        while not self.lock.acquire(timeout=0.1):
-            if self.stopping.is_set():
-                raise server_stopping()
+        with self.counting_wait():
+            while not self.lock.acquire(timeout=0.1):
+                if self.stopping.is_set():
+                    raise server_stopping()
         try:
             if self.stopping.is_set():
                 raise server_stopping()
@@ -280,47 +417,105 @@ class Served:
         finally:
             self.lock.release()
 
+    def check_model(self, asked: str | None) -> None:
+        if asked is not None and asked != self.name:
+            raise ApiError(404, f"The model '{asked}' does not exist; this server serves "
+                           f"'{self.name}' (GET /v1/models).", "model", "model_not_found")
+
     def reply(self, request: ChatCompletionRequest) -> Reply:
         """The generation ``request`` asks for, its prompt encoded (a conversation the
-        template refuses is a 400)."""
-        if request.model is not None and request.model != self.name:
-            raise ApiError(404, f"The model '{request.model}' does not exist; this server "
-                           f"serves '{self.name}' (GET /v1/models).", "model", "model_not_found")
-        messages = [message.model_dump() for message in request.messages]
+        template refuses is a 400, and so are tools it has no call format for)."""
+        self.check_model(request.model)
+        if request.calls_tools and self.template.spec.tool_calls is None:
+            raise ApiError(400, f"tools: template '{self.template.spec.name}' of this model "
+                           "has no tool-call format the server can read; serve a model whose "
+                           "template has one (`sdk templates --json`: \"tool_calls\": true), "
+                           "or leave out tools.", "tools")
         try:
-            inputs = self.template.tokenize_prompt(self.tokenizer, messages)
+            inputs = self.template.tokenize_prompt(self.tokenizer, request.conversation())
         except ValueError as error:
             raise ApiError(400, f"messages: {error}", "messages") from None
+        return self.generation(inputs, request, "messages")
+
+    def completion(self, request: CompletionRequest, prompt: str) -> Reply:
+        """The generation that continues ``prompt`` as it is (no template; the tokenizer's
+        own special tokens, e.g. a BOS, as vLLM encodes it), its text kept as generated."""
+        self.check_model(request.model)
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        return dataclasses.replace(self.generation(inputs, request, "prompt"), trimmed=False)
+
+    def generation(self, inputs: Any, request: SamplingRequest, param: str) -> Reply:
+        """A reply to the encoded prompt ``inputs`` with ``request``'s settings (a prompt and
+        reply past the model's window: a 400 naming ``param``)."""
         options, stop_strings = generation_options(self.template, self.tokenizer,
                                                    request.decoding(self.defaults))
         room = self.room_for_reply(positions_taken(self.model, int(inputs["input_ids"].shape[1])),
-                                   request.max_completion_tokens or request.max_tokens)
+                                   request.reply_tokens, param)
         options["max_new_tokens"] = min(options["max_new_tokens"], room)
         if request.stop:
             stop_strings = [*stop_strings, *request.stop]
             options.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
         return Reply(self, inputs.to(self.model.device), options, stop_strings, request.seed)
 
-    def room_for_reply(self, prompt_tokens: int, asked: int | None) -> int:
+    def window(self) -> int | None:
+        """The model's window (positions for a prompt and its reply), if known."""
+        return context_window(self.model.config)
+
+    def room_for_reply(self, prompt_tokens: int, asked: int | None,
+                       param: str = "messages") -> int:
         """How many tokens a reply may have after a prompt of ``prompt_tokens``: at most
         what fits the model's window (past it a model answers garbage). A prompt that
         leaves no room, or ``asked`` tokens that do not fit, is a 400 as in vLLM."""
-        window = context_window(self.model.config)
+        window = self.window()
         if window is None:
             return asked or self.defaults.max_new_tokens
         if prompt_tokens >= window or (asked and prompt_tokens + asked > window):
             requested = (f"you requested {prompt_tokens + asked} tokens ({prompt_tokens} in "
-                         f"the messages, {asked} in the completion)" if asked else
-                         f"your messages resulted in {prompt_tokens} tokens")
+                         f"the {param}, {asked} in the completion)" if asked else
+                         f"your {param} resulted in {prompt_tokens} tokens")
             raise ApiError(400, f"This model's maximum context length is {window} tokens. "
-                           f"However, {requested}. Please reduce the length of the messages"
-                           f"{' or completion' if asked else ''}.", "messages",
+                           f"However, {requested}. Please reduce the length of the {param}"
+                           f"{' or completion' if asked else ''}.", param,
                            "context_length_exceeded")
         return window - prompt_tokens
 
+    def called_tools(self, reply: Reply) -> tuple[str | None, list[dict[str, Any]]]:
+        """The content and tool calls of a whole ``reply``, read as the template writes a call
+        (its text with special tokens, such as Mistral's [TOOL_CALLS]); a reply that calls
+        nothing is its text and no calls."""
+        tokens = reply.tokens[:-1] if reply.tokens[-1:] and reply.tokens[-1] in self.stop_ids \
+            else reply.tokens
+        text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=False),
+                           reply.stop_strings)
+        content, calls = resolve_callable(self.template.spec.tool_calls)(text)
+        if not calls:
+            return reply.text, []
+        return content.strip() or None, [
+            {"id": call_id(), "type": "function", "function": call} for call in calls]
 
-def create_app(served: Served) -> FastAPI:
+    def queue_stats(self) -> dict[str, int]:
+        """Requests generating and waiting for their turn, for /metrics. (A batching engine
+        reports its own here: its ``stats()``.)"""
+        return {"running": int(self.lock.locked()), "waiting": self.waiting}
+
+
+def call_id() -> str:
+    """A tool call's id: 9 letters and digits, the only shape Mistral's templates take back."""
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9))
+
+
+def create_app(served: Served, api_key: str | None = None,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The API over ``served``. With ``api_key`` the /v1 endpoints want it as a bearer
+    token (/health and /metrics stay open, as vLLM's); ``cors_origins``: the web origins
+    whose pages may call it (none: browsers keep other sites' pages out)."""
     app = FastAPI(title="sft-sdk", description=f"OpenAI-compatible API serving {served.name}")
+    if api_key:
+        app.add_middleware(ApiKeyRequired, key=api_key)
+    if cors_origins:  # added last: outside the key check, so a browser's preflight passes
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -335,6 +530,16 @@ def create_app(served: Served) -> FastAPI:
         # starlette still logs the traceback on the server's console
         return ApiError(500, f"Internal error: {type(error).__name__}: {error}").response()
 
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if served.stopping.is_set():
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": served.name})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(served.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": served.name, "object": "model",
@@ -342,40 +547,76 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        # Only JSON is read: a body sent as text or a form (curl -d without -H) is a client's
-        # mistake to show, not one to parse as JSON all the same.
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            came = f"as {media_type}" if media_type else "without one"
-            raise ApiError(415, "Send the request body as JSON with the header Content-Type: "
-                           f"application/json (this one came {came}).",
-                           code="unsupported_media_type")
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(400, f"The request body is not valid JSON: {error}") from None
-        try:
-            asked = ChatCompletionRequest.model_validate(body)
-        except ValidationError as error:
-            raise request_error(error) from None
+        asked = await read_request(request, ChatCompletionRequest)
         reply = served.reply(asked)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": served.name}
         if asked.stream:
-            usage = asked.stream_options is not None and asked.stream_options.include_usage
-            return StreamingResponse(closed_when_done(events(reply, head, usage)),
-                                     media_type="text/event-stream")
-        try:
+            return StreamingResponse(closed_when_done(server_sent(chat_chunks(
+                served, reply, head, asked.include_usage, asked.calls_tools))),
+                media_type="text/event-stream")
+        await generated_whole(reply, request)
+        message, finish_reason = answer(served, reply, asked.calls_tools)
+        return {**head, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                     "finish_reason": finish_reason}], "usage": reply.usage()}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        asked = await read_request(request, CompletionRequest)
+        prompts = asked.prompt
+        replies = [served.completion(asked, prompt) for prompt in prompts]  # all checked first
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": served.name}
+        echoed = prompts if asked.echo else [""] * len(prompts)
+        if asked.stream:
+            return StreamingResponse(closed_when_done(server_sent(completion_chunks(
+                served, replies, echoed, head, asked.include_usage))),
+                media_type="text/event-stream")
+        for reply in replies:
             await generated_whole(reply, request)
-        except ApiError:
-            raise
-        except Exception as error:
-            raise generation_failed(error) from None
-        return {**head, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": reply.text},
-            "logprobs": None, "finish_reason": reply.finish_reason}], "usage": reply.usage()}
+        return {**head, "choices": [
+            {"index": index, "text": echo + reply.text, "logprobs": None,
+             "finish_reason": reply.finish_reason}
+            for index, (echo, reply) in enumerate(zip(echoed, replies, strict=True))],
+            "usage": total_usage(replies)}
 
     return app
+
+
+async def read_request(request: Request, model: type[RequestModel]) -> RequestModel:
+    """The request's JSON body, validated (a 415 if it is not sent as JSON, a 400 naming the
+    first field that is wrong)."""
+    # Only JSON is read: a body sent as text or a form (curl -d without -H) is a client's
+    # mistake to show, not one to parse as JSON all the same.
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        came = f"as {media_type}" if media_type else "without one"
+        raise ApiError(415, "Send the request body as JSON with the header Content-Type: "
+                       f"application/json (this one came {came}).",
+                       code="unsupported_media_type")
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"The request body is not valid JSON: {error}") from None
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        raise request_error(error) from None
+
+
+def answer(served: Served, reply: Reply, calls_tools: bool) -> tuple[dict[str, Any], str]:
+    """The assistant message of a whole ``reply`` and its finish reason: with tools, the
+    calls it makes (finish reason "tool_calls")."""
+    if calls_tools:
+        content, calls = served.called_tools(reply)
+        if calls:
+            return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": reply.text}, reply.finish_reason
+
+
+def total_usage(replies: Sequence[Reply]) -> dict[str, int]:
+    usages = [reply.usage() for reply in replies]
+    return {key: sum(usage[key] for usage in usages) for key in usages[0]}
 
 
 async def generated_whole(reply: Reply, request: Request) -> None:
@@ -390,7 +631,13 @@ async def generated_whole(reply: Reply, request: Request) -> None:
                 reply.gone.set()
     finally:
         reply.gone.set()
-    work.result()
+    try:
+        work.result()
+    except ApiError:
+        raise
+    except Exception as error:
+        raise generation_failed(error) from None
+    reply.served.metrics.generated(reply.prompt_tokens, reply.completion_tokens)
 
 
 def generation_failed(error: Exception) -> ApiError:
@@ -398,27 +645,66 @@ def generation_failed(error: Exception) -> ApiError:
     return ApiError(500, f"The generation failed: {type(error).__name__}: {error}")
 
 
-def events(reply: Reply, head: dict[str, Any], include_usage: bool) -> Iterator[str]:
-    """The server-sent events of a streamed reply: OpenAI's chat.completion.chunk objects,
-    then ``[DONE]``; a failure, or the server stopping, is an ``error`` event."""
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
-        return event({**head, "object": "chat.completion.chunk", "choices": [{
-            "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
-
-    yield chunk({"role": "assistant", "content": ""})
+def server_sent(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """``chunks`` as server-sent events, then ``[DONE]``; a failure, or the server stopping,
+    is an ``error`` event before it."""
     try:
-        for piece in reply:
-            yield chunk({"content": piece})
+        for chunk in chunks:
+            yield event(chunk)
     except ApiError as error:
         yield event(error.body())
     except Exception as error:
         yield event(error_body(500, generation_failed(error).message))
-    else:
-        yield chunk({}, reply.finish_reason)
-        if include_usage:
-            yield event({**head, "object": "chat.completion.chunk", "choices": [],
-                         "usage": reply.usage()})
+    finally:
+        chunks.close()  # a reader that left: its generation ends now
     yield "data: [DONE]\n\n"
+
+
+def chat_chunks(served: Served, reply: Reply, head: dict[str, Any], include_usage: bool,
+                calls_tools: bool) -> Iterator[dict[str, Any]]:
+    """A streamed chat reply: OpenAI's chat.completion.chunk objects. With tools, the reply
+    is sent once whole (a call is known only then): its content, then its calls."""
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {**head, "object": "chat.completion.chunk", "choices": [{
+            "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+    yield chunk({"role": "assistant", "content": ""})
+    if calls_tools:
+        for _ in reply:
+            pass
+        message, finish_reason = answer(served, reply, True)
+        if message["content"]:
+            yield chunk({"content": message["content"]})
+        if "tool_calls" in message:
+            yield chunk({"tool_calls": [{"index": index, **call}
+                                        for index, call in enumerate(message["tool_calls"])]})
+    else:
+        for piece in reply:
+            yield chunk({"content": piece})
+        finish_reason = reply.finish_reason
+    served.metrics.generated(reply.prompt_tokens, reply.completion_tokens)
+    yield chunk({}, finish_reason)
+    if include_usage:
+        yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": reply.usage()}
+
+
+def completion_chunks(served: Served, replies: Sequence[Reply], echoed: Sequence[str],
+                      head: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
+    """Streamed completions, one prompt after another: text_completion objects, each with
+    its choice's index (its prompt first when echoed)."""
+    def chunk(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": index, "text": text, "logprobs": None,
+                                     "finish_reason": finish_reason}]}
+
+    for index, (echo, reply) in enumerate(zip(echoed, replies, strict=True)):
+        if echo:
+            yield chunk(index, echo)
+        for piece in reply:
+            yield chunk(index, piece)
+        served.metrics.generated(reply.prompt_tokens, reply.completion_tokens)
+        yield chunk(index, "", reply.finish_reason)
+    if include_usage:
+        yield {**head, "choices": [], "usage": total_usage(replies)}
 
 
 def event(data: dict[str, Any]) -> str:
@@ -435,6 +721,26 @@ async def closed_when_done(iterator: Iterator[str]) -> AsyncIterator[str]:
     finally:
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(iterator.close)
+
+
+class ApiKeyRequired:
+    """ASGI middleware: a request to /v1 without ``Authorization: Bearer KEY`` is OpenAI's
+    401 (``invalid_api_key``); other paths (/health, /metrics) are open."""
+
+    def __init__(self, app: Any, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (scope["path"] + "/").startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                said = "a wrong API key" if given else "no API key"
+                refusal = ApiError(401, f"This server wants an API key and the request gave "
+                                   f"{said}: send the header Authorization: Bearer KEY (the "
+                                   "OpenAI client's api_key).", code="invalid_api_key")
+                await refusal.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class CutOffAnswered:
@@ -473,9 +779,11 @@ class Server(uvicorn.Server):
     once it serves: only then do its signal handlers hold, so a Ctrl-C that follows the line
     is one it handles."""
 
-    def __init__(self, served: Served, log_level: str = "info", ready: str = ""):
+    def __init__(self, served: Served, log_level: str = "info", ready: str = "",
+                 api_key: str | None = None, cors_origins: Sequence[str] = ()):
         # lifespan off: the app has no startup or shutdown of its own to run
-        app = CutOffAnswered(create_app(served), served.stopping)
+        app = Measured(CutOffAnswered(create_app(served, api_key, cors_origins),
+                                      served.stopping), served.metrics)
         super().__init__(uvicorn.Config(app, log_level=log_level,
                                         lifespan="off", timeout_graceful_shutdown=GRACE_SECONDS))
         self.served, self.ready = served, ready

@@ -225,15 +225,17 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
     """Generate ``rows[first:]`` ``args.batch_size`` at a time, each batch appended whole
     (``path``'s folder exists: ``check_settings`` made it); ``go_on`` says how to finish the
     file after a row that does not fit."""
-    model, tokenizer, template = loaded
+    model, tokenizer, template = loaded  # with --infer-backend vllm, model is a VllmEngine
     check_prompts(template, rows[first:], first + 1)
     started = time.monotonic()
     with path.open("a", encoding="utf-8") as out:
         for start in range(first, len(rows), args.batch_size):
             batch = rows[start:start + args.batch_size]
+            prompts = [row.prompt for row in batch]
             try:
-                replies = generate_batch(model, tokenizer, template, [r.prompt for r in batch],
-                                         args, first_row=start + 1)
+                replies = (model.replies(template, prompts, args) if args.infer_backend == "vllm"
+                           else generate_batch(model, tokenizer, template, prompts, args,
+                                               first_row=start + 1))
             except SdkError as error:
                 raise SdkError(f"{error} The replies to the rows before its batch are in "
                                f"{path}; remove or shorten the row, or {go_on}.") from None
@@ -365,13 +367,21 @@ def data_arguments(args: InferArguments, registry: Registry) -> SftArguments:
 def run_predict(args: InferArguments, registry: Registry) -> dict[str, float | str] | None:
     """``sdk infer --dataset D`` / ``--val-dataset-from-run``."""
     from sdk.data.conversations import load_conversations
-    from sdk.infer.load import checkpoint_or_export, load_for_inference
+    from sdk.infer.load import checkpoint_or_export
 
     if args.query is not None:
         raise SdkError("--query asks one question; --dataset and --val-dataset-from-run "
                        "predict many. Give one of them.")
     if args.dataset and args.val_dataset_from_run:
         raise SdkError("Give --dataset or --val-dataset-from-run, not both.")
+    if args.infer_backend == "vllm":  # before any data is read or file written
+        from sdk.infer.vllm_backend import check_vllm
+
+        check_vllm(args)
+        if args.truncate_long_prompts:
+            raise SdkError("--truncate-long-prompts: not with --infer-backend vllm (vLLM "
+                           "refuses a prompt past the window); leave it out, or use "
+                           "--infer-backend transformers.")
     checkpoint = checkpoint_or_export(args.ckpt_dir) if args.ckpt_dir else None
     if args.val_dataset_from_run:
         if checkpoint is None:
@@ -391,7 +401,20 @@ def run_predict(args: InferArguments, registry: Registry) -> dict[str, float | s
                        "write predictions to.")
     model = (str(checkpoint.resolve()) if checkpoint is not None
              else f"{args.model_type} {args.model_id_or_path or ''}".strip())
-    return predict(rows, path, lambda: load_for_inference(args, registry), args, model)
+    return predict(rows, path, lambda: loaded_for_prediction(args, registry), args, model)
+
+
+def loaded_for_prediction(args: InferArguments, registry: Registry) -> Loaded:
+    """The model, tokenizer and template that batch prediction generates with: with
+    --infer-backend vllm, vLLM's engine in the model's place."""
+    from sdk.infer.load import load_for_inference
+
+    if args.infer_backend != "vllm":
+        return load_for_inference(args, registry)
+    from sdk.infer.vllm_backend import VllmEngine
+
+    engine = VllmEngine.load(args, registry)
+    return engine, engine.tokenizer, engine.template
 
 
 def predict_held_out(model: Any, tokenizer: Any, template: Template, held_out: Any,

@@ -203,6 +203,7 @@ TEMPLATES = (
         special_tokens={"eos_token": "</s>"},
         assistant_suffix=END_OF_TURN,
         stop_words=("<|observation|>", "</s>"),
+        tool_calls="sft_plugin_chatglm.tool_calls:chatglm3",
         description="ChatGLM3: [gMASK]sop<|system|>/<|user|>/<|assistant|> role tokens",
     ),
     TemplateSpec(
@@ -211,6 +212,7 @@ TEMPLATES = (
         special_tokens={"eos_token": "<|endoftext|>"},
         assistant_suffix=END_OF_TURN,
         stop_words=("<|observation|>", "<|endoftext|>"),
+        tool_calls="sft_plugin_chatglm.tool_calls:glm4",
         description="GLM-4: [gMASK]<sop><|system|>/<|user|>/<|assistant|> role tokens",
     ),
     TemplateSpec(
@@ -219,6 +221,7 @@ TEMPLATES = (
         special_tokens={"eos_token": "<|endoftext|>"},
         assistant_suffix=END_OF_TURN,
         stop_words=("<|observation|>", "<|endoftext|>"),
+        tool_calls="sft_plugin_chatglm.tool_calls:glm4",
         description="GLM-4-0414: [gMASK]<sop><|system|>\\n.../<|user|>\\n.../<|assistant|>\\n...",
     ),
 )

@@ -100,6 +100,7 @@ INTERNLM2_TEMPLATE = TemplateSpec(
     special_tokens=SPECIAL_TOKENS,
     assistant_suffix="<|im_end|>",
     stop_words=("{eos_token}",),
+    tool_calls="sft_plugin_internlm.tool_calls:internlm2",
     description="InternLM2/2.5: the official chat_template (ChatML after <s>), no default system",
 )
 # The same format as the official `chat()` prompts it: InternLM's meta instruction as the

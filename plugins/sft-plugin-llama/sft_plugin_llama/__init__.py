@@ -32,6 +32,7 @@ from importlib.resources import files
 
 from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
+from sdk.templates.tool_calls import llama3_json
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 CONFIG_MODEL_TYPES = ("llama",)  # LlamaForCausalLM, Chinese-LLaMA-2 included
@@ -54,10 +55,12 @@ TEMPLATES = (
     TemplateSpec(name="llama3.1", jinja=official_jinja("llama3.1"),
                  assistant_suffix="<|eot_id|>", special_tokens=LLAMA3_TOKENS,
                  stop_words=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
+                 tool_calls=llama3_json,
                  description="Llama-3.1-Instruct: Llama-3 format with a dated system block"),
     TemplateSpec(name="llama3.2", jinja=official_jinja("llama3.2"),
                  assistant_suffix="<|eot_id|>", special_tokens=LLAMA3_TOKENS,
                  stop_words=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
+                 tool_calls=llama3_json,
                  description="Llama-3.2-Instruct: Llama-3.1 format dated today"),
     TemplateSpec(name="chinese-alpaca-2", jinja=official_jinja("chinese-alpaca-2"),
                  assistant_suffix="</s>", special_tokens=LLAMA2_TOKENS, stop_words=("</s>",),

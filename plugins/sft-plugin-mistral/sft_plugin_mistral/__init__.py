@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
+from sdk.templates.tool_calls import mistral
 
 FAMILY = "mistral"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
@@ -292,11 +293,11 @@ TEMPLATES = (
                  description="Mistral-7B-Instruct-v0.2 / Mixtral-8x7B-Instruct: "
                              "<s> [INST] q [/INST] a</s> ; system in the first user turn"),
     TemplateSpec(name="mistral-v0.3", jinja=MISTRAL_V03_JINJA, assistant_suffix=EOS,
-                 special_tokens=SPECIAL_TOKENS, stop_words=(EOS,),
+                 special_tokens=SPECIAL_TOKENS, stop_words=(EOS,), tool_calls=mistral,
                  description="Mistral-7B-Instruct-v0.3: <s>[INST] q[/INST] a</s> ; system in "
                              "the last user turn"),
     TemplateSpec(name="mistral-nemo", jinja=MISTRAL_NEMO_JINJA, assistant_suffix=EOS,
-                 special_tokens=SPECIAL_TOKENS, stop_words=(EOS,),
+                 special_tokens=SPECIAL_TOKENS, stop_words=(EOS,), tool_calls=mistral,
                  description="Mistral-Nemo-Instruct-2407 (Tekken): <s>[INST]q[/INST]a</s> ; system "
                              "in the last user turn"),
     TemplateSpec(name="mistral-small-2501", jinja=MISTRAL_SMALL_2501_JINJA, assistant_suffix=EOS,

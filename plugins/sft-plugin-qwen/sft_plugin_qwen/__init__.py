@@ -14,6 +14,7 @@ from importlib.resources import files
 
 from sdk import hookimpl
 from sdk.specs import ModelSpec, TemplateSpec
+from sdk.templates.tool_calls import hermes
 
 # --- Templates ----------------------------------------------------------------------------------
 
@@ -132,10 +133,11 @@ STOP_WORDS = ("<|endoftext|>", "<|im_start|>")
 def qwen_template(name: str, jinja: str, description: str,
                   reasoning: bool = False) -> TemplateSpec:
     """Qwen's ChatML templates differ only in their text (default system prompt, tools,
-    <think> blocks)."""
+    <think> blocks); those with tools write calls in Hermes' format."""
     return TemplateSpec(name=name, jinja=jinja, assistant_suffix="<|im_end|>",
                         special_tokens=SPECIAL_TOKENS, stop_words=STOP_WORDS,
-                        description=description, reasoning=reasoning)
+                        description=description, reasoning=reasoning,
+                        tool_calls=hermes if "<tool_call>" in jinja else None)
 
 
 QWEN_TEMPLATE = qwen_template(
