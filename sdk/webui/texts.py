@@ -1,0 +1,71 @@
+"""The page's words in English and Chinese: each key's (English, Chinese) text."""
+
+from __future__ import annotations
+
+LANGUAGES = ("English", "中文")
+
+TEXTS: dict[str, tuple[str, str]] = {
+    "title": ("# sft-sdk web UI", "# sft-sdk 网页界面"),
+    "language": ("Language", "语言"),
+    "tab_train": ("Train", "训练"),
+    "tab_runs": ("Runs", "运行记录"),
+    "tab_data": ("Data", "数据"),
+    "tab_chat": ("Chat", "对话"),
+    "model_type": ("Model type", "模型类型"),
+    "datasets": ("Datasets (registered names or files)", "数据集（已注册名称或文件）"),
+    "dataset_info": ("dataset_info.json (optional)", "dataset_info.json（可选）"),
+    "upload": ("Upload a dataset (.json, .jsonl, .csv, .parquet)",
+               "上传数据集（.json、.jsonl、.csv、.parquet）"),
+    "sft_type": ("Tuner", "微调方法"),
+    "lora_rank": ("LoRA rank", "LoRA 秩"),
+    "lora_alpha": ("LoRA alpha", "LoRA alpha"),
+    "learning_rate": ("Learning rate (0: the tuner's default)", "学习率（0：微调方法的默认值）"),
+    "num_train_epochs": ("Epochs", "训练轮数"),
+    "max_steps": ("Max steps (-1: by epochs)", "最大步数（-1：按轮数）"),
+    "batch_size": ("Batch size", "批大小"),
+    "gradient_accumulation_steps": ("Gradient accumulation steps", "梯度累积步数"),
+    "max_length": ("Max length (tokens)", "最大长度（token）"),
+    "save_steps": ("Save every N steps", "每 N 步保存"),
+    "logging_steps": ("Log every N steps", "每 N 步记录"),
+    "split_dataset_ratio": ("Held-out fraction (eval loss)", "验证集比例（评估损失）"),
+    "model_name": ("Model name ({{name}} in identity data)", "模型名称（身份数据中的 {{name}}）"),
+    "model_author": ("Model author ({{author}})", "模型作者（{{author}}）"),
+    "command": ("Equivalent command", "等价命令"),
+    "start": ("Start", "开始"),
+    "stop": ("Stop", "停止"),
+    "resume": ("Resume", "继续"),
+    "progress": ("Progress", "进度"),
+    "loss_plot": ("Loss", "损失"),
+    "log_tail": ("Log", "日志"),
+    "runs_table": ("Runs", "运行记录"),
+    "refresh": ("Refresh", "刷新"),
+    "run": ("Run folder", "运行目录"),
+    "export": ("Export (merge LoRA)", "导出（合并 LoRA）"),
+    "push": ("Push to hub", "推送到 Hub"),
+    "hub": ("Hub", "Hub"),
+    "repo_id": ("Repository id", "仓库 ID"),
+    "private": ("Private", "私有"),
+    "predict": ("Predict and score the held-out rows", "预测并评分验证集"),
+    "result": ("Result", "结果"),
+    "preview_count": ("Rows to show", "显示行数"),
+    "preview": ("Preview", "预览"),
+    "rows": ("Rows (trained text highlighted)", "样本（训练部分高亮）"),
+    "lengths": ("Lengths", "长度分布"),
+    "chat_model": ("Checkpoint, export folder or model type", "检查点、导出目录或模型类型"),
+    "compare": ("Compare with the base model", "与基座模型对比"),
+    "system": ("System prompt", "系统提示词"),
+    "max_new_tokens": ("Max new tokens", "最大生成 token 数"),
+    "do_sample": ("Sample", "采样"),
+    "temperature": ("Temperature", "温度"),
+    "top_p": ("Top-p", "Top-p"),
+    "message": ("Message", "消息"),
+    "send": ("Send", "发送"),
+    "clear": ("Clear", "清空"),
+    "reply": ("Fine-tuned", "微调模型"),
+    "base_reply": ("Base model", "基座模型"),
+}
+
+
+def text(key: str, language: str) -> str:
+    """The text of ``key`` in ``language`` (one of LANGUAGES)."""
+    return TEXTS[key][LANGUAGES.index(language)]
