@@ -108,7 +108,7 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                                                 label=text("datasets", english))
                 fields["dataset_info"] = gr.Textbox(elem_id="dataset-info",
                                                     label=text("dataset_info", english))
-                upload = labelled(gr.File(file_types=list(SUFFIXES), elem_id="upload",
+                upload = labelled(gr.File(file_types=list(SUFFIXES), elem_id="upload", height=120,
                                           label=text("upload", english)), "upload")
             with gr.Row():
                 fields["sft_type"] = gr.Dropdown(tuners, value="lora", elem_id="sft-type",
@@ -223,10 +223,13 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                 top_p = labelled(gr.Slider(0.05, 1.0, 0.9, elem_id="top-p",
                                            label=text("top_p", english)), "top_p")
             with gr.Row():
+                # replies as the model wrote them, as `sdk infer` prints them (no Markdown)
                 base_chat = labelled(gr.Chatbot(visible=False, elem_id="base-chat",
+                                                render_markdown=False,
                                                 label=text("base_reply", english)),
                                      "base_reply")
-                chat = labelled(gr.Chatbot(elem_id="chat", label=text("reply", english)),
+                chat = labelled(gr.Chatbot(elem_id="chat", render_markdown=False,
+                                           label=text("reply", english)),
                                 "reply")
             user_message = labelled(gr.Textbox(elem_id="message",
                                                label=text("message", english)), "message")

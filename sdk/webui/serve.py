@@ -52,8 +52,8 @@ def exposed(host: str) -> bool:
 def launch(registry: Registry, output_dir: Path, host: str, port: int, share: bool,
            auth: tuple[str, str] | None, max_runs: int, group_flags: Sequence[str],
            block: bool = True) -> Any:
-    """Build the page and serve it; returns gradio's app, URL and share URL when ``block``
-    is false (the tests serve it beside their browser)."""
+    """Build the page and serve it; returns the page (gradio Blocks: ``local_url``,
+    ``close()``) when ``block`` is false (the tests serve it beside their browser)."""
     import gradio as gr
 
     from sdk.webui.app import build_app
@@ -62,9 +62,10 @@ def launch(registry: Registry, output_dir: Path, host: str, port: int, share: bo
     # the theme's fonts are the system's: the page fetches nothing from the internet
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    return page.queue().launch(server_name=host, server_port=port, share=share, auth=auth,
-                               prevent_thread_lock=not block, theme=theme, quiet=not block,
-                               footer_links=[], inbrowser=False)
+    page.queue().launch(server_name=host, server_port=port, share=share, auth=auth,
+                        prevent_thread_lock=not block, theme=theme, quiet=not block,
+                        footer_links=[], inbrowser=False)
+    return page
 
 
 def serve(registry: Registry, output_dir: Path, host: str, port: int, share: bool,
