@@ -18,7 +18,7 @@ COLUMNS = ("run", "status", "steps", "last loss", "best loss", "checkpoints")
 class RunRow:
     run: Path
     status: str  # running, finished, stopped, failed
-    step: int  # the last logged step
+    step: int  # the last step logged or saved
     max_steps: int | None  # from the newest checkpoint's trainer state
     last_loss: float | None
     best_loss: float | None  # the lowest eval loss, else the lowest training loss
@@ -77,7 +77,7 @@ def run_row(run: Path, jobs: Jobs) -> RunRow:
     losses = curves(run)
     best = losses.eval or losses.train
     return RunRow(run, status(run, jobs.job_of_run(run), steps),
-                  max((s for s, _ in losses.train), default=steps[0]), steps[1],
+                  max([steps[0]] + [s for s, _ in losses.train]), steps[1],
                   losses.train[-1][1] if losses.train else None,
                   min(loss for _, loss in best) if best else None, [c.name for c in complete])
 

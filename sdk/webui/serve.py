@@ -70,12 +70,12 @@ def launch(registry: Registry, output_dir: Path, host: str, port: int, share: bo
 
 def serve(registry: Registry, output_dir: Path, host: str, port: int, share: bool,
           auth: str | None, max_runs: int, group_flags: Sequence[str]) -> None:
+    credentials = parse_auth(auth)
+    check_port(host, port)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise SdkError("sdk web-ui needs gradio: pip install 'sft-sdk[webui]'.") from None
-    credentials = parse_auth(auth)
-    check_port(host, port)
     if exposed(host) and credentials is None:
         click.echo(f"[sdk] warning: --host {host} serves the page to the network without a "
                    "password; add --auth USER:PASS.", err=True)
