@@ -33,7 +33,8 @@ FIELD_TEXTS = {"dataset": "datasets"}  # a form field whose text key is not its 
 
 
 def _list(value: str) -> list[str]:
-    return [part.strip() for part in value.replace(",", " ").split() if part.strip()]
+    """A list field's values, comma-separated (a name may hold spaces: "the sft-sdk team")."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _loss_frame(run: Path | None) -> Any:
@@ -186,6 +187,9 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                                                   elem_id="data-model-type",
                                                   label=text("model_type", english)),
                                       "model_type")
+                data_folder = labelled(gr.Textbox(elem_id="data-model-folder",
+                                                  label=text("model_folder", english)),
+                                       "model_folder")
                 data_count = labelled(gr.Number(3, precision=0, elem_id="data-count",
                                                 label=text("preview_count", english)),
                                       "preview_count")
@@ -319,13 +323,15 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
         upload.upload(uploaded, [upload, fields["dataset"]], [fields["dataset"], message])
 
         # -- Runs
-        def runs_view() -> tuple[Any, Any]:
+        def runs_view(chosen: str | None) -> tuple[Any, Any]:
             found = run_rows(output_dir, jobs)
             names = [str(row.run) for row in found]
-            return [row.cells() for row in found], gr.update(choices=names)
+            kept = chosen if chosen in names else (names[0] if names else None)
+            return ([row.cells(output_dir) for row in found],
+                    gr.update(choices=names, value=kept))
 
-        timer.tick(runs_view, None, [runs_table, run_choice])
-        page.load(runs_view, None, [runs_table, run_choice])
+        timer.tick(runs_view, run_choice, [runs_table, run_choice])
+        page.load(runs_view, run_choice, [runs_table, run_choice])
 
         def run_action(words: list[str]) -> Iterator[tuple[str, str]]:
             yield shown(words), "…"
@@ -354,11 +360,12 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
         predict_button.click(predict_run, run_choice, [action_command, action_result])
 
         # -- Data
-        def preview(datasets: list[str] | None, model_type: str, count: float
+        def preview(datasets: list[str] | None, model_type: str, folder: str, count: float
                     ) -> tuple[str, Any, Any]:
             try:
                 preview = load_preview(PreviewArguments(
-                    dataset=list(datasets or []), model_type=model_type or None), registry)
+                    dataset=list(datasets or []), model_type=model_type or None,
+                    model_id_or_path=folder.strip() or None), registry)
                 pieces: list[tuple[str, str | None]] = []
                 for number in range(1, min(int(count), len(preview.conversations)) + 1):
                     pieces.append((f"\n--- row {number} ---\n", None))
@@ -371,7 +378,7 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
             return (f"{len(preview.conversations)} rows; {preview.summary}", pieces,
                     gr.update(value=frame, x=unit, y="rows"))
 
-        preview_button.click(preview, [data_sets, data_model, data_count],
+        preview_button.click(preview, [data_sets, data_model, data_folder, data_count],
                              [data_message, rows, lengths])
 
         # -- Chat
@@ -385,6 +392,7 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
             if not text_in.strip():
                 yield history, base_history, ""
                 return
+            # the message stays in its box until every reply is complete
             chosen = settings(tokens, sample, temp, p)
             targets = [(source, history)]
             try:
@@ -397,7 +405,7 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                     conversation.append({"role": "assistant", "content": ""})
                     for reply in chat_models.reply(model_source, asked, system_text, chosen):
                         conversation[-1]["content"] = reply
-                        yield history, base_history, ""
+                        yield history, base_history, gr.update()
             except SdkError as error:
                 raise gr.Error(str(error)) from None
             yield history, base_history, ""

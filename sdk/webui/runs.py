@@ -24,12 +24,13 @@ class RunRow:
     best_loss: float | None  # the lowest eval loss, else the lowest training loss
     checkpoints: list[str]
 
-    def cells(self) -> list[str]:
+    def cells(self, output_dir: Path) -> list[str]:
+        """The table's row; the run folder named within ``output_dir``."""
         def number(value: float | None) -> str:
             return "" if value is None else f"{value:.4f}"
 
         steps = f"{self.step}/{self.max_steps}" if self.max_steps else str(self.step)
-        return [str(self.run), self.status, steps, number(self.last_loss),
+        return [str(self.run.relative_to(output_dir)), self.status, steps, number(self.last_loss),
                 number(self.best_loss), ", ".join(self.checkpoints)]
 
 
