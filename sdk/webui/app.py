@@ -262,18 +262,19 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
             except SdkError as error:
                 return str(error)
 
-        for component in form:
-            component.change(show_command, form, command)
-        page.load(show_command, form, command)
+        # one listener, one event at a time: a stale command never overwrites a newer one
+        gr.on([page.load] + [component.change for component in form], show_command, form,
+              command, concurrency_limit=1, trigger_mode="always_last")
 
-        def start_run(*values: Any) -> str:
+        def start_run(*values: Any) -> tuple[str, str]:
             try:
                 job = jobs.start(words(*values))
             except SdkError as error:
-                return f"⚠ {error}"
-            return f"Started: `{job.line()}`"
+                return show_command(*values), f"⚠ {error}"
+            return job.line(), f"Started: `{job.line()}`"
 
-        start_button.click(start_run, form, message)
+        # the command box shows what Start ran
+        start_button.click(start_run, form, [command, message])
 
         def stop_run() -> str:
             job = jobs.stop()
