@@ -376,7 +376,7 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                 return f"⚠ {error}", None, None
             unit = "tokens" if preview.unit == "tokens" else "characters"
             frame = _histogram(preview.lengths, unit)
-            return (f"{len(preview.conversations)} rows; {preview.summary}", pieces,
+            return (preview.summary, pieces,
                     gr.update(value=frame, x=unit, y="rows"))
 
         preview_button.click(preview, [data_sets, data_model, data_folder, data_count],
