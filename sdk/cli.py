@@ -797,6 +797,39 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 
 
+@cli.command("web-ui")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; anything but 127.0.0.1 exposes the page to the "
+              "network: add --auth.")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to serve on.")
+@click.option("--output-dir", "--output_dir", "output_dir", cls=Flag, default="output",
+              show_default=True, help="Where runs are trained and read from (as `sdk sft "
+              "--output-dir`); uploads go under it.")
+@click.option("--share", is_flag=True,
+              help="Also make a public gradio.live link (off unless given).")
+@click.option("--auth", metavar="USER:PASS",
+              help="Ask for this user name and password before showing the page.")
+@click.option("--max-runs", "--max_runs", "max_runs", cls=Flag, default=1, show_default=True,
+              type=click.IntRange(1), help="Training runs the page may run at once.")
+@click.pass_context
+def web_ui(ctx: click.Context, host: str, port: int, output_dir: str, share: bool,
+           auth: str | None, max_runs: int) -> None:
+    """Train, watch runs, preview data and chat in the browser (gradio): every action is the
+    `sdk` command the page shows. Needs: pip install 'sft-sdk[webui]'."""
+    from pathlib import Path
+
+    from sdk.webui.serve import serve
+
+    root = ctx.find_root().params
+    # the commands the page runs load the same plugins as the page
+    group_flags = [word for path in root.get("plugin") or ()
+                   for word in ("--plugin", str(Path(path).resolve()))]
+    if root.get("no_third_party"):
+        group_flags.append("--no-third-party-plugins")
+    serve(registry(ctx), Path(output_dir), host, port, share, auth, max_runs, group_flags)
+
+
 def main() -> None:
     # Fail fast with a clean message on a closed stdout (`sdk models | head`).
     try:

@@ -12,14 +12,14 @@ from sdk.errors import SdkError
 
 LIGHT_COMMANDS = [["--help"], ["plugins"], ["plugins", "check"], ["models"], ["templates"],
                   ["datasets"], ["tuners"], ["hubs"], ["sft", "--help"],
-                  ["datasets", "preview", "--help"]]
+                  ["datasets", "preview", "--help"], ["web-ui", "--help"]]
 
 
 @pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=" ".join)
 def test_listing_commands_import_neither_torch_nor_transformers(args):
     code = ("import sys; from sdk.cli import main; sys.argv = ['sdk', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'gradio') "
             "if m in sys.modules]\n"
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)

@@ -28,6 +28,8 @@ LAYERS: Layers = (
     ("training", ("sdk.train.*",)),
     # the conformance kit: checks that train and reload, for plugins' tests
     ("kit", ("sdk.testing",)),
+    # `sdk web-ui`: runs the commands; reads run folders, loss logs and checkpoints
+    ("web ui", ("sdk.webui.*",)),
     ("cli", ("sdk.cli", "sdk.__main__")),
 )
 

@@ -4,7 +4,7 @@ the distribution of their lengths."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
@@ -22,10 +22,11 @@ TRUNCATED = {"delete": "leaves out", "truncation_left": "cuts at the start",
              "truncation_right": "cuts at the end"}
 
 
-def marked(template: Template, messages: Sequence[dict[str, str]], loss_scope: str) -> str:
-    """The rendered conversation with each trained span between [[ and ]]."""
+def marked(pieces: Iterable[tuple[str, bool]]) -> str:
+    """A rendered conversation's (text, trained) pieces with each trained span between [[
+    and ]]."""
     text, in_span = "", False
-    for piece, trained in template.pieces(messages, loss_scope=loss_scope):
+    for piece, trained in pieces:
         if piece and trained != in_span:
             text += TRAINED_OPEN if trained else TRAINED_CLOSE
             in_span = trained
@@ -43,7 +44,32 @@ def length_summary(lengths: Sequence[int], unit: str, max_length: int,
     return summary
 
 
-def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
+@dataclasses.dataclass
+class Preview:
+    """What `sdk datasets preview` shows: the rows as the model sees them and their lengths."""
+
+    datasets: list[str]  # the --dataset entries, as given
+    conversations: list[Any]
+    template: Template
+    skipped: list[str]
+    lengths: list[int]  # of the first MEASURED_ROWS rows
+    unit: str
+    summary: str  # length_summary of ``lengths``
+
+    def pieces(self, number: int, loss_scope: str) -> list[tuple[str, bool]]:
+        """Row ``number`` (from 1) rendered, as (text, trained) pieces."""
+        try:
+            return list(self.template.pieces(self.conversations[number - 1],
+                                             loss_scope=loss_scope))
+        except ValueError as error:
+            raise SdkError(f"Row {number} of {', '.join(self.datasets)} cannot be rendered with "
+                           f"template '{self.template.spec.name}': {error}. Pick another "
+                           "--template or fix the data.") from None
+
+
+def load_preview(args: PreviewArguments, registry: Registry) -> Preview:
+    """The rows of ``args.dataset`` rendered with the model type's (or --template's) template,
+    and their token lengths (characters without a model type)."""
     from sdk.models.loader import load_tokenizer
 
     if not args.dataset:
@@ -65,19 +91,6 @@ def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
     tokenizer: Any = load_tokenizer(spec, model_args, registry) if spec else None
     template = (Template.for_tokenizer(template_spec, tokenizer) if tokenizer
                 else Template(template_spec))
-    click.echo(f"{len(conversations)} rows from {', '.join(args.dataset)}; template "
-               f"'{template_spec.name}'; trained text is shown between {TRAINED_OPEN} and "
-               f"{TRAINED_CLOSE}.")
-    if skipped:
-        click.echo(f"{len(skipped)} bad records skipped, first at: {'; '.join(skipped[:5])}")
-    for number, messages in enumerate(conversations[:count], start=1):
-        try:
-            text = marked(template, messages, args.loss_scope)
-        except ValueError as error:
-            raise SdkError(f"Row {number} of {', '.join(args.dataset)} cannot be rendered with "
-                           f"template '{template_spec.name}': {error}. Pick another --template "
-                           "or fix the data.") from None
-        click.echo(f"\n--- row {number} ---\n{text}")
     measured = conversations[:MEASURED_ROWS]
     if tokenizer is not None:
         lengths = [len(template.encode(tokenizer, m)[0]) for m in measured]
@@ -85,6 +98,21 @@ def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
     else:
         lengths = [len(template.render(m)) for m in measured]
         unit = "characters (give --model-type for tokens)"
-    scope = "" if len(measured) == len(conversations) else f" (the first {len(measured)})"
     summary = length_summary(lengths, unit, args.max_length, args.truncation_strategy)
-    click.echo(f"\nLengths{scope}: {summary}")
+    return Preview(list(args.dataset), conversations, template, skipped or [], lengths, unit,
+                   summary)
+
+
+def run_preview(args: PreviewArguments, registry: Registry, count: int) -> None:
+    preview = load_preview(args, registry)
+    click.echo(f"{len(preview.conversations)} rows from {', '.join(args.dataset)}; template "
+               f"'{preview.template.spec.name}'; trained text is shown between {TRAINED_OPEN} "
+               f"and {TRAINED_CLOSE}.")
+    if preview.skipped:
+        click.echo(f"{len(preview.skipped)} bad records skipped, first at: "
+                   f"{'; '.join(preview.skipped[:5])}")
+    for number in range(1, min(count, len(preview.conversations)) + 1):
+        click.echo(f"\n--- row {number} ---\n{marked(preview.pieces(number, args.loss_scope))}")
+    scope = ("" if len(preview.lengths) == len(preview.conversations)
+             else f" (the first {len(preview.lengths)})")
+    click.echo(f"\nLengths{scope}: {preview.summary}")

@@ -94,13 +94,22 @@ def reply_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, window - taken)
 
 
-def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
-             args: GenerationArguments, out: TextIO | None = None) -> str:
-    """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
+def prompt_and_options(model: Any, tokenizer: Any, template: Template, messages: Messages,
+                       args: GenerationArguments) -> tuple[Any, dict[str, Any], list[str]]:
+    """The prompt of ``messages`` on the model's device, ``model.generate``'s options (the
+    reply's budget within the model's window) and the stop words to cut the reply at."""
     inputs = template.tokenize_prompt(tokenizer, messages).to(model.device)
     options, stop_strings = generation_options(template, tokenizer, args)
     options["max_new_tokens"] = reply_budget(model, inputs["input_ids"].shape[1],
                                              options["max_new_tokens"])
+    return inputs, options, stop_strings
+
+
+def generate(model: Any, tokenizer: Any, template: Template, messages: Messages,
+             args: GenerationArguments, out: TextIO | None = None) -> str:
+    """The assistant's reply to ``messages``; streamed to ``out`` while generated if given."""
+    inputs, options, stop_strings = prompt_and_options(model, tokenizer, template, messages,
+                                                       args)
     if out is None:
         output = model.generate(**inputs, **options)
         reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:],

@@ -156,7 +156,7 @@ def test_training_ids_equal_the_tokenizers_and_the_reasoning_trains(tokenizers, 
     last = opened + LAST_REPLY
     for scope, replies in [("last", [last]), ("all", [earlier + EOS, last])]:
         assert_trained_spans(template, tokenizer, messages, replies, loss_scope=scope)
-    assert marked(template, messages, "last").endswith(f"[[{last}]]")
+    assert marked(template.pieces(messages, loss_scope="last")).endswith(f"[[{last}]]")
 
 
 def test_preview_shows_a_reasoning_conversation_as_the_template_renders_it(run_cli, tmp_path):
