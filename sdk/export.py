@@ -32,7 +32,6 @@ from sdk import __version__
 from sdk.config import ExportArguments, InferArguments
 from sdk.errors import SdkError
 from sdk.folders import disk_full_said, require_writable
-from sdk.infer.chat import stop_tokens
 from sdk.infer.load import (
     EXPORTED,
     check_merge,
@@ -42,6 +41,7 @@ from sdk.infer.load import (
     load_for_inference,
     merge_dtype,
 )
+from sdk.infer.stops import stop_tokens
 from sdk.registry import Registry
 from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments, write_args
 from sdk.templates.engine import Template

@@ -9,8 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import TINY_MODEL_TYPE, TOKENIZERS
 from sdk.config import InferArguments
-from sdk.infer.chat import finish_reply, generate, generation_options
+from sdk.infer.chat import generate, generation_options
 from sdk.infer.load import load_for_inference
+from sdk.infer.stops import finish_reply
 from sdk.templates.builtin import CHATML
 from sdk.templates.engine import Template
 from sdk.testing import AnyTunerArguments

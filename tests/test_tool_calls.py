@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from sdk.infer.chat import cut_at_stop
+from sdk.infer.stops import cut_at_stop
 from sdk.plugins import load_plugins
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template

@@ -14,23 +14,12 @@ import click
 from sdk.config import GenerationArguments, InferArguments, changed_fields
 from sdk.errors import SdkError
 from sdk.infer.load import load_for_inference, with_system
+from sdk.infer.stops import finish_reply, stop_tokens
 from sdk.models.rope import context_window
 from sdk.registry import Registry
 from sdk.templates.engine import Template
 
 Messages = list[dict[str, str]]
-
-
-def stop_tokens(template: Template, tokenizer: Any) -> tuple[list[int], list[str]]:
-    """Where a reply ends: the ids of the stop words that are single tokens and the eos id,
-    and the stop words that are not single tokens."""
-    stop_ids, stop_strings = [], []
-    for word in template.stop_words():
-        ids = tokenizer.convert_tokens_to_ids([word]) if word in tokenizer.get_vocab() else []
-        (stop_ids.extend(ids) if ids else stop_strings.append(word))
-    if tokenizer.eos_token_id is not None:
-        stop_ids.append(tokenizer.eos_token_id)
-    return sorted(set(stop_ids)), stop_strings
 
 
 def generation_options(template: Template, tokenizer: Any,
@@ -48,19 +37,6 @@ def generation_options(template: Template, tokenizer: Any,
     if stop_strings:
         options.update(stop_strings=stop_strings, tokenizer=tokenizer)
     return options, stop_strings
-
-
-def finish_reply(reply: str, stop_strings: list[str]) -> str:
-    return cut_at_stop(reply, stop_strings).strip()
-
-
-def cut_at_stop(text: str, stop_strings: list[str]) -> str:
-    """``text`` before its first stop string, as generated (a raw completion keeps its
-    whitespace)."""
-    for word in stop_strings:
-        text = text.split(word)[0]
-    # a reply cut at --max-new-tokens inside a character decodes its start as U+FFFD
-    return text.rstrip("\ufffd")
 
 
 def positions_taken(model: Any, prompt_tokens: int) -> int:

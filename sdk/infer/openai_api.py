@@ -45,15 +45,9 @@ from starlette.exceptions import HTTPException
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from sdk.config import GenerationArguments
-from sdk.infer.chat import (
-    StreamedReply,
-    cut_at_stop,
-    finish_reply,
-    generation_options,
-    positions_taken,
-    stop_tokens,
-)
+from sdk.infer.chat import StreamedReply, generation_options, positions_taken
 from sdk.infer.server_metrics import Measured, ServerMetrics
+from sdk.infer.stops import cut_at_stop, finish_reply, stop_tokens
 from sdk.models.rope import context_window
 from sdk.specs import resolve_callable
 from sdk.templates.engine import Template

@@ -172,7 +172,8 @@ def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequ
     each stopping where the model's window ends after its own prompt."""
     from transformers import StoppingCriteriaList
 
-    from sdk.infer.chat import finish_reply, generation_options, reply_budget, window_room
+    from sdk.infer.chat import generation_options, reply_budget, window_room
+    from sdk.infer.stops import finish_reply
     from sdk.models.rope import quiet_window_reminder
 
     with padded_on_left(tokenizer):

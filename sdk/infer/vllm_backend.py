@@ -179,7 +179,7 @@ class VllmEngine:
                 args: GenerationArguments) -> list[str]:
         from vllm.inputs import TokensPrompt
 
-        from sdk.infer.chat import finish_reply, stop_tokens
+        from sdk.infer.stops import finish_reply, stop_tokens
 
         stop_ids, stop_strings = stop_tokens(template, self.tokenizer)
         encoded = [TokensPrompt(prompt_token_ids=template.tokenize_prompt(

@@ -11,8 +11,8 @@ from typing import Any
 import anyio.from_thread
 
 from sdk.config import GenerationArguments
-from sdk.infer.chat import cut_at_stop, finish_reply, stop_tokens
 from sdk.infer.openai_api import Reply, SamplingRequest, Served, server_stopping, settled_text
+from sdk.infer.stops import cut_at_stop, finish_reply, stop_tokens
 from sdk.infer.vllm_backend import check_vllm, sampling_params, vllm_source
 from sdk.models.rope import context_window
 from sdk.registry import Registry

@@ -10,8 +10,9 @@ from typing import Any
 
 from sdk.config import InferArguments
 from sdk.errors import SdkError
-from sdk.infer.chat import StreamedReply, finish_reply, prompt_and_options
+from sdk.infer.chat import StreamedReply, prompt_and_options
 from sdk.infer.load import checkpoint_or_export, load_for_inference, with_system
+from sdk.infer.stops import finish_reply
 from sdk.registry import Registry
 from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 
