@@ -90,6 +90,10 @@ def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
     return field(default=default, metadata=metadata)
 
 
+# --gguf-type: the types gguf's numpy quantizers write (k-quants need llama.cpp's C quantizer).
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_0", "q4_0")
+
+
 @dataclass
 class ModelArguments:
     model_type: str | None = arg(None, "Model type to load (see `sdk models`).", group="model")
@@ -376,6 +380,13 @@ class ExportArguments:
         "was trained from.", group="model")
     overwrite: bool = arg(False, "Replace an earlier export in --output-dir (never other "
                           "files).", group="output")
+    to: str = arg("transformers", "Format: transformers (safetensors model folder) or gguf "
+                  "(one .gguf file for llama.cpp, Ollama, LM Studio; an adapter is merged).",
+                  ("transformers", "gguf"), group="output")
+    gguf_type: str = arg("f16", "With --to gguf: what the weights are stored as (norms stay "
+                         "f32).", GGUF_TYPES, group="output")
+    ollama: bool = arg(False, "With --to gguf: also write an Ollama Modelfile (chat template, "
+                       "default system prompt, stop words) beside the .gguf.", group="output")
 
 
 def fields_of(cls: type, name: str, names: Sequence[str], doc: str,
