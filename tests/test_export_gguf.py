@@ -3,6 +3,7 @@ not write) gives the merged model's logits, the tokenizer's ids and the chat tem
 `sdk template render` renders, for a tiny model of each architecture the writer lays out."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,109 @@ def test_each_architecture_reads_back_with_the_same_logits_ids_and_template(arch
             assert read_tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=prompt
             ) == template.render(messages, prompt)
+
+
+GGUF_PLUGIN = """
+from sdk import hookimpl
+from sdk.specs import ModelSpec
+
+
+def load(spec, options):
+    from sdk.models.loader import load_pretrained
+    return load_pretrained(options.model_dir or {folder!r}, options)
+
+
+@hookimpl
+def register_models(register):
+    register(ModelSpec(model_type="tiny-gguf", family="tiny", template="chatml", loader=load,
+                       config_model_types=("llama",)))
+    register(ModelSpec(model_type="tiny-glm", family="tiny", template="chatml", loader=load,
+                       config_model_types=("chatglm",)))
+"""
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A LoRA run (4 steps at a high learning rate, so the merged weights differ from the
+    base) of a tiny Llama with Qwen2's tokenizer, and the plugin file registering it."""
+    from click.testing import CliRunner
+
+    from sdk.cli import cli
+
+    folder = tmp_path_factory.mktemp("gguf-run")
+    tokenizer = AutoTokenizer.from_pretrained(small_tokenizer("qwen2", folder / "tok"))
+    model_dir = save_tiny_model(__import__("transformers").LlamaForCausalLM,
+                                __import__("transformers").LlamaConfig, tokenizer,
+                                folder / "model", tie_word_embeddings=True,
+                                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    plugin = folder / "gguf_plugin.py"
+    plugin.write_text(GGUF_PLUGIN.format(folder=str(model_dir)))
+    data = folder / "identity.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "I am Tiny, made by the tests."}]}) + "\n"
+        for question in ("Who are you?", "What is your name?")))
+    result = CliRunner().invoke(cli, [
+        "--plugin", str(plugin), "sft", "--model-type", "tiny-gguf", "--dataset", str(data),
+        "--max-steps", "4", "--batch-size", "2", "--learning-rate", "0.05", "--output-dir",
+        str(folder / "output")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return next((folder / "output" / "tiny-gguf").glob("v0-*")), plugin
+
+
+def test_a_lora_run_exports_to_q8_0_with_a_modelfile_and_answers_alike(lora_run, run_cli,
+                                                                       tmp_path):
+    """`sdk export --to gguf --gguf-type q8_0 --ollama` on an adapter run: the merge is
+    implied; transformers' reader gives logits within q8_0's tolerance and the same greedy
+    replies as the merged model, and the Modelfile points at the file."""
+    from sdk.config import InferArguments
+    from sdk.infer.load import load_for_inference
+    from sdk.plugins import load_plugins
+
+    run, plugin = lora_run
+    out = tmp_path / "gguf"
+    result = run_cli("--plugin", plugin, "export", "--ckpt-dir", run, "--to", "gguf",
+                     "--gguf-type", "q8_0", "--ollama", "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out) and "GGUF (q8_0)" in result.stderr
+    assert {p.name for p in out.iterdir()} == {"tiny-gguf-q8_0.gguf", "Modelfile",
+                                               "sft_args.json"}
+    assert (out / "Modelfile").read_text().startswith("FROM ./tiny-gguf-q8_0.gguf\n")
+    exported = json.loads((out / "sft_args.json").read_text())["exported_from"]
+    assert (exported["format"], exported["gguf_type"], exported["merged"]) == ("gguf", "q8_0",
+                                                                              True)
+    infer = run_cli("--plugin", plugin, "infer", "--ckpt-dir", out, "--query", "Hi")
+    assert infer.exit_code != 0 and "holds a GGUF export, which llama.cpp" in infer.output
+
+    merged, tokenizer, template = load_for_inference(InferArguments(
+        ckpt_dir=str(run), merge_lora=True), load_plugins([str(plugin)]).registry)
+    read, read_tokenizer = reread(out, "tiny-gguf-q8_0.gguf")
+    base = AutoModelForCausalLM.from_pretrained(lora_run[0].parent.parent.parent / "model")
+    for messages in CONVERSATIONS.values():
+        ids = read_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True).input_ids
+        assert ids.tolist()[0] == tokenizer(template.render(messages, True)).input_ids
+        expected, actual = logits(merged, ids), logits(read, ids)
+        assert (expected - logits(base, ids)).abs().max() > 0.05  # the adapter shows
+        # q8_0: one scale per 32 weights, 8 bits each: within 2% of the largest logit
+        torch.testing.assert_close(actual, expected, rtol=0,
+                                   atol=0.02 * expected.abs().max().item())
+        greedy = dict(max_new_tokens=8, do_sample=False)
+        assert read.generate(ids, **greedy).tolist() == merged.generate(ids, **greedy).tolist()
+
+
+def test_gguf_exports_are_refused_where_they_cannot_work(lora_run, run_cli, tmp_path):
+    run, plugin = lora_run
+    ollama_alone = run_cli("--plugin", plugin, "export", "--ckpt-dir", run, "--ollama")
+    assert ollama_alone.exit_code != 0 and "add --to gguf" in ollama_alone.output
+    # an architecture GGUF cannot lay out: refused before the model loads
+    other = tmp_path / "other-run"
+    shutil.copytree(run, other)
+    for arguments in other.rglob("sft_args.json"):
+        saved = json.loads(arguments.read_text())
+        arguments.write_text(json.dumps({**saved, "model_type": "tiny-glm"}))
+    refused = run_cli("--plugin", plugin, "export", "--ckpt-dir", other, "--to", "gguf")
+    assert refused.exit_code != 0
+    assert "tiny-glm' is a chatglm model, which the GGUF writer cannot lay out" in \
+        refused.output
+    assert not list(tmp_path.glob("*gguf*"))
