@@ -92,6 +92,9 @@ def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
 
 # --gguf-type: the types gguf's numpy quantizers write (k-quants need llama.cpp's C quantizer).
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_0", "q4_0")
+PUSH_GGUF_HELP = ("Also upload the model merged into one GGUF file of this type (and its "
+                  "Ollama Modelfile), as `sdk export --to gguf` writes it, beside the "
+                  "checkpoint's files.")
 
 
 @dataclass
@@ -291,6 +294,7 @@ class SftArguments(ModelArguments):
         ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"), group="hub")
     push_training_state: bool = arg(
         False, PUSH_TRAINING_STATE_HELP, group="hub")
+    push_gguf: str | None = arg(None, PUSH_GGUF_HELP, (*GGUF_TYPES,), group="hub")
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32, group="training")
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0,
                                       group="performance")

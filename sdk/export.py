@@ -31,7 +31,7 @@ import click
 from sdk import __version__
 from sdk.config import ExportArguments, InferArguments
 from sdk.errors import SdkError
-from sdk.export_gguf import check_model_types
+from sdk.export_gguf import check_spec
 from sdk.folders import disk_full_said, require_writable
 from sdk.infer.chat import stop_tokens
 from sdk.infer.load import (
@@ -75,9 +75,7 @@ def run_export(args: ExportArguments, registry: Registry) -> Path:
     merge = args.merge_lora or (to_gguf and (checkpoint / ADAPTER_CONFIG).is_file())
     check_merge(merge, saved["sft_type"], checkpoint)
     if to_gguf:
-        spec = registry.get("models", saved["model_type"])
-        check_model_types(spec.config_model_types if not spec.converted_to
-                          else (spec.converted_to,), f"model type '{spec.model_type}'")
+        check_spec(registry.get("models", saved["model_type"]))
     suffix = "-gguf" if to_gguf else "-merged" if merge else "-export"
     output = Path(args.output_dir) if args.output_dir else checkpoint.with_name(
         checkpoint.name + suffix)
@@ -104,7 +102,6 @@ def run_export(args: ExportArguments, registry: Registry) -> Path:
                                        "files": written}})
     what = f"GGUF ({args.gguf_type})" if to_gguf else "merged model" if merge else "model"
     click.echo(f"[sdk] exported {what}: {output}", err=True)
-    click.echo(str(output))
     return output
 
 

@@ -52,6 +52,13 @@ def check_model_types(model_types: tuple[str, ...], what: str) -> None:
                        "Export it without --to gguf (safetensors) instead.")
 
 
+def check_spec(spec: Any) -> None:
+    """:func:`check_model_types` for a registered model type (what its loader converts to, or
+    the architectures of its checkpoints)."""
+    check_model_types((spec.converted_to,) if spec.converted_to else spec.config_model_types,
+                      f"model type '{spec.model_type}'")
+
+
 def layout_of(config: Any) -> Layout:
     layout = LAYOUTS.get(config.model_type)
     if layout is None:

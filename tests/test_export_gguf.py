@@ -219,3 +219,32 @@ def test_gguf_exports_are_refused_where_they_cannot_work(lora_run, run_cli, tmp_
     assert "tiny-glm' is a chatglm model, which the GGUF writer cannot lay out" in \
         refused.output
     assert not list(tmp_path.glob("*gguf*"))
+
+
+def test_push_gguf_uploads_the_file_and_modelfile_beside_the_adapter(lora_run, run_cli,
+                                                                     tmp_path):
+    """`sdk push --push-gguf q8_0` to the local hub: the adapter's files, the GGUF file (read
+    back by transformers' reader) and the Modelfile, and a card saying how to run them; an
+    architecture GGUF cannot hold is refused before anything is staged."""
+    run, plugin = lora_run
+    repo = tmp_path / "hub" / "tiny"
+    pushed = run_cli("--plugin", plugin, "push", "--hub", "local", "--ckpt-dir", run,
+                     "--repo-id", repo, "--push-gguf", "q8_0")
+    assert pushed.exit_code == 0, pushed.output
+    files = {path.name for path in repo.iterdir()}
+    assert {"adapter_model.safetensors", "tiny-gguf-q8_0.gguf", "Modelfile",
+            "README.md"} <= files
+    assert not [path for path in repo.rglob(".*")]  # no export folder left in the push
+    card = (repo / "README.md").read_text()
+    assert "llama-cli -m tiny-gguf-q8_0.gguf -cnv" in card and "ollama create" in card
+    alone = tmp_path / "gguf-alone"  # beside adapter_config.json, transformers loads the base
+    alone.mkdir()
+    shutil.copy(repo / "tiny-gguf-q8_0.gguf", alone)
+    read, _ = reread(alone, "tiny-gguf-q8_0.gguf")
+    assert type(read).__name__ == "LlamaForCausalLM"
+    assert not [path for path in run.rglob(".*")]  # the checkpoint is untouched
+
+    sft = run_cli("--plugin", plugin, "sft", "--model-type", "tiny-glm", "--dataset",
+                  "x.jsonl", "--push-to-hub", "--hub", "local", "--hub-model-id",
+                  tmp_path / "hub" / "never", "--push-gguf", "q8_0")
+    assert sft.exit_code != 0 and "cannot lay out" in sft.output
