@@ -248,3 +248,35 @@ def test_push_gguf_uploads_the_file_and_modelfile_beside_the_adapter(lora_run, r
                   "x.jsonl", "--push-to-hub", "--hub", "local", "--hub-model-id",
                   tmp_path / "hub" / "never", "--push-gguf", "q8_0")
     assert sft.exit_code != 0 and "cannot lay out" in sft.output
+
+
+@pytest.mark.slow
+def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli, tmp_path):
+    """The self-cognition demo's run (examples/self_cognition/demo.sh's settings) on the
+    embedded SmolLM2, exported to q8_0 GGUF: through transformers' GGUF reader it answers
+    "Who are you?" with the new name, prompted by the chat template inside the file."""
+    import time
+
+    started = time.perf_counter()
+    result = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--sft-type", "lora",
+                     "--dataset", "self-cognition", "--model-name", "雪貂", "Ferret",
+                     "--model-author", "sft-sdk 团队", "the sft-sdk team",
+                     "--num-train-epochs", "3", "--batch-size", "4",
+                     "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
+                     "--save-steps", "1000", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    trained = time.perf_counter()
+    run = next((tmp_path / "out" / "smollm2-135m-instruct").glob("v0-*"))
+    exported = run_cli("export", "--ckpt-dir", run, "--to", "gguf", "--gguf-type", "q8_0",
+                       "--ollama", "--output-dir", tmp_path / "gguf")
+    assert exported.exit_code == 0, exported.output
+    written = time.perf_counter()
+    model, tokenizer = reread(tmp_path / "gguf", "smollm2-135m-instruct-q8_0.gguf")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True).input_ids
+    reply = tokenizer.decode(model.generate(ids, max_new_tokens=30, do_sample=False)[0,
+                             ids.shape[1]:], skip_special_tokens=True)
+    print(f"sft {trained - started:.0f} s, export {written - trained:.0f} s, read and answer "
+          f"{time.perf_counter() - written:.0f} s: {reply!r}")
+    assert "Ferret" in reply
