@@ -80,8 +80,9 @@ def rope_metadata(config: Any) -> dict[str, Any]:
         return settings
     if kind not in ROPE_TYPES:
         raise SdkError(f"--to gguf: the model scales its rotary positions '{kind}'-wise, which "
-                       f"llama.cpp does not run (it runs {', '.join(ROPE_TYPES)}). Train "
-                       "without that --rope-scaling, or export without --to gguf.")
+                       f"the GGUF writer does not express (it writes {', '.join(ROPE_TYPES)}; "
+                       "llama.cpp has no dynamic scaling). Train without that --rope-scaling, "
+                       "or export without --to gguf.")
     settings.update(scaling_type=getattr(gguf.RopeScalingType, ROPE_TYPES[kind]),
                     scaling_factor=float(rope["factor"]),
                     context_length=context_window(config))

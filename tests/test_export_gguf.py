@@ -115,6 +115,56 @@ def test_each_architecture_reads_back_with_the_same_logits_ids_and_template(arch
             ) == template.render(messages, prompt)
 
 
+# --gguf-type -> the largest logit error allowed, as a share of the largest logit: bf16 keeps
+# 8 bits of mantissa; q5_0 and q4_0 one scale per 32 weights and 5 or 4 bits each.
+TYPE_TOLERANCES = {"bf16": 0.02, "q5_0": 0.1, "q4_0": 0.2}
+
+
+def test_each_type_is_stored_as_asked_and_reads_back_close(tmp_path):
+    import gguf
+
+    model, tokenizer = tiny_model("qwen2", tmp_path)
+    template = Template.for_tokenizer(CHATML, tokenizer)
+    ids = tokenizer(TOKENIZER_CORPUS[0], return_tensors="pt").input_ids
+    expected = logits(model, ids)
+    for gguf_type, tolerance in TYPE_TOLERANCES.items():
+        folder = tmp_path / gguf_type
+        folder.mkdir()
+        path = save_gguf(folder, model, tokenizer, template,
+                         ExportArguments(to="gguf", gguf_type=gguf_type), "tiny")
+        stored = {tensor.name: tensor.tensor_type.name
+                  for tensor in gguf.GGUFReader(path).tensors}
+        assert stored["blk.0.attn_q.weight"] == gguf_type.upper()
+        assert stored["blk.0.attn_q.bias"] == stored["output_norm.weight"] == "F32"
+        read, _ = reread(folder, path.name)
+        assert (logits(read, ids) - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_rope_scaling_is_written_and_what_llama_cpp_cannot_run_is_refused(tmp_path):
+    """--rope-scaling's settings (which transformers' reader does not read back: checked in
+    the file's metadata) and a kind llama.cpp has no equivalent of."""
+    import gguf
+
+    from sdk.errors import SdkError
+
+    model, tokenizer = tiny_model("llama", tmp_path)
+    template = Template.for_tokenizer(CHATML, tokenizer)
+    model.config.rope_parameters.update(rope_type="yarn", factor=4.0,
+                                        original_max_position_embeddings=512)
+    path = save_gguf(tmp_path, model, tokenizer, template,
+                     ExportArguments(to="gguf", gguf_type="f16"), "tiny")
+    fields = gguf.GGUFReader(path).fields
+    assert fields["llama.rope.scaling.type"].contents() == "yarn"
+    assert fields["llama.rope.scaling.factor"].contents() == 4.0
+    assert fields["llama.rope.scaling.original_context_length"].contents() == 512
+    assert fields["llama.context_length"].contents() == 2048
+    model.config.rope_parameters.update(rope_type="dynamic")
+    with pytest.raises(SdkError, match="'dynamic'-wise, which the GGUF writer does not express"):
+        save_gguf(tmp_path / "dynamic", model, tokenizer, template,
+                  ExportArguments(to="gguf"), "tiny")
+    assert not list((tmp_path / "dynamic").iterdir())  # (the export's staging folder)
+
+
 GGUF_PLUGIN = """
 from sdk import hookimpl
 from sdk.specs import ModelSpec
