@@ -41,7 +41,7 @@ LAYOUTS = {
     "gemma2": Layout("gemma2", norm_offset=1.0, key_length=True),
 }
 # --rope-scaling kinds (transformers' rope_type) -> gguf's RopeScalingType member.
-ROPE_TYPES = {"linear": "LINEAR", "yarn": "YARN"}
+ROPE_TYPES = {"linear": "LINEAR", "yarn": "YARN"}  # and llama3: see llama3_freq_factors
 
 
 def check_model_types(model_types: tuple[str, ...], what: str) -> None:
@@ -68,7 +68,7 @@ def layout_of(config: Any) -> Layout:
 
 def rope_metadata(config: Any) -> dict[str, Any]:
     """The rotary settings as gguf keys: base frequency, and the scaling of --rope-scaling
-    (linear, yarn); scaling that llama.cpp has no equivalent of is refused."""
+    (linear, yarn, Llama 3.1's llama3 as per-frequency factors); others are refused."""
     import gguf
 
     from sdk.models.rope import context_window
@@ -78,11 +78,15 @@ def rope_metadata(config: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {"freq_base": float(rope.get("rope_theta", 10000.0))}
     if kind == "default":
         return settings
+    if kind == "llama3":
+        settings.update(freq_factors=llama3_freq_factors(config),
+                        context_length=context_window(config))
+        return settings
     if kind not in ROPE_TYPES:
         raise SdkError(f"--to gguf: the model scales its rotary positions '{kind}'-wise, which "
-                       f"the GGUF writer does not express (it writes {', '.join(ROPE_TYPES)}; "
-                       "llama.cpp has no dynamic scaling). Train without that --rope-scaling, "
-                       "or export without --to gguf.")
+                       f"the GGUF writer does not express (it writes "
+                       f"{', '.join(ROPE_TYPES)}, llama3; llama.cpp has no dynamic scaling). "
+                       "Train without that --rope-scaling, or export without --to gguf.")
     settings.update(scaling_type=getattr(gguf.RopeScalingType, ROPE_TYPES[kind]),
                     scaling_factor=float(rope["factor"]),
                     context_length=context_window(config))
@@ -90,6 +94,20 @@ def rope_metadata(config: Any) -> dict[str, Any]:
         settings["original_context"] = int(rope.get("original_max_position_embeddings")
                                            or config.max_position_embeddings)
     return settings
+
+
+def llama3_freq_factors(config: Any) -> Any:
+    """Llama 3.1's rotary scaling as llama.cpp takes it: the ``rope_freqs`` tensor, by which
+    each default rotary frequency is divided (transformers' own llama3 frequencies over the
+    unscaled ones)."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    base = config.rope_parameters["rope_theta"]
+    default = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    return (default / scaled).numpy()
 
 
 def permute_rows(weight: Any, heads: int) -> Any:
@@ -234,6 +252,8 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_rope_freq_base(rope.pop("freq_base"))
+    if "freq_factors" in rope:
+        writer.add_tensor("rope_freqs.weight", rope.pop("freq_factors"))
     if rope:
         writer.add_rope_scaling_type(rope["scaling_type"])
         writer.add_rope_scaling_factor(rope["scaling_factor"])

@@ -158,6 +158,22 @@ def test_rope_scaling_is_written_and_what_llama_cpp_cannot_run_is_refused(tmp_pa
     assert fields["llama.rope.scaling.factor"].contents() == 4.0
     assert fields["llama.rope.scaling.original_context_length"].contents() == 512
     assert fields["llama.context_length"].contents() == 2048
+    # Llama 3.1's: each default frequency divided by llama.cpp's rope_freqs gives the scaled
+    # frequencies transformers computes
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    model.config.rope_parameters = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 64}
+    path = save_gguf(tmp_path / "llama3", model, tokenizer, template,
+                     ExportArguments(to="gguf", gguf_type="f16"), "tiny")
+    reader = gguf.GGUFReader(path)
+    factors = next(torch.from_numpy(tensor.data.copy()) for tensor in reader.tensors
+                   if tensor.name == "rope_freqs.weight")
+    default = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](model.config, "cpu")
+    torch.testing.assert_close(default / factors, scaled)
+    assert factors.max() == 8.0 and "llama.rope.scaling.type" not in reader.fields
     model.config.rope_parameters.update(rope_type="dynamic")
     with pytest.raises(SdkError, match="'dynamic'-wise, which the GGUF writer does not express"):
         save_gguf(tmp_path / "dynamic", model, tokenizer, template,
