@@ -39,6 +39,7 @@ LAYOUTS = {
     "qwen2": Layout("qwen2"),
     "qwen3": Layout("qwen3", key_length=True),
     "gemma2": Layout("gemma2", norm_offset=1.0, key_length=True),
+    "phi3": Layout("phi3"),  # q/k/v and gate/up fused as in gguf's attn_qkv and ffn_up
 }
 # --rope-scaling kinds (transformers' rope_type) -> gguf's RopeScalingType member.
 ROPE_TYPES = {"linear": "LINEAR", "yarn": "YARN"}  # and llama3: see llama3_freq_factors
@@ -246,7 +247,9 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_dimension_count(head_dim)
+    rotary = getattr(config, "partial_rotary_factor", None) or (
+        getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
+    writer.add_rope_dimension_count(int(head_dim * rotary))
     writer.add_vocab_size(config.vocab_size)
     if layout.key_length or head_dim * config.num_attention_heads != config.hidden_size:
         writer.add_key_length(head_dim)
@@ -262,6 +265,7 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
     if layout.arch == "gemma2":
         writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
         writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    if getattr(config, "sliding_window", None) and layout.arch in ("gemma2", "phi3"):
         writer.add_sliding_window(config.sliding_window)
     writer.add_tokenizer_model(kind)
     writer.add_tokenizer_pre(pre)

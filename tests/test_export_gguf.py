@@ -59,9 +59,10 @@ def reread(folder: Path, name: str):
 
 
 # architecture -> (model and config classes, tokenizer, config settings beyond TINY_SIZE).
-# Gemma's tokenizer is not redistributable: Llama 2's stands in, whose ids the reader's Gemma
-# tokenizer (no prefix space, chosen by architecture) is not meant to give.
-OTHER_TOKENIZER = {"gemma2"}
+# Gemma's and Phi-3's tokenizers are not in TOKENIZERS: Llama 2's stands in, whose ids the
+# reader's tokenizer for those architectures (Gemma: no prefix space; Phi-3: the prefix space
+# by a normalizer, which differs on leading spaces) is not meant to give.
+OTHER_TOKENIZER = {"gemma2", "phi3"}
 ARCHITECTURES = {
     "llama": ("Llama", "qwen2", {"tie_word_embeddings": True}),
     "llama-3": ("Llama", "llama3", {"tie_word_embeddings": False}),
@@ -71,6 +72,7 @@ ARCHITECTURES = {
     "qwen3": ("Qwen3", "qwen2", {"head_dim": 128}),
     "gemma2": ("Gemma2", "llama2", {"head_dim": 16, "query_pre_attn_scalar": 16,
                                     "sliding_window": 64}),
+    "phi3": ("Phi3", "llama2", {"pad_token_id": 0}),  # its default, 32000, is past 2016
 }
 
 
@@ -79,6 +81,8 @@ def tiny_model(architecture: str, folder: Path):
 
     prefix, tokenizer_name, settings = ARCHITECTURES[architecture]
     tokenizer = AutoTokenizer.from_pretrained(small_tokenizer(tokenizer_name, folder / "tok"))
+    if "pad_token_id" in settings:  # the file's padding id sets the config's read back
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(settings["pad_token_id"])
     save_tiny_model(getattr(transformers, f"{prefix}ForCausalLM"),
                     getattr(transformers, f"{prefix}Config"), tokenizer, folder / "model",
                     **settings)
