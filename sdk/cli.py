@@ -15,8 +15,10 @@ import click
 
 from sdk import __version__, compat
 from sdk.config import (
+    GGUF_TYPES,
     OPTION_GROUPS,
     OTHER_TOOLS_FLAGS,
+    PUSH_GGUF_HELP,
     PUSH_TRAINING_STATE_HELP,
     DeployArguments,
     ExportArguments,
@@ -753,7 +755,7 @@ def export(ctx: click.Context, config_file: str | None, **params: Any) -> None:
     arguments = build_arguments(ExportArguments, given(params), config_file)
     from sdk.export import run_export
 
-    run_export(arguments, registry(ctx))
+    click.echo(str(run_export(arguments, registry(ctx))))
 
 
 @cli.command()
@@ -773,9 +775,12 @@ def export(ctx: click.Context, config_file: str | None, **params: Any) -> None:
 @click.option("--path-in-repo", "--path_in_repo", "path_in_repo", cls=Flag, default="",
               help="Folder of the repository to put the checkpoint's files in (default: its "
               "root).")
+@click.option("--push-gguf", "--push_gguf", "push_gguf", cls=Flag,
+              type=click.Choice(GGUF_TYPES), help=PUSH_GGUF_HELP)
 @click.pass_context
 def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, private: bool,
-         token: str | None, training_state: bool, path_in_repo: str) -> None:
+         token: str | None, training_state: bool, path_in_repo: str,
+         push_gguf: str | None) -> None:
     """Upload a checkpoint with a model card; run it again to complete a push that failed."""
     from sdk.hubs import default_hub
     from sdk.hubs.push import Destination, check_repo_id, push_checkpoint
@@ -792,8 +797,12 @@ def push(ctx: click.Context, ckpt_dir: str, hub: str | None, repo_id: str, priva
     check_adapter_fits_saved_base(checkpoint)
     # a hub's own options as the run that trained the checkpoint set them
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
+    if push_gguf:
+        from sdk.export_gguf import check_spec
+
+        check_spec(known.get("models", saved["model_type"]))
     destination = Destination(chosen, repo_id, private, token, training_state,
-                              hub_keywords(chosen, saved))
+                              hub_keywords(chosen, saved), push_gguf)
     click.echo(push_checkpoint(checkpoint, destination, known, path_in_repo.strip("/")))
 
 

@@ -90,6 +90,13 @@ def arg(default: Any, help: str, choices: tuple[str, ...] | None = None,
     return field(default=default, metadata=metadata)
 
 
+# --gguf-type: the types gguf's numpy quantizers write (k-quants need llama.cpp's C quantizer).
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q5_0", "q4_0")
+PUSH_GGUF_HELP = ("Also upload the model merged into one GGUF file of this type (and its "
+                  "Ollama Modelfile), as `sdk export --to gguf` writes it, beside the "
+                  "checkpoint's files.")
+
+
 @dataclass
 class ModelArguments:
     model_type: str | None = arg(None, "Model type to load (see `sdk models`).", group="model")
@@ -287,6 +294,7 @@ class SftArguments(ModelArguments):
         ("end", "push_best", "push_last", "checkpoint", "all_checkpoints"), group="hub")
     push_training_state: bool = arg(
         False, PUSH_TRAINING_STATE_HELP, group="hub")
+    push_gguf: str | None = arg(None, PUSH_GGUF_HELP, (*GGUF_TYPES,), group="hub")
     seed: int = arg(42, "Random seed.", at_least=0, below=2**32, group="training")
     dataloader_num_workers: int = arg(0, "Data loader worker processes.", at_least=0,
                                       group="performance")
@@ -388,6 +396,13 @@ class ExportArguments:
         "was trained from.", group="model")
     overwrite: bool = arg(False, "Replace an earlier export in --output-dir (never other "
                           "files).", group="output")
+    to: str = arg("transformers", "Format: transformers (safetensors model folder) or gguf "
+                  "(one .gguf file for llama.cpp, Ollama, LM Studio; an adapter is merged).",
+                  ("transformers", "gguf"), group="output")
+    gguf_type: str = arg("f16", "With --to gguf: what the weights are stored as (norms stay "
+                         "f32).", GGUF_TYPES, group="output")
+    ollama: bool = arg(False, "With --to gguf: also write an Ollama Modelfile (chat template, "
+                       "default system prompt, stop words) beside the .gguf.", group="output")
 
 
 def fields_of(cls: type, name: str, names: Sequence[str], doc: str,

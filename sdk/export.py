@@ -31,6 +31,7 @@ import click
 from sdk import __version__
 from sdk.config import ExportArguments, InferArguments
 from sdk.errors import SdkError
+from sdk.export_gguf import check_spec
 from sdk.folders import disk_full_said, require_writable
 from sdk.infer.load import (
     EXPORTED,
@@ -43,6 +44,7 @@ from sdk.infer.load import (
 )
 from sdk.infer.stops import stop_tokens
 from sdk.registry import Registry
+from sdk.runs.checkpoint_files import ADAPTER_CONFIG
 from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments, write_args
 from sdk.templates.engine import Template
 from sdk.templates.to_jinja import to_jinja
@@ -64,30 +66,42 @@ PROBES = (
 def run_export(args: ExportArguments, registry: Registry) -> Path:
     if not args.ckpt_dir:
         raise SdkError("Give --ckpt-dir: a checkpoint (or run) folder written by `sdk sft`.")
+    to_gguf = args.to == "gguf"
+    if args.ollama and not to_gguf:
+        raise SdkError("--ollama writes a Modelfile for a GGUF file: add --to gguf.")
     checkpoint = checkpoint_or_export(args.ckpt_dir)
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
-    check_merge(args.merge_lora, saved["sft_type"], checkpoint)
+    # GGUF holds whole models only: an adapter is merged whether or not --merge-lora is given.
+    merge = args.merge_lora or (to_gguf and (checkpoint / ADAPTER_CONFIG).is_file())
+    check_merge(merge, saved["sft_type"], checkpoint)
+    if to_gguf:
+        check_spec(registry.get("models", saved["model_type"]))
+    suffix = "-gguf" if to_gguf else "-merged" if merge else "-export"
     output = Path(args.output_dir) if args.output_dir else checkpoint.with_name(
-        checkpoint.name + ("-merged" if args.merge_lora else "-export"))
+        checkpoint.name + suffix)
     require_writable(output, "--output-dir")
     check_output(output, checkpoint, args.overwrite)
     with staged(output, checkpoint, args.overwrite) as folder:
         model, tokenizer, template = load_for_inference(InferArguments(
             ckpt_dir=str(checkpoint), dtype=merge_dtype(args.dtype, saved), quantization_bit=0,
-            model_id_or_path=args.model_id_or_path, merge_lora=args.merge_lora), registry)
-        save_model(folder, model, tokenizer, template)
+            model_id_or_path=args.model_id_or_path, merge_lora=merge), registry)
+        if to_gguf:
+            save_gguf(folder, model, tokenizer, template, args, saved["model_type"])
+        else:
+            save_model(folder, model, tokenizer, template)
         written = sorted([ARGS_FILE, *(path.relative_to(folder).as_posix()
                                        for path in folder.rglob("*") if path.is_file())])
         write_args(folder, {**saved, "sft_type": "full", "quantization_bit": 0,
                             "dtype": dtype_name(model.dtype),
                             EXPORTED: {"checkpoint": str(checkpoint.resolve()),
                                        "sft_type": saved["sft_type"],
-                                       "merged": args.merge_lora,
+                                       "merged": merge,
+                                       "format": args.to,
+                                       **({"gguf_type": args.gguf_type} if to_gguf else {}),
                                        "sdk_version": __version__,
                                        "files": written}})
-    click.echo(f"[sdk] exported {'merged ' if args.merge_lora else ''}model: {output}",
-               err=True)
-    click.echo(str(output))
+    what = f"GGUF ({args.gguf_type})" if to_gguf else "merged model" if merge else "model"
+    click.echo(f"[sdk] exported {what}: {output}", err=True)
     return output
 
 
@@ -186,12 +200,39 @@ def save_model(folder: Path, model: Any, tokenizer: Any, template: Template) -> 
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
+    save_tokenizer(folder, tokenizer, template)
+
+
+def save_tokenizer(folder: Path, tokenizer: Any, template: Template) -> None:
+    """The tokenizer with the chat template that renders what ``template`` renders."""
     tokenizer.chat_template = to_jinja(template)
     tokenizer.save_pretrained(folder, save_jinja_files=False)
     difference = template_difference(template, tokenizer)
     if difference:
         click.echo(f"warning: {difference}; tools other than `sdk infer` may prompt the "
                    "exported model differently.", err=True)
+
+
+def save_gguf(folder: Path, model: Any, tokenizer: Any, template: Template,
+              args: ExportArguments, model_type: str) -> Path:
+    """``<model type>-<gguf type>.gguf`` in ``folder`` (with --ollama its Modelfile); the
+    tokenizer files it is made from are written to a folder removed afterwards."""
+    from sdk.export_gguf import write_gguf
+
+    stop_ids = stop_tokens(template, tokenizer)[0]
+    eot = next((index for index in stop_ids if index != tokenizer.eos_token_id), None)
+    path = folder / f"{model_type}-{args.gguf_type}.gguf"
+    tokenizer_folder = folder / ".tokenizer"
+    save_tokenizer(tokenizer_folder, tokenizer, template)
+    try:
+        write_gguf(path, model, tokenizer, tokenizer_folder, args.gguf_type, eot, model_type)
+    finally:
+        shutil.rmtree(tokenizer_folder, ignore_errors=True)
+    if args.ollama:
+        from sdk.ollama import write_modelfile
+
+        write_modelfile(folder, path.name, template, tokenizer)
+    return path
 
 
 def template_difference(template: Template, tokenizer: Any) -> str | None:

@@ -40,7 +40,8 @@ def test_sft_help_lists_the_options_by_concern_in_order(run_cli):
         flags_in(found["Tuner"]))
     assert flags_in(found["Hub"]) == ["--hub", "--push-to-hub", "--hub-model-id",
                                       "--hub-private-repo", "--hub-token",
-                                      "--push-hub-strategy", "--push-training-state"]
+                                      "--push-hub-strategy", "--push-training-state",
+                                      "--push-gguf"]
     assert flags_in(found["Other"]) == ["--config", "--dry-run", "--json", "--help"]
     listed = [flag for text in found.values() for flag in flags_in(text)]
     assert len(listed) == len(set(listed)) and {p.opts[0] for p in sft.params} <= set(listed)

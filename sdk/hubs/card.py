@@ -127,10 +127,27 @@ def layout_note(spec: Any, trains_adapters: bool) -> str | None:
             "alone, without `trust_remote_code`, and not with the official remote code.")
 
 
+def gguf_section(model_type: str, gguf_type: str, files_folder: str) -> list[str]:
+    """How to run the GGUF file pushed beside the checkpoint (`--push-gguf`)."""
+    folder = f"{files_folder}/" if files_folder else ""
+    name = f"{folder}{model_type}-{gguf_type}.gguf"
+    return [
+        "## GGUF", "",
+        f"`{name}` is the model merged into one GGUF file ({gguf_type}) with its chat "
+        "template, for llama.cpp, Ollama and LM Studio:", "",
+        "```", f"llama-cli -m {name} -cnv", "```", "",
+        f"With Ollama (when `{folder}Modelfile` is there: the template, default system "
+        "prompt and stop words):", "",
+        "```", f"cd <the downloaded repository>/{folder}".rstrip("/"),
+        "ollama create my-model -f Modelfile", "ollama run my-model", "```", "",
+    ]
+
+
 def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub: str,
-               repo_id: str, files_folder: str = "") -> str:
+               repo_id: str, files_folder: str = "", gguf_type: str | None = None) -> str:
     """README.md for ``checkpoint`` pushed to ``repo_id`` on ``hub``; ``files_folder`` is the
-    folder of the repository that holds its files (empty: the repository's root)."""
+    folder of the repository that holds its files (empty: the repository's root); with
+    ``gguf_type``, a GGUF file of the merged model is pushed beside them."""
     from huggingface_hub import ModelCardData
 
     spec = registry.get("models", saved["model_type"])
@@ -162,6 +179,7 @@ def model_card(checkpoint: Path, saved: dict[str, Any], registry: Registry, hub:
         "```",
         "sdk infer --ckpt-dir <the downloaded repository>",
         "```", "",
+        *(gguf_section(spec.model_type, gguf_type, files_folder) if gguf_type else ()),
         "## Results", "",
         "| step | epoch | train loss | eval loss |", "|---|---|---|---|",
         "| " + " | ".join(_number(metrics.get(key))

@@ -11,6 +11,7 @@ any message, even one a hub library echoed.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -54,6 +55,7 @@ class Destination:
     token: str | None = None
     training_state: bool = False  # also upload TRAINING_STATE files
     hub_keywords: dict[str, Any] = field(default_factory=dict)  # the hub's options, if any
+    gguf_type: str | None = None  # also upload the merged model as a GGUF file of this type
 
     def scrub(self, text: str) -> str:
         """``text`` without the token given or the one in the hub's environment variable."""
@@ -71,6 +73,7 @@ class Destination:
                  "--repo-id", self.repo_id]
         words += [] if self.private else ["--public"]
         words += ["--push-training-state"] if self.training_state else []
+        words += ["--push-gguf", self.gguf_type] if self.gguf_type else []
         words += ["--path-in-repo", files_folder] if files_folder else []
         command = shlex.join(words)
         if self.token:  # the token itself is never shown: the user gives it again
@@ -99,13 +102,17 @@ def push_destination(args: SftArguments, registry: Registry) -> Destination | No
                        "your-name/my-model.")
     hub = registry.get("hubs", args.hub)
     check_repo_id(hub, args.hub_model_id, "--hub-model-id")
+    if args.push_gguf:
+        from sdk.export_gguf import check_spec
+
+        check_spec(registry.get("models", args.model_type))
     if hub.find_token and not args.hub_token and not resolve_callable(hub.find_token)():
         variable = f", the {hub.token_env} environment variable" if hub.token_env else ""
         raise SdkError(f"--push-to-hub: no token to push to {hub.name} with. Give one with "
                        f"--hub-token{variable} or the hub's login command, or leave out "
                        "--push-to-hub (`sdk push` uploads a checkpoint later).")
     return Destination(hub, args.hub_model_id, args.hub_private_repo, args.hub_token,
-                       args.push_training_state, hub_keywords(hub, args))
+                       args.push_training_state, hub_keywords(hub, args), args.push_gguf)
 
 
 def stage(checkpoint: Path, destination: Destination, registry: Registry,
@@ -115,7 +122,7 @@ def stage(checkpoint: Path, destination: Destination, registry: Registry,
     at the top and the published arguments. The caller removes it."""
     saved = read_saved_arguments(checkpoint / ARGS_FILE)
     card = model_card(checkpoint, saved, registry, destination.hub.name,
-                      destination.repo_id, files_folder)
+                      destination.repo_id, files_folder, destination.gguf_type)
     published = json.dumps(public_arguments(saved), indent=2, ensure_ascii=False)
     try:  # beside the checkpoint, so that hard links work (same filesystem)
         root = Path(tempfile.mkdtemp(prefix=".sdk-push-", dir=checkpoint.parent))
@@ -137,6 +144,9 @@ def stage(checkpoint: Path, destination: Destination, registry: Registry,
                 except OSError:
                     shutil.copy2(source, target)
             files.mkdir(parents=True, exist_ok=True)
+            if destination.gguf_type:
+                add_gguf(files, root / ".gguf-export", checkpoint, destination.gguf_type,
+                         registry)
             (files / ARGS_FILE).write_text(destination.scrub(published) + "\n",
                                            encoding="utf-8")
             (root / CARD_FILE).write_text(destination.scrub(card), encoding="utf-8")
@@ -144,6 +154,28 @@ def stage(checkpoint: Path, destination: Destination, registry: Registry,
         shutil.rmtree(root, ignore_errors=True)
         raise
     return root
+
+
+def add_gguf(files: Path, output: Path, checkpoint: Path, gguf_type: str,
+             registry: Registry) -> None:
+    """The checkpoint merged into a GGUF file (`sdk export --to gguf --ollama` into
+    ``output``, removed after) in ``files``, with its Modelfile where the template has one."""
+    from sdk.config import ExportArguments
+    from sdk.export import run_export
+
+    arguments = ExportArguments(ckpt_dir=str(checkpoint), to="gguf", gguf_type=gguf_type,
+                                ollama=True, output_dir=str(output))
+    try:
+        exported = run_export(arguments, registry)
+    except SdkError as error:
+        if not str(error).startswith("--ollama:"):
+            raise
+        click.echo(f"warning: {error} The GGUF file is pushed without a Modelfile.", err=True)
+        exported = run_export(dataclasses.replace(arguments, ollama=False), registry)
+    for path in exported.iterdir():
+        if path.name != ARGS_FILE:
+            path.rename(files / path.name)
+    shutil.rmtree(exported)
 
 
 def upload(folder: Path, destination: Destination, checkpoint: Path,

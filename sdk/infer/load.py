@@ -47,6 +47,11 @@ def checkpoint_or_export(path: str) -> Path:
                        f"'{path}' with its --model-type (`sdk models` lists them).")
     if not is_export(folder):
         folder = find_checkpoint(path, "--ckpt-dir")
+    elif json.loads((folder / ARGS_FILE).read_text(encoding="utf-8"))[EXPORTED].get(
+            "format") == "gguf":
+        raise SdkError(f"--ckpt-dir '{path}' holds a GGUF export, which llama.cpp and Ollama "
+                       "run (its Modelfile: `ollama create NAME -f Modelfile`); give the "
+                       "checkpoint it was exported from instead.")
     check_checkpoint(folder)
     return folder
 
