@@ -23,8 +23,8 @@ LAYERS: Layers = (
                "sdk.hubs.huggingface", "sdk.hubs.modelscope")),
     ("tuners", ("sdk.tuners.*",)),
     # what uses a checkpoint: below training, which ends by predicting and pushing
-    ("checkpoint users", ("sdk.infer.*", "sdk.export", "sdk.hubs.push",
-                          "sdk.hubs.push_callback", "sdk.hubs.card")),
+    ("checkpoint users", ("sdk.infer.*", "sdk.export", "sdk.export_gguf", "sdk.ollama",
+                          "sdk.hubs.push", "sdk.hubs.push_callback", "sdk.hubs.card")),
     ("training", ("sdk.train.*",)),
     # the conformance kit: checks that train and reload, for plugins' tests
     ("kit", ("sdk.testing",)),
