@@ -235,6 +235,15 @@ class SftArguments(ModelArguments):
         "deepspeed): zero2 (optimizer state and gradients), zero3 (the weights too), "
         "zero2_offload, zero3_offload (kept in CPU memory), or a DeepSpeed JSON file.",
         group="performance", kept_on_resume=True)
+    fsdp: str | None = arg(
+        None, "Shard the weights, gradients and optimizer state over the processes with "
+        "PyTorch FSDP2 (GPUs): full_shard, or shard_grad_op (weights whole until the backward: "
+        "faster, more memory); add offload to keep the shards in CPU memory (\"full_shard "
+        "offload\"); auto_wrap is accepted (each decoder layer is always its own unit).",
+        group="performance", kept_on_resume=True)
+    fsdp_config: str | None = arg(
+        None, "transformers' fsdp_config for --fsdp: a JSON file or a JSON object (keys with "
+        "or without fsdp_).", group="performance")
     offload_activations: bool = arg(
         False, "Keep the activations saved for the backward in CPU memory (implies "
         "--gradient-checkpointing): for contexts too long for GPU memory; slower.",

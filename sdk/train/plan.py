@@ -32,6 +32,8 @@ from sdk.specs import ModelSpec, TemplateSpec, Tuner, resolve_callable
 from sdk.templates.engine import Template, with_thinking
 from sdk.train.deepspeed_configs import check_deepspeed, saved_name
 from sdk.train.distributed import is_main_process, world_size
+from sdk.train.fsdp import check_fsdp, fsdp_config
+from sdk.train.fsdp import saved_name as saved_fsdp_name
 from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
 from sdk.train.liger_kernels import check_liger_kernels
 from sdk.train.packing import NEFTUNE_UNPACKED
@@ -205,6 +207,12 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     if args.deepspeed:
         check_deepspeed(args)
         args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
+    if args.fsdp:
+        check_fsdp(args)
+        args = dataclasses.replace(args, fsdp=saved_fsdp_name(args.fsdp))
+    elif args.fsdp_config:
+        raise SdkError("--fsdp-config configures --fsdp, which is not given: add --fsdp "
+                       "full_shard (or leave --fsdp-config out).")
     resume_given = args.resume_from_checkpoint
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
@@ -313,4 +321,7 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
             True, "--offload-activations offloads what checkpointing keeps")
     if args.deepspeed:
         choices["deepspeed"] = Choice(args.deepspeed, "--deepspeed")
+    if args.fsdp:
+        choices["fsdp"] = Choice(fsdp_config(args), f"--fsdp {args.fsdp}" + (
+            f" --fsdp-config {args.fsdp_config}" if args.fsdp_config else ""))
     return choices
