@@ -160,3 +160,70 @@ def test_the_readmes_dry_run_prints_what_the_readme_shows(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == expected
     assert not (tmp_path / "output" / "smollm2-135m-instruct").exists()
+
+
+def qwen_lora_plan(registry, data, tmp_path, **flags):
+    """The plan of `sdk sft --model-type qwen2.5-7b-instruct --sft-type lora --dataset DATA`."""
+    from sdk.testing import AnyTunerArguments
+
+    return resolve_plan(AnyTunerArguments(model_type="qwen2.5-7b-instruct", sft_type="lora",
+                                          dataset=[str(data)], output_dir=str(tmp_path / "out"),
+                                          **flags), registry)
+
+
+@pytest.fixture
+def faked_gpu(monkeypatch):
+    """torch sees an 80 GiB CUDA GPU with bf16 (the plan is plain data: nothing runs on it)."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(
+        name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30))
+
+
+def test_on_a_gpu_the_default_flags_plan_the_fast_path_and_each_part_turns_off(
+        plugin_set, identity_data, tmp_path, faked_gpu, monkeypatch):
+    monkeypatch.setattr("sdk.train.liger_kernels.supported_model_types", lambda: {"qwen2"})
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *rest: object())  # liger
+    plan = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path)
+    assert plan.choices["dtype"].value == "bf16"
+    assert (plan.args.packing, plan.args.max_tokens_per_batch, plan.args.use_liger_kernel,
+            plan.args.lora_dropout) == (True, 4096, True, 0.0)
+    assert plan.fast_path() == (
+        "[sdk] fast path: packing on (off: --packing false); lora_dropout 0.0 (off: "
+        "--lora-dropout 0.05); batch 4096 tokens (off: --max-tokens-per-batch 0); "
+        "liger_kernel on (off: --use-liger-kernel false)")
+    assert "for 80 GiB of GPU memory" in plan.choices["batch"].why
+    assert plan.as_dict()["choices"]["liger_kernel"]["off"] == "--use-liger-kernel false"
+
+    off = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path, packing=False,
+                         max_tokens_per_batch=0, use_liger_kernel=False, lora_dropout=0.05)
+    assert (off.args.packing, off.args.max_tokens_per_batch, off.args.use_liger_kernel,
+            off.args.lora_dropout) == (False, None, False, 0.05)
+    assert off.fast_path().startswith("[sdk] fast path: nothing; not here: packing")
+    # --batch-size given: its rows, not the budget
+    assert qwen_lora_plan(plugin_set.registry, identity_data, tmp_path,
+                          batch_size=4).args.max_tokens_per_batch is None
+
+
+def test_on_a_cpu_the_plan_keeps_batches_of_rows_and_says_why_the_rest_is_off(
+        plugin_set, identity_data, tmp_path):
+    plan = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path)
+    assert (plan.args.max_tokens_per_batch, plan.args.use_liger_kernel) == (None, False)
+    assert plan.choices["batch"].value["per device"] == "1 row"
+    assert plan.fast_path() == (
+        "[sdk] fast path: packing on (off: --packing false); lora_dropout 0.0 (off: "
+        "--lora-dropout 0.05); not here: batch (--batch-size (a token budget on a GPU only); "
+        "an optimizer step takes 16 batches on each of 1 process: 16 rows); liger_kernel "
+        "(liger-kernel needs a CUDA GPU (its kernels are written in Triton))")
+
+
+@pytest.mark.parametrize("memory, tokens", [(141, 4096), (40, 4096), (24, 2048), (16, 1024)])
+def test_the_token_budget_is_sized_to_the_gpu(memory, tokens):
+    from sdk.train.fast_path import Device, token_budget
+
+    assert token_budget(Device(gpu=True, memory_gib=memory)) == tokens
+    assert token_budget(Device(gpu=False)) is None

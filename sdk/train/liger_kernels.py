@@ -10,7 +10,6 @@ liger's fused linear cross-entropy on CUDA).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from typing import Any
 
@@ -28,17 +27,11 @@ def supported_model_types() -> set[str]:
 
 def check_liger_kernels(config_model_types: tuple[str, ...], model_type: str) -> None:
     """The kernels can run here and have a version for the model type (before it loads)."""
-    import torch
+    from sdk.train.fast_path import liger_unavailable, this_device
 
-    if not torch.cuda.is_available():
-        raise SdkError(f"{FLAG} needs a CUDA GPU: liger-kernel's kernels are written in "
-                       "Triton. Leave the flag out on this machine.")
-    if importlib.util.find_spec("liger_kernel") is None:
-        raise SdkError(f"{FLAG} needs liger-kernel: pip install liger-kernel")
-    unsupported = set(config_model_types) - supported_model_types()
-    if config_model_types and unsupported == set(config_model_types):
-        raise SdkError(f"{FLAG}: liger-kernel has no kernels for --model-type {model_type} "
-                       f"({', '.join(sorted(unsupported))} models). Leave the flag out.")
+    why = liger_unavailable(config_model_types, model_type, this_device())
+    if why:
+        raise SdkError(f"{FLAG}: {why}. Leave the flag out.")
 
 
 def apply_liger_kernels(model: Any) -> str:

@@ -187,6 +187,8 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
     """Execute ``plan``: data and tokenizer first (bad data fails before any weight loads),
     then the model, the tuner and the Trainer."""
     args = plan.args
+    if is_main_process():
+        click.echo(plan.fast_path(), err=True)
     spec = registry.get("models", args.model_type)
     tuner = registry.get("tuners", args.sft_type)
     resumed = Path(plan.resume_from) if plan.resume_from else None
