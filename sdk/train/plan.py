@@ -264,8 +264,9 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     registry.get("hubs", args.hub)
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     choices = automatic_choices(args, spec, tuner, given_bits, given_dropout,
-                                checkpointing_forced)
-    choices.update(fast_path_choices(args, device, given_budget, given_liger, liger_why))
+                                checkpointing_forced,
+                                fast_path_choices(args, device, given_budget, given_liger,
+                                                  liger_why))
     if args.output_dir_as_run and not resumed:
         choices["run_folder"] = given_folder_choice(args)
     choices["resume"] = Choice(
@@ -291,8 +292,9 @@ def given_folder_choice(args: SftArguments) -> Choice:
 
 def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
                       given_bits: int | None, given_dropout: float | None,
-                      checkpointing_forced: bool) -> dict[str, Choice]:
-    """What each setting that depends on the machine, the model type or the tuner picked."""
+                      checkpointing_forced: bool, fast: dict[str, Choice]) -> dict[str, Choice]:
+    """What each setting that depends on the machine, the model type or the tuner picked
+    (``fast``: the batches and liger-kernel, as ``fast_path_choices`` picked them)."""
     import torch
 
     dtype = torch_dtype(args.dtype)
@@ -310,6 +312,7 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
     learning_rate = args.learning_rate or tuner.default_learning_rate
     choices["learning_rate"] = Choice(learning_rate, "--learning-rate" if args.learning_rate
                                       else f"--sft-type {tuner.name}'s default")
+    choices["batch"] = fast["batch"]
     if not args.packing:
         packing = Choice(False, "--packing false: batches are padded")
     elif args.neftune_noise_alpha:
@@ -319,6 +322,7 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
                          "tuner) passes the packing probe once loaded; else padded, said then",
                          off="--packing false")
     choices["packing"] = packing
+    choices["liger_kernel"] = fast["liger_kernel"]
     if given_bits is not None:
         why = "--quantization-bit"
     elif args.quantization_bit:
