@@ -114,6 +114,7 @@ def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
                      "--truncation-strategy", strategy)
         assert result.exit_code == 1, result.output
         assert "[sdk] data: 0 training rows" in result.stderr
+        assert result.stderr.count("[sdk] fast path: packing on (off: --packing false)") == 1
         assert "No training row has a token to train" in result.stderr
         assert f"of 4 rows, {why}" in result.stderr and "Raise --max-length" in result.stderr
 
