@@ -188,15 +188,19 @@ def faked_gpu(monkeypatch):
 def test_on_a_gpu_the_default_flags_plan_the_fast_path_and_each_part_turns_off(
         plugin_set, identity_data, tmp_path, faked_gpu, monkeypatch):
     monkeypatch.setattr("sdk.train.liger_kernels.supported_model_types", lambda: {"qwen2"})
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *rest: object())  # liger
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: object()
+                        if name == "liger_kernel" else find_spec(name, *rest))
     plan = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path)
     assert plan.choices["dtype"].value == "bf16"
     assert (plan.args.packing, plan.args.max_tokens_per_batch, plan.args.use_liger_kernel,
             plan.args.lora_dropout) == (True, 4096, True, 0.0)
     assert plan.fast_path() == (
-        "[sdk] fast path: packing on (off: --packing false); lora_dropout 0.0 (off: "
-        "--lora-dropout 0.05); batch 4096 tokens (off: --max-tokens-per-batch 0); "
-        "liger_kernel on (off: --use-liger-kernel false)")
+        "[sdk] fast path: batch 4096 tokens (off: --max-tokens-per-batch 0); packing on (off: "
+        "--packing false); liger_kernel on (off: --use-liger-kernel false); lora_dropout 0.0 "
+        "(off: --lora-dropout 0.05)")
     assert "for 80 GiB of GPU memory" in plan.choices["batch"].why
     assert plan.as_dict()["choices"]["liger_kernel"]["off"] == "--use-liger-kernel false"
 
@@ -204,7 +208,7 @@ def test_on_a_gpu_the_default_flags_plan_the_fast_path_and_each_part_turns_off(
                          max_tokens_per_batch=0, use_liger_kernel=False, lora_dropout=0.05)
     assert (off.args.packing, off.args.max_tokens_per_batch, off.args.use_liger_kernel,
             off.args.lora_dropout) == (False, None, False, 0.05)
-    assert off.fast_path().startswith("[sdk] fast path: nothing; not here: packing")
+    assert off.fast_path().startswith("[sdk] fast path: nothing; not here: batch")
     # --batch-size given: its rows, not the budget
     assert qwen_lora_plan(plugin_set.registry, identity_data, tmp_path,
                           batch_size=4).args.max_tokens_per_batch is None
