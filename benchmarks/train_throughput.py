@@ -36,6 +36,7 @@ BASELINE = REPO.parent / "shared" / "bench" / "hf_baseline.py"
 TOKENIZER = REPO.parent / "shared" / "data" / "tokenizers" / "qwen2"
 LONGEST_LADDER = [4096 * 2**i for i in range(6)]  # 4k ... 128k tokens
 GIB = 2**30
+LIGER = {"auto": None, "on": True, "off": False}  # --liger-kernel: --use-liger-kernel
 # Architectures hf_baseline.py's ARCH table lacks, in its layout (model_type, hidden, layers,
 # heads, kv_heads, intermediate, vocab, tie): Qwen3-8B as Qwen/Qwen3-8B's config.json gives it
 # (head_dim 128, Qwen3Config's default), and a tiny Qwen3 for a dry run of its row on a CPU.
@@ -43,14 +44,21 @@ EXTRA_ARCHS = {
     "qwen3-8b": ("qwen3", 4096, 36, 32, 8, 12288, 151936, False),
     "qwen3-tiny": ("qwen3", 256, 4, 4, 2, 704, 32000, True),
 }
+# Ours only (no baseline side): the Llama-3.1-8B shape of Unsloth's longest-context QLoRA
+# (342,733 tokens on an 80 GB GPU)
+OURS_ONLY_ARCHS = {"llama3.1-8b": ("llama", 4096, 32, 32, 8, 14336, 128256, False)}
 
 
 def baseline_module() -> Any:
-    """hf_baseline.py as a module: its architectures (and EXTRA_ARCHS) and its data generator."""
+    """hf_baseline.py as a module: its architectures (with EXTRA_ARCHS and OURS_ONLY_ARCHS)
+    and its data generator; ARCH_OF_BASELINE, those the baseline side runs."""
     sys.path.insert(0, str(BASELINE.parent))
     import hf_baseline
 
-    hf_baseline.ARCH.update(EXTRA_ARCHS)
+    if not hasattr(hf_baseline, "ARCH_OF_BASELINE"):
+        hf_baseline.ARCH_OF_BASELINE = set(hf_baseline.ARCH) | set(EXTRA_ARCHS)
+        hf_baseline.ARCH.update(EXTRA_ARCHS)
+        hf_baseline.ARCH.update(OURS_ONLY_ARCHS)
     return hf_baseline
 
 
@@ -145,6 +153,7 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
     from sdk.options import arguments_class
     from sdk.plugins import load_plugins
     from sdk.specs import ModelSpec, resolve_callable
+    from sdk.train.fast_path import liger_unavailable, this_device
     from sdk.train.sft import build_trainer
 
     cuda = torch.cuda.is_available()
@@ -160,10 +169,17 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
         offload_activations=options.offload, packing=not options.no_packing,
         max_tokens_per_batch=options.max_tokens_per_batch, attn_impl=options.attn_impl,
         **({"lora_dropout": options.lora_dropout} if options.lora_dropout is not None else {}),
-        use_liger_kernel=options.liger_kernel, deepspeed=options.deepspeed,
+        use_liger_kernel=LIGER[options.liger_kernel], deepspeed=options.deepspeed,
+        fsdp=options.fsdp,
         quantization_bit=tuner.default_quantization_bit, output_dir=str(run_dir))
-    model, tokenizer = load_pretrained(random_model_folder(options.arch), LoadOptions(
+    folder = random_model_folder(options.arch)
+    model, tokenizer = load_pretrained(folder, LoadOptions(
         dtype=args.dtype, quantization_bit=args.quantization_bit or 0, attn_impl=args.attn_impl))
+    if args.use_liger_kernel is None:  # sdk sft's default: where the kernels can run
+        architecture = json.loads((folder / "config.json").read_text())["model_type"]
+        args.use_liger_kernel = liger_unavailable((architecture,), args.model_type,
+                                                  this_device()) is None
+    base_params = hf.n_params(model)  # before the tuner: the baseline's count
     set_seed(args.seed)
     spec = ModelSpec(model_type=args.model_type, family="bench", template="chatml")
     model = resolve_callable(tuner.prepare)(model, args, spec)
@@ -192,7 +208,13 @@ def train_ours(options: argparse.Namespace) -> dict[str, Any]:
     trainer.train()
     (start, real0, padded0), (end, real1, padded1) = marks[options.warmup], marks[options.steps]
     seconds = end - start
-    return {"real_tok_s": round((real1 - real0) / seconds),
+    real = (real1 - real0) / seconds
+    # the baseline's useful MFU: 4 (LoRA: forward and input gradients; full: 6) x parameters
+    # FLOPs a token, 2 more with recomputation, against an H100's 790 dense bf16 TFLOP/s
+    flops = (6 if options.mode == "full" else 4) * base_params + (2 * base_params if options.gc
+                                                                   else 0)
+    return {"real_tok_s": round(real), "useful_mfu_vs_790tf": round(real * flops / 790e12, 3)
+            if cuda else None, "liger_kernel": bool(args.use_liger_kernel),
             "padded_tok_s": round((padded1 - padded0) / seconds),
             "pad_frac": round(1 - (real1 - real0) / (padded1 - padded0), 3),
             "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
@@ -232,8 +254,9 @@ def commands(options: argparse.Namespace, fixed_len: int) -> dict[str, list[str]
             *(["--lora-dropout", str(options.lora_dropout)]
               if options.lora_dropout is not None else []),
             *(["--profile", options.profile] if options.profile else []),
-            *(["--liger-kernel"] if options.liger_kernel else []),
-            *(["--deepspeed", options.deepspeed] if options.deepspeed else [])]
+            "--liger-kernel", options.liger_kernel,
+            *(["--deepspeed", options.deepspeed] if options.deepspeed else []),
+            *(["--fsdp", options.fsdp] if options.fsdp else [])]
     if options.gc:
         baseline.append("--gc")
         ours.append("--gc")
@@ -257,11 +280,13 @@ def compare(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def longest(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
-    """Each side at the longest length of the ladder it trains (it stops at the first that
-    fails)."""
+    """Each side at the longest length of the ladder (or --lengths) it trains (it stops at the
+    first that fails); the baseline only on its own architectures."""
     results, lengths = {}, {}
-    for side in ("ours", "baseline"):
-        for length in LONGEST_LADDER:
+    sides = ("ours", "baseline") if options.arch in baseline_module().ARCH_OF_BASELINE else (
+        "ours",)
+    for side in sides:
+        for length in options.lengths or LONGEST_LADDER:
             command = commands(options, length)[side]
             print(f"{side}: one row of {length} tokens", file=sys.stderr)
             result = run_side(command)
@@ -275,7 +300,8 @@ def longest(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="tiny", help="an architecture of hf_baseline.py, "
-                        f"or {', '.join(EXTRA_ARCHS)}")
+                        f"or {', '.join(EXTRA_ARCHS)}, or {', '.join(OURS_ONLY_ARCHS)} "
+                        "(ours only)")
     parser.add_argument("--mode", default="lora", choices=["lora", "qlora"])
     parser.add_argument("--batch", type=int, help="rows a step (default: 4 on GPU, 8 on CPU)")
     parser.add_argument("--steps", type=int, help="steps (default: 30 on GPU, 12 on CPU)")
@@ -297,15 +323,20 @@ def main() -> None:
                         help="ours with this --attn-impl (sdpa: packed rows keep the "
                         "block-diagonal mask instead of sdpa_varlen)")
     parser.add_argument("--lora-dropout", type=float,
-                        help="ours with this --lora-dropout (default: sdk sft's, 0.05, as the "
-                        "baseline's); 0 keeps no dropped copy of each adapter's input")
-    parser.add_argument("--liger-kernel", action="store_true", help="ours: "
-                        "--use-liger-kernel (liger's RMSNorm, SwiGLU and RoPE; CUDA)")
+                        help="ours with this --lora-dropout (default: sdk sft's, 0; the "
+                        "baseline's is 0.05)")
+    parser.add_argument("--liger-kernel", choices=list(LIGER), default="auto", help="ours: "
+                        "liger's RMSNorm, SwiGLU and RoPE (CUDA): auto (sdk sft's default: "
+                        "where they run), on, off")
     parser.add_argument("--deepspeed", metavar="CONFIG", help="ours with --deepspeed CONFIG "
                         "(one process: ZeRO's overhead)")
+    parser.add_argument("--fsdp", metavar="OPTIONS", help="ours with --fsdp OPTIONS (one "
+                        "process: FSDP2's overhead)")
     parser.add_argument("--profile", metavar="FILE", help="ours: profile the step after the "
                         "warm-up and write its operators to FILE (that step is timed too, so "
                         "the rate is not comparable)")
+    parser.add_argument("--lengths", type=int, nargs="+", help="--longest: these lengths "
+                        "instead of 4096 doubled up to 128k")
     parser.add_argument("--longest", action="store_true", help="QLoRA, one row: the longest "
                         "that each side trains")
     parser.add_argument("--fixed_len", type=int, default=0, help=argparse.SUPPRESS)
@@ -337,7 +368,8 @@ def main() -> None:
         "packing": not options.no_packing,
         "ours_max_tokens_per_batch": options.max_tokens_per_batch,
         "ours_attn_impl": options.attn_impl, "ours_lora_dropout": options.lora_dropout,
-        "ours_liger_kernel": options.liger_kernel, "ours_deepspeed": options.deepspeed,
+        "ours_liger_kernel": ours and ours["liger_kernel"], "ours_deepspeed": options.deepspeed,
+        "ours_fsdp": options.fsdp,
         "ours_tok_s": ours and ours["real_tok_s"],
         "baseline_tok_s": baseline and baseline["real_tok_s"],
         "ratio": round(ours["real_tok_s"] / baseline["real_tok_s"], 2)
@@ -347,6 +379,8 @@ def main() -> None:
         "ours_pad_frac": ours and ours["pad_frac"],
         "baseline_pad_frac": baseline and baseline["pad_frac"],
         "ours_loss": ours and ours["loss"],
+        "ours_mfu": ours and ours["useful_mfu_vs_790tf"],
+        "baseline_mfu": baseline and baseline.get("useful_mfu_vs_790tf"),
     }
     if options.longest:
         summary.update(ours_longest=lengths.get("ours"), baseline_longest=lengths.get("baseline"))

@@ -213,8 +213,10 @@ class SftArguments(ModelArguments):
                         group="performance")
     max_tokens_per_batch: int | None = arg(
         None, "Batches of as many samples as fit in N tokens (padding counted without "
-        "--packing) instead of --batch-size; a longer sample gets a batch of its own.",
-        at_least=1, group="training")
+        "--packing) instead of --batch-size; a longer sample gets a batch of its own. "
+        "Default on a CUDA GPU (unless --batch-size is given): 4096 tokens from 40 GiB of GPU "
+        "memory, 2048 from 20, else 1024; on a CPU, --batch-size rows. 0: --batch-size rows.",
+        at_least=0, group="training")
     group_by_length: bool = arg(False, "Batch samples of similar length together.",
                                 group="training")
     gradient_accumulation_steps: int = arg(16, "Steps whose gradients are summed.", at_least=1,
@@ -242,6 +244,15 @@ class SftArguments(ModelArguments):
         "deepspeed): zero2 (optimizer state and gradients), zero3 (the weights too), "
         "zero2_offload, zero3_offload (kept in CPU memory), or a DeepSpeed JSON file.",
         group="performance", kept_on_resume=True)
+    fsdp: str | None = arg(
+        None, "Shard the weights, gradients and optimizer state over the processes with "
+        "PyTorch FSDP2 (GPUs): full_shard, or shard_grad_op (weights whole until the backward: "
+        "faster, more memory); add offload to keep the shards in CPU memory (\"full_shard "
+        "offload\"); auto_wrap is accepted (each decoder layer is always its own unit).",
+        group="performance", kept_on_resume=True)
+    fsdp_config: str | None = arg(
+        None, "transformers' fsdp_config for --fsdp: a JSON file or a JSON object (keys with "
+        "or without fsdp_).", group="performance")
     offload_activations: bool = arg(
         False, "Keep the activations saved for the backward in CPU memory (implies "
         "--gradient-checkpointing): for contexts too long for GPU memory; slower.",
@@ -252,10 +263,12 @@ class SftArguments(ModelArguments):
         "full fp32 logits), auto (liger-kernel's fused kernel on CUDA when installed, else "
         "chunked; standard where the model needs it).", ("auto", "chunked", "standard"),
         group="performance")
-    use_liger_kernel: bool = arg(
-        False, "liger-kernel's Triton RMSNorm, SwiGLU and RoPE kernels in place of the model's "
+    use_liger_kernel: bool | None = arg(
+        None, "liger-kernel's Triton RMSNorm, SwiGLU and RoPE kernels in place of the model's "
         "own (CUDA GPU, pip install liger-kernel; llama, qwen2, mistral and the other families "
-        "it covers): less memory kept for the backward. The loss is --loss-impl's.",
+        "it covers): less memory kept for the backward. The loss is --loss-impl's. Default: on "
+        "where they can run (a CUDA GPU, liger-kernel installed, a family it covers); false: "
+        "off.",
         group="performance")
     adapter: str | None = arg(
         None, "Continue training this peft adapter (a folder with adapter_config.json and "

@@ -35,7 +35,7 @@ def test_adalora_needs_steps_to_score_ranks_before_pruning(refused_sft):
     (["--load_in_4bit"], "No such option '--load_in_4bit': here it is --quantization-bit 4."),
     (["--model_max_length", "512"], "here it is --max-length."),
     (["--attn-impl", "flex_attention"], "--attn-impl flex_attention needs a CUDA GPU"),
-    (["--use-liger-kernel"], "--use-liger-kernel needs a CUDA GPU"),
+    (["--use-liger-kernel"], "--use-liger-kernel: liger-kernel needs a CUDA GPU"),
     (["--enable_liger_kernel"], "here it is --use-liger-kernel."),
 ])
 def test_values_and_other_tools_flags(refused_sft, flags, message):

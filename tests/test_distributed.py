@@ -189,3 +189,62 @@ def test_two_processes_with_zero3_predict_the_held_out_rows(tiny_plugin_file, ro
     run = only_run(tmp_path / "two")
     predictions = list((run / "predictions").glob("*.jsonl"))
     assert len(predictions) == 1 and len(predictions[0].read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fsdp", "full_shard"], "--fsdp needs GPUs: accelerate runs FSDP on accelerators only"),
+    (["--fsdp", "hybrid_shard"], "--fsdp 'hybrid_shard': give FSDP options among full_shard"),
+    (["--fsdp", "full_shard", "--deepspeed", "zero2"], "both shard the training state"),
+    (["--fsdp", "full_shard", "--quantization-bit", "4"], "cannot shard a 4-bit"),
+    (["--fsdp", "full_shard", "--fsdp-config", '{"fsdp_version": 1}'], "version 1: --fsdp runs"),
+    (["--fsdp", "full_shard", "--fsdp-config", '{"state_dict_type": "SHARDED_STATE_DICT"}'],
+     "checkpoints hold the whole weights"),
+    (["--fsdp-config", "{}"], "--fsdp-config configures --fsdp, which is not given"),
+])
+def test_fsdp_settings_it_cannot_run_are_refused_before_loading(
+        run_cli, tiny_plugin_file, rows, tmp_path, flags, message):
+    result = run_cli("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                     "--model-id-or-path", tmp_path / "nonexistent", "--dataset", rows,
+                     "--output-dir", tmp_path / "out", *flags)
+    assert result.exit_code == 1 and message in result.stderr, result.output
+
+
+def test_fsdp_flags_of_other_tools_become_transformers_fsdp2_config(tmp_path):
+    from sdk.train.fsdp import fsdp_config, saved_name
+
+    # ms-swift's and LLaMA-Factory's spelling (transformers' option words)
+    assert saved_name("full_shard auto_wrap") == "full_shard"
+    assert saved_name("offload,shard_grad_op") == "shard_grad_op offload"
+    file = tmp_path / "fsdp.json"
+    file.write_text(json.dumps({"fsdp_min_num_params": 0, "fsdp_cpu_ram_efficient_loading": True}))
+    args = AnyTunerArguments(model_type=TINY_MODEL_TYPE, dataset=["x"], fsdp="full_shard offload",
+                             fsdp_config=str(file), gradient_checkpointing=True)
+    assert fsdp_config(args) == {
+        "min_num_params": 0, "cpu_ram_efficient_loading": True, "version": 2,
+        "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "reshard_after_forward": True, "cpu_offload": True, "activation_checkpointing": True}
+    from transformers import TrainingArguments
+
+    # what transformers makes of it: the FSDP2 plugin's settings
+    plugin = TrainingArguments(str(tmp_path), fsdp=True, fsdp_config=fsdp_config(args),
+                               use_cpu=True).fsdp_plugin_args
+    assert plugin["fsdp_version"] == 2 and plugin["cpu_offload"] is True
+    assert plugin["activation_checkpointing"] is True and plugin["reshard_after_forward"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP runs on GPUs (accelerate)")
+def test_cuda_fsdp_trains_resumes_and_saves_the_whole_adapter_like_a_run_without_it(
+        tiny_plugin_file, rows, tmp_path):
+    fp32 = ("--dtype", "fp32")
+    sdk_sft(tiny_plugin_file, rows, tmp_path / "fsdp", "--max-steps", "2", "--fsdp",
+            "full_shard auto_wrap", *fp32, processes=1, batch_size=2)
+    sdk_sft(tiny_plugin_file, rows, tmp_path / "fsdp", "--max-steps", "4", "--fsdp",
+            "full_shard", "--resume-from-checkpoint", "auto", *fp32, processes=1, batch_size=2)
+    sdk_sft(tiny_plugin_file, rows, tmp_path / "plain", "--max-steps", "4", *fp32,
+            processes=1, batch_size=2)
+    fsdp, plain = only_run(tmp_path / "fsdp"), only_run(tmp_path / "plain")
+    assert list((fsdp / "checkpoint-4").glob("pytorch_model_fsdp*"))  # FSDP's, for resuming
+    assert logged_losses(fsdp) == pytest.approx(logged_losses(plain), rel=1e-4)
+    assert_same_weights(fsdp / "checkpoint-4" / "adapter_model.safetensors",
+                        plain / "checkpoint-4" / "adapter_model.safetensors")

@@ -12,7 +12,8 @@ import torch
 from sdk.config import SftArguments
 from sdk.errors import SdkError
 from sdk.train import liger_kernels
-from sdk.train.liger_kernels import LIGER_FUNCTIONS, apply_liger_kernels, check_liger_kernels
+from sdk.train.fast_path import Device, liger_unavailable
+from sdk.train.liger_kernels import LIGER_FUNCTIONS, apply_liger_kernels, liger_function
 from sdk.train.plan import resolve_plan
 
 on_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -39,18 +40,26 @@ PLANNED = {
 }
 
 
+@pytest.fixture
+def liger_machine(monkeypatch):
+    """The machine as the plan sees it: a CUDA GPU with liger-kernel installed."""
+    monkeypatch.setattr("sdk.train.plan.this_device", lambda: Device(gpu=True, memory_gib=80))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: object()
+                        if name == "liger_kernel" else find_spec(name, *rest))
+
+
 def liger_plan(registry, model_type: str, tmp_path):
     return resolve_plan(SftArguments(model_type=model_type, dataset=["self-cognition"],
                                      output_dir=str(tmp_path), use_liger_kernel=True), registry)
 
 
 @pytest.mark.parametrize("model_type", sorted(PLANNED))
-def test_the_plan_names_ligers_function_for_the_architecture(model_type, monkeypatch,
+def test_the_plan_names_ligers_function_for_the_architecture(model_type, liger_machine,
                                                               tmp_path, sdk_registry):
-    monkeypatch.setattr(liger_kernels, "check_machine", lambda: None)  # as on a CUDA machine
     assert sdk_registry.get("models", model_type)  # a registered model type
     choice = liger_plan(sdk_registry, model_type, tmp_path).as_dict()["choices"]["liger_kernel"]
-    assert choice["value"] == PLANNED[model_type]
+    assert choice == {"value": True, "why": f"--use-liger-kernel true: {PLANNED[model_type]}"}
 
 
 @pytest.mark.parametrize("model_type, architectures", [
@@ -122,17 +131,15 @@ def test_on_cuda_liger_kernels_keep_losses_and_gradients_in_less_memory(monkeypa
     assert patched[2] < 0.9 * own[2]
 
 
-@on_cuda
-def test_on_cuda_a_family_liger_has_no_kernels_for_is_refused_before_loading():
-    with pytest.raises(SdkError, match="liger-kernel has no kernels for --model-type "
-                                       "chatglm3-6b"):
-        check_liger_kernels(("chatglm",), "chatglm3-6b")
-    assert check_liger_kernels(("qwen2",), "qwen2-7b-instruct") == "apply_liger_kernel_to_qwen2"
-    assert check_liger_kernels(("gemma2",), "gemma2-9b-it") == "apply_liger_kernel_to_gemma2"
-    assert check_liger_kernels(("gemma3_text", "gemma3"), "gemma3-4b-it") == (
-        "apply_liger_kernel_to_gemma3_text")
-    # declares no architecture: checked on load
-    assert check_liger_kernels((), "third-party-type") is None
+def test_the_machine_is_checked_after_the_family():
+    gpu, cpu = Device(gpu=True, memory_gib=80), Device(gpu=False)
+    assert liger_unavailable(("chatglm",), "chatglm3-6b", cpu) == (
+        "liger-kernel has no kernels for --model-type chatglm3-6b (chatglm models)")
+    assert "needs a CUDA GPU" in liger_unavailable(("qwen2",), "qwen2-7b-instruct", cpu)
+    if importlib.util.find_spec("liger_kernel") is None:
+        assert "not installed" in liger_unavailable(("qwen2",), "qwen2-7b-instruct", gpu)
+    assert liger_function(("gemma3_text", "gemma3")) == "apply_liger_kernel_to_gemma3_text"
+    assert liger_function(()) is None  # declares no architecture: checked on load
 
 
 @on_cuda

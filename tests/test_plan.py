@@ -3,6 +3,7 @@ the tokenizer alone; every run refuses data with nothing to train before its mod
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -78,14 +79,20 @@ def test_dry_run_prints_the_plan_and_data_without_weights_or_run_folder(
 
 def test_the_json_plan_says_how_ligers_function_is_found(sft, identity_data, no_model_load,
                                                          monkeypatch):
-    monkeypatch.setattr("sdk.train.liger_kernels.check_machine", lambda: None)  # as on CUDA
+    from sdk.train.fast_path import Device
+
+    monkeypatch.setattr("sdk.train.plan.this_device", lambda: Device(gpu=True, memory_gib=80))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: object()
+                        if name == "liger_kernel" else find_spec(name, *rest))
     result = sft("--dataset", identity_data, "--use-liger-kernel", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     choice = json.loads(result.stdout)["plan"]["choices"]["liger_kernel"]
     # the tiny model type declares no architecture (config_model_types): its loaded model's
     # is looked up (a family's are named before: tests/test_liger_kernels.py)
-    assert choice == {"value": "by the model's architecture, when it loads",
-                      "why": f"--use-liger-kernel: {TINY_MODEL_TYPE} declares no architecture"}
+    assert choice == {"value": True, "why": "--use-liger-kernel true: liger's function for the "
+                      "architecture, found when the model loads "
+                      f"({TINY_MODEL_TYPE} declares none)"}
 
 
 def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_path):
@@ -126,6 +133,7 @@ def test_a_run_with_no_trained_token_is_refused_before_the_model_loads(
                      "--truncation-strategy", strategy)
         assert result.exit_code == 1, result.output
         assert "[sdk] data: 0 training rows" in result.stderr
+        assert result.stderr.count("[sdk] fast path: packing on (off: --packing false)") == 1
         assert "No training row has a token to train" in result.stderr
         assert f"of 4 rows, {why}" in result.stderr and "Raise --max-length" in result.stderr
 
@@ -172,3 +180,73 @@ def test_the_readmes_dry_run_prints_what_the_readme_shows(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == expected
     assert not (tmp_path / "output" / "smollm2-135m-instruct").exists()
+
+
+def qwen_lora_plan(registry, data, tmp_path, **flags):
+    """The plan of `sdk sft --model-type qwen2.5-7b-instruct --sft-type lora --dataset DATA`."""
+    from sdk.testing import AnyTunerArguments
+
+    return resolve_plan(AnyTunerArguments(model_type="qwen2.5-7b-instruct", sft_type="lora",
+                                          dataset=[str(data)], output_dir=str(tmp_path / "out"),
+                                          **flags), registry)
+
+
+@pytest.fixture
+def faked_gpu(monkeypatch):
+    """torch sees an 80 GiB CUDA GPU with bf16 (the plan is plain data: nothing runs on it)."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(
+        name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30))
+
+
+def test_on_a_gpu_the_default_flags_plan_the_fast_path_and_each_part_turns_off(
+        plugin_set, identity_data, tmp_path, faked_gpu, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: object()
+                        if name == "liger_kernel" else find_spec(name, *rest))
+    plan = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path)
+    assert plan.choices["dtype"].value == "bf16"
+    assert (plan.args.packing, plan.args.max_tokens_per_batch, plan.args.use_liger_kernel,
+            plan.args.lora_dropout) == (True, 4096, True, 0.0)
+    assert plan.fast_path() == (
+        "[sdk] fast path: batch 4096 tokens (off: --max-tokens-per-batch 0); packing on (off: "
+        "--packing false); liger_kernel on (off: --use-liger-kernel false); lora_dropout 0.0 "
+        "(off: --lora-dropout 0.05)")
+    assert "for 80 GiB of GPU memory" in plan.choices["batch"].why
+    assert plan.as_dict()["choices"]["liger_kernel"]["off"] == "--use-liger-kernel false"
+
+    off = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path, packing=False,
+                         max_tokens_per_batch=0, use_liger_kernel=False, lora_dropout=0.05)
+    assert (off.args.packing, off.args.max_tokens_per_batch, off.args.use_liger_kernel,
+            off.args.lora_dropout) == (False, None, False, 0.05)
+    assert off.fast_path().startswith("[sdk] fast path: nothing; not here: batch")
+    # --batch-size given: its rows, not the budget
+    assert qwen_lora_plan(plugin_set.registry, identity_data, tmp_path,
+                          batch_size=4).args.max_tokens_per_batch is None
+
+
+def test_on_a_cpu_the_plan_keeps_batches_of_rows_and_says_why_the_rest_is_off(
+        plugin_set, identity_data, tmp_path):
+    plan = qwen_lora_plan(plugin_set.registry, identity_data, tmp_path)
+    assert (plan.args.max_tokens_per_batch, plan.args.use_liger_kernel) == (None, False)
+    assert plan.choices["batch"].value["per device"] == "1 row"
+    assert plan.fast_path() == (
+        "[sdk] fast path: packing on (off: --packing false); lora_dropout 0.0 (off: "
+        "--lora-dropout 0.05); not here: batch (--batch-size (a token budget on a GPU only); "
+        "an optimizer step takes 16 batches on each of 1 process: 16 rows); liger_kernel "
+        "(liger-kernel needs a CUDA GPU (its kernels are written in Triton))")
+
+
+@pytest.mark.parametrize("memory, tokens", [(141, 4096), (40, 4096), (24, 2048), (16, 1024)])
+def test_the_token_budget_is_sized_to_the_gpu(memory, tokens):
+    from sdk.train.fast_path import Device, token_budget
+
+    assert token_budget(Device(gpu=True, memory_gib=memory)) == tokens
+    assert token_budget(Device(gpu=False)) is None

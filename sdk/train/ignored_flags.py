@@ -30,7 +30,7 @@ class Overruled:
 OVERRULED = (
     Overruled(("split_dataset_ratio",), lambda args: bool(args.val_dataset),
               "--val-dataset gives the held-out rows, and every --dataset row trains"),
-    Overruled(("batch_size",), lambda args: args.max_tokens_per_batch is not None,
+    Overruled(("batch_size",), lambda args: bool(args.max_tokens_per_batch),  # 0: none
               "--max-tokens-per-batch {max_tokens_per_batch} makes the batches"),
     Overruled(("hub_model_id", "hub_private_repo", "push_hub_strategy", "push_training_state"),
               lambda args: not args.push_to_hub,

@@ -10,7 +10,6 @@ liger's fused linear cross-entropy on CUDA).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 from typing import Any
@@ -42,35 +41,11 @@ LIGER_FUNCTIONS = {
 }
 
 
-def liger_function(config_model_types: tuple[str, ...], model_type: str) -> str | None:
-    """The name of liger's function for the model type's architecture (the first of its
-    ``config_model_types`` that has one); None where it declares none (checked on load)."""
-    if not config_model_types:
-        return None
-    for config_model_type in config_model_types:
-        if config_model_type in LIGER_FUNCTIONS:
-            return LIGER_FUNCTIONS[config_model_type]
-    raise SdkError(f"{FLAG}: liger-kernel has no kernels for --model-type {model_type} "
-                   f"({', '.join(config_model_types)} models). Leave the flag out.")
-
-
-def check_machine() -> None:
-    """The kernels can run here: a CUDA GPU and liger-kernel installed."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SdkError(f"{FLAG} needs a CUDA GPU: liger-kernel's kernels are written in "
-                       "Triton. Leave the flag out on this machine.")
-    if importlib.util.find_spec("liger_kernel") is None:
-        raise SdkError(f"{FLAG} needs liger-kernel: pip install liger-kernel")
-
-
-def check_liger_kernels(config_model_types: tuple[str, ...], model_type: str) -> str | None:
-    """liger's function for the model type (``liger_function``) where the kernels can run,
-    before the model loads."""
-    function = liger_function(config_model_types, model_type)
-    check_machine()
-    return function
+def liger_function(config_model_types: tuple[str, ...]) -> str | None:
+    """The name of liger's function for the first of ``config_model_types`` that has one;
+    None where none has (or none is declared: the loaded model's is looked up)."""
+    return next((LIGER_FUNCTIONS[name] for name in config_model_types
+                 if name in LIGER_FUNCTIONS), None)
 
 
 def installed_function(name: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from sdk.config import TRACKER_PACKAGES, SftArguments, saved_arguments
+from sdk.config import TRACKER_PACKAGES, SftArguments, changed_fields, saved_arguments
 from sdk.errors import SdkError
 from sdk.folders import require_writable
 from sdk.hubs import default_hub
@@ -32,12 +32,15 @@ from sdk.specs import ModelSpec, TemplateSpec, Tuner, resolve_callable
 from sdk.templates.engine import Template, with_thinking
 from sdk.train.deepspeed_configs import check_deepspeed, saved_name
 from sdk.train.distributed import is_main_process, world_size
+from sdk.train.fast_path import Device, liger_unavailable, this_device, token_budget
+from sdk.train.fsdp import check_fsdp, fsdp_config
+from sdk.train.fsdp import saved_name as saved_fsdp_name
 from sdk.train.ignored_flags import ignored_flags, without_ignored_ratio
-from sdk.train.liger_kernels import check_liger_kernels
+from sdk.train.liger_kernels import liger_function
 from sdk.train.packing import NEFTUNE_UNPACKED
 from sdk.train.resume import resume_checkpoint
 from sdk.tuners import check_requires
-from sdk.tuners.lora import MUTATING_INITS, lora_dropout
+from sdk.tuners.lora import lora_dropout
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Choice:
 
     value: Any
     why: str
+    off: str | None = None  # a fast-path choice: the flag that turns it off
 
 
 @dataclass
@@ -84,6 +88,28 @@ class Plan:
         lines += [f"  {name.ljust(width)}  {format_value(choice.value)}  ({choice.why})"
                   for name, choice in self.choices.items()]
         return "\n".join(lines)
+
+
+    def fast_path(self) -> str:
+        """The fast-path choices (``sdk.train.fast_path``) on one line, each with its off
+        flag; what stays off here, and why."""
+        parts = [f"{name} {short_value(choice.value)} (off: {choice.off})"
+                 for name, choice in self.choices.items() if choice.off]
+        missing = [f"{name} ({choice.why})" for name, choice in self.choices.items()
+                   if name in FAST_PATH_CHOICES and not choice.off]
+        return ("[sdk] fast path: " + ("; ".join(parts) or "nothing")
+                + (f"; not here: {'; '.join(missing)}" if missing else ""))
+
+
+# the choices that are the fast path where they can be (each has an off flag when chosen)
+FAST_PATH_CHOICES = ("packing", "batch", "liger_kernel", "lora_dropout")
+
+
+def short_value(value: Any) -> str:
+    """A choice's value in a few words: on/off, a batch's size per device."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value["per device"] if isinstance(value, dict) else format_value(value)
 
 
 def held_out_text(args: SftArguments) -> str:
@@ -199,12 +225,26 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
                        f"--sft-type {tuner.name} on the unquantized model.")
     check_trackers(args.report_to)
     check_optimizer(args.optim)
-    liger = check_liger_kernels(
-        (spec.converted_to,) if spec.converted_to else spec.config_model_types,
-        args.model_type) if args.use_liger_kernel else None
+    device = this_device()
+    liger_why = liger_unavailable(liger_model_types(spec), args.model_type, device)
+    if args.use_liger_kernel and liger_why:
+        raise SdkError(f"--use-liger-kernel: {liger_why}. Leave the flag out.")
+    given_liger, given_budget = args.use_liger_kernel, args.max_tokens_per_batch
+    if given_liger is None and not liger_why and not liger_model_types(spec):
+        liger_why = (f"--model-type {args.model_type} names no architecture to check "
+                     "liger-kernel's kernels against: on only with --use-liger-kernel")
+    args = dataclasses.replace(
+        args, use_liger_kernel=not liger_why if given_liger is None else given_liger,
+        max_tokens_per_batch=automatic_budget(args, device))
     if args.deepspeed:
         check_deepspeed(args)
         args = dataclasses.replace(args, deepspeed=saved_name(args.deepspeed))
+    if args.fsdp:
+        check_fsdp(args)
+        args = dataclasses.replace(args, fsdp=saved_fsdp_name(args.fsdp))
+    elif args.fsdp_config:
+        raise SdkError("--fsdp-config configures --fsdp, which is not given: add --fsdp "
+                       "full_shard (or leave --fsdp-config out).")
     resume_given = args.resume_from_checkpoint
     resumed = resume_checkpoint(args)
     if resumed:  # the run's saved arguments name the checkpoint, not "auto"
@@ -225,7 +265,9 @@ def resolve_plan(args: SftArguments, registry: Registry) -> Plan:
     registry.get("hubs", args.hub)
     destination = push_destination(args, registry)  # --push-to-hub, checked before loading
     choices = automatic_choices(args, spec, tuner, given_bits, given_dropout,
-                                checkpointing_forced, liger)
+                                checkpointing_forced,
+                                fast_path_choices(args, spec, device, given_budget, given_liger,
+                                                  liger_why))
     if args.output_dir_as_run and not resumed:
         choices["run_folder"] = given_folder_choice(args)
     choices["resume"] = Choice(
@@ -251,9 +293,9 @@ def given_folder_choice(args: SftArguments) -> Choice:
 
 def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
                       given_bits: int | None, given_dropout: float | None,
-                      checkpointing_forced: bool, liger: str | None) -> dict[str, Choice]:
+                      checkpointing_forced: bool, fast: dict[str, Choice]) -> dict[str, Choice]:
     """What each setting that depends on the machine, the model type or the tuner picked
-    (``liger``: liger-kernel's function for the model type, with --use-liger-kernel)."""
+    (``fast``: the batches and liger-kernel, as ``fast_path_choices`` picked them)."""
     import torch
 
     dtype = torch_dtype(args.dtype)
@@ -271,33 +313,17 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
     learning_rate = args.learning_rate or tuner.default_learning_rate
     choices["learning_rate"] = Choice(learning_rate, "--learning-rate" if args.learning_rate
                                       else f"--sft-type {tuner.name}'s default")
-    processes = world_size()
-    steps = args.gradient_accumulation_steps
-    per_device = (f"{args.max_tokens_per_batch} tokens" if args.max_tokens_per_batch
-                  else f"{args.batch_size} row{'s' if args.batch_size > 1 else ''}")
-    choices["batch"] = Choice(
-        {"per device": per_device, "gradient accumulation": steps, "processes": processes},
-        ("--max-tokens-per-batch: rows grouped by length into batches of up to "
-         f"{args.max_tokens_per_batch} tokens" if args.max_tokens_per_batch else "--batch-size")
-        + f"; an optimizer step takes {steps} batches on each of {processes} process"
-        + ("es" if processes > 1 else "")
-        + ("" if args.max_tokens_per_batch
-           else f": {args.batch_size * steps * processes} rows"))
+    choices["batch"] = fast["batch"]
     if not args.packing:
         packing = Choice(False, "--packing false: batches are padded")
     elif args.neftune_noise_alpha:
         packing = Choice(False, NEFTUNE_UNPACKED)
     else:
         packing = Choice(True, "--packing: a batch's rows joined into one, if the model (and "
-                         "tuner) passes the packing probe once loaded; else padded, said then")
+                         "tuner) passes the packing probe once loaded; else padded, said then",
+                         off="--packing false")
     choices["packing"] = packing
-    if not args.use_liger_kernel:
-        choices["liger_kernel"] = Choice(False, "off unless --use-liger-kernel")
-    else:
-        choices["liger_kernel"] = Choice(
-            liger or "by the model's architecture, when it loads",
-            f"--use-liger-kernel: liger-kernel's function for {args.model_type}'s architecture"
-            if liger else f"--use-liger-kernel: {args.model_type} declares no architecture")
+    choices["liger_kernel"] = fast["liger_kernel"]
     if given_bits is not None:
         why = "--quantization-bit"
     elif args.quantization_bit:
@@ -308,15 +334,67 @@ def automatic_choices(args: SftArguments, spec: ModelSpec, tuner: Tuner,
         why = "the base is not quantized"
     choices["quantization"] = Choice(args.quantization_bit or spec.quantized or None, why)
     if "lora_dropout" in option_names(tuner.options):
-        init = getattr(args, "init_lora_weights", "default")  # adalora has no such option
-        choices["lora_dropout"] = Choice(
-            args.lora_dropout,
-            "--lora-dropout" if given_dropout is not None else
-            f"--init-lora-weights {init} starts the adapters with part of the base weights"
-            if init in MUTATING_INITS else "the default")
+        choices["lora_dropout"] = (
+            Choice(args.lora_dropout, "--lora-dropout") if given_dropout is not None else
+            Choice(args.lora_dropout, "the default: a dropout keeps a dropped copy of each "
+                   "adapter's input for the backward", off="--lora-dropout 0.05"))
     if checkpointing_forced:
         choices["gradient_checkpointing"] = Choice(
             True, "--offload-activations offloads what checkpointing keeps")
     if args.deepspeed:
         choices["deepspeed"] = Choice(args.deepspeed, "--deepspeed")
+    if args.fsdp:
+        choices["fsdp"] = Choice(fsdp_config(args), f"--fsdp {args.fsdp}" + (
+            f" --fsdp-config {args.fsdp_config}" if args.fsdp_config else ""))
     return choices
+
+
+def liger_model_types(spec: ModelSpec) -> tuple[str, ...]:
+    """The architectures liger-kernel must cover for the model type."""
+    return (spec.converted_to,) if spec.converted_to else spec.config_model_types
+
+
+def automatic_budget(args: SftArguments, device: Device) -> int | None:
+    """--max-tokens-per-batch as the run applies it: as given (0: none), else the device's
+    budget unless --batch-size is given."""
+    if args.max_tokens_per_batch is not None:
+        return args.max_tokens_per_batch or None
+    return None if changed_fields(args, ["batch_size"]) else token_budget(device)
+
+
+def fast_path_choices(args: SftArguments, spec: ModelSpec, device: Device,
+                      given_budget: int | None,
+                      given_liger: bool | None, liger_why: str | None) -> dict[str, Choice]:
+    """The batches and liger-kernel: what the fast path picked on ``device`` and why."""
+    processes = world_size()
+    steps = args.gradient_accumulation_steps
+    budget = args.max_tokens_per_batch
+    per_device = f"{budget} tokens" if budget else (
+        f"{args.batch_size} row{'s' if args.batch_size > 1 else ''}")
+    spread = (f"; an optimizer step takes {steps} batches on each of {processes} process"
+              + ("es" if processes > 1 else "")
+              + ("" if budget else f": {args.batch_size * steps * processes} rows"))
+    value = {"per device": per_device, "gradient accumulation": steps, "processes": processes}
+    if given_budget:
+        batch = Choice(value, "--max-tokens-per-batch: rows grouped by length into batches of "
+                       f"up to {budget} tokens" + spread)
+    elif budget:
+        batch = Choice(value, f"rows grouped into batches of up to {budget} tokens, for "
+                       f"{device.memory_gib:.0f} GiB of GPU memory" + spread,
+                       off="--max-tokens-per-batch 0")
+    else:
+        why = ("--max-tokens-per-batch 0" if given_budget == 0 else
+               "--batch-size" if device.gpu else "--batch-size (a token budget on a GPU only)")
+        batch = Choice(value, why + spread)
+    function = liger_function(liger_model_types(spec)) or (
+        f"liger's function for the architecture, found when the model loads "
+        f"({args.model_type} declares none)")
+    if given_liger is not None:
+        liger = Choice(given_liger, f"--use-liger-kernel {str(given_liger).lower()}"
+                       + (f": {function}" if given_liger else ""))
+    elif liger_why:
+        liger = Choice(False, liger_why)
+    else:
+        liger = Choice(True, f"a CUDA GPU, liger-kernel installed and kernels for the model: "
+                       f"{function}", off="--use-liger-kernel false")
+    return {"batch": batch, "liger_kernel": liger}

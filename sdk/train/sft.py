@@ -61,6 +61,7 @@ from sdk.train.distributed import (
     shared_run_dir,
     world_size,
 )
+from sdk.train.fsdp import fsdp_config
 from sdk.train.liger_kernels import apply_liger_kernels
 from sdk.train.plan import Plan, resolve_plan, template_of
 from sdk.train.plot import plot_after_training
@@ -187,6 +188,8 @@ def run_plan(plan: Plan, registry: Registry) -> SftResult:
     """Execute ``plan``: data and tokenizer first (bad data fails before any weight loads),
     then the model, the tuner and the Trainer."""
     args = plan.args
+    if is_main_process():
+        click.echo(plan.fast_path(), err=True)
     spec = registry.get("models", args.model_type)
     tuner = registry.get("tuners", args.sft_type)
     resumed = Path(plan.resume_from) if plan.resume_from else None
@@ -332,7 +335,11 @@ def build_trainer(model, tokenizer, examples, eval_examples, args: SftArguments,
         if is_main_process():
             click.echo(f"[sdk] {done}", err=True)
     optional = {}
-    if args.gradient_checkpointing:
+    if args.fsdp:  # FSDP's own activation checkpointing replaces the Trainer's
+        optional.update(fsdp=True, fsdp_config=fsdp_config(args))
+        if world_size() == 1:
+            single_process_rendezvous()
+    elif args.gradient_checkpointing:
         # transformers 5.24 renamed the flag; 5.17 (still in use on GPU machines) has only the
         # old name.
         names = {f.name for f in dataclasses.fields(TrainingArguments)}

@@ -12,9 +12,10 @@ class AdapterOptions:
 
     lora_alpha: int = arg(32, "LoRA alpha.", at_least=1)
     lora_dropout: float | None = arg(
-        None, "LoRA dropout (default: 0.05; 0 with --init-lora-weights pissa or olora, whose "
-        "adapters start with part of the base weights, which dropout would drop, and when "
-        "--lora-target-modules names weights, which peft's LoRA takes without dropout).",
+        None, "LoRA dropout (default: 0: a dropout keeps a dropped copy of each adapter's "
+        "input for the backward, 7 GiB more and 4% slower on qwen2.5-7b at 4096 tokens; "
+        "ms-swift's default is 0.05). Not with --lora-target-modules naming weights, which "
+        "peft's LoRA takes without dropout.",
         at_least=0, below=1)
     lora_target_modules: list[str] = arg(
         [], "Modules that get LoRA: names, or ALL for every linear layer; a name that is no "
