@@ -59,7 +59,8 @@ def test_the_plan_names_ligers_function_for_the_architecture(model_type, liger_m
                                                               tmp_path, sdk_registry):
     assert sdk_registry.get("models", model_type)  # a registered model type
     choice = liger_plan(sdk_registry, model_type, tmp_path).as_dict()["choices"]["liger_kernel"]
-    assert choice == {"value": True, "why": f"--use-liger-kernel true: {PLANNED[model_type]}"}
+    assert choice == {"value": True, "why": f"--use-liger-kernel true: {PLANNED[model_type]}",
+                      "off": None}
 
 
 @pytest.mark.parametrize("model_type, architectures", [

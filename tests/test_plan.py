@@ -92,7 +92,7 @@ def test_the_json_plan_says_how_ligers_function_is_found(sft, identity_data, no_
     # is looked up (a family's are named before: tests/test_liger_kernels.py)
     assert choice == {"value": True, "why": "--use-liger-kernel true: liger's function for the "
                       "architecture, found when the model loads "
-                      f"({TINY_MODEL_TYPE} declares none)"}
+                      f"({TINY_MODEL_TYPE} declares none)", "off": None}
 
 
 def test_the_plan_is_json_and_keeps_secrets_out(plugin_set, identity_data, tmp_path):
