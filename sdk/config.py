@@ -357,6 +357,11 @@ class DeployArguments(GenerationArguments):
     served_model_name: str | None = arg(
         None, "The model name clients send and /v1/models lists (default: the --ckpt-dir "
         "run's folder name, else the --model-type).", group="server")
+    max_concurrency: int = arg(16, "Replies generated together (continuous batching; 1: one at "
+                               "a time).", at_least=1, group="server")
+    max_queue: int = arg(64, "Replies waiting for a place past --max-concurrency; a request "
+                         "beyond them is answered 429 with Retry-After.", at_least=0,
+                         group="server")
 
 
 @dataclass

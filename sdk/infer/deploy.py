@@ -70,7 +70,8 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
     set_seed(args.seed)
     model, tokenizer, template = load_for_inference(args, registry)
     host, port = sock.getsockname()[:2]
-    Server(Served(model, tokenizer, template, args, name), ready=(
+    served = Served(model, tokenizer, template, args, name, args.max_concurrency, args.max_queue)
+    Server(served, ready=(
         f"[sdk] serving '{name}' at http://{host}:{port}/v1 (OpenAI API: /v1/models, "
         "/v1/chat/completions); Ctrl-C stops")).run(sockets=[sock])
     # Stopped. Exiting with torch loaded takes seconds: a Ctrl-C meanwhile ends it at once, as

@@ -40,7 +40,7 @@ from transformers.cache_utils import DynamicLayer
 
 
 class QueueFull(Exception):
-    """More sequences waiting than the engine's ``max_waiting``."""
+    """No room for more sequences: ``max_running`` run and ``max_waiting`` wait."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +65,15 @@ class Sampling:
         """From ``model.generate``'s options as ``sdk.infer.chat.generation_options`` gives
         them."""
         sampled = options["do_sample"]
-        return cls(max_tokens=options["max_new_tokens"],
-                   stop_ids=tuple(options["eos_token_id"]),
-                   stop_strings=tuple(options.get("stop_strings", ())),
-                   do_sample=sampled,
-                   temperature=options["temperature"] if sampled else 1.0,
-                   top_k=options["top_k"] if sampled else 0,
-                   top_p=options["top_p"] if sampled else 1.0,
-                   repetition_penalty=options["repetition_penalty"],
-                   no_repeat_ngram_size=options["no_repeat_ngram_size"], **changes)
+        fields = dict(max_tokens=options["max_new_tokens"],
+                      stop_ids=tuple(options["eos_token_id"]),
+                      stop_strings=tuple(options.get("stop_strings", ())), do_sample=sampled,
+                      temperature=options["temperature"] if sampled else 1.0,
+                      top_k=options["top_k"] if sampled else 0,
+                      top_p=options["top_p"] if sampled else 1.0,
+                      repetition_penalty=options["repetition_penalty"],
+                      no_repeat_ngram_size=options["no_repeat_ngram_size"])
+        return cls(**{**fields, **changes})
 
     def processors(self) -> LogitsProcessorList:
         """The logits processors, in ``model.generate``'s order."""
@@ -197,9 +197,10 @@ class Engine:
                 generator = torch.Generator(self.model.device).manual_seed(seed + index)
             sequences.append(Running(submission, index, sampling.processors(), generator))
         with self.wake:
-            if self.max_waiting is not None and len(self.waiting) + n > self.max_waiting:
-                raise QueueFull(f"{len(self.waiting)} sequences wait already "
-                                f"(at most {self.max_waiting})")
+            running, waiting = len(self.running), len(self.waiting)
+            if (self.max_waiting is not None
+                    and running + waiting + n > self.max_running + self.max_waiting):
+                raise QueueFull(f"{running} generating, {waiting} waiting")
             self.waiting.extend(sequences)
             self.wake.notify()
         return submission

@@ -1,5 +1,7 @@
 """The HTTP API of `sdk deploy`: OpenAI's ``GET /v1/models`` and ``POST /v1/chat/completions``
-(whole, or streamed as server-sent events) over one loaded model, one generation at a time.
+(whole, or streamed as server-sent events) over one loaded model. Requests are generated
+together by continuous batching (sdk/infer/engine.py): up to --max-concurrency at once, up to
+--max-queue more waiting, and past that a 429 with Retry-After.
 
 Replies are what `sdk infer` answers (the same prompt encoding, decoding options, stop words
 and trimming: sdk/infer/chat.py); a streamed reply holds back text that a stop word may still
@@ -21,29 +23,21 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Literal
 
 import anyio
 import click
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from sdk.config import GenerationArguments
-from sdk.infer.chat import (
-    StreamedReply,
-    finish_reply,
-    generation_options,
-    positions_taken,
-    stop_tokens,
-)
+from sdk.infer.chat import finish_reply, generation_options, positions_taken
+from sdk.infer.engine import Engine, QueueFull, Sampling, TokenLogprob
 from sdk.models.rope import context_window
 from sdk.templates.engine import Template
 
@@ -51,8 +45,13 @@ from sdk.templates.engine import Template
 # overflows them, and sampling from the overflow fails (on a GPU, with a device-side assert).
 GREEDY_BELOW = 1e-5
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 415: "invalid_request_error", 500: "server_error",
-               503: "server_error"}
+               405: "invalid_request_error", 415: "invalid_request_error", 429: "requests",
+               500: "server_error", 503: "server_error"}
+# The most replies (n) and alternatives of a token (top_logprobs) a request may ask for, as
+# OpenAI's API limits them
+MAX_CHOICES, MAX_TOP_LOGPROBS = 128, 20
+# What a 429 asks a client to wait before it retries, in seconds
+RETRY_AFTER_SECONDS = 1
 # How long a stopping server waits for its connections to close before it cuts them: the
 # generations have ended at their next token, so this is only for clients slow to send or read.
 GRACE_SECONDS = 3
@@ -62,15 +61,16 @@ class ApiError(Exception):
     """A request the API answers with OpenAI's error JSON and ``status``."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, self.param, self.code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def server_stopping() -> ApiError:
@@ -121,14 +121,15 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
-    @field_validator("n")
-    @classmethod
-    def one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported (one reply per request)")
-        return n
+    @model_validator(mode="after")
+    def top_logprobs_with_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -169,19 +170,6 @@ def request_error(error: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {message}" if param else message, param or None)
 
 
-class EndsEarly(StoppingCriteria):
-    """Ends a generation at the next token once one of ``events`` is set: its reader has gone
-    (a client that disconnected mid-stream), or the server stops."""
-
-    def __init__(self, *events: threading.Event):
-        self.events = events
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        ended = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), ended, dtype=torch.bool,
-                          device=input_ids.device)
-
-
 def settled_text(raw: str, stop_strings: list[str]) -> str:
     """The start of ``finish_reply(raw + anything)`` that more text cannot change: the text
     before a stop word, less an ending that may begin one, without surrounding whitespace."""
@@ -193,92 +181,116 @@ def settled_text(raw: str, stop_strings: list[str]) -> str:
 
 
 @dataclasses.dataclass
-class Reply:
-    """One generation: iterating gives the reply's text as it grows (pieces joined: the
-    reply `sdk infer` gives); afterwards ``text``, ``finish_reason`` and the token counts are
-    set. Generations run one at a time (``lock``)."""
+class Choice:
+    """One of a reply's ``n`` texts: what was sent of it so far, its token logprobs (OpenAI's
+    entries) not yet sent, and once it ends its text, finish reason and token count."""
 
-    served: Served
-    inputs: Any
-    options: dict[str, Any]
-    stop_strings: list[str]
-    seed: int | None
+    sent: str = ""
     text: str = ""
     finish_reason: str = "length"
     completion_tokens: int = 0
+    logprobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    unsent: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """What a reply adds to its choice ``index``: text, with the logprobs of its tokens, and
+    on the choice's last delta its finish reason."""
+
+    index: int
+    text: str
+    logprobs: list[dict[str, Any]] | None
+    finish_reason: str | None = None
+
+
+@dataclasses.dataclass
+class Reply:
+    """One request's generation: ``start()`` queues it with the server's engine (a 429 when
+    the queue is full); iterating gives its Deltas as the texts grow (a choice's pieces
+    joined: the reply `sdk infer` gives); afterwards ``choices`` hold the texts, finish
+    reasons and token counts."""
+
+    served: Served
+    prompt_ids: list[int]
+    sampling: Sampling
+    n: int = 1
+    choices: list[Choice] = dataclasses.field(default_factory=list)
     # set: end the generation at the next token (its reader has gone, or the server stops)
     gone: threading.Event = dataclasses.field(default_factory=threading.Event)
+    submission: Any = None
 
     @property
     def prompt_tokens(self) -> int:
-        return int(self.inputs["input_ids"].shape[1])
+        return len(self.prompt_ids)
 
-    def __iter__(self) -> Iterator[str]:
-        served, gone = self.served, self.gone
-        options = {**self.options,
-                   "stopping_criteria": StoppingCriteriaList([EndsEarly(gone, served.stopping)])}
-        with served.turn():
-            if self.seed is not None:
-                set_seed(self.seed)
-            streamed = StreamedReply(served.model, served.tokenizer, self.inputs, options)
-            pieces, raw, sent = iter(streamed), "", ""
-            try:
-                for piece in pieces:
-                    raw += piece
-                    ready = settled_text(raw, self.stop_strings)
-                    if len(ready) > len(sent):
-                        yield ready[len(sent):]
-                        sent = ready
-            finally:  # a reader that left: end the generation now, not at max_tokens
-                gone.set()
-                pieces.close()
-            if served.stopping.is_set():
-                raise server_stopping()
-            self.text = finish_reply(raw, self.stop_strings)
-            if len(self.text) > len(sent):
-                yield self.text[len(sent):]
-            new_tokens = streamed.output[0, self.prompt_tokens:].tolist()
-        self.completion_tokens = len(new_tokens)
-        ended = bool(new_tokens) and new_tokens[-1] in served.stop_ids
-        if ended or any(word in raw for word in self.stop_strings):
-            self.finish_reason = "stop"
+    def start(self) -> None:
+        if self.submission is not None:
+            return
+        if self.served.stopping.is_set():
+            raise server_stopping()
+        try:
+            self.submission = self.served.engine.submit(self.prompt_ids, self.sampling, self.n,
+                                                        self.gone)
+        except QueueFull as error:
+            raise ApiError(429, f"The server is busy ({error} replies, its --max-concurrency "
+                           f"and --max-queue); retry after {RETRY_AFTER_SECONDS} s.",
+                           code="rate_limit_exceeded",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        self.choices = [Choice() for _ in range(self.n)]
+
+    def __iter__(self) -> Iterator[Delta]:
+        self.start()
+        stop_strings, logprobs = list(self.sampling.stop_strings), self.sampling.logprobs
+        try:
+            for step in self.submission.steps():
+                if step.finish_reason == "aborted":
+                    raise server_stopping()
+                choice = self.choices[step.index]
+                if step.token_id is not None:
+                    choice.completion_tokens += 1
+                    if step.logprob is not None:
+                        choice.unsent.append(self.served.logprob_entry(step.logprob))
+                if step.finish_reason is None:
+                    ready = settled_text(step.text, stop_strings)
+                else:
+                    choice.text = ready = finish_reply(step.text, stop_strings)
+                    choice.finish_reason = "stop" if step.finish_reason == "stop" else "length"
+                if len(ready) > len(choice.sent) or step.finish_reason is not None:
+                    sent = choice.unsent if logprobs is not None else None
+                    choice.logprobs += choice.unsent
+                    yield Delta(step.index, ready[len(choice.sent):], sent, step.finish_reason)
+                    choice.sent, choice.unsent = ready, []
+        finally:  # a reader that left: end the generation now, not at max_tokens
+            self.gone.set()
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        completion = sum(choice.completion_tokens for choice in self.choices)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
 
 
 @dataclasses.dataclass
 class Served:
-    """The model a server answers with, and what every request shares."""
+    """The model a server answers with, what every request shares, and the engine that
+    generates their replies together (at most ``max_concurrency`` at once, ``max_queue``
+    more waiting)."""
 
     model: Any
     tokenizer: Any
     template: Template
     defaults: GenerationArguments
     name: str
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    max_concurrency: int = 16
+    max_queue: int = 64
     # set: the server stops; generations end at their next token, and no other one starts
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+    engine: Engine = dataclasses.field(init=False)
 
-    @property
-    def stop_ids(self) -> list[int]:
-        return stop_tokens(self.template, self.tokenizer)[0]
-
-    @contextmanager
-    def turn(self) -> Iterator[None]:
-        """Holds ``lock`` (one generation at a time); a request still waiting for it when the
-        server stops is a 503."""
-        while not self.lock.acquire(timeout=0.1):
-            if self.stopping.is_set():
-                raise server_stopping()
-        try:
-            if self.stopping.is_set():
-                raise server_stopping()
-            yield
-        finally:
-            self.lock.release()
+    def __post_init__(self) -> None:
+        self.engine = Engine(self.model, self.tokenizer, self.max_concurrency, self.max_queue,
+                             self.stopping)
 
     def reply(self, request: ChatCompletionRequest) -> Reply:
         """The generation ``request`` asks for, its prompt encoded (a conversation the
@@ -291,15 +303,25 @@ class Served:
             inputs = self.template.tokenize_prompt(self.tokenizer, messages)
         except ValueError as error:
             raise ApiError(400, f"messages: {error}", "messages") from None
+        prompt_ids = inputs["input_ids"][0].tolist()
         options, stop_strings = generation_options(self.template, self.tokenizer,
                                                    request.decoding(self.defaults))
-        room = self.room_for_reply(positions_taken(self.model, int(inputs["input_ids"].shape[1])),
+        room = self.room_for_reply(positions_taken(self.model, len(prompt_ids)),
                                    request.max_completion_tokens or request.max_tokens)
         options["max_new_tokens"] = min(options["max_new_tokens"], room)
-        if request.stop:
-            stop_strings = [*stop_strings, *request.stop]
-            options.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
-        return Reply(self, inputs.to(self.model.device), options, stop_strings, request.seed)
+        top = request.top_logprobs or 0
+        sampling = Sampling.of(options, stop_strings=(*stop_strings, *(request.stop or [])),
+                               seed=request.seed, logprobs=top if request.logprobs else None)
+        return Reply(self, prompt_ids, sampling, request.n)
+
+    def logprob_entry(self, logprob: TokenLogprob) -> dict[str, Any]:
+        """OpenAI's entry for a token of ``logprobs.content``."""
+        def token(token_id: int, value: float) -> dict[str, Any]:
+            text = self.tokenizer.decode([token_id])
+            return {"token": text, "logprob": value, "bytes": list(text.encode())}
+
+        return {**token(logprob.token_id, logprob.logprob),
+                "top_logprobs": [token(*pair) for pair in logprob.top]}
 
     def room_for_reply(self, prompt_tokens: int, asked: int | None) -> int:
         """How many tokens a reply may have after a prompt of ``prompt_tokens``: at most
@@ -359,6 +381,7 @@ def create_app(served: Served) -> FastAPI:
         except ValidationError as error:
             raise request_error(error) from None
         reply = served.reply(asked)
+        reply.start()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": served.name}
         if asked.stream:
@@ -372,8 +395,10 @@ def create_app(served: Served) -> FastAPI:
         except Exception as error:
             raise generation_failed(error) from None
         return {**head, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": reply.text},
-            "logprobs": None, "finish_reason": reply.finish_reason}], "usage": reply.usage()}
+            "index": index, "message": {"role": "assistant", "content": choice.text},
+            "logprobs": {"content": choice.logprobs} if asked.logprobs else None,
+            "finish_reason": choice.finish_reason} for index, choice in enumerate(reply.choices)],
+            "usage": reply.usage()}
 
     return app
 
@@ -399,22 +424,29 @@ def generation_failed(error: Exception) -> ApiError:
 
 
 def events(reply: Reply, head: dict[str, Any], include_usage: bool) -> Iterator[str]:
-    """The server-sent events of a streamed reply: OpenAI's chat.completion.chunk objects,
-    then ``[DONE]``; a failure, or the server stopping, is an ``error`` event."""
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    """The server-sent events of a streamed reply: OpenAI's chat.completion.chunk objects
+    (a choice's text, then its finish reason), then ``[DONE]``; a failure, or the server
+    stopping, is an ``error`` event."""
+    def chunk(index: int, delta: dict[str, str], finish_reason: str | None = None,
+              logprobs: list[dict[str, Any]] | None = None) -> str:
         return event({**head, "object": "chat.completion.chunk", "choices": [{
-            "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]})
+            "index": index, "delta": delta,
+            "logprobs": None if logprobs is None else {"content": logprobs},
+            "finish_reason": finish_reason}]})
 
-    yield chunk({"role": "assistant", "content": ""})
+    for index in range(reply.n):
+        yield chunk(index, {"role": "assistant", "content": ""})
     try:
-        for piece in reply:
-            yield chunk({"content": piece})
+        for delta in reply:
+            if delta.text or delta.logprobs:
+                yield chunk(delta.index, {"content": delta.text}, logprobs=delta.logprobs)
+            if delta.finish_reason is not None:
+                yield chunk(delta.index, {}, reply.choices[delta.index].finish_reason)
     except ApiError as error:
         yield event(error.body())
     except Exception as error:
         yield event(error_body(500, generation_failed(error).message))
     else:
-        yield chunk({}, reply.finish_reason)
         if include_usage:
             yield event({**head, "object": "chat.completion.chunk", "choices": [],
                          "usage": reply.usage()})
