@@ -46,15 +46,16 @@ def conversations(count: int = 5):
             for number, question in enumerate(QUESTIONS[:count])]
 
 
-def counting_generate(model):
-    """Record the batch size of every generate call on the model."""
-    calls, original = [], model.generate
+def counting_prefills(model):
+    """Record the rows of every forward pass of the model over prompts (more than one token):
+    one a prompt for the engine, a batch's rows and beams at once for model.generate."""
+    calls = []
 
-    def generate_and_count(**inputs):
-        calls.append(inputs["input_ids"].shape[0])
-        return original(**inputs)
+    def count(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            calls.append(kwargs["input_ids"].shape[0])
 
-    model.generate = generate_and_count
+    model.register_forward_pre_hook(count, with_kwargs=True)
     return calls
 
 
@@ -119,7 +120,7 @@ def test_a_tool_row_is_prompted_with_its_schemas_calls_and_results(loaded, plugi
     <tool_response>), and the predictions file keeps the schemas and the calls; a template
     without a tool format refuses the row before anything is generated."""
     model, tokenizer, chatml = loaded
-    calls = counting_generate(model)
+    calls = counting_prefills(model)
     args = InferArguments(max_new_tokens=2)
     rows = prompt_rows([conversations(1)[0], TOOL_ROW])
     with pytest.raises(SdkError, match="Row 2 of the data cannot be prompted with template "
@@ -150,13 +151,13 @@ def test_a_tool_row_is_prompted_with_its_schemas_calls_and_results(loaded, plugi
 
 def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path):
     model = loaded[0]
-    calls = counting_generate(model)
+    calls = counting_prefills(model)
     rows = prompt_rows(conversations())
     path = tmp_path / "out" / "predictions.jsonl"
     args = InferArguments(batch_size=2, **DECODING)
 
     scores = predict(rows, path, lambda: loaded, args, "tiny")
-    assert calls == [2, 2, 1]
+    assert calls == [1] * 5  # each prompt prefilled once
     complete = path.read_bytes()
     lines = complete.decode().splitlines()
     assert [json.loads(line)["query"] for line in lines] == QUESTIONS
@@ -169,7 +170,7 @@ def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path
     path.write_bytes(complete[:len(complete.decode()[:cut].encode())])
     calls.clear()
     predict(rows, path, lambda: loaded, args, "tiny")
-    assert calls == [2]  # rows 4 and 5 only
+    assert calls == [1, 1]  # rows 4 and 5 only
     assert path.read_bytes() == complete  # greedy: the same rows again, rows 1-3 untouched
 
     def must_not_load():
@@ -303,21 +304,24 @@ def test_a_row_past_the_models_window_stops_prediction_keeping_the_rows_before(l
     rows = prompt_rows([*conversations(2), [{"role": "user", "content": "word " * window}]])
     path = tmp_path / "predictions.jsonl"
     with pytest.raises(SdkError, match=f"Row 3: The prompt is .* within {window} .* The "
-                                       f"replies to the rows before its batch are in {path}"):
+                                       f"replies to the rows before it are in {path}"):
         predict(rows, path, lambda: loaded, InferArguments(batch_size=2, **DECODING), "tiny")
     assert [json.loads(line)["query"] for line in path.read_text().splitlines()] == QUESTIONS[:2]
 
 
-def test_each_row_of_a_batch_stops_at_the_window_after_its_own_prompt(loaded):
+@pytest.mark.parametrize("num_beams", [1, 2], ids=["engine", "beam search"])
+def test_each_row_of_a_batch_stops_at_the_window_after_its_own_prompt(loaded, num_beams):
     model, tokenizer, template = loaded
     window = model.config.max_position_embeddings
     near_the_end = [{"role": "user", "content": "word " * (window - 30)}]
     short = [{"role": "user", "content": QUESTIONS[1]}]
-    args = InferArguments(max_new_tokens=40, repetition_penalty=2.0)
+    args = InferArguments(max_new_tokens=40, repetition_penalty=2.0, num_beams=num_beams)
     alone = generate_batch(model, tokenizer, template, [short], args)
-    calls = counting_generate(model)
+    calls = counting_prefills(model)
     together = generate_batch(model, tokenizer, template, [short, near_the_end], args)
-    assert calls == [2] and together[0] == alone[0]  # not cut to the long row's room
+    # beam search: both rows' beams in one model.generate; the engine: each prompt alone
+    assert calls == ([4] if num_beams > 1 else [1, 1])
+    assert together[0] == alone[0]  # not cut to the long row's room
     long_tokens = len(tokenizer(together[1], add_special_tokens=False)["input_ids"])
     assert 0 < long_tokens < 40
 
@@ -409,7 +413,7 @@ def test_a_padded_batch_gets_no_reminder_about_the_window(loaded, monkeypatch):
         generate_batch(model, tokenizer, template,
                        [[{"role": "user", "content": "Hi"}],
                         [{"role": "user", "content": "word " * (window - 30)}]],
-                       InferArguments(max_new_tokens=40, repetition_penalty=2.0))
+                       InferArguments(max_new_tokens=40, repetition_penalty=2.0, num_beams=2))
     finally:
         logger.removeHandler(handler)
     assert not [record for record in records if "maximum length" in record.getMessage()]

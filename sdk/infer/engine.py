@@ -177,6 +177,7 @@ class Engine:
         self.cache: Any = None  # the running sequences' keys and values, left-padded
         self.mask: torch.Tensor | None = None  # which of the cache's positions are tokens
         self.counters = {"prompt_tokens": 0, "generated_tokens": 0, "finished": 0}
+        self.closed = False
         forward = inspect.signature(model.get_base_model().forward if hasattr(
             model, "get_base_model") else model.forward).parameters
         self.cache_name = "cache" if "cache" in forward else "past_key_values"
@@ -210,11 +211,19 @@ class Engine:
         return {"running": len(self.running), "waiting": len(self.waiting),
                 "max_running": self.max_running, **self.counters}
 
+    def close(self) -> None:
+        """End the background thread once every submitted sequence has ended."""
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+
     def loop(self) -> None:
         while True:
             with self.wake:
-                while not self.running and not self.waiting:
+                while not self.running and not self.waiting and not self.closed:
                     self.wake.wait()
+                if self.closed and not self.running and not self.waiting:
+                    return
             try:
                 self.step()
             except Exception as error:  # every running sequence fails; the engine goes on

@@ -148,11 +148,12 @@ def padded_on_left(tokenizer: Any) -> Iterator[None]:
             tokenizer.pad_token = pad
 
 
-def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages],
-                 room: int | None = None, keep: int = 0, first_row: int = 1) -> Any:
-    """Each prompt encoded as for one reply, then padded on the left together (call inside
-    :func:`padded_on_left`). Of a prompt of ``room`` tokens or more (it leaves the reply no
-    position), only the last ``keep``; rows ``first_row``... so cut are named on stderr."""
+def encoded_prompts(tokenizer: Any, template: Template, prompts: Sequence[Messages],
+                    room: int | None = None, keep: int = 0,
+                    first_row: int = 1) -> list[dict[str, list[int]]]:
+    """Each prompt encoded as for one reply. Of a prompt of ``room`` tokens or more (it
+    leaves the reply no position), only the last ``keep``; rows ``first_row``... so cut are
+    named on stderr."""
     encoded = []
     for row, prompt in enumerate(prompts, first_row):
         tokens = {key: value[0].tolist()
@@ -163,24 +164,81 @@ def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages]
             click.echo(f"[sdk] row {row}: the prompt's first {length - keep} of {length} tokens "
                        "cut (--truncate-long-prompts).", err=True)
         encoded.append(tokens)
-    return tokenizer.pad(encoded, return_tensors="pt")
+    return encoded
+
+
+def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages],
+                 room: int | None = None, keep: int = 0, first_row: int = 1) -> Any:
+    """:func:`encoded_prompts` padded on the left together (call inside
+    :func:`padded_on_left`)."""
+    return tokenizer.pad(encoded_prompts(tokenizer, template, prompts, room, keep, first_row),
+                         return_tensors="pt")
+
+
+def kept_of_long_prompts(model: Any, args: InferArguments) -> tuple[int | None, int]:
+    """(room, keep) of :func:`encoded_prompts` for ``--truncate-long-prompts``: room for the
+    whole reply, or half the window when the reply would take more; at least one token (where
+    virtual tokens fill the window, reply_budget refuses the row)."""
+    from sdk.infer.chat import window_room
+
+    room = window_room(model) if args.truncate_long_prompts else None
+    keep = max(room - args.max_new_tokens, room // 2, 1) if room is not None else 0
+    return room, keep
+
+
+def generated_replies(model: Any, tokenizer: Any, template: Template,
+                      prompts: Sequence[Messages], args: InferArguments,
+                      first_row: int = 1) -> Iterator[str]:
+    """The reply to each prompt (rows ``first_row``... in messages), in order, as they are
+    generated: ``args.batch_size`` at a time by continuous batching (sdk/infer/engine.py),
+    a row taking the place of one that ends; each stops where the model's window ends after
+    its own prompt. A row that does not fit is an error once the replies before it are
+    given."""
+    from sdk.infer.chat import finish_reply, generation_options, reply_budget
+    from sdk.infer.engine import Engine, Sampling
+
+    options, stop_strings = generation_options(template, tokenizer, args)
+    room, keep = kept_of_long_prompts(model, args)
+    sampling = Sampling.of(options, stop_strings=tuple(stop_strings))
+    engine = Engine(model, tokenizer, max_running=args.batch_size)
+    submissions, refused = [], None
+    for row, tokens in enumerate(encoded_prompts(tokenizer, template, prompts, room, keep,
+                                                 first_row), first_row):
+        ids = tokens["input_ids"]
+        try:
+            budget = reply_budget(model, len(ids), options["max_new_tokens"])
+        except SdkError as error:
+            refused = SdkError(f"Row {row}: {error}")
+            break
+        submissions.append(engine.submit(ids, dataclasses.replace(sampling, max_tokens=budget)))
+    try:
+        for submission in submissions:
+            *_, last = submission.steps()
+            yield finish_reply(last.text, stop_strings)
+    finally:
+        for submission in submissions:  # a reader that stops early ends the rest
+            submission.cancel()
+        engine.close()
+    if refused is not None:
+        raise refused
 
 
 def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Messages],
                    args: InferArguments, first_row: int = 1) -> list[str]:
-    """The reply to each prompt (rows ``first_row``... in messages), generated together,
-    each stopping where the model's window ends after its own prompt."""
+    """The reply to each prompt (rows ``first_row``... in messages), each stopping where the
+    model's window ends after its own prompt: by :func:`generated_replies`, or with beam
+    search (``--num-beams``, which the engine does not do) in one left-padded
+    ``model.generate``."""
+    if args.num_beams == 1:
+        return list(generated_replies(model, tokenizer, template, prompts, args, first_row))
     from transformers import StoppingCriteriaList
 
-    from sdk.infer.chat import finish_reply, generation_options, reply_budget, window_room
+    from sdk.infer.chat import finish_reply, generation_options, reply_budget
     from sdk.models.rope import quiet_window_reminder
 
     with padded_on_left(tokenizer):
         options, stop_strings = generation_options(template, tokenizer, args)
-        room = window_room(model) if args.truncate_long_prompts else None
-        # room for the whole reply, or half the window when the reply would take more; at least
-        # one token (where virtual tokens fill the window, reply_budget refuses the row)
-        keep = max(room - options["max_new_tokens"], room // 2, 1) if room is not None else 0
+        room, keep = kept_of_long_prompts(model, args)
         inputs = batch_inputs(tokenizer, template, prompts, room, keep,
                               first_row).to(model.device)
         if inputs["attention_mask"].min() == 0:
@@ -228,21 +286,29 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
     model, tokenizer, template = loaded
     check_prompts(template, rows[first:], first + 1)
     started = time.monotonic()
+    if args.num_beams == 1:
+        replies = generated_replies(model, tokenizer, template, [r.prompt for r in rows[first:]],
+                                    args, first_row=first + 1)
+    else:
+        replies = (reply for start in range(first, len(rows), args.batch_size)
+                   for reply in generate_batch(
+                       model, tokenizer, template,
+                       [r.prompt for r in rows[start:start + args.batch_size]], args,
+                       first_row=start + 1))
     with path.open("a", encoding="utf-8") as out:
-        for start in range(first, len(rows), args.batch_size):
-            batch = rows[start:start + args.batch_size]
-            try:
-                replies = generate_batch(model, tokenizer, template, [r.prompt for r in batch],
-                                         args, first_row=start + 1)
-            except SdkError as error:
-                raise SdkError(f"{error} The replies to the rows before its batch are in "
-                               f"{path}; remove or shorten the row, or {go_on}.") from None
-            out.write("".join(json.dumps(row.written(reply), ensure_ascii=False) + "\n"
-                              for row, reply in zip(batch, replies, strict=True)))
-            out.flush()
-            done = start + len(batch)
-            rate = (done - first) / max(time.monotonic() - started, 1e-9)
-            click.echo(f"[sdk] predicted {done}/{len(rows)} rows ({rate:.2f} rows/s)", err=True)
+        done = first
+        try:
+            for row, reply in zip(rows[first:], replies, strict=False):
+                out.write(json.dumps(row.written(reply), ensure_ascii=False) + "\n")
+                done += 1
+                if (done - first) % args.batch_size == 0 or done == len(rows):
+                    out.flush()
+                    rate = (done - first) / max(time.monotonic() - started, 1e-9)
+                    click.echo(f"[sdk] predicted {done}/{len(rows)} rows ({rate:.2f} rows/s)",
+                               err=True)
+        except SdkError as error:
+            raise SdkError(f"{error} The replies to the rows before it are in {path}; remove "
+                           f"or shorten the row, or {go_on}.") from None
 
 
 def check_prompts(template: Template, rows: Sequence[PromptRow], first_row: int) -> None:
