@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sdk.config import DeployArguments
 from sdk.errors import SdkError
+from sdk.infer.chat import positions_taken
 from sdk.infer.load import checkpoint_or_export, is_export, load_for_inference
 from sdk.registry import Registry
 
@@ -69,6 +70,10 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
 
     set_seed(args.seed)
     model, tokenizer, template = load_for_inference(args, registry)
+    if positions_taken(model, 0):
+        raise SdkError("sdk deploy generates replies together (continuous batching), which does "
+                       "not take an adapter of virtual tokens (prefix, p-tuning, prompt "
+                       "tuning) yet: ask it with `sdk infer`, or train a LoRA adapter to serve.")
     host, port = sock.getsockname()[:2]
     served = Served(model, tokenizer, template, args, name, args.max_concurrency, args.max_queue)
     Server(served, ready=(

@@ -223,13 +223,20 @@ def generated_replies(model: Any, tokenizer: Any, template: Template,
         raise refused
 
 
+def by_engine(model: Any, args: InferArguments) -> bool:
+    """Whether the engine generates the replies: not for beam search, nor for an adapter of
+    virtual tokens (prefix, p-tuning, prompt tuning), whose cached generation is peft's."""
+    from sdk.infer.chat import positions_taken
+
+    return args.num_beams == 1 and not positions_taken(model, 0)
+
+
 def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Messages],
                    args: InferArguments, first_row: int = 1) -> list[str]:
     """The reply to each prompt (rows ``first_row``... in messages), each stopping where the
-    model's window ends after its own prompt: by :func:`generated_replies`, or with beam
-    search (``--num-beams``, which the engine does not do) in one left-padded
-    ``model.generate``."""
-    if args.num_beams == 1:
+    model's window ends after its own prompt: by :func:`generated_replies`, or where the
+    engine does not serve (:func:`by_engine`) in one left-padded ``model.generate``."""
+    if by_engine(model, args):
         return list(generated_replies(model, tokenizer, template, prompts, args, first_row))
     from transformers import StoppingCriteriaList
 
@@ -286,7 +293,7 @@ def append_predictions(loaded: Loaded, rows: Sequence[PromptRow], args: InferArg
     model, tokenizer, template = loaded
     check_prompts(template, rows[first:], first + 1)
     started = time.monotonic()
-    if args.num_beams == 1:
+    if by_engine(model, args):
         replies = generated_replies(model, tokenizer, template, [r.prompt for r in rows[first:]],
                                     args, first_row=first + 1)
     else:
