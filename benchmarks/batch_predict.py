@@ -3,7 +3,7 @@
     python benchmarks/batch_predict.py [--rows 32] [--batch-size 8] [--max-new-tokens 32]
 
 Builds a small random Llama with the real Qwen2 tokenizer (or loads --model-dir), then predicts
-the same rows twice through the code `sdk infer --dataset` runs (greedy, left-padded batches):
+the same rows twice through the code `sdk infer --dataset` runs (greedy, continuous batching):
 with --batch-size 1 and with --batch-size N. Checks that both give the same replies and prints
 rows/s for each and the speed-up; the last line is one JSON object.
 """
@@ -47,7 +47,7 @@ def timed_predict(loaded, rows, batch_size: int, max_new_tokens: int, folder: Pa
     args = InferArguments(batch_size=batch_size, max_new_tokens=max_new_tokens,
                           repetition_penalty=1.3)
     started = time.perf_counter()
-    predict(rows, path, lambda: loaded, args)
+    predict(rows, path, lambda: loaded, args, "benchmark")
     seconds = time.perf_counter() - started
     replies = [json.loads(line)["response"] for line in path.read_text().splitlines()]
     return seconds, replies

@@ -339,7 +339,8 @@ class InferArguments(GenerationArguments):
         None, "Where predictions go, one JSON line a row; rerun to resume. Default: "
         "<run>/predictions/<checkpoint>-<dataset>.jsonl.", group="prediction")
     batch_size: int = arg(8, "Rows generated together with --dataset or "
-                          "--val-dataset-from-run.", at_least=1, group="prediction")
+                          "--val-dataset-from-run (a row takes the place of one that ends).",
+                          at_least=1, group="prediction")
     truncate_long_prompts: bool = arg(
         False, "With --dataset or --val-dataset-from-run: a prompt that fills the model's "
         "window loses its first tokens (it keeps room for a --max-new-tokens reply, at least "
