@@ -47,7 +47,7 @@ def timed_predict(loaded, rows, batch_size: int, max_new_tokens: int, folder: Pa
     args = InferArguments(batch_size=batch_size, max_new_tokens=max_new_tokens,
                           repetition_penalty=1.3)
     started = time.perf_counter()
-    predict(rows, path, lambda: loaded, args)
+    predict(rows, path, lambda: loaded, args, "benchmark")
     seconds = time.perf_counter() - started
     replies = [json.loads(line)["response"] for line in path.read_text().splitlines()]
     return seconds, replies

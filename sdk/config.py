@@ -390,6 +390,12 @@ class DeployArguments(GenerationArguments):
     cors_origins: list[str] = arg(
         [], "Web origins whose pages may call the API from a browser (CORS), e.g. "
         "https://app.example.com, or * for any; default: none.", group="server")
+    max_concurrency: int = arg(16, "Replies generated together (continuous batching; 1: one at "
+                               "a time; --infer-backend vllm schedules its own).", at_least=1,
+                               group="server")
+    max_queue: int = arg(64, "Replies waiting for a place past --max-concurrency; a request "
+                         "beyond them is answered 429 with Retry-After.", at_least=0,
+                         group="server")
 
 
 @dataclass

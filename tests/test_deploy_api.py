@@ -92,6 +92,13 @@ def test_completions_continue_the_prompt_as_transformers_does(server):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage == one.usage
 
+    two_each = client.completions.create(model=TINY_MODEL_TYPE, prompt=prompts, max_tokens=5,
+                                         temperature=0, n=2)  # choice i * n + j: prompt i
+    assert [choice.index for choice in two_each.choices] == [0, 1, 2, 3]
+    assert [choice.text for choice in two_each.choices] == [
+        one.choices[0].text] * 2 + [both.choices[1].text.removeprefix(prompts[1])] * 2
+    assert two_each.usage.completion_tokens == 20
+
     with pytest.raises(openai.BadRequestError, match="suffix: not supported"):
         client.completions.create(model=TINY_MODEL_TYPE, prompt="a", suffix="b")
     with pytest.raises(openai.BadRequestError, match="maximum context length") as refused:
@@ -100,23 +107,18 @@ def test_completions_continue_the_prompt_as_transformers_does(server):
 
 
 def scripted_reply(loaded: Served, text: str, monkeypatch) -> list[Any]:
-    """Make the model answer ``text`` (then <|im_end|>) whatever it is asked, through the
-    streamer as generate does; gives the prompts it was asked, as token ids."""
-    import torch
-
-    reply = loaded.tokenizer(text + "<|im_end|>", return_tensors="pt")["input_ids"]
+    """Make the engine answer ``text`` (then <|im_end|>) whatever it is asked, a token a
+    step; gives the prompts it was asked, as token ids."""
+    reply = loaded.tokenizer(text + "<|im_end|>")["input_ids"]
+    monkeypatch.setattr(loaded.defaults, "max_new_tokens", len(reply))  # room for all of it
     asked = []
 
-    def generate(**options):
-        asked.append(options["input_ids"][0].tolist())
-        output = torch.cat([options["input_ids"], reply], dim=1)
-        if "streamer" in options:
-            options["streamer"].put(options["input_ids"])
-            options["streamer"].put(reply[0])
-            options["streamer"].end()
-        return output
+    def choose(sequence, logits):
+        if not sequence.tokens:
+            asked.append(sequence.submission.prompt_ids)
+        return reply[len(sequence.tokens)]
 
-    monkeypatch.setattr(loaded.model, "generate", generate)
+    monkeypatch.setattr(loaded.engine, "choose", choose)
     return asked
 
 
@@ -156,6 +158,12 @@ def test_a_tool_call_in_the_templates_format_is_tool_calls(server, monkeypatch):
     assert [(d.index, d.function.name, d.function.arguments) for d in calls] == [
         (0, "get_weather", call.function.arguments)]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # n choices: each read for calls
+    two = client.chat.completions.create(model=TINY_MODEL_TYPE, messages=USER, tools=[TOOL],
+                                         n=2)
+    assert [(c.index, c.finish_reason) for c in two.choices] == [(0, "tool_calls"),
+                                                                 (1, "tool_calls")]
 
     # tool_choice none: no tools in the prompt, the reply is text
     text = client.chat.completions.create(model=TINY_MODEL_TYPE, messages=USER, tools=[TOOL],

@@ -73,8 +73,10 @@ def slowed(loaded) -> list[float]:
 
 
 def own(loaded: Served) -> Served:
-    """``loaded``'s model with a lock and stop flag of its own (a server to stop)."""
-    return Served(loaded.model, loaded.tokenizer, loaded.template, loaded.defaults, loaded.name)
+    """``loaded``'s model with an engine and stop flag of its own (a server to stop), one
+    reply at a time: a second request waits for its turn."""
+    return Served(loaded.model, loaded.tokenizer, loaded.template, loaded.defaults, loaded.name,
+                  max_concurrency=1)
 
 
 def test_the_stop_flag_ends_a_generation_at_the_next_token(loaded, slowed):
@@ -106,8 +108,9 @@ def test_replies_in_progress_at_shutdown_end_with_an_error(capsys, loaded, slowe
         asking[0].start()
         while len(slowed) < 3:
             time.sleep(0.01)
-        asking[1].start()  # waits for the lock
-        time.sleep(0.5)
+        asking[1].start()  # waits for its turn
+        while not server.served.engine.stats()["waiting"]:
+            time.sleep(0.01)
         at_stop, stopped = len(slowed), time.monotonic()
         server.handle_exit(signal.SIGTERM, None)
         for thread in asking:

@@ -131,6 +131,8 @@ def test_the_vllm_server_glue_answers_as_the_transformers_server(tiny_plugin_fil
             events = stream(url, messages=USER, stream_options={"include_usage": True})
             status, completion = call(url, "/v1/completions", {"prompt": "Once", "max_tokens": 4})
             assert status == 200, completion
+            status, refused = call(url, "/v1/chat/completions", {"messages": USER, "n": 2})
+            assert status == (400 if served is by_vllm else 200), refused
             answers.append((whole["choices"], whole["usage"], streamed_text(events),
                             events[-2]["usage"], completion["choices"]))
     assert answers[0] == answers[1]

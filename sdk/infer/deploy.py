@@ -14,6 +14,7 @@ import click
 
 from sdk.config import DeployArguments
 from sdk.errors import SdkError
+from sdk.infer.chat import positions_taken
 from sdk.infer.load import checkpoint_or_export, is_export, load_for_inference
 from sdk.registry import Registry
 
@@ -97,7 +98,14 @@ def run_deploy(args: DeployArguments, registry: Registry) -> None:
 
         served = served_by_vllm(args, registry, name)
     else:
-        served = Served(*load_for_inference(args, registry), args, name)
+        model, tokenizer, template = load_for_inference(args, registry)
+        if positions_taken(model, 0):
+            raise SdkError("sdk deploy generates replies together (continuous batching), which "
+                           "does not take an adapter of virtual tokens (prefix, p-tuning, "
+                           "prompt tuning) yet: ask it with `sdk infer`, or train a LoRA adapter "
+                           "to serve.")
+        served = Served(model, tokenizer, template, args, name, args.max_concurrency,
+                        args.max_queue)
     host, port = sock.getsockname()[:2]
     if open_to_others(args.host) and key is None:
         click.echo(f"[sdk] --host {args.host} without --api-key: anyone who reaches port "

@@ -1,7 +1,9 @@
 """The HTTP API of `sdk deploy`: OpenAI's ``GET /v1/models``, ``POST /v1/chat/completions``
 (tool calls included) and ``POST /v1/completions`` (whole, or streamed as server-sent events)
-over one loaded model, one generation at a time; ``GET /health`` and ``GET /metrics``
-(Prometheus) beside them; an API key and CORS when asked for.
+over one loaded model; ``GET /health`` and ``GET /metrics`` (Prometheus) beside them; an API
+key and CORS when asked for. Requests are generated together by continuous batching
+(sdk/infer/engine.py): up to --max-concurrency at once, up to --max-queue more waiting, and
+past that a 429 with Retry-After.
 
 Replies are what `sdk infer` answers (the same prompt encoding, decoding options, stop words
 and trimming: sdk/infer/chat.py); a streamed reply holds back text that a stop word may still
@@ -27,25 +29,30 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Literal, TypeVar
 
 import anyio
 import click
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 
 from sdk.config import GenerationArguments
-from sdk.infer.chat import StreamedReply, generation_options, positions_taken
+from sdk.infer.chat import generation_options, positions_taken
+from sdk.infer.engine import Engine, QueueFull, Sampling, TokenLogprob
 from sdk.infer.server_metrics import Measured, ServerMetrics
 from sdk.infer.stops import cut_at_stop, finish_reply, stop_tokens
 from sdk.models.rope import context_window
@@ -56,9 +63,14 @@ from sdk.templates.engine import Template
 # overflows them, and sampling from the overflow fails (on a GPU, with a device-side assert).
 GREEDY_BELOW = 1e-5
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
-               404: "invalid_request_error",
-               405: "invalid_request_error", 415: "invalid_request_error", 500: "server_error",
+               404: "invalid_request_error", 405: "invalid_request_error",
+               415: "invalid_request_error", 429: "requests", 500: "server_error",
                503: "server_error"}
+# The most replies (n) and alternatives of a token (top_logprobs) a request may ask for, as
+# OpenAI's API limits them
+MAX_CHOICES, MAX_TOP_LOGPROBS = 128, 20
+# What a 429 asks a client to wait before it retries, in seconds
+RETRY_AFTER_SECONDS = 1
 # How long a stopping server waits for its connections to close before it cuts them: the
 # generations have ended at their next token, so this is only for clients slow to send or read.
 GRACE_SECONDS = 3
@@ -71,15 +83,16 @@ class ApiError(Exception):
     """A request the API answers with OpenAI's error JSON and ``status``."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, self.param, self.code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def server_stopping() -> ApiError:
@@ -140,14 +153,7 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
-
-    @field_validator("n")
-    @classmethod
-    def one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported (one reply per request)")
-        return n
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
 
     @field_validator("stop")
     @classmethod
@@ -165,6 +171,12 @@ class SamplingRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def token_alternatives(self) -> int | None:
+        """How many likeliest alternatives to give with each token's logprob; None: no
+        logprobs."""
+        return None
 
     def decoding(self, defaults: GenerationArguments) -> GenerationArguments:
         """The server's decoding flags with this request's settings. A temperature of 0 (below
@@ -196,6 +208,14 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none"] | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def top_logprobs_with_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     @field_validator("tool_choice")
     @classmethod
@@ -219,6 +239,10 @@ class ChatCompletionRequest(SamplingRequest):
     @property
     def reply_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def token_alternatives(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def calls_tools(self) -> bool:
@@ -275,87 +299,128 @@ def request_error(error: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {message}" if param else message, param or None)
 
 
-class EndsEarly(StoppingCriteria):
-    """Ends a generation at the next token once one of ``events`` is set: its reader has gone
-    (a client that disconnected mid-stream), or the server stops."""
-
-    def __init__(self, *events: threading.Event):
-        self.events = events
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        ended = any(event.is_set() for event in self.events)
-        return torch.full((input_ids.shape[0],), ended, dtype=torch.bool,
-                          device=input_ids.device)
-
-
-def settled_text(raw: str, stop_strings: list[str], trimmed: bool = True) -> str:
+def settled_text(raw: str, stop_strings: Sequence[str], trimmed: bool = True) -> str:
     """The start of ``finish_reply(raw + anything)`` that more text cannot change: the text
     before a stop word, less an ending that may begin one, without surrounding whitespace
     (``trimmed``; else as generated, as a completion is)."""
     if any(word in raw for word in stop_strings):
-        return finish_reply(raw, stop_strings) if trimmed else cut_at_stop(raw, stop_strings)
+        return ended_text(raw, stop_strings, trimmed)
     hold = max((size for word in stop_strings for size in range(1, len(word))
                 if raw.endswith(word[:size])), default=0)
     ready = raw[:len(raw) - hold]
     return ready.strip() if trimmed else ready
 
 
-@dataclasses.dataclass
-class Reply:
-    """One generation: iterating gives the reply's text as it grows (pieces joined: the
-    reply `sdk infer` gives; not ``trimmed``: the text as generated, up to a stop string);
-    afterwards ``text``, ``finish_reason``, the generated ``tokens`` and the token counts are
-    set. Generations run one at a time (``lock``)."""
+def ended_text(raw: str, stop_strings: Sequence[str], trimmed: bool = True) -> str:
+    """A whole reply's text: up to its first stop word, ``trimmed`` as `sdk infer` trims it."""
+    return (finish_reply if trimmed else cut_at_stop)(raw, list(stop_strings))
 
-    served: Served
-    inputs: Any
-    options: dict[str, Any]
-    stop_strings: list[str]
-    seed: int | None
-    trimmed: bool = True
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """What a reply adds to its choice ``index``: text, with the logprobs of its tokens (None:
+    not asked for), and on the choice's last delta its finish reason."""
+
+    index: int
+    text: str
+    logprobs: list[dict[str, Any]] | None
+    finish_reason: str | None = None
+
+
+@dataclasses.dataclass
+class Choice:
+    """One of a reply's ``n`` texts: what was sent of it so far, its token logprobs (OpenAI's
+    entries) not yet sent, and once it ends its text, finish reason and generated token ids
+    (the end token too, as vLLM counts them)."""
+
+    sent: str = ""
     text: str = ""
     finish_reason: str = "length"
     tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    unsent: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def advanced(self, index: int, ready: str, with_logprobs: bool,
+                 ended: bool) -> Iterator[Delta]:
+        """The Delta that ``ready`` (the choice's text that can be sent) adds, if any; an
+        ended choice always gives one, with its finish reason."""
+        if len(ready) > len(self.sent) or ended:
+            sent = self.unsent if with_logprobs else None
+            self.logprobs += self.unsent
+            yield Delta(index, ready[len(self.sent):], sent,
+                        self.finish_reason if ended else None)
+            self.sent, self.unsent = ready, []
+
+
+@dataclasses.dataclass
+class Reply:
+    """One request's generation of ``n`` choices: ``start()`` queues it with the server's
+    engine (a 429 when the queue is full); iterating gives its Deltas as the texts grow (a
+    choice's pieces joined: the reply `sdk infer` gives; not ``trimmed``: the text as
+    generated, up to a stop string, as a completion is); afterwards ``choices`` hold the
+    texts, finish reasons and generated token ids."""
+
+    served: Served
+    prompt_ids: list[int]
+    sampling: Any  # the engine's Sampling (VllmReply: vLLM's SamplingParams)
+    stop_strings: list[str]
+    n: int = 1
+    with_logprobs: bool = False
+    trimmed: bool = True
+    choices: list[Choice] = dataclasses.field(default_factory=list)
     # set: end the generation at the next token (its reader has gone, or the server stops)
     gone: threading.Event = dataclasses.field(default_factory=threading.Event)
+    submission: Any = None
 
     @property
     def prompt_tokens(self) -> int:
-        return int(self.inputs["input_ids"].shape[1])
+        return len(self.prompt_ids)
 
     @property
     def completion_tokens(self) -> int:
-        """Every generated token, the end token too (as vLLM counts)."""
-        return len(self.tokens)
+        """Every generated token of every choice, the end tokens too (as vLLM counts)."""
+        return sum(len(choice.tokens) for choice in self.choices)
 
-    def __iter__(self) -> Iterator[str]:
-        served, gone = self.served, self.gone
-        options = {**self.options,
-                   "stopping_criteria": StoppingCriteriaList([EndsEarly(gone, served.stopping)])}
-        with served.turn():
-            if self.seed is not None:
-                set_seed(self.seed)
-            streamed = StreamedReply(served.model, served.tokenizer, self.inputs, options)
-            pieces, raw, sent = iter(streamed), "", ""
-            try:
-                for piece in pieces:
-                    raw += piece
-                    ready = settled_text(raw, self.stop_strings, self.trimmed)
-                    if len(ready) > len(sent):
-                        yield ready[len(sent):]
-                        sent = ready
-            finally:  # a reader that left: end the generation now, not at max_tokens
-                gone.set()
-                pieces.close()
-            if served.stopping.is_set():
-                raise server_stopping()
-            self.text = (finish_reply if self.trimmed else cut_at_stop)(raw, self.stop_strings)
-            if len(self.text) > len(sent):
-                yield self.text[len(sent):]
-            self.tokens = streamed.output[0, self.prompt_tokens:].tolist()
-        ended = bool(self.tokens) and self.tokens[-1] in served.stop_ids
-        if ended or any(word in raw for word in self.stop_strings):
-            self.finish_reason = "stop"
+    def start(self) -> None:
+        """Queue the generation, once: a 503 when the server stops, a 429 when it is busy."""
+        if self.choices:
+            return
+        if self.served.stopping.is_set():
+            raise server_stopping()
+        self.submit()
+        self.choices = [Choice() for _ in range(self.n)]
+
+    def submit(self) -> None:
+        assert self.served.engine is not None
+        try:
+            self.submission = self.served.engine.submit(self.prompt_ids, self.sampling, self.n,
+                                                        self.gone)
+        except QueueFull as error:
+            raise ApiError(429, f"The server is busy ({error} replies, its --max-concurrency "
+                           f"and --max-queue); retry after {RETRY_AFTER_SECONDS} s.",
+                           code="rate_limit_exceeded",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+
+    def __iter__(self) -> Iterator[Delta]:
+        self.start()
+        try:
+            for step in self.submission.steps():
+                if step.finish_reason == "aborted":
+                    raise server_stopping()
+                choice = self.choices[step.index]
+                if step.token_id is not None:
+                    choice.tokens.append(step.token_id)
+                    if step.logprob is not None:
+                        choice.unsent.append(self.served.logprob_entry(step.logprob))
+                ended = step.finish_reason is not None
+                if ended:
+                    choice.text = ready = ended_text(step.text, self.stop_strings, self.trimmed)
+                    choice.finish_reason = "stop" if step.finish_reason == "stop" else "length"
+                else:
+                    ready = settled_text(step.text, self.stop_strings, self.trimmed)
+                yield from choice.advanced(step.index, ready, self.with_logprobs, ended)
+        finally:  # a reader that left: end the generation now, not at max_tokens
+            self.gone.set()
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -364,52 +429,35 @@ class Reply:
 
 @dataclasses.dataclass
 class Served:
-    """The model a server answers with, and what every request shares."""
+    """The model a server answers with, what every request shares, and the engine that
+    generates their replies together (at most ``max_concurrency`` at once, ``max_queue``
+    more waiting)."""
 
     model: Any
     tokenizer: Any
     template: Template
     defaults: GenerationArguments
     name: str
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    max_concurrency: int = 16
+    max_queue: int = 64
     # set: the server stops; generations end at their next token, and no other one starts
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
-    waiting: int = 0  # requests waiting for the lock
-    waiting_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    engine: Engine | None = dataclasses.field(init=False, default=None)
     metrics: ServerMetrics = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
+        self.engine = self.started_engine()
         self.metrics = ServerMetrics(self.queue_stats)
+
+    def started_engine(self) -> Engine | None:
+        """The continuous-batching engine that generates the replies."""
+        return Engine(self.model, self.tokenizer, self.max_concurrency, self.max_queue,
+                      self.stopping)
 
     @property
     def stop_ids(self) -> list[int]:
         return stop_tokens(self.template, self.tokenizer)[0]
-
-    @contextmanager
-    def counting_wait(self) -> Iterator[None]:
-        with self.waiting_lock:
-            self.waiting += 1
-        try:
-            yield
-        finally:
-            with self.waiting_lock:
-                self.waiting -= 1
-
-    @contextmanager
-    def turn(self) -> Iterator[None]:
-        """Holds ``lock`` (one generation at a time); a request still waiting for it when the
-        server stops is a 503."""
-        with self.counting_wait():
-            while not self.lock.acquire(timeout=0.1):
-                if self.stopping.is_set():
-                    raise server_stopping()
-        try:
-            if self.stopping.is_set():
-                raise server_stopping()
-            yield
-        finally:
-            self.lock.release()
 
     def check_model(self, asked: str | None) -> None:
         if asked is not None and asked != self.name:
@@ -441,15 +489,27 @@ class Served:
     def generation(self, inputs: Any, request: SamplingRequest, param: str) -> Reply:
         """A reply to the encoded prompt ``inputs`` with ``request``'s settings (a prompt and
         reply past the model's window: a 400 naming ``param``)."""
+        prompt_ids = inputs["input_ids"][0].tolist()
         options, stop_strings = generation_options(self.template, self.tokenizer,
                                                    request.decoding(self.defaults))
-        room = self.room_for_reply(positions_taken(self.model, int(inputs["input_ids"].shape[1])),
+        room = self.room_for_reply(positions_taken(self.model, len(prompt_ids)),
                                    request.reply_tokens, param)
         options["max_new_tokens"] = min(options["max_new_tokens"], room)
-        if request.stop:
-            stop_strings = [*stop_strings, *request.stop]
-            options.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
-        return Reply(self, inputs.to(self.model.device), options, stop_strings, request.seed)
+        stop_strings = [*stop_strings, *(request.stop or [])]
+        alternatives = request.token_alternatives
+        sampling = Sampling.of(options, stop_strings=tuple(stop_strings), seed=request.seed,
+                               logprobs=alternatives)
+        return Reply(self, prompt_ids, sampling, stop_strings, request.n,
+                     with_logprobs=alternatives is not None)
+
+    def logprob_entry(self, logprob: TokenLogprob) -> dict[str, Any]:
+        """OpenAI's entry for a token of ``logprobs.content``."""
+        def token(token_id: int, value: float) -> dict[str, Any]:
+            text = self.tokenizer.decode([token_id])
+            return {"token": text, "logprob": value, "bytes": list(text.encode())}
+
+        return {**token(logprob.token_id, logprob.logprob),
+                "top_logprobs": [token(*pair) for pair in logprob.top]}
 
     def window(self) -> int | None:
         """The model's window (positions for a prompt and its reply), if known."""
@@ -473,24 +533,27 @@ class Served:
                            "context_length_exceeded")
         return window - prompt_tokens
 
-    def called_tools(self, reply: Reply) -> tuple[str | None, list[dict[str, Any]]]:
-        """The content and tool calls of a whole ``reply``, read as the template writes a call
-        (its text with special tokens, such as Mistral's [TOOL_CALLS]); a reply that calls
-        nothing is its text and no calls."""
-        tokens = reply.tokens[:-1] if reply.tokens[-1:] and reply.tokens[-1] in self.stop_ids \
-            else reply.tokens
+    def called_tools(self, choice: Choice, stop_strings: Sequence[str]
+                     ) -> tuple[str | None, list[dict[str, Any]]]:
+        """The content and tool calls of a whole reply's ``choice``, read as the template
+        writes a call (its text with special tokens, such as Mistral's [TOOL_CALLS]); a
+        reply that calls nothing is its text and no calls."""
+        tokens = choice.tokens
+        if tokens[-1:] and tokens[-1] in self.stop_ids:
+            tokens = tokens[:-1]
         text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=False),
-                           reply.stop_strings)
+                           list(stop_strings))
         content, calls = resolve_callable(self.template.spec.tool_calls)(text)
         if not calls:
-            return reply.text, []
+            return choice.text, []
         return content.strip() or None, [
             {"id": call_id(), "type": "function", "function": call} for call in calls]
 
     def queue_stats(self) -> dict[str, int]:
-        """Requests generating and waiting for their turn, for /metrics. (A batching engine
-        reports its own here: its ``stats()``.)"""
-        return {"running": int(self.lock.locked()), "waiting": self.waiting}
+        """Generations running and waiting for a place in the engine's batch, for /metrics."""
+        assert self.engine is not None
+        stats = self.engine.stats()
+        return {"running": stats["running"], "waiting": stats["waiting"]}
 
 
 def call_id() -> str:
@@ -543,6 +606,7 @@ def create_app(served: Served, api_key: str | None = None,
     async def chat_completions(request: Request) -> Any:
         asked = await read_request(request, ChatCompletionRequest)
         reply = served.reply(asked)
+        reply.start()  # a full queue is a 429 before any event is sent
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": served.name}
         if asked.stream:
@@ -550,15 +614,26 @@ def create_app(served: Served, api_key: str | None = None,
                 served, reply, head, asked.include_usage, asked.calls_tools))),
                 media_type="text/event-stream")
         await generated_whole(reply, request)
-        message, finish_reason = answer(served, reply, asked.calls_tools)
-        return {**head, "choices": [{"index": 0, "message": message, "logprobs": None,
-                                     "finish_reason": finish_reason}], "usage": reply.usage()}
+        choices = []
+        for index, choice in enumerate(reply.choices):
+            message, finish_reason = answer(served, reply, choice, asked.calls_tools)
+            choices.append({"index": index, "message": message, "logprobs": {
+                "content": choice.logprobs} if reply.with_logprobs else None,
+                "finish_reason": finish_reason})
+        return {**head, "choices": choices, "usage": reply.usage()}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         asked = await read_request(request, CompletionRequest)
         prompts = asked.prompt
         replies = [served.completion(asked, prompt) for prompt in prompts]  # all checked first
+        try:
+            for reply in replies:
+                reply.start()
+        except ApiError:  # busy: none of them is generated
+            for reply in replies:
+                reply.gone.set()
+            raise
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": served.name}
         echoed = prompts if asked.echo else [""] * len(prompts)
@@ -569,9 +644,10 @@ def create_app(served: Served, api_key: str | None = None,
         for reply in replies:
             await generated_whole(reply, request)
         return {**head, "choices": [
-            {"index": index, "text": echo + reply.text, "logprobs": None,
-             "finish_reason": reply.finish_reason}
-            for index, (echo, reply) in enumerate(zip(echoed, replies, strict=True))],
+            {"index": number * asked.n + index, "text": echo + choice.text, "logprobs": None,
+             "finish_reason": choice.finish_reason}
+            for number, (echo, reply) in enumerate(zip(echoed, replies, strict=True))
+            for index, choice in enumerate(reply.choices)],
             "usage": total_usage(replies)}
 
     return app
@@ -598,14 +674,15 @@ async def read_request(request: Request, model: type[RequestModel]) -> RequestMo
         raise request_error(error) from None
 
 
-def answer(served: Served, reply: Reply, calls_tools: bool) -> tuple[dict[str, Any], str]:
-    """The assistant message of a whole ``reply`` and its finish reason: with tools, the
-    calls it makes (finish reason "tool_calls")."""
+def answer(served: Served, reply: Reply, choice: Choice,
+           calls_tools: bool) -> tuple[dict[str, Any], str]:
+    """The assistant message of a whole ``reply``'s ``choice`` and its finish reason: with
+    tools, the calls it makes (finish reason "tool_calls")."""
     if calls_tools:
-        content, calls = served.called_tools(reply)
+        content, calls = served.called_tools(choice, reply.stop_strings)
         if calls:
             return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
-    return {"role": "assistant", "content": reply.text}, reply.finish_reason
+    return {"role": "assistant", "content": choice.text}, choice.finish_reason
 
 
 def total_usage(replies: Sequence[Reply]) -> dict[str, int]:
@@ -656,47 +733,69 @@ def server_sent(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 def chat_chunks(served: Served, reply: Reply, head: dict[str, Any], include_usage: bool,
                 calls_tools: bool) -> Iterator[dict[str, Any]]:
-    """A streamed chat reply: OpenAI's chat.completion.chunk objects. With tools, the reply
-    is sent once whole (a call is known only then): its content, then its calls."""
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    """A streamed chat reply: OpenAI's chat.completion.chunk objects, each with its choice's
+    index (a choice's text, then its finish reason). With tools, the reply is sent once whole
+    (a call is known only then): each choice's content, then its calls."""
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None,
+              logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {**head, "object": "chat.completion.chunk", "choices": [{
-            "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            "index": index, "delta": delta,
+            "logprobs": None if logprobs is None else {"content": logprobs},
+            "finish_reason": finish_reason}]}
 
-    yield chunk({"role": "assistant", "content": ""})
+    for index in range(reply.n):
+        yield chunk(index, {"role": "assistant", "content": ""})
     if calls_tools:
         for _ in reply:
             pass
-        message, finish_reason = answer(served, reply, True)
-        if message["content"]:
-            yield chunk({"content": message["content"]})
-        if "tool_calls" in message:
-            yield chunk({"tool_calls": [{"index": index, **call}
-                                        for index, call in enumerate(message["tool_calls"])]})
+        for index, choice in enumerate(reply.choices):
+            message, finish_reason = answer(served, reply, choice, True)
+            if message["content"]:
+                yield chunk(index, {"content": message["content"]},
+                            logprobs=choice.logprobs if reply.with_logprobs else None)
+            if "tool_calls" in message:
+                yield chunk(index, {"tool_calls": [
+                    {"index": number, **call} for number, call in enumerate(
+                        message["tool_calls"])]})
+            yield chunk(index, {}, finish_reason)
     else:
-        for piece in reply:
-            yield chunk({"content": piece})
-        finish_reason = reply.finish_reason
+        try:
+            for delta in reply:
+                if delta.text or delta.logprobs:
+                    yield chunk(delta.index, {"content": delta.text}, logprobs=delta.logprobs)
+                if delta.finish_reason is not None:
+                    yield chunk(delta.index, {}, delta.finish_reason)
+        finally:  # a reader that left: every choice ends now
+            reply.gone.set()
     served.metrics.generated(reply.prompt_tokens, reply.completion_tokens)
-    yield chunk({}, finish_reason)
     if include_usage:
         yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": reply.usage()}
 
 
 def completion_chunks(served: Served, replies: Sequence[Reply], echoed: Sequence[str],
                       head: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
-    """Streamed completions, one prompt after another: text_completion objects, each with
-    its choice's index (its prompt first when echoed)."""
+    """Streamed completions, one prompt after another (generated together): text_completion
+    objects, each with its choice's index (prompt number * n + choice; its prompt first when
+    echoed)."""
     def chunk(index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"index": index, "text": text, "logprobs": None,
                                      "finish_reason": finish_reason}]}
 
-    for index, (echo, reply) in enumerate(zip(echoed, replies, strict=True)):
-        if echo:
-            yield chunk(index, echo)
-        for piece in reply:
-            yield chunk(index, piece)
-        served.metrics.generated(reply.prompt_tokens, reply.completion_tokens)
-        yield chunk(index, "", reply.finish_reason)
+    try:
+        for number, (echo, reply) in enumerate(zip(echoed, replies, strict=True)):
+            first = number * reply.n
+            if echo:
+                for index in range(first, first + reply.n):
+                    yield chunk(index, echo)
+            for delta in reply:
+                if delta.text:
+                    yield chunk(first + delta.index, delta.text)
+                if delta.finish_reason is not None:
+                    yield chunk(first + delta.index, "", delta.finish_reason)
+            served.metrics.generated(reply.prompt_tokens, reply.completion_tokens)
+    finally:  # a reader that left: the prompts not yet read end too
+        for reply in replies:
+            reply.gone.set()
     if include_usage:
         yield {**head, "choices": [], "usage": total_usage(replies)}
 

@@ -11,8 +11,17 @@ from typing import Any
 import anyio.from_thread
 
 from sdk.config import GenerationArguments
-from sdk.infer.openai_api import Reply, SamplingRequest, Served, server_stopping, settled_text
-from sdk.infer.stops import cut_at_stop, finish_reply, stop_tokens
+from sdk.infer.openai_api import (
+    ApiError,
+    Delta,
+    Reply,
+    SamplingRequest,
+    Served,
+    ended_text,
+    server_stopping,
+    settled_text,
+)
+from sdk.infer.stops import stop_tokens
 from sdk.infer.vllm_backend import check_vllm, sampling_params, vllm_source
 from sdk.models.rope import context_window
 from sdk.registry import Registry
@@ -20,22 +29,26 @@ from sdk.registry import Registry
 
 class VllmReply(Reply):
     """A generation by vLLM's engine (``served.model``) in a worker thread, as Reply is:
-    its text as it grows; a reader that leaves, or the server stopping, aborts it."""
+    its Deltas as the text grows (one choice); a reader that leaves, or the server stopping,
+    aborts it."""
 
     served: VllmServed
 
-    def __iter__(self) -> Iterator[str]:
+    def submit(self) -> None:
+        """Nothing yet: vLLM's stream starts when the reply is read."""
+
+    def __iter__(self) -> Iterator[Delta]:
         from vllm.inputs import TokensPrompt
 
-        served = self.served
-        prompt = TokensPrompt(prompt_token_ids=self.inputs["input_ids"][0].tolist())
-        stream = served.model.generate(prompt, self.options, uuid.uuid4().hex,
-                                       lora_request=served.lora)
+        self.start()
+        served, choice = self.served, self.choices[0]
+        stream = served.model.generate(TokensPrompt(prompt_token_ids=self.prompt_ids),
+                                       self.sampling, uuid.uuid4().hex, lora_request=served.lora)
 
         async def next_output() -> Any:
             return await stream.__anext__()
 
-        raw, sent, output = "", "", None
+        raw, output = "", None
         try:
             while not (self.gone.is_set() or served.stopping.is_set()):
                 try:
@@ -43,21 +56,18 @@ class VllmReply(Reply):
                 except StopAsyncIteration:
                     break
                 raw = output.text  # vLLM's text so far, stop strings left out
-                ready = settled_text(raw, self.stop_strings, self.trimmed)
-                if len(ready) > len(sent):
-                    yield ready[len(sent):]
-                    sent = ready
+                yield from choice.advanced(0, settled_text(raw, self.stop_strings, self.trimmed),
+                                           False, False)
         finally:  # closing vLLM's stream aborts a request still generating
             self.gone.set()
             anyio.from_thread.run(stream.aclose)
         if served.stopping.is_set():
             raise server_stopping()
-        self.text = (finish_reply if self.trimmed else cut_at_stop)(raw, self.stop_strings)
-        if len(self.text) > len(sent):
-            yield self.text[len(sent):]
-        self.tokens = list(output.token_ids) if output is not None else []
+        choice.text = ended_text(raw, self.stop_strings, self.trimmed)
+        choice.tokens = list(output.token_ids) if output is not None else []
         if output is not None and output.finish_reason == "stop":
-            self.finish_reason = "stop"
+            choice.finish_reason = "stop"
+        yield from choice.advanced(0, choice.text, False, True)
 
 
 @dataclasses.dataclass
@@ -68,10 +78,17 @@ class VllmServed(Served):
     config: Any = None
     lora: Any = None
 
+    def started_engine(self) -> None:
+        return None  # vLLM's AsyncLLMEngine batches the requests itself
+
     def window(self) -> int | None:
         return context_window(self.config)
 
     def generation(self, inputs: Any, request: SamplingRequest, param: str) -> Reply:
+        if request.n > 1 or request.token_alternatives is not None:
+            raise ApiError(400, "n above 1 and logprobs are served by the transformers backend "
+                           "only: leave them out, or serve without --infer-backend vllm.",
+                           "n" if request.n > 1 else "logprobs")
         decoding = request.decoding(self.defaults)
         room = self.room_for_reply(int(inputs["input_ids"].shape[1]), request.reply_tokens,
                                    param)
@@ -79,7 +96,7 @@ class VllmServed(Served):
         stop_strings = [*stop_strings, *(request.stop or [])]
         params = sampling_params(decoding, stop_ids, stop_strings,
                                  min(decoding.max_new_tokens, room), request.seed)
-        return VllmReply(self, inputs, params, stop_strings, request.seed)
+        return VllmReply(self, inputs["input_ids"][0].tolist(), params, stop_strings)
 
     def queue_stats(self) -> dict[str, int]:
         return {"running": 0, "waiting": 0}  # vLLM schedules its own; see its own metrics
