@@ -33,7 +33,6 @@ from sdk.options import hub_keywords
 from sdk.registry import Registry
 from sdk.runs.run_dir import ARGS_FILE, read_saved_arguments
 from sdk.specs import Hub, resolve_callable
-from sdk.train.fsdp import TRAINING_STATE as FSDP_STATE
 from sdk.tuners.adalora import STATE_FILE as ADALORA_STATE
 from sdk.tuners.mutated_init import STATE_FILE as UNCONVERTED_ADAPTER
 
@@ -41,7 +40,8 @@ from sdk.tuners.mutated_init import STATE_FILE as UNCONVERTED_ADAPTER
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth",
                   "trainer_state.json", "training_args.bin", ADALORA_STATE,
                   UNCONVERTED_ADAPTER, "global_step*", "latest", "zero_to_*.py",
-                  *FSDP_STATE)
+                  # accelerate's under --fsdp (sdk/train/fsdp.py), next to the whole weights
+                  "pytorch_model_fsdp*", "optimizer.bin", "optimizer_*")
 CARD_FILE = "README.md"
 # Seconds to wait before each new attempt: four attempts within about 40 s.
 RETRY_DELAYS = (2.0, 8.0, 30.0)

@@ -23,8 +23,6 @@ from sdk.errors import SdkError
 
 FLAG = "--fsdp"
 OPTIONS = ("full_shard", "shard_grad_op", "offload", "auto_wrap")
-# Written next to the weights by accelerate for resuming only (sdk push leaves them out).
-TRAINING_STATE = ("pytorch_model_fsdp*", "optimizer.bin", "optimizer_*")
 
 
 def fsdp_options(value: str) -> list[str]:
