@@ -2,6 +2,7 @@
 not write) gives the merged model's logits, the tokenizer's ids and the chat template that
 `sdk template render` renders, for a tiny model of each architecture the writer lays out."""
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -50,6 +51,22 @@ def small_tokenizer(name: str, folder: Path) -> Path:
 def logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids).logits.float()
+
+
+def assert_within_q8_0_rounding(reference, quantized) -> None:
+    """Every matrix of ``quantized`` is ``reference``'s rounded to q8_0: in each block of 32
+    weights, off by at most half a step (the block's largest magnitude / 127), plus the
+    float16 rounding of the block's scale; vectors (norms) are kept exactly."""
+    read = quantized.state_dict()
+    for name, weight in reference.state_dict().items():
+        weight, copy = weight.float(), read[name].float()
+        if weight.dim() == 1:
+            assert torch.equal(copy, weight), name
+            continue
+        blocks, copies = weight.reshape(-1, 32), copy.reshape(-1, 32)
+        largest = blocks.abs().amax(dim=1, keepdim=True)
+        bound = largest / 254 + largest * 2.0 ** -10 + 1e-12
+        assert ((copies - blocks).abs() <= bound).all(), name
 
 
 def reread(folder: Path, name: str):
@@ -233,11 +250,12 @@ def lora_run(tmp_path_factory):
     return next((folder / "output" / "tiny-gguf").glob("v0-*")), plugin
 
 
-def test_a_lora_run_exports_to_q8_0_with_a_modelfile_and_answers_alike(lora_run, run_cli,
-                                                                       tmp_path):
+def test_a_lora_run_exports_to_q8_0_with_a_modelfile_and_logits_alike(lora_run, run_cli,
+                                                                      tmp_path):
     """`sdk export --to gguf --gguf-type q8_0 --ollama` on an adapter run: the merge is
-    implied; transformers' reader gives logits within q8_0's tolerance and the same greedy
-    replies as the merged model, and the Modelfile points at the file."""
+    implied; transformers' reader gives back the merged weights rounded to q8_0, with which
+    it computes what the merged model computes, and the Modelfile points at the file. (Greedy
+    replies are compared on the embedded model, whose choices are not a random one's ties.)"""
     from sdk.config import InferArguments
     from sdk.infer.load import load_for_inference
     from sdk.plugins import load_plugins
@@ -261,17 +279,17 @@ def test_a_lora_run_exports_to_q8_0_with_a_modelfile_and_answers_alike(lora_run,
         ckpt_dir=str(run), merge_lora=True), load_plugins([str(plugin)]).registry)
     read, read_tokenizer = reread(out, "tiny-gguf-q8_0.gguf")
     base = AutoModelForCausalLM.from_pretrained(lora_run[0].parent.parent.parent / "model")
+    assert_within_q8_0_rounding(merged, read)
+    # the merged model given the file's (rounded) weights: the reader's model must compute
+    # exactly what it computes, so the file's settings (norms, rope, heads) are ours too
+    rounded = copy.deepcopy(merged)
+    rounded.load_state_dict(read.state_dict())
     for messages in CONVERSATIONS.values():
         ids = read_tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                  return_tensors="pt", return_dict=True).input_ids
         assert ids.tolist()[0] == tokenizer(template.render(messages, True)).input_ids
-        expected, actual = logits(merged, ids), logits(read, ids)
-        assert (expected - logits(base, ids)).abs().max() > 0.05  # the adapter shows
-        # q8_0: one scale per 32 weights, 8 bits each: within 2% of the largest logit
-        torch.testing.assert_close(actual, expected, rtol=0,
-                                   atol=0.02 * expected.abs().max().item())
-        greedy = dict(max_new_tokens=8, do_sample=False)
-        assert read.generate(ids, **greedy).tolist() == merged.generate(ids, **greedy).tolist()
+        assert (logits(merged, ids) - logits(base, ids)).abs().max() > 0.05  # the adapter shows
+        torch.testing.assert_close(logits(read, ids), logits(rounded, ids), rtol=0, atol=1e-5)
 
 
 def test_gguf_exports_are_refused_where_they_cannot_work(lora_run, run_cli, tmp_path):

@@ -222,18 +222,19 @@ def test_a_command_that_works_without_a_broken_plugin_still_fails(run_cli, tmp_p
 
 def test_an_installed_plugin_that_fails_to_load_names_its_distribution(run_cli, tmp_path,
                                                                         monkeypatch):
-    (tmp_path / "acme_ep.py").write_text("import json\nimport acme_missing_dependency\n")
-    info = tmp_path / "acme_ep-1.0.dist-info"
+    # a module name no other test imports: sys.modules would hand back another test's module
+    (tmp_path / "acme_broken.py").write_text("import json\nimport acme_missing_dependency\n")
+    info = tmp_path / "acme_broken-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ep\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[sft_sdk]\nacme = acme_ep\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sft_sdk]\nacme = acme_broken\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     listing = run_cli("models")
     assert listing.exit_code == 3 and "smollm2-135m-instruct" in listing.stdout
     assert listing.stderr == (
-        f"error: plugin acme-ep: {tmp_path / 'acme_ep.py'}:2: ModuleNotFoundError: No module "
-        "named 'acme_missing_dependency' (to fix it: `sdk plugins check acme-ep` lists its "
-        "problems; to run without it: `pip uninstall acme-ep` or `sdk "
+        f"error: plugin acme-broken: {tmp_path / 'acme_broken.py'}:2: ModuleNotFoundError: No "
+        "module named 'acme_missing_dependency' (to fix it: `sdk plugins check acme-broken` "
+        "lists its problems; to run without it: `pip uninstall acme-broken` or `sdk "
         "--no-third-party-plugins`)\n")
     without = run_cli("--no-third-party-plugins", "models")
     assert (without.exit_code, without.stderr, without.stdout) == (0, "", listing.stdout)

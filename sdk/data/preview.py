@@ -3,8 +3,9 @@ the distribution of their lengths."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -58,13 +59,31 @@ class Preview:
 
     def pieces(self, number: int, loss_scope: str) -> list[tuple[str, bool]]:
         """Row ``number`` (from 1) rendered, as (text, trained) pieces."""
-        try:
+        with unrenderable_row(number, self.datasets, self.template):
             return list(self.template.pieces(self.conversations[number - 1],
                                              loss_scope=loss_scope))
-        except ValueError as error:
-            raise SdkError(f"Row {number} of {', '.join(self.datasets)} cannot be rendered with "
-                           f"template '{self.template.spec.name}': {error}. Pick another "
-                           "--template or fix the data.") from None
+
+
+@contextlib.contextmanager
+def unrenderable_row(number: int, datasets: Sequence[str], template: Template) -> Iterator[None]:
+    """The template's refusal of row ``number`` (from 1) as an error naming the row."""
+    try:
+        yield
+    except ValueError as error:
+        raise SdkError(f"Row {number} of {', '.join(datasets)} cannot be rendered with "
+                       f"template '{template.spec.name}': {error}. Pick another "
+                       "--template or fix the data.") from None
+
+
+def row_lengths(conversations: Sequence[Any], datasets: Sequence[str], template: Template,
+                tokenizer: Any) -> list[int]:
+    """Tokens (characters without a tokenizer) of each conversation as the template renders it."""
+    lengths = []
+    for number, conversation in enumerate(conversations, 1):
+        with unrenderable_row(number, datasets, template):
+            lengths.append(len(template.encode(tokenizer, conversation)[0]) if tokenizer
+                           else len(template.render(conversation)))
+    return lengths
 
 
 def load_preview(args: PreviewArguments, registry: Registry) -> Preview:
@@ -92,12 +111,8 @@ def load_preview(args: PreviewArguments, registry: Registry) -> Preview:
     template = (Template.for_tokenizer(template_spec, tokenizer) if tokenizer
                 else Template(template_spec))
     measured = conversations[:MEASURED_ROWS]
-    if tokenizer is not None:
-        lengths = [len(template.encode(tokenizer, m)[0]) for m in measured]
-        unit = "tokens"
-    else:
-        lengths = [len(template.render(m)) for m in measured]
-        unit = "characters (give --model-type for tokens)"
+    lengths = row_lengths(measured, args.dataset, template, tokenizer)
+    unit = "tokens" if tokenizer is not None else "characters (give --model-type for tokens)"
     summary = length_summary(lengths, unit, args.max_length, args.truncation_strategy)
     return Preview(list(args.dataset), conversations, template, skipped or [], lengths, unit,
                    summary)
