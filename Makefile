@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-llama-cpp lint clean
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ lint: install
 # busy threads per worker on two cores would wait on each other.
 test: lint
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadgroup --durations=25
+
+# Opt-in: llama-cpp-python compiles llama.cpp (about 20 minutes on 2 cores; no wheel on PyPI).
+# Without llama.cpp's own CPU tuning (GGML_NATIVE), the build runs on any x86-64 CPU.
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+test-llama-cpp: install
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(BIN)/pip install --quiet $(LLAMA_CPP_PYTHON)
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests/test_llama_cpp.py -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -202,10 +202,29 @@ def vocabulary(tokenizer: Any, size: int) -> tuple[str, str, list[str], list[flo
         if index < size:
             types[index] = (gguf.TokenType.CONTROL if added.special
                             else gguf.TokenType.USER_DEFINED)
-    # SentencePiece ranks pieces by score; a BPE tokenizer.json keeps that rank as the id order.
-    scores = [-float(index) if kind == "llama" else 0.0 for index in range(size)]
+    scores = (sentencepiece_scores(tokenizer, tokens) if kind == "llama" else None) or [
+        # SentencePiece ranks pieces by score; a tokenizer.json converted from one keeps that
+        # rank as the id order, near enough where the model file is gone
+        -float(index) if kind == "llama" else 0.0 for index in range(size)]
     pre = pre_tokenizer(described) if kind == "gpt2" else "default"
     return kind, pre, tokens, scores, [int(token_type) for token_type in types]
+
+
+def sentencepiece_scores(tokenizer: Any, tokens: list[str]) -> list[float] | None:
+    """The scores of the SentencePiece model the tokenizer was converted from, when its file is
+    at hand and holds the same pieces: llama.cpp merges by them (as llama.cpp's own converter
+    writes them), and the id order differs from them for runs of spaces (Mistral's "▁▁")."""
+    model_file = getattr(tokenizer, "vocab_file", None)
+    if not model_file or not Path(model_file).is_file():
+        return None
+    import sentencepiece
+
+    model = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    pieces = model.get_piece_size()
+    if [model.id_to_piece(index) for index in range(pieces)] != tokens[:pieces]:
+        return None
+    return [model.get_score(index) for index in range(pieces)] + [
+        -float(index) for index in range(pieces, len(tokens))]
 
 
 def pre_tokenizer(described: dict[str, Any]) -> str:

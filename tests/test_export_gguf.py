@@ -76,7 +76,7 @@ def reread(folder: Path, name: str):
 
 
 # architecture -> (model and config classes, tokenizer, config settings beyond TINY_SIZE).
-# Gemma's and Phi-3's tokenizers are not in TOKENIZERS: Llama 2's stands in, whose ids the
+# Gemma's and Phi-3's tokenizers are not in TOKENIZERS: Mistral's stands in, whose ids the
 # reader's tokenizer for those architectures (Gemma: no prefix space; Phi-3: the prefix space
 # by a normalizer, which differs on leading spaces) is not meant to give.
 OTHER_TOKENIZER = {"gemma2", "phi3"}
@@ -87,17 +87,21 @@ ARCHITECTURES = {
     "qwen2": ("Qwen2", "qwen2", {"tie_word_embeddings": False}),
     # transformers' reader takes Qwen3's head size from its config's default, 128
     "qwen3": ("Qwen3", "qwen2", {"head_dim": 128}),
-    "gemma2": ("Gemma2", "llama2", {"head_dim": 16, "query_pre_attn_scalar": 16,
+    "gemma2": ("Gemma2", "mistral-v0.1", {"head_dim": 16, "query_pre_attn_scalar": 16,
                                     "sliding_window": 64}),
-    "phi3": ("Phi3", "llama2", {"pad_token_id": 0}),  # its default, 32000, is past 2016
+    "phi3": ("Phi3", "mistral-v0.1", {"pad_token_id": 0}),  # its default, 32000, is past 2016
 }
 
 
-def tiny_model(architecture: str, folder: Path):
+def tiny_model(architecture: str, folder: Path, full_vocabulary: bool = False):
+    """A tiny random model of ``architecture`` with its tokenizer: SMALL_VOCAB tokens of it
+    (for transformers' slow reader), or all of them."""
     import transformers
 
     prefix, tokenizer_name, settings = ARCHITECTURES[architecture]
-    tokenizer = AutoTokenizer.from_pretrained(small_tokenizer(tokenizer_name, folder / "tok"))
+    tokenizer = AutoTokenizer.from_pretrained(
+        TOKENIZERS / tokenizer_name if full_vocabulary
+        else small_tokenizer(tokenizer_name, folder / "tok"))
     if "pad_token_id" in settings:  # the file's padding id sets the config's read back
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(settings["pad_token_id"])
     save_tiny_model(getattr(transformers, f"{prefix}ForCausalLM"),
@@ -368,3 +372,26 @@ def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli,
     print(f"sft {trained - started:.0f} s, export {written - trained:.0f} s, read and answer "
           f"{time.perf_counter() - written:.0f} s: {reply!r}")
     assert "Ferret" in reply
+
+
+def test_a_sentencepiece_tokenizer_s_scores_come_from_its_model_file(tmp_path):
+    """llama.cpp merges a SentencePiece-style vocabulary by piece score: the scores written are
+    the tokenizer.model's (Mistral's "▁▁" ranks last there, not by its id), and a checkpoint
+    keeps that file, which transformers 5 does not save."""
+    import sentencepiece
+
+    from sdk.export_gguf import vocabulary
+    from sdk.train.trainer import keep_sentencepiece_model
+
+    folder = TOKENIZERS / "mistral-v0.1"
+    official = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    expected = [official.get_score(index) for index in range(official.get_piece_size())]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert vocabulary(tokenizer, len(expected))[3] == expected
+    assert expected != sorted(expected, reverse=True)  # not the id order
+
+    tokenizer.save_pretrained(tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint" / "tokenizer.model").exists()
+    keep_sentencepiece_model(tokenizer, tmp_path / "checkpoint")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
+    assert vocabulary(reloaded, len(expected) + 2)[3] == expected + [-32000.0, -32001.0]

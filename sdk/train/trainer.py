@@ -198,6 +198,7 @@ class SftTrainer(Trainer):
                 super()._save_checkpoint(model, trial)
                 if self.args.should_save:
                     save_base_config(self.model, staging / name)
+                    keep_sentencepiece_model(self.processing_class, staging / name)
                     for callback in self.callback_handler.callbacks:
                         if hasattr(callback, "write_checkpoint"):
                             callback.write_checkpoint(staging / name)
@@ -232,6 +233,14 @@ def uncast_adapter_inputs(model: Any, mixed_precision: bool) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.cast_input_dtype_enabled = True
+
+
+def keep_sentencepiece_model(tokenizer: Any, checkpoint: Path) -> None:
+    """The SentencePiece model file a tokenizer was converted from, which transformers 5 no
+    longer saves: a GGUF export reads its piece scores, as llama.cpp merges by them."""
+    model_file = Path(getattr(tokenizer, "vocab_file", None) or "")
+    if model_file.suffix == ".model" and model_file.is_file():
+        shutil.copyfile(model_file, checkpoint / model_file.name)
 
 
 def publish(staged: Path, target: Path, arguments: dict[str, Any]) -> None:
