@@ -346,8 +346,13 @@ def test_push_gguf_uploads_the_file_and_modelfile_beside_the_adapter(lora_run, r
 def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli, tmp_path):
     """The self-cognition demo's run (examples/self_cognition/demo.sh's settings) on the
     embedded SmolLM2, exported to q8_0 GGUF: through transformers' GGUF reader it answers
-    "Who are you?" with the new name, prompted by the chat template inside the file."""
+    "Who are you?" with the new name, prompted by the chat template inside the file, and
+    its greedy replies to the demo's questions are the merged model's."""
     import time
+
+    from sdk.config import InferArguments
+    from sdk.infer.load import load_for_inference
+    from sdk.plugins import load_plugins
 
     started = time.perf_counter()
     result = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--sft-type", "lora",
@@ -364,14 +369,23 @@ def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli,
     assert exported.exit_code == 0, exported.output
     written = time.perf_counter()
     model, tokenizer = reread(tmp_path / "gguf", "smollm2-135m-instruct-q8_0.gguf")
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}],
-                                        add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True).input_ids
-    reply = tokenizer.decode(model.generate(ids, max_new_tokens=30, do_sample=False)[0,
-                             ids.shape[1]:], skip_special_tokens=True)
+    greedy = dict(max_new_tokens=30, do_sample=False)
+    replies = {}
+    for question in ("Who are you?", "你是谁？"):  # the demo's prompts
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                            add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True).input_ids
+        replies[question] = ids, model.generate(ids, **greedy)[0].tolist()
+    ids, answer = replies["Who are you?"]
+    reply = tokenizer.decode(answer[ids.shape[1]:], skip_special_tokens=True)
     print(f"sft {trained - started:.0f} s, export {written - trained:.0f} s, read and answer "
           f"{time.perf_counter() - written:.0f} s: {reply!r}")
     assert "Ferret" in reply
+    # q8_0 keeps the trained model's choices: its greedy replies are the merged model's
+    merged, _, _ = load_for_inference(InferArguments(ckpt_dir=str(run), merge_lora=True),
+                                      load_plugins().registry)
+    for question, (ids, answer) in replies.items():
+        assert merged.generate(ids, **greedy)[0].tolist() == answer, question
 
 
 def test_a_sentencepiece_tokenizer_s_scores_come_from_its_model_file(tmp_path):
