@@ -39,6 +39,7 @@ LAYOUTS = {
     "qwen2": Layout("qwen2"),
     "qwen3": Layout("qwen3", key_length=True),
     "gemma2": Layout("gemma2", norm_offset=1.0, key_length=True),
+    "gemma3_text": Layout("gemma3", norm_offset=1.0, key_length=True),  # q/k norms too
     "phi3": Layout("phi3"),  # q/k/v and gate/up fused as in gguf's attn_qkv and ffn_up
 }
 # --rope-scaling kinds (transformers' rope_type) -> gguf's RopeScalingType member.
@@ -75,6 +76,8 @@ def rope_metadata(config: Any) -> dict[str, Any]:
     from sdk.models.rope import context_window
 
     rope = getattr(config, "rope_parameters", None) or {}
+    if "full_attention" in rope:  # Gemma 3's global layers (check_gemma3: the local ones)
+        rope = rope["full_attention"]
     kind = rope.get("rope_type", "default")
     settings: dict[str, Any] = {"freq_base": float(rope.get("rope_theta", 10000.0))}
     if kind == "default":
@@ -95,6 +98,28 @@ def rope_metadata(config: Any) -> dict[str, Any]:
         settings["original_context"] = int(rope.get("original_max_position_embeddings")
                                            or config.max_position_embeddings)
     return settings
+
+
+# llama.cpp's Gemma 3 graph fixes what the file cannot say: every sixth layer attends to all
+# tokens, the others to a sliding window rotated with base 10000 and no scaling; queries are
+# scaled by the head size (27B's 62 layers: by hidden size / heads).
+GEMMA3_GLOBAL_EVERY = 6
+GEMMA3_LOCAL_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
+GEMMA3_27B_LAYERS = 62
+
+
+def check_gemma3(config: Any, head_dim: int) -> None:
+    """Refuse a Gemma 3 model that llama.cpp's fixed Gemma 3 graph would compute otherwise."""
+    layers = [("full_attention" if (index + 1) % GEMMA3_GLOBAL_EVERY == 0
+               else "sliding_attention") for index in range(config.num_hidden_layers)]
+    local = config.rope_parameters["sliding_attention"]
+    query_scale = (config.hidden_size // config.num_attention_heads
+                   if config.num_hidden_layers == GEMMA3_27B_LAYERS else head_dim)
+    if (list(config.layer_types) != layers or config.query_pre_attn_scalar != query_scale
+            or {key: local.get(key) for key in GEMMA3_LOCAL_ROPE} != GEMMA3_LOCAL_ROPE):
+        raise SdkError("--to gguf: this Gemma 3 model is not built as llama.cpp builds Gemma 3 "
+                       f"(a global layer every {GEMMA3_GLOBAL_EVERY}, local rotary base 10000, "
+                       "queries scaled by the head size); export without --to gguf.")
 
 
 def llama3_freq_factors(config: Any) -> Any:
@@ -281,10 +306,12 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
         writer.add_rope_scaling_factor(rope["scaling_factor"])
         if "original_context" in rope:
             writer.add_rope_scaling_orig_ctx_len(rope["original_context"])
+    if layout.arch == "gemma3":
+        check_gemma3(config, head_dim)
     if layout.arch == "gemma2":
         writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
         writer.add_final_logit_softcapping(config.final_logit_softcapping)
-    if getattr(config, "sliding_window", None) and layout.arch in ("gemma2", "phi3"):
+    if getattr(config, "sliding_window", None) and layout.arch in ("gemma2", "gemma3", "phi3"):
         writer.add_sliding_window(config.sliding_window)
     writer.add_tokenizer_model(kind)
     writer.add_tokenizer_pre(pre)

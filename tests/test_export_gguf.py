@@ -79,7 +79,7 @@ def reread(folder: Path, name: str):
 # Gemma's and Phi-3's tokenizers are not in TOKENIZERS: Mistral's stands in, whose ids the
 # reader's tokenizer for those architectures (Gemma: no prefix space; Phi-3: the prefix space
 # by a normalizer, which differs on leading spaces) is not meant to give.
-OTHER_TOKENIZER = {"gemma2", "phi3"}
+OTHER_TOKENIZER = {"gemma2", "gemma3", "phi3"}
 ARCHITECTURES = {
     "llama": ("Llama", "qwen2", {"tie_word_embeddings": True}),
     "llama-3": ("Llama", "llama3", {"tie_word_embeddings": False}),
@@ -89,6 +89,11 @@ ARCHITECTURES = {
     "qwen3": ("Qwen3", "qwen2", {"head_dim": 128}),
     "gemma2": ("Gemma2", "mistral-v0.1", {"head_dim": 16, "query_pre_attn_scalar": 16,
                                     "sliding_window": 64}),
+    # six layers, the sixth attending to all tokens (llama.cpp's fixed pattern), a window of 8;
+    # transformers' reader takes the query scale from its config's default, 256
+    "gemma3": (("Gemma3ForCausalLM", "Gemma3TextConfig"), "mistral-v0.1", {
+        "head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 8,
+        "num_hidden_layers": 6}),
     "phi3": ("Phi3", "mistral-v0.1", {"pad_token_id": 0}),  # its default, 32000, is past 2016
 }
 
@@ -104,9 +109,10 @@ def tiny_model(architecture: str, folder: Path, full_vocabulary: bool = False):
         else small_tokenizer(tokenizer_name, folder / "tok"))
     if "pad_token_id" in settings:  # the file's padding id sets the config's read back
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(settings["pad_token_id"])
-    save_tiny_model(getattr(transformers, f"{prefix}ForCausalLM"),
-                    getattr(transformers, f"{prefix}Config"), tokenizer, folder / "model",
-                    **settings)
+    model_class, config_class = (prefix if isinstance(prefix, tuple)
+                                 else (f"{prefix}ForCausalLM", f"{prefix}Config"))
+    save_tiny_model(getattr(transformers, model_class), getattr(transformers, config_class),
+                    tokenizer, folder / "model", **settings)
     model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
     torch.manual_seed(1)
     with torch.no_grad():  # norms away from 1, biases away from 0: a misplaced one shows
@@ -409,3 +415,23 @@ def test_a_sentencepiece_tokenizer_s_scores_come_from_its_model_file(tmp_path):
     keep_sentencepiece_model(tokenizer, tmp_path / "checkpoint")
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
     assert vocabulary(reloaded, len(expected) + 2)[3] == expected + [-32000.0, -32001.0]
+
+
+def test_a_gemma3_model_llama_cpp_would_build_otherwise_is_refused():
+    """llama.cpp fixes Gemma 3's layer pattern, local rotary base and query scale: a model
+    that differs is refused, not written to compute something else."""
+    from transformers import Gemma3TextConfig
+
+    from sdk.errors import SdkError
+    from sdk.export_gguf import check_gemma3
+
+    built = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 query_pre_attn_scalar=16, num_hidden_layers=6)
+    check_gemma3(Gemma3TextConfig(**built), 16)
+    for different in ({"query_pre_attn_scalar": 32}, {"layer_types": ["full_attention"] * 6},
+                      {"rope_parameters": {"sliding_attention": {"rope_type": "default",
+                                                                 "rope_theta": 5e4},
+                                           "full_attention": {"rope_type": "default",
+                                                              "rope_theta": 1e6}}}):
+        with pytest.raises(SdkError, match="not built as llama.cpp builds Gemma 3"):
+            check_gemma3(Gemma3TextConfig(**{**built, **different}), 16)
