@@ -14,12 +14,13 @@ import threading
 from pathlib import Path
 
 from sdk.errors import SdkError
-from sdk.webui.command import runnable, shown
+from sdk.webui.command import runnable, shown, without_flag
 
 WEBUI_DIR = ".webui"
 # `sdk sft` names its run folder on stderr (sdk/train/sft.py) when it starts or resumes one
 _RUN_FOLDER = re.compile(r"^\[sdk\] (?:run folder: (.+)|resuming (.+) from checkpoint-\d+)$",
                          re.MULTILINE)
+RESUME_FLAG = "--resume-from-checkpoint"
 STOP_GRACE_S = 60  # after SIGINT, how long a run may take to end before it is killed
 
 
@@ -138,6 +139,17 @@ class Jobs:
                 os.killpg(job.pid, signal.SIGKILL)
                 process.wait()
         return next(j for j in self.jobs() if j.number == job.number)
+
+    def resume(self, run_dir: Path) -> Job:
+        """Run the command that trained ``run_dir`` again with --resume-from-checkpoint RUN:
+        `sdk sft` goes on from the run's newest complete checkpoint to the step it planned."""
+        job = self.job_of_run(run_dir)
+        if job is None:
+            raise SdkError(f"{run_dir} was not trained from this page, so the page does not "
+                           f"know its command: resume it with its `sdk sft ...` line and "
+                           f"{RESUME_FLAG} {run_dir}.")
+        return self.start(without_flag(job.command, RESUME_FLAG)
+                          + [RESUME_FLAG, str(run_dir)])
 
     def job_of_run(self, run_dir: Path) -> Job | None:
         """The newest job that trained ``run_dir``."""
