@@ -214,7 +214,7 @@ class Page:
         return bot.inner_text()
 
 
-STOPPED_RUN_STEPS = 8  # enough that Stop comes first, few enough to resume to the end
+STOPPED_RUN_STEPS = 6  # enough that Stop comes first, few enough to resume to the end
 CLI_REPLIES: dict[tuple[str, ...], str] = {}  # by source: tests ask the same models
 
 
@@ -348,8 +348,9 @@ def test_runs_tab_exports_pushes_and_predicts(served, open_tab, page_plugins, ti
     assert (repo / "adapter_model.safetensors").read_bytes() == (
         checkpoint / "adapter_model.safetensors").read_bytes()
 
+    page.fill("predict-max-new-tokens", 16)
     page.run_action("predict", ["sdk", *plugin_flags, "infer", "--ckpt-dir", run,
-                                "--val-dataset-from-run"], 180)
+                                "--val-dataset-from-run", "--max-new-tokens", 16], 180)
     predictions = run / "predictions" / "checkpoint-2-val.jsonl"
     scores = json.loads(predictions.with_suffix(".metrics.json").read_text())
     [shown] = page.table("action-table", 1)
@@ -384,10 +385,11 @@ def test_chat_compare_shows_the_base_and_the_fine_tuned_reply(served, open_tab, 
     assert page.errors == []
 
 
-def test_stop_then_resume_finishes_the_run(served, open_tab, run_cli, tiny_plugin_file,
-                                           tmp_path):
+def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cli,
+                                         tiny_plugin_file, tmp_path):
     """Two tabs see the one run: Stop from the second, then Resume from the Runs tab: the run
-    goes on from its last complete checkpoint to the planned step."""
+    goes on from its last complete checkpoint to the planned step, watched by a page restarted
+    meanwhile (the state is the run folders and the job records)."""
     url, output = served
     before = set(output.glob(f"{TINY_MODEL_TYPE}/v*"))
     page, other = open_tab(url), open_tab(url)
@@ -419,9 +421,25 @@ def test_stop_then_resume_finishes_the_run(served, open_tab, run_cli, tiny_plugi
     page.pick("run", str(run))
     page.tab.locator("#runs-resume").click()
     page.wait_text("action-result", "^Resumed: ", 30)
-    page.tab_button("Train").click()
-    page.wait_text("progress", f"^finished · step {STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS} ",
-                   300)
+    restarted = serve_page(page_plugins, output)
+    try:
+        fresh = open_tab(restarted.local_url)
+        fresh.wait_text("progress", "^running", 30)
+        fresh.wait_text("progress", f"^finished · step {STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS} "
+                        f".* · {re.escape(str(run))}$", 300)
+        tables = []
+        for tab in (page, fresh):
+            tab.tab_button("Runs").click()
+            tables.append(tab.table("runs-table", 2))
+        assert fresh.errors == []
+    finally:
+        restarted.close()
+    assert tables[0] == tables[1]
+    [exported] = [p.parent for p in output.glob(f"{TINY_MODEL_TYPE}/v*/checkpoint-2-merged")]
+    assert sorted(row[:3] for row in tables[0]) == sorted([
+        [str(exported.relative_to(output)), "finished", "2/2"],
+        [str(run.relative_to(output)), "finished", f"{STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS}"]])
+
     last = run / f"checkpoint-{STOPPED_RUN_STEPS}" / "trainer_state.json"
     state = json.loads(last.read_text())
     assert (state["global_step"], state["max_steps"]) == (STOPPED_RUN_STEPS,) * 2
@@ -431,33 +449,7 @@ def test_stop_then_resume_finishes_the_run(served, open_tab, run_cli, tiny_plugi
         ).splitlines()) if "loss" in record]
     assert logged == list(range(1, STOPPED_RUN_STEPS + 1))  # one uninterrupted run
     # the Train tab's Resume takes the newest run, finished now
+    page.tab_button("Train").click()
     page.tab.locator("#resume").click()
     page.tab.get_by_text("only a stopped or failed run resumes").wait_for(timeout=10_000)
     assert page.errors == other.errors == []
-
-
-def test_a_restarted_page_shows_the_same_runs(served, open_tab, page_plugins):
-    url, output = served
-    # the form's 2-step run (exported) and the stopped then resumed one, both finished
-    [exported] = [p.parent for p in output.glob(f"{TINY_MODEL_TYPE}/v*/checkpoint-2-merged")]
-    [resumed] = set(output.glob(f"{TINY_MODEL_TYPE}/v*")) - {exported}
-    expected = sorted([[str(exported.relative_to(output)), "finished", "2/2"],
-                       [str(resumed.relative_to(output)), "finished",
-                        f"{STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS}"]])
-
-    def runs_table(page: Page) -> list[list[str]]:
-        page.tab_button("Runs").click()
-        return page.table("runs-table", 2)
-
-    shown = runs_table(open_tab(url))
-    assert sorted(row[:3] for row in shown) == expected
-    # the state is the run folders and the job records: a new page over them shows the same
-    restarted = serve_page(page_plugins, output)
-    try:
-        page = open_tab(restarted.local_url)
-        page.wait_text("progress", f"^finished · step {STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS} "
-                       f".* · {re.escape(str(resumed))}$", 10)
-        assert runs_table(page) == shown
-        assert page.errors == []
-    finally:
-        restarted.close()

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdk.config import InferArguments
 from sdk.errors import SdkError
 from sdk.registry import Registry
 from sdk.runs.run_dir import checkpoints
@@ -178,6 +179,10 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                                    "repo_id")
                 private = labelled(gr.Checkbox(True, elem_id="private",
                                                label=text("private", english)), "private")
+                predict_tokens = labelled(gr.Number(
+                    InferArguments.max_new_tokens, precision=0, minimum=1,
+                    elem_id="predict-max-new-tokens",
+                    label=text("predict_max_new_tokens", english)), "predict_max_new_tokens")
             with gr.Row():
                 export_button = labelled(gr.Button(text("export", english), elem_id="export"),
                                          "export", "value")
@@ -393,10 +398,11 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                 "--ckpt-dir", run, "--hub", hub_name, "--repo-id", repo,
                 "--private" if is_private else "--public"]))
 
-        def predict_run(run: str) -> Iterator[tuple[str, Any, Any, str]]:
+        def predict_run(run: str, tokens: float) -> Iterator[tuple[str, Any, Any, str]]:
             """Predict the run's held-out rows: the scores and replies of the file written."""
-            words = sdk_command(group_flags, "infer", ["--ckpt-dir", run,
-                                                       "--val-dataset-from-run"])
+            words = sdk_command(group_flags, "infer", [
+                "--ckpt-dir", run, "--val-dataset-from-run", "--max-new-tokens",
+                str(int(tokens))])
             yield shown(words), None, None, "…"
             done = run_action(words)
             found = predictions_file(done.stderr) if done.returncode == 0 else None
@@ -411,8 +417,8 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                                                      action_result])
         push_button.click(push_run, [run_choice, hub, repo_id, private],
                           [action_command, action_table, action_result])
-        predict_button.click(predict_run, run_choice, [action_command, action_table,
-                                                       replies_table, action_result])
+        predict_button.click(predict_run, [run_choice, predict_tokens],
+                             [action_command, action_table, replies_table, action_result])
         runs_resume_button.click(resume, run_choice, action_result)
 
         # -- Data

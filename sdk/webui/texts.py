@@ -48,6 +48,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "repo_id": ("Repository id", "仓库 ID"),
     "private": ("Private", "私有"),
     "predict": ("Predict and score the held-out rows", "预测并评分验证集"),
+    "predict_max_new_tokens": ("Max new tokens (predict)", "最大生成 token 数（预测）"),
     "result": ("Output", "输出"),
     "result_table": ("Result", "结果"),
     "predictions": ("Predictions (held-out rows)", "预测结果（验证集）"),
