@@ -427,9 +427,13 @@ def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cl
         fresh.wait_text("progress", "^running", 30)
         fresh.wait_text("progress", f"^finished · step {STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS} "
                         f".* · {re.escape(str(run))}$", 300)
+        page.tab_button("Train").click()
+        page.wait_text("progress", f"^finished · step {STOPPED_RUN_STEPS}/", 10)
         tables = []
         for tab in (page, fresh):
             tab.tab_button("Runs").click()
+            tab.tab.locator("#runs-table").get_by_text("running", exact=True).first.wait_for(
+                state="detached", timeout=10_000)
             tables.append(tab.table("runs-table", 2))
         assert fresh.errors == []
     finally:

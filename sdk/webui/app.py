@@ -40,6 +40,7 @@ from sdk.webui.uploads import SUFFIXES, keep_upload
 REFRESH_S = 2.0  # how often the page rereads the run folders
 DEFAULT_MODEL_TYPE = "smollm2-135m-instruct"  # the embedded model: trains offline
 HISTOGRAM_BINS = 20
+PICK_A_RUN = "⚠ Pick a run folder first (the table above lists them)."
 FIELD_TEXTS = {"dataset": "datasets"}  # a form field whose text key is not its name
 
 
@@ -361,15 +362,16 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
         upload.upload(uploaded, [upload, fields["dataset"]], [fields["dataset"], message])
 
         # -- Runs
-        def runs_view(chosen: str | None) -> tuple[Any, Any]:
+        def runs_view(pick_newest: bool = False) -> tuple[Any, Any]:
+            """The table and the runs to pick from; a refresh leaves the pick alone (it would
+            undo one made while it was on its way), the page's first view picks the newest."""
             found = run_rows(output_dir, jobs)
             names = [str(row.run) for row in found]
-            kept = chosen if chosen in names else (names[0] if names else None)
-            return ([row.cells(output_dir) for row in found],
-                    gr.update(choices=names, value=kept))
+            picked = {"value": names[0]} if pick_newest and names else {}
+            return [row.cells(output_dir) for row in found], gr.update(choices=names, **picked)
 
-        timer.tick(runs_view, run_choice, [runs_table, run_choice])
-        page.load(runs_view, run_choice, [runs_table, run_choice])
+        timer.tick(runs_view, None, [runs_table, run_choice])
+        page.load(lambda: runs_view(pick_newest=True), None, [runs_table, run_choice])
 
         def run_action(words: list[str]) -> subprocess.CompletedProcess:
             return subprocess.run(runnable(words), capture_output=True, text=True,
@@ -379,8 +381,13 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
             return (done.stdout + done.stderr).strip() + (
                 "" if done.returncode == 0 else f"\n(exit status {done.returncode})")
 
-        def folder_action(words: list[str]) -> Iterator[tuple[str, Any, str]]:
-            """Export or push: the files of the folder it printed, if it wrote one."""
+        def folder_action(run: str | None, command_name: str, arguments: list[str]
+                          ) -> Iterator[tuple[str, Any, str]]:
+            """Export or push ``run``: the files of the folder it printed, if it wrote one."""
+            if not run:
+                yield "", None, PICK_A_RUN
+                return
+            words = sdk_command(group_flags, command_name, ["--ckpt-dir", run, *arguments])
             yield shown(words), None, "…"
             done = run_action(words)
             folder = written_folder(done.stdout) if done.returncode == 0 else None
@@ -388,21 +395,23 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                      else None)
             yield shown(words), table, action_output(done)
 
-        def export_run(run: str) -> Iterator[tuple[str, Any, str]]:
-            yield from folder_action(sdk_command(group_flags, "export",
-                                                 ["--ckpt-dir", run, "--merge-lora"]))
+        def export_run(run: str | None) -> Iterator[tuple[str, Any, str]]:
+            yield from folder_action(run, "export", ["--merge-lora"])
 
-        def push_run(run: str, hub_name: str, repo: str, is_private: bool
+        def push_run(run: str | None, hub_name: str, repo: str, is_private: bool
                      ) -> Iterator[tuple[str, Any, str]]:
-            yield from folder_action(sdk_command(group_flags, "push", [
-                "--ckpt-dir", run, "--hub", hub_name, "--repo-id", repo,
-                "--private" if is_private else "--public"]))
+            yield from folder_action(run, "push", [
+                "--hub", hub_name, "--repo-id", repo, "--private" if is_private else "--public"])
 
-        def predict_run(run: str, tokens: float) -> Iterator[tuple[str, Any, Any, str]]:
+        def predict_run(run: str | None, tokens: float | None
+                        ) -> Iterator[tuple[str, Any, Any, str]]:
             """Predict the run's held-out rows: the scores and replies of the file written."""
+            if not run:
+                yield "", None, None, PICK_A_RUN
+                return
             words = sdk_command(group_flags, "infer", [
                 "--ckpt-dir", run, "--val-dataset-from-run", "--max-new-tokens",
-                str(int(tokens))])
+                str(int(tokens or InferArguments.max_new_tokens))])
             yield shown(words), None, None, "…"
             done = run_action(words)
             found = predictions_file(done.stderr) if done.returncode == 0 else None

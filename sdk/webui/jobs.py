@@ -76,21 +76,17 @@ class Jobs:
             match = _RUN_FOLDER.search(log)
             if match:
                 job.run_dir, changed = match.group(1) or match.group(2), True
-        if job.state == "running":
-            process = self._processes.get(job.number)
-            if process is not None:
-                returncode = process.poll()
-                ended = returncode is not None
-            else:  # started by an earlier page: is its process still there?
-                returncode, ended = None, not _alive(job.pid)
-            if ended:
-                job.returncode = returncode
-                job.state = ("stopped" if job.number in self._stopping
-                             else "finished" if returncode == 0 else "failed")
-                if process is None and job.state == "failed":
-                    job.state = "stopped"  # ended while no page watched: its code is unknown
-                self._processes.pop(job.number, None)
-                changed = True
+        process = self._processes.get(job.number)
+        if process is not None and process.poll() is not None:
+            # ours: its exit code is the truth, whatever another page over the folder wrote
+            job.returncode = process.returncode
+            job.state = ("stopped" if job.number in self._stopping
+                         else "finished" if job.returncode == 0 else "failed")
+            del self._processes[job.number]
+            changed = True
+        elif process is None and job.state == "running" and not _alive(job.pid):
+            job.state = "stopped"  # started by an earlier page: how it ended is unknown
+            changed = True
         if changed:
             self._save(job)
         return job
