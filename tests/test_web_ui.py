@@ -159,6 +159,16 @@ class Page:
         field.press("Enter")
         field.blur()
 
+    def choose(self, elem_id: str, value: str) -> None:
+        """Pick one of a dropdown's listed choices by clicking it (Enter may come before the
+        filtered list is drawn, and picks nothing)."""
+        field = self.tab.locator(f"#{elem_id} input").first
+        field.click()
+        field.fill(value)
+        self.tab.get_by_role("option", name=value, exact=True).click()
+        field.blur()
+        assert self.value(elem_id) == value
+
     def fill(self, elem_id: str, value: Any) -> None:
         field = self.tab.locator(f"#{elem_id} input, #{elem_id} textarea").first
         field.fill(str(value))
@@ -336,7 +346,7 @@ def test_runs_tab_exports_pushes_and_predicts(served, open_tab, page_plugins, ti
     torch.testing.assert_close(exported, adapted, rtol=1e-4, atol=1e-4)
 
     repo = tmp_path / "hub" / "tiny-identity"
-    page.pick("hub", "recording")
+    page.choose("hub", "recording")
     page.fill("repo-id", repo)
     page.run_action("push", ["sdk", *plugin_flags, "push", "--ckpt-dir", run, "--hub",
                              "recording", "--repo-id", repo, "--private"], 120)
