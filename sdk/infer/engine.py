@@ -216,6 +216,13 @@ class Engine:
             self.wake.notify()
         return submission
 
+    def submit_together(self, prompts: Sequence[tuple[Sequence[int], Sampling]]
+                        ) -> list[Submission]:
+        """Queue one sequence continuing each prompt at once, so that as many as there is
+        room for join the batch in the same step (one prefill)."""
+        with self.wake:  # the engine takes none of them before all are queued
+            return [self.submit(ids, sampling) for ids, sampling in prompts]
+
     def stats(self) -> dict[str, int]:
         """Sequences running and waiting, and the tokens prefilled and generated so far."""
         return {"running": len(self.running), "waiting": len(self.waiting),
