@@ -3,7 +3,7 @@
     python benchmarks/batch_predict.py [--rows 32] [--batch-size 8] [--max-new-tokens 32]
 
 Builds a small random Llama with the real Qwen2 tokenizer (or loads --model-dir), then predicts
-the same rows twice through the code `sdk infer --dataset` runs (greedy, left-padded batches):
+the same rows twice through the code `sdk infer --dataset` runs (greedy, batches of rows):
 with --batch-size 1 and with --batch-size N. Checks that both give the same replies and prints
 rows/s for each and the speed-up; the last line is one JSON object.
 """

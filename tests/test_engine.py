@@ -58,6 +58,29 @@ def test_greedy_sequences_joining_a_running_batch_equal_generate_alone(model_and
     assert stats["running"] == stats["waiting"] == 0
 
 
+def test_prompts_joining_in_one_step_are_prefilled_together_and_equal_generate_alone(
+        model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    engine = Engine(model, tokenizer, max_running=8)
+    prompts = [tokenizer(text)["input_ids"] for text in PROMPTS]
+    assert len(set(map(len, prompts))) > 3  # padded by different amounts
+    # each row its own repetition penalty, chosen for all rows at once (1.0: none)
+    penalties = [1.0, 1.3, 0.7, 1.0, 2.0, 1.1]
+    forwards = []
+    working = model.forward
+    monkeypatch.setattr(model, "forward", lambda *args, **kwargs: (
+        forwards.append(kwargs["input_ids"].shape), working(*args, **kwargs))[1])
+    with engine.wake:  # the engine waits for this lock: every prompt joins in its next step
+        submissions = [engine.submit(ids, Sampling(max_tokens=8, repetition_penalty=penalty))
+                       for ids, penalty in zip(prompts, penalties, strict=True)]
+    generated = [tokens(s.steps()) for s in submissions]
+    monkeypatch.undo()
+    width = max(map(len, prompts))
+    assert forwards == [(len(prompts), width)] + [(len(prompts), 1)] * 7
+    for ids, penalty, got in zip(prompts, penalties, generated, strict=True):
+        assert got == alone(model, ids, 8, repetition_penalty=penalty)
+
+
 def test_each_sequence_keeps_its_own_settings(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     engine = Engine(model, tokenizer, max_running=8)

@@ -15,6 +15,7 @@ from sdk.data.conversations import split_indices
 from sdk.errors import SdkError
 from sdk.eval.predictions import metrics_file
 from sdk.infer.chat import generate
+from sdk.infer.engine import Engine
 from sdk.infer.load import load_for_inference
 from sdk.infer.predict import (
     batch_inputs,
@@ -46,15 +47,15 @@ def conversations(count: int = 5):
             for number, question in enumerate(QUESTIONS[:count])]
 
 
-def counting_generate(model):
-    """Record the batch size of every generate call on the model."""
-    calls, original = [], model.generate
+def counting_prefills(monkeypatch):
+    """Record how many rows the engine prefills together, each time it does."""
+    calls, original = [], Engine.prefill
 
-    def generate_and_count(**inputs):
-        calls.append(inputs["input_ids"].shape[0])
-        return original(**inputs)
+    def prefill_and_count(engine, joining):
+        calls.append(len(joining))
+        return original(engine, joining)
 
-    model.generate = generate_and_count
+    monkeypatch.setattr(Engine, "prefill", prefill_and_count)
     return calls
 
 
@@ -114,12 +115,12 @@ TOOL_ROW = [{"role": "user", "content": "Time?", "tool_call_id": None,
 
 
 def test_a_tool_row_is_prompted_with_its_schemas_calls_and_results(loaded, plugin_set,
-                                                                    tmp_path):
+                                                                    tmp_path, monkeypatch):
     """The prompt is the template's tool rendering (Qwen2.5's <tools>, <tool_call> and
     <tool_response>), and the predictions file keeps the schemas and the calls; a template
     without a tool format refuses the row before anything is generated."""
     model, tokenizer, chatml = loaded
-    calls = counting_generate(model)
+    calls = counting_prefills(monkeypatch)
     args = InferArguments(max_new_tokens=2)
     rows = prompt_rows([conversations(1)[0], TOOL_ROW])
     with pytest.raises(SdkError, match="Row 2 of the data cannot be prompted with template "
@@ -148,9 +149,10 @@ def test_a_tool_row_is_prompted_with_its_schemas_calls_and_results(loaded, plugi
     assert calls == [1]
 
 
-def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path):
+def test_a_stopped_run_resumes_without_generating_finished_rows(loaded, tmp_path,
+                                                                monkeypatch):
     model = loaded[0]
-    calls = counting_generate(model)
+    calls = counting_prefills(monkeypatch)
     rows = prompt_rows(conversations())
     path = tmp_path / "out" / "predictions.jsonl"
     args = InferArguments(batch_size=2, **DECODING)
@@ -308,14 +310,14 @@ def test_a_row_past_the_models_window_stops_prediction_keeping_the_rows_before(l
     assert [json.loads(line)["query"] for line in path.read_text().splitlines()] == QUESTIONS[:2]
 
 
-def test_each_row_of_a_batch_stops_at_the_window_after_its_own_prompt(loaded):
+def test_each_row_of_a_batch_stops_at_the_window_after_its_own_prompt(loaded, monkeypatch):
     model, tokenizer, template = loaded
     window = model.config.max_position_embeddings
     near_the_end = [{"role": "user", "content": "word " * (window - 30)}]
     short = [{"role": "user", "content": QUESTIONS[1]}]
     args = InferArguments(max_new_tokens=40, repetition_penalty=2.0)
     alone = generate_batch(model, tokenizer, template, [short], args)
-    calls = counting_generate(model)
+    calls = counting_prefills(monkeypatch)
     together = generate_batch(model, tokenizer, template, [short, near_the_end], args)
     assert calls == [2] and together[0] == alone[0]  # not cut to the long row's room
     long_tokens = len(tokenizer(together[1], add_special_tokens=False)["input_ids"])

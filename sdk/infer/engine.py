@@ -7,13 +7,16 @@ transformers' own continuous batching (``generate_batch``, ``ContinuousBatchingM
 repetition penalty, seed or top logprobs), has no stop strings, and switches the model to paged
 attention, so its greedy replies need not equal ``model.generate``'s.
 
-How a sequence is generated: its prompt is prefilled alone (batch of one, as ``model.generate``
-prefills it), then its key/value cache joins the batch's, left-padded to the batch's width; each
-decoding step is one forward pass over the last token of every running sequence, with the
-per-row attention mask and positions of its own tokens. A greedy reply is therefore the one
-``model.generate`` gives alone, up to the order of float additions in padded attention
-(token-identical on the tests' models). A cache that is not plain key/value tensors (sliding
-windows, recurrent layers) cannot be padded, so such a model generates one sequence at a time.
+How a sequence is generated: the prompts that join in the same step are prefilled together in
+one forward pass, left-padded to the longest (as ``model.generate`` prefills a batch), then
+their key/value cache joins the batch's, left-padded to the batch's width; each decoding step is
+one forward pass over the last token of every running sequence, with the per-row attention
+mask and positions of its own tokens. The next tokens of all rows are chosen together (one
+argmax, repetition penalties and temperatures as tensors over the rows) and read back to the
+host once a step. A greedy reply is therefore the one ``model.generate`` gives alone, up to the
+order of float additions in padded attention (token-identical on the tests' models). A cache
+that is not plain key/value tensors (sliding windows, recurrent layers) cannot be padded, so
+such a model generates one sequence at a time.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from transformers import (
     DynamicCache,
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
@@ -76,15 +77,18 @@ class Sampling:
         return cls(**{**fields, **changes})
 
     def processors(self) -> LogitsProcessorList:
-        """The logits processors, in ``model.generate``'s order."""
+        """The logits processors that run after the repetition penalty and before the
+        temperature (the engine applies both to all rows at once), in ``model.generate``'s
+        order."""
         chosen = LogitsProcessorList()
-        if self.repetition_penalty != 1.0:
-            chosen.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
         if self.no_repeat_ngram_size:
             chosen.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
+        return chosen
+
+    def warpers(self) -> LogitsProcessorList:
+        """The sampling warpers that follow the temperature, in ``model.generate``'s order."""
+        chosen = LogitsProcessorList()
         if self.do_sample:
-            if self.temperature != 1.0:
-                chosen.append(TemperatureLogitsWarper(self.temperature))
             if self.top_k:
                 chosen.append(TopKLogitsWarper(self.top_k))
             if self.top_p < 1.0:
@@ -149,6 +153,7 @@ class Running:
     submission: Submission
     index: int
     processors: LogitsProcessorList
+    warpers: LogitsProcessorList
     generator: torch.Generator | None
     tokens: list[int] = dataclasses.field(default_factory=list)
     text: str = ""
@@ -182,6 +187,10 @@ class Engine:
             model, "get_base_model") else model.forward).parameters
         self.cache_name = "cache" if "cache" in forward else "past_key_values"
         self.last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
+        # a cache of plain key/value tensors can be padded to join others; any other (sliding
+        # windows, recurrent layers) runs one sequence at a time
+        self.paddable = all(type(layer) is DynamicLayer
+                            for layer in DynamicCache(config=model.config).layers)
         threading.Thread(target=self.loop, name="sdk-engine", daemon=True).start()
 
     def submit(self, prompt_ids: Sequence[int], sampling: Sampling, n: int = 1,
@@ -196,7 +205,8 @@ class Engine:
             generator = None
             if sampling.do_sample:
                 generator = torch.Generator(self.model.device).manual_seed(seed + index)
-            sequences.append(Running(submission, index, sampling.processors(), generator))
+            sequences.append(Running(submission, index, sampling.processors(),
+                                     sampling.warpers(), generator))
         with self.wake:
             running, waiting = len(self.running), len(self.waiting)
             if (self.max_waiting is not None
@@ -205,6 +215,13 @@ class Engine:
             self.waiting.extend(sequences)
             self.wake.notify()
         return submission
+
+    def submit_together(self, prompts: Sequence[tuple[Sequence[int], Sampling]]
+                        ) -> list[Submission]:
+        """Queue one sequence continuing each prompt at once, so that as many as there is
+        room for join the batch in the same step (one prefill)."""
+        with self.wake:  # the engine takes none of them before all are queued
+            return [self.submit(ids, sampling) for ids, sampling in prompts]
 
     def stats(self) -> dict[str, int]:
         """Sequences running and waiting, and the tokens prefilled and generated so far."""
@@ -242,46 +259,56 @@ class Engine:
             return
         self.keep([s for s in self.running if not s.submission.cancelled.is_set()],
                   "cancelled")
-        while len(self.running) < self.room():
-            with self.wake:
-                if not self.waiting:
-                    break
-                sequence = self.waiting.popleft()
-            if sequence.submission.cancelled.is_set():
-                sequence.end("cancelled")
-                continue
+        joining = self.admitted()
+        if joining:
             try:
-                self.prefill(sequence)
-            except Exception as error:  # this prompt's failure is its own
-                sequence.submission.updates.put(error)
+                self.prefill(joining)
+            except Exception as error:  # these prompts' failure is their own
+                for sequence in joining:
+                    sequence.submission.updates.put(error)
         if self.running:
             self.decode()
 
-    def room(self) -> int:
-        """How many sequences may run: one where the cache cannot be padded."""
-        plain = self.cache is None or all(type(layer) is DynamicLayer
-                                          for layer in self.cache.layers)
-        return self.max_running if plain else 1
+    def admitted(self) -> list[Running]:
+        """The waiting sequences that join the batch now, as many as there is room for
+        (those cancelled while they waited end)."""
+        room = (self.max_running if self.paddable else 1) - len(self.running)
+        joining: list[Running] = []
+        with self.wake:
+            while self.waiting and len(joining) < room:
+                sequence = self.waiting.popleft()
+                if sequence.submission.cancelled.is_set():
+                    sequence.end("cancelled")
+                else:
+                    joining.append(sequence)
+        return joining
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
-        """The next token's logits (float32) of each row, ``cache`` updated in place."""
-        positions = mask.sum(dim=1, keepdim=True) - input_ids.shape[1] + torch.arange(
-            input_ids.shape[1], device=mask.device)
+        """The next token's logits (float32) of each row, ``cache`` updated in place. ``mask``
+        covers the cache's positions and then ``input_ids``' (0: left padding, whose
+        positions are 0)."""
+        positions = (mask.sum(dim=1, keepdim=True) - input_ids.shape[1] + torch.arange(
+            input_ids.shape[1], device=mask.device)).clamp(min=0)
         with torch.inference_mode():
             output = self.model(input_ids=input_ids, attention_mask=mask,
                                 position_ids=positions, use_cache=True,
                                 **{self.cache_name: cache}, **self.last_logits)
         return output.logits[:, -1, :].to(torch.float32)
 
-    def prefill(self, sequence: Running) -> None:
+    def prefill(self, joining: list[Running]) -> None:
+        """Prefill the prompts of ``joining`` in one forward pass, left-padded to the longest,
+        and add them to the batch."""
+        prompts = [sequence.submission.prompt_ids for sequence in joining]
+        width = max(map(len, prompts))
         device = self.model.device
-        prompt = torch.tensor([sequence.submission.prompt_ids], device=device)
-        mask = torch.ones_like(prompt)
+        prompt = torch.tensor([[0] * (width - len(ids)) + ids for ids in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts],
+                            device=device)
         cache = DynamicCache(config=self.model.config)
         logits = self.forward(prompt, mask, cache)
-        self.counters["prompt_tokens"] += prompt.shape[1]
-        self.join(sequence, cache, mask)
-        self.advance([sequence], logits)
+        self.counters["prompt_tokens"] += sum(map(len, prompts))
+        self.join(joining, cache, mask)
+        self.advance(joining, logits)
 
     def decode(self) -> None:
         device = self.model.device
@@ -292,9 +319,9 @@ class Engine:
         self.mask = mask
         self.advance(list(self.running), logits)
 
-    def join(self, sequence: Running, cache: Any, mask: torch.Tensor) -> None:
-        """Add a prefilled sequence to the batch, padding the shorter side on the left."""
-        self.running.append(sequence)
+    def join(self, joining: list[Running], cache: Any, mask: torch.Tensor) -> None:
+        """Add prefilled sequences to the batch, padding the shorter side on the left."""
+        self.running.extend(joining)
         if self.cache is None:
             self.cache, self.mask = cache, mask
             return
@@ -332,14 +359,11 @@ class Engine:
         """Choose each sequence's next token from its row of ``logits``; tell its
         submission; remove the sequences that ended."""
         ended = []
-        for sequence, row in zip(sequences, logits, strict=True):
-            token = self.choose(sequence, row)
+        tokens, logprobs = self.choose(sequences, logits)
+        for sequence, token, logprob in zip(sequences, tokens, logprobs, strict=True):
             sequence.tokens.append(token)
             sequence.text = self.tokenizer.decode(sequence.tokens, skip_special_tokens=True)
             sampling = sequence.sampling
-            logprob = None
-            if sampling.logprobs is not None:
-                logprob = token_logprob(row, token, sampling.logprobs)
             reason = None
             if token in sampling.stop_ids or any(word in sequence.text
                                                  for word in sampling.stop_strings):
@@ -355,16 +379,65 @@ class Engine:
             self.counters["finished"] += len(ended)
             self.keep([s for s in self.running if s not in ended])
 
-    def choose(self, sequence: Running, logits: torch.Tensor) -> int:
-        if not sequence.processors:
-            return int(logits.argmax())
-        ids = torch.tensor([sequence.submission.prompt_ids + sequence.tokens],
-                           device=logits.device)
-        scores = sequence.processors(ids, logits[None])[0]
-        if not sequence.sampling.do_sample:
-            return int(scores.argmax())
-        probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities, 1, generator=sequence.generator))
+    def choose(self, sequences: list[Running], logits: torch.Tensor
+               ) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Each row's next token as ``model.generate`` chooses it for that sequence alone (the
+        processors in its order), read back to the host at once, and its logprob where the
+        sequence asks for them."""
+        with torch.inference_mode():  # the logits are inference tensors, changed in place
+            chosen, logprobs = self.chosen(sequences, logits)
+        tokens = chosen.tolist()
+        return tokens, [None if top is None or logprobs is None
+                        else token_logprob(logprobs[row], tokens[row], top)
+                        for row, top in enumerate(sequence.sampling.logprobs
+                                                  for sequence in sequences)]
+
+    def chosen(self, sequences: list[Running], logits: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`choose`'s tokens, on the logits' device, and the log-softmax of the logits
+        (None when no sequence asks for logprobs)."""
+        asked = [sequence.sampling.logprobs for sequence in sequences]
+        logprobs = (torch.log_softmax(logits, dim=-1)
+                    if any(top is not None for top in asked) else None)
+        scores = logits
+        penalties = [sequence.sampling.repetition_penalty for sequence in sequences]
+        if any(penalty != 1.0 for penalty in penalties):
+            scores = repetition_penalised(
+                scores, [s.submission.prompt_ids + s.tokens for s in sequences], penalties)
+        for row, sequence in enumerate(sequences):
+            if sequence.processors:
+                ids = torch.tensor([sequence.submission.prompt_ids + sequence.tokens],
+                                   device=logits.device)
+                scores[row] = sequence.processors(ids, scores[row:row + 1])[0]
+        temperatures = [s.sampling.temperature if s.sampling.do_sample else 1.0
+                        for s in sequences]
+        if any(temperature != 1.0 for temperature in temperatures):
+            scores = scores / torch.tensor(temperatures, device=logits.device)[:, None]
+        chosen = scores.argmax(dim=-1)
+        for row, sequence in enumerate(sequences):
+            if sequence.sampling.do_sample:
+                warped = sequence.warpers(None, scores[row:row + 1])[0]
+                chosen[row] = torch.multinomial(torch.softmax(warped, dim=-1), 1,
+                                                generator=sequence.generator)[0]
+        return chosen, logprobs
+
+
+def repetition_penalised(scores: torch.Tensor, histories: list[list[int]],
+                         penalties: list[float]) -> torch.Tensor:
+    """``scores`` with the tokens of each row's history (its prompt and generated tokens)
+    penalised as transformers' RepetitionPenaltyLogitsProcessor penalises them for that row
+    alone: a positive score divided by the row's penalty, a negative one multiplied (a penalty
+    of 1 leaves its row as it is); ids past the scores' vocabulary are left out."""
+    vocabulary = scores.shape[1]
+    width = max(map(len, histories))
+    # each history padded with its own first token: scattered twice, the same value
+    ids = torch.tensor([history + history[:1] * (width - len(history)) for history in histories],
+                       device=scores.device).clamp(max=vocabulary)
+    penalty = torch.tensor(penalties, device=scores.device)[:, None]
+    padded = torch.nn.functional.pad(scores, (0, 1))  # the column ids past the vocabulary hit
+    score = padded.gather(1, ids)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    return padded.scatter(1, ids, score)[:, :vocabulary]
 
 
 def left_padded(tensor: torch.Tensor, width: int) -> torch.Tensor:
@@ -380,8 +453,8 @@ def left_padded(tensor: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
-    logprobs = torch.log_softmax(logits, dim=-1)
+def token_logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """``token``'s logprob in a row of ``logprobs`` and the ``top`` likeliest tokens'."""
     best = torch.topk(logprobs, top) if top else None
     pairs = () if best is None else tuple(zip(best.indices.tolist(), best.values.tolist(),
                                               strict=True))

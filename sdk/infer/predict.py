@@ -169,10 +169,13 @@ def batch_inputs(tokenizer: Any, template: Template, prompts: Sequence[Messages]
 def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequence[Messages],
                    args: InferArguments, first_row: int = 1) -> list[str]:
     """The reply to each prompt (rows ``first_row``... in messages), generated together,
-    each stopping where the model's window ends after its own prompt."""
+    each stopping where the model's window ends after its own prompt: by the
+    continuous-batching engine (a row leaves the batch as soon as it ends), or by
+    ``model.generate`` for beam search and adapters of virtual tokens, which the engine does
+    not take."""
     from transformers import StoppingCriteriaList
 
-    from sdk.infer.chat import generation_options, reply_budget, window_room
+    from sdk.infer.chat import generation_options, positions_taken, reply_budget, window_room
     from sdk.infer.stops import finish_reply
     from sdk.models.rope import quiet_window_reminder
 
@@ -192,13 +195,34 @@ def generate_batch(model: Any, tokenizer: Any, template: Template, prompts: Sequ
                 budgets.append(reply_budget(model, length, options["max_new_tokens"]))
             except SdkError as error:
                 raise SdkError(f"Row {row}: {error}") from None
-        if min(budgets) < options["max_new_tokens"]:
-            options.update(max_new_tokens=max(budgets), stopping_criteria=StoppingCriteriaList(
-                [RowBudgets(budgets, inputs["input_ids"].shape[1])]))
-        output = model.generate(**inputs, **options)
-    replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
-                                     skip_special_tokens=True)
+        if args.num_beams == 1 and not positions_taken(model, 0):
+            replies = engine_replies(model, tokenizer, inputs, budgets, options)
+        else:
+            if min(budgets) < options["max_new_tokens"]:
+                options.update(max_new_tokens=max(budgets),
+                               stopping_criteria=StoppingCriteriaList(
+                                   [RowBudgets(budgets, inputs["input_ids"].shape[1])]))
+            output = model.generate(**inputs, **options)
+            replies = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
+                                             skip_special_tokens=True)
     return [finish_reply(reply, stop_strings) for reply in replies]
+
+
+def engine_replies(model: Any, tokenizer: Any, inputs: Any, budgets: Sequence[int],
+                   options: dict[str, Any]) -> list[str]:
+    """The decoded reply to each row of the left-padded ``inputs``, generated together by
+    the continuous-batching engine, each up to its own budget of tokens."""
+    from sdk.infer.engine import Engine, Sampling
+
+    engine = Engine(model, tokenizer, max_running=len(budgets))
+    try:
+        submissions = engine.submit_together([
+            (ids[mask.bool()].tolist(), Sampling.of(options, max_tokens=budget))
+            for ids, mask, budget in zip(inputs["input_ids"], inputs["attention_mask"],
+                                         budgets, strict=True)])
+        return [list(submission.steps())[-1].text for submission in submissions]
+    finally:
+        engine.close()
 
 
 class RowBudgets:
