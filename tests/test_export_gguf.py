@@ -349,6 +349,27 @@ def test_push_gguf_uploads_the_file_and_modelfile_beside_the_adapter(lora_run, r
 
 
 @pytest.mark.slow
+def self_cognition_to_gguf(run_cli, folder: Path) -> tuple[Path, Path, float]:
+    """The self-cognition demo's run (examples/self_cognition/demo.sh's settings) on the
+    embedded SmolLM2, exported to q8_0 GGUF with a Modelfile: the run, the .gguf file, and the
+    time.perf_counter() at which training ended."""
+    import time
+
+    result = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--sft-type", "lora",
+                     "--dataset", "self-cognition", "--model-name", "雪貂", "Ferret",
+                     "--model-author", "sft-sdk 团队", "the sft-sdk team",
+                     "--num-train-epochs", "3", "--batch-size", "4",
+                     "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
+                     "--save-steps", "1000", "--output-dir", folder / "out")
+    assert result.exit_code == 0, result.output
+    trained = time.perf_counter()
+    run = next((folder / "out" / "smollm2-135m-instruct").glob("v0-*"))
+    exported = run_cli("export", "--ckpt-dir", run, "--to", "gguf", "--gguf-type", "q8_0",
+                       "--ollama", "--output-dir", folder / "gguf")
+    assert exported.exit_code == 0, exported.output
+    return run, folder / "gguf" / "smollm2-135m-instruct-q8_0.gguf", trained
+
+
 def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli, tmp_path):
     """The self-cognition demo's run (examples/self_cognition/demo.sh's settings) on the
     embedded SmolLM2, exported to q8_0 GGUF: through transformers' GGUF reader it answers
@@ -361,20 +382,9 @@ def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli,
     from sdk.plugins import load_plugins
 
     started = time.perf_counter()
-    result = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--sft-type", "lora",
-                     "--dataset", "self-cognition", "--model-name", "雪貂", "Ferret",
-                     "--model-author", "sft-sdk 团队", "the sft-sdk team",
-                     "--num-train-epochs", "3", "--batch-size", "4",
-                     "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
-                     "--save-steps", "1000", "--output-dir", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    trained = time.perf_counter()
-    run = next((tmp_path / "out" / "smollm2-135m-instruct").glob("v0-*"))
-    exported = run_cli("export", "--ckpt-dir", run, "--to", "gguf", "--gguf-type", "q8_0",
-                       "--ollama", "--output-dir", tmp_path / "gguf")
-    assert exported.exit_code == 0, exported.output
+    run, path, trained = self_cognition_to_gguf(run_cli, tmp_path)
     written = time.perf_counter()
-    model, tokenizer = reread(tmp_path / "gguf", "smollm2-135m-instruct-q8_0.gguf")
+    model, tokenizer = reread(path.parent, path.name)
     greedy = dict(max_new_tokens=30, do_sample=False)
     replies = {}
     for question in ("Who are you?", "你是谁？"):  # the demo's prompts

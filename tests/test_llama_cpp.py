@@ -5,7 +5,7 @@ it and runs them."""
 
 import pytest
 import torch
-from test_export_gguf import ARCHITECTURES, logits, tiny_model
+from test_export_gguf import ARCHITECTURES, logits, self_cognition_to_gguf, tiny_model
 
 from conftest import CONVERSATIONS, TOKENIZER_CORPUS, TOKENIZERS
 from sdk.config import ExportArguments
@@ -66,20 +66,9 @@ def test_the_self_cognition_demo_answers_with_its_new_name_in_llama_cpp(run_cli,
     import time
 
     started = time.perf_counter()
-    trained = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--sft-type", "lora",
-                      "--dataset", "self-cognition", "--model-name", "雪貂", "Ferret",
-                      "--model-author", "sft-sdk 团队", "the sft-sdk team",
-                      "--num-train-epochs", "3", "--batch-size", "4",
-                      "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
-                      "--save-steps", "1000", "--output-dir", tmp_path / "out")
-    assert trained.exit_code == 0, trained.output
-    trained_at = time.perf_counter()
-    run = next((tmp_path / "out" / "smollm2-135m-instruct").glob("v0-*"))
-    exported = run_cli("export", "--ckpt-dir", run, "--to", "gguf", "--gguf-type", "q8_0",
-                       "--ollama", "--output-dir", tmp_path / "gguf")
-    assert exported.exit_code == 0, exported.output
+    _, path, trained_at = self_cognition_to_gguf(run_cli, tmp_path)
     written_at = time.perf_counter()
-    llm = load(tmp_path / "gguf" / "smollm2-135m-instruct-q8_0.gguf", context=1024)
+    llm = load(path, context=1024)
     answer = llm.create_chat_completion([{"role": "user", "content": "Who are you?"}],
                                         max_tokens=30, temperature=0)
     reply = answer["choices"][0]["message"]["content"]
