@@ -113,10 +113,11 @@ def scripted_reply(loaded: Served, text: str, monkeypatch) -> list[Any]:
     monkeypatch.setattr(loaded.defaults, "max_new_tokens", len(reply))  # room for all of it
     asked = []
 
-    def choose(sequence, logits):
-        if not sequence.tokens:
-            asked.append(sequence.submission.prompt_ids)
-        return reply[len(sequence.tokens)]
+    def choose(sequences, logits):
+        for sequence in sequences:
+            if not sequence.tokens:
+                asked.append(sequence.submission.prompt_ids)
+        return [reply[len(sequence.tokens)] for sequence in sequences], [None] * len(sequences)
 
     monkeypatch.setattr(loaded.engine, "choose", choose)
     return asked
