@@ -239,8 +239,10 @@ def sentencepiece_scores(tokenizer: Any, tokens: list[str]) -> list[float] | Non
     """The scores of the SentencePiece model the tokenizer was converted from, when its file is
     at hand and holds the same pieces: llama.cpp merges by them (as llama.cpp's own converter
     writes them), and the id order differs from them for runs of spaces (Mistral's "▁▁")."""
-    model_file = getattr(tokenizer, "vocab_file", None)
-    if not model_file or not Path(model_file).is_file():
+    from sdk.models.loader import sentencepiece_file
+
+    model_file = sentencepiece_file(tokenizer)
+    if model_file is None:
         return None
     import sentencepiece
 
@@ -276,6 +278,9 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
 
     config = model.config
     layout = layout_of(config)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if layout.arch == "gemma3":  # refused before any tensor is converted
+        check_gemma3(config, head_dim)
     rope = rope_metadata(config)
     tensors = gguf_tensors(model, layout)
     kind, pre, tokens, scores, types = vocabulary(tokenizer, config.vocab_size)
@@ -283,7 +288,6 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
     writer.add_name(name)
     writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{gguf_type.upper()}"))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(rope.pop("context_length", config.max_position_embeddings))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -306,8 +310,6 @@ def write_gguf(path: Path, model: Any, tokenizer: Any, tokenizer_folder: Path, g
         writer.add_rope_scaling_factor(rope["scaling_factor"])
         if "original_context" in rope:
             writer.add_rope_scaling_orig_ctx_len(rope["original_context"])
-    if layout.arch == "gemma3":
-        check_gemma3(config, head_dim)
     if layout.arch == "gemma2":
         writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
         writer.add_final_logit_softcapping(config.final_logit_softcapping)

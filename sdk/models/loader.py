@@ -233,6 +233,13 @@ def load_tokenizer(spec: ModelSpec, args: Any, registry: Any) -> Any:
     return tokenizer
 
 
+def sentencepiece_file(tokenizer: Any) -> Path | None:
+    """The SentencePiece model file (tokenizer.model) a tokenizer was loaded with, if it is
+    at hand: transformers 5 keeps its path but no longer saves the file with the tokenizer."""
+    model_file = Path(getattr(tokenizer, "vocab_file", None) or "")
+    return model_file if model_file.suffix == ".model" and model_file.is_file() else None
+
+
 def check_tokenizer_fits(tokenizer: Any, vocab_size: Any, folder: str) -> None:
     """A token id past the model's embeddings has no row to look up: refuse the tokenizer."""
     if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:

@@ -238,8 +238,10 @@ def uncast_adapter_inputs(model: Any, mixed_precision: bool) -> Iterator[None]:
 def keep_sentencepiece_model(tokenizer: Any, checkpoint: Path) -> None:
     """The SentencePiece model file a tokenizer was converted from, which transformers 5 no
     longer saves: a GGUF export reads its piece scores, as llama.cpp merges by them."""
-    model_file = Path(getattr(tokenizer, "vocab_file", None) or "")
-    if model_file.suffix == ".model" and model_file.is_file():
+    from sdk.models.loader import sentencepiece_file
+
+    model_file = sentencepiece_file(tokenizer)
+    if model_file is not None:
         shutil.copyfile(model_file, checkpoint / model_file.name)
 
 
