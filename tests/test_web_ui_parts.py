@@ -67,6 +67,24 @@ def test_an_unfinished_run_not_started_by_the_page_is_stopped(finished_lora_run,
     assert (row.status, row.max_steps) == ("stopped", 10)
 
 
+def test_resume_runs_the_command_that_trained_the_run_again(tmp_path, monkeypatch):
+    jobs = Jobs(tmp_path / "output")
+    run = tmp_path / "output" / "tiny" / "v0-1"
+    with pytest.raises(SdkError, match="was not trained from this page"):
+        jobs.resume(run)
+    jobs.folder.mkdir(parents=True)
+    trained = ["sdk", "sft", "--model-type", "tiny", "--resume-from-checkpoint", "auto",
+               "--max-steps", "6"]  # resumed once already
+    (jobs.folder / "1.json").write_text(json.dumps({
+        "number": 1, "command": trained, "pid": 0, "log": "", "state": "stopped",
+        "run_dir": str(run)}))
+    started: list[list[str]] = []
+    monkeypatch.setattr(jobs, "start", started.append)
+    jobs.resume(run)
+    assert started == [["sdk", "sft", "--model-type", "tiny", "--max-steps", "6",
+                        "--resume-from-checkpoint", str(run)]]
+
+
 def test_a_bad_upload_is_refused_by_line_and_not_kept(plugin_set, tmp_path):
     from sdk.webui.uploads import keep_upload
 

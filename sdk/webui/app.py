@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdk.config import InferArguments
 from sdk.errors import SdkError
 from sdk.registry import Registry
 from sdk.runs.run_dir import checkpoints
@@ -22,13 +23,24 @@ from sdk.webui.command import (
     shown,
 )
 from sdk.webui.jobs import Job, Jobs, log_tail
-from sdk.webui.runs import COLUMNS, curves, run_folders, run_row, run_rows
+from sdk.webui.results import (
+    FILE_COLUMNS,
+    PREDICTION_COLUMNS,
+    SCORE_COLUMNS,
+    files_table,
+    predictions_file,
+    predictions_table,
+    scores_table,
+    written_folder,
+)
+from sdk.webui.runs import COLUMNS, curves, exports, run_folders, run_row, run_rows
 from sdk.webui.texts import LANGUAGES, text
 from sdk.webui.uploads import SUFFIXES, keep_upload
 
 REFRESH_S = 2.0  # how often the page rereads the run folders
 DEFAULT_MODEL_TYPE = "smollm2-135m-instruct"  # the embedded model: trains offline
 HISTOGRAM_BINS = 20
+PICK_A_RUN = "⚠ Pick a run folder first (the table above lists them)."
 FIELD_TEXTS = {"dataset": "datasets"}  # a form field whose text key is not its name
 
 
@@ -38,14 +50,18 @@ def _list(value: str) -> list[str]:
 
 
 def _loss_frame(run: Path | None) -> Any:
-    import pandas
-
     rows = []
     if run is not None:
         found = curves(run)
         rows = ([(step, loss, "train") for step, loss in found.train]
                 + [(step, loss, "eval") for step, loss in found.eval])
-    return pandas.DataFrame(rows, columns=["step", "loss", "series"])
+    return pandas_frame(rows, ["step", "loss", "series"])
+
+
+def pandas_frame(rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> Any:
+    import pandas
+
+    return pandas.DataFrame(rows, columns=list(columns))
 
 
 def _histogram(lengths: Sequence[int], unit: str) -> Any:
@@ -89,7 +105,8 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
         return registry.names("datasets") + files
 
     def chat_choices() -> list[str]:
-        found = [str(c) for run in run_folders(output_dir) for c in reversed(checkpoints(run))]
+        found = [str(folder) for run in run_folders(output_dir)
+                 for folder in exports(run) + list(reversed(checkpoints(run)))]
         return found + model_types
 
     with gr.Blocks(title="sft-sdk") as page:
@@ -163,6 +180,10 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                                    "repo_id")
                 private = labelled(gr.Checkbox(True, elem_id="private",
                                                label=text("private", english)), "private")
+                predict_tokens = labelled(gr.Number(
+                    InferArguments.max_new_tokens, precision=0, minimum=1,
+                    elem_id="predict-max-new-tokens",
+                    label=text("predict_max_new_tokens", english)), "predict_max_new_tokens")
             with gr.Row():
                 export_button = labelled(gr.Button(text("export", english), elem_id="export"),
                                          "export", "value")
@@ -170,8 +191,19 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
                                        "push", "value")
                 predict_button = labelled(gr.Button(text("predict", english),
                                                     elem_id="predict"), "predict", "value")
+                runs_resume_button = labelled(gr.Button(text("resume", english),
+                                                        elem_id="runs-resume"), "resume",
+                                              "value")
             action_command = gr.Textbox(show_label=False, interactive=False,
                                         buttons=["copy"], elem_id="action-command")
+            action_table = labelled(gr.Dataframe(interactive=False, elem_id="action-table",
+                                                 label=text("result_table", english)),
+                                    "result_table")
+            replies_table = labelled(gr.Dataframe(headers=list(PREDICTION_COLUMNS),
+                                                  interactive=False, wrap=True,
+                                                  elem_id="predictions-table",
+                                                  label=text("predictions", english)),
+                                     "predictions")
             action_result = labelled(gr.Textbox(label=text("result", english), lines=10,
                                                 interactive=False, elem_id="action-result"),
                                      "result")
@@ -282,18 +314,24 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
 
         stop_button.click(stop_run, None, message)
 
-        def resume_run() -> str:
-            ended = [job for job in jobs.jobs() if job.run_dir]
-            if not ended or ended[-1].state != "stopped" and ended[-1].state != "failed":
-                return "⚠ No stopped run to resume: the newest run is finished or running."
-            job = ended[-1]
+        def resume(run: str | None) -> str:
+            """Resume ``run`` if it stopped or failed; what happened, as the page says it."""
+            if not run:
+                return "⚠ No run to resume: pick one, or start one."
+            row = run_row(Path(run), jobs)
+            if row.status not in ("stopped", "failed"):
+                return f"⚠ {run} is {row.status}: only a stopped or failed run resumes."
             try:
-                resumed = jobs.start(job.command + ["--resume-from-checkpoint", job.run_dir])
+                resumed = jobs.resume(Path(run))
             except SdkError as error:
                 return f"⚠ {error}"
             return f"Resumed: `{resumed.line()}`"
 
-        resume_button.click(resume_run, None, message)
+        def resume_newest() -> str:
+            trained = [job for job in jobs.jobs() if job.run_dir]
+            return resume(trained[-1].run_dir if trained else None)
+
+        resume_button.click(resume_newest, None, message)
 
         def watch() -> tuple[str, Any, str]:
             known = jobs.jobs()
@@ -324,41 +362,73 @@ def build_app(registry: Registry, output_dir: Path, group_flags: Sequence[str] =
         upload.upload(uploaded, [upload, fields["dataset"]], [fields["dataset"], message])
 
         # -- Runs
-        def runs_view(chosen: str | None) -> tuple[Any, Any]:
+        def runs_view(pick_newest: bool = False) -> tuple[Any, Any]:
+            """The table and the runs to pick from; a refresh leaves the pick alone (it would
+            undo one made while it was on its way), the page's first view picks the newest."""
             found = run_rows(output_dir, jobs)
             names = [str(row.run) for row in found]
-            kept = chosen if chosen in names else (names[0] if names else None)
-            return ([row.cells(output_dir) for row in found],
-                    gr.update(choices=names, value=kept))
+            picked = {"value": names[0]} if pick_newest and names else {}
+            return [row.cells(output_dir) for row in found], gr.update(choices=names, **picked)
 
-        timer.tick(runs_view, run_choice, [runs_table, run_choice])
-        page.load(runs_view, run_choice, [runs_table, run_choice])
+        timer.tick(runs_view, None, [runs_table, run_choice])
+        page.load(lambda: runs_view(pick_newest=True), None, [runs_table, run_choice])
 
-        def run_action(words: list[str]) -> Iterator[tuple[str, str]]:
-            yield shown(words), "…"
-            done = subprocess.run(runnable(words), capture_output=True, text=True,
+        def run_action(words: list[str]) -> subprocess.CompletedProcess:
+            return subprocess.run(runnable(words), capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL)
-            yield shown(words), (done.stdout + done.stderr).strip() + (
+
+        def action_output(done: subprocess.CompletedProcess) -> str:
+            return (done.stdout + done.stderr).strip() + (
                 "" if done.returncode == 0 else f"\n(exit status {done.returncode})")
 
-        def export_run(run: str) -> Iterator[tuple[str, str]]:
-            yield from run_action(sdk_command(group_flags, "export",
-                                              ["--ckpt-dir", run, "--merge-lora"]))
+        def folder_action(run: str | None, command_name: str, arguments: list[str]
+                          ) -> Iterator[tuple[str, Any, str]]:
+            """Export or push ``run``: the files of the folder it printed, if it wrote one."""
+            if not run:
+                yield "", None, PICK_A_RUN
+                return
+            words = sdk_command(group_flags, command_name, ["--ckpt-dir", run, *arguments])
+            yield shown(words), None, "…"
+            done = run_action(words)
+            folder = written_folder(done.stdout) if done.returncode == 0 else None
+            table = (pandas_frame(files_table(folder), FILE_COLUMNS) if folder is not None
+                     else None)
+            yield shown(words), table, action_output(done)
 
-        def push_run(run: str, hub_name: str, repo: str, is_private: bool
-                     ) -> Iterator[tuple[str, str]]:
-            yield from run_action(sdk_command(group_flags, "push", [
-                "--ckpt-dir", run, "--hub", hub_name, "--repo-id", repo,
-                "--private" if is_private else "--public"]))
+        def export_run(run: str | None) -> Iterator[tuple[str, Any, str]]:
+            yield from folder_action(run, "export", ["--merge-lora"])
 
-        def predict_run(run: str) -> Iterator[tuple[str, str]]:
-            yield from run_action(sdk_command(group_flags, "infer", [
-                "--ckpt-dir", run, "--val-dataset-from-run"]))
+        def push_run(run: str | None, hub_name: str, repo: str, is_private: bool
+                     ) -> Iterator[tuple[str, Any, str]]:
+            yield from folder_action(run, "push", [
+                "--hub", hub_name, "--repo-id", repo, "--private" if is_private else "--public"])
 
-        export_button.click(export_run, run_choice, [action_command, action_result])
+        def predict_run(run: str | None, tokens: float | None
+                        ) -> Iterator[tuple[str, Any, Any, str]]:
+            """Predict the run's held-out rows: the scores and replies of the file written."""
+            if not run:
+                yield "", None, None, PICK_A_RUN
+                return
+            words = sdk_command(group_flags, "infer", [
+                "--ckpt-dir", run, "--val-dataset-from-run", "--max-new-tokens",
+                str(int(tokens or InferArguments.max_new_tokens))])
+            yield shown(words), None, None, "…"
+            done = run_action(words)
+            found = predictions_file(done.stderr) if done.returncode == 0 else None
+            if found is None:
+                yield shown(words), None, None, action_output(done)
+                return
+            yield (shown(words), pandas_frame(scores_table(found), SCORE_COLUMNS),
+                   pandas_frame(predictions_table(found), PREDICTION_COLUMNS),
+                   action_output(done))
+
+        export_button.click(export_run, run_choice, [action_command, action_table,
+                                                     action_result])
         push_button.click(push_run, [run_choice, hub, repo_id, private],
-                          [action_command, action_result])
-        predict_button.click(predict_run, run_choice, [action_command, action_result])
+                          [action_command, action_table, action_result])
+        predict_button.click(predict_run, [run_choice, predict_tokens],
+                             [action_command, action_table, replies_table, action_result])
+        runs_resume_button.click(resume, run_choice, action_result)
 
         # -- Data
         def preview(datasets: list[str] | None, model_type: str, folder: str, count: float

@@ -67,6 +67,20 @@ def sdk_command(group_flags: Sequence[str], command: str, arguments: Sequence[st
     return ["sdk", *group_flags, command, *arguments]
 
 
+def without_flag(words: Sequence[str], flag: str) -> list[str]:
+    """``words`` without ``flag`` and the value after it, wherever given."""
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == flag:
+            skip = True
+        else:
+            kept.append(word)
+    return kept
+
+
 def shown(words: Sequence[str]) -> str:
     """The command as a shell line to copy."""
     return shlex.join(words)

@@ -14,12 +14,13 @@ import threading
 from pathlib import Path
 
 from sdk.errors import SdkError
-from sdk.webui.command import runnable, shown
+from sdk.webui.command import runnable, shown, without_flag
 
 WEBUI_DIR = ".webui"
 # `sdk sft` names its run folder on stderr (sdk/train/sft.py) when it starts or resumes one
 _RUN_FOLDER = re.compile(r"^\[sdk\] (?:run folder: (.+)|resuming (.+) from checkpoint-\d+)$",
                          re.MULTILINE)
+RESUME_FLAG = "--resume-from-checkpoint"
 STOP_GRACE_S = 60  # after SIGINT, how long a run may take to end before it is killed
 
 
@@ -75,21 +76,17 @@ class Jobs:
             match = _RUN_FOLDER.search(log)
             if match:
                 job.run_dir, changed = match.group(1) or match.group(2), True
-        if job.state == "running":
-            process = self._processes.get(job.number)
-            if process is not None:
-                returncode = process.poll()
-                ended = returncode is not None
-            else:  # started by an earlier page: is its process still there?
-                returncode, ended = None, not _alive(job.pid)
-            if ended:
-                job.returncode = returncode
-                job.state = ("stopped" if job.number in self._stopping
-                             else "finished" if returncode == 0 else "failed")
-                if process is None and job.state == "failed":
-                    job.state = "stopped"  # ended while no page watched: its code is unknown
-                self._processes.pop(job.number, None)
-                changed = True
+        process = self._processes.get(job.number)
+        if process is not None and process.poll() is not None:
+            # ours: its exit code is the truth, whatever another page over the folder wrote
+            job.returncode = process.returncode
+            job.state = ("stopped" if job.number in self._stopping
+                         else "finished" if job.returncode == 0 else "failed")
+            del self._processes[job.number]
+            changed = True
+        elif process is None and job.state == "running" and not _alive(job.pid):
+            job.state = "stopped"  # started by an earlier page: how it ended is unknown
+            changed = True
         if changed:
             self._save(job)
         return job
@@ -138,6 +135,17 @@ class Jobs:
                 os.killpg(job.pid, signal.SIGKILL)
                 process.wait()
         return next(j for j in self.jobs() if j.number == job.number)
+
+    def resume(self, run_dir: Path) -> Job:
+        """Run the command that trained ``run_dir`` again with --resume-from-checkpoint RUN:
+        `sdk sft` goes on from the run's newest complete checkpoint to the step it planned."""
+        job = self.job_of_run(run_dir)
+        if job is None:
+            raise SdkError(f"{run_dir} was not trained from this page, so the page does not "
+                           f"know its command: resume it with its `sdk sft ...` line and "
+                           f"{RESUME_FLAG} {run_dir}.")
+        return self.start(without_flag(job.command, RESUME_FLAG)
+                          + [RESUME_FLAG, str(run_dir)])
 
     def job_of_run(self, run_dir: Path) -> Job | None:
         """The newest job that trained ``run_dir``."""

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from sdk.infer.load import is_export
 from sdk.runs.run_dir import ARGS_FILE, LOG_FILE, checkpoints
 from sdk.train.plot import LossCurves, loss_points
 from sdk.webui.jobs import Job, Jobs
@@ -42,6 +43,11 @@ def run_folders(output_dir: Path) -> list[Path]:
              if parent.is_dir() and not parent.name.startswith(".")
              for run in parent.iterdir() if (run / ARGS_FILE).is_file()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def exports(run: Path) -> list[Path]:
+    """The folders `sdk export` wrote into the run folder (beside their checkpoints)."""
+    return sorted(folder for folder in run.iterdir() if folder.is_dir() and is_export(folder))
 
 
 def curves(run: Path) -> LossCurves:
