@@ -434,7 +434,8 @@ def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cl
     restarted = serve_page(page_plugins, output)
     try:
         fresh = open_tab(restarted.local_url)
-        fresh.wait_text("progress", "^running", 30)
+        # the resumed run may end before the new page has loaded: running, or finished below
+        fresh.wait_text("progress", "^(running|finished)", 30)
         fresh.wait_text("progress", f"^finished · step {STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS} "
                         f".* · {re.escape(str(run))}$", 300)
         page.tab_button("Train").click()
