@@ -28,7 +28,7 @@ lint: install
 # thread: importing, tokenizing, a tiny model's small matrices); one torch thread each, as two
 # busy threads per worker on two cores would wait on each other.
 test: lint
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadgroup --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --durations=25
 
 # Opt-in: llama-cpp-python compiles llama.cpp (about 20 minutes on 2 cores; no wheel on PyPI).
 # Without llama.cpp's own CPU tuning (GGML_NATIVE), the build runs on any x86-64 CPU.

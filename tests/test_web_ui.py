@@ -1,7 +1,8 @@
 """`sdk web-ui` in a real headless Chromium (Debian's `chromium`, driven by Playwright): one
-page server for the module, over the tiny model type; training runs as the `sdk sft` the page
-shows, in a subprocess. Without Chromium, gradio or Playwright these tests skip, except under
-CI=true, where they fail. SFT_SDK_SCREENSHOTS=1 saves each tab into docs/images/."""
+page server per test process, over the tiny model type; training runs as the `sdk sft` the page
+shows, in a subprocess. Each test makes the runs it needs: `make test` spreads the tests over
+two processes, each with its own page. Without Chromium, gradio or Playwright these tests skip,
+except under CI=true, where they fail. SFT_SDK_SCREENSHOTS=1 saves each tab into docs/images/."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, TINY_MODEL_TYPE, only_run
+from conftest import REPO, TINY_MODEL_TYPE
 
-# one page server for the module: `make test` keeps the group on one xdist worker
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web-ui")]
+pytestmark = pytest.mark.slow
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
 SCREENSHOTS = REPO / "docs" / "images"
@@ -38,6 +38,10 @@ def chromium() -> str:
     if found is None:
         missing("no Chromium (apt-get install chromium)")
     return found
+
+
+def runs_under(output: Path) -> set[Path]:
+    return set((output / TINY_MODEL_TYPE).glob("v*-*"))
 
 
 def free_port() -> int:
@@ -107,6 +111,27 @@ def served(page_plugins, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     page = serve_page(page_plugins, output)
     yield page.local_url, output
     page.close()
+
+
+@pytest.fixture(scope="module")
+def trained_run(served, tiny_plugin_file, tmp_path_factory) -> Path:
+    """A 2-step LoRA run under the page's --output-dir, trained by `sdk sft`: with a learning
+    rate that moves the greedy reply (compare mode shows two replies), one row of four held
+    out (the Runs tab predicts it)."""
+    from click.testing import CliRunner
+
+    from sdk.cli import cli
+
+    output = served[1]
+    before = runs_under(output)
+    result = CliRunner().invoke(cli, [str(word) for word in (
+        "--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
+        identity_file(tmp_path_factory.mktemp("trained-run")), "--max-steps", 2,
+        "--save-steps", 1, "--batch-size", 2, "--learning-rate", 0.05,
+        "--split-dataset-ratio", 0.25, "--output-dir", output)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [run] = runs_under(output) - before
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -283,16 +308,16 @@ def test_train_from_the_form_then_chat_with_the_checkpoint(served, open_tab, run
                                                            tiny_plugin_file, tiny_model_dir,
                                                            tmp_path):
     url, output = served
+    before = runs_under(output)
     page = open_tab(url)
-    # a learning rate that moves the greedy reply (compare mode shows two replies); one row
-    # held out (the Runs tab predicts it)
-    train_form(page, identity_file(tmp_path), 2, ("learning_rate", 0.05),
-               ("split_dataset_ratio", 0.25))
+    train_form(page, identity_file(tmp_path), 2, ("split_dataset_ratio", 0.25))
     command = page.value("command")
     assert "--dataset " + str(output / ".webui" / "uploads" / "identity.jsonl") in command
+    assert "--split-dataset-ratio 0.25 " in command
     page.tab.locator("#start").click()
     page.wait_text("progress", r"^finished · step 2/2", 300)
-    run = only_run(output, TINY_MODEL_TYPE)
+    [run] = runs_under(output) - before
+    assert page.value("progress").endswith(f" · {run}")
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     page.tab.locator("#loss-plot").get_by_text("train").first.wait_for(timeout=10_000)
     page.shoot("train")
@@ -317,14 +342,13 @@ def test_train_from_the_form_then_chat_with_the_checkpoint(served, open_tab, run
     assert page.errors == []
 
 
-def test_runs_tab_exports_pushes_and_predicts(served, open_tab, page_plugins, tiny_model_dir,
-                                              tmp_path):
+def test_runs_tab_exports_pushes_and_predicts(served, trained_run, open_tab, page_plugins,
+                                              tiny_model_dir, tmp_path):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    url, output = served
-    run = only_run(output)  # trained from the form above: 2 steps, one row held out
+    url, run = served[0], trained_run
     checkpoint = run / "checkpoint-2"
     page = open_tab(url)
     page.tab_button("Runs").click()
@@ -377,10 +401,9 @@ def test_runs_tab_exports_pushes_and_predicts(served, open_tab, page_plugins, ti
     assert page.errors == []
 
 
-def test_chat_compare_shows_the_base_and_the_fine_tuned_reply(served, open_tab, run_cli,
-                                                               tiny_plugin_file):
-    url, output = served
-    checkpoint = only_run(output) / "checkpoint-2"
+def test_chat_compare_shows_the_base_and_the_fine_tuned_reply(served, trained_run, open_tab,
+                                                               run_cli, tiny_plugin_file):
+    url, checkpoint = served[0], trained_run / "checkpoint-2"
     base = cli_reply(run_cli, tiny_plugin_file, "--model-type", TINY_MODEL_TYPE)
     tuned = cli_reply(run_cli, tiny_plugin_file, "--ckpt-dir", checkpoint)
     assert not same_text(base, tuned)  # so the columns tell which model wrote them
@@ -401,7 +424,7 @@ def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cl
     goes on from its last complete checkpoint to the planned step, watched by a page restarted
     meanwhile (the state is the run folders and the job records)."""
     url, output = served
-    before = set(output.glob(f"{TINY_MODEL_TYPE}/v*"))
+    before = runs_under(output)
     page, other = open_tab(url), open_tab(url)
     train_form(page, identity_file(tmp_path), STOPPED_RUN_STEPS)
     page.tab.locator("#start").click()
@@ -445,15 +468,15 @@ def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cl
             tab.tab_button("Runs").click()
             tab.tab.locator("#runs-table").get_by_text("running", exact=True).first.wait_for(
                 state="detached", timeout=10_000)
-            tables.append(tab.table("runs-table", 2))
+            tables.append(tab.table("runs-table", len(runs_under(output))))
         assert fresh.errors == []
     finally:
         restarted.close()
     assert tables[0] == tables[1]
-    [exported] = [p.parent for p in output.glob(f"{TINY_MODEL_TYPE}/v*/checkpoint-2-merged")]
-    assert sorted(row[:3] for row in tables[0]) == sorted([
-        [str(exported.relative_to(output)), "finished", "2/2"],
-        [str(run.relative_to(output)), "finished", f"{STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS}"]])
+    # the runs other tests in this process made are there too, all finished
+    [resumed] = [row for row in tables[0] if row[0] == str(run.relative_to(output))]
+    assert resumed[1:3] == ["finished", f"{STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS}"]
+    assert {row[1] for row in tables[0]} == {"finished"}
 
     last = run / f"checkpoint-{STOPPED_RUN_STEPS}" / "trainer_state.json"
     state = json.loads(last.read_text())
