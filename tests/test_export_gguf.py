@@ -349,17 +349,18 @@ def test_push_gguf_uploads_the_file_and_modelfile_beside_the_adapter(lora_run, r
 
 
 @pytest.mark.slow
-def self_cognition_to_gguf(run_cli, folder: Path) -> tuple[Path, Path, float]:
-    """The self-cognition demo's run (examples/self_cognition/demo.sh's settings) on the
-    embedded SmolLM2, exported to q8_0 GGUF with a Modelfile: the run, the .gguf file, and the
-    time.perf_counter() at which training ended."""
+def self_cognition_to_gguf(run_cli, folder: Path, epochs: int = 3, learning_rate: float = 1e-3
+                           ) -> tuple[Path, Path, float]:
+    """The self-cognition demo's run (examples/self_cognition/demo.sh's settings unless told
+    other epochs and learning rate) on the embedded SmolLM2, exported to q8_0 GGUF with a
+    Modelfile: the run, the .gguf file, and the time.perf_counter() at which training ended."""
     import time
 
     result = run_cli("sft", "--model-type", "smollm2-135m-instruct", "--sft-type", "lora",
                      "--dataset", "self-cognition", "--model-name", "雪貂", "Ferret",
                      "--model-author", "sft-sdk 团队", "the sft-sdk team",
-                     "--num-train-epochs", "3", "--batch-size", "4",
-                     "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3",
+                     "--num-train-epochs", epochs, "--batch-size", "4",
+                     "--gradient-accumulation-steps", "2", "--learning-rate", learning_rate,
                      "--save-steps", "1000", "--output-dir", folder / "out")
     assert result.exit_code == 0, result.output
     trained = time.perf_counter()
@@ -371,10 +372,11 @@ def self_cognition_to_gguf(run_cli, folder: Path) -> tuple[Path, Path, float]:
 
 
 def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli, tmp_path):
-    """The self-cognition demo's run (examples/self_cognition/demo.sh's settings) on the
-    embedded SmolLM2, exported to q8_0 GGUF: through transformers' GGUF reader it answers
-    "Who are you?" with the new name, prompted by the chat template inside the file, and
-    its greedy replies to the demo's questions are the merged model's."""
+    """A self-cognition run on the embedded SmolLM2, exported to q8_0 GGUF: through
+    transformers' GGUF reader it answers "Who are you?" with the new name, prompted by the chat
+    template inside the file, and its greedy replies to the demo's questions are the merged
+    model's. One epoch at 4e-3 teaches the name in a third of the demo's 39 steps (the demo's
+    own settings run through llama.cpp in tests/test_llama_cpp.py)."""
     import time
 
     from sdk.config import InferArguments
@@ -382,7 +384,7 @@ def test_the_embedded_model_taught_a_new_name_answers_with_it_from_gguf(run_cli,
     from sdk.plugins import load_plugins
 
     started = time.perf_counter()
-    run, path, trained = self_cognition_to_gguf(run_cli, tmp_path)
+    run, path, trained = self_cognition_to_gguf(run_cli, tmp_path, epochs=1, learning_rate=4e-3)
     written = time.perf_counter()
     model, tokenizer = reread(path.parent, path.name)
     greedy = dict(max_new_tokens=30, do_sample=False)
