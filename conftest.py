@@ -155,11 +155,16 @@ def trained_text(tokenizer, input_ids, labels) -> str:
                              if label != IGNORE_INDEX])
 
 
+def run_folders(output: Path, model_type: str = TINY_MODEL_TYPE) -> set[Path]:
+    """The run folders of ``model_type`` (the tiny model type unless given) under ``output``."""
+    return set((output / model_type).glob("v*-*"))
+
+
 def only_run(output: Path, model_type: str = TINY_MODEL_TYPE) -> Path:
     """The one run folder of ``model_type`` (the tiny model type unless given) under ``output``."""
-    runs = list((output / model_type).glob("v*-*"))
+    runs = run_folders(output, model_type)
     assert len(runs) == 1, runs
-    return runs[0]
+    return next(iter(runs))
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
@@ -314,16 +319,16 @@ def plugin_set(tiny_plugin_file):
     return load_plugins([str(tiny_plugin_file)])
 
 
+def invoke_sdk(*args: Any, input: str | None = None) -> Any:
+    """Run `sdk ARGS...` in-process; returns the click Result (stdout and stderr apart)."""
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, prog_name="sdk",
+                              catch_exceptions=False)
+
+
 @pytest.fixture
 def run_cli():
-    """Run `sdk ARGS...` in-process; returns the click Result (stdout and stderr apart)."""
-    runner = CliRunner()
-
-    def run(*args: str, input: str | None = None):
-        return runner.invoke(cli, [str(a) for a in args], input=input, prog_name="sdk",
-                             catch_exceptions=False)
-
-    return run
+    """``invoke_sdk``, for a test."""
+    return invoke_sdk
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, TINY_MODEL_TYPE
+from conftest import REPO, TINY_MODEL_TYPE, invoke_sdk, run_folders
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +38,6 @@ def chromium() -> str:
     if found is None:
         missing("no Chromium (apt-get install chromium)")
     return found
-
-
-def runs_under(output: Path) -> set[Path]:
-    return set((output / TINY_MODEL_TYPE).glob("v*-*"))
 
 
 def free_port() -> int:
@@ -118,19 +114,15 @@ def trained_run(served, tiny_plugin_file, tmp_path_factory) -> Path:
     """A 2-step LoRA run under the page's --output-dir, trained by `sdk sft`: with a learning
     rate that moves the greedy reply (compare mode shows two replies), one row of four held
     out (the Runs tab predicts it)."""
-    from click.testing import CliRunner
-
-    from sdk.cli import cli
-
     output = served[1]
-    before = runs_under(output)
-    result = CliRunner().invoke(cli, [str(word) for word in (
+    before = run_folders(output)
+    result = invoke_sdk(
         "--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
         identity_file(tmp_path_factory.mktemp("trained-run")), "--max-steps", 2,
         "--save-steps", 1, "--batch-size", 2, "--learning-rate", 0.05,
-        "--split-dataset-ratio", 0.25, "--output-dir", output)], catch_exceptions=False)
+        "--split-dataset-ratio", 0.25, "--output-dir", output)
     assert result.exit_code == 0, result.output
-    [run] = runs_under(output) - before
+    [run] = run_folders(output) - before
     return run
 
 
@@ -312,14 +304,14 @@ def test_train_from_the_form_then_chat_with_the_checkpoint(served, open_tab, run
                                                            tiny_plugin_file, tiny_model_dir,
                                                            tmp_path):
     url, output = served
-    before = runs_under(output)
+    before = run_folders(output)
     page = open_tab(url)
     train_form(page, identity_file(tmp_path), 2, ("split_dataset_ratio", 0.25))
     command = page.value("command")
     assert "--dataset " + str(output / ".webui" / "uploads" / "identity.jsonl") in command
     page.tab.locator("#start").click()
     page.wait_text("progress", r"^finished · step 2/2", 300)
-    [run] = runs_under(output) - before
+    [run] = run_folders(output) - before
     assert page.value("progress").endswith(f" · {run}")
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     page.tab.locator("#loss-plot").get_by_text("train").first.wait_for(timeout=10_000)
@@ -427,7 +419,7 @@ def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cl
     goes on from its last complete checkpoint to the planned step, watched by a page restarted
     meanwhile (the state is the run folders and the job records)."""
     url, output = served
-    before = runs_under(output)
+    before = run_folders(output)
     page, other = open_tab(url), open_tab(url)
     train_form(page, identity_file(tmp_path), STOPPED_RUN_STEPS)
     page.tab.locator("#start").click()
@@ -471,12 +463,14 @@ def test_stop_resume_and_a_restarted_page(served, open_tab, page_plugins, run_cl
             tab.tab_button("Runs").click()
             tab.tab.locator("#runs-table").get_by_text("running", exact=True).first.wait_for(
                 state="detached", timeout=10_000)
-            tables.append(tab.table("runs-table", len(runs_under(output))))
+            tables.append(tab.table("runs-table", len(run_folders(output))))
         assert fresh.errors == []
     finally:
         restarted.close()
     assert tables[0] == tables[1]
     # the runs other tests in this process made are there too, all finished
+    assert sorted(row[0] for row in tables[0]) == sorted(
+        str(folder.relative_to(output)) for folder in run_folders(output))
     [resumed] = [row for row in tables[0] if row[0] == str(run.relative_to(output))]
     assert resumed[1:3] == ["finished", f"{STOPPED_RUN_STEPS}/{STOPPED_RUN_STEPS}"]
     assert {row[1] for row in tables[0]} == {"finished"}
