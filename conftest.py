@@ -229,18 +229,15 @@ def finished_lora_run(tiny_plugin_file, tmp_path_factory) -> Path:
     """A finished `sdk sft` LoRA run of the tiny model type (2 steps, checkpoint-1 and
     checkpoint-2, logging.jsonl), trained once per session. Never change it: take
     `lora_run_copy` to damage a run."""
-    from sdk.cli import cli
-
     folder = tmp_path_factory.mktemp("finished-lora-run")
     data = folder / "identity.jsonl"
     data.write_text("".join(json.dumps({"messages": [
         {"role": "user", "content": question},
         {"role": "assistant", "content": "I am Tiny, made by the tests."}]}) + "\n"
         for question in ["Who are you?", "What is your name?", "Introduce yourself."]))
-    result = CliRunner().invoke(cli, [
-        "--plugin", str(tiny_plugin_file), "sft", "--model-type", TINY_MODEL_TYPE, "--dataset",
-        str(data), "--max-steps", "2", "--save-steps", "1", "--batch-size", "2",
-        "--output-dir", str(folder / "output")], catch_exceptions=False)
+    result = invoke_sdk("--plugin", tiny_plugin_file, "sft", "--model-type", TINY_MODEL_TYPE,
+                        "--dataset", data, "--max-steps", "2", "--save-steps", "1",
+                        "--batch-size", "2", "--output-dir", folder / "output")
     assert result.exit_code == 0, result.output
     return only_run(folder / "output")
 

@@ -11,7 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CONVERSATIONS, TOKENIZER_CORPUS, TOKENIZERS, save_tiny_model
+from conftest import (
+    CONVERSATIONS,
+    TOKENIZER_CORPUS,
+    TOKENIZERS,
+    invoke_sdk,
+    only_run,
+    save_tiny_model,
+)
 from sdk.config import ExportArguments
 from sdk.export import save_gguf
 from sdk.templates.builtin import CHATML
@@ -235,10 +242,6 @@ def register_models(register):
 def lora_run(tmp_path_factory):
     """A LoRA run (4 steps at a high learning rate, so the merged weights differ from the
     base) of a tiny Llama with Qwen2's tokenizer, and the plugin file registering it."""
-    from click.testing import CliRunner
-
-    from sdk.cli import cli
-
     folder = tmp_path_factory.mktemp("gguf-run")
     tokenizer = AutoTokenizer.from_pretrained(small_tokenizer("qwen2", folder / "tok"))
     model_dir = save_tiny_model(__import__("transformers").LlamaForCausalLM,
@@ -252,12 +255,11 @@ def lora_run(tmp_path_factory):
         {"role": "user", "content": question},
         {"role": "assistant", "content": "I am Tiny, made by the tests."}]}) + "\n"
         for question in ("Who are you?", "What is your name?")))
-    result = CliRunner().invoke(cli, [
-        "--plugin", str(plugin), "sft", "--model-type", "tiny-gguf", "--dataset", str(data),
-        "--max-steps", "4", "--batch-size", "2", "--learning-rate", "0.05", "--output-dir",
-        str(folder / "output")], catch_exceptions=False)
+    result = invoke_sdk("--plugin", plugin, "sft", "--model-type", "tiny-gguf", "--dataset", data,
+                        "--max-steps", "4", "--batch-size", "2", "--learning-rate", "0.05",
+                        "--output-dir", folder / "output")
     assert result.exit_code == 0, result.output
-    return next((folder / "output" / "tiny-gguf").glob("v0-*")), plugin
+    return only_run(folder / "output", "tiny-gguf"), plugin
 
 
 def test_a_lora_run_exports_to_q8_0_with_a_modelfile_and_logits_alike(lora_run, run_cli,
