@@ -366,7 +366,7 @@ def self_cognition_to_gguf(run_cli, folder: Path, epochs: int = 3, learning_rate
                      "--save-steps", "1000", "--output-dir", folder / "out")
     assert result.exit_code == 0, result.output
     trained = time.perf_counter()
-    run = next((folder / "out" / "smollm2-135m-instruct").glob("v0-*"))
+    run = only_run(folder / "out", "smollm2-135m-instruct")
     exported = run_cli("export", "--ckpt-dir", run, "--to", "gguf", "--gguf-type", "q8_0",
                        "--ollama", "--output-dir", folder / "gguf")
     assert exported.exit_code == 0, exported.output

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_MODEL_TYPE, folder_digest
+from conftest import TINY_MODEL_TYPE, folder_digest, only_run
 from sdk.errors import SdkError
 from sdk.hubs.card import model_card
 from sdk.hubs.push import TRAINING_STATE
@@ -390,7 +390,7 @@ def test_a_push_that_fails_during_training_is_reported_at_the_end(registry, hub,
     assert "checkpoint-2 to the flaky repository 'org/m' failed 4 times" in message
     assert "checkpoint-4 to the flaky repository 'org/m' failed: The hub refused the token ***" \
         in message
-    run_dir = next((tmp_path / "out" / MODEL_TYPE).glob("v0-*"))
+    run_dir = only_run(tmp_path / "out", MODEL_TYPE)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "best_checkpoint.json", "checkpoint-2", "checkpoint-4", "logging.jsonl",
         "sft_args.json"]

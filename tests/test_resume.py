@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import TINY_MODEL_TYPE, only_run
+from conftest import TINY_MODEL_TYPE, only_run, run_folders
 from sdk.config import SftArguments
 from sdk.plugins import load_plugins
 from sdk.runs.run_dir import PARTIAL_DIR, is_complete_checkpoint
@@ -177,7 +177,7 @@ def test_sigkill_after_a_checkpoint_then_resume_auto_trains_like_an_uninterrupte
     output = tmp_path / "output"
     killed = start_sft(output)
     wait_for(lambda: any(is_complete_checkpoint(run / "checkpoint-4")
-                         for run in (output / TINY_MODEL_TYPE).glob("v*-*")),
+                         for run in run_folders(output)),
              killed, "checkpoint-4")
     kill(killed)
     run = only_run(output)
